@@ -1,0 +1,247 @@
+//! One actor per school kitchen: owns its live orders and publishes committed events in
+//! kitchen-sequence order.
+
+use super::order::{Command, OrderActor};
+use crate::bus::Bus;
+use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary};
+use crate::ports::{CommandError, NewOrder, Placed, Store};
+use actix::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an out-of-order event waits for the ones before it before the kitchen reads
+/// the missing ones back from the store.
+const GAP_WAIT: Duration = Duration::from_millis(250);
+/// Before a failed load is retried by the supervisor.
+const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
+
+pub struct Kitchen {
+    school_id: String,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    loaded: bool,
+    orders: HashMap<String, Addr<OrderActor>>,
+    live: HashMap<String, OrderSummary>,
+    /// The next kitchen sequence number to publish.
+    next_seq: i64,
+    pending: BTreeMap<i64, KitchenEvent>,
+    gap_check: Option<SpawnHandle>,
+}
+
+impl Kitchen {
+    pub fn new(school_id: String, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Kitchen {
+        Kitchen {
+            school_id,
+            store,
+            bus,
+            loaded: false,
+            orders: HashMap::new(),
+            live: HashMap::new(),
+            next_seq: 1,
+            pending: BTreeMap::new(),
+            gap_check: None,
+        }
+    }
+
+    fn start_order(&mut self, order: OrderSummary, ctx: &mut Context<Self>) {
+        let addr =
+            OrderActor::new(order.clone(), self.store.clone(), ctx.address().recipient()).start();
+        self.orders.insert(order.id.clone(), addr);
+        self.live.insert(order.id.clone(), order);
+    }
+
+    /// Takes a committed event; publishes it and any that were waiting for it, in order.
+    fn accept(&mut self, event: KitchenEvent, ctx: &mut Context<Self>) {
+        if event.seq >= self.next_seq {
+            self.pending.insert(event.seq, event);
+        }
+        while let Some(event) = self.pending.remove(&self.next_seq) {
+            self.apply(&event);
+            self.bus.publish(&event);
+            self.next_seq += 1;
+        }
+        if !self.pending.is_empty() && self.gap_check.is_none() {
+            self.gap_check = Some(ctx.run_later(GAP_WAIT, |act, ctx| {
+                act.gap_check = None;
+                act.fill_gap(ctx);
+            }));
+        }
+    }
+
+    fn apply(&mut self, event: &KitchenEvent) {
+        if event.order.state.is_terminal() {
+            self.live.remove(&event.order_id);
+            self.orders.remove(&event.order_id);
+        } else {
+            self.live
+                .insert(event.order_id.clone(), event.order.clone());
+        }
+    }
+
+    fn fill_gap(&mut self, ctx: &mut Context<Self>) {
+        let (store, school, after) = (
+            self.store.clone(),
+            self.school_id.clone(),
+            self.next_seq - 1,
+        );
+        ctx.spawn(
+            async move { store.events_since(&school, after, 1000).await }
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    match result {
+                        Ok(events) => {
+                            for event in events {
+                                act.accept(event, ctx);
+                            }
+                        }
+                        Err(e) => tracing::warn!(school = %act.school_id, error = %e, "gap fill failed"),
+                    }
+                    // Sequence numbers are gapless in the store; if one still misses, do not stall.
+                    if let Some((&first, _)) = act.pending.iter().next() {
+                        if first > act.next_seq && act.gap_check.is_none() {
+                            tracing::warn!(school = %act.school_id, from = act.next_seq, to = first, "skipping unrecoverable sequence gap");
+                            act.next_seq = first;
+                            if let Some(event) = act.pending.remove(&first) {
+                                act.accept(event, ctx);
+                            }
+                        }
+                    }
+                }),
+        );
+    }
+}
+
+impl Actor for Kitchen {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (store, school) = (self.store.clone(), self.school_id.clone());
+        // Messages wait until the kitchen has its state back.
+        ctx.wait(
+            async move { store.load_kitchen(&school).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(snapshot) => {
+                        act.next_seq = snapshot.last_seq + 1;
+                        for order in snapshot.live_orders {
+                            act.start_order(order, ctx);
+                        }
+                        act.loaded = true;
+                        tracing::debug!(school = %act.school_id, live = act.live.len(), "kitchen loaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(school = %act.school_id, error = %e, "kitchen load failed; restarting");
+                        ctx.run_later(RELOAD_BACKOFF, |_, ctx| ctx.stop());
+                    }
+                }),
+        );
+    }
+}
+
+impl Supervised for Kitchen {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.loaded = false;
+        self.orders.clear();
+        self.live.clear();
+        self.pending.clear();
+        self.gap_check = None;
+    }
+}
+
+/// An order event committed by one of this kitchen's order actors.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed(pub KitchenEvent);
+
+impl Handler<Committed> for Kitchen {
+    type Result = ();
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        self.accept(msg.0, ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Placed, CommandError>")]
+pub struct PlaceOrder(pub NewOrder);
+
+impl Handler<PlaceOrder> for Kitchen {
+    type Result = ResponseActFuture<Self, Result<Placed, CommandError>>;
+
+    fn handle(&mut self, msg: PlaceOrder, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let loaded = self.loaded;
+        Box::pin(
+            async move {
+                if !loaded {
+                    return Err(CommandError::Unavailable("kitchen is loading".into()));
+                }
+                store.place_order(msg.0).await
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                if let Ok(Placed::New(event)) = &result {
+                    act.start_order(event.order.clone(), ctx);
+                    act.accept(event.clone(), ctx);
+                }
+                result
+            }),
+        )
+    }
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<KitchenEvent, CommandError>")]
+pub struct TransitionOrder {
+    pub order_id: String,
+    pub command: OrderCommand,
+    pub issuer: Issuer,
+    pub actor_id: Option<String>,
+    pub reason: Option<String>,
+    pub expected_version: Option<i64>,
+}
+
+impl Handler<TransitionOrder> for Kitchen {
+    type Result = ResponseFuture<Result<KitchenEvent, CommandError>>;
+
+    fn handle(&mut self, msg: TransitionOrder, _: &mut Context<Self>) -> Self::Result {
+        if !self.loaded {
+            return Box::pin(async { Err(CommandError::Unavailable("kitchen is loading".into())) });
+        }
+        let Some(order) = self.orders.get(&msg.order_id).cloned() else {
+            // Not live here: finished (the edge reports why) or unknown.
+            return Box::pin(async { Err(CommandError::OrderNotFound) });
+        };
+        let command = Command {
+            command: msg.command,
+            issuer: msg.issuer,
+            actor_id: msg.actor_id,
+            reason: msg.reason,
+            expected_version: msg.expected_version,
+        };
+        Box::pin(async move {
+            order
+                .send(command)
+                .await
+                .map_err(|e| CommandError::Internal(format!("order actor: {e}")))?
+        })
+    }
+}
+
+/// The kitchen's live orders, oldest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<OrderSummary>, CommandError>")]
+pub struct LiveOrders;
+
+impl Handler<LiveOrders> for Kitchen {
+    type Result = Result<Vec<OrderSummary>, CommandError>;
+
+    fn handle(&mut self, _: LiveOrders, _: &mut Context<Self>) -> Self::Result {
+        if !self.loaded {
+            return Err(CommandError::Unavailable("kitchen is loading".into()));
+        }
+        let mut orders: Vec<OrderSummary> = self.live.values().cloned().collect();
+        orders.sort_by(|a, b| a.placed_at.cmp(&b.placed_at).then(a.id.cmp(&b.id)));
+        Ok(orders)
+    }
+}

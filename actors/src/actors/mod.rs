@@ -1,0 +1,4 @@
+pub mod dispatch;
+pub mod kitchen;
+pub mod order;
+pub mod registry;

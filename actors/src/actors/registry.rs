@@ -1,0 +1,48 @@
+//! Starts one supervised kitchen actor per school on first use.
+
+use super::kitchen::Kitchen;
+use crate::bus::Bus;
+use crate::ports::Store;
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Registry {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    kitchens: HashMap<String, Addr<Kitchen>>,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Registry {
+        Registry {
+            store,
+            bus,
+            kitchens: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+/// The kitchen actor of a school that exists (the caller has checked).
+#[derive(Message)]
+#[rtype(result = "Addr<Kitchen>")]
+pub struct KitchenFor(pub String);
+
+impl Handler<KitchenFor> for Registry {
+    type Result = MessageResult<KitchenFor>;
+
+    fn handle(&mut self, msg: KitchenFor, _: &mut Context<Self>) -> Self::Result {
+        let (store, bus) = (self.store.clone(), self.bus.clone());
+        let school_id = msg.0;
+        let addr = self
+            .kitchens
+            .entry(school_id.clone())
+            .or_insert_with(|| Supervisor::start(move |_| Kitchen::new(school_id, store, bus)))
+            .clone();
+        MessageResult(addr)
+    }
+}

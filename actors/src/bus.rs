@@ -1,0 +1,137 @@
+//! The event bus: committed kitchen events out to subscribers (sockets, other nodes).
+
+use crate::domain::KitchenEvent;
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One frame on a topic, serialised once and shared by every subscriber.
+#[derive(Debug, Clone, Serialize)]
+pub struct Frame {
+    pub topic: String,
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+impl Frame {
+    pub fn from_event(event: &KitchenEvent) -> Frame {
+        Frame {
+            topic: kitchen_topic(&event.school_id),
+            seq: event.seq,
+            kind: event.kind.clone(),
+            data: serde_json::to_value(event).unwrap_or(serde_json::Value::Null),
+            at: event.at,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+pub fn kitchen_topic(school_id: &str) -> String {
+    format!("kitchen:{school_id}")
+}
+
+/// A frame delivered to a subscriber.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub frame: Arc<Frame>,
+    pub json: Arc<str>,
+}
+
+/// Told to a subscriber whose mailbox was full: it missed frames and must resume.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Overflowed {
+    pub topic: String,
+}
+
+pub struct Subscriber {
+    pub frames: Recipient<Deliver>,
+    pub overflow: Recipient<Overflowed>,
+}
+
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes a committed event to every subscriber of its kitchen's topic.
+    fn publish(&self, event: &KitchenEvent);
+    fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64;
+    fn unsubscribe(&self, topic: &str, id: u64);
+}
+
+/// The in-process bus: the embedded default, and each node's local fan-out.
+#[derive(Default)]
+pub struct LocalBus {
+    topics: Mutex<HashMap<String, Vec<(u64, Subscriber)>>>,
+    next_id: AtomicU64,
+}
+
+impl LocalBus {
+    pub fn new() -> LocalBus {
+        LocalBus::default()
+    }
+
+    fn topics(&self) -> MutexGuard<'_, HashMap<String, Vec<(u64, Subscriber)>>> {
+        // A panic elsewhere while holding the lock leaves the map itself consistent.
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.topics().get(topic).map_or(0, Vec::len)
+    }
+}
+
+impl Bus for LocalBus {
+    fn publish(&self, event: &KitchenEvent) {
+        let frame = Arc::new(Frame::from_event(event));
+        let json: Arc<str> = Arc::from(frame.to_json());
+        let mut topics = self.topics();
+        let Some(subs) = topics.get_mut(&frame.topic) else {
+            return;
+        };
+        subs.retain(|(_, sub)| {
+            match sub.frames.try_send(Deliver {
+                frame: frame.clone(),
+                json: json.clone(),
+            }) {
+                Ok(()) => true,
+                Err(SendError::Full(_)) => {
+                    sub.overflow.do_send(Overflowed {
+                        topic: frame.topic.clone(),
+                    });
+                    false
+                }
+                Err(SendError::Closed(_)) => false,
+            }
+        });
+        if subs.is_empty() {
+            topics.remove(&frame.topic);
+        }
+    }
+
+    fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.topics()
+            .entry(topic.to_owned())
+            .or_default()
+            .push((id, subscriber));
+        id
+    }
+
+    fn unsubscribe(&self, topic: &str, id: u64) {
+        let mut topics = self.topics();
+        if let Some(subs) = topics.get_mut(topic) {
+            subs.retain(|(sid, _)| *sid != id);
+            if subs.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Plain data and pure rules: no I/O, no actors.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Who a person is to the hub. Stored as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Student,
+    Guardian,
+    Teacher,
+    KitchenStaff,
+    SchoolAdmin,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Student,
+        Role::Guardian,
+        Role::Teacher,
+        Role::KitchenStaff,
+        Role::SchoolAdmin,
+        Role::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Guardian => "guardian",
+            Role::Teacher => "teacher",
+            Role::KitchenStaff => "kitchen_staff",
+            Role::SchoolAdmin => "school_admin",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Staff who run a kitchen's orders.
+    pub fn is_kitchen_staff(self) -> bool {
+        matches!(self, Role::KitchenStaff | Role::SchoolAdmin | Role::Admin)
+    }
+
+    /// Staff who may configure a school.
+    pub fn is_school_admin(self) -> bool {
+        matches!(self, Role::SchoolAdmin | Role::Admin)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    Placed,
+    Confirmed,
+    Preparing,
+    Ready,
+    PickedUp,
+    Cancelled,
+    Uncollected,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 7] = [
+        OrderState::Placed,
+        OrderState::Confirmed,
+        OrderState::Preparing,
+        OrderState::Ready,
+        OrderState::PickedUp,
+        OrderState::Cancelled,
+        OrderState::Uncollected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Placed => "placed",
+            OrderState::Confirmed => "confirmed",
+            OrderState::Preparing => "preparing",
+            OrderState::Ready => "ready",
+            OrderState::PickedUp => "picked_up",
+            OrderState::Cancelled => "cancelled",
+            OrderState::Uncollected => "uncollected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderState> {
+        OrderState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            OrderState::PickedUp | OrderState::Cancelled | OrderState::Uncollected
+        )
+    }
+}
+
+impl fmt::Display for OrderState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderCommand {
+    Confirm,
+    Start,
+    Ready,
+    Cancel,
+    PickUp,
+    MarkUncollected,
+}
+
+impl OrderCommand {
+    pub const ALL: [OrderCommand; 6] = [
+        OrderCommand::Confirm,
+        OrderCommand::Start,
+        OrderCommand::Ready,
+        OrderCommand::Cancel,
+        OrderCommand::PickUp,
+        OrderCommand::MarkUncollected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderCommand::Confirm => "confirm",
+            OrderCommand::Start => "start",
+            OrderCommand::Ready => "ready",
+            OrderCommand::Cancel => "cancel",
+            OrderCommand::PickUp => "pick_up",
+            OrderCommand::MarkUncollected => "mark_uncollected",
+        }
+    }
+}
+
+impl fmt::Display for OrderCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who issues a command, relative to the order it targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Issuer {
+    /// The student the order is for.
+    Student,
+    /// A guardian linked to that student.
+    Guardian,
+    /// Kitchen staff, a school admin or a district admin.
+    Staff,
+    /// The hub itself (timers, verified scans).
+    System,
+}
+
+/// The role-by-transition matrix: `(command, from, to, who may issue it)`.
+/// Every legal transition is a row here; anything else is refused.
+pub const TRANSITIONS: &[(OrderCommand, OrderState, OrderState, &[Issuer])] = &[
+    (
+        OrderCommand::Confirm,
+        OrderState::Placed,
+        OrderState::Confirmed,
+        &[Issuer::Staff],
+    ),
+    (
+        OrderCommand::Start,
+        OrderState::Confirmed,
+        OrderState::Preparing,
+        &[Issuer::Staff],
+    ),
+    (
+        OrderCommand::Ready,
+        OrderState::Preparing,
+        OrderState::Ready,
+        &[Issuer::Staff],
+    ),
+    (
+        OrderCommand::Cancel,
+        OrderState::Placed,
+        OrderState::Cancelled,
+        &[Issuer::Student, Issuer::Guardian, Issuer::Staff],
+    ),
+    (
+        OrderCommand::Cancel,
+        OrderState::Confirmed,
+        OrderState::Cancelled,
+        &[Issuer::Student, Issuer::Guardian, Issuer::Staff],
+    ),
+    (
+        OrderCommand::Cancel,
+        OrderState::Preparing,
+        OrderState::Cancelled,
+        &[Issuer::Staff],
+    ),
+    (
+        OrderCommand::PickUp,
+        OrderState::Ready,
+        OrderState::PickedUp,
+        &[Issuer::Staff, Issuer::System],
+    ),
+    (
+        OrderCommand::MarkUncollected,
+        OrderState::Ready,
+        OrderState::Uncollected,
+        &[Issuer::System],
+    ),
+];
+
+/// Why a command was refused by the rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("cannot {command} an order that is {from}")]
+    InvalidTransition {
+        command: OrderCommand,
+        from: OrderState,
+    },
+    #[error("{issuer:?} may not {command} an order that is {from}")]
+    NotPermitted {
+        command: OrderCommand,
+        from: OrderState,
+        issuer: Issuer,
+    },
+}
+
+/// A decided, not yet committed, state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: OrderState,
+    pub to: OrderState,
+    /// The version the order will have once this is committed.
+    pub version: i64,
+}
+
+/// The pure transition function: the current state and version, a command and its issuer,
+/// to the next state and version, or the reason it is refused.
+pub fn decide(
+    state: OrderState,
+    version: i64,
+    command: OrderCommand,
+    issuer: Issuer,
+) -> Result<Transition, TransitionError> {
+    let row = TRANSITIONS
+        .iter()
+        .find(|(c, from, _, _)| *c == command && *from == state)
+        .ok_or(TransitionError::InvalidTransition {
+            command,
+            from: state,
+        })?;
+    if !row.3.contains(&issuer) {
+        return Err(TransitionError::NotPermitted {
+            command,
+            from: state,
+            issuer,
+        });
+    }
+    Ok(Transition {
+        from: state,
+        to: row.2,
+        version: version + 1,
+    })
+}
+
+/// The kind of a kitchen event, as it appears on the wire (`type`) and in the event log.
+pub fn event_type(to: OrderState) -> &'static str {
+    match to {
+        OrderState::Placed => "order.placed",
+        OrderState::Confirmed => "order.confirmed",
+        OrderState::Preparing => "order.preparing",
+        OrderState::Ready => "order.ready",
+        OrderState::PickedUp => "order.picked_up",
+        OrderState::Cancelled => "order.cancelled",
+        OrderState::Uncollected => "order.uncollected",
+    }
+}
+
+/// Notification channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Push,
+    Sms,
+    InApp,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Push => "push",
+            Channel::Sms => "sms",
+            Channel::InApp => "in_app",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        [Channel::Email, Channel::Push, Channel::Sms, Channel::InApp]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// Someone who may be told about an event, with the addresses the hub knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub user_id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub locale: String,
+}
+
+/// One message to send: becomes one outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationIntent {
+    pub recipient_id: String,
+    pub channel: Channel,
+    /// Delivery address on that channel.
+    pub address: String,
+    pub locale: String,
+}
+
+/// Who hears about an event and on which channel. One rule table for the whole hub.
+pub fn notifications_for(
+    event: OrderState,
+    student: &Recipient,
+    guardians: &[Recipient],
+) -> Vec<NotificationIntent> {
+    let _ = student;
+    match event {
+        OrderState::Ready => guardians
+            .iter()
+            .filter_map(|g| {
+                g.email.as_ref().map(|email| NotificationIntent {
+                    recipient_id: g.user_id.clone(),
+                    channel: Channel::Email,
+                    address: email.clone(),
+                    locale: g.locale.clone(),
+                })
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// An order as its kitchen sees it while it is live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    pub id: String,
+    pub school_id: String,
+    pub student_id: String,
+    pub student_name: String,
+    pub state: OrderState,
+    pub version: i64,
+    pub items: Vec<OrderLine>,
+    pub total_cents: i64,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub meal_id: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+/// A committed kitchen event: what the store wrote and the bus carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KitchenEvent {
+    pub school_id: String,
+    /// Per-kitchen sequence number, assigned in the committing transaction.
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub order_id: String,
+    pub from: Option<OrderState>,
+    pub to: OrderState,
+    pub version: i64,
+    pub actor_id: Option<String>,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+    pub order: OrderSummary,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUERS: [Issuer; 4] = [
+        Issuer::Student,
+        Issuer::Guardian,
+        Issuer::Staff,
+        Issuer::System,
+    ];
+
+    /// The matrix as the README states it, cell by cell: `Some(to)` where allowed.
+    fn expected(cmd: OrderCommand, from: OrderState, who: Issuer) -> Option<OrderState> {
+        use Issuer::*;
+        use OrderCommand as C;
+        use OrderState as S;
+        match (cmd, from, who) {
+            (C::Confirm, S::Placed, Staff) => Some(S::Confirmed),
+            (C::Start, S::Confirmed, Staff) => Some(S::Preparing),
+            (C::Ready, S::Preparing, Staff) => Some(S::Ready),
+            (C::Cancel, S::Placed | S::Confirmed, Student | Guardian | Staff) => Some(S::Cancelled),
+            (C::Cancel, S::Preparing, Staff) => Some(S::Cancelled),
+            (C::PickUp, S::Ready, Staff | System) => Some(S::PickedUp),
+            (C::MarkUncollected, S::Ready, System) => Some(S::Uncollected),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_cell_of_the_matrix() {
+        for cmd in OrderCommand::ALL {
+            for from in OrderState::ALL {
+                for who in ISSUERS {
+                    let got = decide(from, 3, cmd, who);
+                    match expected(cmd, from, who) {
+                        Some(to) => assert_eq!(
+                            got,
+                            Ok(Transition {
+                                from,
+                                to,
+                                version: 4
+                            }),
+                            "{cmd} from {from} by {who:?}"
+                        ),
+                        None => assert!(got.is_err(), "{cmd} from {from} by {who:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        assert_eq!(
+            decide(OrderState::Ready, 1, OrderCommand::Confirm, Issuer::Staff),
+            Err(TransitionError::InvalidTransition {
+                command: OrderCommand::Confirm,
+                from: OrderState::Ready
+            })
+        );
+        assert_eq!(
+            decide(
+                OrderState::Preparing,
+                1,
+                OrderCommand::Cancel,
+                Issuer::Student
+            ),
+            Err(TransitionError::NotPermitted {
+                command: OrderCommand::Cancel,
+                from: OrderState::Preparing,
+                issuer: Issuer::Student
+            })
+        );
+    }
+
+    #[test]
+    fn terminal_states_accept_nothing() {
+        for from in OrderState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for cmd in OrderCommand::ALL {
+                for who in ISSUERS {
+                    assert!(decide(from, 9, cmd, who).is_err());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in OrderState::ALL {
+            assert_eq!(OrderState::parse(s.as_str()), Some(s));
+        }
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    fn person(id: &str, email: Option<&str>) -> Recipient {
+        Recipient {
+            user_id: id.into(),
+            email: email.map(Into::into),
+            phone: None,
+            locale: "en".into(),
+        }
+    }
+
+    #[test]
+    fn ready_emails_each_guardian_with_an_address() {
+        let student = person("s", Some("s@example.org"));
+        let guardians = [person("g1", Some("g1@example.org")), person("g2", None)];
+        let intents = notifications_for(OrderState::Ready, &student, &guardians);
+        assert_eq!(intents.len(), 1);
+        assert_eq!(intents[0].recipient_id, "g1");
+        assert_eq!(intents[0].channel, Channel::Email);
+        assert!(notifications_for(OrderState::Confirmed, &student, &guardians).is_empty());
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn command() -> impl Strategy<Value = OrderCommand> {
+            proptest::sample::select(OrderCommand::ALL.to_vec())
+        }
+        fn issuer() -> impl Strategy<Value = Issuer> {
+            proptest::sample::select(super::ISSUERS.to_vec())
+        }
+
+        proptest! {
+            /// No command sequence reaches a state outside the matrix, versions only grow,
+            /// and nothing leaves a terminal state.
+            #[test]
+            fn random_sequences_stay_valid(cmds in proptest::collection::vec((command(), issuer()), 0..40)) {
+                let (mut state, mut version) = (OrderState::Placed, 1_i64);
+                for (cmd, who) in cmds {
+                    match decide(state, version, cmd, who) {
+                        Ok(t) => {
+                            prop_assert!(!state.is_terminal());
+                            prop_assert_eq!(t.from, state);
+                            prop_assert!(t.version > version);
+                            prop_assert!(TRANSITIONS.iter().any(|(c, f, to, _)| *c == cmd && *f == state && *to == t.to));
+                            state = t.to;
+                            version = t.version;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                // Reachable states only ever follow the lifecycle order.
+                prop_assert!(OrderState::ALL.contains(&state));
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Tiffin's business: the domain rules as plain data and pure functions, and the actix
+//! actors that own kitchen and order state. The world is reached only through the traits
+//! in [`ports`] and [`bus`].
+
+pub mod actors;
+pub mod bus;
+pub mod domain;
+pub mod ports;
+
+pub use actors::dispatch::{Dispatcher, Nudge};
+pub use actors::kitchen::{Kitchen, LiveOrders, PlaceOrder, TransitionOrder};
+pub use actors::registry::{KitchenFor, Registry};

@@ -1,0 +1,146 @@
+//! The small traits through which the actors reach the world. The server crate supplies
+//! the adapters (diesel store, SMTP sender, Redis bus).
+
+use crate::domain::{KitchenEvent, OrderSummary, Transition, TransitionError};
+use async_trait::async_trait;
+
+/// Why a command failed. The edge maps each variant to one stable error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Rule(#[from] TransitionError),
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("school not found")]
+    SchoolNotFound,
+    #[error("student not found in this school")]
+    StudentNotFound,
+    #[error("the order was changed by someone else; reload and try again")]
+    VersionConflict,
+    #[error("meal {0} is not on this school's menu")]
+    UnknownMeal(String),
+    #[error("meal {0} is not available")]
+    MealUnavailable(String),
+    #[error("an order needs at least one item")]
+    EmptyOrder,
+    #[error("{0}")]
+    InvalidItem(String),
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A new order, validated at the edge for shape; the store checks it against the menu.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub school_id: String,
+    pub student_id: String,
+    pub placed_by: String,
+    pub items: Vec<NewOrderItem>,
+    /// With the request fingerprint, makes a retried POST return the same order.
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrderItem {
+    pub meal_id: String,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// The result of placing an order: a fresh commit, or the order an earlier identical request made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placed {
+    New(KitchenEvent),
+    Existing(OrderSummary),
+}
+
+/// A decided transition to commit, guarded by the version it was decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionCommit {
+    pub school_id: String,
+    pub order_id: String,
+    /// Decided on `version - 1`; committed only if the order is still there.
+    pub transition: Transition,
+    pub actor_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// What a kitchen needs to come back after a start or restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KitchenSnapshot {
+    pub school_id: String,
+    /// The last committed kitchen sequence number.
+    pub last_seq: i64,
+    pub live_orders: Vec<OrderSummary>,
+}
+
+/// Durable state. Every write commits the event, the order row and its outbox rows in one
+/// transaction; nothing is published before it returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn load_kitchen(&self, school_id: &str) -> Result<KitchenSnapshot, CommandError>;
+    async fn place_order(&self, order: NewOrder) -> Result<Placed, CommandError>;
+    async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError>;
+    /// The latest committed view of one order, live or not.
+    async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError>;
+    /// Committed events of a kitchen with `seq > after`, oldest first, at most `limit`.
+    async fn events_since(
+        &self,
+        school_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<KitchenEvent>, CommandError>;
+}
+
+/// A message from the outbox, claimed for one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub id: String,
+    pub channel: String,
+    pub template: String,
+    pub address: String,
+    pub locale: String,
+    /// Template data (JSON).
+    pub payload: String,
+    pub attempts: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Worth another try later.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed (bad address, bad template): do not retry.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// The outbox side of the store, used by notification dispatch.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Claims up to `limit` due messages for this dispatcher; a claim expires if it dies.
+    async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError>;
+    async fn mark_sent(&self, id: &str) -> Result<(), CommandError>;
+    /// Records a failed attempt: retried after `retry_in_ms`, or dead when `None`.
+    async fn mark_failed(
+        &self,
+        id: &str,
+        error: &str,
+        retry_in_ms: Option<i64>,
+    ) -> Result<(), CommandError>;
+}
+
+/// One notification channel's provider.
+#[async_trait]
+pub trait Sender: Send + Sync + 'static {
+    async fn send(&self, message: &OutboxMessage) -> Result<(), SendError>;
+}

@@ -1,0 +1,3 @@
+DROP TABLE notification_preferences;
+DROP TABLE device_tokens;
+DROP TABLE outbox;

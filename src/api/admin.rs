@@ -1,0 +1,705 @@
+//! School set-up: schools, counters, people, guardian links and menus.
+
+use super::{allergen_list, new_id, required_text, split_list, utc};
+use crate::auth::{Principal, hash_password};
+use crate::db::models::*;
+use crate::error::ApiError;
+use crate::repo;
+use crate::state::AppState;
+use actix_web::{HttpResponse, delete, get, patch, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tiffin_actors::domain::Role;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+type Data = web::Data<AppState>;
+
+#[derive(Serialize, ToSchema)]
+pub struct School {
+    pub id: String,
+    pub name: String,
+    pub time_zone: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<SchoolRow> for School {
+    fn from(r: SchoolRow) -> School {
+        School {
+            id: r.id,
+            name: r.name,
+            time_zone: r.time_zone,
+            created_at: utc(r.created_at),
+            updated_at: utc(r.updated_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSchool {
+    pub name: String,
+    /// IANA time zone, e.g. `America/Chicago`.
+    pub time_zone: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSchool {
+    pub name: Option<String>,
+    pub time_zone: Option<String>,
+}
+
+fn time_zone(tz: &str) -> Result<String, ApiError> {
+    tz.parse::<chrono_tz::Tz>()
+        .map(|_| tz.to_owned())
+        .map_err(|_| ApiError::validation(format!("unknown time zone {tz:?}")))
+}
+
+/// The school must exist; 404 otherwise (after the caller's scope was checked).
+pub async fn existing_school(state: &AppState, id: &str) -> Result<SchoolRow, ApiError> {
+    repo::school(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("school"))
+}
+
+#[utoipa::path(tag = "schools", request_body = CreateSchool,
+    responses((status = 201, body = School), (status = "4XX", body = crate::error::ErrorBody)))]
+#[post("/schools")]
+pub async fn create_school(
+    state: Data,
+    who: Principal,
+    body: web::Json<CreateSchool>,
+) -> Result<HttpResponse, ApiError> {
+    who.require_admin()?;
+    let at = now();
+    let row = SchoolRow {
+        id: new_id(),
+        name: required_text("name", &body.name, 200)?,
+        time_zone: time_zone(&body.time_zone)?,
+        event_seq: 0,
+        created_at: at,
+        updated_at: at,
+    };
+    repo::insert_school(&state.db, &row).await?;
+    Ok(HttpResponse::Created().json(School::from(row)))
+}
+
+#[utoipa::path(tag = "schools", responses((status = 200, body = Vec<School>)))]
+#[get("/schools")]
+pub async fn list_schools(state: Data, who: Principal) -> Result<HttpResponse, ApiError> {
+    let only = if who.is_admin() {
+        None
+    } else {
+        Some(
+            who.school_id
+                .clone()
+                .ok_or_else(|| ApiError::forbidden("no school on this token"))?,
+        )
+    };
+    let rows = repo::schools(&state.db, only.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(School::from).collect::<Vec<_>>()))
+}
+
+#[utoipa::path(tag = "schools", responses((status = 200, body = School), (status = 404, body = crate::error::ErrorBody)))]
+#[get("/schools/{school_id}")]
+pub async fn get_school(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.to_string();
+    who.require_school(&id)?;
+    Ok(HttpResponse::Ok().json(School::from(existing_school(&state, &id).await?)))
+}
+
+#[utoipa::path(tag = "schools", request_body = UpdateSchool, responses((status = 200, body = School)))]
+#[patch("/schools/{school_id}")]
+pub async fn update_school(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<UpdateSchool>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.to_string();
+    who.require_school_admin(&id)?;
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| required_text("name", n, 200))
+        .transpose()?;
+    let tz = body.time_zone.as_deref().map(time_zone).transpose()?;
+    repo::update_school(&state.db, &id, name.as_deref(), tz.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(School::from(existing_school(&state, &id).await?)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Counter {
+    pub id: String,
+    pub school_id: String,
+    pub number: i32,
+    pub name: String,
+    pub is_open: bool,
+}
+
+impl From<CounterRow> for Counter {
+    fn from(r: CounterRow) -> Counter {
+        Counter {
+            id: r.id,
+            school_id: r.school_id,
+            number: r.number,
+            name: r.name,
+            is_open: r.is_open,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCounter {
+    pub number: i32,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub is_open: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCounter {
+    pub name: Option<String>,
+    pub is_open: Option<bool>,
+}
+
+#[utoipa::path(tag = "counters", request_body = CreateCounter, responses((status = 201, body = Counter)))]
+#[post("/schools/{school_id}/counters")]
+pub async fn create_counter(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<CreateCounter>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school_admin(&school_id)?;
+    existing_school(&state, &school_id).await?;
+    if !(1..=99).contains(&body.number) {
+        return Err(ApiError::validation(
+            "counter number must be between 1 and 99",
+        ));
+    }
+    let at = now();
+    let row = CounterRow {
+        id: new_id(),
+        school_id,
+        number: body.number,
+        name: match &body.name {
+            Some(n) => required_text("name", n, 80)?,
+            None => format!("Counter {}", body.number),
+        },
+        is_open: body.is_open,
+        created_at: at,
+        updated_at: at,
+    };
+    repo::insert_counter(&state.db, &row).await?;
+    Ok(HttpResponse::Created().json(Counter::from(row)))
+}
+
+#[utoipa::path(tag = "counters", responses((status = 200, body = Vec<Counter>)))]
+#[get("/schools/{school_id}/counters")]
+pub async fn list_counters(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school(&school_id)?;
+    existing_school(&state, &school_id).await?;
+    let rows = repo::counters(&state.db, &school_id).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(Counter::from).collect::<Vec<_>>()))
+}
+
+#[utoipa::path(tag = "counters", request_body = UpdateCounter, responses((status = 200, body = Counter)))]
+#[patch("/schools/{school_id}/counters/{counter_id}")]
+pub async fn update_counter(
+    state: Data,
+    who: Principal,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<UpdateCounter>,
+) -> Result<HttpResponse, ApiError> {
+    let (school_id, counter_id) = (path.0.to_string(), path.1.to_string());
+    // Staff open and close counters; renaming is set-up.
+    if body.name.is_some() {
+        who.require_school_admin(&school_id)?;
+    } else {
+        who.require_kitchen(&school_id)?;
+    }
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| required_text("name", n, 80))
+        .transpose()?;
+    let row = repo::update_counter(
+        &state.db,
+        &school_id,
+        &counter_id,
+        name.as_deref(),
+        body.is_open,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::db::DbError::NotFound => ApiError::not_found("counter"),
+        e => e.into(),
+    })?;
+    Ok(HttpResponse::Ok().json(Counter::from(row)))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub school_id: Option<String>,
+    #[schema(value_type = String, example = "student")]
+    pub role: Role,
+    pub display_name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub allergies: Vec<String>,
+    pub locale: String,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> User {
+        User {
+            role: Role::parse(&r.role).unwrap_or(Role::Student),
+            id: r.id,
+            school_id: r.school_id,
+            display_name: r.display_name,
+            email: r.email,
+            phone: r.phone,
+            allergies: split_list(&r.allergies),
+            locale: r.locale,
+            active: r.active,
+            created_at: utc(r.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// student, guardian, teacher, kitchen_staff or school_admin.
+    #[schema(value_type = String, example = "student")]
+    pub role: Role,
+    pub display_name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// At least 8 characters; without one the user cannot sign in.
+    pub password: Option<String>,
+    #[serde(default)]
+    pub allergies: Vec<String>,
+    pub locale: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub password: Option<String>,
+    pub allergies: Option<Vec<String>>,
+    pub locale: Option<String>,
+    pub active: Option<bool>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UserFilter {
+    #[param(value_type = Option<String>)]
+    pub role: Option<Role>,
+}
+
+fn email(v: &str) -> Result<String, ApiError> {
+    let v = v.trim().to_lowercase();
+    let valid = v.len() <= 254
+        && v.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'));
+    if valid {
+        Ok(v)
+    } else {
+        Err(ApiError::validation("invalid email address"))
+    }
+}
+
+fn phone(v: &str) -> Result<String, ApiError> {
+    let v: String = v
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
+    let digits = v.strip_prefix('+').unwrap_or(&v);
+    if (7..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) {
+        Ok(v)
+    } else {
+        Err(ApiError::validation(
+            "phone numbers are written +<country><number>, 7 to 15 digits",
+        ))
+    }
+}
+
+fn locale(v: &str) -> Result<String, ApiError> {
+    let v = v.trim();
+    if (2..=10).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
+        Ok(v.to_owned())
+    } else {
+        Err(ApiError::validation("invalid locale"))
+    }
+}
+
+async fn password_hash(password: &str) -> Result<String, ApiError> {
+    if password.chars().count() < 8 || password.len() > 256 {
+        return Err(ApiError::validation("passwords have 8 to 256 characters"));
+    }
+    let password = password.to_owned();
+    web::block(move || hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+#[utoipa::path(tag = "users", request_body = CreateUser, responses((status = 201, body = User)))]
+#[post("/schools/{school_id}/users")]
+pub async fn create_user(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<CreateUser>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school_admin(&school_id)?;
+    if body.role == Role::Admin {
+        return Err(ApiError::validation(
+            "district admins belong to no school; create them with `tiffin demo` or in the database",
+        ));
+    }
+    if body.role == Role::SchoolAdmin && !who.is_admin() {
+        return Err(ApiError::forbidden(
+            "only a district admin creates school admins",
+        ));
+    }
+    existing_school(&state, &school_id).await?;
+    let hash = match &body.password {
+        Some(p) => Some(password_hash(p).await?),
+        None => None,
+    };
+    let at = now();
+    let row = UserRow {
+        id: new_id(),
+        school_id: Some(school_id),
+        role: body.role.as_str().to_owned(),
+        display_name: required_text("display_name", &body.display_name, 120)?,
+        email: body.email.as_deref().map(email).transpose()?,
+        phone: body.phone.as_deref().map(phone).transpose()?,
+        password_hash: hash,
+        allergies: allergen_list(&body.allergies)?,
+        locale: body
+            .locale
+            .as_deref()
+            .map(locale)
+            .transpose()?
+            .unwrap_or_else(|| "en".into()),
+        active: true,
+        created_at: at,
+        updated_at: at,
+    };
+    repo::insert_user(&state.db, &row).await?;
+    Ok(HttpResponse::Created().json(User::from(row)))
+}
+
+#[utoipa::path(tag = "users", params(UserFilter), responses((status = 200, body = Vec<User>)))]
+#[get("/schools/{school_id}/users")]
+pub async fn list_users(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    filter: web::Query<UserFilter>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school_admin(&school_id)?;
+    existing_school(&state, &school_id).await?;
+    let rows = repo::users_of_school(&state.db, &school_id, filter.role.map(Role::as_str)).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(User::from).collect::<Vec<_>>()))
+}
+
+#[utoipa::path(tag = "users", request_body = UpdateUser, responses((status = 200, body = User)))]
+#[patch("/schools/{school_id}/users/{user_id}")]
+pub async fn update_user(
+    state: Data,
+    who: Principal,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<UpdateUser>,
+) -> Result<HttpResponse, ApiError> {
+    let (school_id, user_id) = (path.0.to_string(), path.1.to_string());
+    who.require_school_admin(&school_id)?;
+    let hash = match &body.password {
+        Some(p) => Some(password_hash(p).await?),
+        None => None,
+    };
+    let display_name = body
+        .display_name
+        .as_deref()
+        .map(|n| required_text("display_name", n, 120))
+        .transpose()?;
+    let email = body.email.as_deref().map(email).transpose()?;
+    let phone = body.phone.as_deref().map(phone).transpose()?;
+    let allergies = body.allergies.as_deref().map(allergen_list).transpose()?;
+    let locale = body.locale.as_deref().map(locale).transpose()?;
+    let changes = repo::UserChanges {
+        display_name: display_name.as_deref(),
+        email: email.as_deref(),
+        phone: phone.as_deref(),
+        password_hash: hash.as_deref(),
+        allergies: allergies.as_deref(),
+        locale: locale.as_deref(),
+        active: body.active,
+    };
+    let row = repo::update_user(&state.db, &school_id, &user_id, &changes)
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::NotFound => ApiError::not_found("user"),
+            e => e.into(),
+        })?;
+    Ok(HttpResponse::Ok().json(User::from(row)))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuardianLink {
+    pub guardian_id: Uuid,
+    pub student_id: Uuid,
+    /// For example `mother`, `father`, `guardian`.
+    pub relationship: String,
+}
+
+/// Both people must belong to this school: a student, and a guardian.
+async fn check_pair(
+    state: &AppState,
+    school_id: &str,
+    guardian_id: &str,
+    student_id: &str,
+) -> Result<(), ApiError> {
+    let guardian = repo::user(&state.db, guardian_id).await?;
+    let student = repo::user(&state.db, student_id).await?;
+    match (guardian, student) {
+        (Some(g), Some(s))
+            if g.role == "guardian"
+                && s.role == "student"
+                && g.school_id.as_deref() == Some(school_id)
+                && s.school_id.as_deref() == Some(school_id) =>
+        {
+            Ok(())
+        }
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "link a guardian to a student, both of this school",
+        )),
+        _ => Err(ApiError::not_found("guardian or student")),
+    }
+}
+
+#[utoipa::path(tag = "users", request_body = GuardianLink, responses((status = 201, body = GuardianLink)))]
+#[post("/schools/{school_id}/guardian-links")]
+pub async fn create_guardian_link(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<GuardianLink>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school_admin(&school_id)?;
+    let (guardian_id, student_id) = (body.guardian_id.to_string(), body.student_id.to_string());
+    check_pair(&state, &school_id, &guardian_id, &student_id).await?;
+    let row = GuardianLinkRow {
+        guardian_id,
+        student_id,
+        relationship: required_text("relationship", &body.relationship, 40)?,
+        created_at: now(),
+    };
+    repo::insert_link(&state.db, &row).await?;
+    Ok(HttpResponse::Created().json(body.into_inner()))
+}
+
+#[utoipa::path(tag = "users", responses((status = 204)))]
+#[delete("/schools/{school_id}/guardian-links/{guardian_id}/{student_id}")]
+pub async fn delete_guardian_link(
+    state: Data,
+    who: Principal,
+    path: web::Path<(Uuid, Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (school_id, guardian_id, student_id) =
+        (path.0.to_string(), path.1.to_string(), path.2.to_string());
+    who.require_school_admin(&school_id)?;
+    check_pair(&state, &school_id, &guardian_id, &student_id).await?;
+    repo::delete_link(&state.db, &guardian_id, &student_id)
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::NotFound => ApiError::not_found("guardian link"),
+            e => e.into(),
+        })?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(tag = "users", responses((status = 200, body = Vec<GuardianLink>)))]
+#[get("/schools/{school_id}/students/{student_id}/guardians")]
+pub async fn list_guardians(
+    state: Data,
+    who: Principal,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (school_id, student_id) = (path.0.to_string(), path.1.to_string());
+    who.require_school_admin(&school_id)?;
+    let student = repo::user(&state.db, &student_id).await?;
+    if student.and_then(|s| s.school_id).as_deref() != Some(school_id.as_str()) {
+        return Err(ApiError::not_found("student"));
+    }
+    let links = repo::links_of_student(&state.db, &student_id).await?;
+    let body: Vec<serde_json::Value> = links
+        .into_iter()
+        .map(|l| serde_json::json!({"guardian_id": l.guardian_id, "student_id": l.student_id, "relationship": l.relationship}))
+        .collect();
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Meal {
+    pub id: String,
+    pub school_id: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub allergens: Vec<String>,
+    pub available: bool,
+}
+
+impl From<MealRow> for Meal {
+    fn from(r: MealRow) -> Meal {
+        Meal {
+            allergens: split_list(&r.allergens),
+            id: r.id,
+            school_id: r.school_id,
+            name: r.name,
+            price_cents: r.price_cents,
+            available: r.available,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMeal {
+    pub name: String,
+    pub price_cents: i64,
+    #[serde(default)]
+    pub allergens: Vec<String>,
+    #[serde(default = "yes")]
+    pub available: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMeal {
+    pub name: Option<String>,
+    pub price_cents: Option<i64>,
+    pub allergens: Option<Vec<String>>,
+    pub available: Option<bool>,
+}
+
+fn price(cents: i64) -> Result<i64, ApiError> {
+    if (0..=100_000).contains(&cents) {
+        Ok(cents)
+    } else {
+        Err(ApiError::validation(
+            "price_cents must be between 0 and 100000",
+        ))
+    }
+}
+
+#[utoipa::path(tag = "meals", request_body = CreateMeal, responses((status = 201, body = Meal)))]
+#[post("/schools/{school_id}/meals")]
+pub async fn create_meal(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<CreateMeal>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school_admin(&school_id)?;
+    existing_school(&state, &school_id).await?;
+    let at = now();
+    let row = MealRow {
+        id: new_id(),
+        school_id,
+        name: required_text("name", &body.name, 120)?,
+        price_cents: price(body.price_cents)?,
+        allergens: allergen_list(&body.allergens)?,
+        available: body.available,
+        created_at: at,
+        updated_at: at,
+    };
+    repo::insert_meal(&state.db, &row).await?;
+    Ok(HttpResponse::Created().json(Meal::from(row)))
+}
+
+#[utoipa::path(tag = "meals", responses((status = 200, body = Vec<Meal>)))]
+#[get("/schools/{school_id}/meals")]
+pub async fn list_meals(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    // Guardians may have no school on their token; the menu is not a secret.
+    if who.role != Role::Guardian {
+        who.require_school(&school_id)?;
+    }
+    existing_school(&state, &school_id).await?;
+    let rows = repo::meals(&state.db, &school_id).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(Meal::from).collect::<Vec<_>>()))
+}
+
+#[utoipa::path(tag = "meals", request_body = UpdateMeal, responses((status = 200, body = Meal)))]
+#[patch("/schools/{school_id}/meals/{meal_id}")]
+pub async fn update_meal(
+    state: Data,
+    who: Principal,
+    path: web::Path<(Uuid, Uuid)>,
+    body: web::Json<UpdateMeal>,
+) -> Result<HttpResponse, ApiError> {
+    let (school_id, meal_id) = (path.0.to_string(), path.1.to_string());
+    // Kitchen staff mark meals sold out; the rest is set-up.
+    if body.name.is_some() || body.price_cents.is_some() || body.allergens.is_some() {
+        who.require_school_admin(&school_id)?;
+    } else {
+        who.require_kitchen(&school_id)?;
+    }
+    let name = body
+        .name
+        .as_deref()
+        .map(|n| required_text("name", n, 120))
+        .transpose()?;
+    let allergens = body.allergens.as_deref().map(allergen_list).transpose()?;
+    let changes = repo::MealChanges {
+        name: name.as_deref(),
+        price_cents: body.price_cents.map(price).transpose()?,
+        allergens: allergens.as_deref(),
+        available: body.available,
+    };
+    let row = repo::update_meal(&state.db, &school_id, &meal_id, &changes)
+        .await
+        .map_err(|e| match e {
+            crate::db::DbError::NotFound => ApiError::not_found("meal"),
+            e => e.into(),
+        })?;
+    Ok(HttpResponse::Ok().json(Meal::from(row)))
+}

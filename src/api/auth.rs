@@ -1,0 +1,163 @@
+//! Sign-in, token refresh and sign-out.
+
+use super::admin::User;
+use super::new_id;
+use crate::auth::{Principal, random_token, token_hash, verify_password};
+use crate::db::models::{RefreshTokenRow, UserRow, now};
+use crate::error::{ApiError, ErrorCode};
+use crate::repo::{self, Rotation};
+use crate::state::AppState;
+use actix_web::{HttpResponse, get, post, web};
+use chrono::Duration;
+use serde::{Deserialize, Serialize};
+use tiffin_actors::domain::Role;
+use utoipa::ToSchema;
+
+type Data = web::Data<AppState>;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// Email address or phone number.
+    pub login: String,
+    pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Tokens {
+    pub access_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// Single use: each refresh returns a new one.
+    pub refresh_token: String,
+    pub user: User,
+}
+
+async fn issue(
+    state: &AppState,
+    user: UserRow,
+    family: Option<String>,
+) -> Result<Tokens, ApiError> {
+    let role = Role::parse(&user.role).ok_or_else(|| ApiError::internal("stored role"))?;
+    let ttl = state.config.access_token_ttl_secs;
+    let access_token = state
+        .keys
+        .issue(&user.id, role, user.school_id.as_deref(), ttl)?;
+    let refresh_token = random_token();
+    let at = now();
+    if let Some(family_id) = family {
+        let row = RefreshTokenRow {
+            id: new_id(),
+            user_id: user.id.clone(),
+            token_hash: token_hash(&refresh_token),
+            family_id,
+            expires_at: at + Duration::seconds(state.config.refresh_token_ttl_secs),
+            revoked_at: None,
+            created_at: at,
+        };
+        repo::insert_refresh_token(&state.db, &row).await?;
+    }
+    Ok(Tokens {
+        access_token,
+        token_type: "Bearer",
+        expires_in: ttl,
+        refresh_token,
+        user: User::from(user),
+    })
+}
+
+fn refused() -> ApiError {
+    ApiError::new(ErrorCode::InvalidCredentials, "wrong login or password")
+}
+
+#[utoipa::path(tag = "auth", request_body = Login,
+    responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
+#[post("/auth/login")]
+pub async fn login(state: Data, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+    let login = body.login.trim().to_lowercase();
+    let user = repo::user_by_login(&state.db, &login).await?;
+    let (user, hash) = match user {
+        Some(u) if u.active => match u.password_hash.clone() {
+            Some(h) => (u, h),
+            None => return Err(refused()),
+        },
+        _ => return Err(refused()),
+    };
+    let password = body.password.clone();
+    let ok = web::block(move || verify_password(&password, &hash))
+        .await
+        .map_err(ApiError::internal)?;
+    if !ok {
+        return Err(refused());
+    }
+    let tokens = issue(&state, user, Some(new_id())).await?;
+    Ok(HttpResponse::Ok().json(tokens))
+}
+
+#[utoipa::path(tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
+#[post("/auth/refresh")]
+pub async fn refresh(
+    state: Data,
+    body: web::Json<RefreshRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let next = random_token();
+    let at = now();
+    let row = RefreshTokenRow {
+        id: new_id(),
+        user_id: String::new(),
+        token_hash: token_hash(&next),
+        family_id: String::new(),
+        expires_at: at + Duration::seconds(state.config.refresh_token_ttl_secs),
+        revoked_at: None,
+        created_at: at,
+    };
+    let invalid = || {
+        ApiError::new(
+            ErrorCode::RefreshTokenInvalid,
+            "refresh token invalid, expired or already used; sign in again",
+        )
+    };
+    match repo::rotate_refresh_token(&state.db, &token_hash(&body.refresh_token), &row).await? {
+        Rotation::Rotated { user_id } => {
+            let user = repo::user(&state.db, &user_id)
+                .await?
+                .filter(|u| u.active)
+                .ok_or_else(invalid)?;
+            let mut tokens = issue(&state, user, None).await?;
+            tokens.refresh_token = next;
+            Ok(HttpResponse::Ok().json(tokens))
+        }
+        Rotation::Reused => {
+            tracing::warn!("refresh token reused; its family is revoked");
+            Err(invalid())
+        }
+        Rotation::Invalid => Err(invalid()),
+    }
+}
+
+#[utoipa::path(tag = "auth", request_body = RefreshRequest, responses((status = 204)))]
+#[post("/auth/logout")]
+pub async fn logout(
+    state: Data,
+    body: web::Json<RefreshRequest>,
+) -> Result<HttpResponse, ApiError> {
+    repo::revoke_family_of(&state.db, &token_hash(&body.refresh_token)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(tag = "auth", responses((status = 200, body = User)))]
+#[get("/me")]
+pub async fn me(state: Data, who: Principal) -> Result<HttpResponse, ApiError> {
+    let user = repo::user(&state.db, &who.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(HttpResponse::Ok().json(User::from(user)))
+}

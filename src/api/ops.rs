@@ -1,0 +1,56 @@
+//! Operations: liveness, readiness, metrics and the OpenAPI document.
+
+use crate::repo;
+use crate::state::AppState;
+use actix_web::{HttpResponse, get, web};
+use serde_json::json;
+
+type Data = web::Data<AppState>;
+
+#[utoipa::path(tag = "ops", responses((status = 200, description = "the process is alive")))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when the database answers.
+#[utoipa::path(tag = "ops", responses((status = 200, description = "ready"), (status = 503, description = "database unreachable")))]
+#[get("/readyz")]
+pub async fn readyz(state: Data) -> HttpResponse {
+    match state.db.ping().await {
+        Ok(()) => HttpResponse::Ok().json(json!({
+            "status": "ready",
+            "database": state.db.backend(),
+        })),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: database unavailable");
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "2"))
+                .json(json!({"status": "unavailable", "database": "unreachable"}))
+        }
+    }
+}
+
+#[utoipa::path(tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn metrics(state: Data) -> HttpResponse {
+    state.metrics.run_upkeep();
+    if let Ok(counts) = repo::orders_by_state(&state.db).await {
+        for state_name in tiffin_actors::domain::OrderState::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state_name.as_str())
+                .map_or(0, |(_, n)| *n);
+            ::metrics::gauge!("tiffin_orders", "state" => state_name.as_str()).set(n as f64);
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+#[utoipa::path(tag = "ops", responses((status = 200, description = "this document")))]
+#[get("/openapi.json")]
+pub async fn openapi(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(doc.get_ref())
+}

@@ -1,0 +1,388 @@
+//! Orders: place, read with history, the kitchen's live list, and transitions.
+
+use super::admin::existing_school;
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorCode};
+use crate::repo;
+use crate::state::AppState;
+use crate::store::event_from_row;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tiffin_actors::domain::{Issuer, OrderCommand, OrderSummary, Role, decide};
+use tiffin_actors::ports::{CommandError, Idempotency, NewOrder, NewOrderItem, Placed};
+use tiffin_actors::{KitchenFor, LiveOrders, Nudge, PlaceOrder, TransitionOrder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+type Data = web::Data<AppState>;
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// Whom the meal is for; a student ordering for themself may leave it out.
+    pub student_id: Option<Uuid>,
+    pub items: Vec<CreateOrderItem>,
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderItem {
+    pub meal_id: Uuid,
+    pub quantity: i32,
+}
+
+/// An order as clients see it.
+#[derive(Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: String,
+    pub school_id: String,
+    pub student_id: String,
+    pub student_name: String,
+    pub state: String,
+    pub version: i64,
+    pub total_cents: i64,
+    pub items: Vec<OrderItemView>,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderItemView {
+    pub meal_id: String,
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+impl From<OrderSummary> for OrderView {
+    fn from(o: OrderSummary) -> OrderView {
+        OrderView {
+            id: o.id,
+            school_id: o.school_id,
+            student_id: o.student_id,
+            student_name: o.student_name,
+            state: o.state.as_str().to_owned(),
+            version: o.version,
+            total_cents: o.total_cents,
+            items: o
+                .items
+                .into_iter()
+                .map(|l| OrderItemView {
+                    meal_id: l.meal_id,
+                    name: l.name,
+                    quantity: l.quantity,
+                    unit_price_cents: l.unit_price_cents,
+                })
+                .collect(),
+            placed_at: o.placed_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+/// One recorded transition.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryEntry {
+    pub seq: i64,
+    pub version: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub actor_id: Option<String>,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrderWithHistory {
+    pub order: OrderView,
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionBody {
+    /// The version the caller saw; if the order has moved on, the answer is `version_conflict`.
+    pub expected_version: Option<i64>,
+    pub reason: Option<String>,
+}
+
+const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+fn idempotency(
+    req: &HttpRequest,
+    body: &CreateOrder,
+    school_id: &str,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 128 && k.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::IdempotencyKeyInvalid,
+                "Idempotency-Key must be 1 to 128 visible ASCII characters",
+            )
+        })?;
+    let canonical = serde_json::to_vec(&(school_id, body)).map_err(ApiError::internal)?;
+    Ok(Some(Idempotency {
+        key: key.to_owned(),
+        fingerprint: hex::encode(Sha256::digest(canonical)),
+    }))
+}
+
+/// Who the caller is to a student's orders, or a refusal.
+async fn issuer_for(
+    state: &AppState,
+    who: &Principal,
+    school_id: &str,
+    student_id: &str,
+) -> Result<Issuer, ApiError> {
+    match who.role {
+        Role::KitchenStaff | Role::SchoolAdmin | Role::Admin => {
+            who.require_kitchen(school_id)?;
+            Ok(Issuer::Staff)
+        }
+        Role::Student => {
+            who.require_school(school_id)?;
+            if who.user_id == student_id {
+                Ok(Issuer::Student)
+            } else {
+                Err(ApiError::forbidden("students act only on their own orders"))
+            }
+        }
+        Role::Guardian => {
+            if repo::is_guardian_of(&state.db, &who.user_id, student_id).await? {
+                Ok(Issuer::Guardian)
+            } else {
+                Err(ApiError::forbidden("not a guardian of this student"))
+            }
+        }
+        Role::Teacher => Err(ApiError::forbidden("teachers do not act on orders")),
+    }
+}
+
+#[utoipa::path(tag = "orders", request_body = CreateOrder,
+    params(("Idempotency-Key" = Option<String>, Header, description = "same key and body: the same order")),
+    responses((status = 201, body = OrderView), (status = 200, description = "replayed request", body = OrderView),
+        (status = "4XX", body = crate::error::ErrorBody)))]
+#[post("/schools/{school_id}/orders")]
+pub async fn create_order(
+    state: Data,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<Uuid>,
+    body: web::Json<CreateOrder>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    let student_id = match (body.student_id, who.role) {
+        (Some(id), _) => id.to_string(),
+        (None, Role::Student) => who.user_id.clone(),
+        (None, _) => return Err(ApiError::validation("student_id is required")),
+    };
+    issuer_for(&state, &who, &school_id, &student_id).await?;
+    existing_school(&state, &school_id).await?;
+    if body.items.is_empty() {
+        return Err(CommandError::EmptyOrder.into());
+    }
+    let order = NewOrder {
+        school_id: school_id.clone(),
+        student_id,
+        placed_by: who.user_id.clone(),
+        items: body
+            .items
+            .iter()
+            .map(|i| NewOrderItem {
+                meal_id: i.meal_id.to_string(),
+                quantity: i.quantity,
+            })
+            .collect(),
+        idempotency: idempotency(&req, &body, &school_id)?,
+    };
+    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    match kitchen.send(PlaceOrder(order)).await?? {
+        Placed::New(event) => Ok(HttpResponse::Created().json(OrderView::from(event.order))),
+        Placed::Existing(order) => Ok(HttpResponse::Ok().json(OrderView::from(order))),
+    }
+}
+
+/// The order's school and student, once the caller may see it.
+async fn authorised_order(
+    state: &AppState,
+    who: &Principal,
+    order_id: &str,
+) -> Result<(String, Issuer), ApiError> {
+    let (school_id, student_id) = repo::order_owner(&state.db, order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    let issuer = issuer_for(state, who, &school_id, &student_id).await?;
+    Ok((school_id, issuer))
+}
+
+#[utoipa::path(tag = "orders", responses((status = 200, body = OrderWithHistory), (status = 404, body = crate::error::ErrorBody)))]
+#[get("/orders/{order_id}")]
+pub async fn get_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = path.to_string();
+    authorised_order(&state, &who, &order_id).await?;
+    let rows = repo::order_history(&state.db, &order_id).await?;
+    let mut history = Vec::with_capacity(rows.len());
+    let mut latest = None;
+    for row in rows {
+        let event = event_from_row(row)?;
+        history.push(HistoryEntry {
+            seq: event.seq,
+            version: event.version,
+            kind: event.kind.clone(),
+            from: event.from.map(|s| s.as_str().to_owned()),
+            to: event.to.as_str().to_owned(),
+            actor_id: event.actor_id.clone(),
+            reason: event.reason.clone(),
+            at: event.at,
+        });
+        latest = Some(event.order);
+    }
+    let order = latest.ok_or_else(|| ApiError::not_found("order"))?;
+    Ok(HttpResponse::Ok().json(OrderWithHistory {
+        order: order.into(),
+        history,
+    }))
+}
+
+#[utoipa::path(tag = "kitchen", responses((status = 200, body = Vec<OrderView>)))]
+#[get("/schools/{school_id}/orders/live")]
+pub async fn live_orders(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_kitchen(&school_id)?;
+    existing_school(&state, &school_id).await?;
+    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    let orders = kitchen.send(LiveOrders).await??;
+    Ok(HttpResponse::Ok().json(orders.into_iter().map(OrderView::from).collect::<Vec<_>>()))
+}
+
+fn transition_body(bytes: &web::Bytes) -> Result<TransitionBody, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(TransitionBody::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
+        } else {
+            ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}"))
+        }
+    })
+}
+
+async fn transition(
+    state: &AppState,
+    who: &Principal,
+    order_id: Uuid,
+    body: &web::Bytes,
+    command: OrderCommand,
+) -> Result<HttpResponse, ApiError> {
+    let body = transition_body(body)?;
+    let order_id = order_id.to_string();
+    let (school_id, issuer) = authorised_order(state, who, &order_id).await?;
+    let reason = body
+        .reason
+        .as_deref()
+        .map(|r| super::required_text("reason", r, 500))
+        .transpose()?;
+    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    let result = kitchen
+        .send(TransitionOrder {
+            order_id: order_id.clone(),
+            command,
+            issuer,
+            actor_id: Some(who.user_id.clone()),
+            reason,
+            expected_version: body.expected_version,
+        })
+        .await?;
+    match result {
+        Ok(event) => {
+            state.dispatcher.do_send(Nudge);
+            Ok(HttpResponse::Ok().json(OrderView::from(event.order)))
+        }
+        // Not live: finished. Say why the rules refuse it rather than "not found".
+        Err(CommandError::OrderNotFound) => {
+            let order = state.store_order(&order_id).await?;
+            match decide(order.state, order.version, command, issuer) {
+                Err(e) => Err(CommandError::from(e).into()),
+                Ok(_) => Err(ApiError::new(
+                    ErrorCode::VersionConflict,
+                    "order is being restored; retry",
+                )),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl AppState {
+    async fn store_order(&self, order_id: &str) -> Result<OrderSummary, ApiError> {
+        use tiffin_actors::ports::Store;
+        self.store
+            .load_order(order_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("order"))
+    }
+}
+
+#[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/orders/{order_id}/confirm")]
+pub async fn confirm_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    transition(&state, &who, *path, &body, OrderCommand::Confirm).await
+}
+
+#[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/orders/{order_id}/start")]
+pub async fn start_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    transition(&state, &who, *path, &body, OrderCommand::Start).await
+}
+
+#[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/orders/{order_id}/ready")]
+pub async fn ready_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    transition(&state, &who, *path, &body, OrderCommand::Ready).await
+}
+
+#[utoipa::path(tag = "orders", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/orders/{order_id}/cancel")]
+pub async fn cancel_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    transition(&state, &who, *path, &body, OrderCommand::Cancel).await
+}

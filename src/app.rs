@@ -1,0 +1,147 @@
+//! The one URL map, and the request-level error handling every route shares.
+
+use crate::api::{admin, auth, ops, orders};
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+use crate::{metrics, pages, ws};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::middleware::{Logger, from_fn};
+use actix_web::{App, HttpRequest, web};
+use utoipa::OpenApi;
+use utoipa_actix_web::{AppExt, scope};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tiffin", description = "Real-time dispatch and notification hub for school kitchens"),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorCode)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::new(ErrorCode::BodyTooLarge, "request body too large")
+        }
+        JsonPayloadError::ContentType => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send JSON with Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}"))
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
+        }
+        other => ApiError::new(
+            ErrorCode::MalformedJson,
+            format!("unreadable body: {other}"),
+        ),
+    };
+    api.into()
+}
+
+fn path_error(err: PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::new(ErrorCode::InvalidId, format!("invalid id in path: {err}")).into()
+}
+
+fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::new(ErrorCode::InvalidQuery, format!("invalid query: {err}")).into()
+}
+
+async fn route_not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorCode::RouteNotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+/// Every route of the hub, registered once for actix and for the OpenAPI document.
+pub fn build(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = state.config.max_body_bytes;
+    let (app, doc) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .app_data(state)
+        .app_data(
+            web::JsonConfig::default()
+                .limit(limit)
+                .error_handler(json_error),
+        )
+        .app_data(web::PayloadConfig::default().limit(limit))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .service(ops::healthz)
+        .service(ops::readyz)
+        .service(ops::metrics)
+        .service(pages::index)
+        .service(pages::dashboard)
+        .service(
+            scope("/api/v1")
+                .service(auth::login)
+                .service(auth::refresh)
+                .service(auth::logout)
+                .service(auth::me)
+                .service(admin::create_school)
+                .service(admin::list_schools)
+                .service(admin::get_school)
+                .service(admin::update_school)
+                .service(admin::create_counter)
+                .service(admin::list_counters)
+                .service(admin::update_counter)
+                .service(admin::create_user)
+                .service(admin::list_users)
+                .service(admin::update_user)
+                .service(admin::create_guardian_link)
+                .service(admin::delete_guardian_link)
+                .service(admin::list_guardians)
+                .service(admin::create_meal)
+                .service(admin::list_meals)
+                .service(admin::update_meal)
+                .service(orders::live_orders)
+                .service(orders::create_order)
+                .service(orders::get_order)
+                .service(orders::confirm_order)
+                .service(orders::start_order)
+                .service(orders::ready_order)
+                .service(orders::cancel_order)
+                .service(ws::connect)
+                .service(ops::openapi),
+        )
+        .split_for_parts();
+    app.app_data(web::Data::new(doc))
+        .default_service(web::to(route_not_found))
+        .wrap(from_fn(metrics::track))
+        .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))
+}

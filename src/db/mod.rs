@@ -1,0 +1,272 @@
+//! Persistence: one diesel DSL over PostgreSQL (production) and SQLite (embedded default).
+//!
+//! diesel-async has no released async `MultiConnection`, so [`Db`] is an enum over the two
+//! pools and [`with_conn!`](crate::with_conn) expands one query body into both arms.
+
+pub mod models;
+pub mod schema;
+
+use diesel::{Connection, SqliteConnection};
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+use std::time::Duration;
+
+pub type PgConn = AsyncPgConnection;
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// Per-connection SQLite settings: WAL for concurrent readers, a busy timeout instead of
+/// immediate SQLITE_BUSY, and enforced foreign keys.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+/// A database URL, parsed once: its scheme selects the backend.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    /// The SQLite file path.
+    Sqlite(String),
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    // PostgreSQL URLs may carry a password: show the backend only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseUrl::Postgres(_) => f.write_str("Postgres(..)"),
+            DatabaseUrl::Sqlite(path) => write!(f, "Sqlite({path})"),
+        }
+    }
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(url.to_owned()))
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err("sqlite URL needs a file path, e.g. sqlite://tiffin.db".into());
+            }
+            Ok(DatabaseUrl::Sqlite(path.to_owned()))
+        } else {
+            Err("database URL must start with sqlite:// or postgres://".into())
+        }
+    }
+
+    /// A loggable description with any password removed.
+    pub fn redacted(&self) -> String {
+        match self {
+            DatabaseUrl::Sqlite(path) => format!("sqlite://{path}"),
+            DatabaseUrl::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme_end), Some(at)) if at > scheme_end => {
+                    format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+                }
+                _ => url.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("not found")]
+    NotFound,
+    #[error("duplicate: {0}")]
+    Duplicate(String),
+    #[error("reference to a missing row: {0}")]
+    MissingReference(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl From<diesel::result::Error> for DbError {
+    fn from(e: diesel::result::Error) -> DbError {
+        use diesel::result::{DatabaseErrorKind as K, Error as E};
+        match e {
+            E::NotFound => DbError::NotFound,
+            E::DatabaseError(K::UniqueViolation, info) => DbError::Duplicate(info.message().into()),
+            E::DatabaseError(K::ForeignKeyViolation, info) => {
+                DbError::MissingReference(info.message().into())
+            }
+            E::DatabaseError(K::ClosedConnection, info) => {
+                DbError::Unavailable(info.message().into())
+            }
+            E::DatabaseError(_, info) if is_busy(info.message()) => {
+                DbError::Unavailable(info.message().into())
+            }
+            other => DbError::Other(other.to_string()),
+        }
+    }
+}
+
+fn is_busy(message: &str) -> bool {
+    message.contains("database is locked") || message.contains("database is busy")
+}
+
+impl From<PoolError> for DbError {
+    fn from(e: PoolError) -> DbError {
+        DbError::Unavailable(e.to_string())
+    }
+}
+
+/// The connection pool of the configured backend.
+#[derive(Clone)]
+pub enum Db {
+    Pg(Pool<PgConn>),
+    Sqlite(Pool<SqliteConn>),
+}
+
+/// Runs one diesel body on a pooled connection of either backend: `$conn` is
+/// `&mut AsyncPgConnection` in one arm and `&mut SyncConnectionWrapper<SqliteConnection>`
+/// in the other. Pool errors return early as [`DbError`].
+#[macro_export]
+macro_rules! with_conn {
+    ($db:expr, |$conn:ident| $body:expr) => {
+        match $db {
+            $crate::db::Db::Pg(pool) => {
+                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::db::Db::Sqlite(pool) => {
+                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+impl Db {
+    pub fn connect(url: &DatabaseUrl, max_size: usize) -> Result<Db, DbError> {
+        let wait = Some(Duration::from_secs(5));
+        match url {
+            DatabaseUrl::Postgres(url) => {
+                let manager = AsyncDieselConnectionManager::<PgConn>::new(url);
+                let pool = Pool::builder(manager)
+                    .max_size(max_size)
+                    .wait_timeout(wait)
+                    .create_timeout(wait)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| DbError::Other(e.to_string()))?;
+                Ok(Db::Pg(pool))
+            }
+            DatabaseUrl::Sqlite(path) => {
+                let mut config = ManagerConfig::<SqliteConn>::default();
+                config.custom_setup = Box::new(|path| {
+                    async move {
+                        let mut conn = SqliteConn::establish(path).await?;
+                        conn.batch_execute(SQLITE_PRAGMAS)
+                            .await
+                            .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                        Ok(conn)
+                    }
+                    .boxed()
+                });
+                let manager =
+                    AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, config);
+                let pool = Pool::builder(manager)
+                    .max_size(max_size)
+                    .wait_timeout(wait)
+                    .create_timeout(wait)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| DbError::Other(e.to_string()))?;
+                Ok(Db::Sqlite(pool))
+            }
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Pg(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A round trip to the database, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        with_conn!(self, |conn| conn
+            .batch_execute("SELECT 1")
+            .await
+            .map_err(DbError::from))
+    }
+}
+
+/// Applies pending migrations; returns the versions applied. Runs on its own thread:
+/// diesel's migration harness is synchronous.
+pub async fn migrate(url: &DatabaseUrl) -> Result<Vec<String>, DbError> {
+    let url = url.clone();
+    run_on_thread(move || {
+        let mut harness = MigrationConnection::establish(&url)?;
+        harness.run_pending()
+    })
+    .await
+}
+
+/// Runs a blocking job on a plain thread (no runtime context, so diesel-async's wrapper
+/// makes its own) and awaits the result.
+pub async fn run_on_thread<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, DbError> + Send + 'static,
+) -> Result<T, DbError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(job());
+    });
+    rx.await
+        .map_err(|_| DbError::Other("migration thread died".into()))?
+}
+
+/// A synchronous connection for running migrations on either backend.
+pub enum MigrationConnection {
+    Pg(Box<AsyncConnectionWrapper<PgConn>>),
+    Sqlite(Box<SqliteConnection>),
+}
+
+impl MigrationConnection {
+    pub fn establish(url: &DatabaseUrl) -> Result<MigrationConnection, DbError> {
+        let unavailable = |e: diesel::ConnectionError| DbError::Unavailable(e.to_string());
+        match url {
+            DatabaseUrl::Postgres(url) => Ok(MigrationConnection::Pg(Box::new(
+                <AsyncConnectionWrapper<PgConn> as Connection>::establish(url)
+                    .map_err(unavailable)?,
+            ))),
+            DatabaseUrl::Sqlite(path) => {
+                let mut conn = SqliteConnection::establish(path).map_err(unavailable)?;
+                diesel::connection::SimpleConnection::batch_execute(&mut conn, SQLITE_PRAGMAS)?;
+                Ok(MigrationConnection::Sqlite(Box::new(conn)))
+            }
+        }
+    }
+
+    pub fn run_pending(&mut self) -> Result<Vec<String>, DbError> {
+        let applied = match self {
+            MigrationConnection::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS),
+            MigrationConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+        }
+        .map_err(|e| DbError::Other(format!("migration failed: {e}")))?;
+        Ok(applied.iter().map(|v| v.to_string()).collect())
+    }
+
+    /// Reverts every applied migration, newest first; returns the versions reverted.
+    pub fn revert_all(&mut self) -> Result<Vec<String>, DbError> {
+        let reverted = match self {
+            MigrationConnection::Pg(c) => c.revert_all_migrations(PG_MIGRATIONS),
+            MigrationConnection::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS),
+        }
+        .map_err(|e| DbError::Other(format!("revert failed: {e}")))?;
+        Ok(reverted.iter().map(|v| v.to_string()).collect())
+    }
+}

@@ -1,0 +1,153 @@
+//! Row types, one per table, shared by both backends.
+
+use super::schema::*;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = schools, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct SchoolRow {
+    pub id: String,
+    pub name: String,
+    pub time_zone: String,
+    pub event_seq: i64,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = counters, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct CounterRow {
+    pub id: String,
+    pub school_id: String,
+    pub number: i32,
+    pub name: String,
+    pub is_open: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct UserRow {
+    pub id: String,
+    pub school_id: Option<String>,
+    pub role: String,
+    pub display_name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub password_hash: Option<String>,
+    pub allergies: String,
+    pub locale: String,
+    pub active: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = guardian_links, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct GuardianLinkRow {
+    pub guardian_id: String,
+    pub student_id: String,
+    pub relationship: String,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = refresh_tokens, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct RefreshTokenRow {
+    pub id: String,
+    pub user_id: String,
+    pub token_hash: String,
+    pub family_id: String,
+    pub expires_at: NaiveDateTime,
+    pub revoked_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = meals, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct MealRow {
+    pub id: String,
+    pub school_id: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub allergens: String,
+    pub available: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct OrderRow {
+    pub id: String,
+    pub school_id: String,
+    pub student_id: String,
+    pub placed_by: String,
+    pub state: String,
+    pub version: i64,
+    pub total_cents: i64,
+    pub counter_id: Option<String>,
+    pub pickup_code: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub request_fingerprint: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_items, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct OrderItemRow {
+    pub order_id: String,
+    pub line: i32,
+    pub meal_id: String,
+    pub meal_name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = order_events, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct OrderEventRow {
+    pub school_id: String,
+    pub seq: i64,
+    pub order_id: String,
+    pub version: i64,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub actor_id: Option<String>,
+    pub reason: Option<String>,
+    pub snapshot: String,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = outbox, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct OutboxRow {
+    pub id: String,
+    pub school_id: String,
+    pub event_seq: i64,
+    pub recipient_id: String,
+    pub channel: String,
+    pub template: String,
+    pub address: String,
+    pub locale: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: NaiveDateTime,
+    pub claimed_until: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub sent_at: Option<NaiveDateTime>,
+}
+
+pub fn now() -> NaiveDateTime {
+    // Microseconds: what both backends keep, so a value reads back as written.
+    let t = chrono::Utc::now().naive_utc();
+    t.with_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t)
+}
+
+use chrono::Timelike;

@@ -1,0 +1,210 @@
+// The diesel schema, written to match migrations/{postgres,sqlite}: one schema for both.
+
+diesel::table! {
+    schools (id) {
+        id -> Text,
+        name -> Text,
+        time_zone -> Text,
+        event_seq -> BigInt,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    counters (id) {
+        id -> Text,
+        school_id -> Text,
+        number -> Integer,
+        name -> Text,
+        is_open -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        school_id -> Nullable<Text>,
+        role -> Text,
+        display_name -> Text,
+        email -> Nullable<Text>,
+        phone -> Nullable<Text>,
+        password_hash -> Nullable<Text>,
+        allergies -> Text,
+        locale -> Text,
+        active -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    guardian_links (guardian_id, student_id) {
+        guardian_id -> Text,
+        student_id -> Text,
+        relationship -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (id) {
+        id -> Text,
+        user_id -> Text,
+        token_hash -> Text,
+        family_id -> Text,
+        expires_at -> Timestamp,
+        revoked_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    meals (id) {
+        id -> Text,
+        school_id -> Text,
+        name -> Text,
+        price_cents -> BigInt,
+        allergens -> Text,
+        available -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    rfid_cards (id) {
+        id -> Text,
+        school_id -> Text,
+        student_id -> Text,
+        card_uid -> Text,
+        status -> Text,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    readers (id) {
+        id -> Text,
+        school_id -> Text,
+        counter_id -> Text,
+        name -> Text,
+        secret_hash -> Text,
+        last_seen_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Text,
+        school_id -> Text,
+        student_id -> Text,
+        placed_by -> Text,
+        state -> Text,
+        version -> BigInt,
+        total_cents -> BigInt,
+        counter_id -> Nullable<Text>,
+        pickup_code -> Nullable<Text>,
+        idempotency_key -> Nullable<Text>,
+        request_fingerprint -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    order_items (order_id, line) {
+        order_id -> Text,
+        line -> Integer,
+        meal_id -> Text,
+        meal_name -> Text,
+        quantity -> Integer,
+        unit_price_cents -> BigInt,
+    }
+}
+
+diesel::table! {
+    order_events (school_id, seq) {
+        school_id -> Text,
+        seq -> BigInt,
+        order_id -> Text,
+        version -> BigInt,
+        kind -> Text,
+        from_state -> Nullable<Text>,
+        to_state -> Text,
+        actor_id -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        snapshot -> Text,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Text,
+        school_id -> Text,
+        event_seq -> BigInt,
+        recipient_id -> Text,
+        channel -> Text,
+        template -> Text,
+        address -> Text,
+        locale -> Text,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> Timestamp,
+        claimed_until -> Nullable<Timestamp>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+        sent_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    device_tokens (id) {
+        id -> Text,
+        user_id -> Text,
+        platform -> Text,
+        token -> Text,
+        active -> Bool,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    notification_preferences (user_id, event_kind, channel) {
+        user_id -> Text,
+        event_kind -> Text,
+        channel -> Text,
+        enabled -> Bool,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(counters -> schools (school_id));
+diesel::joinable!(meals -> schools (school_id));
+diesel::joinable!(orders -> schools (school_id));
+diesel::joinable!(order_items -> orders (order_id));
+diesel::joinable!(order_events -> orders (order_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    schools,
+    counters,
+    users,
+    guardian_links,
+    refresh_tokens,
+    meals,
+    rfid_cards,
+    readers,
+    orders,
+    order_items,
+    order_events,
+    outbox,
+    device_tokens,
+    notification_preferences,
+);

@@ -1,0 +1,18 @@
+//! The Tiffin server: configuration, persistence, the HTTP and WebSocket edge, notification
+//! providers and the wiring around the actors of `tiffin-actors`.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod notify;
+pub mod pages;
+pub mod repo;
+pub mod seed;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod ws;

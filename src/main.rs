@@ -1,0 +1,125 @@
+//! `tiffin`: run the hub, migrate, seed the demo school, or mint a token.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tiffin::auth::JwtKeys;
+use tiffin::config::Config;
+use tiffin::server;
+use tiffin_actors::domain::Role;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "tiffin",
+    version,
+    about = "Real-time dispatch and notification hub for school kitchens"
+)]
+struct Cli {
+    /// TOML configuration file; every setting also has a TIFFIN_* environment variable.
+    #[arg(long, global = true, env = "TIFFIN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub (the default).
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Seed the demo school (if absent) and print its sign-ins.
+    Demo,
+    /// Print a signed access token for the configured secret.
+    Token {
+        /// student, guardian, teacher, kitchen_staff, school_admin or admin.
+        #[arg(long)]
+        role: String,
+        /// The school the token is valid for (not needed for admin).
+        #[arg(long)]
+        school: Option<String>,
+        /// The user id the token names.
+        #[arg(long, default_value = "operator")]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 900)]
+        ttl: i64,
+    },
+}
+
+fn init_logs(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tiffin: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(anyhow::Error::msg)?;
+    init_logs(&config);
+    match cli.command.unwrap_or(Command::Serve { bind: None }) {
+        Command::Serve { bind } => {
+            if let Some(bind) = bind {
+                config.bind = bind;
+            }
+            server::serve(config).await
+        }
+        Command::Migrate => {
+            server::prepare_database(&config).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Demo => {
+            let (_, db) = server::prepare_database(&config).await?;
+            match server::ensure_demo(&db).await? {
+                Some((school, _)) => {
+                    println!("Demo school: {school}");
+                    for (who, login, password) in tiffin::seed::DEMO_LOGINS {
+                        println!("  {who}: {login} / {password}");
+                    }
+                }
+                None => println!("the database already has schools; no demo seeded"),
+            }
+            Ok(())
+        }
+        Command::Token {
+            role,
+            school,
+            user,
+            ttl,
+        } => {
+            let role = Role::parse(&role).ok_or_else(|| anyhow::anyhow!("unknown role {role}"))?;
+            if role != Role::Admin && school.is_none() {
+                anyhow::bail!("--school is required for role {role}");
+            }
+            let url =
+                tiffin::db::DatabaseUrl::parse(&config.database_url).map_err(anyhow::Error::msg)?;
+            let keys = JwtKeys::new(&server::jwt_secret(&config, &url)?);
+            let token = keys
+                .issue(&user, role, school.as_deref(), ttl)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

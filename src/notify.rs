@@ -1,0 +1,226 @@
+//! Notification providers: SMTP email through lettre, and the log provider of the embedded
+//! default. Templates come from `templates/` (embedded at build time).
+
+use crate::config::{SmtpConfig, SmtpTls};
+use async_trait::async_trait;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use minijinja::Environment;
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
+
+/// Every template, by name: `{channel}/{event}.{locale}.{part}`.
+const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "email/order_ready.en.subject",
+        include_str!("../templates/email/order_ready.en.subject"),
+    ),
+    (
+        "email/order_ready.en.txt",
+        include_str!("../templates/email/order_ready.en.txt"),
+    ),
+    (
+        "email/order_ready.en.html",
+        include_str!("../templates/email/order_ready.en.html"),
+    ),
+    (
+        "email/order_ready.es.subject",
+        include_str!("../templates/email/order_ready.es.subject"),
+    ),
+    (
+        "email/order_ready.es.txt",
+        include_str!("../templates/email/order_ready.es.txt"),
+    ),
+    (
+        "email/order_ready.es.html",
+        include_str!("../templates/email/order_ready.es.html"),
+    ),
+];
+
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+pub struct RenderedEmail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Templates {
+    pub fn load() -> Result<Templates, String> {
+        let mut env = Environment::new();
+        for (name, source) in TEMPLATES {
+            env.add_template(name, source)
+                .map_err(|e| format!("template {name}: {e}"))?;
+        }
+        Ok(Templates { env })
+    }
+
+    fn render(
+        &self,
+        name: &str,
+        locale: &str,
+        part: &str,
+        data: &serde_json::Value,
+    ) -> Result<String, String> {
+        let localised = format!("{name}.{locale}.{part}");
+        let template = self
+            .env
+            .get_template(&localised)
+            .or_else(|_| self.env.get_template(&format!("{name}.en.{part}")))
+            .map_err(|e| format!("no template {localised}: {e}"))?;
+        template
+            .render(minijinja::value::Serde(data))
+            .map_err(|e| format!("template {localised}: {e}"))
+    }
+
+    pub fn render_email(&self, message: &OutboxMessage) -> Result<RenderedEmail, String> {
+        let data: serde_json::Value =
+            serde_json::from_str(&message.payload).map_err(|e| format!("payload: {e}"))?;
+        let name = format!("email/{}", message.template);
+        Ok(RenderedEmail {
+            subject: self
+                .render(&name, &message.locale, "subject", &data)?
+                .trim()
+                .to_owned(),
+            text: self.render(&name, &message.locale, "txt", &data)?,
+            html: self.render(&name, &message.locale, "html", &data)?,
+        })
+    }
+}
+
+pub struct SmtpSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    templates: Arc<Templates>,
+}
+
+impl SmtpSender {
+    pub fn new(config: &SmtpConfig, templates: Arc<Templates>) -> Result<SmtpSender, String> {
+        let mut builder = match config.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
+                .map_err(|e| format!("smtp: {e}"))?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
+                .map_err(|e| format!("smtp: {e}"))?,
+        }
+        .port(config.port)
+        .timeout(Some(std::time::Duration::from_secs(10)));
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose_secret().to_owned(),
+            ));
+        }
+        let from = config
+            .from
+            .parse()
+            .map_err(|e| format!("smtp from address {:?}: {e}", config.from))?;
+        Ok(SmtpSender {
+            transport: builder.build(),
+            from,
+            templates,
+        })
+    }
+}
+
+#[async_trait]
+impl Sender for SmtpSender {
+    async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
+        let email = self
+            .templates
+            .render_email(message)
+            .map_err(SendError::Permanent)?;
+        let to: Mailbox = message
+            .address
+            .parse()
+            .map_err(|e| SendError::Permanent(format!("address: {e}")))?;
+        let mail = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject)
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(email.text))
+                    .singlepart(SinglePart::html(email.html)),
+            )
+            .map_err(|e| SendError::Permanent(format!("message: {e}")))?;
+        self.transport.send(mail).await.map(|_| ()).map_err(|e| {
+            if e.is_permanent() {
+                SendError::Permanent(e.to_string())
+            } else {
+                SendError::Transient(e.to_string())
+            }
+        })
+    }
+}
+
+/// The embedded default: renders the message and writes it to the log instead of sending.
+pub struct LogSender {
+    templates: Arc<Templates>,
+}
+
+impl LogSender {
+    pub fn new(templates: Arc<Templates>) -> LogSender {
+        LogSender { templates }
+    }
+}
+
+#[async_trait]
+impl Sender for LogSender {
+    async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
+        let email = self
+            .templates
+            .render_email(message)
+            .map_err(SendError::Permanent)?;
+        tracing::info!(
+            provider = "log",
+            channel = %message.channel,
+            to = %message.address,
+            subject = %email.subject,
+            "notification recorded (no provider configured)"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(locale: &str) -> OutboxMessage {
+        OutboxMessage {
+            id: "m1".into(),
+            channel: "email".into(),
+            template: "order_ready".into(),
+            address: "g@example.org".into(),
+            locale: locale.into(),
+            payload: serde_json::json!({
+                "school_name": "Hill School",
+                "recipient_name": "Grace",
+                "order": {"id": "o1", "student_name": "Ada", "items": [{"name": "Soup", "quantity": 2}]}
+            })
+            .to_string(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn renders_each_locale_and_falls_back_to_english() {
+        let t = Templates::load().map_err(|e| e.to_string());
+        let t = t.as_ref().map_err(Clone::clone);
+        let Ok(t) = t else { panic!("templates") };
+        let en = t.render_email(&message("en")).map_err(|e| e.to_string());
+        let Ok(en) = en else { panic!("en") };
+        assert_eq!(en.subject, "Ada's lunch is ready");
+        assert!(en.text.contains("2 x Soup"), "{}", en.text);
+        assert!(en.html.contains("Hill School"));
+        let es = t.render_email(&message("es")).map(|e| e.subject);
+        assert_eq!(es.as_deref(), Ok("El almuerzo de Ada está listo"));
+        let fr = t.render_email(&message("fr")).map(|e| e.subject);
+        assert_eq!(fr.as_deref(), Ok("Ada's lunch is ready"));
+    }
+}

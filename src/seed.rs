@@ -1,0 +1,149 @@
+//! The demo school seeded on first start of the embedded default (and by `tiffin demo`).
+
+use crate::api::new_id;
+use crate::auth::hash_password;
+use crate::db::models::*;
+use crate::db::{Db, DbError};
+use crate::repo;
+
+pub struct DemoPeople {
+    pub school_id: String,
+    pub admin_id: String,
+    pub kitchen_id: String,
+    pub student_id: String,
+    pub guardian_id: String,
+}
+
+/// Demo sign-ins (login, password) — printed at start, documented in the README.
+pub const DEMO_LOGINS: &[(&str, &str, &str)] = &[
+    ("admin", "admin@demo.tiffin.test", "demo-admin-pass"),
+    (
+        "kitchen staff",
+        "kitchen@demo.tiffin.test",
+        "demo-kitchen-pass",
+    ),
+    ("student", "ada@demo.tiffin.test", "demo-student-pass"),
+    ("guardian", "grace@demo.tiffin.test", "demo-guardian-pass"),
+];
+
+fn person(
+    school: Option<&str>,
+    role: &str,
+    name: &str,
+    email: &str,
+    password: &str,
+    allergies: &str,
+) -> Result<UserRow, DbError> {
+    let at = now();
+    Ok(UserRow {
+        id: new_id(),
+        school_id: school.map(str::to_owned),
+        role: role.into(),
+        display_name: name.into(),
+        email: Some(email.into()),
+        phone: None,
+        password_hash: Some(hash_password(password).map_err(|e| DbError::Other(e.message))?),
+        allergies: allergies.into(),
+        locale: "en".into(),
+        active: true,
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
+    let at = now();
+    let school = SchoolRow {
+        id: new_id(),
+        name: "Demo Elementary".into(),
+        time_zone: "America/Chicago".into(),
+        event_seq: 0,
+        created_at: at,
+        updated_at: at,
+    };
+    repo::insert_school(db, &school).await?;
+    for number in 1..=2 {
+        repo::insert_counter(
+            db,
+            &CounterRow {
+                id: new_id(),
+                school_id: school.id.clone(),
+                number,
+                name: format!("Counter {number}"),
+                is_open: true,
+                created_at: at,
+                updated_at: at,
+            },
+        )
+        .await?;
+    }
+    for (name, cents, allergens) in [
+        ("Veggie lasagna", 425, "gluten,milk"),
+        ("Chicken rice bowl", 450, ""),
+        ("Bean burrito", 400, "gluten"),
+        ("Fruit cup", 150, ""),
+    ] {
+        repo::insert_meal(
+            db,
+            &MealRow {
+                id: new_id(),
+                school_id: school.id.clone(),
+                name: name.into(),
+                price_cents: cents,
+                allergens: allergens.into(),
+                available: true,
+                created_at: at,
+                updated_at: at,
+            },
+        )
+        .await?;
+    }
+    let sid = Some(school.id.as_str());
+    let [
+        (_, admin_login, admin_pw),
+        (_, kitchen_login, kitchen_pw),
+        (_, student_login, student_pw),
+        (_, guardian_login, guardian_pw),
+    ] = DEMO_LOGINS
+    else {
+        return Err(DbError::Other("demo logins".into()));
+    };
+    let admin = person(None, "admin", "District Admin", admin_login, admin_pw, "")?;
+    let kitchen = person(
+        sid,
+        "kitchen_staff",
+        "Kim (kitchen)",
+        kitchen_login,
+        kitchen_pw,
+        "",
+    )?;
+    let student = person(
+        sid,
+        "student",
+        "Ada L.",
+        student_login,
+        student_pw,
+        "peanuts",
+    )?;
+    let guardian = person(sid, "guardian", "Grace L.", guardian_login, guardian_pw, "")?;
+    for user in [&admin, &kitchen, &student, &guardian] {
+        repo::insert_user(db, user).await?;
+    }
+    repo::insert_link(
+        db,
+        &GuardianLinkRow {
+            guardian_id: guardian.id.clone(),
+            student_id: student.id.clone(),
+            relationship: "mother".into(),
+            created_at: at,
+        },
+    )
+    .await?;
+    Ok(DemoPeople {
+        school_id: school.id,
+        admin_id: admin.id,
+        kitchen_id: kitchen.id,
+        student_id: student.id,
+        guardian_id: guardian.id,
+    })
+}

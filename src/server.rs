@@ -1,0 +1,188 @@
+//! Start-up: configuration to a running hub.
+
+use crate::app;
+use crate::auth::JwtKeys;
+use crate::config::Config;
+use crate::db::{self, DatabaseUrl, Db};
+use crate::metrics;
+use crate::notify::{LogSender, SmtpSender, Templates};
+use crate::repo;
+use crate::seed::{self, DEMO_LOGINS};
+use crate::state::AppState;
+use crate::store::DieselStore;
+use actix::Actor;
+use actix_web::{HttpServer, web};
+use anyhow::{Context, anyhow, bail};
+use base64::Engine;
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tiffin_actors::bus::LocalBus;
+use tiffin_actors::domain::Role;
+use tiffin_actors::ports::Sender;
+use tiffin_actors::{Dispatcher, Registry};
+
+const MIN_SECRET_BYTES: usize = 32;
+/// Demo tokens last a school day, so the printed ones work through a session.
+const DEMO_TOKEN_TTL_SECS: i64 = 12 * 3600;
+
+/// The JWT signing key: configured, or on SQLite generated once and kept beside the database.
+pub fn jwt_secret(config: &Config, url: &DatabaseUrl) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.jwt_secret {
+        let bytes = secret.expose_secret().as_bytes().to_vec();
+        if bytes.len() < MIN_SECRET_BYTES {
+            bail!("jwt_secret must have at least {MIN_SECRET_BYTES} bytes");
+        }
+        return Ok(bytes);
+    }
+    let DatabaseUrl::Sqlite(path) = url else {
+        bail!("set TIFFIN_JWT_SECRET (32+ bytes): nodes sharing PostgreSQL must share the key");
+    };
+    let file = format!("{path}.jwt-secret");
+    if let Ok(existing) = std::fs::read_to_string(&file) {
+        let existing = existing.trim();
+        if existing.len() >= MIN_SECRET_BYTES {
+            return Ok(existing.as_bytes().to_vec());
+        }
+    }
+    let bytes: [u8; 48] = rand::random();
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    write_private(&file, &secret).with_context(|| format!("writing {file}"))?;
+    tracing::info!(file = %file, "generated a JWT signing key");
+    Ok(secret.into_bytes())
+}
+
+fn write_private(path: &str, content: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(content.as_bytes())
+}
+
+/// Parses the URL and applies migrations.
+pub async fn prepare_database(config: &Config) -> anyhow::Result<(DatabaseUrl, Db)> {
+    let url = DatabaseUrl::parse(&config.database_url).map_err(|e| anyhow!(e))?;
+    let applied = db::migrate(&url)
+        .await
+        .with_context(|| format!("migrating {}", url.redacted()))?;
+    if !applied.is_empty() {
+        tracing::info!(versions = ?applied, "applied migrations");
+    }
+    let db = Db::connect(&url, config.database_pool_size)?;
+    Ok((url, db))
+}
+
+/// Seeds the demo school unless the demo people exist; returns the demo school if present.
+pub async fn ensure_demo(
+    db: &Db,
+) -> anyhow::Result<Option<(String, Vec<(Role, String, Option<String>)>)>> {
+    let mut people = Vec::new();
+    for (_, login, _) in DEMO_LOGINS {
+        if let Some(user) = repo::user_by_login(db, login).await? {
+            if let Some(role) = Role::parse(&user.role) {
+                people.push((role, user.id, user.school_id));
+            }
+        }
+    }
+    if people.is_empty() {
+        if repo::school_count(db).await? > 0 {
+            return Ok(None);
+        }
+        let seeded = seed::seed_demo(db).await?;
+        tracing::info!(school = %seeded.school_id, "seeded the demo school");
+        let school = Some(seeded.school_id.clone());
+        people = vec![
+            (Role::Admin, seeded.admin_id, None),
+            (Role::KitchenStaff, seeded.kitchen_id, school.clone()),
+            (Role::Student, seeded.student_id, school.clone()),
+            (Role::Guardian, seeded.guardian_id, school),
+        ];
+    }
+    let school = people.iter().find_map(|(_, _, s)| s.clone());
+    Ok(school.map(|s| (s, people)))
+}
+
+fn senders(
+    config: &Config,
+    templates: Arc<Templates>,
+) -> anyhow::Result<HashMap<String, Arc<dyn Sender>>> {
+    let email: Arc<dyn Sender> = match &config.smtp {
+        Some(smtp) => Arc::new(SmtpSender::new(smtp, templates).map_err(|e| anyhow!(e))?),
+        None => Arc::new(LogSender::new(templates)),
+    };
+    Ok(HashMap::from([("email".to_owned(), email)]))
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let templates = Arc::new(Templates::load().map_err(|e| anyhow!(e))?);
+    let (url, db) = prepare_database(&config).await?;
+    let keys = JwtKeys::new(&jwt_secret(&config, &url)?);
+    let demo = if config.seed_demo {
+        ensure_demo(&db).await?
+    } else {
+        None
+    };
+    let metrics = metrics::install().map_err(|e| anyhow!(e))?;
+
+    let store = Arc::new(DieselStore::new(db.clone()));
+    let bus = Arc::new(LocalBus::new());
+    let registry = Registry::new(store.clone(), bus.clone()).start();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        senders(&config, templates)?,
+        Duration::from_millis(config.dispatch_poll_ms),
+    )
+    .start();
+
+    let bind = config.bind.clone();
+    let state = web::Data::new(AppState {
+        config,
+        db,
+        store,
+        keys,
+        registry,
+        bus,
+        dispatcher,
+        metrics,
+    });
+    let app_state = state.clone();
+    let server = HttpServer::new(move || app::build(app_state.clone()))
+        .bind(&bind)
+        .with_context(|| format!("binding {bind}"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow!("bound no address"))?;
+    tracing::info!(database = %url.redacted(), %addr, "tiffin started");
+
+    let base = format!("http://{addr}");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Tiffin listening on {base}")?;
+    if let Some((school, people)) = demo {
+        let kitchen = people.iter().find(|(r, _, _)| *r == Role::KitchenStaff);
+        if let Some((role, id, school_id)) = kitchen {
+            let token = state
+                .keys
+                .issue(id, *role, school_id.as_deref(), DEMO_TOKEN_TTL_SECS)?;
+            writeln!(
+                out,
+                "Kitchen dashboard: {base}/dashboard/{school}#token={token}"
+            )?;
+        }
+        writeln!(out, "Demo school: {school}; demo tokens (valid 12 h):")?;
+        for (role, id, school_id) in &people {
+            let token = state
+                .keys
+                .issue(id, *role, school_id.as_deref(), DEMO_TOKEN_TTL_SECS)?;
+            writeln!(out, "  {role}: {token}")?;
+        }
+    }
+    out.flush()?;
+    drop(out);
+    server.run().await?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! What every handler shares.
+
+use crate::auth::JwtKeys;
+use crate::config::Config;
+use crate::db::Db;
+use crate::store::DieselStore;
+use actix::Addr;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use tiffin_actors::bus::LocalBus;
+use tiffin_actors::{Dispatcher, Registry};
+
+pub struct AppState {
+    pub config: Config,
+    pub db: Db,
+    pub store: Arc<DieselStore>,
+    pub keys: JwtKeys,
+    pub registry: Addr<Registry>,
+    pub bus: Arc<LocalBus>,
+    pub dispatcher: Addr<Dispatcher>,
+    pub metrics: PrometheusHandle,
+}

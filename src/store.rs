@@ -1,0 +1,644 @@
+//! The diesel adapter of the actors' `Store` and `Outbox` ports. Every write that makes an
+//! event bumps the school's event sequence first: that takes the write lock at once on
+//! SQLite and serialises a kitchen's commits on PostgreSQL, so sequence numbers are gapless.
+
+use crate::db::models::{MealRow, OrderEventRow, OrderItemRow, OrderRow, OutboxRow, now};
+use crate::db::schema::{guardian_links, meals, order_events, orders, outbox, schools, users};
+use crate::db::{Db, DbError};
+use crate::with_conn;
+use async_trait::async_trait;
+use chrono::{Duration, NaiveDateTime};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use tiffin_actors::domain::{
+    KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, event_type, notifications_for,
+};
+use tiffin_actors::ports::{
+    CommandError, Idempotency, KitchenSnapshot, NewOrder, Outbox, OutboxMessage, Placed, Store,
+    TransitionCommit,
+};
+
+/// How long a dispatcher holds a claimed outbox row before another may take it.
+const CLAIM_LEASE_SECS: i64 = 60;
+const MAX_ITEM_QUANTITY: i32 = 20;
+const MAX_ITEMS: usize = 20;
+
+#[derive(Clone)]
+pub struct DieselStore {
+    pub db: Db,
+}
+
+/// Errors inside a transaction: a database error rolls back, and so does a refusal.
+#[derive(Debug)]
+enum TxError {
+    Db(DbError),
+    Refused(CommandError),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> TxError {
+        TxError::Db(DbError::from(e))
+    }
+}
+
+impl From<DbError> for TxError {
+    fn from(e: DbError) -> TxError {
+        TxError::Db(e)
+    }
+}
+
+impl From<CommandError> for TxError {
+    fn from(e: CommandError) -> TxError {
+        TxError::Refused(e)
+    }
+}
+
+impl From<TxError> for CommandError {
+    fn from(e: TxError) -> CommandError {
+        match e {
+            TxError::Refused(c) => c,
+            TxError::Db(d) => d.into_command(),
+        }
+    }
+}
+
+impl DbError {
+    pub fn into_command(self) -> CommandError {
+        match self {
+            DbError::Unavailable(m) => CommandError::Unavailable(m),
+            other => CommandError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn json_error(e: serde_json::Error) -> TxError {
+    TxError::Db(DbError::Other(format!("stored JSON: {e}")))
+}
+
+fn parse_state(s: &str) -> Result<OrderState, TxError> {
+    OrderState::parse(s).ok_or_else(|| TxError::Db(DbError::Other(format!("unknown state {s}"))))
+}
+
+pub fn event_from_row(row: OrderEventRow) -> Result<KitchenEvent, DbError> {
+    let order: OrderSummary = serde_json::from_str(&row.snapshot)
+        .map_err(|e| DbError::Other(format!("stored snapshot: {e}")))?;
+    let to = OrderState::parse(&row.to_state)
+        .ok_or_else(|| DbError::Other(format!("unknown state {}", row.to_state)))?;
+    Ok(KitchenEvent {
+        school_id: row.school_id,
+        seq: row.seq,
+        kind: row.kind,
+        order_id: row.order_id,
+        from: row.from_state.as_deref().and_then(OrderState::parse),
+        to,
+        version: row.version,
+        actor_id: row.actor_id,
+        reason: row.reason,
+        at: row.created_at.and_utc(),
+        order,
+    })
+}
+
+fn event_row(
+    event_seq: i64,
+    order: &OrderSummary,
+    from: Option<OrderState>,
+    actor_id: Option<String>,
+    reason: Option<String>,
+    at: NaiveDateTime,
+) -> Result<OrderEventRow, TxError> {
+    Ok(OrderEventRow {
+        school_id: order.school_id.clone(),
+        seq: event_seq,
+        order_id: order.id.clone(),
+        version: order.version,
+        kind: event_type(order.state).to_owned(),
+        from_state: from.map(|s| s.as_str().to_owned()),
+        to_state: order.state.as_str().to_owned(),
+        actor_id,
+        reason,
+        snapshot: serde_json::to_string(order).map_err(json_error)?,
+        created_at: at,
+    })
+}
+
+type RecipientRow = (String, String, Option<String>, Option<String>, String);
+
+fn recipient((user_id, name, email, phone, locale): RecipientRow) -> Recipient {
+    Recipient {
+        user_id,
+        name,
+        email,
+        phone,
+        locale,
+    }
+}
+
+impl DieselStore {
+    pub fn new(db: Db) -> DieselStore {
+        DieselStore { db }
+    }
+
+    /// The order an earlier request with this key made, if any.
+    async fn find_idempotent(
+        &self,
+        placed_by: &str,
+        idempotency: &Idempotency,
+    ) -> Result<Option<Placed>, CommandError> {
+        let found: Option<(String, Option<String>)> = self
+            .run(async |db| {
+                with_conn!(db, |conn| orders::table
+                    .filter(orders::placed_by.eq(placed_by))
+                    .filter(orders::idempotency_key.eq(&idempotency.key))
+                    .select((orders::id, orders::request_fingerprint))
+                    .first(conn)
+                    .await
+                    .optional()
+                    .map_err(DbError::from))
+            })
+            .await?;
+        let Some((order_id, fingerprint)) = found else {
+            return Ok(None);
+        };
+        if fingerprint.as_deref() != Some(idempotency.fingerprint.as_str()) {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        let order = self
+            .load_order(&order_id)
+            .await?
+            .ok_or(CommandError::OrderNotFound)?;
+        Ok(Some(Placed::Existing(order)))
+    }
+
+    async fn run<T>(
+        &self,
+        f: impl AsyncFnOnce(&Db) -> Result<T, DbError>,
+    ) -> Result<T, CommandError> {
+        f(&self.db).await.map_err(DbError::into_command)
+    }
+
+    async fn insert_order(&self, new: &NewOrder) -> Result<KitchenEvent, TxError> {
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let at = now();
+                let seq: Option<i64> = diesel::update(schools::table.find(&new.school_id))
+                    .set(schools::event_seq.eq(schools::event_seq + 1))
+                    .returning(schools::event_seq)
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                let seq = seq.ok_or(CommandError::SchoolNotFound)?;
+                let student: Option<(String, String)> = users::table
+                    .filter(users::id.eq(&new.student_id))
+                    .filter(users::school_id.eq(&new.school_id))
+                    .filter(users::role.eq("student"))
+                    .filter(users::active.eq(true))
+                    .select((users::id, users::display_name))
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let (student_id, student_name) = student.ok_or(CommandError::StudentNotFound)?;
+                let meal_ids: Vec<&str> = new.items.iter().map(|i| i.meal_id.as_str()).collect();
+                let menu: Vec<MealRow> = meals::table
+                    .filter(meals::school_id.eq(&new.school_id))
+                    .filter(meals::id.eq_any(&meal_ids))
+                    .select(MealRow::as_select())
+                    .load(conn)
+                    .await?;
+                let lines = order_lines(new, &menu)?;
+                let order = OrderSummary {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    school_id: new.school_id.clone(),
+                    student_id,
+                    student_name,
+                    state: OrderState::Placed,
+                    version: 1,
+                    total_cents: lines
+                        .iter()
+                        .map(|l| l.unit_price_cents * i64::from(l.quantity))
+                        .sum(),
+                    items: lines,
+                    placed_at: at.and_utc(),
+                    updated_at: at.and_utc(),
+                };
+                diesel::insert_into(orders::table)
+                    .values(OrderRow {
+                        id: order.id.clone(),
+                        school_id: order.school_id.clone(),
+                        student_id: order.student_id.clone(),
+                        placed_by: new.placed_by.clone(),
+                        state: order.state.as_str().to_owned(),
+                        version: order.version,
+                        total_cents: order.total_cents,
+                        counter_id: None,
+                        pickup_code: None,
+                        idempotency_key: new.idempotency.as_ref().map(|i| i.key.clone()),
+                        request_fingerprint: new
+                            .idempotency
+                            .as_ref()
+                            .map(|i| i.fingerprint.clone()),
+                        created_at: at,
+                        updated_at: at,
+                    })
+                    .execute(conn)
+                    .await?;
+                let items: Vec<OrderItemRow> = order
+                    .items
+                    .iter()
+                    .enumerate()
+                    .map(|(n, l)| OrderItemRow {
+                        order_id: order.id.clone(),
+                        line: n as i32 + 1,
+                        meal_id: l.meal_id.clone(),
+                        meal_name: l.name.clone(),
+                        quantity: l.quantity,
+                        unit_price_cents: l.unit_price_cents,
+                    })
+                    .collect();
+                // One row per statement: diesel has no SQLite batch insert for these rows.
+                for item in &items {
+                    diesel::insert_into(order_items::table)
+                        .values(item)
+                        .execute(conn)
+                        .await?;
+                }
+                let row = event_row(seq, &order, None, Some(new.placed_by.clone()), None, at)?;
+                diesel::insert_into(order_events::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+                Ok::<_, TxError>(event_from_row(row)?)
+            })
+            .await)
+    }
+
+    async fn transition(&self, t: &TransitionCommit) -> Result<KitchenEvent, TxError> {
+        let tr = t.transition;
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let at = now();
+                let bumped: Option<(i64, String)> =
+                    diesel::update(schools::table.find(&t.school_id))
+                        .set(schools::event_seq.eq(schools::event_seq + 1))
+                        .returning((schools::event_seq, schools::name))
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                let (seq, school_name) = bumped.ok_or(CommandError::SchoolNotFound)?;
+                let changed = diesel::update(
+                    orders::table
+                        .filter(orders::id.eq(&t.order_id))
+                        .filter(orders::school_id.eq(&t.school_id))
+                        .filter(orders::version.eq(tr.version - 1))
+                        .filter(orders::state.eq(tr.from.as_str())),
+                )
+                .set((
+                    orders::state.eq(tr.to.as_str()),
+                    orders::version.eq(tr.version),
+                    orders::updated_at.eq(at),
+                ))
+                .execute(conn)
+                .await?;
+                if changed == 0 {
+                    return Err(TxError::Refused(CommandError::VersionConflict));
+                }
+                let previous: String = order_events::table
+                    .filter(order_events::order_id.eq(&t.order_id))
+                    .order(order_events::version.desc())
+                    .select(order_events::snapshot)
+                    .first(conn)
+                    .await?;
+                let mut order: OrderSummary =
+                    serde_json::from_str(&previous).map_err(json_error)?;
+                order.state = tr.to;
+                order.version = tr.version;
+                order.updated_at = at.and_utc();
+                let row = event_row(
+                    seq,
+                    &order,
+                    Some(tr.from),
+                    t.actor_id.clone(),
+                    t.reason.clone(),
+                    at,
+                )?;
+                diesel::insert_into(order_events::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+
+                let student: RecipientRow = users::table
+                    .find(&order.student_id)
+                    .select((
+                        users::id,
+                        users::display_name,
+                        users::email,
+                        users::phone,
+                        users::locale,
+                    ))
+                    .first(conn)
+                    .await?;
+                let guardians: Vec<RecipientRow> = guardian_links::table
+                    .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
+                    .filter(guardian_links::student_id.eq(&order.student_id))
+                    .filter(users::active.eq(true))
+                    .select((
+                        users::id,
+                        users::display_name,
+                        users::email,
+                        users::phone,
+                        users::locale,
+                    ))
+                    .load(conn)
+                    .await?;
+                let guardians: Vec<Recipient> = guardians.into_iter().map(recipient).collect();
+                let intents = notifications_for(tr.to, &recipient(student), &guardians);
+                let rows: Vec<OutboxRow> = intents
+                    .into_iter()
+                    .map(|intent| {
+                        let name = guardians
+                            .iter()
+                            .find(|g| g.user_id == intent.recipient_id)
+                            .map_or(order.student_name.clone(), |g| g.name.clone());
+                        let payload = serde_json::json!({
+                            "school_name": school_name,
+                            "recipient_name": name,
+                            "order": order,
+                        });
+                        OutboxRow {
+                            id: uuid::Uuid::now_v7().to_string(),
+                            school_id: order.school_id.clone(),
+                            event_seq: seq,
+                            recipient_id: intent.recipient_id,
+                            channel: intent.channel.as_str().to_owned(),
+                            template: row.kind.replace('.', "_"),
+                            address: intent.address,
+                            locale: intent.locale,
+                            payload: payload.to_string(),
+                            status: "pending".into(),
+                            attempts: 0,
+                            next_attempt_at: at,
+                            claimed_until: None,
+                            last_error: None,
+                            created_at: at,
+                            sent_at: None,
+                        }
+                    })
+                    .collect();
+                for row in &rows {
+                    diesel::insert_into(outbox::table)
+                        .values(row)
+                        .execute(conn)
+                        .await?;
+                }
+                let _ = parse_state(&row.to_state)?;
+                Ok::<_, TxError>(event_from_row(row)?)
+            })
+            .await)
+    }
+}
+
+use crate::db::schema::order_items;
+
+/// Prices and names come from the menu, never from the request.
+fn order_lines(new: &NewOrder, menu: &[MealRow]) -> Result<Vec<OrderLine>, CommandError> {
+    if new.items.is_empty() {
+        return Err(CommandError::EmptyOrder);
+    }
+    if new.items.len() > MAX_ITEMS {
+        return Err(CommandError::InvalidItem(format!(
+            "at most {MAX_ITEMS} lines per order"
+        )));
+    }
+    new.items
+        .iter()
+        .map(|item| {
+            let meal = menu
+                .iter()
+                .find(|m| m.id == item.meal_id)
+                .ok_or_else(|| CommandError::UnknownMeal(item.meal_id.clone()))?;
+            if !meal.available {
+                return Err(CommandError::MealUnavailable(meal.id.clone()));
+            }
+            if !(1..=MAX_ITEM_QUANTITY).contains(&item.quantity) {
+                return Err(CommandError::InvalidItem(format!(
+                    "quantity must be between 1 and {MAX_ITEM_QUANTITY}"
+                )));
+            }
+            Ok(OrderLine {
+                meal_id: meal.id.clone(),
+                name: meal.name.clone(),
+                quantity: item.quantity,
+                unit_price_cents: meal.price_cents,
+            })
+        })
+        .collect()
+}
+
+impl From<DbError> for CommandError {
+    fn from(e: DbError) -> CommandError {
+        e.into_command()
+    }
+}
+
+const LIVE_STATES: [&str; 4] = ["placed", "confirmed", "preparing", "ready"];
+
+#[async_trait]
+impl Store for DieselStore {
+    async fn load_kitchen(&self, school_id: &str) -> Result<KitchenSnapshot, CommandError> {
+        let db = &self.db;
+        let last_seq: Option<i64> = with_conn!(db, |conn| schools::table
+            .find(school_id)
+            .select(schools::event_seq)
+            .first(conn)
+            .await
+            .optional()
+            .map_err(DbError::from))?;
+        let last_seq = last_seq.ok_or(CommandError::SchoolNotFound)?;
+        let snapshots: Vec<String> = with_conn!(db, |conn| order_events::table
+            .inner_join(
+                orders::table.on(orders::id
+                    .eq(order_events::order_id)
+                    .and(orders::version.eq(order_events::version))),
+            )
+            .filter(orders::school_id.eq(school_id))
+            .filter(orders::state.eq_any(LIVE_STATES))
+            .select(order_events::snapshot)
+            .load(conn)
+            .await
+            .map_err(DbError::from))?;
+        let live_orders = snapshots
+            .iter()
+            .map(|s| serde_json::from_str(s))
+            .collect::<Result<Vec<OrderSummary>, _>>()
+            .map_err(|e| CommandError::Internal(format!("stored snapshot: {e}")))?;
+        Ok(KitchenSnapshot {
+            school_id: school_id.to_owned(),
+            last_seq,
+            live_orders,
+        })
+    }
+
+    async fn place_order(&self, order: NewOrder) -> Result<Placed, CommandError> {
+        if let Some(idempotency) = &order.idempotency {
+            if let Some(found) = self.find_idempotent(&order.placed_by, idempotency).await? {
+                return Ok(found);
+            }
+        }
+        match self.insert_order(&order).await {
+            Ok(event) => Ok(Placed::New(event)),
+            // A concurrent request with the same key won the insert: answer as it did.
+            Err(TxError::Db(DbError::Duplicate(_))) if order.idempotency.is_some() => {
+                match &order.idempotency {
+                    Some(i) => self
+                        .find_idempotent(&order.placed_by, i)
+                        .await?
+                        .ok_or(CommandError::IdempotencyKeyReused),
+                    None => Err(CommandError::IdempotencyKeyReused),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError> {
+        self.transition(&t).await.map_err(CommandError::from)
+    }
+
+    async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError> {
+        let snapshot: Option<String> = with_conn!(&self.db, |conn| order_events::table
+            .filter(order_events::order_id.eq(order_id))
+            .order(order_events::version.desc())
+            .select(order_events::snapshot)
+            .first(conn)
+            .await
+            .optional()
+            .map_err(DbError::from))?;
+        snapshot
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| CommandError::Internal(format!("stored snapshot: {e}")))
+    }
+
+    async fn events_since(
+        &self,
+        school_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<KitchenEvent>, CommandError> {
+        let rows: Vec<OrderEventRow> = with_conn!(&self.db, |conn| order_events::table
+            .filter(order_events::school_id.eq(school_id))
+            .filter(order_events::seq.gt(after))
+            .order(order_events::seq.asc())
+            .limit(limit)
+            .select(OrderEventRow::as_select())
+            .load(conn)
+            .await
+            .map_err(DbError::from))?;
+        rows.into_iter()
+            .map(|r| event_from_row(r).map_err(CommandError::from))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Outbox for DieselStore {
+    async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError> {
+        let at = now();
+        let lease = at + Duration::seconds(CLAIM_LEASE_SECS);
+        let unclaimed = outbox::claimed_until
+            .is_null()
+            .or(outbox::claimed_until.lt(at));
+        let candidates: Vec<String> = with_conn!(&self.db, |conn| outbox::table
+            .filter(outbox::status.eq("pending"))
+            .filter(outbox::next_attempt_at.le(at))
+            .filter(unclaimed)
+            .order(outbox::next_attempt_at.asc())
+            .limit(limit)
+            .select(outbox::id)
+            .load(conn)
+            .await
+            .map_err(DbError::from))?;
+        let mut claimed = Vec::new();
+        for id in candidates {
+            // Compare-and-set per row: two dispatchers never both win one row.
+            let won = with_conn!(&self.db, |conn| diesel::update(
+                outbox::table
+                    .filter(outbox::id.eq(&id))
+                    .filter(outbox::status.eq("pending"))
+                    .filter(
+                        outbox::claimed_until
+                            .is_null()
+                            .or(outbox::claimed_until.lt(at))
+                    )
+            )
+            .set(outbox::claimed_until.eq(lease))
+            .execute(conn)
+            .await
+            .map_err(DbError::from))?;
+            if won == 1 {
+                claimed.push(id);
+            }
+        }
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<OutboxRow> = with_conn!(&self.db, |conn| outbox::table
+            .filter(outbox::id.eq_any(&claimed))
+            .select(OutboxRow::as_select())
+            .load(conn)
+            .await
+            .map_err(DbError::from))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboxMessage {
+                id: r.id,
+                channel: r.channel,
+                template: r.template,
+                address: r.address,
+                locale: r.locale,
+                payload: r.payload,
+                attempts: r.attempts,
+            })
+            .collect())
+    }
+
+    async fn mark_sent(&self, id: &str) -> Result<(), CommandError> {
+        let at = now();
+        with_conn!(&self.db, |conn| diesel::update(outbox::table.find(id))
+            .set((
+                outbox::status.eq("sent"),
+                outbox::sent_at.eq(Some(at)),
+                outbox::attempts.eq(outbox::attempts + 1),
+                outbox::claimed_until.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)
+            .await
+            .map_err(DbError::from))?;
+        Ok(())
+    }
+
+    async fn mark_failed(
+        &self,
+        id: &str,
+        error: &str,
+        retry_in_ms: Option<i64>,
+    ) -> Result<(), CommandError> {
+        let at = now();
+        let (status, next) = match retry_in_ms {
+            Some(ms) => ("pending", at + Duration::milliseconds(ms)),
+            None => ("dead", at),
+        };
+        with_conn!(&self.db, |conn| diesel::update(outbox::table.find(id))
+            .set((
+                outbox::status.eq(status),
+                outbox::next_attempt_at.eq(next),
+                outbox::attempts.eq(outbox::attempts + 1),
+                outbox::last_error.eq(Some(error)),
+                outbox::claimed_until.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)
+            .await
+            .map_err(DbError::from))?;
+        Ok(())
+    }
+}
