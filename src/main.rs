@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, default_value = "operator")]
         user: String,
         /// Lifetime in seconds.
-        #[arg(long, default_value_t = 900)]
+        #[arg(long, default_value_t = 900, allow_negative_numbers = true)]
         ttl: i64,
     },
 }

@@ -210,11 +210,8 @@ mod tests {
 
     #[test]
     fn renders_each_locale_and_falls_back_to_english() {
-        let t = Templates::load().map_err(|e| e.to_string());
-        let t = t.as_ref().map_err(Clone::clone);
-        let Ok(t) = t else { panic!("templates") };
-        let en = t.render_email(&message("en")).map_err(|e| e.to_string());
-        let Ok(en) = en else { panic!("en") };
+        let t = Templates::load().unwrap();
+        let en = t.render_email(&message("en")).unwrap();
         assert_eq!(en.subject, "Ada's lunch is ready");
         assert!(en.text.contains("2 x Soup"), "{}", en.text);
         assert!(en.html.contains("Hill School"));

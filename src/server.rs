@@ -81,10 +81,10 @@ pub async fn ensure_demo(
 ) -> anyhow::Result<Option<(String, Vec<(Role, String, Option<String>)>)>> {
     let mut people = Vec::new();
     for (_, login, _) in DEMO_LOGINS {
-        if let Some(user) = repo::user_by_login(db, login).await? {
-            if let Some(role) = Role::parse(&user.role) {
-                people.push((role, user.id, user.school_id));
-            }
+        if let Some(user) = repo::user_by_login(db, login).await?
+            && let Some(role) = Role::parse(&user.role)
+        {
+            people.push((role, user.id, user.school_id));
         }
     }
     if people.is_empty() {

@@ -479,10 +479,10 @@ impl Store for DieselStore {
     }
 
     async fn place_order(&self, order: NewOrder) -> Result<Placed, CommandError> {
-        if let Some(idempotency) = &order.idempotency {
-            if let Some(found) = self.find_idempotent(&order.placed_by, idempotency).await? {
-                return Ok(found);
-            }
+        if let Some(idempotency) = &order.idempotency
+            && let Some(found) = self.find_idempotent(&order.placed_by, idempotency).await?
+        {
+            return Ok(found);
         }
         match self.insert_order(&order).await {
             Ok(event) => Ok(Placed::New(event)),

@@ -659,10 +659,7 @@ pub async fn list_meals(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
-    // Guardians may have no school on their token; the menu is not a secret.
-    if who.role != Role::Guardian {
-        who.require_school(&school_id)?;
-    }
+    who.require_school(&school_id)?;
     existing_school(&state, &school_id).await?;
     let rows = repo::meals(&state.db, &school_id).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(Meal::from).collect::<Vec<_>>()))

@@ -88,23 +88,30 @@ impl Kitchen {
         ctx.spawn(
             async move { store.events_since(&school, after, 1000).await }
                 .into_actor(self)
-                .map(|result, act, ctx| {
-                    match result {
-                        Ok(events) => {
-                            for event in events {
-                                act.accept(event, ctx);
-                            }
+                .map(|result, act, ctx| match result {
+                    Ok(events) => {
+                        for event in events {
+                            act.accept(event, ctx);
                         }
-                        Err(e) => tracing::warn!(school = %act.school_id, error = %e, "gap fill failed"),
-                    }
-                    // Sequence numbers are gapless in the store; if one still misses, do not stall.
-                    if let Some((&first, _)) = act.pending.iter().next() {
-                        if first > act.next_seq && act.gap_check.is_none() {
+                        // The store's sequence is gapless: what is still missing was never
+                        // committed, so waiting longer would only stall the kitchen.
+                        if let Some(&first) = act.pending.keys().next()
+                            && first > act.next_seq
+                        {
                             tracing::warn!(school = %act.school_id, from = act.next_seq, to = first, "skipping unrecoverable sequence gap");
                             act.next_seq = first;
                             if let Some(event) = act.pending.remove(&first) {
                                 act.accept(event, ctx);
                             }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(school = %act.school_id, error = %e, "gap fill failed; retrying");
+                        if act.gap_check.is_none() {
+                            act.gap_check = Some(ctx.run_later(GAP_WAIT, |act, ctx| {
+                                act.gap_check = None;
+                                act.fill_gap(ctx);
+                            }));
                         }
                     }
                 }),

@@ -1,0 +1,674 @@
+//! Black-box tests: the real `tiffin` binary on a loopback port, real SQLite and PostgreSQL
+//! databases, a real SMTP server and a real WebSocket client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::*;
+
+/// A school with a counter, two meals, a student, a guardian and a kitchen account.
+struct Fixture {
+    school: String,
+    meals: Vec<String>,
+    student: String,
+    student_token: String,
+    guardian: String,
+    guardian_email: String,
+    kitchen_token: String,
+}
+
+async fn login(hub: &Hub, login: &str, password: &str) -> Value {
+    let reply = send(
+        client().post(hub.url("/api/v1/auth/login")),
+        Some(json!({"login": login, "password": password})),
+    )
+    .await;
+    expect(reply, 200)
+}
+
+async fn fixture(hub: &Hub, admin: &str, tag: &str) -> Fixture {
+    let school = expect(
+        post(
+            hub,
+            admin,
+            "/api/v1/schools",
+            json!({"name": format!("{tag} School"), "time_zone": "America/New_York"}),
+        )
+        .await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    expect(
+        post(
+            hub,
+            admin,
+            &format!("/api/v1/schools/{school}/counters"),
+            json!({"number": 1, "is_open": true}),
+        )
+        .await,
+        201,
+    );
+    let mut meals = Vec::new();
+    for (name, cents) in [("Tomato soup", 300), ("Rice bowl", 450)] {
+        let meal = expect(
+            post(
+                hub,
+                admin,
+                &format!("/api/v1/schools/{school}/meals"),
+                json!({"name": name, "price_cents": cents, "allergens": ["Celery"]}),
+            )
+            .await,
+            201,
+        );
+        assert_eq!(meal["allergens"], json!(["celery"]));
+        meals.push(meal["id"].as_str().unwrap().to_owned());
+    }
+    let users = format!("/api/v1/schools/{school}/users");
+    let student_login = format!("ada.{tag}@school.test");
+    let student = expect(
+        post(hub, admin, &users, json!({"role": "student", "display_name": "Ada", "email": student_login, "password": "student-pass-1"})).await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let guardian_email = format!("grace.{tag}@family.test");
+    let guardian = expect(
+        post(hub, admin, &users, json!({"role": "guardian", "display_name": "Grace", "email": guardian_email, "phone": format!("+1555{:07}", tag.len() * 7919 + tag.as_bytes()[0] as usize), "password": "guardian-pass-1"})).await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kitchen_login = format!("kim.{tag}@school.test");
+    expect(
+        post(hub, admin, &users, json!({"role": "kitchen_staff", "display_name": "Kim", "email": kitchen_login, "password": "kitchen-pass-1"})).await,
+        201,
+    );
+    expect(
+        post(
+            hub,
+            admin,
+            &format!("/api/v1/schools/{school}/guardian-links"),
+            json!({"guardian_id": guardian, "student_id": student, "relationship": "mother"}),
+        )
+        .await,
+        201,
+    );
+    let student_token = login(hub, &student_login, "student-pass-1").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kitchen_token = login(hub, &kitchen_login, "kitchen-pass-1").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Fixture {
+        school,
+        meals,
+        student,
+        student_token,
+        guardian,
+        guardian_email,
+        kitchen_token,
+    }
+}
+
+type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+async fn open_kitchen_socket(hub: &Hub, token: &str, school: &str) -> Socket {
+    let (_, mut socket) = client()
+        .ws(hub.ws_url(token))
+        .connect()
+        .await
+        .expect("ws connect");
+    socket
+        .send(ws::Message::Text(
+            json!({"type": "subscribe", "topic": format!("kitchen:{school}")})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let first = next_json(&mut socket).await;
+    assert_eq!(first["type"], "subscribed", "{first}");
+    socket
+}
+
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let frame = actix_web::rt::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("no frame within 10 s")
+            .expect("socket closed")
+            .expect("protocol error");
+        match frame {
+            ws::Frame::Text(bytes) => return serde_json::from_slice(&bytes).unwrap(),
+            ws::Frame::Ping(p) => socket.send(ws::Message::Pong(p)).await.unwrap(),
+            _ => {}
+        }
+    }
+}
+
+async fn place_order(hub: &Hub, f: &Fixture, key: &str, quantity: i32) -> Reply {
+    send(
+        client()
+            .post(hub.url(&format!("/api/v1/schools/{}/orders", f.school)))
+            .bearer_auth(&f.student_token)
+            .insert_header(("Idempotency-Key", key)),
+        Some(json!({"items": [{"meal_id": f.meals[0], "quantity": quantity}, {"meal_id": f.meals[1], "quantity": 1}]})),
+    )
+    .await
+}
+
+/// The spine: REST -> kitchen actor -> committed -> dashboard frame -> email, then a restart.
+async fn spine(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start();
+    let hub = Hub::start(hub_env(&db, Some(&smtp)));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "spine").await;
+    let mut dashboard = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
+
+    let placed = expect(place_order(&hub, &f, "order-1", 2).await, 201);
+    let order_id = placed["id"].as_str().unwrap().to_owned();
+    assert_eq!(placed["state"], "placed");
+    assert_eq!(placed["student_id"], f.student.as_str());
+    assert_eq!(
+        placed["total_cents"],
+        2 * 300 + 450,
+        "prices come from the menu"
+    );
+    // The same key and body is the same order; the same key with another body is refused.
+    let again = expect(place_order(&hub, &f, "order-1", 2).await, 200);
+    assert_eq!(again["id"], order_id.as_str());
+    let reused = place_order(&hub, &f, "order-1", 3).await;
+    assert_eq!(
+        (reused.status, reused.code()),
+        (422, "idempotency_key_reused")
+    );
+
+    let mut version = 1;
+    for action in ["confirm", "start", "ready"] {
+        let moved = expect(
+            post(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{order_id}/{action}"),
+                json!({"expected_version": version}),
+            )
+            .await,
+            200,
+        );
+        version += 1;
+        assert_eq!(moved["version"], version);
+    }
+
+    let mut last_seq = 0;
+    for expected in [
+        "order.placed",
+        "order.confirmed",
+        "order.preparing",
+        "order.ready",
+    ] {
+        let frame = next_json(&mut dashboard).await;
+        assert_eq!(frame["topic"], format!("kitchen:{}", f.school));
+        assert_eq!(frame["type"], expected, "{frame}");
+        assert_eq!(frame["data"]["order_id"], order_id.as_str());
+        let seq = frame["seq"].as_i64().unwrap();
+        assert!(
+            seq > last_seq,
+            "sequence numbers increase: {seq} after {last_seq}"
+        );
+        last_seq = seq;
+    }
+
+    let mail = smtp
+        .wait_for(&f.guardian_email, Duration::from_secs(20))
+        .await;
+    assert!(mail.data.contains("Ada's lunch is ready"), "{}", mail.data);
+    assert!(mail.data.contains("Tomato soup"), "{}", mail.data);
+    assert!(
+        mail.data.contains("text/html"),
+        "multipart with HTML: {}",
+        mail.data
+    );
+    assert_eq!(
+        smtp.messages().len(),
+        1,
+        "one email: one guardian, one event"
+    );
+
+    let before = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{order_id}"),
+        )
+        .await,
+        200,
+    );
+    let states: Vec<&str> = before["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["placed", "confirmed", "preparing", "ready"]);
+
+    let metrics = send(client().get(hub.url("/metrics")), None).await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(
+        client()
+            .get(hub.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("tiffin_orders{state=\"ready\"} 1"), "{text}");
+    assert!(text.contains("http_requests_total"), "{text}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+
+    // Restart on the same database: the order, its history and the live kitchen come back.
+    let env = hub.kill();
+    let hub = Hub::start(env);
+    let after = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{order_id}"),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(after, before);
+    let live = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/orders/live", f.school),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(live.as_array().unwrap().len(), 1);
+    assert_eq!(live[0]["state"], "ready");
+    // And the kitchen goes on where it stopped: the next frame continues the sequence.
+    let mut dashboard = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
+    let second = expect(place_order(&hub, &f, "order-2", 1).await, 201);
+    let frame = next_json(&mut dashboard).await;
+    assert_eq!(frame["data"]["order_id"], second["id"]);
+    assert_eq!(frame["seq"].as_i64().unwrap(), last_seq + 1);
+
+    drop(hub);
+    db.drop_database().await;
+}
+
+#[actix_web::test]
+async fn spine_on_sqlite() {
+    spine(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn spine_on_postgres() {
+    spine(Backend::Postgres).await;
+}
+
+/// Role and school checks, bad input, token rotation: clear codes, never a 500.
+#[actix_web::test]
+async fn rules_at_the_edge() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let a = fixture(&hub, &admin, "a").await;
+    let b = fixture(&hub, &admin, "b").await;
+
+    // School A's token on school B's data.
+    for path in [
+        format!("/api/v1/schools/{}/orders/live", b.school),
+        format!("/api/v1/schools/{}/counters", b.school),
+        format!("/api/v1/schools/{}", b.school),
+    ] {
+        let r = get(&hub, &a.kitchen_token, &path).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "wrong_school"),
+            "{path}: {}",
+            r.body
+        );
+    }
+    let placed_in_b = expect(place_order(&hub, &b, "b-1", 1).await, 201);
+    let b_order = placed_in_b["id"].as_str().unwrap();
+    let r = post(
+        &hub,
+        &a.kitchen_token,
+        &format!("/api/v1/orders/{b_order}/confirm"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "wrong_school"));
+    let r = get(&hub, &a.student_token, &format!("/api/v1/orders/{b_order}")).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Lower roles.
+    let r = post(
+        &hub,
+        &a.kitchen_token,
+        "/api/v1/schools",
+        json!({"name": "X", "time_zone": "UTC"}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    let placed = expect(place_order(&hub, &a, "a-1", 1).await, 201);
+    let order = placed["id"].as_str().unwrap().to_owned();
+    let r = post(
+        &hub,
+        &a.student_token,
+        &format!("/api/v1/orders/{order}/confirm"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "transition_not_permitted"));
+    // A guardian of the student may cancel while it is placed; a stale version conflicts.
+    let g = login(&hub, &a.guardian_email, "guardian-pass-1").await;
+    let guardian_token = g["access_token"].as_str().unwrap();
+    let r = post(
+        &hub,
+        guardian_token,
+        &format!("/api/v1/orders/{order}/cancel"),
+        json!({"expected_version": 7}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "version_conflict"));
+    let cancelled = expect(
+        post(
+            &hub,
+            guardian_token,
+            &format!("/api/v1/orders/{order}/cancel"),
+            json!({"reason": "home sick"}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(cancelled["state"], "cancelled");
+    let r = post(
+        &hub,
+        &a.kitchen_token,
+        &format!("/api/v1/orders/{order}/confirm"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "invalid_transition"));
+    let history = expect(
+        get(&hub, guardian_token, &format!("/api/v1/orders/{order}")).await,
+        200,
+    );
+    assert_eq!(history["history"][1]["reason"], "home sick");
+    assert_eq!(history["history"][1]["actor_id"], a.guardian.as_str());
+
+    // No token, a tampered token, an expired one.
+    let r = send(
+        client().get(hub.url(&format!("/api/v1/schools/{}/meals", a.school))),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"));
+    let mut tampered = a.kitchen_token.clone();
+    tampered.pop();
+    tampered.push(if a.kitchen_token.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    let r = get(&hub, &tampered, "/api/v1/me").await;
+    assert_eq!((r.status, r.code()), (401, "unauthenticated"));
+    let expired = hub.cli(&["token", "--role", "admin", "--ttl", "-120"]);
+    let r = get(&hub, &expired, "/api/v1/schools").await;
+    assert_eq!((r.status, r.code()), (401, "token_expired"));
+
+    // Bad input: each gets its code, nothing is written.
+    let orders = hub.url(&format!("/api/v1/schools/{}/orders", a.school));
+    let raw = |body: &'static str| {
+        client()
+            .post(orders.clone())
+            .bearer_auth(&a.student_token)
+            .insert_header(("Content-Type", "application/json"))
+            .send_body(body)
+    };
+    let status_code = |mut res: awc::ClientResponse<_>| async move {
+        let body: Value = res.json().limit(1 << 20).await.unwrap_or(Value::Null);
+        (
+            res.status().as_u16(),
+            body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(
+        status_code(raw("{\"items\": [").await.unwrap()).await,
+        (400, "malformed_json".into())
+    );
+    assert_eq!(
+        status_code(raw("{\"items\": [], \"tip\": 1}").await.unwrap()).await,
+        (422, "invalid_body".into())
+    );
+    assert_eq!(
+        status_code(raw("{\"items\": \"soup\"}").await.unwrap()).await,
+        (422, "invalid_body".into())
+    );
+    assert_eq!(
+        status_code(raw("{\"items\": []}").await.unwrap()).await,
+        (422, "empty_order".into())
+    );
+    let big = format!("{{\"items\": [], \"pad\": \"{}\"}}", "x".repeat(200_000));
+    let res = client()
+        .post(orders.clone())
+        .bearer_auth(&a.student_token)
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(big)
+        .await
+        .unwrap();
+    assert_eq!(status_code(res).await, (413, "body_too_large".into()));
+    let unknown_meal = post(
+        &hub,
+        &a.student_token,
+        &format!("/api/v1/schools/{}/orders", a.school),
+        json!({"items": [{"meal_id": b.meals[0], "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (unknown_meal.status, unknown_meal.code()),
+        (422, "unknown_meal")
+    );
+    let r = get(&hub, &a.kitchen_token, "/api/v1/orders/not-a-uuid").await;
+    assert_eq!((r.status, r.code()), (400, "invalid_id"));
+    let r = get(
+        &hub,
+        &a.kitchen_token,
+        &format!("/api/v1/orders/{}", uuid::Uuid::new_v4()),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    let r = get(&hub, &a.kitchen_token, "/api/v1/nothing-here").await;
+    assert_eq!((r.status, r.code()), (404, "route_not_found"));
+    let r = post(
+        &hub,
+        &admin,
+        "/api/v1/schools",
+        json!({"name": "Y", "time_zone": "Mars/Olympus"}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"));
+    let dup = post(
+        &hub,
+        &admin,
+        &format!("/api/v1/schools/{}/users", a.school),
+        json!({"role": "student", "display_name": "Twin", "email": a.guardian_email}),
+    )
+    .await;
+    assert_eq!((dup.status, dup.code()), (409, "duplicate"));
+    // Only the one cancelled order exists in school A: no partial writes above.
+    let mine = expect(
+        get(
+            &hub,
+            &a.kitchen_token,
+            &format!("/api/v1/schools/{}/orders/live", a.school),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(mine, json!([]));
+
+    // Refresh tokens rotate; replaying a used one revokes the whole family.
+    let first = login(&hub, &a.guardian_email, "guardian-pass-1").await;
+    let r1 = first["refresh_token"].as_str().unwrap();
+    let second = expect(
+        send(
+            client().post(hub.url("/api/v1/auth/refresh")),
+            Some(json!({"refresh_token": r1})),
+        )
+        .await,
+        200,
+    );
+    let r2 = second["refresh_token"].as_str().unwrap();
+    assert_ne!(r1, r2);
+    let replay = send(
+        client().post(hub.url("/api/v1/auth/refresh")),
+        Some(json!({"refresh_token": r1})),
+    )
+    .await;
+    assert_eq!(
+        (replay.status, replay.code()),
+        (401, "refresh_token_invalid")
+    );
+    let after = send(
+        client().post(hub.url("/api/v1/auth/refresh")),
+        Some(json!({"refresh_token": r2})),
+    )
+    .await;
+    assert_eq!(
+        (after.status, after.code()),
+        (401, "refresh_token_invalid"),
+        "family revoked"
+    );
+    let wrong = send(
+        client().post(hub.url("/api/v1/auth/login")),
+        Some(json!({"login": a.guardian_email, "password": "nope-nope"})),
+    )
+    .await;
+    assert_eq!((wrong.status, wrong.code()), (401, "invalid_credentials"));
+
+    // A socket may not subscribe to another school's kitchen, nor may a student.
+    let (_, mut socket) = client()
+        .ws(hub.ws_url(&a.kitchen_token))
+        .connect()
+        .await
+        .unwrap();
+    socket
+        .send(ws::Message::Text(
+            json!({"type": "subscribe", "topic": format!("kitchen:{}", b.school)})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let refused = next_json(&mut socket).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("wrong_school"))
+    );
+    let (_, mut socket) = client()
+        .ws(hub.ws_url(&a.student_token))
+        .connect()
+        .await
+        .unwrap();
+    socket
+        .send(ws::Message::Text(
+            json!({"type": "subscribe", "topic": format!("kitchen:{}", a.school)})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await["code"], "forbidden");
+    let denied = client().ws(hub.ws_url("garbage")).connect().await;
+    assert!(
+        denied.is_err(),
+        "an unauthenticated socket is refused before the upgrade"
+    );
+
+    // Every served route is in the OpenAPI document.
+    let doc = expect(
+        send(client().get(hub.url("/api/v1/openapi.json")), None).await,
+        200,
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/schools",
+        "/api/v1/schools/{school_id}/orders",
+        "/api/v1/orders/{order_id}/ready",
+        "/api/v1/schools/{school_id}/orders/live",
+        "/api/v1/ws",
+        "/api/v1/openapi.json",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(paths.len() >= 28, "{} paths", paths.len());
+}
+
+/// Both migration folders hold the same versions, and each runs up, down and up again.
+#[actix_web::test]
+async fn migrations_run_up_down_up_on_both_backends() {
+    let names = |backend: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(format!(
+            "{}/migrations/{backend}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("postgres"), names("sqlite"));
+    assert!(!names("sqlite").is_empty());
+
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let db = TestDb::new(backend).await;
+        let url = tiffin::db::DatabaseUrl::parse(&db.url).unwrap();
+        let (up, down, again) = tiffin::db::run_on_thread(move || {
+            let mut conn = tiffin::db::MigrationConnection::establish(&url)?;
+            let up = conn.run_pending()?;
+            let down = conn.revert_all()?;
+            let again = conn.run_pending()?;
+            Ok((up, down, again))
+        })
+        .await
+        .unwrap();
+        assert_eq!(up.len(), names("sqlite").len(), "{backend:?}");
+        assert_eq!(down.len(), up.len(), "{backend:?}");
+        assert_eq!(again, up, "{backend:?}");
+        db.drop_database().await;
+    }
+}

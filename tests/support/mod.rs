@@ -1,0 +1,355 @@
+//! Test support: a real hub process, real PostgreSQL databases, a real SMTP server.
+
+#![allow(dead_code)]
+
+use awc::Client;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+/// PostgreSQL for tests; the test command checks it is up before anything runs.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TIFFIN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+async fn pg_admin(sql: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let url = postgres_admin_url();
+    let mut conn = AsyncPgConnection::establish(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for these tests: {e}"));
+    conn.batch_execute(sql).await.expect("admin SQL");
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.path().join("tiffin.db").display()),
+                backend,
+                pg_name: None,
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let name = format!("tiffin_test_{}", uuid::Uuid::new_v4().simple());
+                pg_admin(&format!("CREATE DATABASE {name}")).await;
+                let base = postgres_admin_url();
+                let url = match base.rfind('/') {
+                    Some(i) => format!("{}/{name}", &base[..i]),
+                    None => panic!("bad TIFFIN_TEST_POSTGRES_URL"),
+                };
+                TestDb {
+                    url,
+                    backend,
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    pub async fn drop_database(self) {
+        if let Some(name) = &self.pg_name {
+            pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        }
+    }
+}
+
+/// A received email: envelope recipients and the raw message.
+#[derive(Clone, Debug)]
+pub struct Mail {
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    inbox: Arc<Mutex<Vec<Mail>>>,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl mailin::Handler for Collector {
+    fn data_start(&mut self, _: &str, _: &str, _: bool, to: &[String]) -> mailin::Response {
+        self.to = to.to_vec();
+        self.data.clear();
+        mailin::response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> mailin::Response {
+        self.inbox.lock().unwrap().push(Mail {
+            to: std::mem::take(&mut self.to),
+            data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
+        });
+        mailin::response::OK
+    }
+}
+
+/// A real SMTP server (mailin) on a loopback port, collecting what it receives.
+pub struct SmtpSink {
+    pub port: u16,
+    inbox: Arc<Mutex<Vec<Mail>>>,
+}
+
+impl SmtpSink {
+    /// Serves SMTP with the `mailin` protocol implementation over plain TCP.
+    pub fn start() -> SmtpSink {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind smtp");
+        let port = listener.local_addr().unwrap().port();
+        let collector = Collector::default();
+        let inbox = collector.inbox.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let handler = collector.clone();
+                std::thread::spawn(move || smtp_session(stream, handler));
+            }
+        });
+        SmtpSink { port, inbox }
+    }
+
+    pub fn messages(&self) -> Vec<Mail> {
+        self.inbox.lock().unwrap().clone()
+    }
+
+    /// Waits until a message for `to` arrives.
+    pub async fn wait_for(&self, to: &str, within: Duration) -> Mail {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(m) = self
+                .messages()
+                .into_iter()
+                .find(|m| m.to.iter().any(|t| t == to))
+            {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no email to {to} within {within:?}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A hub process started from the built binary.
+pub struct Hub {
+    child: Child,
+    pub base: String,
+    env: Vec<(String, String)>,
+}
+
+pub fn hub_env(db: &TestDb, smtp: Option<&SmtpSink>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("TIFFIN_DATABASE_URL".to_owned(), db.url.clone()),
+        ("TIFFIN_JWT_SECRET".into(), JWT_SECRET.into()),
+        ("TIFFIN_SEED_DEMO".into(), "false".into()),
+        ("TIFFIN_DISPATCH_POLL_MS".into(), "200".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    if let Some(smtp) = smtp {
+        env.push(("TIFFIN_SMTP__HOST".into(), "127.0.0.1".into()));
+        env.push(("TIFFIN_SMTP__PORT".into(), smtp.port.to_string()));
+        env.push(("TIFFIN_SMTP__TLS".into(), "none".into()));
+        env.push((
+            "TIFFIN_SMTP__FROM".into(),
+            "Tiffin <tiffin@school.test>".into(),
+        ));
+    }
+    env
+}
+
+fn tiffin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tiffin"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TIFFIN_") && k != "TIFFIN_TEST_POSTGRES_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+impl Hub {
+    pub fn start(env: Vec<(String, String)>) -> Hub {
+        let mut child = tiffin()
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tiffin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Tiffin listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("hub did not print its address");
+        Hub { child, base, env }
+    }
+
+    /// Runs a `tiffin` subcommand with this hub's settings; returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = tiffin()
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run tiffin");
+        assert!(
+            out.status.success(),
+            "tiffin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.cli(&["token", "--role", "admin", "--ttl", "3600"])
+    }
+
+    /// SIGKILL: nothing gets a chance to flush.
+    pub fn kill(mut self) -> Vec<(String, String)> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut self.env)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!(
+            "{}/api/v1/ws?access_token={token}",
+            self.base.replacen("http", "ws", 1)
+        )
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(30)).finish()
+}
+
+/// A response's status and JSON body (Null when empty or not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+pub async fn send(req: awc::ClientRequest, body: Option<Value>) -> Reply {
+    let mut res = match body {
+        Some(b) => req.send_json(&b).await,
+        None => req.send().await,
+    }
+    .expect("request");
+    let bytes = res.body().limit(4 << 20).await.expect("body");
+    Reply {
+        status: res.status().as_u16(),
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+pub async fn get(hub: &Hub, token: &str, path: &str) -> Reply {
+    send(client().get(hub.url(path)).bearer_auth(token), None).await
+}
+
+pub async fn post(hub: &Hub, token: &str, path: &str, body: Value) -> Reply {
+    send(client().post(hub.url(path)).bearer_auth(token), Some(body)).await
+}
+
+pub async fn patch(hub: &Hub, token: &str, path: &str, body: Value) -> Reply {
+    send(client().patch(hub.url(path)).bearer_auth(token), Some(body)).await
+}
+
+/// Asserts the status and returns the body.
+#[track_caller]
+pub fn expect(reply: Reply, status: u16) -> Value {
+    assert_eq!(reply.status, status, "unexpected answer: {}", reply.body);
+    reply.body
+}
+
+fn smtp_session(stream: std::net::TcpStream, handler: Collector) {
+    use std::io::Write;
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or([127, 0, 0, 1].into());
+    let mut writer = stream.try_clone().expect("clone stream");
+    let mut reader = BufReader::new(stream);
+    let mut session = mailin::SessionBuilder::new("sink.test").build(peer, handler);
+    let _ = session.greeting().write_to(&mut writer);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = session.process(&line);
+        match response.action {
+            mailin::response::Action::NoReply => {}
+            mailin::response::Action::Reply => {
+                let _ = response.write_to(&mut writer);
+                let _ = writer.flush();
+            }
+            _ => {
+                let _ = response.write_to(&mut writer);
+                let _ = writer.flush();
+                return;
+            }
+        }
+    }
+}
