@@ -30,7 +30,6 @@ pub enum ErrorCode {
     WrongSchool,
     NotFound,
     RouteNotFound,
-    MethodNotAllowed,
     Duplicate,
     VersionConflict,
     InvalidTransition,
@@ -43,7 +42,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -61,7 +60,6 @@ impl ErrorCode {
         ErrorCode::WrongSchool,
         ErrorCode::NotFound,
         ErrorCode::RouteNotFound,
-        ErrorCode::MethodNotAllowed,
         ErrorCode::Duplicate,
         ErrorCode::VersionConflict,
         ErrorCode::InvalidTransition,
@@ -89,7 +87,6 @@ impl ErrorCode {
             }
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Duplicate | VersionConflict | InvalidTransition | MealUnavailable => {
                 StatusCode::CONFLICT
             }
