@@ -143,5 +143,10 @@ pub fn build(
     app.app_data(web::Data::new(doc))
         .default_service(web::to(route_not_found))
         .wrap(from_fn(metrics::track))
-        .wrap(Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))
+        // The path without its query: WebSocket access tokens travel in the query string.
+        .wrap(
+            Logger::new("%a %{method}xi %U %s %b %Dms")
+                .custom_request_replace("method", |req| req.method().to_string())
+                .exclude("/healthz"),
+        )
 }

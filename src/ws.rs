@@ -1,17 +1,22 @@
 //! The WebSocket edge: one thin actor per connection. It authenticates once, subscribes to
-//! topics the caller may see, and writes the bus's frames out. Transport details stay here.
+//! topics the caller may see, catches up (snapshot or replay from the event log), then writes
+//! the bus's frames out in sequence order. A gap is never silent: a frame that skips ahead
+//! makes the socket read the missing ones back from the store first.
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
+use crate::repo;
 use crate::state::AppState;
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_web_actors::ws;
+use chrono::Utc;
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tiffin_actors::bus::{Bus, Deliver, LocalBus, Overflowed, Subscriber};
+use tiffin_actors::bus::{Bus, Deliver, Frame, Overflowed, Subscriber};
+use tiffin_actors::ports::Store;
+use tiffin_actors::{Catchup, KitchenFor, SnapshotReason, Subscribe, TakeSnapshot};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,16 +27,131 @@ const MAX_FRAME: usize = 16 * 1024;
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum ClientFrame {
-    Subscribe { topic: String },
+    Subscribe { topic: String, since: Option<i64> },
     Unsubscribe { topic: String },
     Ping,
 }
 
+enum Phase {
+    /// Catching up: live frames wait here until the snapshot or replay is out.
+    CatchingUp(Vec<Deliver>),
+    Live {
+        last: i64,
+    },
+}
+
+struct TopicState {
+    school_id: String,
+    bus_id: Option<u64>,
+    phase: Phase,
+}
+
 pub struct Socket {
     who: Principal,
-    bus: Arc<LocalBus>,
-    subscriptions: HashMap<String, u64>,
+    state: web::Data<AppState>,
+    topics: HashMap<String, TopicState>,
     last_heard: Instant,
+}
+
+/// What a subscription sends before its live frames.
+struct CaughtUp {
+    bus_id: u64,
+    frames: Vec<String>,
+    last: i64,
+}
+
+async fn replay(
+    state: &AppState,
+    school_id: &str,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<String>, ApiError> {
+    let events = state
+        .store
+        .events_since(school_id, after, upto - after)
+        .await?;
+    let complete = events.len() as i64 == upto - after
+        && events.iter().zip(after + 1..).all(|(e, seq)| e.seq == seq);
+    if !complete {
+        return Err(ApiError::internal(
+            "event log does not hold the requested range",
+        ));
+    }
+    Ok(events
+        .iter()
+        .map(|e| Frame::from_event(e).to_json())
+        .collect())
+}
+
+fn snapshot_frame(
+    topic: &str,
+    seq: i64,
+    orders: &[tiffin_actors::domain::OrderSummary],
+    reason: SnapshotReason,
+) -> String {
+    Frame {
+        topic: topic.to_owned(),
+        seq,
+        kind: "snapshot".into(),
+        data: serde_json::json!({"reason": reason.as_str(), "orders": orders}),
+        at: Utc::now(),
+    }
+    .to_json()
+}
+
+async fn catch_up(
+    state: web::Data<AppState>,
+    topic: String,
+    school_id: String,
+    since: Option<i64>,
+    subscriber: Subscriber,
+) -> Result<CaughtUp, ApiError> {
+    if repo::school(&state.db, &school_id).await?.is_none() {
+        return Err(ApiError::not_found("school"));
+    }
+    let kitchen = state.registry.send(KitchenFor(school_id.clone())).await?;
+    let (bus_id, catchup) = kitchen.send(Subscribe { subscriber, since }).await??;
+    let catchup = match catchup {
+        Catchup::Replay { after, upto } => match replay(&state, &school_id, after, upto).await {
+            Ok(frames) => {
+                metrics::counter!("ws_resumes_served_total").increment(1);
+                return Ok(CaughtUp {
+                    bus_id,
+                    frames,
+                    last: upto,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "replay failed; sending a snapshot");
+                kitchen
+                    .send(TakeSnapshot(SnapshotReason::ReplayFailed))
+                    .await??
+            }
+        },
+        other => other,
+    };
+    match catchup {
+        Catchup::Live { seq } => Ok(CaughtUp {
+            bus_id,
+            frames: Vec::new(),
+            last: seq,
+        }),
+        Catchup::Snapshot {
+            seq,
+            orders,
+            reason,
+        } => {
+            if reason != SnapshotReason::Fresh {
+                metrics::counter!("ws_resets_total").increment(1);
+            }
+            Ok(CaughtUp {
+                bus_id,
+                frames: vec![snapshot_frame(&topic, seq, &orders, reason)],
+                last: seq,
+            })
+        }
+        Catchup::Replay { .. } => Err(ApiError::internal("unexpected replay")),
+    }
 }
 
 impl Socket {
@@ -42,10 +162,11 @@ impl Socket {
     }
 
     /// Who may subscribe to what: a kitchen topic needs kitchen staff of that school.
-    fn authorise(&self, topic: &str) -> Result<(), ApiError> {
+    fn authorise(&self, topic: &str) -> Result<String, ApiError> {
         match topic.split_once(':') {
             Some(("kitchen", school_id)) if uuid::Uuid::parse_str(school_id).is_ok() => {
-                self.who.require_kitchen(school_id)
+                self.who.require_kitchen(school_id)?;
+                Ok(school_id.to_owned())
             }
             _ => Err(ApiError::new(
                 ErrorCode::NotFound,
@@ -54,22 +175,127 @@ impl Socket {
         }
     }
 
-    fn subscribe(&mut self, topic: String, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Err(e) = self.authorise(&topic) {
-            return self.error(ctx, e.code, &e.message);
-        }
-        if !self.subscriptions.contains_key(&topic) {
-            let me = ctx.address();
-            let id = self.bus.subscribe(
-                &topic,
-                Subscriber {
-                    frames: me.clone().recipient(),
-                    overflow: me.recipient(),
-                },
+    fn subscribe(
+        &mut self,
+        topic: String,
+        since: Option<i64>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let school_id = match self.authorise(&topic) {
+            Ok(id) => id,
+            Err(e) => return self.error(ctx, e.code, &e.message),
+        };
+        if self.topics.contains_key(&topic) {
+            return self.error(
+                ctx,
+                ErrorCode::Duplicate,
+                "already subscribed to this topic",
             );
-            self.subscriptions.insert(topic.clone(), id);
         }
-        ctx.text(serde_json::json!({"type": "subscribed", "topic": topic}).to_string());
+        self.topics.insert(
+            topic.clone(),
+            TopicState {
+                school_id: school_id.clone(),
+                bus_id: None,
+                phase: Phase::CatchingUp(Vec::new()),
+            },
+        );
+        let me = ctx.address();
+        let subscriber = Subscriber {
+            frames: me.clone().recipient(),
+            overflow: me.recipient(),
+        };
+        let state = self.state.clone();
+        ctx.spawn(
+            catch_up(state, topic.clone(), school_id, since, subscriber)
+                .into_actor(self)
+                .map(move |result, act, ctx| act.caught_up(topic, result, ctx)),
+        );
+    }
+
+    fn caught_up(
+        &mut self,
+        topic: String,
+        result: Result<CaughtUp, ApiError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let caught = match result {
+            Ok(caught) => caught,
+            Err(e) => {
+                self.topics.remove(&topic);
+                return self.error(ctx, e.code, &e.message);
+            }
+        };
+        let Some(entry) = self.topics.get_mut(&topic) else {
+            // Unsubscribed while catching up.
+            self.state.bus.unsubscribe(&topic, caught.bus_id);
+            return;
+        };
+        entry.bus_id = Some(caught.bus_id);
+        ctx.text(
+            serde_json::json!({"type": "subscribed", "topic": topic, "seq": caught.last})
+                .to_string(),
+        );
+        self.go_live(topic, caught, ctx);
+    }
+
+    /// Sends the catch-up frames, then whatever arrived live meanwhile, in order.
+    fn go_live(&mut self, topic: String, caught: CaughtUp, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(entry) = self.topics.get_mut(&topic) else {
+            return;
+        };
+        for frame in caught.frames {
+            ctx.text(frame);
+        }
+        let waiting = match std::mem::replace(&mut entry.phase, Phase::Live { last: caught.last }) {
+            Phase::CatchingUp(waiting) => waiting,
+            Phase::Live { .. } => Vec::new(),
+        };
+        for frame in waiting {
+            self.deliver(frame, ctx);
+        }
+    }
+
+    /// Writes a live frame in sequence: duplicates are dropped, a gap is filled from the store.
+    fn deliver(&mut self, msg: Deliver, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(entry) = self.topics.get_mut(&msg.frame.topic) else {
+            return;
+        };
+        match &mut entry.phase {
+            Phase::CatchingUp(waiting) => waiting.push(msg),
+            Phase::Live { last } if msg.frame.seq <= *last => {}
+            Phase::Live { last } if msg.frame.seq == *last + 1 => {
+                *last = msg.frame.seq;
+                ctx.text(&*msg.json);
+                metrics::counter!("ws_frames_sent_total").increment(1);
+            }
+            Phase::Live { last } => {
+                let (after, upto) = (*last, msg.frame.seq - 1);
+                let topic = msg.frame.topic.clone();
+                let school_id = entry.school_id.clone();
+                entry.phase = Phase::CatchingUp(vec![msg]);
+                let state = self.state.clone();
+                ctx.spawn(
+                    async move { replay(&state, &school_id, after, upto).await }
+                        .into_actor(self)
+                        .map(move |result, act, ctx| match result {
+                            Ok(frames) => {
+                                let bus_id = act.topics.get(&topic).and_then(|t| t.bus_id).unwrap_or_default();
+                                act.go_live(topic, CaughtUp { bus_id, frames, last: upto }, ctx);
+                            }
+                            Err(e) => {
+                                // Cannot fill the gap: tell the client to resume rather than skip.
+                                tracing::warn!(error = %e.message, "gap fill failed; closing the socket");
+                                ctx.close(Some(ws::CloseReason {
+                                    code: ws::CloseCode::Again,
+                                    description: Some("missed frames: resume with since".into()),
+                                }));
+                                ctx.stop();
+                            }
+                        }),
+                );
+            }
+        }
     }
 }
 
@@ -78,6 +304,7 @@ impl Actor for Socket {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
+        metrics::gauge!("ws_sockets").increment(1.0);
         ctx.run_interval(HEARTBEAT, |act, ctx| {
             if act.last_heard.elapsed() > IDLE_TIMEOUT {
                 ctx.close(Some(ws::CloseReason {
@@ -92,8 +319,11 @@ impl Actor for Socket {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        for (topic, id) in self.subscriptions.drain() {
-            self.bus.unsubscribe(&topic, id);
+        metrics::gauge!("ws_sockets").decrement(1.0);
+        for (topic, entry) in self.topics.drain() {
+            if let Some(id) = entry.bus_id {
+                self.state.bus.unsubscribe(&topic, id);
+            }
         }
     }
 }
@@ -101,7 +331,7 @@ impl Actor for Socket {
 impl Handler<Deliver> for Socket {
     type Result = ();
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        ctx.text(&*msg.json);
+        self.deliver(msg, ctx);
     }
 }
 
@@ -123,10 +353,13 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Socket {
         self.last_heard = Instant::now();
         match msg {
             Ok(ws::Message::Text(text)) => match serde_json::from_str::<ClientFrame>(&text) {
-                Ok(ClientFrame::Subscribe { topic }) => self.subscribe(topic, ctx),
+                Ok(ClientFrame::Subscribe { topic, since }) => self.subscribe(topic, since, ctx),
                 Ok(ClientFrame::Unsubscribe { topic }) => {
-                    if let Some(id) = self.subscriptions.remove(&topic) {
-                        self.bus.unsubscribe(&topic, id);
+                    if let Some(TopicState {
+                        bus_id: Some(id), ..
+                    }) = self.topics.remove(&topic)
+                    {
+                        self.state.bus.unsubscribe(&topic, id);
                     }
                     ctx.text(
                         serde_json::json!({"type": "unsubscribed", "topic": topic}).to_string(),
@@ -158,6 +391,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Socket {
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct WsQuery {
+    /// An access token; browsers cannot set headers on a WebSocket.
     access_token: Option<String>,
 }
 
@@ -177,8 +411,8 @@ pub async fn connect(
     let who = Principal::from_claims(state.keys.verify(token)?);
     let socket = Socket {
         who,
-        bus: state.bus.clone(),
-        subscriptions: HashMap::new(),
+        state,
+        topics: HashMap::new(),
         last_heard: Instant::now(),
     };
     ws::WsResponseBuilder::new(socket, &req, stream)

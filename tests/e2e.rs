@@ -123,22 +123,33 @@ async fn fixture(hub: &Hub, admin: &str, tag: &str) -> Fixture {
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
 
-async fn open_kitchen_socket(hub: &Hub, token: &str, school: &str) -> Socket {
+/// Subscribes to a kitchen; returns the socket after its `subscribed` frame.
+async fn subscribe(hub: &Hub, token: &str, school: &str, since: Option<i64>) -> (Socket, Value) {
     let (_, mut socket) = client()
         .ws(hub.ws_url(token))
         .connect()
         .await
         .expect("ws connect");
+    let mut frame = json!({"type": "subscribe", "topic": format!("kitchen:{school}")});
+    if let Some(since) = since {
+        frame["since"] = json!(since);
+    }
     socket
-        .send(ws::Message::Text(
-            json!({"type": "subscribe", "topic": format!("kitchen:{school}")})
-                .to_string()
-                .into(),
-        ))
+        .send(ws::Message::Text(frame.to_string().into()))
         .await
         .unwrap();
     let first = next_json(&mut socket).await;
     assert_eq!(first["type"], "subscribed", "{first}");
+    (socket, first)
+}
+
+/// A fresh kitchen subscription: `subscribed`, then a snapshot of the live orders.
+async fn open_kitchen_socket(hub: &Hub, token: &str, school: &str) -> Socket {
+    let (mut socket, subscribed) = subscribe(hub, token, school, None).await;
+    let snapshot = next_json(&mut socket).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["seq"], subscribed["seq"]);
+    assert_eq!(snapshot["data"]["reason"], "fresh");
     socket
 }
 
@@ -329,11 +340,122 @@ async fn spine_on_postgres() {
     spine(Backend::Postgres).await;
 }
 
+/// A dashboard that drops mid-stream and resumes with `since` gets exactly the frames it
+/// missed, in order, then live ones; one that is ahead gets an explicit snapshot.
+#[actix_web::test]
+async fn dashboards_resume_without_a_gap() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "resume").await;
+    // The reference: a dashboard that never drops.
+    let mut reference = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
+    let mut dropping = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
+
+    let mut orders = Vec::new();
+    for n in 0..3 {
+        orders.push(
+            expect(place_order(&hub, &f, &format!("r-{n}"), 1).await, 201)["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut last = 0;
+    for _ in 0..3 {
+        last = next_json(&mut dropping).await["seq"].as_i64().unwrap();
+    }
+    drop(dropping);
+
+    // Missed while away: two orders placed, one confirmed, one cancelled.
+    for n in 3..5 {
+        orders.push(
+            expect(place_order(&hub, &f, &format!("r-{n}"), 1).await, 201)["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    expect(
+        post(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{}/confirm", orders[0]),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    expect(
+        post(
+            &hub,
+            &f.student_token,
+            &format!("/api/v1/orders/{}/cancel", orders[1]),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+
+    let (mut resumed, subscribed) = subscribe(&hub, &f.kitchen_token, &f.school, Some(last)).await;
+    assert_eq!(subscribed["seq"], last + 4);
+    expect(
+        post(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{}/start", orders[0]),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    let mut expected = Vec::new();
+    for _ in 0..(last + 5) {
+        expected.push(next_json(&mut reference).await);
+    }
+    let missed_and_live: Vec<Value> = expected
+        .into_iter()
+        .filter(|f| f["seq"].as_i64().unwrap() > last)
+        .collect();
+    assert_eq!(missed_and_live.len(), 5);
+    for want in missed_and_live {
+        assert_eq!(
+            next_json(&mut resumed).await,
+            want,
+            "resumed frames equal the reference, in order"
+        );
+    }
+
+    // A client ahead of the server is not left silently behind: it gets a snapshot.
+    let (mut ahead, _) = subscribe(&hub, &f.kitchen_token, &f.school, Some(last + 1000)).await;
+    let snapshot = next_json(&mut ahead).await;
+    assert_eq!(
+        (
+            snapshot["type"].as_str(),
+            snapshot["data"]["reason"].as_str()
+        ),
+        (Some("snapshot"), Some("ahead_of_server"))
+    );
+    let live: Vec<&str> = snapshot["data"]["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(live.len(), 4, "five placed, one cancelled: {live:?}");
+    assert!(!live.contains(&orders[1].as_str()));
+    assert_eq!(snapshot["seq"], last + 5);
+}
+
 /// Role and school checks, bad input, token rotation: clear codes, never a 500.
 #[actix_web::test]
 async fn rules_at_the_edge() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let hub = Hub::start(hub_env(&db, None));
+    let log = db.dir().join("hub.log");
+    let mut env = hub_env(&db, None);
+    env.retain(|(k, _)| k != "RUST_LOG");
+    env.push(("RUST_LOG".into(), "debug".into()));
+    let hub = Hub::start_logging(env, Some(&log));
     let admin = hub.admin_token();
     let a = fixture(&hub, &admin, "a").await;
     let b = fixture(&hub, &admin, "b").await;
@@ -609,6 +731,24 @@ async fn rules_at_the_edge() {
         denied.is_err(),
         "an unauthenticated socket is refused before the upgrade"
     );
+
+    // Secrets stay out of the log, even at debug level: the signing key, passwords, and
+    // access tokens (which WebSocket clients send in the query string).
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("/api/v1/ws"), "the log records requests");
+    for secret in [
+        JWT_SECRET,
+        "guardian-pass-1",
+        "kitchen-pass-1",
+        a.kitchen_token.as_str(),
+        a.student_token.as_str(),
+    ] {
+        assert!(
+            !logged.contains(secret),
+            "the log shows a secret: {}",
+            &secret[..8]
+        );
+    }
 
     // Every served route is in the OpenAPI document.
     let doc = expect(

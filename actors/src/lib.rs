@@ -8,5 +8,8 @@ pub mod domain;
 pub mod ports;
 
 pub use actors::dispatch::{Dispatcher, Nudge};
-pub use actors::kitchen::{Kitchen, LiveOrders, PlaceOrder, TransitionOrder};
+pub use actors::kitchen::{
+    Catchup, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe, TakeSnapshot,
+    TransitionOrder,
+};
 pub use actors::registry::{KitchenFor, Registry};

@@ -200,11 +200,20 @@ fn tiffin() -> Command {
 
 impl Hub {
     pub fn start(env: Vec<(String, String)>) -> Hub {
+        Hub::start_logging(env, None)
+    }
+
+    /// Starts a hub whose log (stderr) goes to `log`, or to the test's stderr.
+    pub fn start_logging(env: Vec<(String, String)>, log: Option<&std::path::Path>) -> Hub {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
         let mut child = tiffin()
             .args(["serve", "--bind", "127.0.0.1:0"])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn tiffin");
         let stdout = child.stdout.take().expect("stdout");

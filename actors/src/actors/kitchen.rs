@@ -2,7 +2,7 @@
 //! kitchen-sequence order.
 
 use super::order::{Command, OrderActor};
-use crate::bus::Bus;
+use crate::bus::{Bus, Subscriber, kitchen_topic};
 use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
 use actix::prelude::*;
@@ -15,11 +15,15 @@ use std::time::Duration;
 const GAP_WAIT: Duration = Duration::from_millis(250);
 /// Before a failed load is retried by the supervisor.
 const RELOAD_BACKOFF: Duration = Duration::from_secs(1);
+/// How far behind a resuming subscriber may be before it gets a fresh snapshot instead.
+pub const MAX_REPLAY: i64 = 10_000;
 
 pub struct Kitchen {
     school_id: String,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    /// Told when the school does not exist, so the registry stops supervising this kitchen.
+    gone: Option<Recipient<KitchenGone>>,
     loaded: bool,
     orders: HashMap<String, Addr<OrderActor>>,
     live: HashMap<String, OrderSummary>,
@@ -30,11 +34,17 @@ pub struct Kitchen {
 }
 
 impl Kitchen {
-    pub fn new(school_id: String, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Kitchen {
+    pub fn new(
+        school_id: String,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        gone: Option<Recipient<KitchenGone>>,
+    ) -> Kitchen {
         Kitchen {
             school_id,
             store,
             bus,
+            gone,
             loaded: false,
             orders: HashMap::new(),
             live: HashMap::new(),
@@ -136,6 +146,12 @@ impl Actor for Kitchen {
                         }
                         act.loaded = true;
                         tracing::debug!(school = %act.school_id, live = act.live.len(), "kitchen loaded");
+                    }
+                    Err(CommandError::SchoolNotFound) => {
+                        if let Some(gone) = &act.gone {
+                            gone.do_send(KitchenGone(act.school_id.clone()));
+                        }
+                        ctx.stop();
                     }
                     Err(e) => {
                         tracing::error!(school = %act.school_id, error = %e, "kitchen load failed; restarting");
@@ -247,8 +263,116 @@ impl Handler<LiveOrders> for Kitchen {
         if !self.loaded {
             return Err(CommandError::Unavailable("kitchen is loading".into()));
         }
+        match self.snapshot(SnapshotReason::Fresh) {
+            Catchup::Snapshot { orders, .. } => Ok(orders),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Sent to the registry by a kitchen whose school does not exist.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KitchenGone(pub String);
+
+/// Why a subscriber starts from a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotReason {
+    /// A fresh subscription.
+    Fresh,
+    /// `since` is further back than the kitchen replays.
+    TooFarBehind,
+    /// `since` is ahead of the kitchen (another database, or a bad client).
+    Ahead,
+    /// The replay could not be served.
+    ReplayFailed,
+}
+
+impl SnapshotReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotReason::Fresh => "fresh",
+            SnapshotReason::TooFarBehind => "too_far_behind",
+            SnapshotReason::Ahead => "ahead_of_server",
+            SnapshotReason::ReplayFailed => "replay_failed",
+        }
+    }
+}
+
+/// How a new subscriber catches up before live frames.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Catchup {
+    /// Already up to date at `seq`.
+    Live { seq: i64 },
+    /// Replay the committed events after `after`, up to and including `upto`, from the store.
+    Replay { after: i64, upto: i64 },
+    /// Start from these live orders as of `seq`.
+    Snapshot {
+        seq: i64,
+        orders: Vec<OrderSummary>,
+        reason: SnapshotReason,
+    },
+}
+
+/// Subscribes to the kitchen's topic. Registering here, in the actor that publishes, makes
+/// the hand-over exact: every event after the returned point reaches the subscriber live.
+#[derive(Message)]
+#[rtype(result = "Result<(u64, Catchup), CommandError>")]
+pub struct Subscribe {
+    pub subscriber: Subscriber,
+    /// The last kitchen sequence number the subscriber has.
+    pub since: Option<i64>,
+}
+
+impl Handler<Subscribe> for Kitchen {
+    type Result = Result<(u64, Catchup), CommandError>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        if !self.loaded {
+            return Err(CommandError::Unavailable("kitchen is loading".into()));
+        }
+        let id = self
+            .bus
+            .subscribe(&kitchen_topic(&self.school_id), msg.subscriber);
+        let last = self.next_seq - 1;
+        let catchup = match msg.since {
+            None => self.snapshot(SnapshotReason::Fresh),
+            Some(since) if since == last => Catchup::Live { seq: last },
+            Some(since) if since > last || since < 0 => self.snapshot(SnapshotReason::Ahead),
+            Some(since) if last - since > MAX_REPLAY => self.snapshot(SnapshotReason::TooFarBehind),
+            Some(since) => Catchup::Replay {
+                after: since,
+                upto: last,
+            },
+        };
+        Ok((id, catchup))
+    }
+}
+
+impl Kitchen {
+    fn snapshot(&self, reason: SnapshotReason) -> Catchup {
         let mut orders: Vec<OrderSummary> = self.live.values().cloned().collect();
         orders.sort_by(|a, b| a.placed_at.cmp(&b.placed_at).then(a.id.cmp(&b.id)));
-        Ok(orders)
+        Catchup::Snapshot {
+            seq: self.next_seq - 1,
+            orders,
+            reason,
+        }
+    }
+}
+
+/// The live orders and the sequence number they are current at.
+#[derive(Message)]
+#[rtype(result = "Result<Catchup, CommandError>")]
+pub struct TakeSnapshot(pub SnapshotReason);
+
+impl Handler<TakeSnapshot> for Kitchen {
+    type Result = Result<Catchup, CommandError>;
+
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        if !self.loaded {
+            return Err(CommandError::Unavailable("kitchen is loading".into()));
+        }
+        Ok(self.snapshot(msg.0))
     }
 }

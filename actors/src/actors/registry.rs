@@ -1,6 +1,6 @@
 //! Starts one supervised kitchen actor per school on first use.
 
-use super::kitchen::Kitchen;
+use super::kitchen::{Kitchen, KitchenGone};
 use crate::bus::Bus;
 use crate::ports::Store;
 use actix::prelude::*;
@@ -35,14 +35,26 @@ pub struct KitchenFor(pub String);
 impl Handler<KitchenFor> for Registry {
     type Result = MessageResult<KitchenFor>;
 
-    fn handle(&mut self, msg: KitchenFor, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: KitchenFor, ctx: &mut Context<Self>) -> Self::Result {
         let (store, bus) = (self.store.clone(), self.bus.clone());
+        let gone = ctx.address().recipient();
         let school_id = msg.0;
         let addr = self
             .kitchens
             .entry(school_id.clone())
-            .or_insert_with(|| Supervisor::start(move |_| Kitchen::new(school_id, store, bus)))
+            .or_insert_with(|| {
+                Supervisor::start(move |_| Kitchen::new(school_id, store, bus, Some(gone)))
+            })
             .clone();
         MessageResult(addr)
+    }
+}
+
+impl Handler<KitchenGone> for Registry {
+    type Result = ();
+
+    /// Dropping the address lets the supervisor stop instead of restarting forever.
+    fn handle(&mut self, msg: KitchenGone, _: &mut Context<Self>) {
+        self.kitchens.remove(&msg.0);
     }
 }
