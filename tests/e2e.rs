@@ -340,6 +340,86 @@ async fn spine_on_postgres() {
     spine(Backend::Postgres).await;
 }
 
+/// Two nodes on one database and several staff transition one order at once: exactly one
+/// wins, the others get a conflict code, and the history holds one transition.
+async fn one_winner(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let first = Hub::start(hub_env(&db, None));
+    let second = Hub::start(hub_env(&db, None));
+    let admin = first.admin_token();
+    let f = fixture(&first, &admin, "race").await;
+    for round in 0..3 {
+        let placed = expect(
+            place_order(&first, &f, &format!("race-{round}"), 1).await,
+            201,
+        );
+        let order = placed["id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/orders/{order}/confirm");
+        let attempts = (0..8).map(|n| {
+            let hub = if n % 2 == 0 { &first } else { &second };
+            post(hub, &f.kitchen_token, &path, json!({}))
+        });
+        let replies = futures_util::future::join_all(attempts).await;
+        let winners = replies.iter().filter(|r| r.status == 200).count();
+        assert_eq!(
+            winners,
+            1,
+            "round {round}: {:?}",
+            replies
+                .iter()
+                .map(|r| (r.status, r.code().to_owned()))
+                .collect::<Vec<_>>()
+        );
+        for r in replies.iter().filter(|r| r.status != 200) {
+            assert_eq!(r.status, 409, "{}", r.body);
+            assert!(
+                ["version_conflict", "invalid_transition"].contains(&r.code()),
+                "{}",
+                r.body
+            );
+        }
+        let history = expect(
+            get(
+                &second,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{order}"),
+            )
+            .await,
+            200,
+        );
+        let versions: Vec<i64> = history["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(versions, [1, 2], "one placed, one confirmed");
+        // The node that lost catches up and can drive the order on.
+        expect(
+            post(
+                &second,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{order}/start"),
+                json!({"expected_version": 2}),
+            )
+            .await,
+            200,
+        );
+    }
+    drop((first, second));
+    db.drop_database().await;
+}
+
+#[actix_web::test]
+async fn concurrent_transitions_have_one_winner_on_sqlite() {
+    one_winner(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn concurrent_transitions_have_one_winner_on_postgres() {
+    one_winner(Backend::Postgres).await;
+}
+
 /// A dashboard that drops mid-stream and resumes with `since` gets exactly the frames it
 /// missed, in order, then live ones; one that is ahead gets an explicit snapshot.
 #[actix_web::test]

@@ -10,7 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tiffin_actors::domain::{Issuer, OrderCommand, OrderSummary, Role, decide};
+use tiffin_actors::domain::{Issuer, OrderCommand, OrderSummary, Role};
 use tiffin_actors::ports::{CommandError, Idempotency, NewOrder, NewOrderItem, Placed};
 use tiffin_actors::{KitchenFor, LiveOrders, Nudge, PlaceOrder, TransitionOrder};
 use utoipa::ToSchema;
@@ -318,28 +318,7 @@ async fn transition(
             state.dispatcher.do_send(Nudge);
             Ok(HttpResponse::Ok().json(OrderView::from(event.order)))
         }
-        // Not live: finished. Say why the rules refuse it rather than "not found".
-        Err(CommandError::OrderNotFound) => {
-            let order = state.store_order(&order_id).await?;
-            match decide(order.state, order.version, command, issuer) {
-                Err(e) => Err(CommandError::from(e).into()),
-                Ok(_) => Err(ApiError::new(
-                    ErrorCode::VersionConflict,
-                    "order is being restored; retry",
-                )),
-            }
-        }
         Err(e) => Err(e.into()),
-    }
-}
-
-impl AppState {
-    async fn store_order(&self, order_id: &str) -> Result<OrderSummary, ApiError> {
-        use tiffin_actors::ports::Store;
-        self.store
-            .load_order(order_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("order"))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::order::{Command, OrderActor};
 use crate::bus::{Bus, Subscriber, kitchen_topic};
-use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary};
+use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary, decide};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -225,16 +225,14 @@ pub struct TransitionOrder {
 }
 
 impl Handler<TransitionOrder> for Kitchen {
-    type Result = ResponseFuture<Result<KitchenEvent, CommandError>>;
+    type Result = ResponseActFuture<Self, Result<KitchenEvent, CommandError>>;
 
     fn handle(&mut self, msg: TransitionOrder, _: &mut Context<Self>) -> Self::Result {
         if !self.loaded {
-            return Box::pin(async { Err(CommandError::Unavailable("kitchen is loading".into())) });
+            return Box::pin(fut::ready(Err(CommandError::Unavailable(
+                "kitchen is loading".into(),
+            ))));
         }
-        let Some(order) = self.orders.get(&msg.order_id).cloned() else {
-            // Not live here: finished (the edge reports why) or unknown.
-            return Box::pin(async { Err(CommandError::OrderNotFound) });
-        };
         let command = Command {
             command: msg.command,
             issuer: msg.issuer,
@@ -242,13 +240,43 @@ impl Handler<TransitionOrder> for Kitchen {
             reason: msg.reason,
             expected_version: msg.expected_version,
         };
-        Box::pin(async move {
-            order
-                .send(command)
-                .await
-                .map_err(|e| CommandError::Internal(format!("order actor: {e}")))?
-        })
+        if let Some(order) = self.orders.get(&msg.order_id).cloned() {
+            return Box::pin(fut::wrap_future(forward(order, command)));
+        }
+        // Not live here: placed through another node, finished, or unknown. The store knows.
+        let (store, order_id) = (self.store.clone(), msg.order_id);
+        Box::pin(
+            async move { store.load_order(&order_id).await }
+                .into_actor(self)
+                .map(move |loaded, act, ctx| {
+                    let order = match loaded? {
+                        Some(order) if order.school_id == act.school_id => order,
+                        _ => return Err(CommandError::OrderNotFound),
+                    };
+                    if order.state.is_terminal() {
+                        decide(order.state, order.version, command.command, command.issuer)?;
+                        return Err(CommandError::VersionConflict);
+                    }
+                    if !act.orders.contains_key(&order.id) {
+                        act.start_order(order.clone(), ctx);
+                    }
+                    act.orders
+                        .get(&order.id)
+                        .cloned()
+                        .ok_or(CommandError::OrderNotFound)
+                })
+                .then(move |addr, _, _| {
+                    fut::wrap_future::<_, Self>(async move { forward(addr?, command).await })
+                }),
+        )
     }
+}
+
+async fn forward(order: Addr<OrderActor>, command: Command) -> Result<KitchenEvent, CommandError> {
+    order
+        .send(command)
+        .await
+        .map_err(|e| CommandError::Internal(format!("order actor: {e}")))?
 }
 
 /// The kitchen's live orders, oldest first.
