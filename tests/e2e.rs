@@ -340,6 +340,105 @@ async fn spine_on_postgres() {
     spine(Backend::Postgres).await;
 }
 
+/// With no configuration at all the hub runs on SQLite in the working directory (WAL), seeds
+/// the demo school once, prints working demo tokens, and keeps its signing key across restarts.
+#[actix_web::test]
+async fn runs_with_no_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+    let hub = Hub::start_in(dir.path(), env.clone(), printed.clone());
+    // The banner is printed right after the address line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !printed
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.trim_start().starts_with("guardian:"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no demo tokens printed: {:?}",
+            printed.lock().unwrap()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = printed.lock().unwrap().clone();
+    let dashboard = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Kitchen dashboard: "))
+        .expect("dashboard address");
+    assert!(dashboard.starts_with(&hub.base), "{dashboard}");
+    let (page, token) = dashboard.split_once("#token=").unwrap();
+    let school = page.rsplit('/').next().unwrap();
+    let kitchen_token = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("kitchen_staff: "))
+        .unwrap();
+    assert_eq!(token, kitchen_token);
+    let menu = expect(
+        get(
+            &hub,
+            kitchen_token,
+            &format!("/api/v1/schools/{school}/meals"),
+        )
+        .await,
+        200,
+    );
+    assert!(menu.as_array().unwrap().len() >= 3, "{menu}");
+    let html = client()
+        .get(page)
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&html).contains("WebSocket"));
+
+    for file in ["tiffin.db", "tiffin.db-wal", "tiffin.db.jwt-secret"] {
+        assert!(dir.path().join(file).exists(), "{file} missing");
+    }
+    let mode: String = {
+        use diesel::{Connection, RunQueryDsl, sql_query, sqlite::SqliteConnection};
+        #[derive(diesel::QueryableByName)]
+        struct Mode {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            journal_mode: String,
+        }
+        let mut conn =
+            SqliteConnection::establish(dir.path().join("tiffin.db").to_str().unwrap()).unwrap();
+        sql_query("PRAGMA journal_mode")
+            .get_result::<Mode>(&mut conn)
+            .unwrap()
+            .journal_mode
+    };
+    assert_eq!(mode, "wal");
+
+    // A restart keeps the key (old tokens work) and does not seed twice.
+    drop(hub);
+    let again = Hub::start_in(dir.path(), env, Default::default());
+    let schools = expect(
+        get(
+            &again,
+            lines
+                .iter()
+                .find_map(|l| l.trim().strip_prefix("admin: "))
+                .unwrap(),
+            "/api/v1/schools",
+        )
+        .await,
+        200,
+    );
+    assert_eq!(schools.as_array().unwrap().len(), 1);
+    let login = send(
+        client().post(again.url("/api/v1/auth/login")),
+        Some(json!({"login": "ada@demo.tiffin.test", "password": "demo-student-pass"})),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+}
+
 /// Two nodes on one database and several staff transition one order at once: exactly one
 /// wins, the others get a conflict code, and the history holds one transition.
 async fn one_winner(backend: Backend) {

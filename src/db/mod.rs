@@ -22,10 +22,13 @@ pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-/// Per-connection SQLite settings: WAL for concurrent readers, a busy timeout instead of
-/// immediate SQLITE_BUSY, and enforced foreign keys.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+/// Per-connection SQLite settings: the busy timeout first, so nothing after it fails with an
+/// immediate SQLITE_BUSY; durable commits in WAL mode; enforced foreign keys.
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+/// WAL (concurrent readers beside one writer) is a property of the database file: set once,
+/// before the pool opens, because switching needs the database to itself.
+const SQLITE_WAL: &str = "PRAGMA journal_mode = WAL;";
 
 /// A database URL, parsed once: its scheme selects the backend.
 #[derive(Clone, PartialEq, Eq)]
@@ -246,6 +249,7 @@ impl MigrationConnection {
             DatabaseUrl::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(path).map_err(unavailable)?;
                 diesel::connection::SimpleConnection::batch_execute(&mut conn, SQLITE_PRAGMAS)?;
+                diesel::connection::SimpleConnection::batch_execute(&mut conn, SQLITE_WAL)?;
                 Ok(MigrationConnection::Sqlite(Box::new(conn)))
             }
         }

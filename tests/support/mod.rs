@@ -205,11 +205,33 @@ impl Hub {
 
     /// Starts a hub whose log (stderr) goes to `log`, or to the test's stderr.
     pub fn start_logging(env: Vec<(String, String)>, log: Option<&std::path::Path>) -> Hub {
+        Hub::spawn(env, log, None, Arc::default())
+    }
+
+    /// Starts a hub in `dir` with nothing but `env`; everything it prints goes to `printed`.
+    pub fn start_in(
+        dir: &std::path::Path,
+        env: Vec<(String, String)>,
+        printed: Arc<Mutex<Vec<String>>>,
+    ) -> Hub {
+        Hub::spawn(env, None, Some(dir), printed)
+    }
+
+    fn spawn(
+        env: Vec<(String, String)>,
+        log: Option<&std::path::Path>,
+        dir: Option<&std::path::Path>,
+        printed: Arc<Mutex<Vec<String>>>,
+    ) -> Hub {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::inherit(),
         };
-        let mut child = tiffin()
+        let mut cmd = tiffin();
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd
             .args(["serve", "--bind", "127.0.0.1:0"])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
@@ -221,6 +243,7 @@ impl Hub {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                printed.lock().unwrap().push(line.clone());
                 if let Some(url) = line.strip_prefix("Tiffin listening on ")
                     && let Some(tx) = tx.take()
                 {
