@@ -3,15 +3,19 @@
 //! SQLite and serialises a kitchen's commits on PostgreSQL, so sequence numbers are gapless.
 
 use crate::db::models::{MealRow, OrderEventRow, OrderItemRow, OrderRow, OutboxRow, now};
-use crate::db::schema::{guardian_links, meals, order_events, orders, outbox, schools, users};
+use crate::db::schema::{
+    counters, guardian_links, meals, order_events, orders, outbox, schools, users,
+};
 use crate::db::{Db, DbError};
 use crate::with_conn;
 use async_trait::async_trait;
 use chrono::{Duration, NaiveDateTime};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
+use std::collections::HashSet;
 use tiffin_actors::domain::{
-    KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, event_type, notifications_for,
+    CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, assign_counter,
+    event_type, notifications_for, pickup_code,
 };
 use tiffin_actors::ports::{
     CommandError, Idempotency, KitchenSnapshot, NewOrder, Outbox, OutboxMessage, Placed, Store,
@@ -220,6 +224,8 @@ impl DieselStore {
                     items: lines,
                     placed_at: at.and_utc(),
                     updated_at: at.and_utc(),
+                    counter: None,
+                    pickup_code: None,
                 };
                 diesel::insert_into(orders::table)
                     .values(OrderRow {
@@ -239,6 +245,7 @@ impl DieselStore {
                             .map(|i| i.fingerprint.clone()),
                         created_at: at,
                         updated_at: at,
+                        pickup_day: None,
                     })
                     .execute(conn)
                     .await?;
@@ -277,14 +284,14 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                let bumped: Option<(i64, String)> =
+                let bumped: Option<(i64, String, String)> =
                     diesel::update(schools::table.find(&t.school_id))
                         .set(schools::event_seq.eq(schools::event_seq + 1))
-                        .returning((schools::event_seq, schools::name))
+                        .returning((schools::event_seq, schools::name, schools::time_zone))
                         .get_result(conn)
                         .await
                         .optional()?;
-                let (seq, school_name) = bumped.ok_or(CommandError::SchoolNotFound)?;
+                let (seq, school_name, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
                 let changed = diesel::update(
                     orders::table
                         .filter(orders::id.eq(&t.order_id))
@@ -313,6 +320,57 @@ impl DieselStore {
                 order.state = tr.to;
                 order.version = tr.version;
                 order.updated_at = at.and_utc();
+                if tr.to == OrderState::Ready && order.pickup_code.is_none() {
+                    let open: Vec<(String, i32, String)> = counters::table
+                        .filter(counters::school_id.eq(&t.school_id))
+                        .filter(counters::is_open.eq(true))
+                        .select((counters::id, counters::number, counters::name))
+                        .load(conn)
+                        .await?;
+                    let open: Vec<CounterRef> = open
+                        .into_iter()
+                        .map(|(id, number, name)| CounterRef { id, number, name })
+                        .collect();
+                    let waiting: Vec<(Option<String>, i64)> = orders::table
+                        .filter(orders::school_id.eq(&t.school_id))
+                        .filter(orders::state.eq(OrderState::Ready.as_str()))
+                        .filter(orders::counter_id.is_not_null())
+                        .group_by(orders::counter_id)
+                        .select((orders::counter_id, diesel::dsl::count_star()))
+                        .load(conn)
+                        .await?;
+                    let counter = assign_counter(&open, |c| {
+                        waiting
+                            .iter()
+                            .find(|(id, _)| id.as_deref() == Some(c.id.as_str()))
+                            .map_or(0, |(_, n)| *n)
+                    })
+                    .cloned();
+                    let day = local_day(&time_zone, at);
+                    let taken: HashSet<String> = orders::table
+                        .filter(orders::school_id.eq(&t.school_id))
+                        .filter(orders::pickup_day.eq(&day))
+                        .select(orders::pickup_code)
+                        .load::<Option<String>>(conn)
+                        .await?
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                    let code =
+                        pickup_code(&taken, |n| rand::random_range(0..n)).ok_or_else(|| {
+                            CommandError::Internal("no free pickup code today".into())
+                        })?;
+                    diesel::update(orders::table.find(&t.order_id))
+                        .set((
+                            orders::counter_id.eq(counter.as_ref().map(|c| c.id.clone())),
+                            orders::pickup_code.eq(Some(&code)),
+                            orders::pickup_day.eq(Some(&day)),
+                        ))
+                        .execute(conn)
+                        .await?;
+                    order.counter = counter;
+                    order.pickup_code = Some(code);
+                }
                 let row = event_row(
                     seq,
                     &order,
@@ -398,6 +456,15 @@ impl DieselStore {
 }
 
 use crate::db::schema::order_items;
+
+/// The school-local calendar day of an instant, for pickup codes.
+fn local_day(time_zone: &str, at: NaiveDateTime) -> String {
+    let tz: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
+    at.and_utc()
+        .with_timezone(&tz)
+        .format("%Y-%m-%d")
+        .to_string()
+}
 
 /// Prices and names come from the menu, never from the request.
 fn order_lines(new: &NewOrder, menu: &[MealRow]) -> Result<Vec<OrderLine>, CommandError> {

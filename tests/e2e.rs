@@ -220,6 +220,14 @@ async fn spine(backend: Backend) {
         );
         version += 1;
         assert_eq!(moved["version"], version);
+        if action == "ready" {
+            assert_eq!(moved["counter"]["number"], 1, "{moved}");
+            assert_eq!(
+                moved["pickup_code"].as_str().map(str::len),
+                Some(4),
+                "{moved}"
+            );
+        }
     }
 
     let mut last_seq = 0;
@@ -246,6 +254,7 @@ async fn spine(backend: Backend) {
         .await;
     assert!(mail.data.contains("Ada's lunch is ready"), "{}", mail.data);
     assert!(mail.data.contains("Tomato soup"), "{}", mail.data);
+    assert!(mail.data.contains("at Counter 1"), "{}", mail.data);
     assert!(
         mail.data.contains("text/html"),
         "multipart with HTML: {}",
@@ -437,6 +446,118 @@ async fn runs_with_no_configuration() {
     )
     .await;
     assert_eq!(login.status, 200, "{}", login.body);
+}
+
+/// Ready orders go to the least-loaded open counter with a code unique for the day; with no
+/// counter open they wait unassigned, and say so.
+#[actix_web::test]
+async fn ready_orders_get_a_counter_and_a_code() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "counters").await;
+    let counters = format!("/api/v1/schools/{}/counters", f.school);
+    let second = expect(
+        post(
+            &hub,
+            &admin,
+            &counters,
+            json!({"number": 2, "is_open": true}),
+        )
+        .await,
+        201,
+    );
+    expect(
+        post(
+            &hub,
+            &admin,
+            &counters,
+            json!({"number": 3, "is_open": false}),
+        )
+        .await,
+        201,
+    );
+
+    let mut ready = Vec::new();
+    for n in 0..4 {
+        let order = expect(place_order(&hub, &f, &format!("c-{n}"), 1).await, 201)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut last = Value::Null;
+        for action in ["confirm", "start", "ready"] {
+            last = expect(
+                post(
+                    &hub,
+                    &f.kitchen_token,
+                    &format!("/api/v1/orders/{order}/{action}"),
+                    json!({}),
+                )
+                .await,
+                200,
+            );
+        }
+        ready.push(last);
+    }
+    let numbers: Vec<i64> = ready
+        .iter()
+        .map(|o| o["counter"]["number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        [1, 2, 1, 2],
+        "least loaded, ties to the lowest number; closed counter 3 unused"
+    );
+    let codes: std::collections::HashSet<&str> = ready
+        .iter()
+        .map(|o| o["pickup_code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 4, "codes are unique: {codes:?}");
+
+    // Staff close every counter: the next ready order has a code but waits for a counter.
+    let counter_list = expect(get(&hub, &f.kitchen_token, &counters).await, 200);
+    for c in counter_list.as_array().unwrap() {
+        expect(
+            patch(
+                &hub,
+                &f.kitchen_token,
+                &format!("{counters}/{}", c["id"].as_str().unwrap()),
+                json!({"is_open": false}),
+            )
+            .await,
+            200,
+        );
+    }
+    let order = expect(place_order(&hub, &f, "c-x", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut last = Value::Null;
+    for action in ["confirm", "start", "ready"] {
+        last = expect(
+            post(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{order}/{action}"),
+                json!({}),
+            )
+            .await,
+            200,
+        );
+    }
+    assert_eq!(last["counter"], Value::Null);
+    assert_eq!(last["pickup_code"].as_str().map(str::len), Some(4));
+    // The assignment is part of the order's record: the history endpoint shows it too.
+    let stored = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{}", ready[1]["id"].as_str().unwrap()),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(stored["order"]["counter"]["id"], second["id"]);
 }
 
 /// Two nodes on one database and several staff transition one order at once: exactly one

@@ -46,6 +46,17 @@ pub struct OrderView {
     pub items: Vec<OrderItemView>,
     pub placed_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The pickup counter, once ready and a counter is open; null while it waits for one.
+    pub counter: Option<CounterView>,
+    /// Short code for the pickup board, unique per school and day; set when ready.
+    pub pickup_code: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CounterView {
+    pub id: String,
+    pub number: i32,
+    pub name: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -78,6 +89,12 @@ impl From<OrderSummary> for OrderView {
                 .collect(),
             placed_at: o.placed_at,
             updated_at: o.updated_at,
+            counter: o.counter.map(|c| CounterView {
+                id: c.id,
+                number: c.number,
+                name: c.name,
+            }),
+            pickup_code: o.pickup_code,
         }
     }
 }

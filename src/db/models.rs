@@ -94,6 +94,7 @@ pub struct OrderRow {
     pub request_fingerprint: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub pickup_day: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -113,6 +113,7 @@ diesel::table! {
         request_fingerprint -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        pickup_day -> Nullable<Text>,
     }
 }
 

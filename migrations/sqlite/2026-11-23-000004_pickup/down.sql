@@ -1,0 +1,3 @@
+DROP INDEX orders_counter_state;
+DROP INDEX orders_pickup_code;
+ALTER TABLE orders DROP COLUMN pickup_day;
