@@ -136,6 +136,7 @@ pub fn build(
                 .service(orders::start_order)
                 .service(orders::ready_order)
                 .service(orders::cancel_order)
+                .service(orders::pickup_order)
                 .service(ws::connect)
                 .service(ops::openapi),
         )

@@ -76,6 +76,8 @@ pub struct Principal {
     pub user_id: String,
     pub role: Role,
     pub school_id: Option<String>,
+    /// When the token stops being valid (Unix seconds); long-lived sockets check it.
+    pub expires_at: i64,
 }
 
 impl Principal {
@@ -84,6 +86,7 @@ impl Principal {
             user_id: claims.sub,
             role: claims.role,
             school_id: claims.school,
+            expires_at: claims.exp,
         }
     }
 
@@ -222,6 +225,7 @@ mod tests {
             user_id: "u".into(),
             role: Role::KitchenStaff,
             school_id: Some("a".into()),
+            expires_at: i64::MAX,
         };
         assert!(staff.require_kitchen("a").is_ok());
         assert_eq!(
@@ -236,6 +240,7 @@ mod tests {
             user_id: "x".into(),
             role: Role::Admin,
             school_id: None,
+            expires_at: i64::MAX,
         };
         assert!(admin.require_school_admin("b").is_ok());
     }

@@ -18,12 +18,13 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// HS256 signing key for access tokens. Unset on SQLite: generated once and kept in a
     /// file beside the database. Required on PostgreSQL, where nodes must share it.
-    #[serde(serialize_with = "never_serialize")]
+    #[serde(serialize_with = "never_serialize", deserialize_with = "secret")]
     pub jwt_secret: Option<SecretString>,
     pub access_token_ttl_secs: i64,
     pub refresh_token_ttl_secs: i64,
     pub database_pool_size: usize,
-    /// Seed a demo school when the database has no school yet.
+    /// Seed a demo school when the database has no school yet (embedded SQLite only; on
+    /// PostgreSQL run `tiffin demo` deliberately).
     pub seed_demo: bool,
     /// How often notification dispatch polls the outbox.
     pub dispatch_poll_ms: u64,
@@ -38,13 +39,17 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     pub host: String,
-    #[serde(default = "default_smtp_port")]
-    pub port: u16,
+    /// Defaults to 465 for `tls`, 587 otherwise.
+    pub port: Option<u16>,
     /// `none`, `starttls` or `tls`.
     #[serde(default)]
     pub tls: SmtpTls,
     pub username: Option<String>,
-    #[serde(default, serialize_with = "never_serialize")]
+    #[serde(
+        default,
+        serialize_with = "never_serialize",
+        deserialize_with = "secret"
+    )]
     pub password: Option<SecretString>,
     #[serde(default = "default_from")]
     pub from: String,
@@ -59,8 +64,34 @@ pub enum SmtpTls {
     Tls,
 }
 
-fn default_smtp_port() -> u16 {
-    587
+impl SmtpConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::Tls => 465,
+            SmtpTls::None | SmtpTls::Starttls => 587,
+        })
+    }
+}
+
+/// A secret from any scalar: the environment provider reads `12345678` as a number, and a
+/// type error would print the value.
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i128),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(Option::<Scalar>::deserialize(d)?.map(|v| {
+        SecretString::from(match v {
+            Scalar::Text(s) => s,
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(n) => n.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        })
+    }))
 }
 
 fn default_from() -> String {
@@ -100,10 +131,42 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment
+        let config: Config = figment
             .merge(Env::prefixed("TIFFIN_").split("__"))
             .extract()
-            .map_err(|e| format!("bad configuration: {e}"))
+            .map_err(|e| format!("bad configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Ranges that keep timers and date arithmetic sane.
+    fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (
+                (60..=24 * 3600).contains(&self.access_token_ttl_secs),
+                "access_token_ttl_secs must be between 60 and 86400",
+            ),
+            (
+                (3600..=365 * 24 * 3600).contains(&self.refresh_token_ttl_secs),
+                "refresh_token_ttl_secs must be between 3600 and 31536000",
+            ),
+            (
+                (1..=256).contains(&self.database_pool_size),
+                "database_pool_size must be between 1 and 256",
+            ),
+            (
+                (10..=60_000).contains(&self.dispatch_poll_ms),
+                "dispatch_poll_ms must be between 10 and 60000",
+            ),
+            (
+                (1024..=16 << 20).contains(&self.max_body_bytes),
+                "max_body_bytes must be between 1024 and 16777216",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(format!("bad configuration: {message}")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -138,7 +201,7 @@ mod tests {
             assert_eq!(c.bind, "0.0.0.0:9000");
             assert_eq!(c.database_url, "postgres://db/tiffin");
             let smtp = c.smtp.clone().ok_or("smtp")?;
-            assert_eq!((smtp.host.as_str(), smtp.port), ("mail", 2525));
+            assert_eq!((smtp.host.as_str(), smtp.port()), ("mail", 2525));
             assert_eq!(smtp.tls, SmtpTls::Starttls);
             assert_eq!(
                 c.jwt_secret.as_ref().map(|s| s.expose_secret().len()),
@@ -147,6 +210,36 @@ mod tests {
             // Secrets stay out of Debug output (and so out of logs).
             let shown = format!("{c:?}");
             assert!(!shown.contains("s3cret"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_secrets_are_read_and_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TIFFIN_SMTP__HOST", "mail");
+            jail.set_env("TIFFIN_SMTP__TLS", "tls");
+            jail.set_env("TIFFIN_SMTP__PASSWORD", "12345678");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let smtp = c.smtp.ok_or("smtp")?;
+            assert_eq!(
+                smtp.password
+                    .as_ref()
+                    .map(|p| p.expose_secret().to_owned())
+                    .as_deref(),
+                Some("12345678")
+            );
+            assert_eq!(smtp.port(), 465);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TIFFIN_DISPATCH_POLL_MS", "0");
+            let err = Config::load(None).err().ok_or("accepted")?;
+            assert!(err.contains("dispatch_poll_ms"), "{err}");
             Ok(())
         });
     }

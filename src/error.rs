@@ -21,6 +21,7 @@ pub enum ErrorCode {
     InvalidQuery,
     ValidationFailed,
     IdempotencyKeyInvalid,
+    WebsocketUpgradeRequired,
     IdempotencyKeyReused,
     Unauthenticated,
     TokenExpired,
@@ -42,7 +43,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -51,6 +52,7 @@ impl ErrorCode {
         ErrorCode::InvalidQuery,
         ErrorCode::ValidationFailed,
         ErrorCode::IdempotencyKeyInvalid,
+        ErrorCode::WebsocketUpgradeRequired,
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::Unauthenticated,
         ErrorCode::TokenExpired,
@@ -74,9 +76,11 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            MalformedJson | InvalidId | InvalidQuery | IdempotencyKeyInvalid => {
-                StatusCode::BAD_REQUEST
-            }
+            MalformedJson
+            | InvalidId
+            | InvalidQuery
+            | IdempotencyKeyInvalid
+            | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | ValidationFailed | IdempotencyKeyReused | UnknownMeal | EmptyOrder => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -92,8 +92,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => {
             let (_, db) = server::prepare_database(&config).await?;
             match server::ensure_demo(&db).await? {
-                Some((school, _)) => {
-                    println!("Demo school: {school}");
+                Some(demo) => {
+                    println!("Demo school: {}", demo.school_id);
                     for (who, login, password) in tiffin::seed::DEMO_LOGINS {
                         println!("  {who}: {login} / {password}");
                     }

@@ -107,7 +107,7 @@ impl SmtpSender {
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
                 .map_err(|e| format!("smtp: {e}"))?,
         }
-        .port(config.port)
+        .port(config.port())
         .timeout(Some(std::time::Duration::from_secs(10)));
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             builder = builder.credentials(Credentials::new(

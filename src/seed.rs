@@ -3,8 +3,10 @@
 use crate::api::new_id;
 use crate::auth::hash_password;
 use crate::db::models::*;
+use crate::db::schema::{counters, guardian_links, meals, schools, users};
 use crate::db::{Db, DbError};
-use crate::repo;
+use crate::with_conn;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 pub struct DemoPeople {
     pub school_id: String,
@@ -61,43 +63,35 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         created_at: at,
         updated_at: at,
     };
-    repo::insert_school(db, &school).await?;
-    for number in 1..=2 {
-        repo::insert_counter(
-            db,
-            &CounterRow {
-                id: new_id(),
-                school_id: school.id.clone(),
-                number,
-                name: format!("Counter {number}"),
-                is_open: true,
-                created_at: at,
-                updated_at: at,
-            },
-        )
-        .await?;
-    }
-    for (name, cents, allergens) in [
+    let counters: Vec<CounterRow> = (1..=2)
+        .map(|number| CounterRow {
+            id: new_id(),
+            school_id: school.id.clone(),
+            number,
+            name: format!("Counter {number}"),
+            is_open: true,
+            created_at: at,
+            updated_at: at,
+        })
+        .collect();
+    let meals: Vec<MealRow> = [
         ("Veggie lasagna", 425, "gluten,milk"),
         ("Chicken rice bowl", 450, ""),
         ("Bean burrito", 400, "gluten"),
         ("Fruit cup", 150, ""),
-    ] {
-        repo::insert_meal(
-            db,
-            &MealRow {
-                id: new_id(),
-                school_id: school.id.clone(),
-                name: name.into(),
-                price_cents: cents,
-                allergens: allergens.into(),
-                available: true,
-                created_at: at,
-                updated_at: at,
-            },
-        )
-        .await?;
-    }
+    ]
+    .into_iter()
+    .map(|(name, cents, allergens)| MealRow {
+        id: new_id(),
+        school_id: school.id.clone(),
+        name: name.into(),
+        price_cents: cents,
+        allergens: allergens.into(),
+        available: true,
+        created_at: at,
+        updated_at: at,
+    })
+    .collect();
     let sid = Some(school.id.as_str());
     let [
         (_, admin_login, admin_pw),
@@ -126,19 +120,44 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         "peanuts",
     )?;
     let guardian = person(sid, "guardian", "Grace L.", guardian_login, guardian_pw, "")?;
-    for user in [&admin, &kitchen, &student, &guardian] {
-        repo::insert_user(db, user).await?;
-    }
-    repo::insert_link(
-        db,
-        &GuardianLinkRow {
-            guardian_id: guardian.id.clone(),
-            student_id: student.id.clone(),
-            relationship: "mother".into(),
-            created_at: at,
-        },
-    )
-    .await?;
+    let link = GuardianLinkRow {
+        guardian_id: guardian.id.clone(),
+        student_id: student.id.clone(),
+        relationship: "mother".into(),
+        created_at: at,
+    };
+    // All or nothing: a half-seeded demo would never be seeded again.
+    with_conn!(db, |conn| conn
+        .transaction(async |conn| {
+            diesel::insert_into(schools::table)
+                .values(&school)
+                .execute(conn)
+                .await?;
+            for row in &counters {
+                diesel::insert_into(counters::table)
+                    .values(row)
+                    .execute(conn)
+                    .await?;
+            }
+            for row in &meals {
+                diesel::insert_into(meals::table)
+                    .values(row)
+                    .execute(conn)
+                    .await?;
+            }
+            for user in [&admin, &kitchen, &student, &guardian] {
+                diesel::insert_into(users::table)
+                    .values(user)
+                    .execute(conn)
+                    .await?;
+            }
+            diesel::insert_into(guardian_links::table)
+                .values(&link)
+                .execute(conn)
+                .await?;
+            Ok::<_, diesel::result::Error>(())
+        })
+        .await)?;
     Ok(DemoPeople {
         school_id: school.id,
         admin_id: admin.id,

@@ -75,10 +75,16 @@ pub async fn prepare_database(config: &Config) -> anyhow::Result<(DatabaseUrl, D
     Ok((url, db))
 }
 
-/// Seeds the demo school unless the demo people exist; returns the demo school if present.
-pub async fn ensure_demo(
-    db: &Db,
-) -> anyhow::Result<Option<(String, Vec<(Role, String, Option<String>)>)>> {
+/// The demo school and its people (role, user id, school id).
+pub struct Demo {
+    pub school_id: String,
+    pub people: Vec<(Role, String, Option<String>)>,
+    /// Seeded just now.
+    pub fresh: bool,
+}
+
+/// Seeds the demo school into a database without schools; returns it if it is there.
+pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
     let mut people = Vec::new();
     for (_, login, _) in DEMO_LOGINS {
         if let Some(user) = repo::user_by_login(db, login).await?
@@ -87,7 +93,8 @@ pub async fn ensure_demo(
             people.push((role, user.id, user.school_id));
         }
     }
-    if people.is_empty() {
+    let fresh = people.is_empty();
+    if fresh {
         if repo::school_count(db).await? > 0 {
             return Ok(None);
         }
@@ -102,7 +109,11 @@ pub async fn ensure_demo(
         ];
     }
     let school = people.iter().find_map(|(_, _, s)| s.clone());
-    Ok(school.map(|s| (s, people)))
+    Ok(school.map(|school_id| Demo {
+        school_id,
+        people,
+        fresh,
+    }))
 }
 
 fn senders(
@@ -120,7 +131,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let templates = Arc::new(Templates::load().map_err(|e| anyhow!(e))?);
     let (url, db) = prepare_database(&config).await?;
     let keys = JwtKeys::new(&jwt_secret(&config, &url)?);
-    let demo = if config.seed_demo {
+    // Never seed a known admin password into a production database by default.
+    let demo = if config.seed_demo && matches!(url, DatabaseUrl::Sqlite(_)) {
         ensure_demo(&db).await?
     } else {
         None
@@ -162,24 +174,43 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let base = format!("http://{addr}");
     let mut out = std::io::stdout().lock();
     writeln!(out, "Tiffin listening on {base}")?;
-    if let Some((school, people)) = demo {
-        let kitchen = people.iter().find(|(r, _, _)| *r == Role::KitchenStaff);
-        if let Some((role, id, school_id)) = kitchen {
-            let token = state
-                .keys
-                .issue(id, *role, school_id.as_deref(), DEMO_TOKEN_TTL_SECS)?;
+    match demo {
+        // Tokens are printed once, when the demo is created: stdout often ends up in logs.
+        Some(Demo {
+            school_id,
+            people,
+            fresh: true,
+        }) => {
+            for (role, id, school) in &people {
+                let token = state
+                    .keys
+                    .issue(id, *role, school.as_deref(), DEMO_TOKEN_TTL_SECS)?;
+                if *role == Role::KitchenStaff {
+                    writeln!(
+                        out,
+                        "Kitchen dashboard: {base}/dashboard/{school_id}#token={token}"
+                    )?;
+                }
+            }
+            writeln!(out, "Demo school: {school_id}; demo tokens (valid 12 h):")?;
+            for (role, id, school) in &people {
+                let token = state
+                    .keys
+                    .issue(id, *role, school.as_deref(), DEMO_TOKEN_TTL_SECS)?;
+                writeln!(out, "  {role}: {token}")?;
+            }
+        }
+        Some(Demo { school_id, .. }) => {
             writeln!(
                 out,
-                "Kitchen dashboard: {base}/dashboard/{school}#token={token}"
+                "Kitchen dashboard: {base}/dashboard/{school_id}#token=<access token>"
+            )?;
+            writeln!(
+                out,
+                "  (a token: tiffin token --role kitchen_staff --school {school_id}, or sign in)"
             )?;
         }
-        writeln!(out, "Demo school: {school}; demo tokens (valid 12 h):")?;
-        for (role, id, school_id) in &people {
-            let token = state
-                .keys
-                .issue(id, *role, school_id.as_deref(), DEMO_TOKEN_TTL_SECS)?;
-            writeln!(out, "  {role}: {token}")?;
-        }
+        None => {}
     }
     out.flush()?;
     drop(out);

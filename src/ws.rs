@@ -111,8 +111,23 @@ async fn catch_up(
     }
     let kitchen = state.registry.send(KitchenFor(school_id.clone())).await?;
     let (bus_id, catchup) = kitchen.send(Subscribe { subscriber, since }).await??;
+    let result = finish_catch_up(&state, &topic, &school_id, &kitchen, bus_id, catchup).await;
+    if result.is_err() {
+        state.bus.unsubscribe(&topic, bus_id);
+    }
+    result
+}
+
+async fn finish_catch_up(
+    state: &AppState,
+    topic: &str,
+    school_id: &str,
+    kitchen: &Addr<tiffin_actors::Kitchen>,
+    bus_id: u64,
+    catchup: Catchup,
+) -> Result<CaughtUp, ApiError> {
     let catchup = match catchup {
-        Catchup::Replay { after, upto } => match replay(&state, &school_id, after, upto).await {
+        Catchup::Replay { after, upto } => match replay(state, school_id, after, upto).await {
             Ok(frames) => {
                 metrics::counter!("ws_resumes_served_total").increment(1);
                 return Ok(CaughtUp {
@@ -146,7 +161,7 @@ async fn catch_up(
             }
             Ok(CaughtUp {
                 bus_id,
-                frames: vec![snapshot_frame(&topic, seq, &orders, reason)],
+                frames: vec![snapshot_frame(topic, seq, &orders, reason)],
                 last: seq,
             })
         }
@@ -306,7 +321,14 @@ impl Actor for Socket {
         ctx.set_mailbox_capacity(MAILBOX);
         metrics::gauge!("ws_sockets").increment(1.0);
         ctx.run_interval(HEARTBEAT, |act, ctx| {
-            if act.last_heard.elapsed() > IDLE_TIMEOUT {
+            if Utc::now().timestamp() > act.who.expires_at {
+                // Re-authentication is a reconnect with a fresh token and `since`.
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Policy,
+                    description: Some("token expired: reconnect with a fresh token".into()),
+                }));
+                ctx.stop();
+            } else if act.last_heard.elapsed() > IDLE_TIMEOUT {
                 ctx.close(Some(ws::CloseReason {
                     code: ws::CloseCode::Away,
                     description: Some("idle timeout".into()),
@@ -418,4 +440,11 @@ pub async fn connect(
     ws::WsResponseBuilder::new(socket, &req, stream)
         .frame_size(MAX_FRAME)
         .start()
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::WebsocketUpgradeRequired,
+                format!("expected a WebSocket upgrade: {e}"),
+            )
+            .into()
+        })
 }

@@ -19,6 +19,8 @@ struct Fixture {
     student_token: String,
     guardian: String,
     guardian_email: String,
+    /// Stored as `+1555…`; sign-in accepts it written with spaces and dashes.
+    guardian_phone: String,
     kitchen_token: String,
 }
 
@@ -80,8 +82,9 @@ async fn fixture(hub: &Hub, admin: &str, tag: &str) -> Fixture {
         .unwrap()
         .to_owned();
     let guardian_email = format!("grace.{tag}@family.test");
+    let guardian_phone = format!("+1555{:07}", tag.len() * 7919 + tag.as_bytes()[0] as usize);
     let guardian = expect(
-        post(hub, admin, &users, json!({"role": "guardian", "display_name": "Grace", "email": guardian_email, "phone": format!("+1555{:07}", tag.len() * 7919 + tag.as_bytes()[0] as usize), "password": "guardian-pass-1"})).await,
+        post(hub, admin, &users, json!({"role": "guardian", "display_name": "Grace", "email": guardian_email, "phone": guardian_phone, "password": "guardian-pass-1"})).await,
         201,
     )["id"]
         .as_str()
@@ -117,6 +120,7 @@ async fn fixture(hub: &Hub, admin: &str, tag: &str) -> Fixture {
         student_token,
         guardian,
         guardian_email,
+        guardian_phone,
         kitchen_token,
     }
 }
@@ -547,6 +551,49 @@ async fn ready_orders_get_a_counter_and_a_code() {
     }
     assert_eq!(last["counter"], Value::Null);
     assert_eq!(last["pickup_code"].as_str().map(str::len), Some(4));
+    // Staff record a hand-over; the order leaves the live list, and cannot be handed out twice.
+    let first = ready[0]["id"].as_str().unwrap();
+    let handed = expect(
+        post(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{first}/pickup"),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(handed["state"], "picked_up");
+    let again = post(
+        &hub,
+        &f.kitchen_token,
+        &format!("/api/v1/orders/{first}/pickup"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((again.status, again.code()), (409, "invalid_transition"));
+    let live = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/orders/live", f.school),
+        )
+        .await,
+        200,
+    );
+    assert!(
+        live.as_array().unwrap().iter().all(|o| o["id"] != first),
+        "{live}"
+    );
+    let r = post(
+        &hub,
+        &f.student_token,
+        &format!("/api/v1/orders/{}/pickup", ready[1]["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "transition_not_permitted"));
+
     // The assignment is part of the order's record: the history endpoint shows it too.
     let stored = expect(
         get(
@@ -574,10 +621,34 @@ async fn one_winner(backend: Backend) {
             201,
         );
         let order = placed["id"].as_str().unwrap().to_owned();
-        let path = format!("/api/v1/orders/{order}/confirm");
+        // Round 0 races confirms on a placed order. Later rounds race `ready` against
+        // `cancel` on a preparing order (exclusive moves), where a loser may find the
+        // order's actor already stopped by a cancel.
+        let mut before = 1;
+        if round > 0 {
+            for action in ["confirm", "start"] {
+                expect(
+                    post(
+                        &first,
+                        &f.kitchen_token,
+                        &format!("/api/v1/orders/{order}/{action}"),
+                        json!({}),
+                    )
+                    .await,
+                    200,
+                );
+                before += 1;
+            }
+        }
+        let (primary, rival) = if round == 0 {
+            ("confirm", "confirm")
+        } else {
+            ("ready", "cancel")
+        };
+        let paths = [primary, rival].map(|a| format!("/api/v1/orders/{order}/{a}"));
         let attempts = (0..8).map(|n| {
             let hub = if n % 2 == 0 { &first } else { &second };
-            post(hub, &f.kitchen_token, &path, json!({}))
+            post(hub, &f.kitchen_token, &paths[(n / 2) % 2], json!({}))
         });
         let replies = futures_util::future::join_all(attempts).await;
         let winners = replies.iter().filter(|r| r.status == 200).count();
@@ -613,18 +684,24 @@ async fn one_winner(backend: Backend) {
             .iter()
             .map(|h| h["version"].as_i64().unwrap())
             .collect();
-        assert_eq!(versions, [1, 2], "one placed, one confirmed");
-        // The node that lost catches up and can drive the order on.
-        expect(
-            post(
-                &second,
-                &f.kitchen_token,
-                &format!("/api/v1/orders/{order}/start"),
-                json!({"expected_version": 2}),
-            )
-            .await,
-            200,
+        assert_eq!(
+            versions,
+            (1..=before + 1).collect::<Vec<_>>(),
+            "one transition won"
         );
+        // The node that lost catches up and can drive the order on.
+        if history["order"]["state"] == "confirmed" {
+            expect(
+                post(
+                    &second,
+                    &f.kitchen_token,
+                    &format!("/api/v1/orders/{order}/start"),
+                    json!({"expected_version": 2}),
+                )
+                .await,
+                200,
+            );
+        }
     }
     drop((first, second));
     db.drop_database().await;
@@ -953,6 +1030,82 @@ async fn rules_at_the_edge() {
         200,
     );
     assert_eq!(mine, json!([]));
+
+    // Sign-in by phone, however it is written.
+    let p = &a.guardian_phone;
+    let spaced = format!("{} {}-{}", &p[..2], &p[2..5], &p[5..]);
+    let by_phone = login(&hub, &spaced, "guardian-pass-1").await;
+    assert_eq!(by_phone["user"]["id"], a.guardian.as_str());
+
+    // A school admin manages the school's people but cannot take over another school admin.
+    let users = format!("/api/v1/schools/{}/users", a.school);
+    let mut admins = Vec::new();
+    for n in 0..2 {
+        let email = format!("head{n}@a.school.test");
+        let created = expect(post(&hub, &admin, &users, json!({"role": "school_admin", "display_name": "Head", "email": email, "password": "head-pass-123"})).await, 201);
+        admins.push((
+            created["id"].as_str().unwrap().to_owned(),
+            login(&hub, &email, "head-pass-123").await["access_token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    let takeover = patch(
+        &hub,
+        &admins[0].1,
+        &format!("{users}/{}", admins[1].0),
+        json!({"password": "mine-now-123"}),
+    )
+    .await;
+    assert_eq!((takeover.status, takeover.code()), (403, "forbidden"));
+    let r = post(
+        &hub,
+        &admins[0].1,
+        &users,
+        json!({"role": "school_admin", "display_name": "Third", "email": "head3@a.school.test"}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    expect(
+        patch(
+            &hub,
+            &admins[0].1,
+            &format!("{users}/{}", a.guardian),
+            json!({"locale": "es"}),
+        )
+        .await,
+        200,
+    );
+
+    // A token naming no real person cannot place orders (and gets a 403, not a 500).
+    let operator = hub.cli(&["token", "--role", "school_admin", "--school", &a.school]);
+    let r = post(
+        &hub,
+        &operator,
+        &format!("/api/v1/schools/{}/orders", a.school),
+        json!({"student_id": a.student, "items": [{"meal_id": a.meals[0], "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.body);
+
+    // Oversize transition bodies and plain GETs on the socket endpoint get codes too.
+    let big = format!("{{\"reason\": \"{}\"}}", "x".repeat(100_000));
+    let res = client()
+        .post(hub.url(&format!("/api/v1/orders/{order}/confirm")))
+        .bearer_auth(&a.kitchen_token)
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(big)
+        .await
+        .unwrap();
+    assert_eq!(status_code(res).await, (413, "body_too_large".into()));
+    let r = get(
+        &hub,
+        &a.kitchen_token,
+        &format!("/api/v1/ws?access_token={}", a.kitchen_token),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "websocket_upgrade_required"));
 
     // Refresh tokens rotate; replaying a used one revokes the whole family.
     let first = login(&hub, &a.guardian_email, "guardian-pass-1").await;

@@ -332,7 +332,8 @@ fn email(v: &str) -> Result<String, ApiError> {
     }
 }
 
-fn phone(v: &str) -> Result<String, ApiError> {
+/// Phone numbers are stored as `+` and digits only, so sign-in can match any formatting.
+pub fn phone(v: &str) -> Result<String, ApiError> {
     let v: String = v
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '-')
@@ -440,6 +441,16 @@ pub async fn update_user(
 ) -> Result<HttpResponse, ApiError> {
     let (school_id, user_id) = (path.0.to_string(), path.1.to_string());
     who.require_school_admin(&school_id)?;
+    // School admins manage their school's people, not each other.
+    let target = repo::user(&state.db, &user_id)
+        .await?
+        .filter(|u| u.school_id.as_deref() == Some(school_id.as_str()))
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    if target.role == Role::SchoolAdmin.as_str() && !who.is_admin() && target.id != who.user_id {
+        return Err(ApiError::forbidden(
+            "only a district admin changes another school admin",
+        ));
+    }
     let hash = match &body.password {
         Some(p) => Some(password_hash(p).await?),
         None => None,

@@ -1,5 +1,6 @@
 //! Orders: place, read with history, the kitchen's live list, and transitions.
 
+use super::OptionalJson;
 use super::admin::existing_school;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
@@ -176,6 +177,7 @@ async fn issuer_for(
             }
         }
         Role::Guardian => {
+            who.require_school(school_id)?;
             if repo::is_guardian_of(&state.db, &who.user_id, student_id).await? {
                 Ok(Issuer::Guardian)
             } else {
@@ -206,6 +208,15 @@ pub async fn create_order(
     };
     issuer_for(&state, &who, &school_id, &student_id).await?;
     existing_school(&state, &school_id).await?;
+    // Orders record who placed them: the token must name a real, active person.
+    if !repo::user(&state.db, &who.user_id)
+        .await?
+        .is_some_and(|u| u.active)
+    {
+        return Err(ApiError::forbidden(
+            "this token's user does not exist or is inactive",
+        ));
+    }
     if body.items.is_empty() {
         return Err(CommandError::EmptyOrder.into());
     }
@@ -291,27 +302,13 @@ pub async fn live_orders(
     Ok(HttpResponse::Ok().json(orders.into_iter().map(OrderView::from).collect::<Vec<_>>()))
 }
 
-fn transition_body(bytes: &web::Bytes) -> Result<TransitionBody, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(TransitionBody::default());
-    }
-    serde_json::from_slice(bytes).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
-        } else {
-            ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}"))
-        }
-    })
-}
-
 async fn transition(
     state: &AppState,
     who: &Principal,
     order_id: Uuid,
-    body: &web::Bytes,
+    body: TransitionBody,
     command: OrderCommand,
 ) -> Result<HttpResponse, ApiError> {
-    let body = transition_body(body)?;
     let order_id = order_id.to_string();
     let (school_id, issuer) = authorised_order(state, who, &order_id).await?;
     let reason = body
@@ -345,9 +342,9 @@ pub async fn confirm_order(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Bytes,
+    body: OptionalJson<TransitionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    transition(&state, &who, *path, &body, OrderCommand::Confirm).await
+    transition(&state, &who, *path, body.0, OrderCommand::Confirm).await
 }
 
 #[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
@@ -356,9 +353,9 @@ pub async fn start_order(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Bytes,
+    body: OptionalJson<TransitionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    transition(&state, &who, *path, &body, OrderCommand::Start).await
+    transition(&state, &who, *path, body.0, OrderCommand::Start).await
 }
 
 #[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
@@ -367,9 +364,9 @@ pub async fn ready_order(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Bytes,
+    body: OptionalJson<TransitionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    transition(&state, &who, *path, &body, OrderCommand::Ready).await
+    transition(&state, &who, *path, body.0, OrderCommand::Ready).await
 }
 
 #[utoipa::path(tag = "orders", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
@@ -378,7 +375,19 @@ pub async fn cancel_order(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Bytes,
+    body: OptionalJson<TransitionBody>,
 ) -> Result<HttpResponse, ApiError> {
-    transition(&state, &who, *path, &body, OrderCommand::Cancel).await
+    transition(&state, &who, *path, body.0, OrderCommand::Cancel).await
+}
+
+/// A hand-over at the counter recorded by staff (RFID scans come through the reader API).
+#[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/orders/{order_id}/pickup")]
+pub async fn pickup_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: OptionalJson<TransitionBody>,
+) -> Result<HttpResponse, ApiError> {
+    transition(&state, &who, *path, body.0, OrderCommand::PickUp).await
 }

@@ -48,6 +48,26 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::DatabaseUrl;
+
+    #[test]
+    fn urls_select_the_backend_and_redact_passwords() {
+        let pg =
+            DatabaseUrl::parse("postgres://app:hunter2@db:5432/tiffin?password=x&sslmode=require")
+                .unwrap();
+        assert_eq!(pg.redacted(), "postgres://***@db:5432/tiffin");
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://t.db"),
+            Ok(DatabaseUrl::Sqlite("t.db".into()))
+        );
+        assert!(DatabaseUrl::parse("mysql://x").is_err());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+}
+
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -69,12 +89,16 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         match self {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{path}"),
-            DatabaseUrl::Postgres(url) => match (url.find("://"), url.rfind('@')) {
-                (Some(scheme_end), Some(at)) if at > scheme_end => {
-                    format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+            DatabaseUrl::Postgres(url) => {
+                // Passwords hide in the user part and in the query (`?password=`).
+                let url = url.split('?').next().unwrap_or_default();
+                match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme_end), Some(at)) if at > scheme_end => {
+                        format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+                    }
+                    _ => url.to_owned(),
                 }
-                _ => url.clone(),
-            },
+            }
         }
     }
 }

@@ -240,11 +240,13 @@ impl Handler<TransitionOrder> for Kitchen {
             reason: msg.reason,
             expected_version: msg.expected_version,
         };
-        if let Some(order) = self.orders.get(&msg.order_id).cloned() {
-            return Box::pin(fut::wrap_future(forward(order, command)));
+        let (store, order_id) = (self.store.clone(), msg.order_id);
+        if let Some(order) = self.orders.get(&order_id).cloned() {
+            return Box::pin(fut::wrap_future(forward(order, command, store, order_id)));
         }
         // Not live here: placed through another node, finished, or unknown. The store knows.
-        let (store, order_id) = (self.store.clone(), msg.order_id);
+        let forward_store = store.clone();
+        let forward_id = order_id.clone();
         Box::pin(
             async move { store.load_order(&order_id).await }
                 .into_actor(self)
@@ -266,17 +268,37 @@ impl Handler<TransitionOrder> for Kitchen {
                         .ok_or(CommandError::OrderNotFound)
                 })
                 .then(move |addr, _, _| {
-                    fut::wrap_future::<_, Self>(async move { forward(addr?, command).await })
+                    fut::wrap_future::<_, Self>(async move {
+                        forward(addr?, command, forward_store, forward_id).await
+                    })
                 }),
         )
     }
 }
 
-async fn forward(order: Addr<OrderActor>, command: Command) -> Result<KitchenEvent, CommandError> {
-    order
-        .send(command)
-        .await
-        .map_err(|e| CommandError::Internal(format!("order actor: {e}")))?
+/// Hands a command to its order actor. If the actor has just stopped (its order reached a
+/// terminal state while the command waited), the answer comes from the committed state.
+async fn forward(
+    order: Addr<OrderActor>,
+    command: Command,
+    store: Arc<dyn Store>,
+    order_id: String,
+) -> Result<KitchenEvent, CommandError> {
+    match order.send(command.clone()).await {
+        Ok(result) => result,
+        Err(_) => match store.load_order(&order_id).await? {
+            Some(current) => {
+                decide(
+                    current.state,
+                    current.version,
+                    command.command,
+                    command.issuer,
+                )?;
+                Err(CommandError::VersionConflict)
+            }
+            None => Err(CommandError::OrderNotFound),
+        },
+    }
 }
 
 /// The kitchen's live orders, oldest first.
