@@ -1230,6 +1230,46 @@ async fn rules_at_the_edge() {
     assert!(paths.len() >= 28, "{} paths", paths.len());
 }
 
+/// `tiffin migrate` and `tiffin demo` work on their own, and every subcommand has `--help`.
+#[actix_web::test]
+async fn command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiffin"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("TIFFIN_DATABASE_URL", "sqlite://cli.db")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for sub in ["serve", "migrate", "demo", "token"] {
+        let (ok, out, _) = run(&[sub, "--help"]);
+        assert!(ok && out.contains("Usage: tiffin"), "{sub} --help: {out}");
+    }
+    let (ok, out, err) = run(&["migrate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("migrations applied"));
+    assert!(dir.path().join("cli.db").exists());
+    let (ok, out, err) = run(&["demo"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("Demo school: ") && out.contains("kitchen@demo.tiffin.test"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["token", "--role", "student"]);
+    assert!(!ok && err.contains("--school is required"), "{err}");
+    let (ok, _, err) = run(&["token", "--role", "chef", "--school", "x"]);
+    assert!(!ok && err.contains("unknown role"), "{err}");
+    let (ok, _, err) = run(&["serve", "--config", "missing.toml"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+}
+
 /// Both migration folders hold the same versions, and each runs up, down and up again.
 #[actix_web::test]
 async fn migrations_run_up_down_up_on_both_backends() {
