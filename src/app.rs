@@ -7,8 +7,10 @@ use crate::{metrics, pages, ws};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::middleware::{Logger, from_fn};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{Logger, Next, from_fn};
 use actix_web::{App, HttpRequest, web};
+use tracing::Instrument;
 use utoipa::OpenApi;
 use utoipa_actix_web::{AppExt, scope};
 
@@ -77,6 +79,34 @@ async fn route_not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, Ap
     ))
 }
 
+/// Tags each request with an id (the caller's `X-Request-Id` if it is sane, else a new one):
+/// in the response header, the access log and every log line the request makes.
+async fn request_id(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.call(req).instrument(span).await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    Ok(response)
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Every route of the hub, registered once for actix and for the OpenAPI document.
 pub fn build(
     state: web::Data<AppState>,
@@ -144,9 +174,10 @@ pub fn build(
     app.app_data(web::Data::new(doc))
         .default_service(web::to(route_not_found))
         .wrap(from_fn(metrics::track))
+        .wrap(from_fn(request_id))
         // The path without its query: WebSocket access tokens travel in the query string.
         .wrap(
-            Logger::new("%a %{method}xi %U %s %b %Dms")
+            Logger::new("%a %{method}xi %U %s %b %Dms request_id=%{x-request-id}o")
                 .custom_request_replace("method", |req| req.method().to_string())
                 .exclude("/healthz"),
         )

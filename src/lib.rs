@@ -15,4 +15,6 @@ pub mod seed;
 pub mod server;
 pub mod state;
 pub mod store;
+#[cfg(test)]
+mod supervision_tests;
 pub mod ws;

@@ -1185,10 +1185,38 @@ async fn rules_at_the_edge() {
         "an unauthenticated socket is refused before the upgrade"
     );
 
+    // Every response carries a request id (the caller's, when sane) that the log shows too.
+    let res = client()
+        .get(hub.url("/readyz"))
+        .insert_header(("X-Request-Id", "trace-me-123"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers().get("x-request-id").unwrap(), "trace-me-123");
+    let res = client()
+        .get(hub.url("/readyz"))
+        .insert_header(("X-Request-Id", "not a valid id!"))
+        .send()
+        .await
+        .unwrap();
+    let fresh = res
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+
     // Secrets stay out of the log, even at debug level: the signing key, passwords, and
     // access tokens (which WebSocket clients send in the query string).
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("/api/v1/ws"), "the log records requests");
+    assert!(
+        logged.contains("request_id=trace-me-123"),
+        "the access log shows request ids"
+    );
     for secret in [
         JWT_SECRET,
         "guardian-pass-1",

@@ -426,3 +426,19 @@ impl Handler<TakeSnapshot> for Kitchen {
         Ok(self.snapshot(msg.0))
     }
 }
+
+/// Makes the kitchen fail the way a failing actor does here: it stops, losing its memory, and
+/// its supervisor restarts it from the store. For the tests that prove exactly that.
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectFault;
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectFault> for Kitchen {
+    type Result = ();
+    fn handle(&mut self, _: InjectFault, ctx: &mut Context<Self>) {
+        tracing::warn!(school = %self.school_id, "fault injected: kitchen stops");
+        ctx.stop();
+    }
+}

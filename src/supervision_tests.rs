@@ -1,0 +1,143 @@
+//! Supervision with the real store: a kitchen that fails is restarted from what was committed,
+//! commands sent meanwhile are answered, and other kitchens do not notice.
+
+use crate::db::models::*;
+use crate::db::{self, DatabaseUrl, Db};
+use crate::repo;
+use crate::store::DieselStore;
+use actix::Actor;
+use std::sync::Arc;
+use tiffin_actors::actors::kitchen::InjectFault;
+use tiffin_actors::bus::LocalBus;
+use tiffin_actors::domain::{Issuer, OrderCommand, OrderState};
+use tiffin_actors::ports::{NewOrder, NewOrderItem, Placed};
+use tiffin_actors::{KitchenFor, LiveOrders, PlaceOrder, Registry, TransitionOrder};
+
+struct School {
+    id: String,
+    student: String,
+    meal: String,
+}
+
+async fn school(db: &Db, name: &str) -> School {
+    let at = now();
+    let id = crate::api::new_id();
+    repo::insert_school(
+        db,
+        &SchoolRow {
+            id: id.clone(),
+            name: name.into(),
+            time_zone: "UTC".into(),
+            event_seq: 0,
+            created_at: at,
+            updated_at: at,
+        },
+    )
+    .await
+    .unwrap();
+    let student = crate::api::new_id();
+    repo::insert_user(
+        db,
+        &UserRow {
+            id: student.clone(),
+            school_id: Some(id.clone()),
+            role: "student".into(),
+            display_name: format!("{name} student"),
+            email: None,
+            phone: None,
+            password_hash: None,
+            allergies: String::new(),
+            locale: "en".into(),
+            active: true,
+            created_at: at,
+            updated_at: at,
+        },
+    )
+    .await
+    .unwrap();
+    let meal = crate::api::new_id();
+    repo::insert_meal(
+        db,
+        &MealRow {
+            id: meal.clone(),
+            school_id: id.clone(),
+            name: "Soup".into(),
+            price_cents: 300,
+            allergens: String::new(),
+            available: true,
+            created_at: at,
+            updated_at: at,
+        },
+    )
+    .await
+    .unwrap();
+    School { id, student, meal }
+}
+
+fn order(s: &School) -> PlaceOrder {
+    PlaceOrder(NewOrder {
+        school_id: s.id.clone(),
+        student_id: s.student.clone(),
+        placed_by: s.student.clone(),
+        items: vec![NewOrderItem {
+            meal_id: s.meal.clone(),
+            quantity: 1,
+        }],
+        idempotency: None,
+    })
+}
+
+fn placed(p: Placed) -> tiffin_actors::domain::KitchenEvent {
+    match p {
+        Placed::New(event) => event,
+        Placed::Existing(_) => panic!("expected a new order"),
+    }
+}
+
+#[actix_web::test]
+async fn a_failed_kitchen_restarts_from_the_store_and_answers_what_was_sent_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::Sqlite(dir.path().join("t.db").display().to_string());
+    db::migrate(&url).await.unwrap();
+    let db = Db::connect(&url, 4).unwrap();
+    let (a, b) = (school(&db, "A").await, school(&db, "B").await);
+    let store = Arc::new(DieselStore::new(db.clone()));
+    let registry = Registry::new(store, Arc::new(LocalBus::new())).start();
+    let kitchen_a = registry.send(KitchenFor(a.id.clone())).await.unwrap();
+    let kitchen_b = registry.send(KitchenFor(b.id.clone())).await.unwrap();
+    let in_a = placed(kitchen_a.send(order(&a)).await.unwrap().unwrap());
+    let in_b = placed(kitchen_b.send(order(&b)).await.unwrap().unwrap());
+
+    // Fail kitchen A, and send it work at once: it is queued, then answered after the restart.
+    kitchen_a.do_send(InjectFault);
+    let confirm = TransitionOrder {
+        order_id: in_a.order_id.clone(),
+        command: OrderCommand::Confirm,
+        issuer: Issuer::Staff,
+        actor_id: None,
+        reason: None,
+        expected_version: Some(1),
+    };
+    let confirmed = kitchen_a.send(confirm).await.unwrap().unwrap();
+    assert_eq!(
+        (confirmed.to, confirmed.version),
+        (OrderState::Confirmed, 2)
+    );
+    let second = placed(kitchen_a.send(order(&a)).await.unwrap().unwrap());
+    assert_eq!(
+        second.seq, 3,
+        "the restarted kitchen continues its sequence from the store"
+    );
+    let live_a = kitchen_a.send(LiveOrders).await.unwrap().unwrap();
+    assert_eq!(live_a.len(), 2);
+    assert_eq!(live_a[0].state, OrderState::Confirmed);
+
+    // Kitchen B never noticed.
+    let live_b = kitchen_b.send(LiveOrders).await.unwrap().unwrap();
+    assert_eq!(live_b.len(), 1);
+    assert_eq!(live_b[0].id, in_b.order_id);
+    assert_eq!(live_b[0].state, OrderState::Placed);
+    // The registry still hands out the same, restarted kitchen.
+    let again = registry.send(KitchenFor(a.id.clone())).await.unwrap();
+    assert_eq!(again.send(LiveOrders).await.unwrap().unwrap().len(), 2);
+}
