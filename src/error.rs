@@ -37,13 +37,14 @@ pub enum ErrorCode {
     TransitionNotPermitted,
     UnknownMeal,
     MealUnavailable,
+    AllergyConflict,
     EmptyOrder,
     DatabaseUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -68,6 +69,7 @@ impl ErrorCode {
         ErrorCode::TransitionNotPermitted,
         ErrorCode::UnknownMeal,
         ErrorCode::MealUnavailable,
+        ErrorCode::AllergyConflict,
         ErrorCode::EmptyOrder,
         ErrorCode::DatabaseUnavailable,
         ErrorCode::Internal,
@@ -81,9 +83,8 @@ impl ErrorCode {
             | InvalidQuery
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
-            InvalidBody | ValidationFailed | IdempotencyKeyReused | UnknownMeal | EmptyOrder => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            InvalidBody | ValidationFailed | IdempotencyKeyReused | UnknownMeal | EmptyOrder
+            | AllergyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated | TokenExpired | InvalidCredentials | RefreshTokenInvalid => {
@@ -217,6 +218,7 @@ impl From<CommandError> for ApiError {
             CommandError::VersionConflict => ErrorCode::VersionConflict,
             CommandError::UnknownMeal(_) => ErrorCode::UnknownMeal,
             CommandError::MealUnavailable(_) => ErrorCode::MealUnavailable,
+            CommandError::AllergyConflict { .. } => ErrorCode::AllergyConflict,
             CommandError::EmptyOrder => ErrorCode::EmptyOrder,
             CommandError::InvalidItem(_) => ErrorCode::ValidationFailed,
             CommandError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,

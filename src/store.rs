@@ -14,8 +14,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::HashSet;
 use tiffin_actors::domain::{
-    CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, assign_counter,
-    event_type, notifications_for, pickup_code,
+    CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, allergy_conflicts,
+    assign_counter, event_type, notifications_for, pickup_code,
 };
 use tiffin_actors::ports::{
     CommandError, Idempotency, KitchenSnapshot, NewOrder, Outbox, OutboxMessage, Placed, Store,
@@ -192,16 +192,17 @@ impl DieselStore {
                     .await
                     .optional()?;
                 let seq = seq.ok_or(CommandError::SchoolNotFound)?;
-                let student: Option<(String, String)> = users::table
+                let student: Option<(String, String, String)> = users::table
                     .filter(users::id.eq(&new.student_id))
                     .filter(users::school_id.eq(&new.school_id))
                     .filter(users::role.eq("student"))
                     .filter(users::active.eq(true))
-                    .select((users::id, users::display_name))
+                    .select((users::id, users::display_name, users::allergies))
                     .first(conn)
                     .await
                     .optional()?;
-                let (student_id, student_name) = student.ok_or(CommandError::StudentNotFound)?;
+                let (student_id, student_name, allergies) =
+                    student.ok_or(CommandError::StudentNotFound)?;
                 let meal_ids: Vec<&str> = new.items.iter().map(|i| i.meal_id.as_str()).collect();
                 let menu: Vec<MealRow> = meals::table
                     .filter(meals::school_id.eq(&new.school_id))
@@ -210,6 +211,7 @@ impl DieselStore {
                     .load(conn)
                     .await?;
                 let lines = order_lines(new, &menu)?;
+                let reason = allergy_check(new, &menu, &allergies)?;
                 let order = OrderSummary {
                     id: uuid::Uuid::now_v7().to_string(),
                     school_id: new.school_id.clone(),
@@ -269,7 +271,7 @@ impl DieselStore {
                         .execute(conn)
                         .await?;
                 }
-                let row = event_row(seq, &order, None, Some(new.placed_by.clone()), None, at)?;
+                let row = event_row(seq, &order, None, Some(new.placed_by.clone()), reason, at)?;
                 diesel::insert_into(order_events::table)
                     .values(&row)
                     .execute(conn)
@@ -464,6 +466,39 @@ fn local_day(time_zone: &str, at: NaiveDateTime) -> String {
         .with_timezone(&tz)
         .format("%Y-%m-%d")
         .to_string()
+}
+
+/// Refuses a meal with an allergen the student is allergic to, unless staff recorded an
+/// override; returns the reason to record with the order.
+fn allergy_check(
+    new: &NewOrder,
+    menu: &[MealRow],
+    allergies: &str,
+) -> Result<Option<String>, CommandError> {
+    let allergies: Vec<&str> = allergies.split(',').collect();
+    let mut overridden = Vec::new();
+    for item in &new.items {
+        let Some(meal) = menu.iter().find(|m| m.id == item.meal_id) else {
+            continue;
+        };
+        let allergens: Vec<&str> = meal.allergens.split(',').collect();
+        for allergen in allergy_conflicts(&allergies, &allergens) {
+            if new.allergy_override.is_none() {
+                return Err(CommandError::AllergyConflict {
+                    meal: meal.name.clone(),
+                    allergen,
+                });
+            }
+            overridden.push(format!("{} ({allergen})", meal.name));
+        }
+    }
+    Ok(match (&new.allergy_override, overridden.is_empty()) {
+        (Some(why), false) => Some(format!(
+            "allergy override for {}: {why}",
+            overridden.join(", ")
+        )),
+        _ => None,
+    })
 }
 
 /// Prices and names come from the menu, never from the request.

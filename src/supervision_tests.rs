@@ -84,6 +84,7 @@ fn order(s: &School) -> PlaceOrder {
             quantity: 1,
         }],
         idempotency: None,
+        allergy_override: None,
     })
 }
 

@@ -1031,6 +1031,53 @@ async fn rules_at_the_edge() {
     );
     assert_eq!(mine, json!([]));
 
+    // Allergies: refused with the allergen named, unless kitchen staff record an override.
+    expect(
+        patch(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{}/users/{}", a.school, a.student),
+            json!({"allergies": ["Celery"]}),
+        )
+        .await,
+        200,
+    );
+    let soup = json!({"items": [{"meal_id": a.meals[0], "quantity": 1}]});
+    let orders_path = format!("/api/v1/schools/{}/orders", a.school);
+    let r = post(&hub, &a.student_token, &orders_path, soup.clone()).await;
+    assert_eq!((r.status, r.code()), (422, "allergy_conflict"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("celery"),
+        "{}",
+        r.body
+    );
+    let mut overriding = soup.clone();
+    overriding["allergy_override"] = json!("celery-free batch, checked by the cook");
+    let r = post(&hub, &a.student_token, &orders_path, overriding.clone()).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    overriding["student_id"] = json!(a.student);
+    let served = expect(
+        post(&hub, &a.kitchen_token, &orders_path, overriding).await,
+        201,
+    );
+    let history = expect(
+        get(
+            &hub,
+            &a.kitchen_token,
+            &format!("/api/v1/orders/{}", served["id"].as_str().unwrap()),
+        )
+        .await,
+        200,
+    );
+    let reason = history["history"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("allergy override") && reason.contains("celery-free batch"),
+        "{reason}"
+    );
+
     // Sign-in by phone, however it is written.
     let p = &a.guardian_phone;
     let spaced = format!("{} {}-{}", &p[..2], &p[2..5], &p[5..]);

@@ -391,6 +391,18 @@ pub fn assign_counter(
     open.iter().min_by_key(|c| (waiting(c), c.number))
 }
 
+/// The allergens of a meal that a student is allergic to (both lists lower case).
+pub fn allergy_conflicts(allergies: &[&str], allergens: &[&str]) -> Vec<String> {
+    let mut hits: Vec<String> = allergens
+        .iter()
+        .filter(|a| !a.is_empty() && allergies.contains(a))
+        .map(|a| (*a).to_owned())
+        .collect();
+    hits.sort();
+    hits.dedup();
+    hits
+}
+
 /// Letters and digits that cannot be confused when read aloud or off a screen.
 pub const PICKUP_ALPHABET: &[u8] = b"ACDEFGHJKLMNPQRTUVWXY34679";
 pub const PICKUP_CODE_LEN: usize = 4;
@@ -598,6 +610,16 @@ mod tests {
         // A source that only ever repeats a taken code gives up instead of looping forever.
         let stuck: std::collections::HashSet<String> = ["AAAA".to_owned()].into();
         assert_eq!(pickup_code(&stuck, |_| 0), None);
+    }
+
+    #[test]
+    fn allergy_conflicts_are_the_shared_allergens() {
+        assert_eq!(
+            allergy_conflicts(&["peanuts", "milk"], &["gluten", "milk", "peanuts"]),
+            ["milk", "peanuts"]
+        );
+        assert!(allergy_conflicts(&["peanuts"], &["gluten", ""]).is_empty());
+        assert!(allergy_conflicts(&[""], &[""]).is_empty());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum CommandError {
     UnknownMeal(String),
     #[error("meal {0} is not available")]
     MealUnavailable(String),
+    #[error("{meal} contains {allergen}, which the student is allergic to")]
+    AllergyConflict { meal: String, allergen: String },
     #[error("an order needs at least one item")]
     EmptyOrder,
     #[error("{0}")]
@@ -42,6 +44,8 @@ pub struct NewOrder {
     pub items: Vec<NewOrderItem>,
     /// With the request fingerprint, makes a retried POST return the same order.
     pub idempotency: Option<Idempotency>,
+    /// Kitchen staff's recorded reason to serve a meal despite a student's allergy.
+    pub allergy_override: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,9 @@ pub struct CreateOrder {
     /// Whom the meal is for; a student ordering for themself may leave it out.
     pub student_id: Option<Uuid>,
     pub items: Vec<CreateOrderItem>,
+    /// Kitchen staff only: why a meal may be served despite the student's allergy. Recorded
+    /// in the order's history.
+    pub allergy_override: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -206,8 +209,17 @@ pub async fn create_order(
         (None, Role::Student) => who.user_id.clone(),
         (None, _) => return Err(ApiError::validation("student_id is required")),
     };
-    issuer_for(&state, &who, &school_id, &student_id).await?;
+    let issuer = issuer_for(&state, &who, &school_id, &student_id).await?;
     existing_school(&state, &school_id).await?;
+    let allergy_override = match (&body.allergy_override, issuer) {
+        (None, _) => None,
+        (Some(why), Issuer::Staff) => Some(super::required_text("allergy_override", why, 500)?),
+        (Some(_), _) => {
+            return Err(ApiError::forbidden(
+                "only kitchen staff may override an allergy",
+            ));
+        }
+    };
     // Orders record who placed them: the token must name a real, active person.
     if !repo::user(&state.db, &who.user_id)
         .await?
@@ -233,6 +245,7 @@ pub async fn create_order(
             })
             .collect(),
         idempotency: idempotency(&req, &body, &school_id)?,
+        allergy_override,
     };
     let kitchen = state.registry.send(KitchenFor(school_id)).await?;
     match kitchen.send(PlaceOrder(order)).await?? {
