@@ -7,6 +7,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::repo;
 use crate::state::AppState;
+use crate::store::event_from_row;
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_web_actors::ws;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tiffin_actors::bus::{Bus, Deliver, Frame, Overflowed, Subscriber};
+use tiffin_actors::domain::KitchenEvent;
 use tiffin_actors::ports::Store;
 use tiffin_actors::{Catchup, KitchenFor, SnapshotReason, Subscribe, TakeSnapshot};
 
@@ -40,8 +42,17 @@ enum Phase {
     },
 }
 
+/// Where a topic's frames come from, and so how to replay them.
+#[derive(Clone)]
+enum Source {
+    /// A school's kitchen: every event, numbered by the kitchen sequence.
+    Kitchen(String),
+    /// One order: its events, numbered by the order's version.
+    Order(String),
+}
+
 struct TopicState {
-    school_id: String,
+    source: Source,
     bus_id: Option<u64>,
     phase: Phase,
 }
@@ -62,25 +73,37 @@ struct CaughtUp {
 
 async fn replay(
     state: &AppState,
-    school_id: &str,
+    source: &Source,
     after: i64,
     upto: i64,
 ) -> Result<Vec<String>, ApiError> {
-    let events = state
-        .store
-        .events_since(school_id, after, upto - after)
-        .await?;
-    let complete = events.len() as i64 == upto - after
-        && events.iter().zip(after + 1..).all(|(e, seq)| e.seq == seq);
+    let (events, frame): (Vec<KitchenEvent>, fn(&KitchenEvent) -> Frame) = match source {
+        Source::Kitchen(school_id) => (
+            state
+                .store
+                .events_since(school_id, after, upto - after)
+                .await?,
+            Frame::from_event,
+        ),
+        Source::Order(order_id) => {
+            let mut events = Vec::new();
+            for row in repo::order_history(&state.db, order_id).await? {
+                if row.version > after && row.version <= upto {
+                    events.push(event_from_row(row)?);
+                }
+            }
+            (events, Frame::for_order)
+        }
+    };
+    let frames: Vec<Frame> = events.iter().map(frame).collect();
+    let complete = frames.len() as i64 == upto - after
+        && frames.iter().zip(after + 1..).all(|(f, seq)| f.seq == seq);
     if !complete {
         return Err(ApiError::internal(
             "event log does not hold the requested range",
         ));
     }
-    Ok(events
-        .iter()
-        .map(|e| Frame::from_event(e).to_json())
-        .collect())
+    Ok(frames.iter().map(Frame::to_json).collect())
 }
 
 fn snapshot_frame(
@@ -101,11 +124,18 @@ fn snapshot_frame(
 
 async fn catch_up(
     state: web::Data<AppState>,
+    who: Principal,
     topic: String,
-    school_id: String,
+    source: Source,
     since: Option<i64>,
     subscriber: Subscriber,
 ) -> Result<CaughtUp, ApiError> {
+    let school_id = match source {
+        Source::Kitchen(school_id) => school_id,
+        Source::Order(order_id) => {
+            return catch_up_order(&state, &who, &topic, &order_id, since, subscriber).await;
+        }
+    };
     if repo::school(&state.db, &school_id).await?.is_none() {
         return Err(ApiError::not_found("school"));
     }
@@ -127,22 +157,24 @@ async fn finish_catch_up(
     catchup: Catchup,
 ) -> Result<CaughtUp, ApiError> {
     let catchup = match catchup {
-        Catchup::Replay { after, upto } => match replay(state, school_id, after, upto).await {
-            Ok(frames) => {
-                metrics::counter!("ws_resumes_served_total").increment(1);
-                return Ok(CaughtUp {
-                    bus_id,
-                    frames,
-                    last: upto,
-                });
+        Catchup::Replay { after, upto } => {
+            match replay(state, &Source::Kitchen(school_id.to_owned()), after, upto).await {
+                Ok(frames) => {
+                    metrics::counter!("ws_resumes_served_total").increment(1);
+                    return Ok(CaughtUp {
+                        bus_id,
+                        frames,
+                        last: upto,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "replay failed; sending a snapshot");
+                    kitchen
+                        .send(TakeSnapshot(SnapshotReason::ReplayFailed))
+                        .await??
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e.message, "replay failed; sending a snapshot");
-                kitchen
-                    .send(TakeSnapshot(SnapshotReason::ReplayFailed))
-                    .await??
-            }
-        },
+        }
         other => other,
     };
     match catchup {
@@ -169,6 +201,71 @@ async fn finish_catch_up(
     }
 }
 
+/// An order topic: its student, their guardians and the school's staff may follow it. The
+/// bus subscription comes first, then the read, so nothing falls between them.
+async fn catch_up_order(
+    state: &AppState,
+    who: &Principal,
+    topic: &str,
+    order_id: &str,
+    since: Option<i64>,
+    subscriber: Subscriber,
+) -> Result<CaughtUp, ApiError> {
+    let (school_id, student_id) = repo::order_owner(&state.db, order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    crate::api::orders::issuer_for(state, who, &school_id, &student_id).await?;
+    let bus_id = state.bus.subscribe(topic, subscriber);
+    let result = async {
+        let order = state
+            .store
+            .load_order(order_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("order"))?;
+        let last = order.version;
+        let reason = match since {
+            Some(since) if since == last => {
+                return Ok(CaughtUp {
+                    bus_id,
+                    frames: Vec::new(),
+                    last,
+                });
+            }
+            Some(since) if (0..last).contains(&since) => {
+                let source = Source::Order(order_id.to_owned());
+                if let Ok(frames) = replay(state, &source, since, last).await {
+                    metrics::counter!("ws_resumes_served_total").increment(1);
+                    return Ok(CaughtUp {
+                        bus_id,
+                        frames,
+                        last,
+                    });
+                }
+                SnapshotReason::ReplayFailed
+            }
+            Some(_) => SnapshotReason::Ahead,
+            None => SnapshotReason::Fresh,
+        };
+        let frame = Frame {
+            topic: topic.to_owned(),
+            seq: last,
+            kind: "snapshot".into(),
+            data: serde_json::json!({"reason": reason.as_str(), "order": order}),
+            at: Utc::now(),
+        };
+        Ok(CaughtUp {
+            bus_id,
+            frames: vec![frame.to_json()],
+            last,
+        })
+    }
+    .await;
+    if result.is_err() {
+        state.bus.unsubscribe(topic, bus_id);
+    }
+    result
+}
+
 impl Socket {
     fn error(&self, ctx: &mut ws::WebsocketContext<Self>, code: ErrorCode, message: &str) {
         ctx.text(
@@ -176,13 +273,16 @@ impl Socket {
         );
     }
 
-    /// Who may subscribe to what: a kitchen topic needs kitchen staff of that school.
-    fn authorise(&self, topic: &str) -> Result<String, ApiError> {
+    /// Who may subscribe to what: a kitchen topic needs kitchen staff of that school; an
+    /// order topic is checked against the order once it is loaded.
+    fn authorise(&self, topic: &str) -> Result<Source, ApiError> {
+        let id = |v: &str| uuid::Uuid::parse_str(v).is_ok();
         match topic.split_once(':') {
-            Some(("kitchen", school_id)) if uuid::Uuid::parse_str(school_id).is_ok() => {
+            Some(("kitchen", school_id)) if id(school_id) => {
                 self.who.require_kitchen(school_id)?;
-                Ok(school_id.to_owned())
+                Ok(Source::Kitchen(school_id.to_owned()))
             }
+            Some(("order", order_id)) if id(order_id) => Ok(Source::Order(order_id.to_owned())),
             _ => Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("unknown topic {topic:?}"),
@@ -196,8 +296,8 @@ impl Socket {
         since: Option<i64>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let school_id = match self.authorise(&topic) {
-            Ok(id) => id,
+        let source = match self.authorise(&topic) {
+            Ok(source) => source,
             Err(e) => return self.error(ctx, e.code, &e.message),
         };
         if self.topics.contains_key(&topic) {
@@ -210,7 +310,7 @@ impl Socket {
         self.topics.insert(
             topic.clone(),
             TopicState {
-                school_id: school_id.clone(),
+                source: source.clone(),
                 bus_id: None,
                 phase: Phase::CatchingUp(Vec::new()),
             },
@@ -222,9 +322,16 @@ impl Socket {
         };
         let state = self.state.clone();
         ctx.spawn(
-            catch_up(state, topic.clone(), school_id, since, subscriber)
-                .into_actor(self)
-                .map(move |result, act, ctx| act.caught_up(topic, result, ctx)),
+            catch_up(
+                state,
+                self.who.clone(),
+                topic.clone(),
+                source,
+                since,
+                subscriber,
+            )
+            .into_actor(self)
+            .map(move |result, act, ctx| act.caught_up(topic, result, ctx)),
         );
     }
 
@@ -287,11 +394,11 @@ impl Socket {
             Phase::Live { last } => {
                 let (after, upto) = (*last, msg.frame.seq - 1);
                 let topic = msg.frame.topic.clone();
-                let school_id = entry.school_id.clone();
+                let source = entry.source.clone();
                 entry.phase = Phase::CatchingUp(vec![msg]);
                 let state = self.state.clone();
                 ctx.spawn(
-                    async move { replay(&state, &school_id, after, upto).await }
+                    async move { replay(&state, &source, after, upto).await }
                         .into_actor(self)
                         .map(move |result, act, ctx| match result {
                             Ok(frames) => {

@@ -127,14 +127,19 @@ async fn fixture(hub: &Hub, admin: &str, tag: &str) -> Fixture {
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
 
-/// Subscribes to a kitchen; returns the socket after its `subscribed` frame.
-async fn subscribe(hub: &Hub, token: &str, school: &str, since: Option<i64>) -> (Socket, Value) {
+/// Subscribes to a topic; returns the socket after its `subscribed` frame.
+async fn subscribe_topic(
+    hub: &Hub,
+    token: &str,
+    topic: &str,
+    since: Option<i64>,
+) -> (Socket, Value) {
     let (_, mut socket) = client()
         .ws(hub.ws_url(token))
         .connect()
         .await
         .expect("ws connect");
-    let mut frame = json!({"type": "subscribe", "topic": format!("kitchen:{school}")});
+    let mut frame = json!({"type": "subscribe", "topic": topic});
     if let Some(since) = since {
         frame["since"] = json!(since);
     }
@@ -145,6 +150,11 @@ async fn subscribe(hub: &Hub, token: &str, school: &str, since: Option<i64>) -> 
     let first = next_json(&mut socket).await;
     assert_eq!(first["type"], "subscribed", "{first}");
     (socket, first)
+}
+
+/// Subscribes to a kitchen; returns the socket after its `subscribed` frame.
+async fn subscribe(hub: &Hub, token: &str, school: &str, since: Option<i64>) -> (Socket, Value) {
+    subscribe_topic(hub, token, &format!("kitchen:{school}"), since).await
 }
 
 /// A fresh kitchen subscription: `subscribed`, then a snapshot of the live orders.
@@ -715,6 +725,92 @@ async fn concurrent_transitions_have_one_winner_on_sqlite() {
 #[actix_web::test]
 async fn concurrent_transitions_have_one_winner_on_postgres() {
     one_winner(Backend::Postgres).await;
+}
+
+/// A student follows their own order live; a guardian resumes it with `since`; nobody
+/// else may follow it.
+#[actix_web::test]
+async fn students_and_guardians_follow_their_order() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "follow").await;
+    let other = fixture(&hub, &admin, "other").await;
+    let order = expect(place_order(&hub, &f, "follow-1", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let topic = format!("order:{order}");
+
+    let (mut student, subscribed) = subscribe_topic(&hub, &f.student_token, &topic, None).await;
+    assert_eq!(subscribed["seq"], 1);
+    let snapshot = next_json(&mut student).await;
+    assert_eq!(
+        (snapshot["type"].as_str(), snapshot["seq"].as_i64()),
+        (Some("snapshot"), Some(1))
+    );
+    assert_eq!(snapshot["data"]["order"]["state"], "placed");
+
+    for action in ["confirm", "start", "ready"] {
+        expect(
+            post(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{order}/{action}"),
+                json!({}),
+            )
+            .await,
+            200,
+        );
+    }
+    let mut seen = Vec::new();
+    for (seq, kind) in [
+        (2, "order.confirmed"),
+        (3, "order.preparing"),
+        (4, "order.ready"),
+    ] {
+        let frame = next_json(&mut student).await;
+        assert_eq!(
+            (
+                frame["topic"].as_str(),
+                frame["seq"].as_i64(),
+                frame["type"].as_str()
+            ),
+            (Some(topic.as_str()), Some(seq), Some(kind))
+        );
+        seen.push(frame);
+    }
+    assert_eq!(
+        seen[2]["data"]["order"]["counter"]["number"], 1,
+        "ready at counter 1"
+    );
+
+    let guardian = login(&hub, &f.guardian_email, "guardian-pass-1").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut resumed, subscribed) = subscribe_topic(&hub, &guardian, &topic, Some(2)).await;
+    assert_eq!(subscribed["seq"], 4);
+    assert_eq!(next_json(&mut resumed).await, seen[1]);
+    assert_eq!(next_json(&mut resumed).await, seen[2]);
+
+    for token in [&other.student_token, &other.kitchen_token] {
+        let (_, mut socket) = client().ws(hub.ws_url(token)).connect().await.unwrap();
+        socket
+            .send(ws::Message::Text(
+                json!({"type": "subscribe", "topic": topic})
+                    .to_string()
+                    .into(),
+            ))
+            .await
+            .unwrap();
+        let refused = next_json(&mut socket).await;
+        assert_eq!(refused["type"], "error", "{refused}");
+        assert!(
+            ["wrong_school", "forbidden"].contains(&refused["code"].as_str().unwrap()),
+            "{refused}"
+        );
+    }
 }
 
 /// A dashboard that drops mid-stream and resumes with `since` gets exactly the frames it

@@ -20,6 +20,7 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// The event on its kitchen's topic, numbered by the kitchen sequence.
     pub fn from_event(event: &KitchenEvent) -> Frame {
         Frame {
             topic: kitchen_topic(&event.school_id),
@@ -30,6 +31,15 @@ impl Frame {
         }
     }
 
+    /// The event on its order's topic, numbered by the order's version (gapless per order).
+    pub fn for_order(event: &KitchenEvent) -> Frame {
+        Frame {
+            topic: order_topic(&event.order_id),
+            seq: event.version,
+            ..Frame::from_event(event)
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -37,6 +47,10 @@ impl Frame {
 
 pub fn kitchen_topic(school_id: &str) -> String {
     format!("kitchen:{school_id}")
+}
+
+pub fn order_topic(order_id: &str) -> String {
+    format!("order:{order_id}")
 }
 
 /// A frame delivered to a subscriber.
@@ -90,29 +104,9 @@ impl LocalBus {
 
 impl Bus for LocalBus {
     fn publish(&self, event: &KitchenEvent) {
-        let frame = Arc::new(Frame::from_event(event));
-        let json: Arc<str> = Arc::from(frame.to_json());
         let mut topics = self.topics();
-        let Some(subs) = topics.get_mut(&frame.topic) else {
-            return;
-        };
-        subs.retain(|(_, sub)| {
-            match sub.frames.try_send(Deliver {
-                frame: frame.clone(),
-                json: json.clone(),
-            }) {
-                Ok(()) => true,
-                Err(SendError::Full(_)) => {
-                    sub.overflow.do_send(Overflowed {
-                        topic: frame.topic.clone(),
-                    });
-                    false
-                }
-                Err(SendError::Closed(_)) => false,
-            }
-        });
-        if subs.is_empty() {
-            topics.remove(&frame.topic);
+        for frame in [Frame::from_event(event), Frame::for_order(event)] {
+            deliver(&mut topics, frame);
         }
     }
 
@@ -133,5 +127,32 @@ impl Bus for LocalBus {
                 topics.remove(topic);
             }
         }
+    }
+}
+
+/// Hands one frame to every subscriber of its topic; a full mailbox is a slow consumer.
+fn deliver(topics: &mut HashMap<String, Vec<(u64, Subscriber)>>, frame: Frame) {
+    let Some(subs) = topics.get_mut(&frame.topic) else {
+        return;
+    };
+    let frame = Arc::new(frame);
+    let json: Arc<str> = Arc::from(frame.to_json());
+    subs.retain(|(_, sub)| {
+        match sub.frames.try_send(Deliver {
+            frame: frame.clone(),
+            json: json.clone(),
+        }) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                sub.overflow.do_send(Overflowed {
+                    topic: frame.topic.clone(),
+                });
+                false
+            }
+            Err(SendError::Closed(_)) => false,
+        }
+    });
+    if subs.is_empty() {
+        topics.remove(&frame.topic);
     }
 }

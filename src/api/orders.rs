@@ -160,7 +160,7 @@ fn idempotency(
 }
 
 /// Who the caller is to a student's orders, or a refusal.
-async fn issuer_for(
+pub(crate) async fn issuer_for(
     state: &AppState,
     who: &Principal,
     school_id: &str,
