@@ -167,6 +167,8 @@ pub fn build(
                 .service(orders::ready_order)
                 .service(orders::cancel_order)
                 .service(orders::pickup_order)
+                .service(orders::recall_order)
+                .service(orders::bump_order)
                 .service(ws::connect)
                 .service(ops::openapi),
         )

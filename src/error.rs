@@ -33,6 +33,7 @@ pub enum ErrorCode {
     RouteNotFound,
     Duplicate,
     VersionConflict,
+    RecallWindowPassed,
     InvalidTransition,
     TransitionNotPermitted,
     UnknownMeal,
@@ -44,7 +45,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -65,6 +66,7 @@ impl ErrorCode {
         ErrorCode::RouteNotFound,
         ErrorCode::Duplicate,
         ErrorCode::VersionConflict,
+        ErrorCode::RecallWindowPassed,
         ErrorCode::InvalidTransition,
         ErrorCode::TransitionNotPermitted,
         ErrorCode::UnknownMeal,
@@ -92,9 +94,8 @@ impl ErrorCode {
             }
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
-            Duplicate | VersionConflict | InvalidTransition | MealUnavailable => {
-                StatusCode::CONFLICT
-            }
+            Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
+            | MealUnavailable => StatusCode::CONFLICT,
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -216,6 +217,7 @@ impl From<CommandError> for ApiError {
             | CommandError::SchoolNotFound
             | CommandError::StudentNotFound => ErrorCode::NotFound,
             CommandError::VersionConflict => ErrorCode::VersionConflict,
+            CommandError::RecallWindowPassed(_) => ErrorCode::RecallWindowPassed,
             CommandError::UnknownMeal(_) => ErrorCode::UnknownMeal,
             CommandError::MealUnavailable(_) => ErrorCode::MealUnavailable,
             CommandError::AllergyConflict { .. } => ErrorCode::AllergyConflict,

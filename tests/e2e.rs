@@ -604,6 +604,74 @@ async fn ready_orders_get_a_counter_and_a_code() {
     .await;
     assert_eq!((r.status, r.code()), (403, "transition_not_permitted"));
 
+    // A mis-click is recalled (recorded as such) and bumped again: same counter, same code.
+    let second_id = ready[1]["id"].as_str().unwrap();
+    let recalled = expect(
+        post(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{second_id}/recall"),
+            json!({"reason": "wrong tray"}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(recalled["state"], "preparing");
+    let history = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{second_id}"),
+        )
+        .await,
+        200,
+    );
+    let last = history["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            last["from"].as_str(),
+            last["to"].as_str(),
+            last["reason"].as_str()
+        ),
+        (Some("ready"), Some("preparing"), Some("recall: wrong tray"))
+    );
+    let stale = post(
+        &hub,
+        &f.kitchen_token,
+        &format!("/api/v1/orders/{second_id}/bump"),
+        json!({"expected_version": 4}),
+    )
+    .await;
+    assert_eq!((stale.status, stale.code()), (409, "version_conflict"));
+    let bumped = expect(
+        post(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{second_id}/bump"),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(bumped["state"], "ready");
+    assert_eq!(
+        (&bumped["counter"], &bumped["pickup_code"]),
+        (&ready[1]["counter"], &ready[1]["pickup_code"])
+    );
+    let r = post(
+        &hub,
+        &f.student_token,
+        &format!("/api/v1/orders/{second_id}/recall"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "transition_not_permitted"));
+
     // The assignment is part of the order's record: the history endpoint shows it too.
     let stored = expect(
         get(

@@ -120,16 +120,19 @@ pub enum OrderCommand {
     Cancel,
     PickUp,
     MarkUncollected,
+    /// Undo the last step (a mis-click on the dashboard), within a short window.
+    Recall,
 }
 
 impl OrderCommand {
-    pub const ALL: [OrderCommand; 6] = [
+    pub const ALL: [OrderCommand; 7] = [
         OrderCommand::Confirm,
         OrderCommand::Start,
         OrderCommand::Ready,
         OrderCommand::Cancel,
         OrderCommand::PickUp,
         OrderCommand::MarkUncollected,
+        OrderCommand::Recall,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +143,7 @@ impl OrderCommand {
             OrderCommand::Cancel => "cancel",
             OrderCommand::PickUp => "pick_up",
             OrderCommand::MarkUncollected => "mark_uncollected",
+            OrderCommand::Recall => "recall",
         }
     }
 }
@@ -215,7 +219,45 @@ pub const TRANSITIONS: &[(OrderCommand, OrderState, OrderState, &[Issuer])] = &[
         OrderState::Uncollected,
         &[Issuer::System],
     ),
+    (
+        OrderCommand::Recall,
+        OrderState::Confirmed,
+        OrderState::Placed,
+        &[Issuer::Staff],
+    ),
+    (
+        OrderCommand::Recall,
+        OrderState::Preparing,
+        OrderState::Confirmed,
+        &[Issuer::Staff],
+    ),
+    (
+        OrderCommand::Recall,
+        OrderState::Ready,
+        OrderState::Preparing,
+        &[Issuer::Staff],
+    ),
 ];
+
+/// How long after a step kitchen staff may recall it.
+pub const RECALL_WINDOW_SECS: i64 = 120;
+
+/// A recall undoes only a recent step: within the window since the order last changed.
+pub fn recall_allowed(last_change: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    let age = now.signed_duration_since(last_change).num_seconds();
+    (0..=RECALL_WINDOW_SECS).contains(&age)
+}
+
+/// The dashboard's "bump": the next step forward from a state, if there is one.
+pub fn bump(state: OrderState) -> Option<OrderCommand> {
+    match state {
+        OrderState::Placed => Some(OrderCommand::Confirm),
+        OrderState::Confirmed => Some(OrderCommand::Start),
+        OrderState::Preparing => Some(OrderCommand::Ready),
+        OrderState::Ready => Some(OrderCommand::PickUp),
+        OrderState::PickedUp | OrderState::Cancelled | OrderState::Uncollected => None,
+    }
+}
 
 /// Why a command was refused by the rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -476,6 +518,9 @@ mod tests {
             (C::Cancel, S::Preparing, Staff) => Some(S::Cancelled),
             (C::PickUp, S::Ready, Staff | System) => Some(S::PickedUp),
             (C::MarkUncollected, S::Ready, System) => Some(S::Uncollected),
+            (C::Recall, S::Confirmed, Staff) => Some(S::Placed),
+            (C::Recall, S::Preparing, Staff) => Some(S::Confirmed),
+            (C::Recall, S::Ready, Staff) => Some(S::Preparing),
             _ => None,
         }
     }
@@ -613,6 +658,37 @@ mod tests {
     }
 
     #[test]
+    fn recall_only_within_the_window_and_bump_walks_forward() {
+        let t0 = DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let later = |s: i64| t0 + chrono::Duration::seconds(s);
+        assert!(recall_allowed(t0, later(0)));
+        assert!(recall_allowed(t0, later(RECALL_WINDOW_SECS)));
+        assert!(!recall_allowed(t0, later(RECALL_WINDOW_SECS + 1)));
+        assert!(
+            !recall_allowed(t0, later(-5)),
+            "clock skew does not open the window"
+        );
+        let mut state = OrderState::Placed;
+        let mut walked = vec![state];
+        while let Some(cmd) = bump(state) {
+            state = decide(state, 1, cmd, Issuer::Staff).unwrap().to;
+            walked.push(state);
+        }
+        assert_eq!(
+            walked,
+            [
+                OrderState::Placed,
+                OrderState::Confirmed,
+                OrderState::Preparing,
+                OrderState::Ready,
+                OrderState::PickedUp
+            ]
+        );
+    }
+
+    #[test]
     fn allergy_conflicts_are_the_shared_allergens() {
         assert_eq!(
             allergy_conflicts(&["peanuts", "milk"], &["gluten", "milk", "peanuts"]),
@@ -671,7 +747,11 @@ mod tests {
                             prop_assert_eq!(t.from, state);
                             prop_assert_eq!(t.to, *to);
                             prop_assert_eq!(t.version, version + 1);
-                            prop_assert!(rank(t.to) > rank(state), "{} -> {} goes backwards", state, t.to);
+                            if cmd == OrderCommand::Recall {
+                                prop_assert_eq!(rank(t.to) + 1, rank(state), "a recall steps back once");
+                            } else {
+                                prop_assert!(rank(t.to) > rank(state), "{} -> {} goes backwards", state, t.to);
+                            }
                             state = t.to;
                             version = t.version;
                         }

@@ -17,6 +17,8 @@ pub enum CommandError {
     StudentNotFound,
     #[error("the order was changed by someone else; reload and try again")]
     VersionConflict,
+    #[error("too late to recall: the last step was more than {0} seconds ago")]
+    RecallWindowPassed(i64),
     #[error("meal {0} is not on this school's menu")]
     UnknownMeal(String),
     #[error("meal {0} is not available")]

@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tiffin_actors::domain::{Issuer, OrderCommand, OrderSummary, Role};
+use tiffin_actors::domain::{Issuer, OrderCommand, OrderSummary, Role, bump};
 use tiffin_actors::ports::{CommandError, Idempotency, NewOrder, NewOrderItem, Placed};
 use tiffin_actors::{KitchenFor, LiveOrders, Nudge, PlaceOrder, TransitionOrder};
 use utoipa::ToSchema;
@@ -403,4 +403,45 @@ pub async fn pickup_order(
     body: OptionalJson<TransitionBody>,
 ) -> Result<HttpResponse, ApiError> {
     transition(&state, &who, *path, body.0, OrderCommand::PickUp).await
+}
+
+/// Undoes the last step within a short window (a mis-click); recorded as a recall.
+#[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/orders/{order_id}/recall")]
+pub async fn recall_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: OptionalJson<TransitionBody>,
+) -> Result<HttpResponse, ApiError> {
+    transition(&state, &who, *path, body.0, OrderCommand::Recall).await
+}
+
+/// The dashboard's bump: the next step forward from the state the caller saw.
+#[utoipa::path(tag = "kitchen", request_body(content = Option<TransitionBody>), responses((status = 200, body = OrderView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/orders/{order_id}/bump")]
+pub async fn bump_order(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: OptionalJson<TransitionBody>,
+) -> Result<HttpResponse, ApiError> {
+    use tiffin_actors::ports::Store;
+    let order_id = path.to_string();
+    authorised_order(&state, &who, &order_id).await?;
+    let current = state
+        .store
+        .load_order(&order_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("order"))?;
+    let command = bump(current.state).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidTransition,
+            format!("an order that is {} has no next step", current.state),
+        )
+    })?;
+    // Advance what the caller saw: if it moved meanwhile, that is a conflict, not a double step.
+    let mut body = body.0;
+    body.expected_version = Some(body.expected_version.unwrap_or(current.version));
+    transition(&state, &who, *path, body, command).await
 }

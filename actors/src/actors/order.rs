@@ -2,9 +2,12 @@
 
 use super::kitchen::Committed;
 use crate::domain::KitchenEvent;
-use crate::domain::{Issuer, OrderCommand, OrderSummary, decide};
+use crate::domain::{
+    Issuer, OrderCommand, OrderSummary, RECALL_WINDOW_SECS, decide, recall_allowed,
+};
 use crate::ports::{CommandError, Store, TransitionCommit};
 use actix::prelude::*;
+use chrono::Utc;
 use std::sync::Arc;
 
 pub struct OrderActor {
@@ -68,7 +71,22 @@ impl Handler<Command> for OrderActor {
         let decided = match msg.expected_version {
             Some(v) if v != current => Err(CommandError::VersionConflict),
             _ => decide(self.order.state, current, msg.command, msg.issuer)
-                .map_err(CommandError::from),
+                .map_err(CommandError::from)
+                .and_then(|t| {
+                    if msg.command == OrderCommand::Recall
+                        && !recall_allowed(self.order.updated_at, Utc::now())
+                    {
+                        Err(CommandError::RecallWindowPassed(RECALL_WINDOW_SECS))
+                    } else {
+                        Ok(t)
+                    }
+                }),
+        };
+        // Recalls say so in the history, with the staff's words if any.
+        let reason = match (msg.command, msg.reason) {
+            (OrderCommand::Recall, Some(why)) => Some(format!("recall: {why}")),
+            (OrderCommand::Recall, None) => Some("recall".to_owned()),
+            (_, reason) => reason,
         };
         let (school_id, order_id) = (self.order.school_id.clone(), self.order.id.clone());
         let store = self.store.clone();
@@ -80,7 +98,7 @@ impl Handler<Command> for OrderActor {
                     order_id,
                     transition: decided?,
                     actor_id: msg.actor_id,
-                    reason: msg.reason,
+                    reason,
                 };
                 store.commit_transition(commit).await
             }
