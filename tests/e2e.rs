@@ -685,6 +685,128 @@ async fn ready_orders_get_a_counter_and_a_code() {
     assert_eq!(stored["order"]["counter"]["id"], second["id"]);
 }
 
+/// SIGKILL in the middle of a burst of orders: after a restart every acknowledged order is
+/// there, and retrying every request with its Idempotency-Key creates no duplicate.
+async fn killed_mid_burst(backend: Backend) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let db = TestDb::new(backend).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = Rc::new(fixture(&hub, &admin, "kill").await);
+    let base = hub.base.clone();
+    let accepted: Rc<RefCell<Vec<(usize, String)>>> = Rc::default();
+    const ORDERS: usize = 120;
+    let burst = {
+        let (f, accepted) = (f.clone(), accepted.clone());
+        actix_web::rt::spawn(async move {
+            let next = Rc::new(RefCell::new(0));
+            let workers = (0..8).map(|_| {
+                let (f, accepted, next, base) =
+                    (f.clone(), accepted.clone(), next.clone(), base.clone());
+                async move {
+                    loop {
+                        let n = {
+                            let mut next = next.borrow_mut();
+                            *next += 1;
+                            *next - 1
+                        };
+                        if n >= ORDERS {
+                            return;
+                        }
+                        let sent = client()
+                            .post(format!("{base}/api/v1/schools/{}/orders", f.school))
+                            .bearer_auth(&f.student_token)
+                            .insert_header(("Idempotency-Key", format!("burst-{n}")))
+                            .send_json(&json!({"items": [{"meal_id": f.meals[0], "quantity": 1}]}))
+                            .await;
+                        if let Ok(mut res) = sent
+                            && res.status() == 201
+                            && let Ok(body) = res.json::<Value>().await
+                        {
+                            accepted
+                                .borrow_mut()
+                                .push((n, body["id"].as_str().unwrap().to_owned()));
+                        }
+                    }
+                }
+            });
+            futures_util::future::join_all(workers).await;
+        })
+    };
+    while accepted.borrow().len() < 20 {
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    let env = hub.kill();
+    burst.await.unwrap();
+    let acknowledged = accepted.borrow().clone();
+    assert!(acknowledged.len() < ORDERS, "the kill landed mid-burst");
+
+    let hub = Hub::start(env);
+    let live = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/orders/live", f.school),
+        )
+        .await,
+        200,
+    );
+    let live: std::collections::HashSet<String> = live
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    for (_, id) in &acknowledged {
+        assert!(live.contains(id), "acknowledged order {id} was lost");
+    }
+    // Clients retry what they never heard back about: the keys make that safe.
+    let mut ids = std::collections::HashSet::new();
+    for n in 0..ORDERS {
+        let r = send(
+            client()
+                .post(hub.url(&format!("/api/v1/schools/{}/orders", f.school)))
+                .bearer_auth(&f.student_token)
+                .insert_header(("Idempotency-Key", format!("burst-{n}"))),
+            Some(json!({"items": [{"meal_id": f.meals[0], "quantity": 1}]})),
+        )
+        .await;
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        if let Some((_, first)) = acknowledged.iter().find(|(k, _)| *k == n) {
+            assert_eq!(
+                &id, first,
+                "a retry returns the order it made before the kill"
+            );
+        }
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), ORDERS);
+    let live = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/orders/live", f.school),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(live.as_array().unwrap().len(), ORDERS, "no order twice");
+    drop(hub);
+    db.drop_database().await;
+}
+
+#[actix_web::test]
+async fn kill_nine_mid_burst_loses_nothing_on_sqlite() {
+    killed_mid_burst(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn kill_nine_mid_burst_loses_nothing_on_postgres() {
+    killed_mid_burst(Backend::Postgres).await;
+}
+
 /// Two nodes on one database and several staff transition one order at once: exactly one
 /// wins, the others get a conflict code, and the history holds one transition.
 async fn one_winner(backend: Backend) {
