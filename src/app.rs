@@ -160,6 +160,7 @@ pub fn build(
                 .service(admin::list_meals)
                 .service(admin::update_meal)
                 .service(orders::live_orders)
+                .service(orders::kitchen_summary)
                 .service(orders::create_order)
                 .service(orders::get_order)
                 .service(orders::confirm_order)

@@ -399,3 +399,34 @@ pub async fn revoke_family_of(db: &Db, presented_hash: &str) -> Result<(), DbErr
     }
     Ok(())
 }
+
+/// Meals ordered in a school between two instants (cancelled orders excluded):
+/// (meal id, name, quantity), most ordered first.
+pub async fn item_counts(
+    db: &Db,
+    school_id: &str,
+    from: NaiveDateTime,
+    until: NaiveDateTime,
+) -> Result<Vec<(String, String, i64)>, DbError> {
+    use crate::db::schema::order_items;
+    let rows: Vec<(String, String, Option<i64>)> = with_conn!(db, |conn| order_items::table
+        .inner_join(orders::table)
+        .filter(orders::school_id.eq(school_id))
+        .filter(orders::created_at.ge(from))
+        .filter(orders::created_at.lt(until))
+        .filter(orders::state.ne("cancelled"))
+        .group_by((order_items::meal_id, order_items::meal_name))
+        .select((
+            order_items::meal_id,
+            order_items::meal_name,
+            diesel::dsl::sum(order_items::quantity),
+        ))
+        .load(conn)
+        .await)?;
+    let mut counts: Vec<(String, String, i64)> = rows
+        .into_iter()
+        .map(|(id, name, n)| (id, name, n.unwrap_or(0)))
+        .collect();
+    counts.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+    Ok(counts)
+}

@@ -683,6 +683,54 @@ async fn ready_orders_get_a_counter_and_a_code() {
         200,
     );
     assert_eq!(stored["order"]["counter"]["id"], second["id"]);
+
+    // The kitchen at a glance: queues with ages, counters with their queues, the day's items.
+    let summary = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
+        )
+        .await,
+        200,
+    );
+    let count = |state: &str| {
+        summary["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["state"] == state)
+            .unwrap()["count"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        (count("placed"), count("preparing"), count("ready")),
+        (0, 0, 4),
+        "{summary}"
+    );
+    assert_eq!(summary["ready_without_counter"], 1);
+    let waiting: Vec<u64> = summary["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["waiting"].as_u64().unwrap())
+        .collect();
+    assert_eq!(waiting, [1, 2, 0], "{summary}");
+    let items: Vec<(&str, i64)> = summary["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), i["quantity"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(items, [("Rice bowl", 5), ("Tomato soup", 5)]);
+    let r = get(
+        &hub,
+        &f.student_token,
+        &format!("/api/v1/schools/{}/kitchen/summary", f.school),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
 }
 
 /// SIGKILL in the middle of a burst of orders: after a restart every acknowledged order is

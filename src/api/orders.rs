@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tiffin_actors::domain::{Issuer, OrderCommand, OrderSummary, Role, bump};
+use tiffin_actors::domain::{Issuer, OrderCommand, OrderState, OrderSummary, Role, bump};
 use tiffin_actors::ports::{CommandError, Idempotency, NewOrder, NewOrderItem, Placed};
 use tiffin_actors::{KitchenFor, LiveOrders, Nudge, PlaceOrder, TransitionOrder};
 use utoipa::ToSchema;
@@ -444,4 +444,123 @@ pub async fn bump_order(
     let mut body = body.0;
     body.expected_version = Some(body.expected_version.unwrap_or(current.version));
     transition(&state, &who, *path, body, command).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KitchenSummary {
+    pub at: DateTime<Utc>,
+    /// Live orders per state: how many, and how long the oldest has waited in it (seconds).
+    pub states: Vec<StateSummary>,
+    /// Ready orders waiting because no counter is open.
+    pub ready_without_counter: usize,
+    pub counters: Vec<CounterQueue>,
+    /// The school-local day the item counts cover.
+    pub day: String,
+    /// All-day counts per meal (cancelled orders excluded), most ordered first.
+    pub items: Vec<ItemCount>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StateSummary {
+    pub state: String,
+    pub count: usize,
+    pub oldest_age_secs: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CounterQueue {
+    pub id: String,
+    pub number: i32,
+    pub name: String,
+    pub is_open: bool,
+    pub waiting: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ItemCount {
+    pub meal_id: String,
+    pub name: String,
+    pub quantity: i64,
+}
+
+/// The kitchen at a glance: queues by state with ages, counters and their queues, and the
+/// day's counts per item.
+#[utoipa::path(tag = "kitchen", responses((status = 200, body = KitchenSummary)))]
+#[get("/schools/{school_id}/kitchen/summary")]
+pub async fn kitchen_summary(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_kitchen(&school_id)?;
+    let school = existing_school(&state, &school_id).await?;
+    let kitchen = state.registry.send(KitchenFor(school_id.clone())).await?;
+    let live = kitchen.send(LiveOrders).await??;
+    let now = Utc::now();
+    let live_states = [
+        OrderState::Placed,
+        OrderState::Confirmed,
+        OrderState::Preparing,
+        OrderState::Ready,
+    ];
+    let states = live_states
+        .into_iter()
+        .map(|s| {
+            let here: Vec<&OrderSummary> = live.iter().filter(|o| o.state == s).collect();
+            StateSummary {
+                state: s.as_str().to_owned(),
+                count: here.len(),
+                oldest_age_secs: here
+                    .iter()
+                    .map(|o| now.signed_duration_since(o.updated_at).num_seconds())
+                    .max(),
+            }
+        })
+        .collect();
+    let ready: Vec<&OrderSummary> = live
+        .iter()
+        .filter(|o| o.state == OrderState::Ready)
+        .collect();
+    let counters = repo::counters(&state.db, &school_id)
+        .await?
+        .into_iter()
+        .map(|c| CounterQueue {
+            waiting: ready
+                .iter()
+                .filter(|o| o.counter.as_ref().is_some_and(|oc| oc.id == c.id))
+                .count(),
+            id: c.id,
+            number: c.number,
+            name: c.name,
+            is_open: c.is_open,
+        })
+        .collect();
+    let tz: chrono_tz::Tz = school.time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let local_today = now.with_timezone(&tz).date_naive();
+    let start_of = |day: chrono::NaiveDate| {
+        day.and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_local_timezone(tz).earliest())
+            .map(|t| t.naive_utc())
+            .ok_or_else(|| ApiError::internal("local midnight"))
+    };
+    let from = start_of(local_today)?;
+    let until = start_of(local_today + chrono::Days::new(1))?;
+    let items = repo::item_counts(&state.db, &school_id, from, until)
+        .await?
+        .into_iter()
+        .map(|(meal_id, name, quantity)| ItemCount {
+            meal_id,
+            name,
+            quantity,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(KitchenSummary {
+        at: now,
+        states,
+        ready_without_counter: ready.iter().filter(|o| o.counter.is_none()).count(),
+        counters,
+        day: local_today.to_string(),
+        items,
+    }))
 }
