@@ -159,6 +159,8 @@ pub fn build(
                 .service(admin::create_meal)
                 .service(admin::list_meals)
                 .service(admin::update_meal)
+                .service(admin::create_service_window)
+                .service(admin::list_service_windows)
                 .service(orders::live_orders)
                 .service(orders::kitchen_summary)
                 .service(orders::create_order)

@@ -5,7 +5,7 @@ use crate::db::DbError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
-use tiffin_actors::domain::TransitionError;
+use tiffin_actors::domain::{TransitionError, WaveError};
 use tiffin_actors::ports::CommandError;
 use utoipa::ToSchema;
 
@@ -34,6 +34,9 @@ pub enum ErrorCode {
     Duplicate,
     VersionConflict,
     RecallWindowPassed,
+    OrderingClosed,
+    CancelDeadlinePassed,
+    UnknownWindow,
     InvalidTransition,
     TransitionNotPermitted,
     UnknownMeal,
@@ -45,7 +48,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -67,6 +70,9 @@ impl ErrorCode {
         ErrorCode::Duplicate,
         ErrorCode::VersionConflict,
         ErrorCode::RecallWindowPassed,
+        ErrorCode::OrderingClosed,
+        ErrorCode::CancelDeadlinePassed,
+        ErrorCode::UnknownWindow,
         ErrorCode::InvalidTransition,
         ErrorCode::TransitionNotPermitted,
         ErrorCode::UnknownMeal,
@@ -86,7 +92,7 @@ impl ErrorCode {
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | ValidationFailed | IdempotencyKeyReused | UnknownMeal | EmptyOrder
-            | AllergyConflict => StatusCode::UNPROCESSABLE_ENTITY,
+            | AllergyConflict | UnknownWindow => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated | TokenExpired | InvalidCredentials | RefreshTokenInvalid => {
@@ -95,7 +101,7 @@ impl ErrorCode {
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
-            | MealUnavailable => StatusCode::CONFLICT,
+            | MealUnavailable | OrderingClosed | CancelDeadlinePassed => StatusCode::CONFLICT,
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -218,6 +224,9 @@ impl From<CommandError> for ApiError {
             | CommandError::StudentNotFound => ErrorCode::NotFound,
             CommandError::VersionConflict => ErrorCode::VersionConflict,
             CommandError::RecallWindowPassed(_) => ErrorCode::RecallWindowPassed,
+            CommandError::Wave(WaveError::UnknownWave(_)) => ErrorCode::UnknownWindow,
+            CommandError::Wave(_) => ErrorCode::OrderingClosed,
+            CommandError::CancelDeadlinePassed => ErrorCode::CancelDeadlinePassed,
             CommandError::UnknownMeal(_) => ErrorCode::UnknownMeal,
             CommandError::MealUnavailable(_) => ErrorCode::MealUnavailable,
             CommandError::AllergyConflict { .. } => ErrorCode::AllergyConflict,

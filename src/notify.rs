@@ -11,32 +11,27 @@ use secrecy::ExposeSecret;
 use std::sync::Arc;
 use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
 
+/// Embeds each file of `templates/` under its path there.
+macro_rules! templates {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_str!(concat!("../templates/", $path)))),*]
+    };
+}
+
 /// Every template, by name: `{channel}/{event}.{locale}.{part}`.
-const TEMPLATES: &[(&str, &str)] = &[
-    (
-        "email/order_ready.en.subject",
-        include_str!("../templates/email/order_ready.en.subject"),
-    ),
-    (
-        "email/order_ready.en.txt",
-        include_str!("../templates/email/order_ready.en.txt"),
-    ),
-    (
-        "email/order_ready.en.html",
-        include_str!("../templates/email/order_ready.en.html"),
-    ),
-    (
-        "email/order_ready.es.subject",
-        include_str!("../templates/email/order_ready.es.subject"),
-    ),
-    (
-        "email/order_ready.es.txt",
-        include_str!("../templates/email/order_ready.es.txt"),
-    ),
-    (
-        "email/order_ready.es.html",
-        include_str!("../templates/email/order_ready.es.html"),
-    ),
+const TEMPLATES: &[(&str, &str)] = templates![
+    "email/order_ready.en.subject",
+    "email/order_ready.en.txt",
+    "email/order_ready.en.html",
+    "email/order_ready.es.subject",
+    "email/order_ready.es.txt",
+    "email/order_ready.es.html",
+    "email/order_uncollected.en.subject",
+    "email/order_uncollected.en.txt",
+    "email/order_uncollected.en.html",
+    "email/order_uncollected.es.subject",
+    "email/order_uncollected.es.txt",
+    "email/order_uncollected.es.html",
 ];
 
 pub struct Templates {
@@ -50,11 +45,20 @@ pub struct RenderedEmail {
 }
 
 impl Templates {
+    /// Loads every template and renders each with sample data: a broken template (bad
+    /// syntax, a misspelt field) stops the start, not the lunch.
     pub fn load() -> Result<Templates, String> {
         let mut env = Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         for (name, source) in TEMPLATES {
             env.add_template(name, source)
                 .map_err(|e| format!("template {name}: {e}"))?;
+        }
+        let sample = sample_payload();
+        for (name, _) in TEMPLATES {
+            env.get_template(name)
+                .and_then(|t| t.render(minijinja::value::Serde(&sample)))
+                .map_err(|e| format!("template {name} does not render: {e}"))?;
         }
         Ok(Templates { env })
     }
@@ -90,6 +94,43 @@ impl Templates {
             html: self.render(&name, &message.locale, "html", &data)?,
         })
     }
+}
+
+/// What an outbox payload holds, with every optional part present.
+fn sample_payload() -> serde_json::Value {
+    let at = chrono::Utc::now();
+    let order = tiffin_actors::domain::OrderSummary {
+        id: "00000000-0000-0000-0000-000000000000".into(),
+        school_id: "school".into(),
+        student_id: "student".into(),
+        student_name: "Sample Student".into(),
+        state: tiffin_actors::domain::OrderState::Ready,
+        version: 4,
+        items: vec![tiffin_actors::domain::OrderLine {
+            meal_id: "meal".into(),
+            name: "Sample meal".into(),
+            quantity: 1,
+            unit_price_cents: 100,
+        }],
+        total_cents: 100,
+        placed_at: at,
+        updated_at: at,
+        counter: Some(tiffin_actors::domain::CounterRef {
+            id: "counter".into(),
+            number: 1,
+            name: "Counter 1".into(),
+        }),
+        pickup_code: Some("AC34".into()),
+        wave: Some(tiffin_actors::domain::Wave {
+            id: "wave".into(),
+            name: "First lunch".into(),
+            starts_at: at,
+            ends_at: at,
+            order_cutoff: at,
+            cancel_until: at,
+        }),
+    };
+    serde_json::json!({"school_name": "Sample School", "recipient_name": "Sample Guardian", "order": order})
 }
 
 pub struct SmtpSender {
@@ -191,19 +232,14 @@ impl Sender for LogSender {
 mod tests {
     use super::*;
 
-    fn message(locale: &str) -> OutboxMessage {
+    fn message(template: &str, locale: &str, payload: serde_json::Value) -> OutboxMessage {
         OutboxMessage {
             id: "m1".into(),
             channel: "email".into(),
-            template: "order_ready".into(),
+            template: template.into(),
             address: "g@example.org".into(),
             locale: locale.into(),
-            payload: serde_json::json!({
-                "school_name": "Hill School",
-                "recipient_name": "Grace",
-                "order": {"id": "o1", "student_name": "Ada", "items": [{"name": "Soup", "quantity": 2}]}
-            })
-            .to_string(),
+            payload: payload.to_string(),
             attempts: 0,
         }
     }
@@ -211,13 +247,35 @@ mod tests {
     #[test]
     fn renders_each_locale_and_falls_back_to_english() {
         let t = Templates::load().unwrap();
-        let en = t.render_email(&message("en")).unwrap();
-        assert_eq!(en.subject, "Ada's lunch is ready");
-        assert!(en.text.contains("2 x Soup"), "{}", en.text);
-        assert!(en.html.contains("Hill School"));
-        let es = t.render_email(&message("es")).map(|e| e.subject);
-        assert_eq!(es.as_deref(), Ok("El almuerzo de Ada está listo"));
-        let fr = t.render_email(&message("fr")).map(|e| e.subject);
-        assert_eq!(fr.as_deref(), Ok("Ada's lunch is ready"));
+        let ready = |locale| message("order_ready", locale, sample_payload());
+        let en = t.render_email(&ready("en")).unwrap();
+        assert_eq!(en.subject, "Sample Student's lunch is ready");
+        assert!(en.text.contains("1 x Sample meal"), "{}", en.text);
+        assert!(en.text.contains("at Counter 1") && en.text.contains("Pickup code: AC34"));
+        assert!(en.html.contains("Sample School"));
+        let es = t.render_email(&ready("es")).map(|e| e.subject);
+        assert_eq!(
+            es.as_deref(),
+            Ok("El almuerzo de Sample Student está listo")
+        );
+        let fr = t.render_email(&ready("fr")).map(|e| e.subject);
+        assert_eq!(fr.as_deref(), Ok("Sample Student's lunch is ready"));
+        let late = t
+            .render_email(&message("order_uncollected", "en", sample_payload()))
+            .unwrap();
+        assert!(
+            late.text
+                .contains("not collected before the end of First lunch"),
+            "{}",
+            late.text
+        );
+    }
+
+    #[test]
+    fn a_payload_missing_a_field_is_a_permanent_error_not_a_blank() {
+        let t = Templates::load().unwrap();
+        let thin =
+            serde_json::json!({"school_name": "S", "recipient_name": "R", "order": {"id": "o"}});
+        assert!(t.render_email(&message("order_ready", "en", thin)).is_err());
     }
 }

@@ -430,3 +430,22 @@ pub async fn item_counts(
     counts.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
     Ok(counts)
 }
+
+pub async fn insert_service_window(db: &Db, row: &ServiceWindowRow) -> Result<(), DbError> {
+    use crate::db::schema::service_windows;
+    with_conn!(db, |conn| diesel::insert_into(service_windows::table)
+        .values(row)
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+pub async fn service_windows(db: &Db, school_id: &str) -> Result<Vec<ServiceWindowRow>, DbError> {
+    use crate::db::schema::service_windows;
+    Ok(with_conn!(db, |conn| service_windows::table
+        .filter(service_windows::school_id.eq(school_id))
+        .order(service_windows::starts_at.asc())
+        .select(ServiceWindowRow::as_select())
+        .load(conn)
+        .await)?)
+}

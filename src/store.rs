@@ -2,9 +2,11 @@
 //! event bumps the school's event sequence first: that takes the write lock at once on
 //! SQLite and serialises a kitchen's commits on PostgreSQL, so sequence numbers are gapless.
 
-use crate::db::models::{MealRow, OrderEventRow, OrderItemRow, OrderRow, OutboxRow, now};
+use crate::db::models::{
+    MealRow, OrderEventRow, OrderItemRow, OrderRow, OutboxRow, ServiceWindowRow, now,
+};
 use crate::db::schema::{
-    counters, guardian_links, meals, order_events, orders, outbox, schools, users,
+    counters, guardian_links, meals, order_events, orders, outbox, schools, service_windows, users,
 };
 use crate::db::{Db, DbError};
 use crate::with_conn;
@@ -14,8 +16,8 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::HashSet;
 use tiffin_actors::domain::{
-    CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, allergy_conflicts,
-    assign_counter, event_type, notifications_for, pickup_code,
+    CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, Wave,
+    allergy_conflicts, assign_counter, choose_wave, event_type, notifications_for, pickup_code,
 };
 use tiffin_actors::ports::{
     CommandError, Idempotency, KitchenSnapshot, NewOrder, Outbox, OutboxMessage, Placed, Store,
@@ -185,13 +187,14 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                let seq: Option<i64> = diesel::update(schools::table.find(&new.school_id))
-                    .set(schools::event_seq.eq(schools::event_seq + 1))
-                    .returning(schools::event_seq)
-                    .get_result(conn)
-                    .await
-                    .optional()?;
-                let seq = seq.ok_or(CommandError::SchoolNotFound)?;
+                let bumped: Option<(i64, String)> =
+                    diesel::update(schools::table.find(&new.school_id))
+                        .set(schools::event_seq.eq(schools::event_seq + 1))
+                        .returning((schools::event_seq, schools::time_zone))
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                let (seq, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
                 let student: Option<(String, String, String)> = users::table
                     .filter(users::id.eq(&new.student_id))
                     .filter(users::school_id.eq(&new.school_id))
@@ -212,6 +215,14 @@ impl DieselStore {
                     .await?;
                 let lines = order_lines(new, &menu)?;
                 let reason = allergy_check(new, &menu, &allergies)?;
+                let windows: Vec<ServiceWindowRow> = service_windows::table
+                    .filter(service_windows::school_id.eq(&new.school_id))
+                    .select(ServiceWindowRow::as_select())
+                    .load(conn)
+                    .await?;
+                let waves = waves_on_day(&windows, &time_zone, at.and_utc());
+                let wave = choose_wave(&waves, new.window_id.as_deref(), at.and_utc())
+                    .map_err(CommandError::from)?;
                 let order = OrderSummary {
                     id: uuid::Uuid::now_v7().to_string(),
                     school_id: new.school_id.clone(),
@@ -228,6 +239,7 @@ impl DieselStore {
                     updated_at: at.and_utc(),
                     counter: None,
                     pickup_code: None,
+                    wave,
                 };
                 diesel::insert_into(orders::table)
                     .values(OrderRow {
@@ -248,6 +260,7 @@ impl DieselStore {
                         created_at: at,
                         updated_at: at,
                         pickup_day: None,
+                        window_id: order.wave.as_ref().map(|w| w.id.clone()),
                     })
                     .execute(conn)
                     .await?;
@@ -458,6 +471,44 @@ impl DieselStore {
 }
 
 use crate::db::schema::order_items;
+
+/// A time of day as stored: `HH:MM:SS` or `HH:MM`.
+pub fn parse_time_of_day(s: &str) -> Option<chrono::NaiveTime> {
+    chrono::NaiveTime::parse_from_str(s, "%H:%M:%S")
+        .or_else(|_| chrono::NaiveTime::parse_from_str(s, "%H:%M"))
+        .ok()
+}
+
+/// A school's waves on the school-local day of `now`, as instants.
+pub fn waves_on_day(
+    windows: &[ServiceWindowRow],
+    time_zone: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<Wave> {
+    let tz: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let day = now.with_timezone(&tz).date_naive();
+    let instant = |t: chrono::NaiveTime| {
+        day.and_time(t)
+            .and_local_timezone(tz)
+            .earliest()
+            .map(|d| d.with_timezone(&chrono::Utc))
+    };
+    windows
+        .iter()
+        .filter_map(|w| {
+            let starts_at = instant(parse_time_of_day(&w.starts_at)?)?;
+            let ends_at = instant(parse_time_of_day(&w.ends_at)?)?;
+            Some(Wave {
+                id: w.id.clone(),
+                name: w.name.clone(),
+                starts_at,
+                ends_at,
+                order_cutoff: starts_at - Duration::minutes(i64::from(w.order_cutoff_minutes)),
+                cancel_until: starts_at - Duration::minutes(i64::from(w.cancel_deadline_minutes)),
+            })
+        })
+        .collect()
+}
 
 /// The school-local calendar day of an instant, for pickup codes.
 fn local_day(time_zone: &str, at: NaiveDateTime) -> String {

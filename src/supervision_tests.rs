@@ -85,6 +85,7 @@ fn order(s: &School) -> PlaceOrder {
         }],
         idempotency: None,
         allergy_override: None,
+        window_id: None,
     })
 }
 

@@ -19,6 +19,10 @@ pub enum CommandError {
     VersionConflict,
     #[error("too late to recall: the last step was more than {0} seconds ago")]
     RecallWindowPassed(i64),
+    #[error(transparent)]
+    Wave(#[from] crate::domain::WaveError),
+    #[error("too late to cancel: the wave's cancel deadline has passed; ask the kitchen")]
+    CancelDeadlinePassed,
     #[error("meal {0} is not on this school's menu")]
     UnknownMeal(String),
     #[error("meal {0} is not available")]
@@ -48,6 +52,8 @@ pub struct NewOrder {
     pub idempotency: Option<Idempotency>,
     /// Kitchen staff's recorded reason to serve a meal despite a student's allergy.
     pub allergy_override: Option<String>,
+    /// The lunch wave asked for; otherwise the earliest one still taking orders.
+    pub window_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,8 @@ pub struct CreateOrder {
     /// Kitchen staff only: why a meal may be served despite the student's allergy. Recorded
     /// in the order's history.
     pub allergy_override: Option<String>,
+    /// The lunch wave; by default the earliest one still taking orders today.
+    pub window_id: Option<Uuid>,
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -246,6 +248,7 @@ pub async fn create_order(
             .collect(),
         idempotency: idempotency(&req, &body, &school_id)?,
         allergy_override,
+        window_id: body.window_id.map(|w| w.to_string()),
     };
     let kitchen = state.registry.send(KitchenFor(school_id)).await?;
     match kitchen.send(PlaceOrder(order)).await?? {

@@ -95,6 +95,21 @@ pub struct OrderRow {
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
     pub pickup_day: Option<String>,
+    pub window_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = service_windows, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ServiceWindowRow {
+    pub id: String,
+    pub school_id: String,
+    pub name: String,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub order_cutoff_minutes: i32,
+    pub cancel_deadline_minutes: i32,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -114,6 +114,21 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         pickup_day -> Nullable<Text>,
+        window_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    service_windows (id) {
+        id -> Text,
+        school_id -> Text,
+        name -> Text,
+        starts_at -> Text,
+        ends_at -> Text,
+        order_cutoff_minutes -> Integer,
+        cancel_deadline_minutes -> Integer,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
     }
 }
 
@@ -208,4 +223,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     device_tokens,
     notification_preferences,
+    service_windows,
 );

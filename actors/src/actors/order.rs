@@ -3,17 +3,23 @@
 use super::kitchen::Committed;
 use crate::domain::KitchenEvent;
 use crate::domain::{
-    Issuer, OrderCommand, OrderSummary, RECALL_WINDOW_SECS, decide, recall_allowed,
+    Issuer, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS, cancel_allowed, decide,
+    recall_allowed,
 };
 use crate::ports::{CommandError, Store, TransitionCommit};
 use actix::prelude::*;
 use chrono::Utc;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Before a timer whose command could not be committed (database away) tries again.
+const TIMER_RETRY: Duration = Duration::from_secs(5);
 
 pub struct OrderActor {
     order: OrderSummary,
     store: Arc<dyn Store>,
     kitchen: Recipient<Committed>,
+    timer: Option<SpawnHandle>,
 }
 
 impl OrderActor {
@@ -22,7 +28,50 @@ impl OrderActor {
             order,
             store,
             kitchen,
+            timer: None,
         }
+    }
+
+    /// Arms the timer the current state needs. Deadlines live in the order itself (its wave),
+    /// so a restarted actor re-arms them, and one that passed while the hub was down fires at
+    /// once; the version guard makes it fire once.
+    fn arm_timers(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        let deadline = match (&self.order.state, &self.order.wave) {
+            (OrderState::Ready, Some(wave)) => wave.ends_at,
+            _ => return,
+        };
+        let wait = (deadline - Utc::now()).to_std().unwrap_or_default();
+        self.timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.timer = None;
+            act.fire(
+                OrderCommand::MarkUncollected,
+                "timer: the service window closed",
+                ctx,
+            );
+        }));
+    }
+
+    fn fire(&mut self, command: OrderCommand, why: &'static str, ctx: &mut Context<Self>) {
+        let version = self.order.version;
+        let send = ctx.address().send(Command {
+            command,
+            issuer: Issuer::System,
+            actor_id: None,
+            reason: Some(why.to_owned()),
+            expected_version: Some(version),
+        });
+        ctx.spawn(send.into_actor(self).map(move |result, act, ctx| {
+            if let Ok(Err(CommandError::Unavailable(e) | CommandError::Internal(e))) = result {
+                tracing::warn!(order = %act.order.id, error = %e, "timer could not commit; retrying");
+                act.timer = Some(ctx.run_later(TIMER_RETRY, move |act, ctx| {
+                    act.timer = None;
+                    act.fire(command, why, ctx);
+                }));
+            }
+        }));
     }
 }
 
@@ -37,6 +86,8 @@ impl OrderActor {
                         act.order = order;
                         if act.order.state.is_terminal() {
                             ctx.stop();
+                        } else {
+                            act.arm_timers(ctx);
                         }
                     }
                     Ok(None) => ctx.stop(),
@@ -50,6 +101,10 @@ impl OrderActor {
 
 impl Actor for OrderActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.arm_timers(ctx);
+    }
 }
 
 #[derive(Message, Debug, Clone)]
@@ -77,6 +132,10 @@ impl Handler<Command> for OrderActor {
                         && !recall_allowed(self.order.updated_at, Utc::now())
                     {
                         Err(CommandError::RecallWindowPassed(RECALL_WINDOW_SECS))
+                    } else if msg.command == OrderCommand::Cancel
+                        && !cancel_allowed(msg.issuer, self.order.wave.as_ref(), Utc::now())
+                    {
+                        Err(CommandError::CancelDeadlinePassed)
                     } else {
                         Ok(t)
                     }
@@ -113,6 +172,8 @@ impl Handler<Command> for OrderActor {
                     act.kitchen.do_send(Committed(event.clone()));
                     if act.order.state.is_terminal() {
                         ctx.stop();
+                    } else {
+                        act.arm_timers(ctx);
                     }
                 }
                 result

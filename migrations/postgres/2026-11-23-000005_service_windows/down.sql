@@ -1,0 +1,2 @@
+ALTER TABLE orders DROP COLUMN window_id;
+DROP TABLE service_windows;
