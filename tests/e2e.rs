@@ -34,12 +34,16 @@ async fn login(hub: &Hub, login: &str, password: &str) -> Value {
 }
 
 async fn fixture(hub: &Hub, admin: &str, tag: &str) -> Fixture {
+    fixture_in(hub, admin, tag, "America/New_York").await
+}
+
+async fn fixture_in(hub: &Hub, admin: &str, tag: &str, time_zone: &str) -> Fixture {
     let school = expect(
         post(
             hub,
             admin,
             "/api/v1/schools",
-            json!({"name": format!("{tag} School"), "time_zone": "America/New_York"}),
+            json!({"name": format!("{tag} School"), "time_zone": time_zone}),
         )
         .await,
         201,
@@ -731,6 +735,159 @@ async fn ready_orders_get_a_counter_and_a_code() {
     )
     .await;
     assert_eq!((r.status, r.code()), (403, "forbidden"));
+}
+
+/// Lunch waves: orders go to the open wave, a passed cutoff closes ordering, a passed cancel
+/// deadline stops students (not staff), and a ready meal nobody collected by the end of its
+/// wave becomes uncollected by timer, with an alert to the guardian.
+#[actix_web::test]
+async fn lunch_waves_cutoffs_deadlines_and_the_uncollected_timer() {
+    use chrono::{Timelike, Utc};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let smtp = SmtpSink::start();
+    let hub = Hub::start(hub_env(&db, Some(&smtp)));
+    let admin = hub.admin_token();
+    // A zone where it is around noon now, so the test's times of day never cross midnight.
+    let offset = (12 - Utc::now().hour() as i32 + 24 + 12) % 24 - 12;
+    let zone = match offset {
+        0 => "Etc/GMT".to_owned(),
+        n if n > 0 => format!("Etc/GMT-{n}"),
+        n => format!("Etc/GMT+{}", -n),
+    };
+    let f = fixture_in(&hub, &admin, "waves", &zone).await;
+    let tz: chrono_tz::Tz = zone.parse().unwrap();
+    let t0 = Utc::now();
+    let local = |secs: i64| {
+        (t0 + chrono::Duration::seconds(secs))
+            .with_timezone(&tz)
+            .format("%H:%M:%S")
+            .to_string()
+    };
+    let windows = format!("/api/v1/schools/{}/service-windows", f.school);
+    let early = expect(
+        post(
+            &hub,
+            &admin,
+            &windows,
+            json!({"name": "Early lunch", "starts_at": local(-600), "ends_at": local(-300)}),
+        )
+        .await,
+        201,
+    );
+    expect(
+        post(
+            &hub,
+            &admin,
+            &windows,
+            json!({"name": "Main lunch", "starts_at": local(3), "ends_at": local(7)}),
+        )
+        .await,
+        201,
+    );
+    let r = post(
+        &hub,
+        &admin,
+        &windows,
+        json!({"name": "Backwards", "starts_at": "13:00", "ends_at": "12:00"}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"));
+    assert_eq!(
+        expect(get(&hub, &f.kitchen_token, &windows).await, 200)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let orders = format!("/api/v1/schools/{}/orders", f.school);
+    let soup = json!({"items": [{"meal_id": f.meals[0], "quantity": 1}]});
+    let mut for_early = soup.clone();
+    for_early["window_id"] = early["id"].clone();
+    let r = post(&hub, &f.student_token, &orders, for_early).await;
+    assert_eq!((r.status, r.code()), (409, "ordering_closed"));
+    let a = expect(
+        post(&hub, &f.student_token, &orders, soup.clone()).await,
+        201,
+    );
+    let b = expect(
+        post(&hub, &f.student_token, &orders, soup.clone()).await,
+        201,
+    );
+    assert_eq!(a["wave"]["name"], "Main lunch", "{a}");
+    let a_id = a["id"].as_str().unwrap().to_owned();
+    for action in ["confirm", "start", "ready"] {
+        expect(
+            post(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{a_id}/{action}"),
+                json!({}),
+            )
+            .await,
+            200,
+        );
+    }
+
+    // Past the start: no more orders, and only staff may cancel.
+    let started = t0 + chrono::Duration::milliseconds(3500);
+    actix_web::rt::time::sleep((started - Utc::now()).to_std().unwrap_or_default()).await;
+    let r = post(&hub, &f.student_token, &orders, soup.clone()).await;
+    assert_eq!((r.status, r.code()), (409, "ordering_closed"));
+    let b_cancel = format!("/api/v1/orders/{}/cancel", b["id"].as_str().unwrap());
+    let r = post(&hub, &f.student_token, &b_cancel, json!({})).await;
+    assert_eq!((r.status, r.code()), (409, "cancel_deadline_passed"));
+    expect(
+        post(&hub, &f.kitchen_token, &b_cancel, json!({})).await,
+        200,
+    );
+
+    // Nobody collects order A: at the end of the wave it becomes uncollected, once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let history = loop {
+        let order = expect(
+            get(&hub, &f.kitchen_token, &format!("/api/v1/orders/{a_id}")).await,
+            200,
+        );
+        if order["order"]["state"] == "uncollected" {
+            break order["history"].clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {}",
+            order["order"]["state"]
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    };
+    let last = history.as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (last["from"].as_str(), last["reason"].as_str()),
+        (Some("ready"), Some("timer: the service window closed"))
+    );
+    assert_eq!(last["actor_id"], Value::Null, "the hub did it");
+    assert_eq!(history.as_array().unwrap().len(), 5);
+    let alert = smtp
+        .wait_for(&f.guardian_email, Duration::from_secs(20))
+        .await;
+    let ready_mail = smtp
+        .messages()
+        .iter()
+        .filter(|m| m.to.contains(&f.guardian_email))
+        .count();
+    assert!(ready_mail >= 1, "{alert:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !smtp
+        .messages()
+        .iter()
+        .any(|m| m.data.contains("was not collected"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no uncollected alert: {:?}",
+            smtp.messages()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// SIGKILL in the middle of a burst of orders: after a restart every acknowledged order is

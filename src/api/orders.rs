@@ -56,6 +56,18 @@ pub struct OrderView {
     pub counter: Option<CounterView>,
     /// Short code for the pickup board, unique per school and day; set when ready.
     pub pickup_code: Option<String>,
+    /// The lunch wave, when the school has waves.
+    pub wave: Option<WaveView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WaveView {
+    pub id: String,
+    pub name: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    pub order_cutoff: DateTime<Utc>,
+    pub cancel_until: DateTime<Utc>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -101,6 +113,14 @@ impl From<OrderSummary> for OrderView {
                 name: c.name,
             }),
             pickup_code: o.pickup_code,
+            wave: o.wave.map(|w| WaveView {
+                id: w.id,
+                name: w.name,
+                starts_at: w.starts_at,
+                ends_at: w.ends_at,
+                order_cutoff: w.order_cutoff,
+                cancel_until: w.cancel_until,
+            }),
         }
     }
 }
