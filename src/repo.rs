@@ -449,3 +449,14 @@ pub async fn service_windows(db: &Db, school_id: &str) -> Result<Vec<ServiceWind
         .load(conn)
         .await)?)
 }
+
+/// Schools with orders still in progress: their kitchens start at boot, so timers re-arm
+/// without waiting for a request.
+pub async fn schools_with_live_orders(db: &Db) -> Result<Vec<String>, DbError> {
+    Ok(with_conn!(db, |conn| orders::table
+        .filter(orders::state.eq_any(["placed", "confirmed", "preparing", "ready"]))
+        .select(orders::school_id)
+        .distinct()
+        .load(conn)
+        .await)?)
+}

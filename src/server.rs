@@ -22,7 +22,7 @@ use std::time::Duration;
 use tiffin_actors::bus::LocalBus;
 use tiffin_actors::domain::Role;
 use tiffin_actors::ports::Sender;
-use tiffin_actors::{Dispatcher, Registry};
+use tiffin_actors::{Dispatcher, KitchenFor, Registry};
 
 const MIN_SECRET_BYTES: usize = 32;
 /// Demo tokens last a school day, so the printed ones work through a session.
@@ -142,6 +142,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(DieselStore::new(db.clone()));
     let bus = Arc::new(LocalBus::new());
     let registry = Registry::new(store.clone(), bus.clone()).start();
+    for school in repo::schools_with_live_orders(&db).await? {
+        registry.do_send(KitchenFor(school));
+    }
     let dispatcher = Dispatcher::new(
         store.clone(),
         senders(&config, templates)?,

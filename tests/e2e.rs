@@ -890,6 +890,88 @@ async fn lunch_waves_cutoffs_deadlines_and_the_uncollected_timer() {
     }
 }
 
+/// A deadline that passes while the hub is down fires once, when it is back.
+#[actix_web::test]
+async fn a_deadline_missed_while_down_fires_once_after_restart() {
+    use chrono::{Timelike, Utc};
+    let db = TestDb::new(Backend::Postgres).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let offset = (12 - Utc::now().hour() as i32 + 24 + 12) % 24 - 12;
+    let zone = match offset {
+        0 => "Etc/GMT".to_owned(),
+        n if n > 0 => format!("Etc/GMT-{n}"),
+        n => format!("Etc/GMT+{}", -n),
+    };
+    let f = fixture_in(&hub, &admin, "downtime", &zone).await;
+    let tz: chrono_tz::Tz = zone.parse().unwrap();
+    let t0 = Utc::now();
+    let local = |secs: i64| {
+        (t0 + chrono::Duration::seconds(secs))
+            .with_timezone(&tz)
+            .format("%H:%M:%S")
+            .to_string()
+    };
+    expect(
+        post(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{}/service-windows", f.school),
+            json!({"name": "Short lunch", "starts_at": local(2), "ends_at": local(4)}),
+        )
+        .await,
+        201,
+    );
+    let order = expect(place_order(&hub, &f, "down-1", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for action in ["confirm", "start", "ready"] {
+        expect(
+            post(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{order}/{action}"),
+                json!({}),
+            )
+            .await,
+            200,
+        );
+    }
+    let env = hub.kill();
+    let ended = t0 + chrono::Duration::seconds(5);
+    actix_web::rt::time::sleep((ended - Utc::now()).to_std().unwrap_or_default()).await;
+
+    let hub = Hub::start(env);
+    // No request wakes it: the kitchen starts at boot because it has live orders, and the
+    // order actor re-arms its timer from the stored wave.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = expect(
+            get(&hub, &f.kitchen_token, &format!("/api/v1/orders/{order}")).await,
+            200,
+        );
+        if got["order"]["state"] == "uncollected" {
+            let uncollected = got["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["to"] == "uncollected")
+                .count();
+            assert_eq!(uncollected, 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {}",
+            got["order"]["state"]
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(hub);
+    db.drop_database().await;
+}
+
 /// SIGKILL in the middle of a burst of orders: after a restart every acknowledged order is
 /// there, and retrying every request with its Idempotency-Key creates no duplicate.
 async fn killed_mid_burst(backend: Backend) {
