@@ -7,7 +7,7 @@ use crate::repo;
 use crate::store::DieselStore;
 use actix::Actor;
 use std::sync::Arc;
-use tiffin_actors::actors::kitchen::InjectFault;
+use tiffin_actors::actors::kitchen::{InjectFault, InjectOrderFault};
 use tiffin_actors::bus::LocalBus;
 use tiffin_actors::domain::{Issuer, OrderCommand, OrderState};
 use tiffin_actors::ports::{NewOrder, NewOrderItem, Placed};
@@ -142,4 +142,51 @@ async fn a_failed_kitchen_restarts_from_the_store_and_answers_what_was_sent_mean
     // The registry still hands out the same, restarted kitchen.
     let again = registry.send(KitchenFor(a.id.clone())).await.unwrap();
     assert_eq!(again.send(LiveOrders).await.unwrap().unwrap().len(), 2);
+}
+
+#[actix_web::test]
+async fn a_failed_order_actor_is_restarted_by_its_kitchen_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::Sqlite(dir.path().join("t.db").display().to_string());
+    db::migrate(&url).await.unwrap();
+    let db = Db::connect(&url, 4).unwrap();
+    let a = school(&db, "A").await;
+    let registry = Registry::new(
+        Arc::new(DieselStore::new(db.clone())),
+        Arc::new(LocalBus::new()),
+    )
+    .start();
+    let kitchen = registry.send(KitchenFor(a.id.clone())).await.unwrap();
+    let order = placed(kitchen.send(order(&a)).await.unwrap().unwrap());
+    let step = |command, version| TransitionOrder {
+        order_id: order.order_id.clone(),
+        command,
+        issuer: Issuer::Staff,
+        actor_id: None,
+        reason: None,
+        expected_version: Some(version),
+    };
+    kitchen
+        .send(step(OrderCommand::Confirm, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        kitchen
+            .send(InjectOrderFault(order.order_id.clone()))
+            .await
+            .unwrap()
+    );
+    // The next command finds the actor gone and gets a fresh one that knows version 2.
+    let started = kitchen
+        .send(step(OrderCommand::Start, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((started.to, started.version), (OrderState::Preparing, 3));
+    let stale = kitchen.send(step(OrderCommand::Ready, 2)).await.unwrap();
+    assert_eq!(
+        stale.err(),
+        Some(tiffin_actors::ports::CommandError::VersionConflict)
+    );
 }

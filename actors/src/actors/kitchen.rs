@@ -240,13 +240,37 @@ impl Handler<TransitionOrder> for Kitchen {
             reason: msg.reason,
             expected_version: msg.expected_version,
         };
-        let (store, order_id) = (self.store.clone(), msg.order_id);
-        if let Some(order) = self.orders.get(&order_id).cloned() {
-            return Box::pin(fut::wrap_future(forward(order, command, store, order_id)));
-        }
-        // Not live here: placed through another node, finished, or unknown. The store knows.
-        let forward_store = store.clone();
-        let forward_id = order_id.clone();
+        let order_id = msg.order_id;
+        let Some(order) = self
+            .orders
+            .get(&order_id)
+            .filter(|a| a.connected())
+            .cloned()
+        else {
+            return self.recover(order_id, command);
+        };
+        // If the actor dies with the command in its mailbox, recover once from the store.
+        let retry = command.clone();
+        Box::pin(
+            fut::wrap_future::<_, Self>(order.send(command)).then(move |sent, act, _| match sent {
+                Ok(result) => Box::pin(fut::ready(result)),
+                Err(_) => act.recover(order_id, retry),
+            }),
+        )
+    }
+}
+
+impl Kitchen {
+    /// No running actor for the order: placed through another node, finished, unknown, or
+    /// its actor failed. The store knows; a live order gets a fresh actor from what was
+    /// committed, and the command goes to it.
+    fn recover(
+        &mut self,
+        order_id: String,
+        command: Command,
+    ) -> ResponseActFuture<Self, Result<KitchenEvent, CommandError>> {
+        let store = self.store.clone();
+        let (forward_store, forward_id) = (store.clone(), order_id.clone());
         Box::pin(
             async move { store.load_order(&order_id).await }
                 .into_actor(self)
@@ -259,17 +283,20 @@ impl Handler<TransitionOrder> for Kitchen {
                         decide(order.state, order.version, command.command, command.issuer)?;
                         return Err(CommandError::VersionConflict);
                     }
-                    if !act.orders.contains_key(&order.id) {
+                    if !act.orders.get(&order.id).is_some_and(Addr::connected) {
                         act.start_order(order.clone(), ctx);
                     }
-                    act.orders
+                    let addr = act
+                        .orders
                         .get(&order.id)
                         .cloned()
-                        .ok_or(CommandError::OrderNotFound)
+                        .ok_or(CommandError::OrderNotFound)?;
+                    Ok((addr, command))
                 })
-                .then(move |addr, _, _| {
+                .then(move |ready, _, _| {
                     fut::wrap_future::<_, Self>(async move {
-                        forward(addr?, command, forward_store, forward_id).await
+                        let (addr, command) = ready?;
+                        forward(addr, command, forward_store, forward_id).await
                     })
                 }),
         )
@@ -440,5 +467,25 @@ impl Handler<InjectFault> for Kitchen {
     fn handle(&mut self, _: InjectFault, ctx: &mut Context<Self>) {
         tracing::warn!(school = %self.school_id, "fault injected: kitchen stops");
         ctx.stop();
+    }
+}
+
+/// Makes one of the kitchen's order actors fail (it stops, losing its memory).
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct InjectOrderFault(pub String);
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectOrderFault> for Kitchen {
+    type Result = bool;
+    fn handle(&mut self, msg: InjectOrderFault, _: &mut Context<Self>) -> bool {
+        match self.orders.get(&msg.0) {
+            Some(order) => {
+                order.do_send(super::order::InjectFault);
+                true
+            }
+            None => false,
+        }
     }
 }

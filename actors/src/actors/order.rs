@@ -181,3 +181,18 @@ impl Handler<Command> for OrderActor {
         ))
     }
 }
+
+/// Makes the order actor fail: it stops; its kitchen starts a fresh one from the store.
+#[cfg(feature = "fault-injection")]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InjectFault;
+
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectFault> for OrderActor {
+    type Result = ();
+    fn handle(&mut self, _: InjectFault, ctx: &mut Context<Self>) {
+        tracing::warn!(order = %self.order.id, "fault injected: order actor stops");
+        ctx.stop();
+    }
+}
