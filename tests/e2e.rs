@@ -742,18 +742,12 @@ async fn ready_orders_get_a_counter_and_a_code() {
 /// wave becomes uncollected by timer, with an alert to the guardian.
 #[actix_web::test]
 async fn lunch_waves_cutoffs_deadlines_and_the_uncollected_timer() {
-    use chrono::{Timelike, Utc};
+    use chrono::Utc;
     let db = TestDb::new(Backend::Sqlite).await;
     let smtp = SmtpSink::start();
     let hub = Hub::start(hub_env(&db, Some(&smtp)));
     let admin = hub.admin_token();
-    // A zone where it is around noon now, so the test's times of day never cross midnight.
-    let offset = (12 - Utc::now().hour() as i32 + 24 + 12) % 24 - 12;
-    let zone = match offset {
-        0 => "Etc/GMT".to_owned(),
-        n if n > 0 => format!("Etc/GMT-{n}"),
-        n => format!("Etc/GMT+{}", -n),
-    };
+    let zone = noon_zone();
     let f = fixture_in(&hub, &admin, "waves", &zone).await;
     let tz: chrono_tz::Tz = zone.parse().unwrap();
     let t0 = Utc::now();
@@ -890,19 +884,24 @@ async fn lunch_waves_cutoffs_deadlines_and_the_uncollected_timer() {
     }
 }
 
-/// A deadline that passes while the hub is down fires once, when it is back.
-#[actix_web::test]
-async fn a_deadline_missed_while_down_fires_once_after_restart() {
+/// A time zone where it is about noon now, so a test's times of day never cross midnight.
+fn noon_zone() -> String {
     use chrono::{Timelike, Utc};
-    let db = TestDb::new(Backend::Postgres).await;
-    let hub = Hub::start(hub_env(&db, None));
-    let admin = hub.admin_token();
-    let offset = (12 - Utc::now().hour() as i32 + 24 + 12) % 24 - 12;
-    let zone = match offset {
+    match (12 - Utc::now().hour() as i32 + 24 + 12) % 24 - 12 {
         0 => "Etc/GMT".to_owned(),
         n if n > 0 => format!("Etc/GMT-{n}"),
         n => format!("Etc/GMT+{}", -n),
-    };
+    }
+}
+
+/// A deadline that passes while the hub is down fires once, when it is back.
+#[actix_web::test]
+async fn a_deadline_missed_while_down_fires_once_after_restart() {
+    use chrono::Utc;
+    let db = TestDb::new(Backend::Postgres).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let zone = noon_zone();
     let f = fixture_in(&hub, &admin, "downtime", &zone).await;
     let tz: chrono_tz::Tz = zone.parse().unwrap();
     let t0 = Utc::now();
