@@ -20,6 +20,12 @@ macro_rules! templates {
 
 /// Every template, by name: `{channel}/{event}.{locale}.{part}`.
 const TEMPLATES: &[(&str, &str)] = templates![
+    "email/order_counter_changed.en.subject",
+    "email/order_counter_changed.en.txt",
+    "email/order_counter_changed.en.html",
+    "email/order_counter_changed.es.subject",
+    "email/order_counter_changed.es.txt",
+    "email/order_counter_changed.es.html",
     "email/order_ready.en.subject",
     "email/order_ready.en.txt",
     "email/order_ready.en.html",

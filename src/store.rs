@@ -16,12 +16,13 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::HashSet;
 use tiffin_actors::domain::{
-    CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient, Wave,
-    allergy_conflicts, assign_counter, choose_wave, event_type, notifications_for, pickup_code,
+    COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient,
+    Wave, allergy_conflicts, assign_counter, choose_wave, counter_change_notifications, event_type,
+    notifications_for, pickup_code,
 };
 use tiffin_actors::ports::{
-    CommandError, Idempotency, KitchenSnapshot, NewOrder, Outbox, OutboxMessage, Placed, Store,
-    TransitionCommit,
+    CommandError, CounterMove, Idempotency, KitchenSnapshot, NewOrder, Outbox, OutboxMessage,
+    Placed, Store, TransitionCommit,
 };
 
 /// How long a dispatcher holds a claimed outbox row before another may take it.
@@ -107,6 +108,7 @@ pub fn event_from_row(row: OrderEventRow) -> Result<KitchenEvent, DbError> {
 
 fn event_row(
     event_seq: i64,
+    kind: &str,
     order: &OrderSummary,
     from: Option<OrderState>,
     actor_id: Option<String>,
@@ -118,7 +120,7 @@ fn event_row(
         seq: event_seq,
         order_id: order.id.clone(),
         version: order.version,
-        kind: event_type(order.state).to_owned(),
+        kind: kind.to_owned(),
         from_state: from.map(|s| s.as_str().to_owned()),
         to_state: order.state.as_str().to_owned(),
         actor_id,
@@ -138,6 +140,113 @@ fn recipient((user_id, name, email, phone, locale): RecipientRow) -> Recipient {
         phone,
         locale,
     }
+}
+
+/// The least-loaded open counter of a school, inside a transaction on either backend.
+macro_rules! least_loaded_counter {
+    ($conn:expr, $school_id:expr) => {{
+        let open: Vec<(String, i32, String)> = counters::table
+            .filter(counters::school_id.eq($school_id))
+            .filter(counters::is_open.eq(true))
+            .select((counters::id, counters::number, counters::name))
+            .load($conn)
+            .await?;
+        let open: Vec<CounterRef> = open
+            .into_iter()
+            .map(|(id, number, name)| CounterRef { id, number, name })
+            .collect();
+        let waiting: Vec<(Option<String>, i64)> = orders::table
+            .filter(orders::school_id.eq($school_id))
+            .filter(orders::state.eq(OrderState::Ready.as_str()))
+            .filter(orders::counter_id.is_not_null())
+            .group_by(orders::counter_id)
+            .select((orders::counter_id, diesel::dsl::count_star()))
+            .load($conn)
+            .await?;
+        assign_counter(&open, |c| {
+            waiting
+                .iter()
+                .find(|(id, _)| id.as_deref() == Some(c.id.as_str()))
+                .map_or(0, |(_, n)| *n)
+        })
+        .cloned()
+    }};
+}
+
+/// A student and their active guardians, with their addresses.
+macro_rules! recipients {
+    ($conn:expr, $student_id:expr) => {{
+        let student: RecipientRow = users::table
+            .find($student_id)
+            .select((
+                users::id,
+                users::display_name,
+                users::email,
+                users::phone,
+                users::locale,
+            ))
+            .first($conn)
+            .await?;
+        let guardians: Vec<RecipientRow> = guardian_links::table
+            .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
+            .filter(guardian_links::student_id.eq($student_id))
+            .filter(users::active.eq(true))
+            .select((
+                users::id,
+                users::display_name,
+                users::email,
+                users::phone,
+                users::locale,
+            ))
+            .load($conn)
+            .await?;
+        let guardians: Vec<Recipient> = guardians.into_iter().map(recipient).collect();
+        (recipient(student), guardians)
+    }};
+}
+
+/// One outbox row per intent, keyed by (event, recipient, channel) in the table.
+fn outbox_rows(
+    intents: Vec<tiffin_actors::domain::NotificationIntent>,
+    guardians: &[Recipient],
+    order: &OrderSummary,
+    seq: i64,
+    school_name: &str,
+    template: &str,
+    at: NaiveDateTime,
+) -> Vec<OutboxRow> {
+    intents
+        .into_iter()
+        .map(|intent| {
+            let name = guardians
+                .iter()
+                .find(|g| g.user_id == intent.recipient_id)
+                .map_or(order.student_name.clone(), |g| g.name.clone());
+            let payload = serde_json::json!({
+                "school_name": school_name,
+                "recipient_name": name,
+                "order": order,
+            });
+            OutboxRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                school_id: order.school_id.clone(),
+                event_seq: seq,
+                recipient_id: intent.recipient_id,
+                channel: intent.channel.as_str().to_owned(),
+                template: template.to_owned(),
+                address: intent.address,
+                locale: intent.locale,
+                payload: payload.to_string(),
+                status: "pending".into(),
+                attempts: 0,
+                next_attempt_at: at,
+                claimed_until: None,
+                last_error: None,
+                created_at: at,
+                sent_at: None,
+            }
+        })
+        .collect()
 }
 
 impl DieselStore {
@@ -284,11 +393,103 @@ impl DieselStore {
                         .execute(conn)
                         .await?;
                 }
-                let row = event_row(seq, &order, None, Some(new.placed_by.clone()), reason, at)?;
+                let row = event_row(
+                    seq,
+                    event_type(order.state),
+                    &order,
+                    None,
+                    Some(new.placed_by.clone()),
+                    reason,
+                    at,
+                )?;
                 diesel::insert_into(order_events::table)
                     .values(&row)
                     .execute(conn)
                     .await?;
+                Ok::<_, TxError>(event_from_row(row)?)
+            })
+            .await)
+    }
+
+    async fn counter_move(&self, m: &CounterMove) -> Result<KitchenEvent, TxError> {
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let at = now();
+                let bumped: Option<(i64, String)> =
+                    diesel::update(schools::table.find(&m.school_id))
+                        .set(schools::event_seq.eq(schools::event_seq + 1))
+                        .returning((schools::event_seq, schools::name))
+                        .get_result(conn)
+                        .await
+                        .optional()?;
+                let (seq, school_name) = bumped.ok_or(CommandError::SchoolNotFound)?;
+                let version = m.expected_version + 1;
+                let changed = diesel::update(
+                    orders::table
+                        .filter(orders::id.eq(&m.order_id))
+                        .filter(orders::school_id.eq(&m.school_id))
+                        .filter(orders::version.eq(m.expected_version))
+                        .filter(orders::state.eq(OrderState::Ready.as_str()))
+                        .filter(orders::counter_id.eq(&m.from_counter_id)),
+                )
+                .set((orders::version.eq(version), orders::updated_at.eq(at)))
+                .execute(conn)
+                .await?;
+                if changed == 0 {
+                    return Err(TxError::Refused(CommandError::VersionConflict));
+                }
+                let closed: String = counters::table
+                    .find(&m.from_counter_id)
+                    .select(counters::name)
+                    .first(conn)
+                    .await?;
+                let counter = least_loaded_counter!(conn, &m.school_id);
+                diesel::update(orders::table.find(&m.order_id))
+                    .set(orders::counter_id.eq(counter.as_ref().map(|c| c.id.clone())))
+                    .execute(conn)
+                    .await?;
+                let previous: String = order_events::table
+                    .filter(order_events::order_id.eq(&m.order_id))
+                    .order(order_events::version.desc())
+                    .select(order_events::snapshot)
+                    .first(conn)
+                    .await?;
+                let mut order: OrderSummary =
+                    serde_json::from_str(&previous).map_err(json_error)?;
+                order.version = version;
+                order.updated_at = at.and_utc();
+                order.counter = counter;
+                let row = event_row(
+                    seq,
+                    COUNTER_CHANGED,
+                    &order,
+                    Some(OrderState::Ready),
+                    m.actor_id.clone(),
+                    Some(format!("{closed} closed")),
+                    at,
+                )?;
+                diesel::insert_into(order_events::table)
+                    .values(&row)
+                    .execute(conn)
+                    .await?;
+                let (student, guardians) = recipients!(conn, &order.student_id);
+                let intents = counter_change_notifications(&student, &guardians);
+                let template = COUNTER_CHANGED.replace('.', "_");
+                let rows = outbox_rows(
+                    intents,
+                    &guardians,
+                    &order,
+                    seq,
+                    &school_name,
+                    &template,
+                    at,
+                );
+                for row in &rows {
+                    diesel::insert_into(outbox::table)
+                        .values(row)
+                        .execute(conn)
+                        .await?;
+                }
                 Ok::<_, TxError>(event_from_row(row)?)
             })
             .await)
@@ -336,31 +537,7 @@ impl DieselStore {
                 order.version = tr.version;
                 order.updated_at = at.and_utc();
                 if tr.to == OrderState::Ready && order.pickup_code.is_none() {
-                    let open: Vec<(String, i32, String)> = counters::table
-                        .filter(counters::school_id.eq(&t.school_id))
-                        .filter(counters::is_open.eq(true))
-                        .select((counters::id, counters::number, counters::name))
-                        .load(conn)
-                        .await?;
-                    let open: Vec<CounterRef> = open
-                        .into_iter()
-                        .map(|(id, number, name)| CounterRef { id, number, name })
-                        .collect();
-                    let waiting: Vec<(Option<String>, i64)> = orders::table
-                        .filter(orders::school_id.eq(&t.school_id))
-                        .filter(orders::state.eq(OrderState::Ready.as_str()))
-                        .filter(orders::counter_id.is_not_null())
-                        .group_by(orders::counter_id)
-                        .select((orders::counter_id, diesel::dsl::count_star()))
-                        .load(conn)
-                        .await?;
-                    let counter = assign_counter(&open, |c| {
-                        waiting
-                            .iter()
-                            .find(|(id, _)| id.as_deref() == Some(c.id.as_str()))
-                            .map_or(0, |(_, n)| *n)
-                    })
-                    .cloned();
+                    let counter = least_loaded_counter!(conn, &t.school_id);
                     let day = local_day(&time_zone, at);
                     let taken: HashSet<String> = orders::table
                         .filter(orders::school_id.eq(&t.school_id))
@@ -388,6 +565,7 @@ impl DieselStore {
                 }
                 let row = event_row(
                     seq,
+                    event_type(order.state),
                     &order,
                     Some(tr.from),
                     t.actor_id.clone(),
@@ -399,64 +577,18 @@ impl DieselStore {
                     .execute(conn)
                     .await?;
 
-                let student: RecipientRow = users::table
-                    .find(&order.student_id)
-                    .select((
-                        users::id,
-                        users::display_name,
-                        users::email,
-                        users::phone,
-                        users::locale,
-                    ))
-                    .first(conn)
-                    .await?;
-                let guardians: Vec<RecipientRow> = guardian_links::table
-                    .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
-                    .filter(guardian_links::student_id.eq(&order.student_id))
-                    .filter(users::active.eq(true))
-                    .select((
-                        users::id,
-                        users::display_name,
-                        users::email,
-                        users::phone,
-                        users::locale,
-                    ))
-                    .load(conn)
-                    .await?;
-                let guardians: Vec<Recipient> = guardians.into_iter().map(recipient).collect();
-                let intents = notifications_for(tr.to, &recipient(student), &guardians);
-                let rows: Vec<OutboxRow> = intents
-                    .into_iter()
-                    .map(|intent| {
-                        let name = guardians
-                            .iter()
-                            .find(|g| g.user_id == intent.recipient_id)
-                            .map_or(order.student_name.clone(), |g| g.name.clone());
-                        let payload = serde_json::json!({
-                            "school_name": school_name,
-                            "recipient_name": name,
-                            "order": order,
-                        });
-                        OutboxRow {
-                            id: uuid::Uuid::now_v7().to_string(),
-                            school_id: order.school_id.clone(),
-                            event_seq: seq,
-                            recipient_id: intent.recipient_id,
-                            channel: intent.channel.as_str().to_owned(),
-                            template: row.kind.replace('.', "_"),
-                            address: intent.address,
-                            locale: intent.locale,
-                            payload: payload.to_string(),
-                            status: "pending".into(),
-                            attempts: 0,
-                            next_attempt_at: at,
-                            claimed_until: None,
-                            last_error: None,
-                            created_at: at,
-                            sent_at: None,
-                        }
-                    })
-                    .collect();
+                let (student, guardians) = recipients!(conn, &order.student_id);
+                let intents = notifications_for(tr.to, &student, &guardians);
+                let template = row.kind.replace('.', "_");
+                let rows = outbox_rows(
+                    intents,
+                    &guardians,
+                    &order,
+                    seq,
+                    &school_name,
+                    &template,
+                    at,
+                );
                 for row in &rows {
                     diesel::insert_into(outbox::table)
                         .values(row)
@@ -655,6 +787,10 @@ impl Store for DieselStore {
 
     async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError> {
         self.transition(&t).await.map_err(CommandError::from)
+    }
+
+    async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError> {
+        self.counter_move(&m).await.map_err(CommandError::from)
     }
 
     async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError> {

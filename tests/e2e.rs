@@ -471,7 +471,8 @@ async fn runs_with_no_configuration() {
 #[actix_web::test]
 async fn ready_orders_get_a_counter_and_a_code() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let hub = Hub::start(hub_env(&db, None));
+    let smtp = SmtpSink::start();
+    let hub = Hub::start(hub_env(&db, Some(&smtp)));
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "counters").await;
     let counters = format!("/api/v1/schools/{}/counters", f.school);
@@ -531,6 +532,62 @@ async fn ready_orders_get_a_counter_and_a_code() {
         .map(|o| o["pickup_code"].as_str().unwrap())
         .collect();
     assert_eq!(codes.len(), 4, "codes are unique: {codes:?}");
+
+    // Closing counter 1 moves its two waiting meals to counter 2, tells their students, and
+    // says so in each order's history.
+    let first_counter = ready[0]["counter"]["id"].as_str().unwrap().to_owned();
+    expect(
+        patch(
+            &hub,
+            &f.kitchen_token,
+            &format!("{counters}/{first_counter}"),
+            json!({"is_open": false}),
+        )
+        .await,
+        200,
+    );
+    for moved in [&ready[0], &ready[2]] {
+        let got = expect(
+            get(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{}", moved["id"].as_str().unwrap()),
+            )
+            .await,
+            200,
+        );
+        assert_eq!(got["order"]["counter"]["id"], second["id"], "{got}");
+        assert_eq!(
+            got["order"]["pickup_code"], moved["pickup_code"],
+            "the code stays"
+        );
+        let last = got["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(
+            (last["type"].as_str(), last["reason"].as_str()),
+            (Some("order.counter_changed"), Some("Counter 1 closed"))
+        );
+    }
+    let moved_mail = smtp
+        .wait_for("ada.counters@school.test", Duration::from_secs(20))
+        .await;
+    assert!(
+        moved_mail.data.contains("Please collect it at Counter 2"),
+        "{}",
+        moved_mail.data
+    );
+    let unmoved = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{}", ready[1]["id"].as_str().unwrap()),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(
+        unmoved["order"]["version"], 4,
+        "orders at other counters are untouched"
+    );
 
     // Staff close every counter: the next ready order has a code but waits for a counter.
     let counter_list = expect(get(&hub, &f.kitchen_token, &counters).await, 200);
@@ -610,6 +667,16 @@ async fn ready_orders_get_a_counter_and_a_code() {
 
     // A mis-click is recalled (recorded as such) and bumped again: same counter, same code.
     let second_id = ready[1]["id"].as_str().unwrap();
+    let before = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{second_id}"),
+        )
+        .await,
+        200,
+    )["order"]
+        .clone();
     let recalled = expect(
         post(
             &hub,
@@ -665,7 +732,7 @@ async fn ready_orders_get_a_counter_and_a_code() {
     assert_eq!(bumped["state"], "ready");
     assert_eq!(
         (&bumped["counter"], &bumped["pickup_code"]),
-        (&ready[1]["counter"], &ready[1]["pickup_code"])
+        (&before["counter"], &before["pickup_code"])
     );
     let r = post(
         &hub,
@@ -686,7 +753,18 @@ async fn ready_orders_get_a_counter_and_a_code() {
         .await,
         200,
     );
-    assert_eq!(stored["order"]["counter"]["id"], second["id"]);
+    assert_eq!(
+        stored["order"]["counter"],
+        Value::Null,
+        "counter 2 closed too"
+    );
+    assert!(
+        stored["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["reason"] == "Counter 2 closed")
+    );
 
     // The kitchen at a glance: queues with ages, counters with their queues, the day's items.
     let summary = expect(
@@ -713,14 +791,14 @@ async fn ready_orders_get_a_counter_and_a_code() {
         (0, 0, 4),
         "{summary}"
     );
-    assert_eq!(summary["ready_without_counter"], 1);
+    assert_eq!(summary["ready_without_counter"], 4);
     let waiting: Vec<u64> = summary["counters"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["waiting"].as_u64().unwrap())
         .collect();
-    assert_eq!(waiting, [1, 2, 0], "{summary}");
+    assert_eq!(waiting, [0, 0, 0], "{summary}");
     let items: Vec<(&str, i64)> = summary["items"]
         .as_array()
         .unwrap()

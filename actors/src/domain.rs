@@ -326,6 +326,9 @@ pub fn event_type(to: OrderState) -> &'static str {
     }
 }
 
+/// The event of a ready order moved to another counter (or to none) because its counter closed.
+pub const COUNTER_CHANGED: &str = "order.counter_changed";
+
 /// Notification channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -395,6 +398,25 @@ pub fn notifications_for(
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Who hears that a ready meal moved counters: the student, who is on the way to collect it,
+/// and their guardians.
+pub fn counter_change_notifications(
+    student: &Recipient,
+    guardians: &[Recipient],
+) -> Vec<NotificationIntent> {
+    std::iter::once(student)
+        .chain(guardians)
+        .filter_map(|r| {
+            r.email.as_ref().map(|email| NotificationIntent {
+                recipient_id: r.user_id.clone(),
+                channel: Channel::Email,
+                address: email.clone(),
+                locale: r.locale.clone(),
+            })
+        })
+        .collect()
 }
 
 /// An order as its kitchen sees it while it is live.

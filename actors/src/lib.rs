@@ -9,7 +9,7 @@ pub mod ports;
 
 pub use actors::dispatch::{Dispatcher, Nudge};
 pub use actors::kitchen::{
-    Catchup, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe, TakeSnapshot,
-    TransitionOrder,
+    Catchup, CounterClosed, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe,
+    TakeSnapshot, TransitionOrder,
 };
 pub use actors::registry::{KitchenFor, Registry};

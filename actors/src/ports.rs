@@ -86,6 +86,16 @@ pub struct TransitionCommit {
     pub reason: Option<String>,
 }
 
+/// A ready order leaving a counter that closed, guarded by the version it was seen at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterMove {
+    pub school_id: String,
+    pub order_id: String,
+    pub expected_version: i64,
+    pub from_counter_id: String,
+    pub actor_id: Option<String>,
+}
+
 /// What a kitchen needs to come back after a start or restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KitchenSnapshot {
@@ -102,6 +112,8 @@ pub trait Store: Send + Sync + 'static {
     async fn load_kitchen(&self, school_id: &str) -> Result<KitchenSnapshot, CommandError>;
     async fn place_order(&self, order: NewOrder) -> Result<Placed, CommandError>;
     async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError>;
+    /// Moves a ready order off a closed counter to the least-loaded open one (or none).
+    async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError>;
     /// The latest committed view of one order, live or not.
     async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError>;
     /// Committed events of a kitchen with `seq > after`, oldest first, at most `limit`.

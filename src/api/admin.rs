@@ -250,6 +250,22 @@ pub async fn update_counter(
         crate::db::DbError::NotFound => ApiError::not_found("counter"),
         e => e.into(),
     })?;
+    // Closing a counter moves the meals waiting there, and tells their students.
+    if body.is_open == Some(false) {
+        let kitchen = state
+            .registry
+            .send(tiffin_actors::KitchenFor(school_id.clone()))
+            .await?;
+        let moved = kitchen
+            .send(tiffin_actors::CounterClosed {
+                counter_id: counter_id.clone(),
+                actor_id: Some(who.user_id.clone()),
+            })
+            .await??;
+        if moved > 0 {
+            state.dispatcher.do_send(tiffin_actors::Nudge);
+        }
+    }
     Ok(HttpResponse::Ok().json(Counter::from(row)))
 }
 

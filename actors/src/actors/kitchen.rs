@@ -1,7 +1,7 @@
 //! One actor per school kitchen: owns its live orders and publishes committed events in
 //! kitchen-sequence order.
 
-use super::order::{Command, OrderActor};
+use super::order::{Command, MoveFromCounter, OrderActor};
 use crate::bus::{Bus, Subscriber, kitchen_topic};
 use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary, decide};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
@@ -325,6 +325,45 @@ async fn forward(
             }
             None => Err(CommandError::OrderNotFound),
         },
+    }
+}
+
+/// A counter closed: its waiting orders move to the least-loaded open counter (or wait for
+/// one), each move committed and announced. Answers how many moved.
+#[derive(Message)]
+#[rtype(result = "Result<usize, CommandError>")]
+pub struct CounterClosed {
+    pub counter_id: String,
+    pub actor_id: Option<String>,
+}
+
+impl Handler<CounterClosed> for Kitchen {
+    type Result = ResponseFuture<Result<usize, CommandError>>;
+
+    fn handle(&mut self, msg: CounterClosed, _: &mut Context<Self>) -> Self::Result {
+        let waiting: Vec<Addr<OrderActor>> = self
+            .live
+            .values()
+            .filter(|o| o.counter.as_ref().is_some_and(|c| c.id == msg.counter_id))
+            .filter_map(|o| self.orders.get(&o.id).cloned())
+            .collect();
+        let moves = waiting.into_iter().map(move |order| {
+            order.send(MoveFromCounter {
+                counter_id: msg.counter_id.clone(),
+                actor_id: msg.actor_id.clone(),
+            })
+        });
+        Box::pin(async move {
+            let mut moved = 0;
+            for result in futures_util::future::join_all(moves).await {
+                match result {
+                    Ok(Ok(Some(_))) => moved += 1,
+                    Ok(Ok(None)) | Err(_) => {}
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
+            Ok(moved)
+        })
     }
 }
 

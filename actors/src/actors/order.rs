@@ -6,7 +6,7 @@ use crate::domain::{
     Issuer, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS, cancel_allowed, decide,
     recall_allowed,
 };
-use crate::ports::{CommandError, Store, TransitionCommit};
+use crate::ports::{CommandError, CounterMove, Store, TransitionCommit};
 use actix::prelude::*;
 use chrono::Utc;
 use std::sync::Arc;
@@ -175,6 +175,55 @@ impl Handler<Command> for OrderActor {
                     } else {
                         act.arm_timers(ctx);
                     }
+                }
+                result
+            }),
+        ))
+    }
+}
+
+/// Moves the order off a counter that closed, if it is ready there; `None` if it is not.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<Option<KitchenEvent>, CommandError>")]
+pub struct MoveFromCounter {
+    pub counter_id: String,
+    pub actor_id: Option<String>,
+}
+
+impl Handler<MoveFromCounter> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Option<KitchenEvent>, CommandError>>;
+
+    fn handle(&mut self, msg: MoveFromCounter, _: &mut Context<Self>) -> Self::Result {
+        let applies = self.order.state == OrderState::Ready
+            && self
+                .order
+                .counter
+                .as_ref()
+                .is_some_and(|c| c.id == msg.counter_id);
+        let m = CounterMove {
+            school_id: self.order.school_id.clone(),
+            order_id: self.order.id.clone(),
+            expected_version: self.order.version,
+            from_counter_id: msg.counter_id,
+            actor_id: msg.actor_id,
+        };
+        let store = self.store.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                if !applies {
+                    return Ok(None);
+                }
+                store.move_counter(m).await.map(Some)
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                match &result {
+                    Ok(Some(event)) => {
+                        act.order = event.order.clone();
+                        act.kitchen.do_send(Committed(event.clone()));
+                    }
+                    Err(CommandError::VersionConflict) => act.refresh(ctx),
+                    _ => {}
                 }
                 result
             }),
