@@ -400,34 +400,40 @@ pub async fn revoke_family_of(db: &Db, presented_hash: &str) -> Result<(), DbErr
     Ok(())
 }
 
-/// Meals ordered in a school between two instants (cancelled orders excluded):
-/// (meal id, name, quantity), most ordered first.
+/// Meals ordered in a school between two instants (cancelled orders excluded), per lunch
+/// wave: (wave id or None, meal id, meal name, quantity), most ordered first within a wave.
 pub async fn item_counts(
     db: &Db,
     school_id: &str,
     from: NaiveDateTime,
     until: NaiveDateTime,
-) -> Result<Vec<(String, String, i64)>, DbError> {
+) -> Result<Vec<(Option<String>, String, String, i64)>, DbError> {
     use crate::db::schema::order_items;
-    let rows: Vec<(String, String, Option<i64>)> = with_conn!(db, |conn| order_items::table
+    type Row = (Option<String>, String, String, Option<i64>);
+    let rows: Vec<Row> = with_conn!(db, |conn| order_items::table
         .inner_join(orders::table)
         .filter(orders::school_id.eq(school_id))
         .filter(orders::created_at.ge(from))
         .filter(orders::created_at.lt(until))
         .filter(orders::state.ne("cancelled"))
-        .group_by((order_items::meal_id, order_items::meal_name))
+        .group_by((
+            orders::window_id,
+            order_items::meal_id,
+            order_items::meal_name
+        ))
         .select((
+            orders::window_id,
             order_items::meal_id,
             order_items::meal_name,
             diesel::dsl::sum(order_items::quantity),
         ))
         .load(conn)
         .await)?;
-    let mut counts: Vec<(String, String, i64)> = rows
+    let mut counts: Vec<(Option<String>, String, String, i64)> = rows
         .into_iter()
-        .map(|(id, name, n)| (id, name, n.unwrap_or(0)))
+        .map(|(wave, id, name, n)| (wave, id, name, n.unwrap_or(0)))
         .collect();
-    counts.sort_by(|a, b| b.2.cmp(&a.2).then(a.1.cmp(&b.1)));
+    counts.sort_by(|a, b| a.0.cmp(&b.0).then(b.3.cmp(&a.3)).then(a.2.cmp(&b.2)));
     Ok(counts)
 }
 

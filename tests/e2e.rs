@@ -914,6 +914,21 @@ async fn lunch_waves_cutoffs_deadlines_and_the_uncollected_timer() {
         200,
     );
 
+    // The day's counts are per wave; the cancelled order is not counted.
+    let summary = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(
+        summary["items"],
+        json!([{"wave": "Main lunch", "meal_id": f.meals[0], "name": "Tomato soup", "quantity": 1}])
+    );
+
     // Nobody collects order A: at the end of the wave it becomes uncollected, once.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let history = loop {

@@ -479,7 +479,7 @@ pub struct KitchenSummary {
     pub counters: Vec<CounterQueue>,
     /// The school-local day the item counts cover.
     pub day: String,
-    /// All-day counts per meal (cancelled orders excluded), most ordered first.
+    /// All-day counts per wave and meal (cancelled orders excluded), most ordered first.
     pub items: Vec<ItemCount>,
 }
 
@@ -501,6 +501,8 @@ pub struct CounterQueue {
 
 #[derive(Serialize, ToSchema)]
 pub struct ItemCount {
+    /// The lunch wave, when the school has waves.
+    pub wave: Option<String>,
     pub meal_id: String,
     pub name: String,
     pub quantity: i64,
@@ -569,10 +571,12 @@ pub async fn kitchen_summary(
     };
     let from = start_of(local_today)?;
     let until = start_of(local_today + chrono::Days::new(1))?;
+    let waves = repo::service_windows(&state.db, &school_id).await?;
     let items = repo::item_counts(&state.db, &school_id, from, until)
         .await?
         .into_iter()
-        .map(|(meal_id, name, quantity)| ItemCount {
+        .map(|(wave, meal_id, name, quantity)| ItemCount {
+            wave: wave.and_then(|id| waves.iter().find(|w| w.id == id).map(|w| w.name.clone())),
             meal_id,
             name,
             quantity,

@@ -225,3 +225,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     notification_preferences,
     service_windows,
 );
+
+diesel::allow_columns_to_appear_in_same_group_by_clause!(
+    orders::window_id,
+    order_items::meal_id,
+    order_items::meal_name,
+);
