@@ -6,6 +6,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use tiffin_actors::domain::TimerPolicy;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +34,8 @@ pub struct Config {
     /// Log as JSON lines instead of text.
     pub log_json: bool,
     pub smtp: Option<SmtpConfig>,
+    /// Order timers: the confirm deadline and what it does, the pickup reminder.
+    pub timers: TimerPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +120,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             log_json: false,
             smtp: None,
+            timers: TimerPolicy::default(),
         }
     }
 }
@@ -161,6 +165,14 @@ impl Config {
             (
                 (1024..=16 << 20).contains(&self.max_body_bytes),
                 "max_body_bytes must be between 1024 and 16777216",
+            ),
+            (
+                (1..=24 * 3600).contains(&self.timers.confirm_within_secs),
+                "timers.confirm_within_secs must be between 1 and 86400",
+            ),
+            (
+                (0..=24 * 3600).contains(&self.timers.pickup_reminder_after_secs),
+                "timers.pickup_reminder_after_secs must be between 0 (off) and 86400",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

@@ -20,6 +20,18 @@ macro_rules! templates {
 
 /// Every template, by name: `{channel}/{event}.{locale}.{part}`.
 const TEMPLATES: &[(&str, &str)] = templates![
+    "email/order_cancelled.en.subject",
+    "email/order_cancelled.en.txt",
+    "email/order_cancelled.en.html",
+    "email/order_cancelled.es.subject",
+    "email/order_cancelled.es.txt",
+    "email/order_cancelled.es.html",
+    "email/order_pickup_reminder.en.subject",
+    "email/order_pickup_reminder.en.txt",
+    "email/order_pickup_reminder.en.html",
+    "email/order_pickup_reminder.es.subject",
+    "email/order_pickup_reminder.es.txt",
+    "email/order_pickup_reminder.es.html",
     "email/order_counter_changed.en.subject",
     "email/order_counter_changed.en.txt",
     "email/order_counter_changed.en.html",
@@ -135,6 +147,8 @@ fn sample_payload() -> serde_json::Value {
             order_cutoff: at,
             cancel_until: at,
         }),
+        ready_at: Some(at),
+        alerts: vec![tiffin_actors::domain::Alert::PickupReminder],
     };
     serde_json::json!({"school_name": "Sample School", "recipient_name": "Sample Guardian", "order": order})
 }

@@ -141,7 +141,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let store = Arc::new(DieselStore::new(db.clone()));
     let bus = Arc::new(LocalBus::new());
-    let registry = Registry::new(store.clone(), bus.clone()).start();
+    let registry = Registry::new(store.clone(), bus.clone(), config.timers).start();
     for school in repo::schools_with_live_orders(&db).await? {
         registry.do_send(KitchenFor(school));
     }

@@ -17,12 +17,12 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::HashSet;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient,
-    Wave, allergy_conflicts, assign_counter, choose_wave, counter_change_notifications, event_type,
-    notifications_for, pickup_code,
+    Wave, alert_notifications, allergy_conflicts, assign_counter, choose_wave,
+    counter_change_notifications, event_type, notifications_for, pickup_code,
 };
 use tiffin_actors::ports::{
-    CommandError, CounterMove, Idempotency, KitchenSnapshot, NewOrder, Outbox, OutboxMessage,
-    Placed, Store, TransitionCommit,
+    AlertCommit, CommandError, CounterMove, Idempotency, KitchenSnapshot, NewOrder, Outbox,
+    OutboxMessage, Placed, Store, TransitionCommit,
 };
 
 /// How long a dispatcher holds a claimed outbox row before another may take it.
@@ -80,10 +80,6 @@ impl DbError {
 
 fn json_error(e: serde_json::Error) -> TxError {
     TxError::Db(DbError::Other(format!("stored JSON: {e}")))
-}
-
-fn parse_state(s: &str) -> Result<OrderState, TxError> {
-    OrderState::parse(s).ok_or_else(|| TxError::Db(DbError::Other(format!("unknown state {s}"))))
 }
 
 pub fn event_from_row(row: OrderEventRow) -> Result<KitchenEvent, DbError> {
@@ -202,6 +198,82 @@ macro_rules! recipients {
             .await?;
         let guardians: Vec<Recipient> = guardians.into_iter().map(recipient).collect();
         (recipient(student), guardians)
+    }};
+}
+
+/// The order as its last event left it, inside a transaction on either backend.
+macro_rules! latest_snapshot {
+    ($conn:expr, $order_id:expr) => {{
+        let previous: String = order_events::table
+            .filter(order_events::order_id.eq($order_id))
+            .order(order_events::version.desc())
+            .select(order_events::snapshot)
+            .first($conn)
+            .await?;
+        serde_json::from_str::<OrderSummary>(&previous).map_err(json_error)?
+    }};
+}
+
+/// Starts an event that changes an order but not its state: takes the next kitchen sequence
+/// number and the next version, guarded by the version the caller saw. Yields
+/// `(seq, school_name, order)` with the order at its new version.
+macro_rules! amend_order {
+    ($conn:expr, $school_id:expr, $order_id:expr, $expected_version:expr, $at:expr) => {{
+        let bumped: Option<(i64, String)> = diesel::update(schools::table.find($school_id))
+            .set(schools::event_seq.eq(schools::event_seq + 1))
+            .returning((schools::event_seq, schools::name))
+            .get_result($conn)
+            .await
+            .optional()?;
+        let (seq, school_name) = bumped.ok_or(CommandError::SchoolNotFound)?;
+        let version = $expected_version + 1;
+        let changed = diesel::update(
+            orders::table
+                .filter(orders::id.eq($order_id))
+                .filter(orders::school_id.eq($school_id))
+                .filter(orders::version.eq($expected_version)),
+        )
+        .set((orders::version.eq(version), orders::updated_at.eq($at)))
+        .execute($conn)
+        .await?;
+        if changed == 0 {
+            return Err(TxError::Refused(CommandError::VersionConflict));
+        }
+        let mut order = latest_snapshot!($conn, $order_id);
+        order.version = version;
+        order.updated_at = $at.and_utc();
+        (seq, school_name, order)
+    }};
+}
+
+/// Writes an event and, in the same transaction, one outbox row for each message `notify`
+/// (student, guardians) says it makes. Yields the committed event.
+macro_rules! record_event {
+    ($conn:expr, $seq:expr, $kind:expr, $order:expr, $from:expr, $actor_id:expr, $reason:expr,
+     $at:expr, $school_name:expr, $notify:expr) => {{
+        let row = event_row($seq, $kind, $order, $from, $actor_id, $reason, $at)?;
+        diesel::insert_into(order_events::table)
+            .values(&row)
+            .execute($conn)
+            .await?;
+        let (student, guardians) = recipients!($conn, &$order.student_id);
+        let intents = ($notify)(&student, &guardians);
+        let template = row.kind.replace('.', "_");
+        for message in outbox_rows(
+            intents,
+            &guardians,
+            $order,
+            $seq,
+            $school_name,
+            &template,
+            $at,
+        ) {
+            diesel::insert_into(outbox::table)
+                .values(&message)
+                .execute($conn)
+                .await?;
+        }
+        event_from_row(row)?
     }};
 }
 
@@ -349,6 +421,8 @@ impl DieselStore {
                     counter: None,
                     pickup_code: None,
                     wave,
+                    ready_at: None,
+                    alerts: Vec::new(),
                 };
                 diesel::insert_into(orders::table)
                     .values(OrderRow {
@@ -415,27 +489,12 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                let bumped: Option<(i64, String)> =
-                    diesel::update(schools::table.find(&m.school_id))
-                        .set(schools::event_seq.eq(schools::event_seq + 1))
-                        .returning((schools::event_seq, schools::name))
-                        .get_result(conn)
-                        .await
-                        .optional()?;
-                let (seq, school_name) = bumped.ok_or(CommandError::SchoolNotFound)?;
-                let version = m.expected_version + 1;
-                let changed = diesel::update(
-                    orders::table
-                        .filter(orders::id.eq(&m.order_id))
-                        .filter(orders::school_id.eq(&m.school_id))
-                        .filter(orders::version.eq(m.expected_version))
-                        .filter(orders::state.eq(OrderState::Ready.as_str()))
-                        .filter(orders::counter_id.eq(&m.from_counter_id)),
-                )
-                .set((orders::version.eq(version), orders::updated_at.eq(at)))
-                .execute(conn)
-                .await?;
-                if changed == 0 {
+                let (seq, school_name, mut order) =
+                    amend_order!(conn, &m.school_id, &m.order_id, m.expected_version, at);
+                let still_there = order.state == OrderState::Ready
+                    && order.counter.as_ref().map(|c| c.id.as_str())
+                        == Some(m.from_counter_id.as_str());
+                if !still_there {
                     return Err(TxError::Refused(CommandError::VersionConflict));
                 }
                 let closed: String = counters::table
@@ -448,18 +507,9 @@ impl DieselStore {
                     .set(orders::counter_id.eq(counter.as_ref().map(|c| c.id.clone())))
                     .execute(conn)
                     .await?;
-                let previous: String = order_events::table
-                    .filter(order_events::order_id.eq(&m.order_id))
-                    .order(order_events::version.desc())
-                    .select(order_events::snapshot)
-                    .first(conn)
-                    .await?;
-                let mut order: OrderSummary =
-                    serde_json::from_str(&previous).map_err(json_error)?;
-                order.version = version;
-                order.updated_at = at.and_utc();
                 order.counter = counter;
-                let row = event_row(
+                Ok::<_, TxError>(record_event!(
+                    conn,
                     seq,
                     COUNTER_CHANGED,
                     &order,
@@ -467,30 +517,38 @@ impl DieselStore {
                     m.actor_id.clone(),
                     Some(format!("{closed} closed")),
                     at,
-                )?;
-                diesel::insert_into(order_events::table)
-                    .values(&row)
-                    .execute(conn)
-                    .await?;
-                let (student, guardians) = recipients!(conn, &order.student_id);
-                let intents = counter_change_notifications(&student, &guardians);
-                let template = COUNTER_CHANGED.replace('.', "_");
-                let rows = outbox_rows(
-                    intents,
-                    &guardians,
-                    &order,
-                    seq,
                     &school_name,
-                    &template,
-                    at,
-                );
-                for row in &rows {
-                    diesel::insert_into(outbox::table)
-                        .values(row)
-                        .execute(conn)
-                        .await?;
+                    counter_change_notifications
+                ))
+            })
+            .await)
+    }
+
+    async fn alert(&self, a: &AlertCommit) -> Result<KitchenEvent, TxError> {
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let at = now();
+                let (seq, school_name, mut order) =
+                    amend_order!(conn, &a.school_id, &a.order_id, a.expected_version, at);
+                if order.alerts.contains(&a.alert) {
+                    return Err(TxError::Refused(CommandError::VersionConflict));
                 }
-                Ok::<_, TxError>(event_from_row(row)?)
+                order.alerts.push(a.alert);
+                let from = Some(order.state);
+                Ok::<_, TxError>(record_event!(
+                    conn,
+                    seq,
+                    a.alert.event_type(),
+                    &order,
+                    from,
+                    None,
+                    Some(a.reason.clone()),
+                    at,
+                    &school_name,
+                    |student: &Recipient, guardians: &[Recipient]| alert_notifications(
+                        a.alert, student, guardians
+                    )
+                ))
             })
             .await)
     }
@@ -525,17 +583,11 @@ impl DieselStore {
                 if changed == 0 {
                     return Err(TxError::Refused(CommandError::VersionConflict));
                 }
-                let previous: String = order_events::table
-                    .filter(order_events::order_id.eq(&t.order_id))
-                    .order(order_events::version.desc())
-                    .select(order_events::snapshot)
-                    .first(conn)
-                    .await?;
-                let mut order: OrderSummary =
-                    serde_json::from_str(&previous).map_err(json_error)?;
+                let mut order = latest_snapshot!(conn, &t.order_id);
                 order.state = tr.to;
                 order.version = tr.version;
                 order.updated_at = at.and_utc();
+                order.ready_at = (tr.to == OrderState::Ready).then(|| at.and_utc());
                 if tr.to == OrderState::Ready && order.pickup_code.is_none() {
                     let counter = least_loaded_counter!(conn, &t.school_id);
                     let day = local_day(&time_zone, at);
@@ -563,7 +615,9 @@ impl DieselStore {
                     order.counter = counter;
                     order.pickup_code = Some(code);
                 }
-                let row = event_row(
+                let issuer = t.issuer;
+                Ok::<_, TxError>(record_event!(
+                    conn,
                     seq,
                     event_type(order.state),
                     &order,
@@ -571,32 +625,11 @@ impl DieselStore {
                     t.actor_id.clone(),
                     t.reason.clone(),
                     at,
-                )?;
-                diesel::insert_into(order_events::table)
-                    .values(&row)
-                    .execute(conn)
-                    .await?;
-
-                let (student, guardians) = recipients!(conn, &order.student_id);
-                let intents = notifications_for(tr.to, &student, &guardians);
-                let template = row.kind.replace('.', "_");
-                let rows = outbox_rows(
-                    intents,
-                    &guardians,
-                    &order,
-                    seq,
                     &school_name,
-                    &template,
-                    at,
-                );
-                for row in &rows {
-                    diesel::insert_into(outbox::table)
-                        .values(row)
-                        .execute(conn)
-                        .await?;
-                }
-                let _ = parse_state(&row.to_state)?;
-                Ok::<_, TxError>(event_from_row(row)?)
+                    |student: &Recipient, guardians: &[Recipient]| notifications_for(
+                        tr.to, issuer, student, guardians
+                    )
+                ))
             })
             .await)
     }
@@ -791,6 +824,10 @@ impl Store for DieselStore {
 
     async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError> {
         self.counter_move(&m).await.map_err(CommandError::from)
+    }
+
+    async fn record_alert(&self, a: AlertCommit) -> Result<KitchenEvent, CommandError> {
+        self.alert(&a).await.map_err(CommandError::from)
     }
 
     async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError> {

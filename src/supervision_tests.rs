@@ -9,7 +9,7 @@ use actix::Actor;
 use std::sync::Arc;
 use tiffin_actors::actors::kitchen::{InjectFault, InjectOrderFault};
 use tiffin_actors::bus::LocalBus;
-use tiffin_actors::domain::{Issuer, OrderCommand, OrderState};
+use tiffin_actors::domain::{Issuer, OrderCommand, OrderState, TimerPolicy};
 use tiffin_actors::ports::{NewOrder, NewOrderItem, Placed};
 use tiffin_actors::{KitchenFor, LiveOrders, PlaceOrder, Registry, TransitionOrder};
 
@@ -104,7 +104,7 @@ async fn a_failed_kitchen_restarts_from_the_store_and_answers_what_was_sent_mean
     let db = Db::connect(&url, 4).unwrap();
     let (a, b) = (school(&db, "A").await, school(&db, "B").await);
     let store = Arc::new(DieselStore::new(db.clone()));
-    let registry = Registry::new(store, Arc::new(LocalBus::new())).start();
+    let registry = Registry::new(store, Arc::new(LocalBus::new()), TimerPolicy::default()).start();
     let kitchen_a = registry.send(KitchenFor(a.id.clone())).await.unwrap();
     let kitchen_b = registry.send(KitchenFor(b.id.clone())).await.unwrap();
     let in_a = placed(kitchen_a.send(order(&a)).await.unwrap().unwrap());
@@ -154,6 +154,7 @@ async fn a_failed_order_actor_is_restarted_by_its_kitchen_from_the_store() {
     let registry = Registry::new(
         Arc::new(DieselStore::new(db.clone())),
         Arc::new(LocalBus::new()),
+        TimerPolicy::default(),
     )
     .start();
     let kitchen = registry.send(KitchenFor(a.id.clone())).await.unwrap();

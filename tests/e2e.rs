@@ -1064,15 +1064,201 @@ async fn a_deadline_missed_while_down_fires_once_after_restart() {
     db.drop_database().await;
 }
 
+/// The history entries of one order with the given event type.
+async fn history_of(hub: &Hub, token: &str, order: &str, kind: &str) -> Vec<Value> {
+    let got = expect(
+        get(hub, token, &format!("/api/v1/orders/{order}")).await,
+        200,
+    );
+    got["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["type"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Order timers: an order the kitchen has not confirmed in time is flagged on the dashboard
+/// once; a ready meal left waiting is reminded to the family once, also across a restart;
+/// where the hub is set to cancel, the overdue order is cancelled and the family told.
+#[actix_web::test]
+async fn confirm_deadline_and_pickup_reminder() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let smtp = SmtpSink::start();
+    let mut env = hub_env(&db, Some(&smtp));
+    env.push(("TIFFIN_TIMERS__CONFIRM_WITHIN_SECS".into(), "2".into()));
+    env.push((
+        "TIFFIN_TIMERS__PICKUP_REMINDER_AFTER_SECS".into(),
+        "2".into(),
+    ));
+    let hub = Hub::start(env.clone());
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "timers").await;
+    let mut dashboard = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
+    let order = expect(place_order(&hub, &f, "late-1", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(next_json(&mut dashboard).await["type"], "order.placed");
+    let overdue = next_json(&mut dashboard).await;
+    assert_eq!(overdue["type"], "order.confirm_overdue", "{overdue}");
+    assert_eq!(overdue["data"]["order"]["state"], "placed");
+    assert_eq!(
+        overdue["data"]["order"]["alerts"],
+        json!(["confirm_overdue"])
+    );
+    let flagged = history_of(&hub, &f.kitchen_token, &order, "order.confirm_overdue").await;
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(flagged[0]["reason"], "timer: not confirmed in time");
+    assert_eq!(flagged[0]["actor_id"], Value::Null, "the hub, not a person");
+
+    // The alert moved the version on: the kitchen bumps from what its dashboard shows.
+    let mut version = overdue["data"]["order"]["version"].as_i64().unwrap();
+    for action in ["confirm", "start", "ready"] {
+        let moved = expect(
+            post(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{order}/{action}"),
+                json!({"expected_version": version}),
+            )
+            .await,
+            200,
+        );
+        version = moved["version"].as_i64().unwrap();
+    }
+    let reminder = smtp
+        .wait_for_containing(&f.guardian_email, "still waiting", Duration::from_secs(20))
+        .await;
+    assert!(reminder.data.contains("Counter 1"), "{}", reminder.data);
+    let student_email = "ada.timers@school.test";
+    smtp.wait_for_containing(student_email, "still waiting", Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        history_of(&hub, &f.kitchen_token, &order, "order.pickup_reminder")
+            .await
+            .len(),
+        1
+    );
+
+    // Restarted with auto-cancel: the reminded order is not reminded again, and a new order
+    // nobody confirms is cancelled by the hub and the family told.
+    drop(dashboard);
+    let mut env = hub.kill();
+    env.push(("TIFFIN_TIMERS__ON_CONFIRM_OVERDUE".into(), "cancel".into()));
+    let hub = Hub::start(env);
+    let forgotten = expect(place_order(&hub, &f, "late-2", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cancelled = smtp
+        .wait_for_containing(&f.guardian_email, "was cancelled", Duration::from_secs(20))
+        .await;
+    assert!(
+        cancelled.unfolded().contains(&forgotten),
+        "{}",
+        cancelled.data
+    );
+    smtp.wait_for_containing(student_email, "was cancelled", Duration::from_secs(5))
+        .await;
+    let got = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/orders/{forgotten}"),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(got["order"]["state"], "cancelled");
+    let last = got["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["reason"], "timer: not confirmed in time", "{last}");
+    assert_eq!(last["actor_id"], Value::Null);
+    // A student's own cancellation tells nobody: it was their choice.
+    let own = expect(place_order(&hub, &f, "late-3", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    expect(
+        post(
+            &hub,
+            &f.student_token,
+            &format!("/api/v1/orders/{own}/cancel"),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    let about = |id: &str| {
+        smtp.messages()
+            .into_iter()
+            .filter(|m| m.unfolded().contains(id))
+            .count()
+    };
+    assert_eq!(about(&own), 0, "nobody is told of their own cancellation");
+    assert_eq!(about(&forgotten), 2, "student and guardian, once each");
+    assert_eq!(
+        history_of(&hub, &f.kitchen_token, &order, "order.pickup_reminder")
+            .await
+            .len(),
+        1,
+        "a reminder is sent once, restart or not"
+    );
+    drop(hub);
+    db.drop_database().await;
+}
+
 /// SIGKILL in the middle of a burst of orders: after a restart every acknowledged order is
 /// there, and retrying every request with its Idempotency-Key creates no duplicate.
 async fn killed_mid_burst(backend: Backend) {
     use std::cell::RefCell;
     use std::rc::Rc;
     let db = TestDb::new(backend).await;
-    let hub = Hub::start(hub_env(&db, None));
+    let mut env = hub_env(&db, None);
+    // Due after the restart: proves the timer is re-armed from the store.
+    env.push((
+        "TIFFIN_TIMERS__PICKUP_REMINDER_AFTER_SECS".into(),
+        "8".into(),
+    ));
+    let hub = Hub::start(env);
     let admin = hub.admin_token();
     let f = Rc::new(fixture(&hub, &admin, "kill").await);
+    expect(
+        post(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{}/counters", f.school),
+            json!({"number": 2, "is_open": true}),
+        )
+        .await,
+        201,
+    );
+    // Orders already in the kitchen when the process dies: two ready (one per counter), one
+    // being prepared.
+    let mut in_kitchen = Vec::new();
+    for (n, steps) in [3, 3, 2].into_iter().enumerate() {
+        let id = expect(place_order(&hub, &f, &format!("before-{n}"), 1).await, 201)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for action in &["confirm", "start", "ready"][..steps] {
+            let path = format!("/api/v1/orders/{id}/{action}");
+            expect(post(&hub, &f.kitchen_token, &path, json!({})).await, 200);
+        }
+        let path = format!("/api/v1/orders/{id}");
+        in_kitchen.push(expect(get(&hub, &f.kitchen_token, &path).await, 200)["order"].clone());
+    }
+    let counters: std::collections::HashSet<_> = in_kitchen[..2]
+        .iter()
+        .map(|o| o["counter"]["number"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        counters.len(),
+        2,
+        "least loaded: one ready order per counter"
+    );
     let base = hub.base.clone();
     let accepted: Rc<RefCell<Vec<(usize, String)>>> = Rc::default();
     const ORDERS: usize = 120;
@@ -1171,7 +1357,50 @@ async fn killed_mid_burst(backend: Backend) {
         .await,
         200,
     );
-    assert_eq!(live.as_array().unwrap().len(), ORDERS, "no order twice");
+    assert_eq!(
+        live.as_array().unwrap().len(),
+        ORDERS + in_kitchen.len(),
+        "no order twice"
+    );
+
+    // The orders in the kitchen came back as they were: state, counter, code and version
+    // (moved on only by the reminder, which fires once after the restart).
+    for before in &in_kitchen {
+        let id = before["id"].as_str().unwrap();
+        let ready = before["state"] == "ready";
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let after = loop {
+            let got = expect(
+                get(&hub, &f.kitchen_token, &format!("/api/v1/orders/{id}")).await,
+                200,
+            );
+            let reminded = history_of(&hub, &f.kitchen_token, id, "order.pickup_reminder").await;
+            if !ready || !reminded.is_empty() {
+                assert!(reminded.len() <= 1, "one reminder: {reminded:?}");
+                break got;
+            }
+            assert!(std::time::Instant::now() < deadline, "no reminder for {id}");
+            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        };
+        let order = &after["order"];
+        for field in ["state", "counter", "pickup_code", "ready_at"] {
+            assert_eq!(order[field], before[field], "{field} of {id}");
+        }
+        assert_eq!(
+            order["version"].as_i64().unwrap(),
+            before["version"].as_i64().unwrap() + i64::from(ready),
+            "{id}"
+        );
+        // Each step once in the history.
+        let steps: Vec<&str> = after["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["type"].as_str().unwrap())
+            .collect();
+        let unique: std::collections::HashSet<_> = steps.iter().collect();
+        assert_eq!(unique.len(), steps.len(), "{steps:?}");
+    }
     drop(hub);
     db.drop_database().await;
 }

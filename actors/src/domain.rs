@@ -193,7 +193,13 @@ pub const TRANSITIONS: &[(OrderCommand, OrderState, OrderState, &[Issuer])] = &[
         OrderCommand::Cancel,
         OrderState::Placed,
         OrderState::Cancelled,
-        &[Issuer::Student, Issuer::Guardian, Issuer::Staff],
+        // The system cancels an order the kitchen never confirmed, where the school says so.
+        &[
+            Issuer::Student,
+            Issuer::Guardian,
+            Issuer::Staff,
+            Issuer::System,
+        ],
     ),
     (
         OrderCommand::Cancel,
@@ -376,26 +382,35 @@ pub struct NotificationIntent {
     pub locale: String,
 }
 
-/// Who hears about an event and on which channel. One rule table for the whole hub.
+/// An email to each recipient who has an address.
+fn emails<'a>(recipients: impl IntoIterator<Item = &'a Recipient>) -> Vec<NotificationIntent> {
+    recipients
+        .into_iter()
+        .filter_map(|r| {
+            r.email.as_ref().map(|email| NotificationIntent {
+                recipient_id: r.user_id.clone(),
+                channel: Channel::Email,
+                address: email.clone(),
+                locale: r.locale.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Who hears about a transition and on which channel. One rule table for the whole hub.
 pub fn notifications_for(
     event: OrderState,
+    issuer: Issuer,
     student: &Recipient,
     guardians: &[Recipient],
 ) -> Vec<NotificationIntent> {
-    let _ = student;
-    match event {
+    match (event, issuer) {
         // An uncollected meal is an alert: a child may not have eaten.
-        OrderState::Ready | OrderState::Uncollected => guardians
-            .iter()
-            .filter_map(|g| {
-                g.email.as_ref().map(|email| NotificationIntent {
-                    recipient_id: g.user_id.clone(),
-                    channel: Channel::Email,
-                    address: email.clone(),
-                    locale: g.locale.clone(),
-                })
-            })
-            .collect(),
+        (OrderState::Ready | OrderState::Uncollected, _) => emails(guardians),
+        // A cancellation the family did not ask for must reach them before lunch.
+        (OrderState::Cancelled, Issuer::Staff | Issuer::System) => {
+            emails(std::iter::once(student).chain(guardians))
+        }
         _ => Vec::new(),
     }
 }
@@ -406,17 +421,135 @@ pub fn counter_change_notifications(
     student: &Recipient,
     guardians: &[Recipient],
 ) -> Vec<NotificationIntent> {
-    std::iter::once(student)
-        .chain(guardians)
-        .filter_map(|r| {
-            r.email.as_ref().map(|email| NotificationIntent {
-                recipient_id: r.user_id.clone(),
-                channel: Channel::Email,
-                address: email.clone(),
-                locale: r.locale.clone(),
-            })
-        })
-        .collect()
+    emails(std::iter::once(student).chain(guardians))
+}
+
+/// Who hears about a timer's alert. An overdue confirmation is the kitchen's business (its
+/// dashboard shows it); a meal still waiting is the family's.
+pub fn alert_notifications(
+    alert: Alert,
+    student: &Recipient,
+    guardians: &[Recipient],
+) -> Vec<NotificationIntent> {
+    match alert {
+        Alert::ConfirmOverdue => Vec::new(),
+        Alert::PickupReminder => emails(std::iter::once(student).chain(guardians)),
+    }
+}
+
+/// Something a timer records on an order without changing its state. Each fires once per order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Alert {
+    /// The kitchen has not confirmed the order within the confirm deadline.
+    ConfirmOverdue,
+    /// A ready meal is still waiting at its counter.
+    PickupReminder,
+}
+
+impl Alert {
+    /// Its name as stored and shown (serde's name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alert::ConfirmOverdue => "confirm_overdue",
+            Alert::PickupReminder => "pickup_reminder",
+        }
+    }
+
+    /// The event kind in the log and on the wire.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Alert::ConfirmOverdue => "order.confirm_overdue",
+            Alert::PickupReminder => "order.pickup_reminder",
+        }
+    }
+}
+
+/// What the hub does with an order the kitchen has not confirmed in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmOverdue {
+    /// Flag it on the dashboard and leave it to the kitchen.
+    #[default]
+    Alert,
+    /// Cancel it and tell the family, so nobody waits for a meal nobody is making.
+    Cancel,
+}
+
+/// The kitchen's order timers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerPolicy {
+    /// How long after ordering closes (the wave's cutoff, or the order itself when the school
+    /// has no waves) the kitchen has to confirm an order.
+    pub confirm_within_secs: i64,
+    pub on_confirm_overdue: ConfirmOverdue,
+    /// How long a ready meal waits before the student and guardians are reminded; 0 never.
+    pub pickup_reminder_after_secs: i64,
+}
+
+impl Default for TimerPolicy {
+    fn default() -> TimerPolicy {
+        TimerPolicy {
+            confirm_within_secs: 10 * 60,
+            on_confirm_overdue: ConfirmOverdue::Alert,
+            pickup_reminder_after_secs: 10 * 60,
+        }
+    }
+}
+
+/// What an order's timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    Command(OrderCommand),
+    Alert(Alert),
+}
+
+/// An order's next deadline and what happens then, from the order alone: deadlines are
+/// derived from persisted times, so a restarted actor re-arms them, and an alert already
+/// recorded on the order does not fire again.
+pub fn next_timer(
+    order: &OrderSummary,
+    policy: &TimerPolicy,
+) -> Option<(DateTime<Utc>, TimerAction)> {
+    let secs = chrono::Duration::seconds;
+    match order.state {
+        OrderState::Placed => {
+            let closes = order
+                .wave
+                .as_ref()
+                .map_or(order.placed_at, |w| w.order_cutoff.max(order.placed_at));
+            let due = closes + secs(policy.confirm_within_secs);
+            match policy.on_confirm_overdue {
+                ConfirmOverdue::Cancel => Some((due, TimerAction::Command(OrderCommand::Cancel))),
+                ConfirmOverdue::Alert if order.alerts.contains(&Alert::ConfirmOverdue) => None,
+                ConfirmOverdue::Alert => Some((due, TimerAction::Alert(Alert::ConfirmOverdue))),
+            }
+        }
+        OrderState::Ready => {
+            let uncollected = order.wave.as_ref().map(|w| {
+                (
+                    w.ends_at,
+                    TimerAction::Command(OrderCommand::MarkUncollected),
+                )
+            });
+            let reminder = (policy.pickup_reminder_after_secs > 0
+                && !order.alerts.contains(&Alert::PickupReminder))
+            .then(|| {
+                let ready_at = order.ready_at.unwrap_or(order.updated_at);
+                (
+                    ready_at + secs(policy.pickup_reminder_after_secs),
+                    TimerAction::Alert(Alert::PickupReminder),
+                )
+            });
+            // Past the end of the wave a reminder is moot: the meal is uncollected.
+            match (reminder, uncollected) {
+                (Some(r), Some(u)) if r.0 < u.0 => Some(r),
+                (_, Some(u)) => Some(u),
+                (r, None) => r,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// An order as its kitchen sees it while it is live.
@@ -441,6 +574,12 @@ pub struct OrderSummary {
     /// The lunch wave it was ordered for, when the school has waves.
     #[serde(default)]
     pub wave: Option<Wave>,
+    /// When it last became ready; the pickup reminder counts from here.
+    #[serde(default)]
+    pub ready_at: Option<DateTime<Utc>>,
+    /// Alerts its timers have recorded, so none fires twice.
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
 }
 
 /// A lunch wave on one day, resolved from the school's local times to instants.
@@ -602,7 +741,8 @@ mod tests {
             (C::Confirm, S::Placed, Staff) => Some(S::Confirmed),
             (C::Start, S::Confirmed, Staff) => Some(S::Preparing),
             (C::Ready, S::Preparing, Staff) => Some(S::Ready),
-            (C::Cancel, S::Placed | S::Confirmed, Student | Guardian | Staff) => Some(S::Cancelled),
+            (C::Cancel, S::Placed, Student | Guardian | Staff | System) => Some(S::Cancelled),
+            (C::Cancel, S::Confirmed, Student | Guardian | Staff) => Some(S::Cancelled),
             (C::Cancel, S::Preparing, Staff) => Some(S::Cancelled),
             (C::PickUp, S::Ready, Staff | System) => Some(S::PickedUp),
             (C::MarkUncollected, S::Ready, System) => Some(S::Uncollected),
@@ -680,6 +820,10 @@ mod tests {
             assert_eq!(Role::parse(r.as_str()), Some(r));
         }
         assert_eq!(Role::parse("root"), None);
+        for a in [Alert::ConfirmOverdue, Alert::PickupReminder] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+            assert_eq!(a.event_type(), format!("order.{}", a.as_str()));
+        }
     }
 
     fn person(id: &str, email: Option<&str>) -> Recipient {
@@ -842,11 +986,124 @@ mod tests {
     fn ready_emails_each_guardian_with_an_address() {
         let student = person("s", Some("s@example.org"));
         let guardians = [person("g1", Some("g1@example.org")), person("g2", None)];
-        let intents = notifications_for(OrderState::Ready, &student, &guardians);
+        let intents = notifications_for(OrderState::Ready, Issuer::Staff, &student, &guardians);
         assert_eq!(intents.len(), 1);
         assert_eq!(intents[0].recipient_id, "g1");
         assert_eq!(intents[0].channel, Channel::Email);
-        assert!(notifications_for(OrderState::Confirmed, &student, &guardians).is_empty());
+        assert!(
+            notifications_for(OrderState::Confirmed, Issuer::Staff, &student, &guardians)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn only_a_cancellation_the_family_did_not_ask_for_is_sent_to_them() {
+        let student = person("s", Some("s@example.org"));
+        let guardians = [person("g1", Some("g1@example.org"))];
+        let to = |issuer| {
+            notifications_for(OrderState::Cancelled, issuer, &student, &guardians)
+                .into_iter()
+                .map(|i| i.recipient_id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(to(Issuer::System), ["s", "g1"]);
+        assert_eq!(to(Issuer::Staff), ["s", "g1"]);
+        assert!(to(Issuer::Guardian).is_empty());
+        assert!(to(Issuer::Student).is_empty());
+        assert!(alert_notifications(Alert::ConfirmOverdue, &student, &guardians).is_empty());
+        assert_eq!(
+            alert_notifications(Alert::PickupReminder, &student, &guardians).len(),
+            2
+        );
+    }
+
+    fn order_at(state: OrderState, placed_at: DateTime<Utc>, wave: Option<Wave>) -> OrderSummary {
+        OrderSummary {
+            id: "o".into(),
+            school_id: "sc".into(),
+            student_id: "s".into(),
+            student_name: "S".into(),
+            state,
+            version: 1,
+            items: Vec::new(),
+            total_cents: 0,
+            placed_at,
+            updated_at: placed_at,
+            counter: None,
+            pickup_code: None,
+            wave,
+            ready_at: None,
+            alerts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn confirm_deadline_counts_from_when_ordering_closes() {
+        let t0 = Utc::now();
+        let min = chrono::Duration::minutes;
+        let alert = TimerPolicy::default();
+        let cancel = TimerPolicy {
+            on_confirm_overdue: ConfirmOverdue::Cancel,
+            ..alert
+        };
+        let mut order = order_at(OrderState::Placed, t0, None);
+        assert_eq!(
+            next_timer(&order, &alert),
+            Some((t0 + min(10), TimerAction::Alert(Alert::ConfirmOverdue)))
+        );
+        assert_eq!(
+            next_timer(&order, &cancel),
+            Some((t0 + min(10), TimerAction::Command(OrderCommand::Cancel)))
+        );
+        // Placed in the morning for a wave whose cutoff is later: counted from the cutoff.
+        let mut w = wave("w", 90);
+        w.order_cutoff = t0 + min(60);
+        order.wave = Some(w);
+        assert_eq!(next_timer(&order, &alert).map(|t| t.0), Some(t0 + min(70)));
+        // An alert fires once; a cancel is guarded by the version instead.
+        order.alerts.push(Alert::ConfirmOverdue);
+        assert_eq!(next_timer(&order, &alert), None);
+        assert!(next_timer(&order, &cancel).is_some());
+        for state in [
+            OrderState::Confirmed,
+            OrderState::Preparing,
+            OrderState::PickedUp,
+        ] {
+            assert_eq!(next_timer(&order_at(state, t0, None), &alert), None);
+        }
+    }
+
+    #[test]
+    fn a_ready_meal_is_reminded_once_then_uncollected_at_the_end_of_its_wave() {
+        let t0 = Utc::now();
+        let min = chrono::Duration::minutes;
+        let policy = TimerPolicy::default();
+        let mut w = wave("w", 0);
+        w.ends_at = t0 + min(30);
+        let mut order = order_at(OrderState::Ready, t0 - min(60), Some(w));
+        order.ready_at = Some(t0);
+        assert_eq!(
+            next_timer(&order, &policy),
+            Some((t0 + min(10), TimerAction::Alert(Alert::PickupReminder)))
+        );
+        order.alerts.push(Alert::PickupReminder);
+        let uncollected = Some((
+            t0 + min(30),
+            TimerAction::Command(OrderCommand::MarkUncollected),
+        ));
+        assert_eq!(next_timer(&order, &policy), uncollected);
+        // A reminder that would come after the wave ends is never sent.
+        order.alerts.clear();
+        order.ready_at = Some(t0 + min(25));
+        assert_eq!(next_timer(&order, &policy), uncollected);
+        // No wave: only the reminder; with reminders off, nothing.
+        order.wave = None;
+        assert_eq!(next_timer(&order, &policy).map(|t| t.0), Some(t0 + min(35)));
+        let off = TimerPolicy {
+            pickup_reminder_after_secs: 0,
+            ..policy
+        };
+        assert_eq!(next_timer(&order, &off), None);
     }
 
     mod properties {

@@ -1,7 +1,7 @@
 //! The small traits through which the actors reach the world. The server crate supplies
 //! the adapters (diesel store, SMTP sender, Redis bus).
 
-use crate::domain::{KitchenEvent, OrderSummary, Transition, TransitionError};
+use crate::domain::{Alert, Issuer, KitchenEvent, OrderSummary, Transition, TransitionError};
 use async_trait::async_trait;
 
 /// Why a command failed. The edge maps each variant to one stable error code.
@@ -82,8 +82,20 @@ pub struct TransitionCommit {
     pub order_id: String,
     /// Decided on `version - 1`; committed only if the order is still there.
     pub transition: Transition,
+    /// Who asked: the rules for who hears about it depend on it.
+    pub issuer: Issuer,
     pub actor_id: Option<String>,
     pub reason: Option<String>,
+}
+
+/// A timer's alert to record on an order, guarded by the version it was seen at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertCommit {
+    pub school_id: String,
+    pub order_id: String,
+    pub expected_version: i64,
+    pub alert: Alert,
+    pub reason: String,
 }
 
 /// A ready order leaving a counter that closed, guarded by the version it was seen at.
@@ -114,6 +126,8 @@ pub trait Store: Send + Sync + 'static {
     async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError>;
     /// Moves a ready order off a closed counter to the least-loaded open one (or none).
     async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError>;
+    /// Records a timer's alert as an event (the state stays) and queues who hears of it.
+    async fn record_alert(&self, a: AlertCommit) -> Result<KitchenEvent, CommandError>;
     /// The latest committed view of one order, live or not.
     async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError>;
     /// Committed events of a kitchen with `seq > after`, oldest first, at most `limit`.

@@ -58,6 +58,10 @@ pub struct OrderView {
     pub pickup_code: Option<String>,
     /// The lunch wave, when the school has waves.
     pub wave: Option<WaveView>,
+    /// When it last became ready.
+    pub ready_at: Option<DateTime<Utc>>,
+    /// Alerts its timers recorded: `confirm_overdue`, `pickup_reminder`.
+    pub alerts: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -113,6 +117,8 @@ impl From<OrderSummary> for OrderView {
                 name: c.name,
             }),
             pickup_code: o.pickup_code,
+            ready_at: o.ready_at,
+            alerts: o.alerts.iter().map(|a| a.as_str().to_owned()).collect(),
             wave: o.wave.map(|w| WaveView {
                 id: w.id,
                 name: w.name,

@@ -87,6 +87,13 @@ pub struct Mail {
     pub data: String,
 }
 
+impl Mail {
+    /// The raw message with quoted-printable soft line breaks joined, so long lines match.
+    pub fn unfolded(&self) -> String {
+        self.data.replace("=\r\n", "")
+    }
+}
+
 #[derive(Clone, Default)]
 struct Collector {
     inbox: Arc<Mutex<Vec<Mail>>>,
@@ -143,18 +150,23 @@ impl SmtpSink {
 
     /// Waits until a message for `to` arrives.
     pub async fn wait_for(&self, to: &str, within: Duration) -> Mail {
+        self.wait_for_containing(to, "", within).await
+    }
+
+    /// The first email to `to` whose raw data contains `text`.
+    pub async fn wait_for_containing(&self, to: &str, text: &str, within: Duration) -> Mail {
         let deadline = Instant::now() + within;
         loop {
             if let Some(m) = self
                 .messages()
                 .into_iter()
-                .find(|m| m.to.iter().any(|t| t == to))
+                .find(|m| m.to.iter().any(|t| t == to) && m.unfolded().contains(text))
             {
                 return m;
             }
             assert!(
                 Instant::now() < deadline,
-                "no email to {to} within {within:?}"
+                "no email to {to} containing {text:?} within {within:?}"
             );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }

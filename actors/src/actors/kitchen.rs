@@ -3,7 +3,7 @@
 
 use super::order::{Command, MoveFromCounter, OrderActor};
 use crate::bus::{Bus, Subscriber, kitchen_topic};
-use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary, decide};
+use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary, TimerPolicy, decide};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +24,7 @@ pub struct Kitchen {
     bus: Arc<dyn Bus>,
     /// Told when the school does not exist, so the registry stops supervising this kitchen.
     gone: Option<Recipient<KitchenGone>>,
+    timers: TimerPolicy,
     loaded: bool,
     orders: HashMap<String, Addr<OrderActor>>,
     live: HashMap<String, OrderSummary>,
@@ -39,12 +40,14 @@ impl Kitchen {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         gone: Option<Recipient<KitchenGone>>,
+        timers: TimerPolicy,
     ) -> Kitchen {
         Kitchen {
             school_id,
             store,
             bus,
             gone,
+            timers,
             loaded: false,
             orders: HashMap::new(),
             live: HashMap::new(),
@@ -55,8 +58,13 @@ impl Kitchen {
     }
 
     fn start_order(&mut self, order: OrderSummary, ctx: &mut Context<Self>) {
-        let addr =
-            OrderActor::new(order.clone(), self.store.clone(), ctx.address().recipient()).start();
+        let addr = OrderActor::new(
+            order.clone(),
+            self.store.clone(),
+            ctx.address().recipient(),
+            self.timers,
+        )
+        .start();
         self.orders.insert(order.id.clone(), addr);
         self.live.insert(order.id.clone(), order);
     }

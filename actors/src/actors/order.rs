@@ -1,12 +1,11 @@
 //! One actor per live order: decides its transitions one at a time and commits them.
 
 use super::kitchen::Committed;
-use crate::domain::KitchenEvent;
 use crate::domain::{
-    Issuer, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS, cancel_allowed, decide,
-    recall_allowed,
+    Alert, Issuer, KitchenEvent, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS,
+    TimerAction, TimerPolicy, cancel_allowed, decide, next_timer, recall_allowed,
 };
-use crate::ports::{CommandError, CounterMove, Store, TransitionCommit};
+use crate::ports::{AlertCommit, CommandError, CounterMove, Store, TransitionCommit};
 use actix::prelude::*;
 use chrono::Utc;
 use std::sync::Arc;
@@ -19,59 +18,98 @@ pub struct OrderActor {
     order: OrderSummary,
     store: Arc<dyn Store>,
     kitchen: Recipient<Committed>,
+    timers: TimerPolicy,
     timer: Option<SpawnHandle>,
 }
 
 impl OrderActor {
-    pub fn new(order: OrderSummary, store: Arc<dyn Store>, kitchen: Recipient<Committed>) -> Self {
+    pub fn new(
+        order: OrderSummary,
+        store: Arc<dyn Store>,
+        kitchen: Recipient<Committed>,
+        timers: TimerPolicy,
+    ) -> Self {
         OrderActor {
             order,
             store,
             kitchen,
+            timers,
             timer: None,
         }
     }
 
-    /// Arms the timer the current state needs. Deadlines live in the order itself (its wave),
-    /// so a restarted actor re-arms them, and one that passed while the hub was down fires at
-    /// once; the version guard makes it fire once.
+    /// Arms the one timer the order needs next. Deadlines are derived from the stored order
+    /// (its wave, when it was placed and became ready), so a restarted actor re-arms them and
+    /// one that passed while the hub was down fires at once; the version guard makes it fire
+    /// once.
     fn arm_timers(&mut self, ctx: &mut Context<Self>) {
         if let Some(handle) = self.timer.take() {
             ctx.cancel_future(handle);
         }
-        let deadline = match (&self.order.state, &self.order.wave) {
-            (OrderState::Ready, Some(wave)) => wave.ends_at,
-            _ => return,
+        let Some((deadline, action)) = next_timer(&self.order, &self.timers) else {
+            return;
         };
         let wait = (deadline - Utc::now()).to_std().unwrap_or_default();
-        self.timer = Some(ctx.run_later(wait, |act, ctx| {
+        self.timer = Some(ctx.run_later(wait, move |act, ctx| {
             act.timer = None;
-            act.fire(
-                OrderCommand::MarkUncollected,
-                "timer: the service window closed",
-                ctx,
-            );
+            act.fire(action, ctx);
         }));
     }
 
-    fn fire(&mut self, command: OrderCommand, why: &'static str, ctx: &mut Context<Self>) {
+    fn fire(&mut self, action: TimerAction, ctx: &mut Context<Self>) {
         let version = self.order.version;
-        let send = ctx.address().send(Command {
-            command,
-            issuer: Issuer::System,
-            actor_id: None,
-            reason: Some(why.to_owned()),
-            expected_version: Some(version),
-        });
+        let me = ctx.address();
+        let send = async move {
+            match action {
+                TimerAction::Command(command) => me
+                    .send(Command {
+                        command,
+                        issuer: Issuer::System,
+                        actor_id: None,
+                        reason: Some(timer_reason(action).to_owned()),
+                        expected_version: Some(version),
+                    })
+                    .await
+                    .map(|r| r.map(drop)),
+                TimerAction::Alert(alert) => me
+                    .send(RecordAlert {
+                        alert,
+                        expected_version: version,
+                    })
+                    .await
+                    .map(|r| r.map(drop)),
+            }
+        };
         ctx.spawn(send.into_actor(self).map(move |result, act, ctx| {
             if let Ok(Err(CommandError::Unavailable(e) | CommandError::Internal(e))) = result {
                 tracing::warn!(order = %act.order.id, error = %e, "timer could not commit; retrying");
                 act.timer = Some(ctx.run_later(TIMER_RETRY, move |act, ctx| {
                     act.timer = None;
-                    act.fire(command, why, ctx);
+                    act.fire(action, ctx);
                 }));
             }
         }));
+    }
+
+    /// Takes a committed event as the order's new state; a finished order's actor stops.
+    fn apply(&mut self, event: &KitchenEvent, ctx: &mut Context<Self>) {
+        self.order = event.order.clone();
+        self.kitchen.do_send(Committed(event.clone()));
+        if self.order.state.is_terminal() {
+            ctx.stop();
+        } else {
+            self.arm_timers(ctx);
+        }
+    }
+}
+
+/// Why the hub acted on its own, as recorded in the order's history.
+fn timer_reason(action: TimerAction) -> &'static str {
+    match action {
+        TimerAction::Command(OrderCommand::Cancel) => "timer: not confirmed in time",
+        TimerAction::Command(_) => "timer: the service window closed",
+        TimerAction::Alert(Alert::ConfirmOverdue) => "timer: not confirmed in time",
+        TimerAction::Alert(Alert::PickupReminder) => "timer: ready and still waiting",
     }
 }
 
@@ -156,6 +194,7 @@ impl Handler<Command> for OrderActor {
                     school_id,
                     order_id,
                     transition: decided?,
+                    issuer: msg.issuer,
                     actor_id: msg.actor_id,
                     reason,
                 };
@@ -168,13 +207,48 @@ impl Handler<Command> for OrderActor {
                     act.refresh(ctx);
                 }
                 if let Ok(event) = &result {
-                    act.order = event.order.clone();
-                    act.kitchen.do_send(Committed(event.clone()));
-                    if act.order.state.is_terminal() {
-                        ctx.stop();
-                    } else {
-                        act.arm_timers(ctx);
-                    }
+                    act.apply(event, ctx);
+                }
+                result
+            }),
+        ))
+    }
+}
+
+/// A timer's alert, recorded once: the order must still be at the version the timer saw.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<KitchenEvent, CommandError>")]
+pub struct RecordAlert {
+    pub alert: Alert,
+    pub expected_version: i64,
+}
+
+impl Handler<RecordAlert> for OrderActor {
+    type Result = AtomicResponse<Self, Result<KitchenEvent, CommandError>>;
+
+    fn handle(&mut self, msg: RecordAlert, _: &mut Context<Self>) -> Self::Result {
+        let commit = (msg.expected_version == self.order.version
+            && !self.order.alerts.contains(&msg.alert))
+        .then(|| AlertCommit {
+            school_id: self.order.school_id.clone(),
+            order_id: self.order.id.clone(),
+            expected_version: msg.expected_version,
+            alert: msg.alert,
+            reason: timer_reason(TimerAction::Alert(msg.alert)).to_owned(),
+        });
+        let store = self.store.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                store
+                    .record_alert(commit.ok_or(CommandError::VersionConflict)?)
+                    .await
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                match &result {
+                    Ok(event) => act.apply(event, ctx),
+                    Err(CommandError::VersionConflict) => act.refresh(ctx),
+                    Err(_) => {}
                 }
                 result
             }),

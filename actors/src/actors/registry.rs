@@ -2,6 +2,7 @@
 
 use super::kitchen::{Kitchen, KitchenGone};
 use crate::bus::Bus;
+use crate::domain::TimerPolicy;
 use crate::ports::Store;
 use actix::prelude::*;
 use std::collections::HashMap;
@@ -10,14 +11,16 @@ use std::sync::Arc;
 pub struct Registry {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    timers: TimerPolicy,
     kitchens: HashMap<String, Addr<Kitchen>>,
 }
 
 impl Registry {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Registry {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, timers: TimerPolicy) -> Registry {
         Registry {
             store,
             bus,
+            timers,
             kitchens: HashMap::new(),
         }
     }
@@ -36,14 +39,14 @@ impl Handler<KitchenFor> for Registry {
     type Result = MessageResult<KitchenFor>;
 
     fn handle(&mut self, msg: KitchenFor, ctx: &mut Context<Self>) -> Self::Result {
-        let (store, bus) = (self.store.clone(), self.bus.clone());
+        let (store, bus, timers) = (self.store.clone(), self.bus.clone(), self.timers);
         let gone = ctx.address().recipient();
         let school_id = msg.0;
         let addr = self
             .kitchens
             .entry(school_id.clone())
             .or_insert_with(|| {
-                Supervisor::start(move |_| Kitchen::new(school_id, store, bus, Some(gone)))
+                Supervisor::start(move |_| Kitchen::new(school_id, store, bus, Some(gone), timers))
             })
             .clone();
         MessageResult(addr)
