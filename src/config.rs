@@ -34,6 +34,9 @@ pub struct Config {
     /// Log as JSON lines instead of text.
     pub log_json: bool,
     pub smtp: Option<SmtpConfig>,
+    /// Frames a WebSocket may have waiting to be written before it counts as a slow consumer
+    /// and is closed (1013); it then resumes with `since`.
+    pub ws_send_queue: usize,
     /// Order timers: the confirm deadline and what it does, the pickup reminder.
     pub timers: TimerPolicy,
 }
@@ -120,6 +123,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             log_json: false,
             smtp: None,
+            ws_send_queue: 256,
             timers: TimerPolicy::default(),
         }
     }
@@ -165,6 +169,10 @@ impl Config {
             (
                 (1024..=16 << 20).contains(&self.max_body_bytes),
                 "max_body_bytes must be between 1024 and 16777216",
+            ),
+            (
+                (8..=65_536).contains(&self.ws_send_queue),
+                "ws_send_queue must be between 8 and 65536",
             ),
             (
                 (1..=24 * 3600).contains(&self.timers.confirm_within_secs),

@@ -10,7 +10,7 @@ use crate::state::AppState;
 use crate::store::event_from_row;
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, get, web};
-use actix_web_actors::ws;
+use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use chrono::Utc;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -22,9 +22,11 @@ use tiffin_actors::{Catchup, KitchenFor, SnapshotReason, Subscribe, TakeSnapshot
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Frames a socket may have queued before it counts as a slow consumer.
+/// Frames a socket actor may have waiting in its mailbox before it counts as a slow consumer.
 const MAILBOX: usize = 1024;
 const MAX_FRAME: usize = 16 * 1024;
+/// How long a closing socket waits for room to write its close frame before it gives up.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -62,6 +64,77 @@ pub struct Socket {
     state: web::Data<AppState>,
     topics: HashMap<String, TopicState>,
     last_heard: Instant,
+    out: Outbound,
+}
+
+/// What the socket actor hands its writer.
+enum Out {
+    Text(String),
+    /// A catch-up (snapshot or replay): one slot in the queue however long, so a resume
+    /// after a long absence is not mistaken for a slow consumer.
+    Batch(Vec<String>),
+    Ping,
+    Pong(actix_web::web::Bytes),
+}
+
+/// The write side: a bounded queue to a writer task, so a client that stops reading fills
+/// the queue instead of the hub's memory, and never stalls the actor or the kitchen.
+struct Outbound {
+    queue: tokio::sync::mpsc::Sender<Out>,
+    close: Option<tokio::sync::oneshot::Sender<CloseReason>>,
+}
+
+/// Writes queued frames until told to close (the close frame jumps the queue) or the actor
+/// goes away.
+async fn write_out(
+    mut session: actix_ws::Session,
+    mut queue: tokio::sync::mpsc::Receiver<Out>,
+    mut close: tokio::sync::oneshot::Receiver<CloseReason>,
+) {
+    enum Step {
+        Close(Option<CloseReason>),
+        Next(Option<Out>),
+    }
+    loop {
+        let step = tokio::select! {
+            biased;
+            reason = &mut close => Step::Close(reason.ok()),
+            next = queue.recv() => Step::Next(next),
+        };
+        let out = match step {
+            Step::Next(Some(out)) => out,
+            Step::Next(None) | Step::Close(None) => break finish(session, None).await,
+            Step::Close(reason) => break finish(session, reason).await,
+        };
+        let step = {
+            let sent = async {
+                match out {
+                    Out::Text(text) => session.text(text).await,
+                    Out::Batch(texts) => {
+                        for text in texts {
+                            session.text(text).await?;
+                        }
+                        Ok(())
+                    }
+                    Out::Ping => session.ping(b"").await,
+                    Out::Pong(bytes) => session.pong(&bytes).await,
+                }
+            };
+            tokio::select! {
+                biased;
+                reason = &mut close => Some(reason.ok()),
+                sent = sent => sent.is_err().then_some(None),
+            }
+        };
+        if let Some(reason) = step {
+            break finish(session, reason).await;
+        }
+    }
+}
+
+async fn finish(session: actix_ws::Session, reason: Option<CloseReason>) {
+    // A client that never reads never makes room: drop the connection after the grace.
+    let _ = tokio::time::timeout(CLOSE_GRACE, session.close(reason)).await;
 }
 
 /// What a subscription sends before its live frames.
@@ -267,9 +340,39 @@ async fn catch_up_order(
 }
 
 impl Socket {
-    fn error(&self, ctx: &mut ws::WebsocketContext<Self>, code: ErrorCode, message: &str) {
-        ctx.text(
+    /// Queues a frame; a full queue is a slow consumer, closed so it resumes with `since`.
+    fn send(&mut self, out: Out, ctx: &mut Context<Self>) {
+        match self.out.queue.try_send(out) {
+            Ok(()) => {}
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(user = %self.who.user_id, "slow consumer disconnected");
+                metrics::counter!("ws_slow_consumers_dropped_total").increment(1);
+                self.close(CloseCode::Again, "slow consumer: resume with since", ctx);
+            }
+            // The writer is gone: the connection is over.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+        }
+    }
+
+    fn text(&mut self, text: impl Into<String>, ctx: &mut Context<Self>) {
+        self.send(Out::Text(text.into()), ctx);
+    }
+
+    /// Closes with a code and reason, ahead of anything still queued, and stops.
+    fn close(&mut self, code: CloseCode, description: &str, ctx: &mut Context<Self>) {
+        if let Some(close) = self.out.close.take() {
+            let _ = close.send(CloseReason {
+                code,
+                description: Some(description.to_owned()),
+            });
+        }
+        ctx.stop();
+    }
+
+    fn error(&mut self, ctx: &mut Context<Self>, code: ErrorCode, message: &str) {
+        self.text(
             serde_json::json!({"type": "error", "code": code, "message": message}).to_string(),
+            ctx,
         );
     }
 
@@ -290,12 +393,7 @@ impl Socket {
         }
     }
 
-    fn subscribe(
-        &mut self,
-        topic: String,
-        since: Option<i64>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn subscribe(&mut self, topic: String, since: Option<i64>, ctx: &mut Context<Self>) {
         let source = match self.authorise(&topic) {
             Ok(source) => source,
             Err(e) => return self.error(ctx, e.code, &e.message),
@@ -339,7 +437,7 @@ impl Socket {
         &mut self,
         topic: String,
         result: Result<CaughtUp, ApiError>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         let caught = match result {
             Ok(caught) => caught,
@@ -354,21 +452,25 @@ impl Socket {
             return;
         };
         entry.bus_id = Some(caught.bus_id);
-        ctx.text(
+        self.text(
             serde_json::json!({"type": "subscribed", "topic": topic, "seq": caught.last})
                 .to_string(),
+            ctx,
         );
         self.go_live(topic, caught, ctx);
     }
 
     /// Sends the catch-up frames, then whatever arrived live meanwhile, in order.
-    fn go_live(&mut self, topic: String, caught: CaughtUp, ctx: &mut ws::WebsocketContext<Self>) {
+    fn go_live(&mut self, topic: String, caught: CaughtUp, ctx: &mut Context<Self>) {
+        if !self.topics.contains_key(&topic) {
+            return;
+        }
+        if !caught.frames.is_empty() {
+            self.send(Out::Batch(caught.frames), ctx);
+        }
         let Some(entry) = self.topics.get_mut(&topic) else {
             return;
         };
-        for frame in caught.frames {
-            ctx.text(frame);
-        }
         let waiting = match std::mem::replace(&mut entry.phase, Phase::Live { last: caught.last }) {
             Phase::CatchingUp(waiting) => waiting,
             Phase::Live { .. } => Vec::new(),
@@ -379,7 +481,7 @@ impl Socket {
     }
 
     /// Writes a live frame in sequence: duplicates are dropped, a gap is filled from the store.
-    fn deliver(&mut self, msg: Deliver, ctx: &mut ws::WebsocketContext<Self>) {
+    fn deliver(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
         let Some(entry) = self.topics.get_mut(&msg.frame.topic) else {
             return;
         };
@@ -388,7 +490,7 @@ impl Socket {
             Phase::Live { last } if msg.frame.seq <= *last => {}
             Phase::Live { last } if msg.frame.seq == *last + 1 => {
                 *last = msg.frame.seq;
-                ctx.text(&*msg.json);
+                self.text(&*msg.json, ctx);
                 metrics::counter!("ws_frames_sent_total").increment(1);
             }
             Phase::Live { last } => {
@@ -408,11 +510,7 @@ impl Socket {
                             Err(e) => {
                                 // Cannot fill the gap: tell the client to resume rather than skip.
                                 tracing::warn!(error = %e.message, "gap fill failed; closing the socket");
-                                ctx.close(Some(ws::CloseReason {
-                                    code: ws::CloseCode::Again,
-                                    description: Some("missed frames: resume with since".into()),
-                                }));
-                                ctx.stop();
+                                act.close(CloseCode::Again, "missed frames: resume with since", ctx);
                             }
                         }),
                 );
@@ -422,7 +520,7 @@ impl Socket {
 }
 
 impl Actor for Socket {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
@@ -430,19 +528,15 @@ impl Actor for Socket {
         ctx.run_interval(HEARTBEAT, |act, ctx| {
             if Utc::now().timestamp() > act.who.expires_at {
                 // Re-authentication is a reconnect with a fresh token and `since`.
-                ctx.close(Some(ws::CloseReason {
-                    code: ws::CloseCode::Policy,
-                    description: Some("token expired: reconnect with a fresh token".into()),
-                }));
-                ctx.stop();
+                act.close(
+                    CloseCode::Policy,
+                    "token expired: reconnect with a fresh token",
+                    ctx,
+                );
             } else if act.last_heard.elapsed() > IDLE_TIMEOUT {
-                ctx.close(Some(ws::CloseReason {
-                    code: ws::CloseCode::Away,
-                    description: Some("idle timeout".into()),
-                }));
-                ctx.stop();
+                act.close(CloseCode::Away, "idle timeout", ctx);
             } else {
-                ctx.ping(b"");
+                act.send(Out::Ping, ctx);
             }
         });
     }
@@ -469,19 +563,15 @@ impl Handler<Overflowed> for Socket {
     fn handle(&mut self, msg: Overflowed, ctx: &mut Self::Context) {
         tracing::info!(topic = %msg.topic, user = %self.who.user_id, "slow consumer disconnected");
         metrics::counter!("ws_slow_consumers_dropped_total").increment(1);
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::Again,
-            description: Some("slow consumer: resume with since".into()),
-        }));
-        ctx.stop();
+        self.close(CloseCode::Again, "slow consumer: resume with since", ctx);
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Socket {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Message, ProtocolError>> for Socket {
+    fn handle(&mut self, msg: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match msg {
-            Ok(ws::Message::Text(text)) => match serde_json::from_str::<ClientFrame>(&text) {
+            Ok(Message::Text(text)) => match serde_json::from_str::<ClientFrame>(&text) {
                 Ok(ClientFrame::Subscribe { topic, since }) => self.subscribe(topic, since, ctx),
                 Ok(ClientFrame::Unsubscribe { topic }) => {
                     if let Some(TopicState {
@@ -490,30 +580,28 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Socket {
                     {
                         self.state.bus.unsubscribe(&topic, id);
                     }
-                    ctx.text(
+                    self.text(
                         serde_json::json!({"type": "unsubscribed", "topic": topic}).to_string(),
+                        ctx,
                     );
                 }
-                Ok(ClientFrame::Ping) => ctx.text(r#"{"type":"pong"}"#),
+                Ok(ClientFrame::Ping) => self.text(r#"{"type":"pong"}"#, ctx),
                 Err(e) => self.error(ctx, ErrorCode::InvalidBody, &format!("bad frame: {e}")),
             },
-            Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
-            Ok(ws::Message::Pong(_)) => {}
-            Ok(ws::Message::Binary(_)) => {
+            Ok(Message::Ping(bytes)) => self.send(Out::Pong(bytes), ctx),
+            Ok(Message::Pong(_)) => {}
+            Ok(Message::Binary(_)) => {
                 self.error(ctx, ErrorCode::InvalidBody, "frames are JSON text")
             }
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
+            Ok(Message::Close(reason)) => {
+                // Echo the client's close.
+                if let (Some(reason), Some(close)) = (reason, self.out.close.take()) {
+                    let _ = close.send(reason);
+                }
                 ctx.stop();
             }
-            Ok(ws::Message::Continuation(_)) | Ok(ws::Message::Nop) => {}
-            Err(e) => {
-                ctx.close(Some(ws::CloseReason {
-                    code: ws::CloseCode::Protocol,
-                    description: Some(e.to_string()),
-                }));
-                ctx.stop();
-            }
+            Ok(Message::Continuation(_)) | Ok(Message::Nop) => {}
+            Err(e) => self.close(CloseCode::Protocol, &e.to_string(), ctx),
         }
     }
 }
@@ -538,20 +626,27 @@ pub async fn connect(
         ApiError::new(ErrorCode::Unauthenticated, "pass access_token in the query")
     })?;
     let who = Principal::from_claims(state.keys.verify(token)?);
-    let socket = Socket {
-        who,
-        state,
-        topics: HashMap::new(),
-        last_heard: Instant::now(),
-    };
-    ws::WsResponseBuilder::new(socket, &req, stream)
-        .frame_size(MAX_FRAME)
-        .start()
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::WebsocketUpgradeRequired,
-                format!("expected a WebSocket upgrade: {e}"),
-            )
-            .into()
-        })
+    let (response, session, inbound) = actix_ws::handle(&req, stream).map_err(|e| {
+        ApiError::new(
+            ErrorCode::WebsocketUpgradeRequired,
+            format!("expected a WebSocket upgrade: {e}"),
+        )
+    })?;
+    let (queue, queued) = tokio::sync::mpsc::channel(state.config.ws_send_queue);
+    let (close, closing) = tokio::sync::oneshot::channel();
+    actix_web::rt::spawn(write_out(session, queued, closing));
+    Socket::create(|ctx| {
+        ctx.add_stream(inbound.max_frame_size(MAX_FRAME));
+        Socket {
+            who,
+            state,
+            topics: HashMap::new(),
+            last_heard: Instant::now(),
+            out: Outbound {
+                queue,
+                close: Some(close),
+            },
+        }
+    });
+    Ok(response)
 }

@@ -171,7 +171,10 @@ async fn open_kitchen_socket(hub: &Hub, token: &str, school: &str) -> Socket {
     socket
 }
 
-async fn next_json(socket: &mut Socket) -> Value {
+async fn next_json<T>(socket: &mut actix_codec::Framed<T, ws::Codec>) -> Value
+where
+    T: actix_codec::AsyncRead + actix_codec::AsyncWrite + Unpin,
+{
     loop {
         let frame = actix_web::rt::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -1064,6 +1067,245 @@ async fn a_deadline_missed_while_down_fires_once_after_restart() {
     db.drop_database().await;
 }
 
+/// A counter of the hub's `/metrics`, 0 if it has not been recorded yet.
+async fn metric(hub: &Hub, name: &str) -> f64 {
+    let text = String::from_utf8(
+        client()
+            .get(hub.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A dashboard that stops reading is closed with 1013 once its send queue is full and
+/// resumes with `since` without a gap; meanwhile another dashboard gets every frame promptly
+/// and the kitchen keeps taking orders.
+#[actix_web::test]
+async fn a_slow_consumer_is_closed_and_slows_nobody() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut env = hub_env(&db, None);
+    env.push(("TIFFIN_WS_SEND_QUEUE".into(), "16".into()));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "slow").await;
+    // Large frames: every order carries twenty meals with long names.
+    let mut items = Vec::new();
+    for n in 0..20 {
+        let meal = expect(
+            post(
+                &hub,
+                &admin,
+                &format!("/api/v1/schools/{}/meals", f.school),
+                json!({"name": format!("{n:02} {}", "Roasted seasonal vegetables with herbs ".repeat(2)), "price_cents": 100}),
+            )
+            .await,
+            201,
+        );
+        items.push(json!({"meal_id": meal["id"], "quantity": 1}));
+    }
+    let topic = format!("kitchen:{}", f.school);
+    let mut slow = tight_socket(&hub, &f.kitchen_token).await;
+    slow.send(ws::Message::Text(
+        json!({"type": "subscribe", "topic": topic})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut slow).await["type"], "subscribed");
+    assert_eq!(next_json(&mut slow).await["type"], "snapshot");
+    // From here on `slow` is not read until the hub has given up on it.
+
+    let mut healthy = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
+    let seen: Rc<RefCell<Vec<(i64, f64)>>> = Rc::default();
+    let reader = {
+        let seen = seen.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                let frame = next_json(&mut healthy).await;
+                let at: chrono::DateTime<chrono::Utc> =
+                    frame["at"].as_str().unwrap().parse().unwrap();
+                let delay = (chrono::Utc::now() - at).num_microseconds().unwrap() as f64 / 1000.0;
+                seen.borrow_mut()
+                    .push((frame["seq"].as_i64().unwrap(), delay));
+            }
+        })
+    };
+    let mut placed = 0;
+    while metric(&hub, "ws_slow_consumers_dropped_total").await < 1.0 {
+        assert!(placed < 3000, "the stalled socket was never dropped");
+        let batch = (0..8).map(|_| {
+            send(
+                client()
+                    .post(hub.url(&format!("/api/v1/schools/{}/orders", f.school)))
+                    .bearer_auth(&f.student_token),
+                Some(json!({"items": items})),
+            )
+        });
+        for reply in futures_util::future::join_all(batch).await {
+            assert_eq!(
+                reply.status, 201,
+                "the kitchen keeps taking orders: {}",
+                reply.body
+            );
+            placed += 1;
+        }
+    }
+    // And after: the kitchen still takes orders.
+    for _ in 0..5 {
+        expect(
+            send(
+                client()
+                    .post(hub.url(&format!("/api/v1/schools/{}/orders", f.school)))
+                    .bearer_auth(&f.student_token),
+                Some(json!({"items": items})),
+            )
+            .await,
+            201,
+        );
+        placed += 1;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.borrow().len() < placed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "healthy socket fell behind"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.abort();
+    let seen = seen.borrow().clone();
+    let first = seen[0].0;
+    assert!(
+        seen.iter().zip(first..).all(|((seq, _), n)| *seq == n),
+        "the healthy dashboard got every frame in order"
+    );
+    let mut delays: Vec<f64> = seen.iter().map(|(_, d)| *d).collect();
+    delays.sort_by(f64::total_cmp);
+    let (p50, max) = (delays[delays.len() / 2], delays[delays.len() - 1]);
+    eprintln!(
+        "slow consumer: {placed} orders; healthy socket delay p50 {p50:.1} ms, max {max:.1} ms"
+    );
+    assert!(
+        max < 2000.0,
+        "a stalled socket held others up: max delay {max} ms"
+    );
+
+    // Now the stalled client reads: what was written, then the close with its reason.
+    let mut last = 0;
+    let close = loop {
+        let frame = actix_web::rt::time::timeout(Duration::from_secs(10), slow.next())
+            .await
+            .expect("no close")
+            .expect("socket ended without a close frame")
+            .unwrap();
+        match frame {
+            ws::Frame::Text(bytes) => {
+                let v: Value = serde_json::from_slice(&bytes).unwrap();
+                let seq = v["seq"].as_i64().unwrap();
+                assert!(last == 0 || seq == last + 1, "in order: {seq} after {last}");
+                last = seq;
+            }
+            ws::Frame::Close(reason) => break reason.expect("a close reason"),
+            _ => {}
+        }
+    };
+    assert_eq!(close.code, ws::CloseCode::Again);
+    assert_eq!(
+        close.description.as_deref(),
+        Some("slow consumer: resume with since")
+    );
+    assert!(
+        last > 0 && last < first + placed as i64 - 1,
+        "dropped mid-stream at {last}"
+    );
+
+    // It resumes where it stopped, with exactly what it missed.
+    let (mut resumed, subscribed) = subscribe(&hub, &f.kitchen_token, &f.school, Some(last)).await;
+    let upto = subscribed["seq"].as_i64().unwrap();
+    assert_eq!(upto, first + placed as i64 - 1);
+    for seq in last + 1..=upto {
+        assert_eq!(next_json(&mut resumed).await["seq"], seq);
+    }
+    drop(hub);
+    db.drop_database().await;
+}
+
+/// Hundreds of dashboards drop at once and reconnect within a second with `since`: every
+/// one gets exactly the frames it missed, in order, then live frames again.
+#[actix_web::test]
+async fn a_reconnect_storm_recovers_every_socket_without_a_gap() {
+    const SOCKETS: usize = 300;
+    let db = TestDb::new(Backend::Postgres).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "storm").await;
+    expect(place_order(&hub, &f, "storm-0", 1).await, 201);
+    let opened = futures_util::future::join_all(
+        (0..SOCKETS).map(|_| subscribe(&hub, &f.kitchen_token, &f.school, None)),
+    )
+    .await;
+    let since: Vec<i64> = opened
+        .iter()
+        .map(|(_, subscribed)| subscribed["seq"].as_i64().unwrap())
+        .collect();
+    drop(opened);
+    // What they miss while away: orders placed and moved on.
+    let mut missed = Vec::new();
+    for n in 1..=5 {
+        let id = expect(place_order(&hub, &f, &format!("storm-{n}"), 1).await, 201)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/api/v1/orders/{id}/confirm");
+        expect(post(&hub, &f.kitchen_token, &path, json!({})).await, 200);
+        missed.push(id);
+    }
+    let started = std::time::Instant::now();
+    let mut sockets = futures_util::future::join_all(
+        since
+            .iter()
+            .map(|s| subscribe(&hub, &f.kitchen_token, &f.school, Some(*s))),
+    )
+    .await;
+    let reconnected_in = started.elapsed();
+    eprintln!("reconnect storm: {SOCKETS} sockets resubscribed in {reconnected_in:?}");
+    let live = expect(place_order(&hub, &f, "storm-live", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for ((socket, subscribed), since) in sockets.iter_mut().zip(&since) {
+        let upto = subscribed["seq"].as_i64().unwrap();
+        assert_eq!(upto, since + 10, "ten events missed");
+        let mut orders = Vec::new();
+        for seq in since + 1..=upto + 1 {
+            let frame = next_json(socket).await;
+            assert_eq!(frame["seq"], seq, "{frame}");
+            orders.push(frame["data"]["order_id"].as_str().unwrap().to_owned());
+        }
+        let expected: Vec<&String> = missed
+            .iter()
+            .flat_map(|id| [id, id])
+            .chain(std::iter::once(&live))
+            .collect();
+        assert_eq!(orders.iter().collect::<Vec<_>>(), expected);
+    }
+    assert!(metric(&hub, "ws_resumes_served_total").await >= SOCKETS as f64);
+    drop(hub);
+    db.drop_database().await;
+}
+
 /// The history entries of one order with the given event type.
 async fn history_of(hub: &Hub, token: &str, order: &str, kind: &str) -> Vec<Value> {
     let got = expect(
@@ -1374,7 +1616,12 @@ async fn killed_mid_burst(backend: Backend) {
                 get(&hub, &f.kitchen_token, &format!("/api/v1/orders/{id}")).await,
                 200,
             );
-            let reminded = history_of(&hub, &f.kitchen_token, id, "order.pickup_reminder").await;
+            let reminded: Vec<&Value> = got["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h["type"] == "order.pickup_reminder")
+                .collect();
             if !ready || !reminded.is_empty() {
                 assert!(reminded.len() <= 1, "one reminder: {reminded:?}");
                 break got;

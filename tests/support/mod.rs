@@ -310,6 +310,36 @@ impl Hub {
     }
 }
 
+/// A WebSocket to the hub with a tiny receive buffer, so that once the test stops reading,
+/// the hub's writes back up at once instead of filling a large kernel buffer.
+pub async fn tight_socket(
+    hub: &Hub,
+    token: &str,
+) -> actix_codec::Framed<tokio::net::TcpStream, awc::ws::Codec> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = hub.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Byte by byte: whatever follows the head already belongs to the WebSocket.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    actix_codec::Framed::new(stream, awc::ws::Codec::new().client_mode())
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         let _ = self.child.kill();
