@@ -137,6 +137,7 @@ pub fn build(
         .service(ops::metrics)
         .service(pages::index)
         .service(pages::dashboard)
+        .service(pages::board)
         .service(
             scope("/api/v1")
                 .service(auth::login)

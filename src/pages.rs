@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, get, web};
 
 const INDEX: &str = include_str!("../templates/pages/index.html");
 const DASHBOARD: &str = include_str!("../templates/pages/dashboard.html");
+const BOARD: &str = include_str!("../templates/pages/board.html");
 
 fn html(body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
@@ -24,4 +25,12 @@ pub async fn index() -> HttpResponse {
 #[get("/dashboard/{school_id}")]
 pub async fn dashboard(_school_id: web::Path<uuid::Uuid>) -> HttpResponse {
     html(DASHBOARD)
+}
+
+/// The now-serving board for a school's pickup counters (`?counter=N` for one counter):
+/// pickup codes and first names with an initial, nothing else.
+#[utoipa::path(tag = "pages", responses((status = 200, description = "now-serving board", content_type = "text/html")))]
+#[get("/board/{school_id}")]
+pub async fn board(_school_id: web::Path<uuid::Uuid>) -> HttpResponse {
+    html(BOARD)
 }

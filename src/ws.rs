@@ -51,6 +51,82 @@ enum Source {
     Kitchen(String),
     /// One order: its events, numbered by the order's version.
     Order(String),
+    /// A school's pickup board: the kitchen's events reduced to what a public screen may
+    /// show (pickup code, first name and initial, counter), numbered by the kitchen sequence.
+    Board(String),
+}
+
+impl Source {
+    /// The bus topic the frames come from.
+    fn bus_topic(&self) -> String {
+        match self {
+            Source::Kitchen(school_id) | Source::Board(school_id) => {
+                tiffin_actors::bus::kitchen_topic(school_id)
+            }
+            Source::Order(order_id) => tiffin_actors::bus::order_topic(order_id),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Source::Kitchen(_) => "kitchen",
+            Source::Order(_) => "order",
+            Source::Board(_) => "board",
+        }
+    }
+}
+
+/// "Ada Lovelace" -> "Ada L.": enough to call a name at a counter, no more.
+fn first_name_and_initial(name: &str) -> String {
+    let mut parts = name.split_whitespace();
+    let first = parts.next().unwrap_or_default();
+    match parts.last().and_then(|last| last.chars().next()) {
+        Some(initial) => format!("{first} {initial}."),
+        None => first.to_owned(),
+    }
+}
+
+fn board_entry(order: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "pickup_code": order["pickup_code"],
+        "name": first_name_and_initial(order["student_name"].as_str().unwrap_or_default()),
+        "counter": order["counter"]["number"],
+    })
+}
+
+/// A kitchen frame as the pickup board sees it, or `None` if the board does not change:
+/// `board.ready` when a meal is waiting (or moved counters), `board.gone` when it left.
+fn board_frame(topic: &str, frame: &Frame) -> Option<Frame> {
+    let ready = |o: &serde_json::Value| o["state"] == "ready";
+    let (kind, data) = if frame.kind == "snapshot" {
+        let waiting: Vec<_> = frame.data["orders"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| ready(o))
+            .map(board_entry)
+            .collect();
+        let reason = frame.data["reason"].clone();
+        (
+            "snapshot",
+            serde_json::json!({"reason": reason, "ready": waiting}),
+        )
+    } else {
+        let order = &frame.data["order"];
+        let was_ready = frame.data["from"] == "ready";
+        match frame.kind.as_str() {
+            "order.ready" | "order.counter_changed" => ("board.ready", board_entry(order)),
+            _ if was_ready && !ready(order) => ("board.gone", board_entry(order)),
+            _ => return None,
+        }
+    };
+    Some(Frame {
+        topic: topic.to_owned(),
+        seq: frame.seq,
+        kind: kind.to_owned(),
+        data,
+        at: frame.at,
+    })
 }
 
 struct TopicState {
@@ -140,7 +216,7 @@ async fn finish(session: actix_ws::Session, reason: Option<CloseReason>) {
 /// What a subscription sends before its live frames.
 struct CaughtUp {
     bus_id: u64,
-    frames: Vec<String>,
+    frames: Vec<Frame>,
     last: i64,
 }
 
@@ -149,9 +225,9 @@ async fn replay(
     source: &Source,
     after: i64,
     upto: i64,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<Vec<Frame>, ApiError> {
     let (events, frame): (Vec<KitchenEvent>, fn(&KitchenEvent) -> Frame) = match source {
-        Source::Kitchen(school_id) => (
+        Source::Kitchen(school_id) | Source::Board(school_id) => (
             state
                 .store
                 .events_since(school_id, after, upto - after)
@@ -176,7 +252,7 @@ async fn replay(
             "event log does not hold the requested range",
         ));
     }
-    Ok(frames.iter().map(Frame::to_json).collect())
+    Ok(frames)
 }
 
 fn snapshot_frame(
@@ -184,7 +260,7 @@ fn snapshot_frame(
     seq: i64,
     orders: &[tiffin_actors::domain::OrderSummary],
     reason: SnapshotReason,
-) -> String {
+) -> Frame {
     Frame {
         topic: topic.to_owned(),
         seq,
@@ -192,7 +268,6 @@ fn snapshot_frame(
         data: serde_json::json!({"reason": reason.as_str(), "orders": orders}),
         at: Utc::now(),
     }
-    .to_json()
 }
 
 async fn catch_up(
@@ -203,10 +278,10 @@ async fn catch_up(
     since: Option<i64>,
     subscriber: Subscriber,
 ) -> Result<CaughtUp, ApiError> {
-    let school_id = match source {
-        Source::Kitchen(school_id) => school_id,
+    let school_id = match &source {
+        Source::Kitchen(school_id) | Source::Board(school_id) => school_id.clone(),
         Source::Order(order_id) => {
-            return catch_up_order(&state, &who, &topic, &order_id, since, subscriber).await;
+            return catch_up_order(&state, &who, &topic, order_id, since, subscriber).await;
         }
     };
     if repo::school(&state.db, &school_id).await?.is_none() {
@@ -216,7 +291,7 @@ async fn catch_up(
     let (bus_id, catchup) = kitchen.send(Subscribe { subscriber, since }).await??;
     let result = finish_catch_up(&state, &topic, &school_id, &kitchen, bus_id, catchup).await;
     if result.is_err() {
-        state.bus.unsubscribe(&topic, bus_id);
+        state.bus.unsubscribe(&source.bus_topic(), bus_id);
     }
     result
 }
@@ -328,7 +403,7 @@ async fn catch_up_order(
         };
         Ok(CaughtUp {
             bus_id,
-            frames: vec![frame.to_json()],
+            frames: vec![frame],
             last,
         })
     }
@@ -376,8 +451,8 @@ impl Socket {
         );
     }
 
-    /// Who may subscribe to what: a kitchen topic needs kitchen staff of that school; an
-    /// order topic is checked against the order once it is loaded.
+    /// Who may subscribe to what: a kitchen topic needs kitchen staff of that school; a
+    /// board, anyone of that school; an order topic is checked against the order once loaded.
     fn authorise(&self, topic: &str) -> Result<Source, ApiError> {
         let id = |v: &str| uuid::Uuid::parse_str(v).is_ok();
         match topic.split_once(':') {
@@ -386,6 +461,10 @@ impl Socket {
                 Ok(Source::Kitchen(school_id.to_owned()))
             }
             Some(("order", order_id)) if id(order_id) => Ok(Source::Order(order_id.to_owned())),
+            Some(("board", school_id)) if id(school_id) => {
+                self.who.require_school(school_id)?;
+                Ok(Source::Board(school_id.to_owned()))
+            }
             _ => Err(ApiError::new(
                 ErrorCode::NotFound,
                 format!("unknown topic {topic:?}"),
@@ -419,6 +498,7 @@ impl Socket {
             overflow: me.recipient(),
         };
         let state = self.state.clone();
+        let bus_topic = source.bus_topic();
         ctx.spawn(
             catch_up(
                 state,
@@ -429,13 +509,14 @@ impl Socket {
                 subscriber,
             )
             .into_actor(self)
-            .map(move |result, act, ctx| act.caught_up(topic, result, ctx)),
+            .map(move |result, act, ctx| act.caught_up(topic, bus_topic, result, ctx)),
         );
     }
 
     fn caught_up(
         &mut self,
         topic: String,
+        bus_topic: String,
         result: Result<CaughtUp, ApiError>,
         ctx: &mut Context<Self>,
     ) {
@@ -448,10 +529,11 @@ impl Socket {
         };
         let Some(entry) = self.topics.get_mut(&topic) else {
             // Unsubscribed while catching up.
-            self.state.bus.unsubscribe(&topic, caught.bus_id);
+            self.state.bus.unsubscribe(&bus_topic, caught.bus_id);
             return;
         };
         entry.bus_id = Some(caught.bus_id);
+        metrics::gauge!("ws_subscriptions", "kind" => entry.source.kind()).increment(1.0);
         self.text(
             serde_json::json!({"type": "subscribed", "topic": topic, "seq": caught.last})
                 .to_string(),
@@ -462,11 +544,16 @@ impl Socket {
 
     /// Sends the catch-up frames, then whatever arrived live meanwhile, in order.
     fn go_live(&mut self, topic: String, caught: CaughtUp, ctx: &mut Context<Self>) {
-        if !self.topics.contains_key(&topic) {
+        let Some(entry) = self.topics.get(&topic) else {
             return;
-        }
-        if !caught.frames.is_empty() {
-            self.send(Out::Batch(caught.frames), ctx);
+        };
+        let frames: Vec<String> = caught
+            .frames
+            .iter()
+            .filter_map(|f| render(&topic, &entry.source, f))
+            .collect();
+        if !frames.is_empty() {
+            self.send(Out::Batch(frames), ctx);
         }
         let Some(entry) = self.topics.get_mut(&topic) else {
             return;
@@ -476,13 +563,34 @@ impl Socket {
             Phase::Live { .. } => Vec::new(),
         };
         for frame in waiting {
-            self.deliver(frame, ctx);
+            self.deliver_to(topic.clone(), frame, ctx);
+        }
+    }
+
+    /// Leaves the bus; a subscription still catching up is left when its catch-up returns.
+    fn end_subscription(&self, entry: TopicState) {
+        if let Some(id) = entry.bus_id {
+            self.state.bus.unsubscribe(&entry.source.bus_topic(), id);
+            metrics::gauge!("ws_subscriptions", "kind" => entry.source.kind()).decrement(1.0);
+        }
+    }
+
+    /// Hands a bus frame to every subscription it feeds (a kitchen and its board share one).
+    fn deliver(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        let topics: Vec<String> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| t.source.bus_topic() == msg.frame.topic)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in topics {
+            self.deliver_to(topic, msg.clone(), ctx);
         }
     }
 
     /// Writes a live frame in sequence: duplicates are dropped, a gap is filled from the store.
-    fn deliver(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        let Some(entry) = self.topics.get_mut(&msg.frame.topic) else {
+    fn deliver_to(&mut self, topic: String, msg: Deliver, ctx: &mut Context<Self>) {
+        let Some(entry) = self.topics.get_mut(&topic) else {
             return;
         };
         match &mut entry.phase {
@@ -490,12 +598,18 @@ impl Socket {
             Phase::Live { last } if msg.frame.seq <= *last => {}
             Phase::Live { last } if msg.frame.seq == *last + 1 => {
                 *last = msg.frame.seq;
-                self.text(&*msg.json, ctx);
-                metrics::counter!("ws_frames_sent_total").increment(1);
+                let text = match entry.source {
+                    // Already serialised once for every subscriber.
+                    Source::Kitchen(_) | Source::Order(_) => Some(msg.json.to_string()),
+                    Source::Board(_) => render(&topic, &entry.source, &msg.frame),
+                };
+                if let Some(text) = text {
+                    self.text(text, ctx);
+                    metrics::counter!("ws_frames_sent_total").increment(1);
+                }
             }
             Phase::Live { last } => {
                 let (after, upto) = (*last, msg.frame.seq - 1);
-                let topic = msg.frame.topic.clone();
                 let source = entry.source.clone();
                 entry.phase = Phase::CatchingUp(vec![msg]);
                 let state = self.state.clone();
@@ -516,6 +630,14 @@ impl Socket {
                 );
             }
         }
+    }
+}
+
+/// A frame as a subscription of `source` sees it on `topic`.
+fn render(topic: &str, source: &Source, frame: &Frame) -> Option<String> {
+    match source {
+        Source::Kitchen(_) | Source::Order(_) => Some(frame.to_json()),
+        Source::Board(_) => board_frame(topic, frame).map(|f| f.to_json()),
     }
 }
 
@@ -543,10 +665,8 @@ impl Actor for Socket {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         metrics::gauge!("ws_sockets").decrement(1.0);
-        for (topic, entry) in self.topics.drain() {
-            if let Some(id) = entry.bus_id {
-                self.state.bus.unsubscribe(&topic, id);
-            }
+        for (_, entry) in std::mem::take(&mut self.topics) {
+            self.end_subscription(entry);
         }
     }
 }
@@ -574,11 +694,8 @@ impl StreamHandler<Result<Message, ProtocolError>> for Socket {
             Ok(Message::Text(text)) => match serde_json::from_str::<ClientFrame>(&text) {
                 Ok(ClientFrame::Subscribe { topic, since }) => self.subscribe(topic, since, ctx),
                 Ok(ClientFrame::Unsubscribe { topic }) => {
-                    if let Some(TopicState {
-                        bus_id: Some(id), ..
-                    }) = self.topics.remove(&topic)
-                    {
-                        self.state.bus.unsubscribe(&topic, id);
+                    if let Some(entry) = self.topics.remove(&topic) {
+                        self.end_subscription(entry);
                     }
                     self.text(
                         serde_json::json!({"type": "unsubscribed", "topic": topic}).to_string(),
@@ -649,4 +766,65 @@ pub async fn connect(
         }
     });
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boards_show_a_first_name_and_an_initial() {
+        assert_eq!(first_name_and_initial("Ada Lovelace"), "Ada L.");
+        assert_eq!(
+            first_name_and_initial("  Grace  Brewster Hopper "),
+            "Grace H."
+        );
+        assert_eq!(first_name_and_initial("Ada"), "Ada");
+        assert_eq!(first_name_and_initial(""), "");
+    }
+
+    fn kitchen_frame(kind: &str, from: &str, state: &str) -> Frame {
+        Frame {
+            topic: "kitchen:s".into(),
+            seq: 7,
+            kind: kind.into(),
+            data: serde_json::json!({"from": from, "order": {
+                "id": "o", "student_id": "st", "student_name": "Ada Lovelace", "state": state,
+                "pickup_code": "AC34", "counter": {"id": "c", "number": 2, "name": "Counter 2"},
+                "items": [{"name": "Soup"}]}}),
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_board_sees_meals_arrive_and_leave_and_nothing_private() {
+        let ready = board_frame(
+            "board:s",
+            &kitchen_frame("order.ready", "preparing", "ready"),
+        )
+        .unwrap();
+        assert_eq!(ready.kind, "board.ready");
+        assert_eq!(ready.seq, 7);
+        assert_eq!(
+            ready.data,
+            serde_json::json!({"pickup_code": "AC34", "name": "Ada L.", "counter": 2})
+        );
+        let gone = board_frame(
+            "board:s",
+            &kitchen_frame("order.picked_up", "ready", "picked_up"),
+        )
+        .unwrap();
+        assert_eq!(gone.kind, "board.gone");
+        let recalled = board_frame(
+            "board:s",
+            &kitchen_frame("order.preparing", "ready", "preparing"),
+        );
+        assert_eq!(recalled.map(|f| f.kind), Some("board.gone".into()));
+        for (kind, from, state) in [
+            ("order.confirmed", "placed", "confirmed"),
+            ("order.pickup_reminder", "ready", "ready"),
+        ] {
+            assert!(board_frame("board:s", &kitchen_frame(kind, from, state)).is_none());
+        }
+    }
 }

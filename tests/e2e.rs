@@ -1306,6 +1306,92 @@ async fn a_reconnect_storm_recovers_every_socket_without_a_gap() {
     db.drop_database().await;
 }
 
+/// The pickup board: anyone of the school may watch it; it shows a ready meal's pickup code,
+/// first name and counter, and nothing else; it resumes with `since`.
+#[actix_web::test]
+async fn the_pickup_board_shows_codes_and_first_names_only() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "board").await;
+    let other = fixture(&hub, &admin, "elsewhere").await;
+    let topic = format!("board:{}", f.school);
+    let page = client()
+        .get(hub.url(&format!("/board/{}?counter=1", f.school)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+
+    // Another school's student may not watch this one's board.
+    let (_, mut outsider) = client()
+        .ws(hub.ws_url(&other.student_token))
+        .connect()
+        .await
+        .unwrap();
+    outsider
+        .send(ws::Message::Text(
+            json!({"type": "subscribe", "topic": topic})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let refused = next_json(&mut outsider).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("wrong_school")),
+        "{refused}"
+    );
+
+    let (mut board, subscribed) = subscribe_topic(&hub, &f.student_token, &topic, None).await;
+    let snapshot = next_json(&mut board).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["data"]["ready"], json!([]));
+    assert_eq!(snapshot["seq"], subscribed["seq"]);
+
+    let order = expect(place_order(&hub, &f, "board-1", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut code = String::new();
+    for action in ["confirm", "start", "ready"] {
+        let path = format!("/api/v1/orders/{order}/{action}");
+        let moved = expect(post(&hub, &f.kitchen_token, &path, json!({})).await, 200);
+        code = moved["pickup_code"].as_str().unwrap_or_default().to_owned();
+    }
+    let ready = next_json(&mut board).await;
+    assert_eq!(
+        ready["type"], "board.ready",
+        "placed, confirmed, preparing are not shown"
+    );
+    assert_eq!(
+        ready["data"],
+        json!({"pickup_code": code, "name": "Ada", "counter": 1})
+    );
+    let text = ready.to_string();
+    for private in [order.as_str(), f.student.as_str(), "Tomato", "total_cents"] {
+        assert!(
+            !text.contains(private),
+            "{private} on a public board: {text}"
+        );
+    }
+    let seen = ready["seq"].as_i64().unwrap();
+    assert!(seen > subscribed["seq"].as_i64().unwrap());
+    drop(board);
+
+    // Collected while the board was away: it resumes with exactly that.
+    let path = format!("/api/v1/orders/{order}/pickup");
+    expect(post(&hub, &f.kitchen_token, &path, json!({})).await, 200);
+    let (mut board, _) = subscribe_topic(&hub, &f.student_token, &topic, Some(seen)).await;
+    let gone = next_json(&mut board).await;
+    assert_eq!(gone["type"], "board.gone", "{gone}");
+    assert_eq!(gone["data"]["pickup_code"], code.as_str());
+    assert_eq!(gone["seq"], seen + 1);
+    drop(hub);
+    db.drop_database().await;
+}
+
 /// The history entries of one order with the given event type.
 async fn history_of(hub: &Hub, token: &str, order: &str, kind: &str) -> Vec<Value> {
     let got = expect(
