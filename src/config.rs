@@ -37,6 +37,8 @@ pub struct Config {
     /// Frames a WebSocket may have waiting to be written before it counts as a slow consumer
     /// and is closed (1013); it then resumes with `since`.
     pub ws_send_queue: usize,
+    /// Orders waiting longer than this in a state are shown as late on the dashboard.
+    pub dashboard_age_warning_secs: i64,
     /// Order timers: the confirm deadline and what it does, the pickup reminder.
     pub timers: TimerPolicy,
 }
@@ -124,6 +126,7 @@ impl Default for Config {
             log_json: false,
             smtp: None,
             ws_send_queue: 256,
+            dashboard_age_warning_secs: 600,
             timers: TimerPolicy::default(),
         }
     }
@@ -169,6 +172,10 @@ impl Config {
             (
                 (1024..=16 << 20).contains(&self.max_body_bytes),
                 "max_body_bytes must be between 1024 and 16777216",
+            ),
+            (
+                (10..=24 * 3600).contains(&self.dashboard_age_warning_secs),
+                "dashboard_age_warning_secs must be between 10 and 86400",
             ),
             (
                 (8..=65_536).contains(&self.ws_send_queue),

@@ -478,6 +478,8 @@ pub async fn bump_order(
 #[derive(Serialize, ToSchema)]
 pub struct KitchenSummary {
     pub at: DateTime<Utc>,
+    /// Orders waiting longer than this in their state are late (the dashboard colours them).
+    pub age_warning_secs: i64,
     /// Live orders per state: how many, and how long the oldest has waited in it (seconds).
     pub states: Vec<StateSummary>,
     /// Ready orders waiting because no counter is open.
@@ -590,6 +592,7 @@ pub async fn kitchen_summary(
         .collect();
     Ok(HttpResponse::Ok().json(KitchenSummary {
         at: now,
+        age_warning_secs: state.config.dashboard_age_warning_secs,
         states,
         ready_without_counter: ready.iter().filter(|o| o.counter.is_none()).count(),
         counters,

@@ -243,8 +243,13 @@ impl Hub {
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
+        // A restarted hub may need its old address back (pages reconnect to it).
+        let bind = env
+            .iter()
+            .find(|(k, _)| k == "TIFFIN_BIND")
+            .map_or("127.0.0.1:0", |(_, v)| v.as_str());
         let mut child = cmd
-            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(["serve", "--bind", bind])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(stderr)
