@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod inbox;
 pub mod metrics;
 pub mod notify;
 pub mod pages;

@@ -4,6 +4,7 @@ use crate::app;
 use crate::auth::JwtKeys;
 use crate::config::Config;
 use crate::db::{self, DatabaseUrl, Db};
+use crate::inbox::InAppSender;
 use crate::metrics;
 use crate::notify::{LogSender, SmtpSender, Templates};
 use crate::repo;
@@ -20,7 +21,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use tiffin_actors::bus::LocalBus;
-use tiffin_actors::domain::Role;
+use tiffin_actors::domain::{Channel, Role};
 use tiffin_actors::ports::Sender;
 use tiffin_actors::{Dispatcher, KitchenFor, Registry};
 
@@ -119,12 +120,18 @@ pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
 fn senders(
     config: &Config,
     templates: Arc<Templates>,
+    db: &Db,
+    bus: Arc<LocalBus>,
 ) -> anyhow::Result<HashMap<String, Arc<dyn Sender>>> {
     let email: Arc<dyn Sender> = match &config.smtp {
-        Some(smtp) => Arc::new(SmtpSender::new(smtp, templates).map_err(|e| anyhow!(e))?),
-        None => Arc::new(LogSender::new(templates)),
+        Some(smtp) => Arc::new(SmtpSender::new(smtp, templates.clone()).map_err(|e| anyhow!(e))?),
+        None => Arc::new(LogSender::new(templates.clone())),
     };
-    Ok(HashMap::from([("email".to_owned(), email)]))
+    let in_app: Arc<dyn Sender> = Arc::new(InAppSender::new(db.clone(), templates, bus));
+    Ok(HashMap::from([
+        (Channel::Email.as_str().to_owned(), email),
+        (Channel::InApp.as_str().to_owned(), in_app),
+    ]))
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
@@ -147,7 +154,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let dispatcher = Dispatcher::new(
         store.clone(),
-        senders(&config, templates)?,
+        senders(&config, templates, &db, bus.clone())?,
         Duration::from_millis(config.dispatch_poll_ms),
     )
     .start();

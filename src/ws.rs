@@ -54,6 +54,8 @@ enum Source {
     /// A school's pickup board: the kitchen's events reduced to what a public screen may
     /// show (pickup code, first name and initial, counter), numbered by the kitchen sequence.
     Board(String),
+    /// A user's in-app messages, numbered per user.
+    Inbox(String),
 }
 
 impl Source {
@@ -64,6 +66,7 @@ impl Source {
                 tiffin_actors::bus::kitchen_topic(school_id)
             }
             Source::Order(order_id) => tiffin_actors::bus::order_topic(order_id),
+            Source::Inbox(user_id) => tiffin_actors::bus::inbox_topic(user_id),
         }
     }
 
@@ -72,6 +75,7 @@ impl Source {
             Source::Kitchen(_) => "kitchen",
             Source::Order(_) => "order",
             Source::Board(_) => "board",
+            Source::Inbox(_) => "inbox",
         }
     }
 }
@@ -234,6 +238,14 @@ async fn replay(
                 .await?,
             Frame::from_event,
         ),
+        Source::Inbox(user_id) => {
+            let rows = crate::inbox::messages_between(&state.db, user_id, after, upto).await?;
+            return complete(
+                rows.iter().map(crate::inbox::InboxRow::frame).collect(),
+                after,
+                upto,
+            );
+        }
         Source::Order(order_id) => {
             let mut events = Vec::new();
             for row in repo::order_history(&state.db, order_id).await? {
@@ -244,7 +256,11 @@ async fn replay(
             (events, Frame::for_order)
         }
     };
-    let frames: Vec<Frame> = events.iter().map(frame).collect();
+    complete(events.iter().map(frame).collect(), after, upto)
+}
+
+/// Exactly the frames `after + 1 ..= upto`, or an error: a replay never skips.
+fn complete(frames: Vec<Frame>, after: i64, upto: i64) -> Result<Vec<Frame>, ApiError> {
     let complete = frames.len() as i64 == upto - after
         && frames.iter().zip(after + 1..).all(|(f, seq)| f.seq == seq);
     if !complete {
@@ -282,6 +298,9 @@ async fn catch_up(
         Source::Kitchen(school_id) | Source::Board(school_id) => school_id.clone(),
         Source::Order(order_id) => {
             return catch_up_order(&state, &who, &topic, order_id, since, subscriber).await;
+        }
+        Source::Inbox(user_id) => {
+            return catch_up_inbox(&state, &topic, user_id, since, subscriber).await;
         }
     };
     if repo::school(&state.db, &school_id).await?.is_none() {
@@ -347,6 +366,64 @@ async fn finish_catch_up(
         }
         Catchup::Replay { .. } => Err(ApiError::internal("unexpected replay")),
     }
+}
+
+/// A user's inbox: subscribe first, then read, so nothing falls between them. A fresh
+/// subscription's snapshot holds the latest messages.
+async fn catch_up_inbox(
+    state: &AppState,
+    topic: &str,
+    user_id: &str,
+    since: Option<i64>,
+    subscriber: Subscriber,
+) -> Result<CaughtUp, ApiError> {
+    const SNAPSHOT_MESSAGES: i64 = 50;
+    let bus_id = state.bus.subscribe(topic, subscriber);
+    let result = async {
+        let last = crate::inbox::latest_seq(&state.db, user_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        let reason = match since {
+            Some(since) if (0..=last).contains(&since) => {
+                let source = Source::Inbox(user_id.to_owned());
+                if let Ok(frames) = replay(state, &source, since, last).await {
+                    if since < last {
+                        metrics::counter!("ws_resumes_served_total").increment(1);
+                    }
+                    return Ok(CaughtUp {
+                        bus_id,
+                        frames,
+                        last,
+                    });
+                }
+                SnapshotReason::ReplayFailed
+            }
+            Some(_) => SnapshotReason::Ahead,
+            None => SnapshotReason::Fresh,
+        };
+        let recent =
+            crate::inbox::messages_between(&state.db, user_id, last - SNAPSHOT_MESSAGES, last)
+                .await?;
+        let messages: Vec<serde_json::Value> =
+            recent.iter().rev().map(|m| m.frame().data).collect();
+        let frame = Frame {
+            topic: topic.to_owned(),
+            seq: last,
+            kind: "snapshot".into(),
+            data: serde_json::json!({"reason": reason.as_str(), "messages": messages}),
+            at: Utc::now(),
+        };
+        Ok(CaughtUp {
+            bus_id,
+            frames: vec![frame],
+            last,
+        })
+    }
+    .await;
+    if result.is_err() {
+        state.bus.unsubscribe(topic, bus_id);
+    }
+    result
 }
 
 /// An order topic: its student, their guardians and the school's staff may follow it. The
@@ -461,6 +538,15 @@ impl Socket {
                 Ok(Source::Kitchen(school_id.to_owned()))
             }
             Some(("order", order_id)) if id(order_id) => Ok(Source::Order(order_id.to_owned())),
+            Some(("inbox", user_id)) if id(user_id) => {
+                if user_id != self.who.user_id {
+                    return Err(ApiError::new(
+                        ErrorCode::Forbidden,
+                        "an inbox is its owner's alone",
+                    ));
+                }
+                Ok(Source::Inbox(user_id.to_owned()))
+            }
             Some(("board", school_id)) if id(school_id) => {
                 self.who.require_school(school_id)?;
                 Ok(Source::Board(school_id.to_owned()))
@@ -600,7 +686,9 @@ impl Socket {
                 *last = msg.frame.seq;
                 let text = match entry.source {
                     // Already serialised once for every subscriber.
-                    Source::Kitchen(_) | Source::Order(_) => Some(msg.json.to_string()),
+                    Source::Kitchen(_) | Source::Order(_) | Source::Inbox(_) => {
+                        Some(msg.json.to_string())
+                    }
                     Source::Board(_) => render(&topic, &entry.source, &msg.frame),
                 };
                 if let Some(text) = text {
@@ -636,7 +724,7 @@ impl Socket {
 /// A frame as a subscription of `source` sees it on `topic`.
 fn render(topic: &str, source: &Source, frame: &Frame) -> Option<String> {
     match source {
-        Source::Kitchen(_) | Source::Order(_) => Some(frame.to_json()),
+        Source::Kitchen(_) | Source::Order(_) | Source::Inbox(_) => Some(frame.to_json()),
         Source::Board(_) => board_frame(topic, frame).map(|f| f.to_json()),
     }
 }

@@ -1572,6 +1572,88 @@ async fn the_dashboard_in_a_real_browser() {
     db.drop_database().await;
 }
 
+/// A user's inbox: in-app messages arrive live on `inbox:<user>`, numbered per user, resume
+/// with `since`, and nobody else may read them.
+#[actix_web::test]
+async fn in_app_messages_reach_the_inbox_topic() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "inbox").await;
+    let mine = format!("inbox:{}", f.student);
+
+    let (_, mut nosy) = client()
+        .ws(hub.ws_url(&f.student_token))
+        .connect()
+        .await
+        .unwrap();
+    nosy.send(ws::Message::Text(
+        json!({"type": "subscribe", "topic": format!("inbox:{}", f.guardian)})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let refused = next_json(&mut nosy).await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+
+    let (mut inbox, subscribed) = subscribe_topic(&hub, &f.student_token, &mine, None).await;
+    assert_eq!(subscribed["seq"], 0);
+    let snapshot = next_json(&mut inbox).await;
+    assert_eq!(snapshot["data"]["messages"], json!([]));
+
+    // The kitchen cancels: the student hears of it in the app.
+    let cancel = async |key: &str| {
+        let id = expect(place_order(&hub, &f, key, 1).await, 201)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = format!("/api/v1/orders/{id}/cancel");
+        expect(post(&hub, &f.kitchen_token, &path, json!({})).await, 200);
+        id
+    };
+    let first = cancel("inbox-1").await;
+    let message = next_json(&mut inbox).await;
+    assert_eq!(message["topic"], mine.as_str());
+    assert_eq!(message["type"], "inbox.message");
+    assert_eq!(message["seq"], 1);
+    assert_eq!(message["data"]["order_id"], first.as_str());
+    assert_eq!(message["data"]["kind"], "order_cancelled");
+    assert_eq!(message["data"]["title"], "Ada's lunch order was cancelled");
+    drop(inbox);
+
+    let second = cancel("inbox-2").await;
+    // Stored while away (delivery is asynchronous): wait until it is there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut inbox, subscribed) = loop {
+        let (socket, subscribed) = subscribe_topic(&hub, &f.student_token, &mine, Some(1)).await;
+        if subscribed["seq"] == 2 {
+            break (socket, subscribed);
+        }
+        assert!(std::time::Instant::now() < deadline, "{subscribed}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(subscribed["seq"], 2);
+    let missed = next_json(&mut inbox).await;
+    assert_eq!(
+        (missed["seq"].as_i64(), missed["type"].as_str()),
+        (Some(2), Some("inbox.message"))
+    );
+    assert_eq!(missed["data"]["order_id"], second.as_str());
+
+    let (mut fresh, _) = subscribe_topic(&hub, &f.student_token, &mine, None).await;
+    let snapshot = next_json(&mut fresh).await;
+    let listed: Vec<&str> = snapshot["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [second.as_str(), first.as_str()], "newest first");
+    drop(hub);
+    db.drop_database().await;
+}
+
 /// The history entries of one order with the given event type.
 async fn history_of(hub: &Hub, token: &str, order: &str, kind: &str) -> Vec<Value> {
     let got = expect(

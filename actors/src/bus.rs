@@ -53,6 +53,10 @@ pub fn order_topic(order_id: &str) -> String {
     format!("order:{order_id}")
 }
 
+pub fn inbox_topic(user_id: &str) -> String {
+    format!("inbox:{user_id}")
+}
+
 /// A frame delivered to a subscriber.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -76,6 +80,8 @@ pub struct Subscriber {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes a committed event to every subscriber of its kitchen's topic.
     fn publish(&self, event: &KitchenEvent);
+    /// Publishes a frame that is not a kitchen event (a user's in-app message), once stored.
+    fn publish_frame(&self, frame: Frame);
     fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64;
     fn unsubscribe(&self, topic: &str, id: u64);
 }
@@ -108,6 +114,10 @@ impl Bus for LocalBus {
         for frame in [Frame::from_event(event), Frame::for_order(event)] {
             deliver(&mut topics, frame);
         }
+    }
+
+    fn publish_frame(&self, frame: Frame) {
+        deliver(&mut self.topics(), frame);
     }
 
     fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64 {

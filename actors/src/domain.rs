@@ -382,17 +382,25 @@ pub struct NotificationIntent {
     pub locale: String,
 }
 
-/// An email to each recipient who has an address.
-fn emails<'a>(recipients: impl IntoIterator<Item = &'a Recipient>) -> Vec<NotificationIntent> {
+/// For each recipient: an in-app message always (their inbox), an email where they have an
+/// address.
+fn to_each<'a>(recipients: impl IntoIterator<Item = &'a Recipient>) -> Vec<NotificationIntent> {
     recipients
         .into_iter()
-        .filter_map(|r| {
-            r.email.as_ref().map(|email| NotificationIntent {
+        .flat_map(|r| {
+            let in_app = NotificationIntent {
+                recipient_id: r.user_id.clone(),
+                channel: Channel::InApp,
+                address: r.user_id.clone(),
+                locale: r.locale.clone(),
+            };
+            let email = r.email.as_ref().map(|email| NotificationIntent {
                 recipient_id: r.user_id.clone(),
                 channel: Channel::Email,
                 address: email.clone(),
                 locale: r.locale.clone(),
-            })
+            });
+            std::iter::once(in_app).chain(email)
         })
         .collect()
 }
@@ -406,10 +414,10 @@ pub fn notifications_for(
 ) -> Vec<NotificationIntent> {
     match (event, issuer) {
         // An uncollected meal is an alert: a child may not have eaten.
-        (OrderState::Ready | OrderState::Uncollected, _) => emails(guardians),
+        (OrderState::Ready | OrderState::Uncollected, _) => to_each(guardians),
         // A cancellation the family did not ask for must reach them before lunch.
         (OrderState::Cancelled, Issuer::Staff | Issuer::System) => {
-            emails(std::iter::once(student).chain(guardians))
+            to_each(std::iter::once(student).chain(guardians))
         }
         _ => Vec::new(),
     }
@@ -421,7 +429,7 @@ pub fn counter_change_notifications(
     student: &Recipient,
     guardians: &[Recipient],
 ) -> Vec<NotificationIntent> {
-    emails(std::iter::once(student).chain(guardians))
+    to_each(std::iter::once(student).chain(guardians))
 }
 
 /// Who hears about a timer's alert. An overdue confirmation is the kitchen's business (its
@@ -433,7 +441,7 @@ pub fn alert_notifications(
 ) -> Vec<NotificationIntent> {
     match alert {
         Alert::ConfirmOverdue => Vec::new(),
-        Alert::PickupReminder => emails(std::iter::once(student).chain(guardians)),
+        Alert::PickupReminder => to_each(std::iter::once(student).chain(guardians)),
     }
 }
 
@@ -987,9 +995,16 @@ mod tests {
         let student = person("s", Some("s@example.org"));
         let guardians = [person("g1", Some("g1@example.org")), person("g2", None)];
         let intents = notifications_for(OrderState::Ready, Issuer::Staff, &student, &guardians);
-        assert_eq!(intents.len(), 1);
-        assert_eq!(intents[0].recipient_id, "g1");
-        assert_eq!(intents[0].channel, Channel::Email);
+        let on = |channel| {
+            intents
+                .iter()
+                .filter(|i| i.channel == channel)
+                .map(|i| (i.recipient_id.as_str(), i.address.as_str()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(on(Channel::Email), [("g1", "g1@example.org")]);
+        // Every guardian has an inbox, address or not.
+        assert_eq!(on(Channel::InApp), [("g1", "g1"), ("g2", "g2")]);
         assert!(
             notifications_for(OrderState::Confirmed, Issuer::Staff, &student, &guardians)
                 .is_empty()
@@ -1003,6 +1018,7 @@ mod tests {
         let to = |issuer| {
             notifications_for(OrderState::Cancelled, issuer, &student, &guardians)
                 .into_iter()
+                .filter(|i| i.channel == Channel::Email)
                 .map(|i| i.recipient_id)
                 .collect::<Vec<_>>()
         };
@@ -1013,7 +1029,8 @@ mod tests {
         assert!(alert_notifications(Alert::ConfirmOverdue, &student, &guardians).is_empty());
         assert_eq!(
             alert_notifications(Alert::PickupReminder, &student, &guardians).len(),
-            2
+            4,
+            "email and in-app, student and guardian"
         );
     }
 

@@ -37,6 +37,21 @@ diesel::table! {
         active -> Bool,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        inbox_seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    inbox_messages (id) {
+        id -> Text,
+        user_id -> Text,
+        seq -> BigInt,
+        kind -> Text,
+        title -> Text,
+        body -> Text,
+        order_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        read_at -> Nullable<Timestamp>,
     }
 }
 
@@ -224,6 +239,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     device_tokens,
     notification_preferences,
     service_windows,
+    inbox_messages,
 );
 
 diesel::allow_columns_to_appear_in_same_group_by_clause!(

@@ -1,0 +1,2 @@
+DROP TABLE inbox_messages;
+ALTER TABLE users DROP COLUMN inbox_seq;

@@ -1,0 +1,183 @@
+//! In-app messages: the outbox's `in_app` channel stores each message in its user's inbox,
+//! numbered per user, and publishes it on the `inbox:<user>` topic once stored.
+
+use crate::db::schema::{inbox_messages, users};
+use crate::db::{Db, DbError, models::now};
+use crate::notify::Templates;
+use crate::with_conn;
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Serialize;
+use std::sync::Arc;
+use tiffin_actors::bus::{Bus, Frame, inbox_topic};
+use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = inbox_messages)]
+pub struct InboxRow {
+    pub id: String,
+    pub user_id: String,
+    pub seq: i64,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub order_id: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub read_at: Option<NaiveDateTime>,
+}
+
+/// A message as it goes out on the inbox topic.
+#[derive(Serialize)]
+struct InboxMessage<'a> {
+    id: &'a str,
+    kind: &'a str,
+    title: &'a str,
+    body: &'a str,
+    order_id: Option<&'a str>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    read_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl InboxRow {
+    pub fn frame(&self) -> Frame {
+        let message = InboxMessage {
+            id: &self.id,
+            kind: &self.kind,
+            title: &self.title,
+            body: &self.body,
+            order_id: self.order_id.as_deref(),
+            created_at: self.created_at.and_utc(),
+            read_at: self.read_at.map(|t| t.and_utc()),
+        };
+        Frame {
+            topic: inbox_topic(&self.user_id),
+            seq: self.seq,
+            kind: "inbox.message".into(),
+            data: serde_json::to_value(message).unwrap_or_default(),
+            at: self.created_at.and_utc(),
+        }
+    }
+}
+
+/// Why storing stopped: a database error, or the message was stored before.
+enum StoreError {
+    Db(diesel::result::Error),
+    StoredBefore(InboxRow),
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> StoreError {
+        StoreError::Db(e)
+    }
+}
+
+/// Stores a message once: the next number in the user's inbox, unless this outbox row was
+/// stored before (a retried delivery). Yields the row and whether it is new.
+async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
+    let stored = with_conn!(db, |conn| conn
+        .transaction(async |conn| {
+            // Write first: takes SQLite's write lock before any read.
+            let seq: i64 = diesel::update(users::table.find(&row.user_id))
+                .set(users::inbox_seq.eq(users::inbox_seq + 1))
+                .returning(users::inbox_seq)
+                .get_result(conn)
+                .await?;
+            let earlier: Option<InboxRow> = inbox_messages::table
+                .find(&row.id)
+                .select(InboxRow::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            if let Some(earlier) = earlier {
+                // Rolls back the number taken, so the sequence stays gapless.
+                return Err(StoreError::StoredBefore(earlier));
+            }
+            let row = InboxRow { seq, ..row };
+            diesel::insert_into(inbox_messages::table)
+                .values(&row)
+                .execute(conn)
+                .await?;
+            Ok::<_, StoreError>(row)
+        })
+        .await);
+    match stored {
+        Ok(row) => Ok((row, true)),
+        Err(StoreError::StoredBefore(row)) => Ok((row, false)),
+        Err(StoreError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// The user's latest inbox number.
+pub async fn latest_seq(db: &Db, user_id: &str) -> Result<Option<i64>, DbError> {
+    Ok(with_conn!(db, |conn| users::table
+        .find(user_id)
+        .select(users::inbox_seq)
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+/// Messages with `after < seq <= upto`, oldest first.
+pub async fn messages_between(
+    db: &Db,
+    user_id: &str,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<InboxRow>, DbError> {
+    Ok(with_conn!(db, |conn| inbox_messages::table
+        .filter(inbox_messages::user_id.eq(user_id))
+        .filter(inbox_messages::seq.gt(after))
+        .filter(inbox_messages::seq.le(upto))
+        .order(inbox_messages::seq.asc())
+        .select(InboxRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+/// The in-app channel's provider.
+pub struct InAppSender {
+    db: Db,
+    templates: Arc<Templates>,
+    bus: Arc<dyn Bus>,
+}
+
+impl InAppSender {
+    pub fn new(db: Db, templates: Arc<Templates>, bus: Arc<dyn Bus>) -> InAppSender {
+        InAppSender { db, templates, bus }
+    }
+}
+
+#[async_trait]
+impl Sender for InAppSender {
+    async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
+        // The email's subject and text serve as the message's title and body.
+        let rendered = self
+            .templates
+            .render_email(message)
+            .map_err(SendError::Permanent)?;
+        let payload: serde_json::Value = serde_json::from_str(&message.payload)
+            .map_err(|e| SendError::Permanent(format!("payload: {e}")))?;
+        let row = InboxRow {
+            id: message.id.clone(),
+            user_id: message.address.clone(),
+            seq: 0,
+            kind: message.template.clone(),
+            title: rendered.subject,
+            body: rendered.text,
+            order_id: payload["order"]["id"].as_str().map(str::to_owned),
+            created_at: now(),
+            read_at: None,
+        };
+        let (row, fresh) = store(&self.db, row).await.map_err(|e| match e {
+            DbError::Unavailable(m) => SendError::Transient(m),
+            DbError::NotFound => SendError::Permanent("no such user".into()),
+            other => SendError::Transient(other.to_string()),
+        })?;
+        if fresh {
+            self.bus.publish_frame(row.frame());
+        }
+        Ok(())
+    }
+}
