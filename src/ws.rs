@@ -369,7 +369,7 @@ async fn finish_catch_up(
 }
 
 /// A user's inbox: subscribe first, then read, so nothing falls between them. A fresh
-/// subscription's snapshot holds the latest messages.
+/// subscription's snapshot holds the latest messages, newest first.
 async fn catch_up_inbox(
     state: &AppState,
     topic: &str,
@@ -383,41 +383,16 @@ async fn catch_up_inbox(
         let last = crate::inbox::latest_seq(&state.db, user_id)
             .await?
             .ok_or_else(|| ApiError::not_found("user"))?;
-        let reason = match since {
-            Some(since) if (0..=last).contains(&since) => {
-                let source = Source::Inbox(user_id.to_owned());
-                if let Ok(frames) = replay(state, &source, since, last).await {
-                    if since < last {
-                        metrics::counter!("ws_resumes_served_total").increment(1);
-                    }
-                    return Ok(CaughtUp {
-                        bus_id,
-                        frames,
-                        last,
-                    });
-                }
-                SnapshotReason::ReplayFailed
-            }
-            Some(_) => SnapshotReason::Ahead,
-            None => SnapshotReason::Fresh,
-        };
-        let recent =
-            crate::inbox::messages_between(&state.db, user_id, last - SNAPSHOT_MESSAGES, last)
-                .await?;
-        let messages: Vec<serde_json::Value> =
-            recent.iter().rev().map(|m| m.frame().data).collect();
-        let frame = Frame {
-            topic: topic.to_owned(),
-            seq: last,
-            kind: "snapshot".into(),
-            data: serde_json::json!({"reason": reason.as_str(), "messages": messages}),
-            at: Utc::now(),
-        };
-        Ok(CaughtUp {
-            bus_id,
-            frames: vec![frame],
-            last,
+        let source = Source::Inbox(user_id.to_owned());
+        resume_or_snapshot(state, topic, &source, since, last, bus_id, async || {
+            let recent =
+                crate::inbox::messages_between(&state.db, user_id, last - SNAPSHOT_MESSAGES, last)
+                    .await?;
+            let messages: Vec<serde_json::Value> =
+                recent.iter().rev().map(|m| m.frame().data).collect();
+            Ok(serde_json::json!({"messages": messages}))
         })
+        .await
     }
     .await;
     if result.is_err() {
@@ -447,18 +422,48 @@ async fn catch_up_order(
             .load_order(order_id)
             .await?
             .ok_or_else(|| ApiError::not_found("order"))?;
-        let last = order.version;
-        let reason = match since {
-            Some(since) if since == last => {
-                return Ok(CaughtUp {
-                    bus_id,
-                    frames: Vec::new(),
-                    last,
-                });
-            }
-            Some(since) if (0..last).contains(&since) => {
-                let source = Source::Order(order_id.to_owned());
-                if let Ok(frames) = replay(state, &source, since, last).await {
+        let source = Source::Order(order_id.to_owned());
+        resume_or_snapshot(
+            state,
+            topic,
+            &source,
+            since,
+            order.version,
+            bus_id,
+            async || Ok(serde_json::json!({"order": order})),
+        )
+        .await
+    }
+    .await;
+    if result.is_err() {
+        state.bus.unsubscribe(topic, bus_id);
+    }
+    result
+}
+
+/// Brings a topic numbered without gaps (an order, an inbox) from `since` up to `last`:
+/// nothing when current, exactly the missed frames when the log has them, else a snapshot
+/// of `snapshot()` with the reason.
+async fn resume_or_snapshot(
+    state: &AppState,
+    topic: &str,
+    source: &Source,
+    since: Option<i64>,
+    last: i64,
+    bus_id: u64,
+    snapshot: impl AsyncFnOnce() -> Result<serde_json::Value, ApiError>,
+) -> Result<CaughtUp, ApiError> {
+    let reason = match since {
+        Some(since) if since == last => {
+            return Ok(CaughtUp {
+                bus_id,
+                frames: Vec::new(),
+                last,
+            });
+        }
+        Some(since) if (0..last).contains(&since) => {
+            match replay(state, source, since, last).await {
+                Ok(frames) => {
                     metrics::counter!("ws_resumes_served_total").increment(1);
                     return Ok(CaughtUp {
                         bus_id,
@@ -466,29 +471,28 @@ async fn catch_up_order(
                         last,
                     });
                 }
-                SnapshotReason::ReplayFailed
+                Err(_) => SnapshotReason::ReplayFailed,
             }
-            Some(_) => SnapshotReason::Ahead,
-            None => SnapshotReason::Fresh,
-        };
-        let frame = Frame {
+        }
+        Some(_) => SnapshotReason::Ahead,
+        None => SnapshotReason::Fresh,
+    };
+    if reason != SnapshotReason::Fresh {
+        metrics::counter!("ws_resets_total").increment(1);
+    }
+    let mut data = snapshot().await?;
+    data["reason"] = reason.as_str().into();
+    Ok(CaughtUp {
+        bus_id,
+        frames: vec![Frame {
             topic: topic.to_owned(),
             seq: last,
             kind: "snapshot".into(),
-            data: serde_json::json!({"reason": reason.as_str(), "order": order}),
+            data,
             at: Utc::now(),
-        };
-        Ok(CaughtUp {
-            bus_id,
-            frames: vec![frame],
-            last,
-        })
-    }
-    .await;
-    if result.is_err() {
-        state.bus.unsubscribe(topic, bus_id);
-    }
-    result
+        }],
+        last,
+    })
 }
 
 impl Socket {
