@@ -200,6 +200,17 @@ async fn place_order(hub: &Hub, f: &Fixture, key: &str, quantity: i32) -> Reply 
     .await
 }
 
+/// Kitchen staff take an order through `actions` (`confirm`, `start`, `ready`, `pickup`, …);
+/// returns the order after the last one.
+async fn advance(hub: &Hub, f: &Fixture, order: &str, actions: &[&str]) -> Value {
+    let mut last = Value::Null;
+    for action in actions {
+        let path = format!("/api/v1/orders/{order}/{action}");
+        last = expect(post(hub, &f.kitchen_token, &path, json!({})).await, 200);
+    }
+    last
+}
+
 /// The spine: REST -> kitchen actor -> committed -> dashboard frame -> email, then a restart.
 async fn spine(backend: Backend) {
     let db = TestDb::new(backend).await;
@@ -506,19 +517,7 @@ async fn ready_orders_get_a_counter_and_a_code() {
             .as_str()
             .unwrap()
             .to_owned();
-        let mut last = Value::Null;
-        for action in ["confirm", "start", "ready"] {
-            last = expect(
-                post(
-                    &hub,
-                    &f.kitchen_token,
-                    &format!("/api/v1/orders/{order}/{action}"),
-                    json!({}),
-                )
-                .await,
-                200,
-            );
-        }
+        let last = advance(&hub, &f, &order, &["confirm", "start", "ready"]).await;
         ready.push(last);
     }
     let numbers: Vec<i64> = ready
@@ -610,19 +609,7 @@ async fn ready_orders_get_a_counter_and_a_code() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut last = Value::Null;
-    for action in ["confirm", "start", "ready"] {
-        last = expect(
-            post(
-                &hub,
-                &f.kitchen_token,
-                &format!("/api/v1/orders/{order}/{action}"),
-                json!({}),
-            )
-            .await,
-            200,
-        );
-    }
+    let last = advance(&hub, &f, &order, &["confirm", "start", "ready"]).await;
     assert_eq!(last["counter"], Value::Null);
     assert_eq!(last["pickup_code"].as_str().map(str::len), Some(4));
     // Staff record a hand-over; the order leaves the live list, and cannot be handed out twice.
@@ -891,18 +878,7 @@ async fn lunch_waves_cutoffs_deadlines_and_the_uncollected_timer() {
     );
     assert_eq!(a["wave"]["name"], "Main lunch", "{a}");
     let a_id = a["id"].as_str().unwrap().to_owned();
-    for action in ["confirm", "start", "ready"] {
-        expect(
-            post(
-                &hub,
-                &f.kitchen_token,
-                &format!("/api/v1/orders/{a_id}/{action}"),
-                json!({}),
-            )
-            .await,
-            200,
-        );
-    }
+    advance(&hub, &f, &a_id, &["confirm", "start", "ready"]).await;
 
     // Past the start: no more orders, and only staff may cancel.
     let started = t0 + chrono::Duration::milliseconds(3500);
@@ -1021,18 +997,7 @@ async fn a_deadline_missed_while_down_fires_once_after_restart() {
         .as_str()
         .unwrap()
         .to_owned();
-    for action in ["confirm", "start", "ready"] {
-        expect(
-            post(
-                &hub,
-                &f.kitchen_token,
-                &format!("/api/v1/orders/{order}/{action}"),
-                json!({}),
-            )
-            .await,
-            200,
-        );
-    }
+    advance(&hub, &f, &order, &["confirm", "start", "ready"]).await;
     let env = hub.kill();
     let ended = t0 + chrono::Duration::seconds(5);
     actix_web::rt::time::sleep((ended - Utc::now()).to_std().unwrap_or_default()).await;
@@ -1833,10 +1798,7 @@ async fn killed_mid_burst(backend: Backend) {
             .as_str()
             .unwrap()
             .to_owned();
-        for action in &["confirm", "start", "ready"][..steps] {
-            let path = format!("/api/v1/orders/{id}/{action}");
-            expect(post(&hub, &f.kitchen_token, &path, json!({})).await, 200);
-        }
+        advance(&hub, &f, &id, &["confirm", "start", "ready"][..steps]).await;
         let path = format!("/api/v1/orders/{id}");
         in_kitchen.push(expect(get(&hub, &f.kitchen_token, &path).await, 200)["order"].clone());
     }
@@ -2144,18 +2106,7 @@ async fn students_and_guardians_follow_their_order() {
     );
     assert_eq!(snapshot["data"]["order"]["state"], "placed");
 
-    for action in ["confirm", "start", "ready"] {
-        expect(
-            post(
-                &hub,
-                &f.kitchen_token,
-                &format!("/api/v1/orders/{order}/{action}"),
-                json!({}),
-            )
-            .await,
-            200,
-        );
-    }
+    advance(&hub, &f, &order, &["confirm", "start", "ready"]).await;
     let mut seen = Vec::new();
     for (seq, kind) in [
         (2, "order.confirmed"),
