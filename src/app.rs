@@ -1,6 +1,6 @@
 //! The one URL map, and the request-level error handling every route shares.
 
-use crate::api::{admin, auth, ops, orders};
+use crate::api::{admin, auth, inbox, ops, orders};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{metrics, pages, ws};
@@ -144,6 +144,9 @@ pub fn build(
                 .service(auth::refresh)
                 .service(auth::logout)
                 .service(auth::me)
+                .service(inbox::list_inbox)
+                .service(inbox::mark_inbox_read)
+                .service(inbox::delete_inbox_message)
                 .service(admin::create_school)
                 .service(admin::list_schools)
                 .service(admin::get_school)

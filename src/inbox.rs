@@ -26,31 +26,44 @@ pub struct InboxRow {
     pub order_id: Option<String>,
     pub created_at: NaiveDateTime,
     pub read_at: Option<NaiveDateTime>,
+    pub deleted_at: Option<NaiveDateTime>,
 }
 
-/// A message as it goes out on the inbox topic.
-#[derive(Serialize)]
-struct InboxMessage<'a> {
-    id: &'a str,
-    kind: &'a str,
-    title: &'a str,
-    body: &'a str,
-    order_id: Option<&'a str>,
-    created_at: chrono::DateTime<chrono::Utc>,
-    read_at: Option<chrono::DateTime<chrono::Utc>>,
+/// A message as the API and the inbox topic show it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InboxMessage {
+    pub id: String,
+    pub seq: i64,
+    /// The event kind it tells of, e.g. `order_ready`.
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub order_id: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub read_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Set when its owner deleted it (title and body are then empty).
+    pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<&InboxRow> for InboxMessage {
+    fn from(row: &InboxRow) -> InboxMessage {
+        InboxMessage {
+            id: row.id.clone(),
+            seq: row.seq,
+            kind: row.kind.clone(),
+            title: row.title.clone(),
+            body: row.body.clone(),
+            order_id: row.order_id.clone(),
+            created_at: row.created_at.and_utc(),
+            read_at: row.read_at.map(|t| t.and_utc()),
+            deleted_at: row.deleted_at.map(|t| t.and_utc()),
+        }
+    }
 }
 
 impl InboxRow {
     pub fn frame(&self) -> Frame {
-        let message = InboxMessage {
-            id: &self.id,
-            kind: &self.kind,
-            title: &self.title,
-            body: &self.body,
-            order_id: self.order_id.as_deref(),
-            created_at: self.created_at.and_utc(),
-            read_at: self.read_at.map(|t| t.and_utc()),
-        };
+        let message = InboxMessage::from(self);
         Frame {
             topic: inbox_topic(&self.user_id),
             seq: self.seq,
@@ -136,6 +149,73 @@ pub async fn messages_between(
         .await)?)
 }
 
+/// A user's messages, newest first, without deleted ones.
+pub async fn list(
+    db: &Db,
+    user_id: &str,
+    unread_only: bool,
+    limit: i64,
+) -> Result<Vec<InboxRow>, DbError> {
+    Ok(with_conn!(db, |conn| {
+        let mut q = inbox_messages::table
+            .filter(inbox_messages::user_id.eq(user_id))
+            .filter(inbox_messages::deleted_at.is_null())
+            .into_boxed();
+        if unread_only {
+            q = q.filter(inbox_messages::read_at.is_null());
+        }
+        q.order(inbox_messages::seq.desc())
+            .limit(limit)
+            .select(InboxRow::as_select())
+            .load(conn)
+            .await
+    })?)
+}
+
+/// Marks the user's message read (the first time counts); `None` if it is not theirs or gone.
+pub async fn mark_read(db: &Db, user_id: &str, id: &str) -> Result<Option<InboxRow>, DbError> {
+    let at = now();
+    Ok(with_conn!(db, |conn| {
+        diesel::update(
+            inbox_messages::table
+                .filter(inbox_messages::id.eq(id))
+                .filter(inbox_messages::user_id.eq(user_id))
+                .filter(inbox_messages::deleted_at.is_null())
+                .filter(inbox_messages::read_at.is_null()),
+        )
+        .set(inbox_messages::read_at.eq(Some(at)))
+        .execute(conn)
+        .await?;
+        inbox_messages::table
+            .filter(inbox_messages::id.eq(id))
+            .filter(inbox_messages::user_id.eq(user_id))
+            .filter(inbox_messages::deleted_at.is_null())
+            .select(InboxRow::as_select())
+            .first(conn)
+            .await
+            .optional()
+    })?)
+}
+
+/// Deletes the user's message: blanked and hidden, its number kept. `false` if not theirs.
+pub async fn delete(db: &Db, user_id: &str, id: &str) -> Result<bool, DbError> {
+    let at = now();
+    let changed = with_conn!(db, |conn| diesel::update(
+        inbox_messages::table
+            .filter(inbox_messages::id.eq(id))
+            .filter(inbox_messages::user_id.eq(user_id))
+            .filter(inbox_messages::deleted_at.is_null()),
+    )
+    .set((
+        inbox_messages::deleted_at.eq(Some(at)),
+        inbox_messages::title.eq(""),
+        inbox_messages::body.eq(""),
+    ))
+    .execute(conn)
+    .await)?;
+    Ok(changed == 1)
+}
+
 /// The in-app channel's provider.
 pub struct InAppSender {
     db: Db,
@@ -169,6 +249,7 @@ impl Sender for InAppSender {
             order_id: payload["order"]["id"].as_str().map(str::to_owned),
             created_at: now(),
             read_at: None,
+            deleted_at: None,
         };
         let (row, fresh) = store(&self.db, row).await.map_err(|e| match e {
             DbError::Unavailable(m) => SendError::Transient(m),

@@ -388,8 +388,12 @@ async fn catch_up_inbox(
             let recent =
                 crate::inbox::messages_between(&state.db, user_id, last - SNAPSHOT_MESSAGES, last)
                     .await?;
-            let messages: Vec<serde_json::Value> =
-                recent.iter().rev().map(|m| m.frame().data).collect();
+            let messages: Vec<serde_json::Value> = recent
+                .iter()
+                .rev()
+                .filter(|m| m.deleted_at.is_none())
+                .map(|m| m.frame().data)
+                .collect();
             Ok(serde_json::json!({"messages": messages}))
         })
         .await

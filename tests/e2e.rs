@@ -1615,6 +1615,76 @@ async fn in_app_messages_reach_the_inbox_topic() {
         .map(|m| m["order_id"].as_str().unwrap())
         .collect();
     assert_eq!(listed, [second.as_str(), first.as_str()], "newest first");
+
+    // The same inbox over REST: list, mark read, delete.
+    let listed = expect(get(&hub, &f.student_token, "/api/v1/me/inbox").await, 200);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(listed[0]["order_id"], second.as_str());
+    let read = expect(
+        post(
+            &hub,
+            &f.student_token,
+            &format!("/api/v1/me/inbox/{}/read", ids[1]),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    assert!(read["read_at"].is_string(), "{read}");
+    let unread = expect(
+        get(&hub, &f.student_token, "/api/v1/me/inbox?unread=true").await,
+        200,
+    );
+    assert_eq!(unread.as_array().unwrap().len(), 1);
+    assert_eq!(unread[0]["id"], ids[0]);
+    let delete = |id: String| {
+        let token = f.student_token.clone();
+        let url = hub.url(&format!("/api/v1/me/inbox/{id}"));
+        async move { send(client().delete(url).bearer_auth(token), None).await }
+    };
+    assert_eq!(delete(ids[0].to_owned()).await.status, 204);
+    let again = delete(ids[0].to_owned()).await;
+    assert_eq!((again.status, again.code()), (404, "not_found"));
+    // Someone else's message is not found either: the guardian's copy of the same cancellation.
+    let guardian_token = login(&hub, &f.guardian_email, "guardian-pass-1").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let theirs = loop {
+        let theirs = expect(get(&hub, &guardian_token, "/api/v1/me/inbox").await, 200);
+        if let Some(id) = theirs[0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guardian's inbox stayed empty"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(delete(theirs).await.status, 404);
+    let left = expect(get(&hub, &f.student_token, "/api/v1/me/inbox").await, 200);
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    let bad = get(&hub, &f.student_token, "/api/v1/me/inbox?limit=0").await;
+    assert_eq!((bad.status, bad.code()), (400, "invalid_query"));
+    // A resume across the deleted message still has no gap: it comes back blanked.
+    let (mut resumed, _) = subscribe_topic(&hub, &f.student_token, &mine, Some(0)).await;
+    let one = next_json(&mut resumed).await;
+    let two = next_json(&mut resumed).await;
+    assert_eq!(
+        (one["seq"].as_i64(), two["seq"].as_i64()),
+        (Some(1), Some(2))
+    );
+    assert!(
+        two["data"]["deleted_at"].is_string() && two["data"]["title"] == "",
+        "{two}"
+    );
     drop(hub);
     db.drop_database().await;
 }

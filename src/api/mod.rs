@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod inbox;
 pub mod ops;
 pub mod orders;
 

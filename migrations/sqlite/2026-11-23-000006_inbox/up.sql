@@ -11,5 +11,7 @@ CREATE TABLE inbox_messages (
     order_id TEXT REFERENCES orders (id),
     created_at TIMESTAMP NOT NULL,
     read_at TIMESTAMP,
+    -- Deleted by its owner: kept (blanked) so the per-user numbering stays gapless for resumes.
+    deleted_at TIMESTAMP,
     UNIQUE (user_id, seq)
 );

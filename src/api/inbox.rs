@@ -1,0 +1,65 @@
+//! The signed-in user's inbox of in-app messages.
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::inbox::{self, InboxMessage};
+use actix_web::{HttpResponse, delete, get, post, web};
+use serde::Deserialize;
+use uuid::Uuid;
+
+type Data = web::Data<crate::state::AppState>;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InboxQuery {
+    /// Only messages not yet read.
+    #[serde(default)]
+    pub unread: bool,
+    /// At most this many, newest first (1–200, default 50).
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(tag = "inbox", params(InboxQuery), responses((status = 200, body = [InboxMessage])))]
+#[get("/me/inbox")]
+pub async fn list_inbox(
+    state: Data,
+    who: Principal,
+    query: web::Query<InboxQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::InvalidQuery,
+            "limit must be between 1 and 200",
+        ));
+    }
+    let rows = inbox::list(&state.db, &who.user_id, query.unread, limit).await?;
+    Ok(HttpResponse::Ok().json(rows.iter().map(InboxMessage::from).collect::<Vec<_>>()))
+}
+
+#[utoipa::path(tag = "inbox", responses((status = 200, body = InboxMessage), (status = 404, body = crate::error::ErrorBody)))]
+#[post("/me/inbox/{message_id}/read")]
+pub async fn mark_inbox_read(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let row = inbox::mark_read(&state.db, &who.user_id, &path.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    Ok(HttpResponse::Ok().json(InboxMessage::from(&row)))
+}
+
+#[utoipa::path(tag = "inbox", responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+#[delete("/me/inbox/{message_id}")]
+pub async fn delete_inbox_message(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    if inbox::delete(&state.db, &who.user_id, &path.to_string()).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found("message"))
+    }
+}
