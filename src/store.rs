@@ -752,6 +752,82 @@ fn order_lines(new: &NewOrder, menu: &[MealRow]) -> Result<Vec<OrderLine>, Comma
         .collect()
 }
 
+/// Rows due now and not under a live claim.
+macro_rules! due_outbox {
+    ($at:expr, $limit:expr) => {
+        outbox::table
+            .filter(outbox::status.eq("pending"))
+            .filter(outbox::next_attempt_at.le($at))
+            .filter(
+                outbox::claimed_until
+                    .is_null()
+                    .or(outbox::claimed_until.lt($at)),
+            )
+            .order(outbox::next_attempt_at.asc())
+            .limit($limit)
+            .select(outbox::id)
+    };
+}
+
+/// PostgreSQL: lock due rows, skipping those another dispatcher holds, and lease them in one
+/// transaction, so dispatchers on any number of nodes never claim one row twice.
+async fn claim_skip_locked(
+    pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::PgConn>,
+    at: NaiveDateTime,
+    lease: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<String>, DbError> {
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    Ok(conn
+        .transaction(async |conn| {
+            let ids: Vec<String> = due_outbox!(at, limit)
+                .for_update()
+                .skip_locked()
+                .load(conn)
+                .await?;
+            diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
+                .set(outbox::claimed_until.eq(lease))
+                .execute(conn)
+                .await?;
+            Ok::<_, diesel::result::Error>(ids)
+        })
+        .await?)
+}
+
+impl DieselStore {
+    /// SQLite (one writer at a time): a compare-and-set per row, so two dispatchers never
+    /// both win one.
+    async fn claim_one_by_one(
+        &self,
+        at: NaiveDateTime,
+        lease: NaiveDateTime,
+        limit: i64,
+    ) -> Result<Vec<String>, DbError> {
+        let candidates: Vec<String> =
+            with_conn!(&self.db, |conn| due_outbox!(at, limit).load(conn).await)?;
+        let mut claimed = Vec::new();
+        for id in candidates {
+            let won = with_conn!(&self.db, |conn| diesel::update(
+                outbox::table
+                    .filter(outbox::id.eq(&id))
+                    .filter(outbox::status.eq("pending"))
+                    .filter(
+                        outbox::claimed_until
+                            .is_null()
+                            .or(outbox::claimed_until.lt(at))
+                    )
+            )
+            .set(outbox::claimed_until.eq(lease))
+            .execute(conn)
+            .await)?;
+            if won == 1 {
+                claimed.push(id);
+            }
+        }
+        Ok(claimed)
+    }
+}
+
 impl From<DbError> for CommandError {
     fn from(e: DbError) -> CommandError {
         e.into_command()
@@ -871,40 +947,10 @@ impl Outbox for DieselStore {
     async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError> {
         let at = now();
         let lease = at + Duration::seconds(CLAIM_LEASE_SECS);
-        let unclaimed = outbox::claimed_until
-            .is_null()
-            .or(outbox::claimed_until.lt(at));
-        let candidates: Vec<String> = with_conn!(&self.db, |conn| outbox::table
-            .filter(outbox::status.eq("pending"))
-            .filter(outbox::next_attempt_at.le(at))
-            .filter(unclaimed)
-            .order(outbox::next_attempt_at.asc())
-            .limit(limit)
-            .select(outbox::id)
-            .load(conn)
-            .await
-            .map_err(DbError::from))?;
-        let mut claimed = Vec::new();
-        for id in candidates {
-            // Compare-and-set per row: two dispatchers never both win one row.
-            let won = with_conn!(&self.db, |conn| diesel::update(
-                outbox::table
-                    .filter(outbox::id.eq(&id))
-                    .filter(outbox::status.eq("pending"))
-                    .filter(
-                        outbox::claimed_until
-                            .is_null()
-                            .or(outbox::claimed_until.lt(at))
-                    )
-            )
-            .set(outbox::claimed_until.eq(lease))
-            .execute(conn)
-            .await
-            .map_err(DbError::from))?;
-            if won == 1 {
-                claimed.push(id);
-            }
-        }
+        let claimed = match &self.db {
+            Db::Pg(pool) => claim_skip_locked(pool, at, lease, limit).await?,
+            Db::Sqlite(_) => self.claim_one_by_one(at, lease, limit).await?,
+        };
         if claimed.is_empty() {
             return Ok(Vec::new());
         }

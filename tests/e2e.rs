@@ -1689,6 +1689,71 @@ async fn in_app_messages_reach_the_inbox_topic() {
     db.drop_database().await;
 }
 
+/// Two hubs on one PostgreSQL each run outbox dispatch: every message is sent once, never
+/// twice (claims lock rows and skip the ones the other holds).
+#[actix_web::test]
+async fn two_dispatchers_never_send_one_message_twice() {
+    const ORDERS: usize = 40;
+    let db = TestDb::new(Backend::Postgres).await;
+    let smtp = SmtpSink::start();
+    let env = hub_env(&db, Some(&smtp));
+    let (one, two) = (Hub::start(env.clone()), Hub::start(env));
+    let admin = one.admin_token();
+    let f = fixture(&one, &admin, "dispatch").await;
+    let mut orders = Vec::new();
+    for n in 0..ORDERS {
+        // Alternate nodes, so both dispatchers are woken by their own commits.
+        let hub = if n % 2 == 0 { &one } else { &two };
+        let id = expect(place_order(hub, &f, &format!("twice-{n}"), 1).await, 201)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        advance(hub, &f, &id, &["confirm", "start", "ready"]).await;
+        orders.push(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while smtp.messages().len() < ORDERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sent",
+            smtp.messages().len()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for a duplicate to show up, if there were one.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), ORDERS, "one email per ready order");
+    for id in &orders {
+        let about = mails
+            .iter()
+            .filter(|m| m.unfolded().contains(id.as_str()))
+            .count();
+        assert_eq!(about, 1, "order {id} was emailed {about} times");
+    }
+    let guardian_token = login(&one, &f.guardian_email, "guardian-pass-1").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let inbox = expect(
+        get(&two, &guardian_token, "/api/v1/me/inbox?limit=200").await,
+        200,
+    );
+    let seqs: Vec<i64> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=ORDERS as i64).rev().collect::<Vec<_>>(),
+        "in-app once each too"
+    );
+    drop((one, two));
+    db.drop_database().await;
+}
+
 /// The history entries of one order with the given event type.
 async fn history_of(hub: &Hub, token: &str, order: &str, kind: &str) -> Vec<Value> {
     let got = expect(
