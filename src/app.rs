@@ -169,6 +169,7 @@ pub fn build(
                 .service(orders::kitchen_summary)
                 .service(orders::create_order)
                 .service(orders::get_order)
+                .service(orders::order_notifications)
                 .service(orders::confirm_order)
                 .service(orders::start_order)
                 .service(orders::ready_order)

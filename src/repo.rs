@@ -3,7 +3,7 @@
 
 use crate::db::models::*;
 use crate::db::schema::{
-    counters, guardian_links, meals, order_events, orders, refresh_tokens, schools, users,
+    counters, guardian_links, meals, order_events, orders, outbox, refresh_tokens, schools, users,
 };
 use crate::db::{Db, DbError};
 use crate::with_conn;
@@ -463,6 +463,21 @@ pub async fn schools_with_live_orders(db: &Db) -> Result<Vec<String>, DbError> {
         .filter(orders::state.eq_any(["placed", "confirmed", "preparing", "ready"]))
         .select(orders::school_id)
         .distinct()
+        .load(conn)
+        .await)?)
+}
+
+/// Every outbox row an order's events made, oldest first.
+pub async fn order_notifications(db: &Db, order_id: &str) -> Result<Vec<OutboxRow>, DbError> {
+    Ok(with_conn!(db, |conn| outbox::table
+        .inner_join(
+            order_events::table.on(order_events::school_id
+                .eq(outbox::school_id)
+                .and(order_events::seq.eq(outbox::event_seq))),
+        )
+        .filter(order_events::order_id.eq(order_id))
+        .order((outbox::created_at.asc(), outbox::id.asc()))
+        .select(OutboxRow::as_select())
         .load(conn)
         .await)?)
 }

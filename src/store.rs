@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient,
     Wave, alert_notifications, allergy_conflicts, assign_counter, choose_wave,
-    counter_change_notifications, event_type, notifications_for, pickup_code,
+    counter_change_notifications, event_type, notifications_for, pickup_code, still_true,
 };
 use tiffin_actors::ports::{
     AlertCommit, CommandError, CounterMove, Idempotency, KitchenSnapshot, NewOrder, Outbox,
@@ -981,6 +981,37 @@ impl Outbox for DieselStore {
                 outbox::status.eq("sent"),
                 outbox::sent_at.eq(Some(at)),
                 outbox::attempts.eq(outbox::attempts + 1),
+                outbox::claimed_until.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)
+            .await
+            .map_err(DbError::from))?;
+        Ok(())
+    }
+
+    async fn still_true(&self, message: &OutboxMessage) -> Result<bool, CommandError> {
+        let payload: serde_json::Value = serde_json::from_str(&message.payload)
+            .map_err(|e| CommandError::Internal(format!("outbox payload: {e}")))?;
+        let Some(order_id) = payload["order"]["id"].as_str() else {
+            return Ok(true);
+        };
+        let state: Option<String> = with_conn!(&self.db, |conn| orders::table
+            .find(order_id)
+            .select(orders::state)
+            .first(conn)
+            .await
+            .optional()
+            .map_err(DbError::from))?;
+        Ok(state
+            .as_deref()
+            .and_then(OrderState::parse)
+            .is_none_or(|state| still_true(&message.template, state)))
+    }
+
+    async fn mark_expired(&self, id: &str) -> Result<(), CommandError> {
+        with_conn!(&self.db, |conn| diesel::update(outbox::table.find(id))
+            .set((
+                outbox::status.eq("expired"),
                 outbox::claimed_until.eq(None::<NaiveDateTime>),
             ))
             .execute(conn)

