@@ -1403,7 +1403,10 @@ impl ChromeDriver {
         caps.insert(
             "goog:chromeOptions".into(),
             json!({"binary": "/usr/bin/chromium",
-                   "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+                   // The network is closed: keep Chromium from trying to reach outside hosts.
+                   "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                            "--no-first-run", "--disable-background-networking",
+                            "--disable-component-update", "--disable-sync"]}),
         );
         fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
