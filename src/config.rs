@@ -37,6 +37,8 @@ pub struct Config {
     /// Frames a WebSocket may have waiting to be written before it counts as a slow consumer
     /// and is closed (1013); it then resumes with `since`.
     pub ws_send_queue: usize,
+    /// A WebSocket that has sent nothing (not even a pong) for this long is closed (1001).
+    pub ws_idle_timeout_secs: u64,
     /// Orders waiting longer than this in a state are shown as late on the dashboard.
     pub dashboard_age_warning_secs: i64,
     /// Order timers: the confirm deadline and what it does, the pickup reminder.
@@ -126,6 +128,7 @@ impl Default for Config {
             log_json: false,
             smtp: None,
             ws_send_queue: 256,
+            ws_idle_timeout_secs: 30,
             dashboard_age_warning_secs: 600,
             timers: TimerPolicy::default(),
         }
@@ -176,6 +179,10 @@ impl Config {
             (
                 (10..=24 * 3600).contains(&self.dashboard_age_warning_secs),
                 "dashboard_age_warning_secs must be between 10 and 86400",
+            ),
+            (
+                (15..=3600).contains(&self.ws_idle_timeout_secs),
+                "ws_idle_timeout_secs must be between 15 and 3600",
             ),
             (
                 (8..=65_536).contains(&self.ws_send_queue),

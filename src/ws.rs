@@ -21,7 +21,6 @@ use tiffin_actors::ports::Store;
 use tiffin_actors::{Catchup, KitchenFor, SnapshotReason, Subscribe, TakeSnapshot};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames a socket actor may have waiting in its mailbox before it counts as a slow consumer.
 const MAILBOX: usize = 1024;
 const MAX_FRAME: usize = 16 * 1024;
@@ -135,6 +134,8 @@ fn board_frame(topic: &str, frame: &Frame) -> Option<Frame> {
 
 struct TopicState {
     source: Source,
+    /// Where its frames come from on the bus; kept so delivery need not rebuild it per frame.
+    bus_topic: String,
     bus_id: Option<u64>,
     phase: Phase,
 }
@@ -582,6 +583,7 @@ impl Socket {
             topic.clone(),
             TopicState {
                 source: source.clone(),
+                bus_topic: source.bus_topic(),
                 bus_id: None,
                 phase: Phase::CatchingUp(Vec::new()),
             },
@@ -664,7 +666,7 @@ impl Socket {
     /// Leaves the bus; a subscription still catching up is left when its catch-up returns.
     fn end_subscription(&self, entry: TopicState) {
         if let Some(id) = entry.bus_id {
-            self.state.bus.unsubscribe(&entry.source.bus_topic(), id);
+            self.state.bus.unsubscribe(&entry.bus_topic, id);
             metrics::gauge!("ws_subscriptions", "kind" => entry.source.kind()).decrement(1.0);
         }
     }
@@ -674,7 +676,7 @@ impl Socket {
         let topics: Vec<String> = self
             .topics
             .iter()
-            .filter(|(_, t)| t.source.bus_topic() == msg.frame.topic)
+            .filter(|(_, t)| t.bus_topic == msg.frame.topic)
             .map(|(topic, _)| topic.clone())
             .collect();
         for topic in topics {
@@ -751,7 +753,9 @@ impl Actor for Socket {
                     "token expired: reconnect with a fresh token",
                     ctx,
                 );
-            } else if act.last_heard.elapsed() > IDLE_TIMEOUT {
+            } else if act.last_heard.elapsed()
+                > Duration::from_secs(act.state.config.ws_idle_timeout_secs)
+            {
                 act.close(CloseCode::Away, "idle timeout", ctx);
             } else {
                 act.send(Out::Ping, ctx);

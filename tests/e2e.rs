@@ -1061,6 +1061,9 @@ async fn a_slow_consumer_is_closed_and_slows_nobody() {
     let db = TestDb::new(Backend::Postgres).await;
     let mut env = hub_env(&db, None);
     env.push(("TIFFIN_WS_SEND_QUEUE".into(), "16".into()));
+    // The stalled client answers no pings; on a loaded machine filling its buffers can take
+    // longer than the default idle timeout, which would close it for the wrong reason.
+    env.push(("TIFFIN_WS_IDLE_TIMEOUT_SECS".into(), "600".into()));
     let hub = Hub::start(env);
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "slow").await;
