@@ -1,6 +1,6 @@
 //! The one URL map, and the request-level error handling every route shares.
 
-use crate::api::{admin, auth, inbox, ops, orders};
+use crate::api::{admin, auth, inbox, notifications, ops, orders};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{metrics, pages, ws};
@@ -147,6 +147,13 @@ pub fn build(
                 .service(inbox::list_inbox)
                 .service(inbox::mark_inbox_read)
                 .service(inbox::delete_inbox_message)
+                .service(notifications::register_device)
+                .service(notifications::list_devices)
+                .service(notifications::remove_device)
+                .service(notifications::get_preferences)
+                .service(notifications::set_preferences)
+                .service(notifications::list_dead_letters)
+                .service(notifications::requeue_dead_letter)
                 .service(admin::create_school)
                 .service(admin::list_schools)
                 .service(admin::get_school)

@@ -6,6 +6,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use tiffin_actors::DeliveryPolicy;
 use tiffin_actors::domain::TimerPolicy;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,12 @@ pub struct Config {
     /// Log as JSON lines instead of text.
     pub log_json: bool,
     pub smtp: Option<SmtpConfig>,
+    /// FCM HTTP v1; unset logs push messages instead (embedded default).
+    pub push: Option<PushConfig>,
+    /// A Twilio-compatible SMS API; unset logs SMS messages instead.
+    pub sms: Option<SmsConfig>,
+    /// Retries, dead-lettering, circuit breakers, rate limits and the SMS fallback.
+    pub delivery: DeliveryPolicy,
     /// Frames a WebSocket may have waiting to be written before it counts as a slow consumer
     /// and is closed (1013); it then resumes with `since`.
     pub ws_send_queue: usize,
@@ -63,6 +70,45 @@ pub struct SmtpConfig {
     pub password: Option<SecretString>,
     #[serde(default = "default_from")]
     pub from: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The service-account JSON file from the Firebase console (holds the private key).
+    pub service_account_file: String,
+    /// Where `/v1/projects/{project}/messages:send` lives.
+    #[serde(default = "default_fcm_base_url")]
+    pub base_url: String,
+    /// Overrides the service account's `token_uri` (the OAuth2 token endpoint).
+    pub token_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    #[serde(default = "default_sms_base_url")]
+    pub base_url: String,
+    pub account_sid: String,
+    #[serde(
+        serialize_with = "never_serialize",
+        deserialize_with = "required_secret"
+    )]
+    pub auth_token: SecretString,
+    /// The sending number (E.164).
+    pub from: String,
+}
+
+fn default_fcm_base_url() -> String {
+    "https://fcm.googleapis.com".into()
+}
+
+fn default_sms_base_url() -> String {
+    "https://api.twilio.com".into()
+}
+
+fn required_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    secret(d)?.ok_or_else(|| serde::de::Error::custom("a secret is required"))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +173,9 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             log_json: false,
             smtp: None,
+            push: None,
+            sms: None,
+            delivery: DeliveryPolicy::default(),
             ws_send_queue: 256,
             ws_idle_timeout_secs: 30,
             dashboard_age_warning_secs: 600,
@@ -197,10 +246,12 @@ impl Config {
                 "timers.pickup_reminder_after_secs must be between 0 (off) and 86400",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(format!("bad configuration: {message}")),
-            None => Ok(()),
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(format!("bad configuration: {message}"));
         }
+        self.delivery
+            .validate()
+            .map_err(|message| format!("bad configuration: {message}"))
     }
 }
 

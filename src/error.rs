@@ -43,12 +43,13 @@ pub enum ErrorCode {
     MealUnavailable,
     AllergyConflict,
     EmptyOrder,
+    NotDead,
     DatabaseUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -79,6 +80,7 @@ impl ErrorCode {
         ErrorCode::MealUnavailable,
         ErrorCode::AllergyConflict,
         ErrorCode::EmptyOrder,
+        ErrorCode::NotDead,
         ErrorCode::DatabaseUnavailable,
         ErrorCode::Internal,
     ];
@@ -101,7 +103,9 @@ impl ErrorCode {
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
-            | MealUnavailable | OrderingClosed | CancelDeadlinePassed => StatusCode::CONFLICT,
+            | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead => {
+                StatusCode::CONFLICT
+            }
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

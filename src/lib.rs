@@ -11,9 +11,11 @@ pub mod inbox;
 pub mod metrics;
 pub mod notify;
 pub mod pages;
+pub mod push;
 pub mod repo;
 pub mod seed;
 pub mod server;
+pub mod sms;
 pub mod state;
 pub mod store;
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Notification providers: SMTP email through lettre, and the log provider of the embedded
-//! default. Templates come from `templates/` (embedded at build time).
+//! Notification templates (embedded from `templates/` at build time), SMTP email through
+//! lettre, the log provider of the embedded default, and what the HTTP providers share.
 
 use crate::config::{SmtpConfig, SmtpTls};
 use async_trait::async_trait;
@@ -9,6 +9,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use minijinja::Environment;
 use secrecy::ExposeSecret;
 use std::sync::Arc;
+use tiffin_actors::notices::Kind;
 use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
 
 /// Embeds each file of `templates/` under its path there.
@@ -18,38 +19,57 @@ macro_rules! templates {
     };
 }
 
-/// Every template, by name: `{channel}/{event}.{locale}.{part}`.
+/// Every template, by name: `{channel}/{kind}.{locale}.{part}`. Email has a subject, text and
+/// HTML; `sms/` is the short text of SMS and push bodies (push titles are email subjects).
 const TEMPLATES: &[(&str, &str)] = templates![
+    "email/order_cancelled.en.html",
     "email/order_cancelled.en.subject",
     "email/order_cancelled.en.txt",
-    "email/order_cancelled.en.html",
+    "email/order_cancelled.es.html",
     "email/order_cancelled.es.subject",
     "email/order_cancelled.es.txt",
-    "email/order_cancelled.es.html",
-    "email/order_pickup_reminder.en.subject",
-    "email/order_pickup_reminder.en.txt",
-    "email/order_pickup_reminder.en.html",
-    "email/order_pickup_reminder.es.subject",
-    "email/order_pickup_reminder.es.txt",
-    "email/order_pickup_reminder.es.html",
+    "email/order_counter_changed.en.html",
     "email/order_counter_changed.en.subject",
     "email/order_counter_changed.en.txt",
-    "email/order_counter_changed.en.html",
+    "email/order_counter_changed.es.html",
     "email/order_counter_changed.es.subject",
     "email/order_counter_changed.es.txt",
-    "email/order_counter_changed.es.html",
+    "email/order_pickup_reminder.en.html",
+    "email/order_pickup_reminder.en.subject",
+    "email/order_pickup_reminder.en.txt",
+    "email/order_pickup_reminder.es.html",
+    "email/order_pickup_reminder.es.subject",
+    "email/order_pickup_reminder.es.txt",
+    "email/order_placed.en.html",
+    "email/order_placed.en.subject",
+    "email/order_placed.en.txt",
+    "email/order_placed.es.html",
+    "email/order_placed.es.subject",
+    "email/order_placed.es.txt",
+    "email/order_ready.en.html",
     "email/order_ready.en.subject",
     "email/order_ready.en.txt",
-    "email/order_ready.en.html",
+    "email/order_ready.es.html",
     "email/order_ready.es.subject",
     "email/order_ready.es.txt",
-    "email/order_ready.es.html",
+    "email/order_uncollected.en.html",
     "email/order_uncollected.en.subject",
     "email/order_uncollected.en.txt",
-    "email/order_uncollected.en.html",
+    "email/order_uncollected.es.html",
     "email/order_uncollected.es.subject",
     "email/order_uncollected.es.txt",
-    "email/order_uncollected.es.html",
+    "sms/order_cancelled.en.txt",
+    "sms/order_cancelled.es.txt",
+    "sms/order_counter_changed.en.txt",
+    "sms/order_counter_changed.es.txt",
+    "sms/order_pickup_reminder.en.txt",
+    "sms/order_pickup_reminder.es.txt",
+    "sms/order_placed.en.txt",
+    "sms/order_placed.es.txt",
+    "sms/order_ready.en.txt",
+    "sms/order_ready.es.txt",
+    "sms/order_uncollected.en.txt",
+    "sms/order_uncollected.es.txt",
 ];
 
 pub struct Templates {
@@ -68,6 +88,22 @@ impl Templates {
     pub fn load() -> Result<Templates, String> {
         let mut env = Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.add_filter("local_time", local_time);
+        env.add_filter("money", money);
+        let names: Vec<&str> = TEMPLATES.iter().map(|(name, _)| *name).collect();
+        for kind in Kind::ALL {
+            for part in [
+                "email/{}.en.subject",
+                "email/{}.en.txt",
+                "email/{}.en.html",
+                "sms/{}.en.txt",
+            ] {
+                let name = part.replace("{}", kind.as_str());
+                if !names.contains(&name.as_str()) {
+                    return Err(format!("template {name} is missing"));
+                }
+            }
+        }
         for (name, source) in TEMPLATES {
             env.add_template(name, source)
                 .map_err(|e| format!("template {name}: {e}"))?;
@@ -97,6 +133,25 @@ impl Templates {
         template
             .render(minijinja::value::Serde(data))
             .map_err(|e| format!("template {localised}: {e}"))
+    }
+
+    /// A push title (the email subject) and the short text of SMS and push bodies.
+    pub fn render_short(&self, message: &OutboxMessage) -> Result<(String, String), String> {
+        let data: serde_json::Value =
+            serde_json::from_str(&message.payload).map_err(|e| format!("payload: {e}"))?;
+        let title = self.render(
+            &format!("email/{}", message.template),
+            &message.locale,
+            "subject",
+            &data,
+        )?;
+        let body = self.render(
+            &format!("sms/{}", message.template),
+            &message.locale,
+            "txt",
+            &data,
+        )?;
+        Ok((title.trim().to_owned(), body.trim().to_owned()))
     }
 
     pub fn render_email(&self, message: &OutboxMessage) -> Result<RenderedEmail, String> {
@@ -150,7 +205,51 @@ fn sample_payload() -> serde_json::Value {
         ready_at: Some(at),
         alerts: vec![tiffin_actors::domain::Alert::PickupReminder],
     };
-    serde_json::json!({"school_name": "Sample School", "recipient_name": "Sample Guardian", "order": order})
+    serde_json::json!({"school_name": "Sample School", "time_zone": "America/Chicago", "recipient_name": "Sample Guardian", "order": order})
+}
+
+/// `{{ instant | local_time(time_zone) }}`: an RFC 3339 instant as the school's clock shows it.
+fn local_time(instant: String, time_zone: String) -> Result<String, minijinja::Error> {
+    let bad = |what: String| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, what);
+    let at = chrono::DateTime::parse_from_rfc3339(&instant)
+        .map_err(|e| bad(format!("local_time: {instant:?}: {e}")))?;
+    let tz: chrono_tz::Tz = time_zone
+        .parse()
+        .map_err(|_| bad(format!("local_time: unknown time zone {time_zone:?}")))?;
+    Ok(at.with_timezone(&tz).format("%H:%M").to_string())
+}
+
+/// `{{ cents | money }}`: 450 as `$4.50`.
+fn money(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    format!("{sign}${}.{:02}", cents.abs() / 100, cents.abs() % 100)
+}
+
+/// The HTTP client of the push and SMS providers: bounded timeouts, so a provider that
+/// accepts a connection and never answers costs a retry, not a stuck dispatcher.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(15))
+        .user_agent(concat!("tiffin/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// A `Retry-After` header: seconds, or an HTTP date.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+        .to_std()
+        .ok()
 }
 
 pub struct SmtpSender {
@@ -233,15 +332,23 @@ impl LogSender {
 #[async_trait]
 impl Sender for LogSender {
     async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
-        let email = self
-            .templates
-            .render_email(message)
-            .map_err(SendError::Permanent)?;
+        let (title, body) = if message.channel == "email" {
+            let email = self
+                .templates
+                .render_email(message)
+                .map_err(SendError::Permanent)?;
+            (email.subject, String::new())
+        } else {
+            self.templates
+                .render_short(message)
+                .map_err(SendError::Permanent)?
+        };
         tracing::info!(
             provider = "log",
             channel = %message.channel,
             to = %message.address,
-            subject = %email.subject,
+            title = %title,
+            body = %body,
             "notification recorded (no provider configured)"
         );
         Ok(())
@@ -255,12 +362,17 @@ mod tests {
     fn message(template: &str, locale: &str, payload: serde_json::Value) -> OutboxMessage {
         OutboxMessage {
             id: "m1".into(),
+            recipient_id: "g".into(),
             channel: "email".into(),
             template: template.into(),
             address: "g@example.org".into(),
             locale: locale.into(),
             payload: payload.to_string(),
             attempts: 0,
+            priority: tiffin_actors::notices::Priority::Normal,
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            fallback_for: None,
         }
     }
 
@@ -289,6 +401,31 @@ mod tests {
             "{}",
             late.text
         );
+    }
+
+    #[test]
+    fn times_are_shown_on_the_school_clock_and_texts_are_short() {
+        let t = Templates::load().unwrap();
+        let mut payload = sample_payload();
+        payload["order"]["wave"]["starts_at"] = "2026-11-23T17:30:00Z".into();
+        payload["order"]["wave"]["cancel_until"] = "2026-11-23T15:00:00Z".into();
+        let placed = t
+            .render_email(&message("order_placed", "en", payload.clone()))
+            .unwrap();
+        // 17:30 UTC is 11:30 in Chicago in November.
+        assert!(placed.text.contains("served from 11:30"), "{}", placed.text);
+        assert!(placed.text.contains("until 09:00"), "{}", placed.text);
+        assert!(placed.text.contains("Total: $1.00"), "{}", placed.text);
+        let (title, body) = t
+            .render_short(&message("order_ready", "es", payload))
+            .unwrap();
+        assert_eq!(title, "El almuerzo de Sample Student está listo");
+        assert_eq!(
+            body,
+            "El almuerzo de Sample Student está listo en Counter 1. Código AC34."
+        );
+        assert!(body.len() <= 160);
+        assert_eq!(money(-1205), "-$12.05");
     }
 
     #[test]

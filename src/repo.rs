@@ -3,7 +3,8 @@
 
 use crate::db::models::*;
 use crate::db::schema::{
-    counters, guardian_links, meals, order_events, orders, outbox, refresh_tokens, schools, users,
+    counters, delivery_attempts, device_tokens, guardian_links, meals, notification_preferences,
+    order_events, orders, outbox, refresh_tokens, schools, users,
 };
 use crate::db::{Db, DbError};
 use crate::with_conn;
@@ -50,12 +51,22 @@ pub async fn update_school(
     id: &str,
     name: Option<&str>,
     time_zone: Option<&str>,
+    quiet_hours: Option<Option<(String, String)>>,
 ) -> Result<(), DbError> {
     let at = now();
+    let (quiet_start, quiet_end) = match quiet_hours {
+        Some(Some((start, end))) => (Some(Some(start)), Some(Some(end))),
+        Some(None) => (Some(None), Some(None)),
+        None => (None, None),
+    };
     let n = with_conn!(db, |conn| diesel::update(schools::table.find(id))
         .set((
             name.map(|n| schools::name.eq(n)),
             time_zone.map(|t| schools::time_zone.eq(t)),
+            quiet_start
+                .clone()
+                .map(|t| schools::quiet_hours_start.eq(t)),
+            quiet_end.clone().map(|t| schools::quiet_hours_end.eq(t)),
             schools::updated_at.eq(at),
         ))
         .execute(conn)
@@ -478,6 +489,195 @@ pub async fn order_notifications(db: &Db, order_id: &str) -> Result<Vec<OutboxRo
         .filter(order_events::order_id.eq(order_id))
         .order((outbox::created_at.asc(), outbox::id.asc()))
         .select(OutboxRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+pub async fn active_device_tokens(db: &Db, user_id: &str) -> Result<Vec<DeviceTokenRow>, DbError> {
+    Ok(with_conn!(db, |conn| device_tokens::table
+        .filter(device_tokens::user_id.eq(user_id))
+        .filter(device_tokens::active.eq(true))
+        .order(device_tokens::created_at.asc())
+        .select(DeviceTokenRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+pub async fn device_tokens_of(db: &Db, user_id: &str) -> Result<Vec<DeviceTokenRow>, DbError> {
+    Ok(with_conn!(db, |conn| device_tokens::table
+        .filter(device_tokens::user_id.eq(user_id))
+        .order(device_tokens::created_at.asc())
+        .select(DeviceTokenRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+/// FCM no longer knows the token: stop sending to it.
+pub async fn deactivate_device_token(db: &Db, id: &str) -> Result<(), DbError> {
+    let at = now();
+    with_conn!(db, |conn| diesel::update(device_tokens::table.find(id))
+        .set((
+            device_tokens::active.eq(false),
+            device_tokens::updated_at.eq(at),
+        ))
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+/// Registers a device for a user. A token is one device: registering it again (after a
+/// sign-in as someone else, or a reinstall) moves it to this user and reactivates it.
+pub async fn register_device_token(
+    db: &Db,
+    user_id: &str,
+    platform: &str,
+    token: &str,
+) -> Result<(DeviceTokenRow, bool), DbError> {
+    let at = now();
+    let row = DeviceTokenRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        user_id: user_id.to_owned(),
+        platform: platform.to_owned(),
+        token: token.to_owned(),
+        active: true,
+        created_at: at,
+        updated_at: at,
+    };
+    let stored: DeviceTokenRow = with_conn!(db, |conn| diesel::insert_into(device_tokens::table)
+        .values(&row)
+        .on_conflict(device_tokens::token)
+        .do_update()
+        .set((
+            device_tokens::user_id.eq(user_id),
+            device_tokens::platform.eq(platform),
+            device_tokens::active.eq(true),
+            device_tokens::updated_at.eq(at),
+        ))
+        .returning(DeviceTokenRow::as_returning())
+        .get_result(conn)
+        .await)?;
+    let created = stored.id == row.id;
+    Ok((stored, created))
+}
+
+/// Removes one of the user's devices; false if they have no such device.
+pub async fn delete_device_token(db: &Db, user_id: &str, id: &str) -> Result<bool, DbError> {
+    let n = with_conn!(db, |conn| diesel::delete(
+        device_tokens::table
+            .filter(device_tokens::id.eq(id))
+            .filter(device_tokens::user_id.eq(user_id))
+    )
+    .execute(conn)
+    .await)?;
+    Ok(n > 0)
+}
+
+pub async fn preferences_of(db: &Db, user_id: &str) -> Result<Vec<PreferenceRow>, DbError> {
+    Ok(with_conn!(db, |conn| notification_preferences::table
+        .filter(notification_preferences::user_id.eq(user_id))
+        .select(PreferenceRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+/// Stores a user's choices, all or none.
+pub async fn set_preferences(db: &Db, rows: &[PreferenceRow]) -> Result<(), DbError> {
+    with_conn!(db, |conn| conn
+        .transaction(async |conn| {
+            for row in rows {
+                diesel::insert_into(notification_preferences::table)
+                    .values(row)
+                    .on_conflict((
+                        notification_preferences::user_id,
+                        notification_preferences::event_kind,
+                        notification_preferences::channel,
+                    ))
+                    .do_update()
+                    .set((
+                        notification_preferences::enabled.eq(row.enabled),
+                        notification_preferences::updated_at.eq(row.updated_at),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
+            Ok::<_, diesel::result::Error>(())
+        })
+        .await)?;
+    Ok(())
+}
+
+/// Dead letters, newest first; of one school, or all.
+pub async fn dead_letters(
+    db: &Db,
+    school_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, DbError> {
+    Ok(with_conn!(db, |conn| {
+        let mut query = outbox::table
+            .filter(outbox::status.eq("dead"))
+            .order((outbox::created_at.desc(), outbox::id.desc()))
+            .limit(limit)
+            .select(OutboxRow::as_select())
+            .into_boxed();
+        if let Some(school_id) = school_id {
+            query = query.filter(outbox::school_id.eq(school_id));
+        }
+        query.load(conn).await
+    })?)
+}
+
+pub async fn outbox_row(db: &Db, id: &str) -> Result<Option<OutboxRow>, DbError> {
+    Ok(with_conn!(db, |conn| outbox::table
+        .find(id)
+        .select(OutboxRow::as_select())
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+/// Puts a dead letter back in the queue as new: due now, attempts from zero, a fresh expiry.
+/// False if it is not (or no longer) dead.
+pub async fn requeue_dead_letter(
+    db: &Db,
+    id: &str,
+    expires_at: Option<NaiveDateTime>,
+) -> Result<bool, DbError> {
+    let at = now();
+    let n = with_conn!(db, |conn| diesel::update(
+        outbox::table
+            .filter(outbox::id.eq(id))
+            .filter(outbox::status.eq("dead"))
+    )
+    .set((
+        outbox::status.eq("pending"),
+        outbox::attempts.eq(0),
+        outbox::next_attempt_at.eq(at),
+        outbox::claimed_until.eq(None::<NaiveDateTime>),
+        outbox::expires_at.eq(expires_at),
+    ))
+    .execute(conn)
+    .await)?;
+    Ok(n > 0)
+}
+
+/// Every recorded delivery attempt of these outbox rows, oldest first.
+pub async fn delivery_attempts_of(
+    db: &Db,
+    outbox_ids: &[String],
+) -> Result<Vec<(String, i32, NaiveDateTime, String, Option<String>)>, DbError> {
+    Ok(with_conn!(db, |conn| delivery_attempts::table
+        .filter(delivery_attempts::outbox_id.eq_any(outbox_ids))
+        .order((
+            delivery_attempts::at.asc(),
+            delivery_attempts::attempt.asc()
+        ))
+        .select((
+            delivery_attempts::outbox_id,
+            delivery_attempts::attempt,
+            delivery_attempts::at,
+            delivery_attempts::outcome,
+            delivery_attempts::detail,
+        ))
         .load(conn)
         .await)?)
 }

@@ -62,6 +62,8 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         event_seq: 0,
         created_at: at,
         updated_at: at,
+        quiet_hours_start: None,
+        quiet_hours_end: None,
     };
     let counters: Vec<CounterRow> = (1..=2)
         .map(|number| CounterRow {

@@ -7,8 +7,10 @@ use crate::db::{self, DatabaseUrl, Db};
 use crate::inbox::InAppSender;
 use crate::metrics;
 use crate::notify::{LogSender, SmtpSender, Templates};
+use crate::push::FcmSender;
 use crate::repo;
 use crate::seed::{self, DEMO_LOGINS};
+use crate::sms::SmsSender;
 use crate::state::AppState;
 use crate::store::DieselStore;
 use actix::Actor;
@@ -21,7 +23,8 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use tiffin_actors::bus::LocalBus;
-use tiffin_actors::domain::{Channel, Role};
+use tiffin_actors::domain::Role;
+use tiffin_actors::notices::Channel;
 use tiffin_actors::ports::Sender;
 use tiffin_actors::{Dispatcher, KitchenFor, Registry};
 
@@ -127,14 +130,28 @@ fn senders(
         Some(smtp) => Arc::new(SmtpSender::new(smtp, templates.clone()).map_err(|e| anyhow!(e))?),
         None => Arc::new(LogSender::new(templates.clone())),
     };
+    let push: Arc<dyn Sender> = match &config.push {
+        Some(push) => {
+            Arc::new(FcmSender::new(push, db.clone(), templates.clone()).map_err(|e| anyhow!(e))?)
+        }
+        None => Arc::new(LogSender::new(templates.clone())),
+    };
+    let sms: Arc<dyn Sender> = match &config.sms {
+        Some(sms) => Arc::new(SmsSender::new(sms, templates.clone()).map_err(|e| anyhow!(e))?),
+        None => Arc::new(LogSender::new(templates.clone())),
+    };
     let in_app: Arc<dyn Sender> = Arc::new(InAppSender::new(db.clone(), templates, bus));
     Ok(HashMap::from([
         (Channel::Email.as_str().to_owned(), email),
+        (Channel::Push.as_str().to_owned(), push),
+        (Channel::Sms.as_str().to_owned(), sms),
         (Channel::InApp.as_str().to_owned(), in_app),
     ]))
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // One TLS crypto provider for the HTTP providers (reqwest is built without a default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let templates = Arc::new(Templates::load().map_err(|e| anyhow!(e))?);
     let (url, db) = prepare_database(&config).await?;
     let keys = JwtKeys::new(&jwt_secret(&config, &url)?);
@@ -146,7 +163,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let metrics = metrics::install().map_err(|e| anyhow!(e))?;
 
-    let store = Arc::new(DieselStore::new(db.clone()));
+    let store = Arc::new(DieselStore::new(
+        db.clone(),
+        config.delivery.sms_fallback_after_secs,
+    ));
     let bus = Arc::new(LocalBus::new());
     let registry = Registry::new(store.clone(), bus.clone(), config.timers).start();
     for school in repo::schools_with_live_orders(&db).await? {
@@ -156,6 +176,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         store.clone(),
         senders(&config, templates, &db, bus.clone())?,
         Duration::from_millis(config.dispatch_poll_ms),
+        config.delivery.clone(),
     )
     .start();
 

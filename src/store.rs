@@ -6,7 +6,8 @@ use crate::db::models::{
     MealRow, OrderEventRow, OrderItemRow, OrderRow, OutboxRow, ServiceWindowRow, now,
 };
 use crate::db::schema::{
-    counters, guardian_links, meals, order_events, orders, outbox, schools, service_windows, users,
+    counters, delivery_attempts, device_tokens, guardian_links, meals, notification_preferences,
+    order_events, orders, outbox, schools, service_windows, users,
 };
 use crate::db::{Db, DbError};
 use crate::with_conn;
@@ -16,13 +17,16 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::HashSet;
 use tiffin_actors::domain::{
-    COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Recipient,
-    Wave, alert_notifications, allergy_conflicts, assign_counter, choose_wave,
-    counter_change_notifications, event_type, notifications_for, pickup_code, still_true,
+    COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Wave,
+    allergy_conflicts, assign_counter, choose_wave, event_type, pickup_code,
+};
+use tiffin_actors::notices::{
+    Audience, Channel, Kind, NotificationIntent, Preference, Priority, QuietHours, Recipient,
+    first_attempt_delay, intents, kind_of_alert, kind_of_transition,
 };
 use tiffin_actors::ports::{
-    AlertCommit, CommandError, CounterMove, Idempotency, KitchenSnapshot, NewOrder, Outbox,
-    OutboxMessage, Placed, Store, TransitionCommit,
+    AlertCommit, CommandError, CounterMove, Dropped, Idempotency, KitchenSnapshot, Needed,
+    NewOrder, Outbox, OutboxMessage, OutboxStats, Placed, Store, TransitionCommit,
 };
 
 /// How long a dispatcher holds a claimed outbox row before another may take it.
@@ -33,6 +37,8 @@ const MAX_ITEMS: usize = 20;
 #[derive(Clone)]
 pub struct DieselStore {
     pub db: Db,
+    /// How long a critical message waits for push before its SMS fallback goes.
+    sms_fallback_after: Duration,
 }
 
 /// Errors inside a transaction: a database error rolls back, and so does a refusal.
@@ -128,13 +134,31 @@ fn event_row(
 
 type RecipientRow = (String, String, Option<String>, Option<String>, String);
 
-fn recipient((user_id, name, email, phone, locale): RecipientRow) -> Recipient {
+/// A user with the channels they can be reached on and their choices.
+fn recipient(
+    (user_id, name, email, phone, locale): RecipientRow,
+    with_push: &HashSet<String>,
+    choices: &[(String, String, String, bool)],
+) -> Recipient {
+    let preferences = choices
+        .iter()
+        .filter(|(user, ..)| *user == user_id)
+        .filter_map(|(_, kind, channel, enabled)| {
+            Some(Preference {
+                kind: Kind::parse(kind)?,
+                channel: Channel::parse(channel)?,
+                enabled: *enabled,
+            })
+        })
+        .collect();
     Recipient {
+        has_push: with_push.contains(&user_id),
         user_id,
         name,
         email,
         phone,
         locale,
+        preferences,
     }
 }
 
@@ -169,7 +193,7 @@ macro_rules! least_loaded_counter {
     }};
 }
 
-/// A student and their active guardians, with their addresses.
+/// A student and their active guardians, with their addresses, devices and preferences.
 macro_rules! recipients {
     ($conn:expr, $student_id:expr) => {{
         let student: RecipientRow = users::table
@@ -196,8 +220,32 @@ macro_rules! recipients {
             ))
             .load($conn)
             .await?;
-        let guardians: Vec<Recipient> = guardians.into_iter().map(recipient).collect();
-        (recipient(student), guardians)
+        let ids: Vec<&str> = std::iter::once(student.0.as_str())
+            .chain(guardians.iter().map(|g| g.0.as_str()))
+            .collect();
+        let with_push: HashSet<String> = device_tokens::table
+            .filter(device_tokens::user_id.eq_any(&ids))
+            .filter(device_tokens::active.eq(true))
+            .select(device_tokens::user_id)
+            .load::<String>($conn)
+            .await?
+            .into_iter()
+            .collect();
+        let choices: Vec<(String, String, String, bool)> = notification_preferences::table
+            .filter(notification_preferences::user_id.eq_any(&ids))
+            .select((
+                notification_preferences::user_id,
+                notification_preferences::event_kind,
+                notification_preferences::channel,
+                notification_preferences::enabled,
+            ))
+            .load($conn)
+            .await?;
+        let guardians: Vec<Recipient> = guardians
+            .into_iter()
+            .map(|g| recipient(g, &with_push, &choices))
+            .collect();
+        (recipient(student, &with_push, &choices), guardians)
     }};
 }
 
@@ -216,16 +264,16 @@ macro_rules! latest_snapshot {
 
 /// Starts an event that changes an order but not its state: takes the next kitchen sequence
 /// number and the next version, guarded by the version the caller saw. Yields
-/// `(seq, school_name, order)` with the order at its new version.
+/// `(seq, order)` with the order at its new version.
 macro_rules! amend_order {
     ($conn:expr, $school_id:expr, $order_id:expr, $expected_version:expr, $at:expr) => {{
-        let bumped: Option<(i64, String)> = diesel::update(schools::table.find($school_id))
+        let bumped: Option<i64> = diesel::update(schools::table.find($school_id))
             .set(schools::event_seq.eq(schools::event_seq + 1))
-            .returning((schools::event_seq, schools::name))
+            .returning(schools::event_seq)
             .get_result($conn)
             .await
             .optional()?;
-        let (seq, school_name) = bumped.ok_or(CommandError::SchoolNotFound)?;
+        let seq = bumped.ok_or(CommandError::SchoolNotFound)?;
         let version = $expected_version + 1;
         let changed = diesel::update(
             orders::table
@@ -242,88 +290,149 @@ macro_rules! amend_order {
         let mut order = latest_snapshot!($conn, $order_id);
         order.version = version;
         order.updated_at = $at.and_utc();
-        (seq, school_name, order)
+        (seq, order)
     }};
 }
 
-/// Writes an event and, in the same transaction, one outbox row for each message `notify`
-/// (student, guardians) says it makes. Yields the committed event.
+/// Writes an event and, in the same transaction, the outbox rows of the notice it makes (if
+/// any): one per recipient and channel, by the rules in `notices`. `$skip` is someone who
+/// needs no news of their own act. Yields the committed event.
 macro_rules! record_event {
     ($conn:expr, $seq:expr, $kind:expr, $order:expr, $from:expr, $actor_id:expr, $reason:expr,
-     $at:expr, $school_name:expr, $notify:expr) => {{
+     $at:expr, $notice:expr, $skip:expr, $sms_fallback_after:expr) => {{
         let row = event_row($seq, $kind, $order, $from, $actor_id, $reason, $at)?;
         diesel::insert_into(order_events::table)
             .values(&row)
             .execute($conn)
             .await?;
-        let (student, guardians) = recipients!($conn, &$order.student_id);
-        let intents = ($notify)(&student, &guardians);
-        let template = row.kind.replace('.', "_");
-        for message in outbox_rows(
-            intents,
-            &guardians,
-            $order,
-            $seq,
-            $school_name,
-            &template,
-            $at,
-        ) {
-            diesel::insert_into(outbox::table)
-                .values(&message)
-                .execute($conn)
+        let notice: Option<Kind> = $notice;
+        if let Some(notice) = notice {
+            let (student, guardians) = recipients!($conn, &$order.student_id);
+            let school: SchoolNotice = schools::table
+                .find(&$order.school_id)
+                .select((
+                    schools::name,
+                    schools::time_zone,
+                    schools::quiet_hours_start,
+                    schools::quiet_hours_end,
+                ))
+                .first($conn)
                 .await?;
+            let skip: Option<&str> = $skip;
+            let audience: Vec<&Recipient> = match notice.rule().audience {
+                Audience::Guardians => guardians.iter().collect(),
+                Audience::Family => std::iter::once(&student).chain(&guardians).collect(),
+            };
+            let audience: Vec<&Recipient> = audience
+                .into_iter()
+                .filter(|r| Some(r.user_id.as_str()) != skip)
+                .collect();
+            let rows = outbox_rows(
+                notice,
+                intents(notice, &audience),
+                &audience,
+                $order,
+                $seq,
+                &school,
+                $at,
+                $sms_fallback_after,
+            );
+            for message in rows {
+                diesel::insert_into(outbox::table)
+                    .values(&message)
+                    .execute($conn)
+                    .await?;
+            }
         }
         event_from_row(row)?
     }};
 }
 
-/// One outbox row per intent, keyed by (event, recipient, channel) in the table.
+/// A school's name, time zone and quiet hours: what a notice needs of it.
+type SchoolNotice = (String, String, Option<String>, Option<String>);
+
+/// One outbox row per intent, keyed by (event, recipient, channel) in the table. Low-priority
+/// rows wait out quiet hours; an SMS fallback waits behind its recipient's push row.
+#[allow(clippy::too_many_arguments)]
 fn outbox_rows(
-    intents: Vec<tiffin_actors::domain::NotificationIntent>,
-    guardians: &[Recipient],
+    kind: Kind,
+    intents: Vec<NotificationIntent>,
+    audience: &[&Recipient],
     order: &OrderSummary,
     seq: i64,
-    school_name: &str,
-    template: &str,
+    (school_name, time_zone, quiet_start, quiet_end): &SchoolNotice,
     at: NaiveDateTime,
+    sms_fallback_after: Duration,
 ) -> Vec<OutboxRow> {
-    intents
+    let tz: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let local_now = at.and_utc().with_timezone(&tz).time();
+    let quiet = quiet_start
+        .as_deref()
+        .and_then(parse_time_of_day)
+        .zip(quiet_end.as_deref().and_then(parse_time_of_day))
+        .map(|(start, end)| QuietHours { start, end });
+    let rule = kind.rule();
+    let mut rows: Vec<(NotificationIntent, OutboxRow)> = intents
         .into_iter()
         .map(|intent| {
-            let name = guardians
+            let name = audience
                 .iter()
-                .find(|g| g.user_id == intent.recipient_id)
-                .map_or(order.student_name.clone(), |g| g.name.clone());
+                .find(|r| r.user_id == intent.recipient_id)
+                .map_or(order.student_name.clone(), |r| r.name.clone());
             let payload = serde_json::json!({
                 "school_name": school_name,
+                "time_zone": tz.name(),
                 "recipient_name": name,
                 "order": order,
             });
-            OutboxRow {
+            let due =
+                at + first_attempt_delay(&intent, quiet.as_ref(), local_now, sms_fallback_after);
+            let row = OutboxRow {
                 id: uuid::Uuid::now_v7().to_string(),
                 school_id: order.school_id.clone(),
                 event_seq: seq,
-                recipient_id: intent.recipient_id,
+                recipient_id: intent.recipient_id.clone(),
                 channel: intent.channel.as_str().to_owned(),
-                template: template.to_owned(),
-                address: intent.address,
-                locale: intent.locale,
+                template: kind.as_str().to_owned(),
+                address: intent.address.clone(),
+                locale: intent.locale.clone(),
                 payload: payload.to_string(),
                 status: "pending".into(),
                 attempts: 0,
-                next_attempt_at: at,
+                next_attempt_at: due,
                 claimed_until: None,
                 last_error: None,
                 created_at: at,
                 sent_at: None,
-            }
+                priority: intent.priority.rank(),
+                expires_at: Some(due + Duration::seconds(rule.expires_after_secs)),
+                fallback_for: None,
+            };
+            (intent, row)
         })
-        .collect()
+        .collect();
+    let push_rows: Vec<(String, String)> = rows
+        .iter()
+        .filter(|(i, _)| i.channel == Channel::Push)
+        .map(|(i, r)| (i.recipient_id.clone(), r.id.clone()))
+        .collect();
+    for (intent, row) in &mut rows {
+        if intent.fallback {
+            row.fallback_for = push_rows
+                .iter()
+                .find(|(recipient, _)| *recipient == intent.recipient_id)
+                .map(|(_, id)| id.clone());
+        }
+    }
+    rows.into_iter().map(|(_, row)| row).collect()
 }
 
 impl DieselStore {
-    pub fn new(db: Db) -> DieselStore {
-        DieselStore { db }
+    pub fn new(db: Db, sms_fallback_after_secs: i64) -> DieselStore {
+        DieselStore {
+            db,
+            sms_fallback_after: Duration::seconds(sms_fallback_after_secs),
+        }
     }
 
     /// The order an earlier request with this key made, if any.
@@ -467,7 +576,8 @@ impl DieselStore {
                         .execute(conn)
                         .await?;
                 }
-                let row = event_row(
+                Ok::<_, TxError>(record_event!(
+                    conn,
                     seq,
                     event_type(order.state),
                     &order,
@@ -475,12 +585,10 @@ impl DieselStore {
                     Some(new.placed_by.clone()),
                     reason,
                     at,
-                )?;
-                diesel::insert_into(order_events::table)
-                    .values(&row)
-                    .execute(conn)
-                    .await?;
-                Ok::<_, TxError>(event_from_row(row)?)
+                    Some(Kind::OrderPlaced),
+                    Some(new.placed_by.as_str()),
+                    self.sms_fallback_after
+                ))
             })
             .await)
     }
@@ -489,7 +597,7 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                let (seq, school_name, mut order) =
+                let (seq, mut order) =
                     amend_order!(conn, &m.school_id, &m.order_id, m.expected_version, at);
                 let still_there = order.state == OrderState::Ready
                     && order.counter.as_ref().map(|c| c.id.as_str())
@@ -517,8 +625,9 @@ impl DieselStore {
                     m.actor_id.clone(),
                     Some(format!("{closed} closed")),
                     at,
-                    &school_name,
-                    counter_change_notifications
+                    Some(Kind::OrderCounterChanged),
+                    None,
+                    self.sms_fallback_after
                 ))
             })
             .await)
@@ -528,7 +637,7 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                let (seq, school_name, mut order) =
+                let (seq, mut order) =
                     amend_order!(conn, &a.school_id, &a.order_id, a.expected_version, at);
                 if order.alerts.contains(&a.alert) {
                     return Err(TxError::Refused(CommandError::VersionConflict));
@@ -544,10 +653,9 @@ impl DieselStore {
                     None,
                     Some(a.reason.clone()),
                     at,
-                    &school_name,
-                    |student: &Recipient, guardians: &[Recipient]| alert_notifications(
-                        a.alert, student, guardians
-                    )
+                    kind_of_alert(a.alert),
+                    None,
+                    self.sms_fallback_after
                 ))
             })
             .await)
@@ -558,14 +666,14 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                let bumped: Option<(i64, String, String)> =
+                let bumped: Option<(i64, String)> =
                     diesel::update(schools::table.find(&t.school_id))
                         .set(schools::event_seq.eq(schools::event_seq + 1))
-                        .returning((schools::event_seq, schools::name, schools::time_zone))
+                        .returning((schools::event_seq, schools::time_zone))
                         .get_result(conn)
                         .await
                         .optional()?;
-                let (seq, school_name, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
+                let (seq, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
                 let changed = diesel::update(
                     orders::table
                         .filter(orders::id.eq(&t.order_id))
@@ -625,10 +733,9 @@ impl DieselStore {
                     t.actor_id.clone(),
                     t.reason.clone(),
                     at,
-                    &school_name,
-                    |student: &Recipient, guardians: &[Recipient]| notifications_for(
-                        tr.to, issuer, student, guardians
-                    )
+                    kind_of_transition(tr.to, issuer),
+                    None,
+                    self.sms_fallback_after
                 ))
             })
             .await)
@@ -752,7 +859,24 @@ fn order_lines(new: &NewOrder, menu: &[MealRow]) -> Result<Vec<OrderLine>, Comma
         .collect()
 }
 
-/// Rows due now and not under a live claim.
+/// Records one delivery attempt of an outbox row, inside the transaction that updates it.
+macro_rules! record_attempt {
+    ($conn:expr, $id:expr, $attempt:expr, $at:expr, $outcome:expr, $detail:expr) => {
+        diesel::insert_into(delivery_attempts::table)
+            .values((
+                delivery_attempts::id.eq(uuid::Uuid::now_v7().to_string()),
+                delivery_attempts::outbox_id.eq($id),
+                delivery_attempts::attempt.eq($attempt),
+                delivery_attempts::at.eq($at),
+                delivery_attempts::outcome.eq($outcome),
+                delivery_attempts::detail.eq($detail),
+            ))
+            .execute($conn)
+            .await?
+    };
+}
+
+/// Rows due now and not under a live claim, most urgent first.
 macro_rules! due_outbox {
     ($at:expr, $limit:expr) => {
         outbox::table
@@ -763,7 +887,7 @@ macro_rules! due_outbox {
                     .is_null()
                     .or(outbox::claimed_until.lt($at)),
             )
-            .order(outbox::next_attempt_at.asc())
+            .order((outbox::priority.desc(), outbox::next_attempt_at.asc()))
             .limit($limit)
             .select(outbox::id)
     };
@@ -954,46 +1078,52 @@ impl Outbox for DieselStore {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<OutboxRow> = with_conn!(&self.db, |conn| outbox::table
+        let mut rows: Vec<OutboxRow> = with_conn!(&self.db, |conn| outbox::table
             .filter(outbox::id.eq_any(&claimed))
             .select(OutboxRow::as_select())
             .load(conn)
             .await
             .map_err(DbError::from))?;
+        rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
         Ok(rows
             .into_iter()
             .map(|r| OutboxMessage {
                 id: r.id,
+                recipient_id: r.recipient_id,
                 channel: r.channel,
                 template: r.template,
                 address: r.address,
                 locale: r.locale,
                 payload: r.payload,
                 attempts: r.attempts,
+                priority: Priority::from_rank(r.priority),
+                created_at: r.created_at.and_utc(),
+                expires_at: r.expires_at.map(|t| t.and_utc()),
+                fallback_for: r.fallback_for,
             })
             .collect())
     }
 
-    async fn mark_sent(&self, id: &str) -> Result<(), CommandError> {
-        let at = now();
-        with_conn!(&self.db, |conn| diesel::update(outbox::table.find(id))
-            .set((
-                outbox::status.eq("sent"),
-                outbox::sent_at.eq(Some(at)),
-                outbox::attempts.eq(outbox::attempts + 1),
-                outbox::claimed_until.eq(None::<NaiveDateTime>),
-            ))
-            .execute(conn)
-            .await
-            .map_err(DbError::from))?;
-        Ok(())
-    }
-
-    async fn still_true(&self, message: &OutboxMessage) -> Result<bool, CommandError> {
+    async fn still_needed(&self, message: &OutboxMessage) -> Result<Needed, CommandError> {
+        if let Some(first) = &message.fallback_for {
+            let status: Option<String> = with_conn!(&self.db, |conn| outbox::table
+                .find(first)
+                .select(outbox::status)
+                .first(conn)
+                .await
+                .optional()
+                .map_err(DbError::from))?;
+            if status.as_deref() == Some("sent") {
+                return Ok(Needed::DeliveredOtherwise);
+            }
+        }
+        let Some(kind) = Kind::parse(&message.template) else {
+            return Ok(Needed::Yes);
+        };
         let payload: serde_json::Value = serde_json::from_str(&message.payload)
             .map_err(|e| CommandError::Internal(format!("outbox payload: {e}")))?;
         let Some(order_id) = payload["order"]["id"].as_str() else {
-            return Ok(true);
+            return Ok(Needed::Yes);
         };
         let state: Option<String> = with_conn!(&self.db, |conn| orders::table
             .find(order_id)
@@ -1002,16 +1132,44 @@ impl Outbox for DieselStore {
             .await
             .optional()
             .map_err(DbError::from))?;
-        Ok(state
+        let true_now = state
             .as_deref()
             .and_then(OrderState::parse)
-            .is_none_or(|state| still_true(&message.template, state)))
+            .is_none_or(|state| kind.still_true(state));
+        Ok(if true_now {
+            Needed::Yes
+        } else {
+            Needed::NoLongerTrue
+        })
     }
 
-    async fn mark_expired(&self, id: &str) -> Result<(), CommandError> {
+    async fn mark_sent(&self, id: &str) -> Result<(), CommandError> {
+        let at = now();
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let attempt: i32 = diesel::update(outbox::table.find(id))
+                    .set((
+                        outbox::status.eq("sent"),
+                        outbox::sent_at.eq(Some(at)),
+                        outbox::attempts.eq(outbox::attempts + 1),
+                        outbox::claimed_until.eq(None::<NaiveDateTime>),
+                    ))
+                    .returning(outbox::attempts)
+                    .get_result(conn)
+                    .await?;
+                record_attempt!(conn, id, attempt, at, "sent", None::<&str>);
+                Ok::<_, diesel::result::Error>(())
+            })
+            .await
+            .map_err(DbError::from))?;
+        Ok(())
+    }
+
+    async fn mark_dropped(&self, id: &str, how: Dropped, reason: &str) -> Result<(), CommandError> {
         with_conn!(&self.db, |conn| diesel::update(outbox::table.find(id))
             .set((
-                outbox::status.eq("expired"),
+                outbox::status.eq(how.as_str()),
+                outbox::last_error.eq(Some(reason)),
                 outbox::claimed_until.eq(None::<NaiveDateTime>),
             ))
             .execute(conn)
@@ -1031,17 +1189,74 @@ impl Outbox for DieselStore {
             Some(ms) => ("pending", at + Duration::milliseconds(ms)),
             None => ("dead", at),
         };
-        with_conn!(&self.db, |conn| diesel::update(outbox::table.find(id))
-            .set((
-                outbox::status.eq(status),
-                outbox::next_attempt_at.eq(next),
-                outbox::attempts.eq(outbox::attempts + 1),
-                outbox::last_error.eq(Some(error)),
-                outbox::claimed_until.eq(None::<NaiveDateTime>),
-            ))
-            .execute(conn)
+        let outcome = if retry_in_ms.is_some() {
+            "retry"
+        } else {
+            "dead"
+        };
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let attempt: i32 = diesel::update(outbox::table.find(id))
+                    .set((
+                        outbox::status.eq(status),
+                        outbox::next_attempt_at.eq(next),
+                        outbox::attempts.eq(outbox::attempts + 1),
+                        outbox::last_error.eq(Some(error)),
+                        outbox::claimed_until.eq(None::<NaiveDateTime>),
+                    ))
+                    .returning(outbox::attempts)
+                    .get_result(conn)
+                    .await?;
+                record_attempt!(conn, id, attempt, at, outcome, Some(error));
+                Ok::<_, diesel::result::Error>(())
+            })
             .await
             .map_err(DbError::from))?;
         Ok(())
+    }
+
+    async fn defer(&self, id: &str, delay_ms: i64) -> Result<(), CommandError> {
+        let next = now() + Duration::milliseconds(delay_ms);
+        with_conn!(&self.db, |conn| diesel::update(
+            outbox::table
+                .filter(outbox::id.eq(id))
+                .filter(outbox::status.eq("pending"))
+        )
+        .set((
+            outbox::next_attempt_at.eq(next),
+            outbox::claimed_until.eq(None::<NaiveDateTime>),
+        ))
+        .execute(conn)
+        .await
+        .map_err(DbError::from))?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<OutboxStats, CommandError> {
+        let at = now();
+        let pending: i64 = with_conn!(&self.db, |conn| outbox::table
+            .filter(outbox::status.eq("pending"))
+            .count()
+            .get_result(conn)
+            .await
+            .map_err(DbError::from))?;
+        let oldest_due: Option<NaiveDateTime> = with_conn!(&self.db, |conn| outbox::table
+            .filter(outbox::status.eq("pending"))
+            .filter(outbox::next_attempt_at.le(at))
+            .select(diesel::dsl::min(outbox::created_at))
+            .first(conn)
+            .await
+            .map_err(DbError::from))?;
+        let dead: i64 = with_conn!(&self.db, |conn| outbox::table
+            .filter(outbox::status.eq("dead"))
+            .count()
+            .get_result(conn)
+            .await
+            .map_err(DbError::from))?;
+        Ok(OutboxStats {
+            pending,
+            oldest_pending_secs: oldest_due.map_or(0, |t| (at - t).num_seconds().max(0)),
+            dead,
+        })
     }
 }

@@ -31,6 +31,8 @@ async fn school(db: &Db, name: &str) -> School {
             event_seq: 0,
             created_at: at,
             updated_at: at,
+            quiet_hours_start: None,
+            quiet_hours_end: None,
         },
     )
     .await
@@ -103,7 +105,7 @@ async fn a_failed_kitchen_restarts_from_the_store_and_answers_what_was_sent_mean
     db::migrate(&url).await.unwrap();
     let db = Db::connect(&url, 4).unwrap();
     let (a, b) = (school(&db, "A").await, school(&db, "B").await);
-    let store = Arc::new(DieselStore::new(db.clone()));
+    let store = Arc::new(DieselStore::new(db.clone(), 120));
     let registry = Registry::new(store, Arc::new(LocalBus::new()), TimerPolicy::default()).start();
     let kitchen_a = registry.send(KitchenFor(a.id.clone())).await.unwrap();
     let kitchen_b = registry.send(KitchenFor(b.id.clone())).await.unwrap();
@@ -152,7 +154,7 @@ async fn a_failed_order_actor_is_restarted_by_its_kitchen_from_the_store() {
     let db = Db::connect(&url, 4).unwrap();
     let a = school(&db, "A").await;
     let registry = Registry::new(
-        Arc::new(DieselStore::new(db.clone())),
+        Arc::new(DieselStore::new(db.clone(), 120)),
         Arc::new(LocalBus::new()),
         TimerPolicy::default(),
     )

@@ -3,11 +3,13 @@
 //! in [`ports`] and [`bus`].
 
 pub mod actors;
+pub mod breaker;
 pub mod bus;
 pub mod domain;
+pub mod notices;
 pub mod ports;
 
-pub use actors::dispatch::{Dispatcher, Nudge};
+pub use actors::dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit};
 pub use actors::kitchen::{
     Catchup, CounterClosed, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe,
     TakeSnapshot, TransitionOrder,

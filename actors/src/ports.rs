@@ -2,7 +2,9 @@
 //! the adapters (diesel store, SMTP sender, Redis bus).
 
 use crate::domain::{Alert, Issuer, KitchenEvent, OrderSummary, Transition, TransitionError};
+use crate::notices::Priority;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 /// Why a command failed. The edge maps each variant to one stable error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,13 +145,21 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
     pub id: String,
+    pub recipient_id: String,
     pub channel: String,
+    /// The kind of message (`notices::Kind`), which names its templates.
     pub template: String,
     pub address: String,
     pub locale: String,
     /// Template data (JSON).
     pub payload: String,
     pub attempts: i32,
+    pub priority: Priority,
+    pub created_at: DateTime<Utc>,
+    /// Not sent after this: dropped as expired.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// This SMS stands behind that push message: sent only if it has not been delivered.
+    pub fallback_for: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,21 +167,63 @@ pub enum SendError {
     /// Worth another try later.
     #[error("transient: {0}")]
     Transient(String),
-    /// Will never succeed (bad address, bad template): do not retry.
+    /// The provider asked us to slow down and when to come back (429 with Retry-After).
+    #[error("throttled: {reason}")]
+    Throttled {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
+    /// Will never succeed (bad address, bad template, unregistered device): do not retry.
     #[error("permanent: {0}")]
     Permanent(String),
 }
 
-/// The outbox side of the store, used by notification dispatch.
+/// Whether a claimed message should still go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needed {
+    Yes,
+    /// Its news is no longer true (see `notices::Kind::still_true`): expire it.
+    NoLongerTrue,
+    /// A fallback whose first channel delivered: skip it.
+    DeliveredOtherwise,
+}
+
+/// How a message left the queue without being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    Expired,
+    Skipped,
+}
+
+impl Dropped {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Expired => "expired",
+            Dropped::Skipped => "skipped",
+        }
+    }
+}
+
+/// The outbox at a glance, for the delivery gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// Messages waiting (due or not yet due).
+    pub pending: i64,
+    /// Age of the oldest message still waiting, in seconds.
+    pub oldest_pending_secs: i64,
+    pub dead: i64,
+}
+
+/// The outbox side of the store, used by notification dispatch. Every attempt is recorded.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
-    /// Claims up to `limit` due messages for this dispatcher; a claim expires if it dies.
+    /// Claims up to `limit` due messages for this dispatcher, most urgent first; a claim
+    /// expires if its dispatcher dies.
     async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError>;
+    async fn still_needed(&self, message: &OutboxMessage) -> Result<Needed, CommandError>;
     async fn mark_sent(&self, id: &str) -> Result<(), CommandError>;
-    /// Whether the message still tells the truth (see `domain::still_true`).
-    async fn still_true(&self, message: &OutboxMessage) -> Result<bool, CommandError>;
-    /// Drops a message that is no longer true: status `expired`, never sent late.
-    async fn mark_expired(&self, id: &str) -> Result<(), CommandError>;
+    /// Takes a message out of the queue unsent, with the reason.
+    async fn mark_dropped(&self, id: &str, how: Dropped, reason: &str) -> Result<(), CommandError>;
     /// Records a failed attempt: retried after `retry_in_ms`, or dead when `None`.
     async fn mark_failed(
         &self,
@@ -179,6 +231,10 @@ pub trait Outbox: Send + Sync + 'static {
         error: &str,
         retry_in_ms: Option<i64>,
     ) -> Result<(), CommandError>;
+    /// Puts a claimed message back unattempted (its provider's circuit is open or its rate
+    /// limit is spent), due again in `delay_ms`.
+    async fn defer(&self, id: &str, delay_ms: i64) -> Result<(), CommandError>;
+    async fn stats(&self) -> Result<OutboxStats, CommandError>;
 }
 
 /// One notification channel's provider.

@@ -20,8 +20,18 @@ pub struct School {
     pub id: String,
     pub name: String,
     pub time_zone: String,
+    /// Low-priority notifications wait until these end; absent when there are none.
+    pub quiet_hours: Option<QuietHoursBody>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// School-local times of day, `HH:MM`; a start after the end spans midnight.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursBody {
+    pub start: String,
+    pub end: String,
 }
 
 impl From<SchoolRow> for School {
@@ -30,6 +40,10 @@ impl From<SchoolRow> for School {
             id: r.id,
             name: r.name,
             time_zone: r.time_zone,
+            quiet_hours: r
+                .quiet_hours_start
+                .zip(r.quiet_hours_end)
+                .map(|(start, end)| QuietHoursBody { start, end }),
             created_at: utc(r.created_at),
             updated_at: utc(r.updated_at),
         }
@@ -49,6 +63,21 @@ pub struct CreateSchool {
 pub struct UpdateSchool {
     pub name: Option<String>,
     pub time_zone: Option<String>,
+    /// Equal start and end turn quiet hours off.
+    pub quiet_hours: Option<QuietHoursBody>,
+}
+
+/// `Some(None)` turns quiet hours off.
+fn quiet_hours(body: &QuietHoursBody) -> Result<Option<(String, String)>, ApiError> {
+    let time = |field: &str, value: &str| {
+        chrono::NaiveTime::parse_from_str(value, "%H:%M")
+            .map(|t| t.format("%H:%M").to_string())
+            .map_err(|_| {
+                ApiError::validation(format!("quiet_hours.{field} must be HH:MM, got {value:?}"))
+            })
+    };
+    let (start, end) = (time("start", &body.start)?, time("end", &body.end)?);
+    Ok((start != end).then_some((start, end)))
 }
 
 fn time_zone(tz: &str) -> Result<String, ApiError> {
@@ -81,6 +110,8 @@ pub async fn create_school(
         event_seq: 0,
         created_at: at,
         updated_at: at,
+        quiet_hours_start: None,
+        quiet_hours_end: None,
     };
     repo::insert_school(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(School::from(row)))
@@ -130,7 +161,8 @@ pub async fn update_school(
         .map(|n| required_text("name", n, 200))
         .transpose()?;
     let tz = body.time_zone.as_deref().map(time_zone).transpose()?;
-    repo::update_school(&state.db, &id, name.as_deref(), tz.as_deref()).await?;
+    let quiet = body.quiet_hours.as_ref().map(quiet_hours).transpose()?;
+    repo::update_school(&state.db, &id, name.as_deref(), tz.as_deref(), quiet).await?;
     Ok(HttpResponse::Ok().json(School::from(existing_school(&state, &id).await?)))
 }
 

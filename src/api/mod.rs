@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod inbox;
+pub mod notifications;
 pub mod ops;
 pub mod orders;
 

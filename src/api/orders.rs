@@ -305,12 +305,31 @@ pub struct DeliveryStatus {
     pub channel: String,
     /// The event kind it tells of, e.g. `order_ready`.
     pub template: String,
-    /// `pending` (queued or retrying), `sent`, `dead` (gave up), `expired` (no longer true).
+    /// `pending` (queued, held for quiet hours or retrying), `sent`, `dead` (gave up),
+    /// `expired` (no longer true, or too late), `skipped` (an SMS fallback push made needless).
     pub status: String,
+    /// `low`, `normal`, `high` or `critical`.
+    pub priority: String,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When a pending message is next tried.
+    pub next_attempt_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// The push message this SMS stands behind.
+    pub fallback_for: Option<String>,
+    pub attempt_log: Vec<Attempt>,
+}
+
+/// One delivery attempt.
+#[derive(Serialize, ToSchema)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub at: DateTime<Utc>,
+    /// `sent`, `retry` or `dead`.
+    pub outcome: String,
+    pub detail: Option<String>,
 }
 
 /// Delivery status of every notification an order caused, per recipient and channel.
@@ -324,18 +343,36 @@ pub async fn order_notifications(
     let order_id = path.to_string();
     authorised_order(&state, &who, &order_id).await?;
     let rows = repo::order_notifications(&state.db, &order_id).await?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let attempts = repo::delivery_attempts_of(&state.db, &ids).await?;
     let statuses: Vec<DeliveryStatus> = rows
         .into_iter()
         .map(|r| DeliveryStatus {
+            attempt_log: attempts
+                .iter()
+                .filter(|a| a.0 == r.id)
+                .map(|(_, attempt, at, outcome, detail)| Attempt {
+                    attempt: *attempt,
+                    at: at.and_utc(),
+                    outcome: outcome.clone(),
+                    detail: detail.clone(),
+                })
+                .collect(),
             id: r.id,
             recipient_id: r.recipient_id,
             channel: r.channel,
             template: r.template,
             status: r.status,
+            priority: tiffin_actors::notices::Priority::from_rank(r.priority)
+                .as_str()
+                .to_owned(),
             attempts: r.attempts,
             last_error: r.last_error,
             created_at: r.created_at.and_utc(),
+            next_attempt_at: r.next_attempt_at.and_utc(),
+            expires_at: r.expires_at.map(|t| t.and_utc()),
             sent_at: r.sent_at.map(|t| t.and_utc()),
+            fallback_for: r.fallback_for,
         })
         .collect();
     Ok(HttpResponse::Ok().json(statuses))

@@ -13,6 +13,8 @@ pub struct SchoolRow {
     pub event_seq: i64,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub quiet_hours_start: Option<String>,
+    pub quiet_hours_end: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -158,6 +160,33 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
     pub created_at: NaiveDateTime,
     pub sent_at: Option<NaiveDateTime>,
+    /// `notices::Priority::rank`.
+    pub priority: i32,
+    pub expires_at: Option<NaiveDateTime>,
+    pub fallback_for: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = device_tokens, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct DeviceTokenRow {
+    pub id: String,
+    pub user_id: String,
+    /// `android`, `ios` or `web`.
+    pub platform: String,
+    pub token: String,
+    pub active: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = notification_preferences, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct PreferenceRow {
+    pub user_id: String,
+    pub event_kind: String,
+    pub channel: String,
+    pub enabled: bool,
+    pub updated_at: NaiveDateTime,
 }
 
 pub fn now() -> NaiveDateTime {

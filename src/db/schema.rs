@@ -8,6 +8,8 @@ diesel::table! {
         event_seq -> BigInt,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        quiet_hours_start -> Nullable<Text>,
+        quiet_hours_end -> Nullable<Text>,
     }
 }
 
@@ -193,6 +195,20 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamp,
         sent_at -> Nullable<Timestamp>,
+        priority -> Integer,
+        expires_at -> Nullable<Timestamp>,
+        fallback_for -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    delivery_attempts (id) {
+        id -> Text,
+        outbox_id -> Text,
+        attempt -> Integer,
+        at -> Timestamp,
+        outcome -> Text,
+        detail -> Nullable<Text>,
     }
 }
 
@@ -225,6 +241,7 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    delivery_attempts,
     schools,
     counters,
     users,

@@ -1,14 +1,117 @@
-//! Notification dispatch: drains the outbox and hands each message to its channel's sender.
+//! Notification dispatch: drains the outbox and hands each message to its channel's sender,
+//! behind that provider's rate limit and circuit breaker. Every outcome is recorded on the
+//! message; nothing leaves the outbox unaccounted for.
 
-use crate::ports::{Outbox, OutboxMessage, SendError, Sender};
+use crate::breaker::Breaker;
+use crate::ports::{Dropped, Needed, Outbox, OutboxMessage, SendError, Sender};
 use actix::prelude::*;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Attempts before a message is dead-lettered.
-pub const MAX_ATTEMPTS: i32 = 8;
 const BATCH: i64 = 32;
+/// How often the outbox gauges are refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// A provider's token bucket: `per_sec` sustained, bursts of `burst`; 0 turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// How hard dispatch tries, and how gently it treats providers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryPolicy {
+    /// Attempts before a message is dead-lettered.
+    pub max_attempts: i32,
+    /// A message still failing this long after it was queued is dead-lettered.
+    pub max_age_secs: i64,
+    /// Consecutive provider failures that open its circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before one probe.
+    pub breaker_cooldown_secs: u64,
+    /// A critical message not delivered by push within this long goes by SMS.
+    pub sms_fallback_after_secs: i64,
+    pub email: RateLimit,
+    pub push: RateLimit,
+    pub sms: RateLimit,
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> DeliveryPolicy {
+        DeliveryPolicy {
+            max_attempts: 8,
+            max_age_secs: 6 * 3600,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 30,
+            sms_fallback_after_secs: 120,
+            email: RateLimit {
+                per_sec: 50,
+                burst: 100,
+            },
+            push: RateLimit {
+                per_sec: 500,
+                burst: 1000,
+            },
+            sms: RateLimit {
+                per_sec: 10,
+                burst: 20,
+            },
+        }
+    }
+}
+
+impl DeliveryPolicy {
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (
+                (1..=100).contains(&self.max_attempts),
+                "delivery.max_attempts must be between 1 and 100",
+            ),
+            (
+                (60..=7 * 24 * 3600).contains(&self.max_age_secs),
+                "delivery.max_age_secs must be between 60 and 604800",
+            ),
+            (
+                (1..=1000).contains(&self.breaker_failures),
+                "delivery.breaker_failures must be between 1 and 1000",
+            ),
+            (
+                (1..=3600).contains(&self.breaker_cooldown_secs),
+                "delivery.breaker_cooldown_secs must be between 1 and 3600",
+            ),
+            (
+                (1..=3600).contains(&self.sms_fallback_after_secs),
+                "delivery.sms_fallback_after_secs must be between 1 and 3600",
+            ),
+            (
+                [self.email, self.push, self.sms]
+                    .iter()
+                    .all(|l| l.per_sec == 0 || l.burst > 0),
+                "delivery.<channel>.burst must be at least 1 when per_sec is set",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err((*message).to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    fn limit_for(&self, channel: &str) -> Option<RateLimit> {
+        match channel {
+            "email" => Some(self.email),
+            "push" => Some(self.push),
+            "sms" => Some(self.sms),
+            _ => None,
+        }
+    }
+}
 
 /// Exponential backoff with full jitter: `jitter` in [0, 1) picks a point in the window.
 pub fn retry_delay_ms(attempts: i32, jitter: f64) -> i64 {
@@ -19,9 +122,52 @@ pub fn retry_delay_ms(attempts: i32, jitter: f64) -> i64 {
     (window / 2) + ((window / 2) as f64 * jitter) as i64
 }
 
-pub struct Dispatcher {
+/// What stands between dispatch and one external provider.
+struct Provider {
+    breaker: Mutex<Breaker>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl Provider {
+    fn new(policy: &DeliveryPolicy, limit: Option<RateLimit>) -> Provider {
+        let limiter = limit.and_then(|l| {
+            let per_sec = NonZeroU32::new(l.per_sec)?;
+            let burst = NonZeroU32::new(l.burst).unwrap_or(per_sec);
+            Some(RateLimiter::direct(
+                Quota::per_second(per_sec).allow_burst(burst),
+            ))
+        });
+        Provider {
+            breaker: Mutex::new(Breaker::new(
+                policy.breaker_failures,
+                Duration::from_secs(policy.breaker_cooldown_secs),
+            )),
+            limiter,
+        }
+    }
+
+    fn with_breaker<T>(&self, channel: &str, f: impl FnOnce(&mut Breaker) -> T) -> T {
+        let mut breaker = self
+            .breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let out = f(&mut breaker);
+        metrics::gauge!("notify_circuit_state", "channel" => channel.to_owned())
+            .set(breaker.state().gauge());
+        out
+    }
+}
+
+struct Shared {
     outbox: Arc<dyn Outbox>,
-    senders: Arc<HashMap<String, Arc<dyn Sender>>>,
+    senders: HashMap<String, Arc<dyn Sender>>,
+    /// External channels only: the in-app channel is our own database.
+    providers: HashMap<String, Provider>,
+    policy: DeliveryPolicy,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
     poll: Duration,
     busy: bool,
     again: bool,
@@ -32,10 +178,22 @@ impl Dispatcher {
         outbox: Arc<dyn Outbox>,
         senders: HashMap<String, Arc<dyn Sender>>,
         poll: Duration,
+        policy: DeliveryPolicy,
     ) -> Dispatcher {
+        let providers = senders
+            .keys()
+            .filter_map(|channel| {
+                let limit = policy.limit_for(channel)?;
+                Some((channel.clone(), Provider::new(&policy, Some(limit))))
+            })
+            .collect();
         Dispatcher {
-            outbox,
-            senders: Arc::new(senders),
+            shared: Arc::new(Shared {
+                outbox,
+                senders,
+                providers,
+                policy,
+            }),
             poll,
             busy: false,
             again: false,
@@ -48,10 +206,10 @@ impl Dispatcher {
             return;
         }
         self.busy = true;
-        let (outbox, senders) = (self.outbox.clone(), self.senders.clone());
+        let shared = self.shared.clone();
         ctx.spawn(
             async move {
-                let batch = match outbox.claim_due(BATCH).await {
+                let batch = match shared.outbox.claim_due(BATCH).await {
                     Ok(batch) => batch,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox claim failed");
@@ -61,7 +219,7 @@ impl Dispatcher {
                 let full = batch.len() as i64 == BATCH;
                 let sends = batch
                     .into_iter()
-                    .map(|message| deliver(outbox.clone(), senders.clone(), message));
+                    .map(|message| deliver(shared.clone(), message));
                 futures_util::future::join_all(sends).await;
                 full
             }
@@ -74,47 +232,144 @@ impl Dispatcher {
             }),
         );
     }
+
+    fn refresh_gauges(&self, ctx: &mut Context<Self>) {
+        let outbox = self.shared.outbox.clone();
+        ctx.spawn(
+            async move {
+                match outbox.stats().await {
+                    Ok(stats) => {
+                        metrics::gauge!("outbox_pending").set(stats.pending as f64);
+                        metrics::gauge!("outbox_oldest_pending_seconds")
+                            .set(stats.oldest_pending_secs as f64);
+                        metrics::gauge!("outbox_dead").set(stats.dead as f64);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "outbox stats failed"),
+                }
+            }
+            .into_actor(self),
+        );
+    }
 }
 
-async fn deliver(
-    outbox: Arc<dyn Outbox>,
-    senders: Arc<HashMap<String, Arc<dyn Sender>>>,
-    message: OutboxMessage,
-) {
-    match outbox.still_true(&message).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!(id = %message.id, template = %message.template, "no longer true; expired");
-            if let Err(e) = outbox.mark_expired(&message.id).await {
-                tracing::warn!(id = %message.id, error = %e, "could not record expiry");
-            }
-            return;
-        }
-        // Cannot tell now: the claim expires and it is looked at again.
-        Err(e) => return tracing::warn!(id = %message.id, error = %e, "could not check message"),
+fn counted(channel: &str, outcome: &'static str) {
+    metrics::counter!("notify_deliveries_total", "channel" => channel.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+async fn deliver(shared: Arc<Shared>, message: OutboxMessage) {
+    let outcome = attempt(&shared, &message).await;
+    match outcome {
+        Ok(outcome) => counted(&message.channel, outcome),
+        // The claim expires and the message is tried again: at least once, never lost.
+        Err(e) => tracing::warn!(id = %message.id, error = %e, "could not record delivery outcome"),
     }
-    let result = match senders.get(&message.channel) {
-        Some(sender) => sender.send(&message).await,
-        None => Err(SendError::Permanent(format!(
-            "no provider for channel {}",
-            message.channel
-        ))),
+}
+
+/// One go at one message; returns the outcome it recorded.
+async fn attempt(
+    shared: &Shared,
+    message: &OutboxMessage,
+) -> Result<&'static str, crate::ports::CommandError> {
+    let outbox = &shared.outbox;
+    let now = chrono::Utc::now();
+    if message.expires_at.is_some_and(|at| now >= at) {
+        outbox
+            .mark_dropped(&message.id, Dropped::Expired, "past its expiry")
+            .await?;
+        return Ok("expired");
+    }
+    match outbox.still_needed(message).await? {
+        Needed::Yes => {}
+        Needed::NoLongerTrue => {
+            tracing::info!(id = %message.id, template = %message.template, "no longer true; expired");
+            outbox
+                .mark_dropped(&message.id, Dropped::Expired, "no longer true")
+                .await?;
+            return Ok("expired");
+        }
+        Needed::DeliveredOtherwise => {
+            outbox
+                .mark_dropped(&message.id, Dropped::Skipped, "delivered by push")
+                .await?;
+            return Ok("skipped");
+        }
+    }
+    let Some(sender) = shared.senders.get(&message.channel) else {
+        let reason = format!("no provider for channel {}", message.channel);
+        outbox.mark_failed(&message.id, &reason, None).await?;
+        return Ok("dead");
     };
-    let recorded = match result {
-        Ok(()) => outbox.mark_sent(&message.id).await,
-        Err(SendError::Transient(reason)) if message.attempts + 1 < MAX_ATTEMPTS => {
-            let delay = retry_delay_ms(message.attempts, rand::random::<f64>());
-            tracing::info!(id = %message.id, channel = %message.channel, attempts = message.attempts + 1, reason = %reason, "send failed; will retry");
-            outbox.mark_failed(&message.id, &reason, Some(delay)).await
+    let provider = shared.providers.get(&message.channel);
+    if let Some(provider) = provider {
+        // The bucket first: a probe admitted by the breaker must then really go out.
+        if let Some(limiter) = &provider.limiter
+            && let Err(not_until) = limiter.check()
+        {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            outbox
+                .defer(&message.id, wait.as_millis().max(10) as i64)
+                .await?;
+            return Ok("rate_limited");
+        }
+        let admitted = provider.with_breaker(&message.channel, |b| b.admit(Instant::now()));
+        if let Err(until) = admitted {
+            let wait = until.saturating_duration_since(Instant::now());
+            outbox
+                .defer(&message.id, wait.as_millis().max(10) as i64)
+                .await?;
+            return Ok("circuit_open");
+        }
+    }
+    let result = sender.send(message).await;
+    if let Some(provider) = provider {
+        provider.with_breaker(&message.channel, |b| match &result {
+            // A permanent refusal is an answer: the provider is up.
+            Ok(()) | Err(SendError::Permanent(_)) => b.succeeded(),
+            Err(SendError::Transient(_)) => b.failed(Instant::now()),
+            Err(SendError::Throttled { retry_after, .. }) => {
+                b.pause_until(Instant::now() + *retry_after)
+            }
+        });
+    }
+    let policy = &shared.policy;
+    let attempts = message.attempts + 1;
+    let too_old = (now - message.created_at).num_seconds() > policy.max_age_secs;
+    let give_up = attempts >= policy.max_attempts || too_old;
+    match result {
+        Ok(()) => {
+            outbox.mark_sent(&message.id).await?;
+            Ok("sent")
+        }
+        Err(SendError::Permanent(reason)) => {
+            tracing::warn!(id = %message.id, channel = %message.channel, reason = %reason, "send failed for good");
+            outbox
+                .mark_failed(&message.id, &format!("permanent: {reason}"), None)
+                .await?;
+            Ok("dead")
+        }
+        Err(e) if give_up => {
+            let reason = format!("gave up after {attempts} attempts: {e}");
+            tracing::warn!(id = %message.id, channel = %message.channel, reason = %reason, "dead-lettered");
+            outbox.mark_failed(&message.id, &reason, None).await?;
+            Ok("dead")
         }
         Err(e) => {
-            tracing::warn!(id = %message.id, channel = %message.channel, reason = %e, "send failed for good");
-            outbox.mark_failed(&message.id, &e.to_string(), None).await
+            let backoff = retry_delay_ms(message.attempts, rand::random::<f64>());
+            let delay = match &e {
+                SendError::Throttled { retry_after, .. } => {
+                    backoff.min(1_000) + retry_after.as_millis() as i64
+                }
+                _ => backoff,
+            };
+            tracing::info!(id = %message.id, channel = %message.channel, attempts, reason = %e, retry_in_ms = delay, "send failed; will retry");
+            outbox
+                .mark_failed(&message.id, &e.to_string(), Some(delay))
+                .await?;
+            Ok("retry")
         }
-    };
-    if let Err(e) = recorded {
-        // The claim expires and the message is tried again: at least once, never lost.
-        tracing::warn!(id = %message.id, error = %e, "could not record delivery attempt");
     }
 }
 
@@ -123,6 +378,11 @@ impl Actor for Dispatcher {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(self.poll, |act, ctx| act.drain(ctx));
+        ctx.run_interval(STATS_EVERY, |act, ctx| act.refresh_gauges(ctx));
+        for (channel, provider) in &self.shared.providers {
+            provider.with_breaker(channel, |_| ());
+        }
+        self.refresh_gauges(ctx);
         self.drain(ctx);
     }
 }
@@ -141,7 +401,7 @@ impl Handler<Nudge> for Dispatcher {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_delay_ms;
+    use super::{DeliveryPolicy, retry_delay_ms};
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -155,5 +415,15 @@ mod tests {
             assert!(d >= last);
             last = d;
         }
+    }
+
+    #[test]
+    fn the_default_policy_is_valid_and_bad_ones_are_named() {
+        assert_eq!(DeliveryPolicy::default().validate(), Ok(()));
+        let bad = DeliveryPolicy {
+            breaker_failures: 0,
+            ..DeliveryPolicy::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("breaker_failures"));
     }
 }
