@@ -89,13 +89,14 @@ pub struct PushConfig {
 pub struct SmsConfig {
     #[serde(default = "default_sms_base_url")]
     pub base_url: String,
+    #[serde(deserialize_with = "text")]
     pub account_sid: String,
     #[serde(
         serialize_with = "never_serialize",
         deserialize_with = "required_secret"
     )]
     pub auth_token: SecretString,
-    /// The sending number (E.164).
+    /// The sending number (E.164) or sender id.
     pub from: String,
 }
 
@@ -105,6 +106,12 @@ fn default_fcm_base_url() -> String {
 
 fn default_sms_base_url() -> String {
     "https://api.twilio.com".into()
+}
+
+/// Text from any scalar.
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use secrecy::ExposeSecret;
+    required_secret(d).map(|s| s.expose_secret().to_owned())
 }
 
 fn required_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
@@ -194,8 +201,15 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
+        figment = figment.merge(Env::prefixed("TIFFIN_").split("__"));
+        // The environment provider reads `+15005550006` as a number and drops the `+`: phone
+        // numbers are taken as written.
+        for (key, var) in [("sms.from", "TIFFIN_SMS__FROM")] {
+            if let Ok(raw) = std::env::var(var) {
+                figment = figment.merge(Serialized::default(key, raw));
+            }
+        }
         let config: Config = figment
-            .merge(Env::prefixed("TIFFIN_").split("__"))
             .extract()
             .map_err(|e| format!("bad configuration: {e}"))?;
         config.validate()?;
@@ -295,6 +309,27 @@ mod tests {
             // Secrets stay out of Debug output (and so out of logs).
             let shown = format!("{c:?}");
             assert!(!shown.contains("s3cret"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn providers_from_the_environment_keep_phone_numbers_as_written() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TIFFIN_SMS__ACCOUNT_SID", "AC123");
+            jail.set_env("TIFFIN_SMS__AUTH_TOKEN", "98765");
+            jail.set_env("TIFFIN_SMS__FROM", "+15005550006");
+            jail.set_env("TIFFIN_DELIVERY__SMS__PER_SEC", "3");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            let sms = c.sms.clone().ok_or("sms")?;
+            assert_eq!(sms.from, "+15005550006");
+            assert_eq!(sms.auth_token.expose_secret(), "98765");
+            assert_eq!(sms.base_url, "https://api.twilio.com");
+            assert_eq!(c.delivery.sms.per_sec, 3);
+            assert!(!format!("{c:?}").contains("98765"));
+            jail.set_env("TIFFIN_DELIVERY__BREAKER_FAILURES", "0");
+            let refused = Config::load(None).err().unwrap_or_default();
+            assert!(refused.contains("breaker_failures"), "{refused}");
             Ok(())
         });
     }

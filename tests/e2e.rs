@@ -282,7 +282,7 @@ async fn spine(backend: Backend) {
     }
 
     let mail = smtp
-        .wait_for(&f.guardian_email, Duration::from_secs(20))
+        .wait_for_containing(&f.guardian_email, "lunch is ready", Duration::from_secs(20))
         .await;
     assert!(mail.data.contains("Ada's lunch is ready"), "{}", mail.data);
     assert!(mail.data.contains("Tomato soup"), "{}", mail.data);
@@ -292,10 +292,19 @@ async fn spine(backend: Backend) {
         "multipart with HTML: {}",
         mail.data
     );
+    let subjects: Vec<String> = smtp
+        .messages()
+        .iter()
+        .filter_map(|m| {
+            m.data
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
+        })
+        .collect();
     assert_eq!(
-        smtp.messages().len(),
-        1,
-        "one email: one guardian, one event"
+        subjects,
+        ["Ada ordered lunch", "Ada's lunch is ready"],
+        "one email per event for the one guardian: the receipt, then ready"
     );
 
     let before = expect(
@@ -1721,7 +1730,8 @@ async fn two_dispatchers_never_send_one_message_twice() {
         orders.push(id);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while smtp.messages().len() < ORDERS {
+    // Per order: a receipt when placed and an email when ready.
+    while smtp.messages().len() < 2 * ORDERS {
         assert!(
             std::time::Instant::now() < deadline,
             "{} sent",
@@ -1732,13 +1742,13 @@ async fn two_dispatchers_never_send_one_message_twice() {
     // Time for a duplicate to show up, if there were one.
     actix_web::rt::time::sleep(Duration::from_secs(2)).await;
     let mails = smtp.messages();
-    assert_eq!(mails.len(), ORDERS, "one email per ready order");
+    assert_eq!(mails.len(), 2 * ORDERS, "one email per event");
     for id in &orders {
         let about = mails
             .iter()
             .filter(|m| m.unfolded().contains(id.as_str()))
             .count();
-        assert_eq!(about, 1, "order {id} was emailed {about} times");
+        assert_eq!(about, 2, "order {id} was emailed {about} times");
     }
     let guardian_token = login(&one, &f.guardian_email, "guardian-pass-1").await["access_token"]
         .as_str()
@@ -1756,7 +1766,7 @@ async fn two_dispatchers_never_send_one_message_twice() {
         .collect();
     assert_eq!(
         seqs,
-        (1..=ORDERS as i64).rev().collect::<Vec<_>>(),
+        (1..=2 * ORDERS as i64).rev().collect::<Vec<_>>(),
         "in-app once each too"
     );
     drop((one, two));
@@ -1952,10 +1962,11 @@ async fn confirm_deadline_and_pickup_reminder() {
         200,
     );
     actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    // Receipts of placed orders aside.
     let about = |id: &str| {
         smtp.messages()
             .into_iter()
-            .filter(|m| m.unfolded().contains(id))
+            .filter(|m| m.unfolded().contains(id) && !m.data.contains("ordered lunch"))
             .count()
     };
     assert_eq!(about(&own), 0, "nobody is told of their own cancellation");
@@ -3025,4 +3036,637 @@ async fn migrations_run_up_down_up_on_both_backends() {
         assert_eq!(again, up, "{backend:?}");
         db.drop_database().await;
     }
+}
+
+/// Polls the delivery status of an order's notifications until `done` holds for them.
+async fn statuses_until(
+    hub: &Hub,
+    token: &str,
+    order: &str,
+    within: Duration,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let rows = expect(
+            get(hub, token, &format!("/api/v1/orders/{order}/notifications")).await,
+            200,
+        );
+        let rows = rows.as_array().unwrap().clone();
+        if done(&rows) {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery status never settled: {rows:#?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn row<'a>(rows: &'a [Value], recipient: &str, kind: &str, channel: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| {
+            r["recipient_id"] == recipient && r["template"] == kind && r["channel"] == channel
+        })
+        .unwrap_or_else(|| panic!("no {kind} {channel} row for {recipient}: {rows:#?}"))
+}
+
+async fn token_of(hub: &Hub, login_name: &str, password: &str) -> String {
+    login(hub, login_name, password).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Push over FCM HTTP v1 and SMS over a Twilio-style API, as their servers speak them: one
+/// token exchange for many sends; a device FCM forgot is deactivated and never retried; a 429
+/// is retried no sooner than its Retry-After; preferences pick channels per kind; a number the
+/// carrier refuses is dead at once, listed for admins, and sent once requeued.
+#[actix_web::test]
+async fn push_and_sms_over_the_providers_wire_formats() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let smtp = SmtpSink::start();
+    let (fcm, sms) = (FakeFcm::start(), FakeSms::start());
+    let mut env = hub_env(&db, Some(&smtp));
+    env.extend(provider_env(&fcm, &sms, db.dir()));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "wire").await;
+    let guardian = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
+
+    // Devices: one live, one FCM has forgotten.
+    fcm.with(|s| s.unregistered.insert("device-gone".into()));
+    let devices = "/api/v1/me/devices";
+    let live = expect(
+        post(
+            &hub,
+            &guardian,
+            devices,
+            json!({"platform": "android", "token": "device-live"}),
+        )
+        .await,
+        201,
+    );
+    assert_eq!(live["token_suffix"], "e-live");
+    expect(
+        post(
+            &hub,
+            &guardian,
+            devices,
+            json!({"platform": "ios", "token": "device-gone"}),
+        )
+        .await,
+        201,
+    );
+    let again = expect(
+        post(
+            &hub,
+            &guardian,
+            devices,
+            json!({"platform": "android", "token": "device-live"}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(again["id"], live["id"], "the same token is the same device");
+    let r = post(
+        &hub,
+        &guardian,
+        devices,
+        json!({"platform": "fax", "token": "x"}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"));
+
+    // Preferences: ready meals by SMS and not by email; everything else as by default.
+    let prefs = expect(
+        put(
+            &hub,
+            &guardian,
+            "/api/v1/me/preferences",
+            json!({"preferences": [
+                {"kind": "order_ready", "channel": "sms", "enabled": true},
+                {"kind": "order_ready", "channel": "email", "enabled": false},
+            ]}),
+        )
+        .await,
+        200,
+    );
+    let kind = |name: &str| {
+        prefs["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        kind("order_ready")["channels"],
+        json!({"email": false, "in_app": true, "push": true, "sms": true})
+    );
+    assert_eq!(kind("order_placed")["channels"]["sms"], false);
+    assert_eq!(kind("order_uncollected")["critical"], true);
+    let r = put(
+        &hub,
+        &guardian,
+        "/api/v1/me/preferences",
+        json!({"preferences": [{"kind": "order_ready", "channel": "sms", "enabled": false}, {"kind": "lost", "channel": "sms", "enabled": true}]}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"));
+    let unchanged = expect(get(&hub, &guardian, "/api/v1/me/preferences").await, 200);
+    assert_eq!(unchanged, prefs, "a refused change changes nothing");
+
+    // FCM throttles the first send; the hub waits as it is told.
+    fcm.with(|s| s.script.push_back((429, Some(2))));
+    let order = expect(place_order(&hub, &f, "wire-1", 1).await, 201);
+    let id = order["id"].as_str().unwrap().to_owned();
+    // The receipt's push is tried (and throttled) before anything else is queued.
+    statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &id,
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter()
+                .any(|r| r["channel"] == "push" && r["attempts"].as_i64() >= Some(1))
+        },
+    )
+    .await;
+    let ready = advance(&hub, &f, &id, &["confirm", "start", "ready"]).await;
+    let code = ready["pickup_code"].as_str().unwrap().to_owned();
+    let push = fcm
+        .wait_for("device-live", "order_ready", Duration::from_secs(20))
+        .await;
+    assert_eq!(push["notification"]["title"], "Ada's lunch is ready");
+    assert!(
+        push["notification"]["body"]
+            .as_str()
+            .unwrap()
+            .contains(&code),
+        "{push}"
+    );
+    assert_eq!(push["data"]["order_id"], id.as_str());
+    let text = sms
+        .wait_for(
+            &f.guardian_phone,
+            "Ada's lunch is ready",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(text.contains(&code), "{text}");
+    fcm.wait_for("device-live", "order_placed", Duration::from_secs(20))
+        .await;
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &id,
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter()
+                .filter(|r| r["channel"] != "email" && r["channel"] != "in_app")
+                .all(|r| r["status"] != "pending")
+        },
+    )
+    .await;
+    assert_eq!(
+        fcm.with(|s| s.token_requests),
+        1,
+        "the access token is cached"
+    );
+
+    // The forgotten device was tried once, deactivated, and never tried again.
+    let tried =
+        |device: &str| fcm.with(|s| s.send_attempts.iter().filter(|(_, d)| d == device).count());
+    assert_eq!(tried("device-gone"), 1);
+    let mine = expect(get(&hub, &guardian, devices).await, 200);
+    let active: Vec<(String, bool)> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["platform"].as_str().unwrap().to_owned(),
+                d["active"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        active,
+        [("android".to_owned(), true), ("ios".to_owned(), false)]
+    );
+
+    // The throttled message: retried once, no sooner than Retry-After, then sent.
+    let throttled: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["channel"] == "push" && r["attempts"] == 2)
+        .collect();
+    assert_eq!(throttled.len(), 1, "{rows:#?}");
+    let log = throttled[0]["attempt_log"].as_array().unwrap();
+    assert_eq!(log[0]["outcome"], "retry");
+    assert!(
+        log[0]["detail"].as_str().unwrap().contains("429"),
+        "{log:?}"
+    );
+    assert_eq!(log[1]["outcome"], "sent");
+    let at = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert!(
+        at(&log[1]["at"]) - at(&log[0]["at"]) >= chrono::Duration::seconds(2),
+        "{log:?}"
+    );
+    // Opted out of ready emails: none was queued; the placed receipt still was.
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r["template"] == "order_ready" && r["channel"] == "email"),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        row(&rows, &f.guardian, "order_ready", "sms")["status"],
+        "sent"
+    );
+    assert_eq!(
+        row(&rows, &f.guardian, "order_ready", "in_app")["status"],
+        "sent"
+    );
+    assert_eq!(
+        row(&rows, &f.guardian, "order_placed", "email")["priority"],
+        "low"
+    );
+
+    // A number the carrier refuses: dead at once, never retried.
+    sms.with(|s| s.invalid.insert(f.guardian_phone.clone()));
+    let order = expect(place_order(&hub, &f, "wire-2", 1).await, 201);
+    let second = order["id"].as_str().unwrap().to_owned();
+    let ready = advance(&hub, &f, &second, &["confirm", "start", "ready"]).await;
+    let second_code = ready["pickup_code"].as_str().unwrap().to_owned();
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &second,
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter()
+                .any(|r| r["channel"] == "sms" && r["status"] == "dead")
+        },
+    )
+    .await;
+    let dead = row(&rows, &f.guardian, "order_ready", "sms");
+    assert_eq!(dead["attempts"], 1);
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("21211"),
+        "{dead}"
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    let refused = sms.with(|s| {
+        s.attempts
+            .iter()
+            .filter(|to| **to == f.guardian_phone)
+            .count()
+    });
+    assert_eq!(refused, 2, "one sent earlier, one refused, no retry");
+
+    // Admins see it with its reason; staff may not; requeued once the number works, it goes.
+    let letters = format!("/api/v1/admin/dead-letters?school_id={}", f.school);
+    let r = get(&hub, &f.kitchen_token, &letters).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    let listed = expect(get(&hub, &admin, &letters).await, 200);
+    let letter = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == dead["id"])
+        .unwrap_or_else(|| panic!("{listed}"))
+        .clone();
+    assert_eq!(
+        (letter["channel"].as_str(), letter["kind"].as_str()),
+        (Some("sms"), Some("order_ready"))
+    );
+    sms.with(|s| s.invalid.clear());
+    let requeue = format!(
+        "/api/v1/admin/dead-letters/{}/requeue",
+        dead["id"].as_str().unwrap()
+    );
+    assert_eq!(post(&hub, &admin, &requeue, json!({})).await.status, 202);
+    let text = sms
+        .wait_for(&f.guardian_phone, &second_code, Duration::from_secs(20))
+        .await;
+    assert!(text.contains("ready"), "{text}");
+    let r = post(&hub, &admin, &requeue, json!({})).await;
+    assert_eq!((r.status, r.code()), (409, "not_dead"));
+    assert!(
+        metric(
+            &hub,
+            r#"notify_deliveries_total{channel="sms",outcome="dead"}"#
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &hub,
+            r#"notify_deliveries_total{channel="push",outcome="sent"}"#
+        )
+        .await
+            >= 2.0
+    );
+}
+
+/// FCM goes down mid-lunch: after a few failures the circuit opens and the hub stops knocking
+/// (one probe per cooldown) while the backlog waits; when FCM returns, the backlog drains with
+/// every message delivered exactly once. On PostgreSQL, where dispatch claims with SKIP LOCKED.
+#[actix_web::test]
+async fn a_push_outage_opens_the_circuit_and_the_backlog_drains_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (fcm, sms) = (FakeFcm::start(), FakeSms::start());
+    let mut env = hub_env(&db, None);
+    env.extend(provider_env(&fcm, &sms, db.dir()));
+    env.push(("TIFFIN_DELIVERY__BREAKER_FAILURES".into(), "3".into()));
+    env.push(("TIFFIN_DELIVERY__BREAKER_COOLDOWN_SECS".into(), "2".into()));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "outage").await;
+    let guardian = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
+    expect(
+        post(
+            &hub,
+            &guardian,
+            "/api/v1/me/devices",
+            json!({"platform": "android", "token": "phone-1"}),
+        )
+        .await,
+        201,
+    );
+    let circuit = r#"notify_circuit_state{channel="push"}"#;
+    fcm.with(|s| s.down = true);
+    const ORDERS: usize = 8;
+    let mut ids = Vec::new();
+    for n in 0..ORDERS {
+        let order = expect(place_order(&hub, &f, &format!("outage-{n}"), 1).await, 201);
+        let id = order["id"].as_str().unwrap().to_owned();
+        advance(&hub, &f, &id, &["confirm", "start", "ready"]).await;
+        ids.push(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&hub, circuit).await != 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the circuit never opened"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at_open = fcm.with(|s| s.send_attempts.len());
+    actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+    let knocked = fcm.with(|s| s.send_attempts.len()) - at_open;
+    assert!(
+        knocked <= 4,
+        "an open circuit lets one probe through per 2 s cooldown, not {knocked} sends in 5 s"
+    );
+    assert!(at_open + knocked < 2 * ORDERS, "the backlog waited");
+    for id in &ids {
+        let rows = expect(
+            get(
+                &hub,
+                &f.kitchen_token,
+                &format!("/api/v1/orders/{id}/notifications"),
+            )
+            .await,
+            200,
+        );
+        for r in rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["channel"] == "push")
+        {
+            assert_eq!(r["status"], "pending", "{r}");
+        }
+    }
+    assert!(
+        metric(
+            &hub,
+            r#"notify_deliveries_total{channel="push",outcome="circuit_open"}"#
+        )
+        .await
+            >= 1.0
+    );
+
+    fcm.with(|s| s.down = false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fcm.with(|s| s.delivered.len()) < 2 * ORDERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backlog not drained: {} of {}",
+            fcm.with(|s| s.delivered.len()),
+            2 * ORDERS
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let delivered = fcm.with(|s| s.delivered.clone());
+    assert_eq!(delivered.len(), 2 * ORDERS, "nothing sent twice");
+    let mut seen = std::collections::HashSet::new();
+    for m in &delivered {
+        let key = (
+            m["data"]["order_id"].to_string(),
+            m["data"]["kind"].to_string(),
+        );
+        assert!(seen.insert(key.clone()), "{key:?} delivered twice");
+        assert!(ids.contains(&m["data"]["order_id"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(metric(&hub, circuit).await, 0.0, "closed again");
+    drop(hub);
+    db.drop_database().await;
+}
+
+/// An uncollected meal is critical: it reaches a guardian who opted out of that kind, and where
+/// push does not deliver within the fallback time, it goes by SMS (skipped where push did).
+/// Quiet hours hold the low-priority order receipt until they end but not the critical alert.
+#[actix_web::test]
+async fn critical_news_overrides_opt_outs_and_falls_back_to_sms() {
+    use chrono::Utc;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let smtp = SmtpSink::start();
+    let (fcm, sms) = (FakeFcm::start(), FakeSms::start());
+    let mut env = hub_env(&db, Some(&smtp));
+    env.extend(provider_env(&fcm, &sms, db.dir()));
+    env.push((
+        "TIFFIN_DELIVERY__SMS_FALLBACK_AFTER_SECS".into(),
+        "2".into(),
+    ));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let zone = noon_zone();
+    let f = fixture_in(&hub, &admin, "critical", &zone).await;
+    let tz: chrono_tz::Tz = zone.parse().unwrap();
+    let t0 = Utc::now();
+    let local = |secs: i64, format: &str| {
+        (t0 + chrono::Duration::seconds(secs))
+            .with_timezone(&tz)
+            .format(format)
+            .to_string()
+    };
+    // A second guardian, whose phone's push is failing.
+    let other_phone = "+15557770001";
+    let other = expect(
+        post(&hub, &admin, &format!("/api/v1/schools/{}/users", f.school), json!({"role": "guardian", "display_name": "Otto", "email": "otto.critical@family.test", "phone": other_phone, "password": "guardian-pass-2"})).await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    expect(
+        post(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{}/guardian-links", f.school),
+            json!({"guardian_id": other, "student_id": f.student, "relationship": "father"}),
+        )
+        .await,
+        201,
+    );
+    let grace = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
+    let otto = token_of(&hub, "otto.critical@family.test", "guardian-pass-2").await;
+    for (token, device) in [(&grace, "grace-phone"), (&otto, "otto-phone")] {
+        expect(
+            post(
+                &hub,
+                token,
+                "/api/v1/me/devices",
+                json!({"platform": "ios", "token": device}),
+            )
+            .await,
+            201,
+        );
+    }
+    fcm.with(|s| s.failing.insert("otto-phone".into()));
+    // Grace turns off every channel for uncollected meals.
+    let off: Vec<Value> = ["in_app", "push", "email", "sms"]
+        .iter()
+        .map(|c| json!({"kind": "order_uncollected", "channel": c, "enabled": false}))
+        .collect();
+    expect(
+        put(
+            &hub,
+            &grace,
+            "/api/v1/me/preferences",
+            json!({"preferences": off}),
+        )
+        .await,
+        200,
+    );
+    // Quiet hours around now; a wave that ends in seconds.
+    let quiet = json!({"start": local(-3600, "%H:%M"), "end": local(3600, "%H:%M")});
+    let school = expect(
+        patch(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{}", f.school),
+            json!({"quiet_hours": quiet}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(school["quiet_hours"], quiet);
+    let r = patch(
+        &hub,
+        &admin,
+        &format!("/api/v1/schools/{}", f.school),
+        json!({"quiet_hours": {"start": "25:00", "end": "07:00"}}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"));
+    expect(
+        post(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{}/service-windows", f.school),
+            json!({"name": "Main lunch", "starts_at": local(3, "%H:%M:%S"), "ends_at": local(7, "%H:%M:%S")}),
+        )
+        .await,
+        201,
+    );
+    let order = expect(place_order(&hub, &f, "critical-1", 1).await, 201);
+    let id = order["id"].as_str().unwrap().to_owned();
+    advance(&hub, &f, &id, &["confirm", "start", "ready"]).await;
+
+    // Uncollected at the end of the wave; both guardians hear of it at once, quiet hours or not.
+    let grace_push = fcm
+        .wait_for("grace-phone", "order_uncollected", Duration::from_secs(30))
+        .await;
+    assert!(
+        grace_push["notification"]["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("URGENT"),
+        "{grace_push}"
+    );
+    smtp.wait_for_containing(
+        &f.guardian_email,
+        "was not collected",
+        Duration::from_secs(20),
+    )
+    .await;
+    let text = sms
+        .wait_for(other_phone, "URGENT", Duration::from_secs(30))
+        .await;
+    assert!(text.contains("Ada"), "{text}");
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &id,
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter()
+                .filter(|r| r["template"] == "order_uncollected" && r["channel"] == "sms")
+                .all(|r| r["status"] != "pending")
+        },
+    )
+    .await;
+    let otto_push = row(&rows, &other, "order_uncollected", "push");
+    let otto_sms = row(&rows, &other, "order_uncollected", "sms");
+    assert_eq!(otto_sms["fallback_for"], otto_push["id"]);
+    assert_eq!(otto_sms["status"], "sent");
+    assert_ne!(otto_push["status"], "sent");
+    let waited = chrono::DateTime::parse_from_rfc3339(otto_sms["sent_at"].as_str().unwrap())
+        .unwrap()
+        - chrono::DateTime::parse_from_rfc3339(otto_sms["created_at"].as_str().unwrap()).unwrap();
+    assert!(
+        waited >= chrono::Duration::seconds(2),
+        "the SMS gave push its chance: {waited}"
+    );
+    let grace_sms = row(&rows, &f.guardian, "order_uncollected", "sms");
+    assert_eq!(grace_sms["status"], "skipped", "push delivered: no SMS");
+    assert!(sms.to(&f.guardian_phone).is_empty());
+    assert_eq!(
+        row(&rows, &f.guardian, "order_uncollected", "email")["priority"],
+        "critical"
+    );
+
+    // The receipt waits for the end of quiet hours on channels that interrupt; the inbox has it.
+    let end = chrono::NaiveTime::parse_from_str(&local(3600, "%H:%M"), "%H:%M").unwrap();
+    for channel in ["push", "email"] {
+        let held = row(&rows, &f.guardian, "order_placed", channel);
+        assert_eq!(held["status"], "pending", "{held}");
+        let due = chrono::DateTime::parse_from_rfc3339(held["next_attempt_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&tz);
+        assert_eq!(
+            due.time().format("%H:%M").to_string(),
+            end.format("%H:%M").to_string(),
+            "{held}"
+        );
+        assert!(due > Utc::now(), "{held}");
+    }
+    assert_eq!(
+        row(&rows, &f.guardian, "order_placed", "in_app")["status"],
+        "sent"
+    );
+    assert!(
+        fcm.delivered_to("grace-phone")
+            .iter()
+            .all(|m| m["data"]["kind"] != "order_placed")
+    );
 }

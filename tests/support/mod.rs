@@ -1,6 +1,10 @@
-//! Test support: a real hub process, real PostgreSQL databases, a real SMTP server.
+//! Test support: a real hub process, real PostgreSQL databases, a real SMTP server, loopback
+//! push and SMS providers.
 
 #![allow(dead_code)]
+
+pub mod providers;
+pub use providers::*;
 
 use awc::Client;
 use serde_json::Value;
@@ -387,6 +391,10 @@ pub async fn get(hub: &Hub, token: &str, path: &str) -> Reply {
 
 pub async fn post(hub: &Hub, token: &str, path: &str, body: Value) -> Reply {
     send(client().post(hub.url(path)).bearer_auth(token), Some(body)).await
+}
+
+pub async fn put(hub: &Hub, token: &str, path: &str, body: Value) -> Reply {
+    send(client().put(hub.url(path)).bearer_auth(token), Some(body)).await
 }
 
 pub async fn patch(hub: &Hub, token: &str, path: &str, body: Value) -> Reply {
