@@ -6,6 +6,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
+#[cfg(test)]
+mod dispatch_tests;
 pub mod error;
 pub mod inbox;
 pub mod metrics;

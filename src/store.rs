@@ -1240,9 +1240,10 @@ impl Outbox for DieselStore {
             .get_result(conn)
             .await
             .map_err(DbError::from))?;
+        // Low-priority messages may be waiting out quiet hours on purpose: not a backlog.
         let oldest_due: Option<NaiveDateTime> = with_conn!(&self.db, |conn| outbox::table
             .filter(outbox::status.eq("pending"))
-            .filter(outbox::next_attempt_at.le(at))
+            .filter(outbox::priority.gt(Priority::Low.rank()))
             .select(diesel::dsl::min(outbox::created_at))
             .first(conn)
             .await

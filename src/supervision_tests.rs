@@ -13,13 +13,13 @@ use tiffin_actors::domain::{Issuer, OrderCommand, OrderState, TimerPolicy};
 use tiffin_actors::ports::{NewOrder, NewOrderItem, Placed};
 use tiffin_actors::{KitchenFor, LiveOrders, PlaceOrder, Registry, TransitionOrder};
 
-struct School {
-    id: String,
-    student: String,
-    meal: String,
+pub(crate) struct School {
+    pub(crate) id: String,
+    pub(crate) student: String,
+    pub(crate) meal: String,
 }
 
-async fn school(db: &Db, name: &str) -> School {
+pub(crate) async fn school(db: &Db, name: &str) -> School {
     let at = now();
     let id = crate::api::new_id();
     repo::insert_school(

@@ -3452,6 +3452,16 @@ async fn a_push_outage_opens_the_circuit_and_the_backlog_drains_once() {
         .await
             >= 1.0
     );
+    // The gauges show the backlog waiting and ageing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while metric(&hub, "outbox_oldest_pending_seconds").await < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog's age is not reported"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(metric(&hub, "outbox_pending").await >= ORDERS as f64);
 
     fcm.with(|s| s.down = false);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -209,7 +209,8 @@ impl Dropped {
 pub struct OutboxStats {
     /// Messages waiting (due or not yet due).
     pub pending: i64,
-    /// Age of the oldest message still waiting, in seconds.
+    /// Age of the oldest message above low priority still waiting (low ones may be waiting
+    /// out quiet hours), in seconds.
     pub oldest_pending_secs: i64,
     pub dead: i64,
 }
