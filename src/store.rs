@@ -17,7 +17,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::HashSet;
 use tiffin_actors::domain::{
-    COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Wave,
+    COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Role, Wave,
     allergy_conflicts, assign_counter, choose_wave, event_type, pickup_code,
 };
 use tiffin_actors::notices::{
@@ -193,36 +193,53 @@ macro_rules! least_loaded_counter {
     }};
 }
 
-/// A student and their active guardians, with their addresses, devices and preferences.
-macro_rules! recipients {
-    ($conn:expr, $student_id:expr) => {{
-        let student: RecipientRow = users::table
-            .find($student_id)
-            .select((
-                users::id,
-                users::display_name,
-                users::email,
-                users::phone,
-                users::locale,
-            ))
-            .first($conn)
-            .await?;
-        let guardians: Vec<RecipientRow> = guardian_links::table
-            .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
-            .filter(guardian_links::student_id.eq($student_id))
-            .filter(users::active.eq(true))
-            .select((
-                users::id,
-                users::display_name,
-                users::email,
-                users::phone,
-                users::locale,
-            ))
-            .load($conn)
-            .await?;
-        let ids: Vec<&str> = std::iter::once(student.0.as_str())
-            .chain(guardians.iter().map(|g| g.0.as_str()))
-            .collect();
+/// Who a notice about `$order` goes to (`notices::Audience`), with their addresses, devices
+/// and preferences; only active people.
+macro_rules! audience {
+    ($conn:expr, $order:expr, $audience:expr) => {{
+        let person = (
+            users::id,
+            users::display_name,
+            users::email,
+            users::phone,
+            users::locale,
+        );
+        let mut people: Vec<RecipientRow> = Vec::new();
+        if $audience == Audience::Family {
+            people.extend(
+                users::table
+                    .find(&$order.student_id)
+                    .filter(users::active.eq(true))
+                    .select(person)
+                    .load::<RecipientRow>($conn)
+                    .await?,
+            );
+        }
+        if matches!($audience, Audience::Family | Audience::Guardians) {
+            people.extend(
+                guardian_links::table
+                    .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
+                    .filter(guardian_links::student_id.eq(&$order.student_id))
+                    .filter(users::active.eq(true))
+                    .order(users::id.asc())
+                    .select(person)
+                    .load::<RecipientRow>($conn)
+                    .await?,
+            );
+        }
+        if $audience == Audience::Kitchen {
+            people.extend(
+                users::table
+                    .filter(users::school_id.eq(&$order.school_id))
+                    .filter(users::role.eq(Role::KitchenStaff.as_str()))
+                    .filter(users::active.eq(true))
+                    .order(users::id.asc())
+                    .select(person)
+                    .load::<RecipientRow>($conn)
+                    .await?,
+            );
+        }
+        let ids: Vec<&str> = people.iter().map(|p| p.0.as_str()).collect();
         let with_push: HashSet<String> = device_tokens::table
             .filter(device_tokens::user_id.eq_any(&ids))
             .filter(device_tokens::active.eq(true))
@@ -241,11 +258,10 @@ macro_rules! recipients {
             ))
             .load($conn)
             .await?;
-        let guardians: Vec<Recipient> = guardians
+        people
             .into_iter()
-            .map(|g| recipient(g, &with_push, &choices))
-            .collect();
-        (recipient(student, &with_push, &choices), guardians)
+            .map(|p| recipient(p, &with_push, &choices))
+            .collect::<Vec<Recipient>>()
     }};
 }
 
@@ -307,7 +323,6 @@ macro_rules! record_event {
             .await?;
         let notice: Option<Kind> = $notice;
         if let Some(notice) = notice {
-            let (student, guardians) = recipients!($conn, &$order.student_id);
             let school: SchoolNotice = schools::table
                 .find(&$order.school_id)
                 .select((
@@ -319,12 +334,9 @@ macro_rules! record_event {
                 .first($conn)
                 .await?;
             let skip: Option<&str> = $skip;
-            let audience: Vec<&Recipient> = match notice.rule().audience {
-                Audience::Guardians => guardians.iter().collect(),
-                Audience::Family => std::iter::once(&student).chain(&guardians).collect(),
-            };
-            let audience: Vec<&Recipient> = audience
-                .into_iter()
+            let people = audience!($conn, $order, notice.rule().audience);
+            let audience: Vec<&Recipient> = people
+                .iter()
                 .filter(|r| Some(r.user_id.as_str()) != skip)
                 .collect();
             let rows = outbox_rows(

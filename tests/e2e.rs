@@ -1899,6 +1899,39 @@ async fn confirm_deadline_and_pickup_reminder() {
         );
         version = moved["version"].as_i64().unwrap();
     }
+    // Kitchen staff were told too (not the family); once confirmed, that news is stale.
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &order,
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter()
+                .filter(|r| r["template"] == "order_confirm_overdue")
+                .all(|r| r["status"] != "pending")
+        },
+    )
+    .await;
+    let overdue_rows: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| r["template"] == "order_confirm_overdue")
+        .map(|r| {
+            assert!(
+                r["recipient_id"] != f.guardian.as_str() && r["recipient_id"] != f.student.as_str()
+            );
+            assert!(r["status"] == "sent" || r["status"] == "expired", "{r}");
+            (
+                r["channel"].as_str().unwrap(),
+                r["priority"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
+        .map(|(c, p, _)| (c, p, ""))
+        .collect();
+    assert_eq!(
+        overdue_rows,
+        [("in_app", "high", ""), ("email", "high", "")]
+    );
     let reminder = smtp
         .wait_for_containing(&f.guardian_email, "still waiting", Duration::from_secs(20))
         .await;

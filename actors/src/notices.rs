@@ -88,16 +88,18 @@ pub enum Kind {
     OrderPickupReminder,
     OrderCancelled,
     OrderUncollected,
+    OrderConfirmOverdue,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::OrderPlaced,
         Kind::OrderReady,
         Kind::OrderCounterChanged,
         Kind::OrderPickupReminder,
         Kind::OrderCancelled,
         Kind::OrderUncollected,
+        Kind::OrderConfirmOverdue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +110,7 @@ impl Kind {
             Kind::OrderPickupReminder => "order_pickup_reminder",
             Kind::OrderCancelled => "order_cancelled",
             Kind::OrderUncollected => "order_uncollected",
+            Kind::OrderConfirmOverdue => "order_confirm_overdue",
         }
     }
 
@@ -134,26 +137,32 @@ impl Kind {
             Kind::OrderCancelled => rule(Audience::Family, Priority::High, 12 * HOUR),
             // A child may not have eaten.
             Kind::OrderUncollected => rule(Audience::Guardians, Priority::Critical, 12 * HOUR),
+            // Beside the dashboard's flag, for staff who are not looking at it.
+            Kind::OrderConfirmOverdue => rule(Audience::Kitchen, Priority::High, HOUR),
         }
     }
 
     /// Whether the message still tells the truth about an order in `state`: news of a
-    /// waiting meal only while it waits. Others stay true.
+    /// waiting meal only while it waits, of an unconfirmed order only while unconfirmed.
     pub fn still_true(self, state: OrderState) -> bool {
         match self {
             Kind::OrderReady | Kind::OrderCounterChanged | Kind::OrderPickupReminder => {
                 state == OrderState::Ready
             }
+            // Only while nobody has confirmed it yet.
+            Kind::OrderConfirmOverdue => state == OrderState::Placed,
             Kind::OrderPlaced | Kind::OrderCancelled | Kind::OrderUncollected => true,
         }
     }
 }
 
-/// Who a rule addresses: the student's guardians, or the student and their guardians.
+/// Who a rule addresses: the student's guardians; the student and their guardians; or the
+/// school's kitchen staff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Audience {
     Guardians,
     Family,
+    Kitchen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,10 +186,10 @@ pub fn kind_of_transition(state: OrderState, issuer: Issuer) -> Option<Kind> {
 }
 
 /// Which kind of message a timer's alert makes: an overdue confirmation is the kitchen's
-/// business (its dashboard shows it); a meal still waiting is the family's.
+/// business; a meal still waiting is the family's.
 pub fn kind_of_alert(alert: Alert) -> Option<Kind> {
     match alert {
-        Alert::ConfirmOverdue => None,
+        Alert::ConfirmOverdue => Some(Kind::OrderConfirmOverdue),
         Alert::PickupReminder => Some(Kind::OrderPickupReminder),
     }
 }
@@ -456,7 +465,12 @@ mod tests {
             kind_of_transition(OrderState::Confirmed, Issuer::Staff),
             None
         );
-        assert_eq!(kind_of_alert(Alert::ConfirmOverdue), None);
+        assert_eq!(
+            kind_of_alert(Alert::ConfirmOverdue),
+            Some(Kind::OrderConfirmOverdue)
+        );
+        assert_eq!(Kind::OrderConfirmOverdue.rule().audience, Audience::Kitchen);
+        assert!(!Kind::OrderConfirmOverdue.still_true(OrderState::Confirmed));
         assert_eq!(Kind::OrderCancelled.rule().audience, Audience::Family);
         assert_eq!(Kind::OrderReady.rule().audience, Audience::Guardians);
         for kind in Kind::ALL {
