@@ -1,6 +1,6 @@
 //! The one URL map, and the request-level error handling every route shares.
 
-use crate::api::{admin, auth, inbox, notifications, ops, orders};
+use crate::api::{admin, auth, inbox, notifications, ops, orders, readers};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::{metrics, pages, ws};
@@ -172,6 +172,19 @@ pub fn build(
                 .service(admin::update_meal)
                 .service(admin::create_service_window)
                 .service(admin::list_service_windows)
+                .service(readers::register_reader)
+                .service(readers::list_readers)
+                .service(readers::rotate_reader_key)
+                .service(readers::register_card)
+                .service(readers::list_cards)
+                .service(readers::block_card)
+                .service(readers::unblock_card)
+                .service(readers::report_card_lost)
+                .service(readers::replace_card)
+                .service(readers::list_scans)
+                .service(readers::post_scan)
+                .service(readers::post_scan_batch)
+                .service(readers::heartbeat)
                 .service(orders::live_orders)
                 .service(orders::kitchen_summary)
                 .service(orders::create_order)

@@ -41,6 +41,8 @@ pub struct Config {
     pub sms: Option<SmsConfig>,
     /// Retries, dead-lettering, circuit breakers, rate limits and the SMS fallback.
     pub delivery: DeliveryPolicy,
+    /// Card readers at the counters.
+    pub rfid: RfidConfig,
     /// Frames a WebSocket may have waiting to be written before it counts as a slow consumer
     /// and is closed (1013); it then resumes with `since`.
     pub ws_send_queue: usize,
@@ -70,6 +72,27 @@ pub struct SmtpConfig {
     pub password: Option<SecretString>,
     #[serde(default = "default_from")]
     pub from: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RfidConfig {
+    /// The same card read again on the same reader within this long gets the first verdict.
+    pub debounce_ms: i64,
+    /// How far a signed request's timestamp may be from the hub's clock.
+    pub signature_window_secs: i64,
+    /// A reader not heard from (heartbeat or scan) for this long shows offline.
+    pub reader_offline_after_secs: i64,
+}
+
+impl Default for RfidConfig {
+    fn default() -> RfidConfig {
+        RfidConfig {
+            debounce_ms: 3000,
+            signature_window_secs: 30,
+            reader_offline_after_secs: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +206,7 @@ impl Default for Config {
             push: None,
             sms: None,
             delivery: DeliveryPolicy::default(),
+            rfid: RfidConfig::default(),
             ws_send_queue: 256,
             ws_idle_timeout_secs: 30,
             dashboard_age_warning_secs: 600,
@@ -246,6 +270,18 @@ impl Config {
             (
                 (15..=3600).contains(&self.ws_idle_timeout_secs),
                 "ws_idle_timeout_secs must be between 15 and 3600",
+            ),
+            (
+                (0..=60_000).contains(&self.rfid.debounce_ms),
+                "rfid.debounce_ms must be between 0 and 60000",
+            ),
+            (
+                (5..=600).contains(&self.rfid.signature_window_secs),
+                "rfid.signature_window_secs must be between 5 and 600",
+            ),
+            (
+                (10..=3600).contains(&self.rfid.reader_offline_after_secs),
+                "rfid.reader_offline_after_secs must be between 10 and 3600",
             ),
             (
                 (8..=65_536).contains(&self.ws_send_queue),

@@ -44,12 +44,17 @@ pub enum ErrorCode {
     AllergyConflict,
     EmptyOrder,
     NotDead,
+    AllergyAckRequired,
+    ReaderUnauthenticated,
+    SignatureInvalid,
+    SignatureExpired,
+    SignatureReplayed,
     DatabaseUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 38] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -81,6 +86,11 @@ impl ErrorCode {
         ErrorCode::AllergyConflict,
         ErrorCode::EmptyOrder,
         ErrorCode::NotDead,
+        ErrorCode::AllergyAckRequired,
+        ErrorCode::ReaderUnauthenticated,
+        ErrorCode::SignatureInvalid,
+        ErrorCode::SignatureExpired,
+        ErrorCode::SignatureReplayed,
         ErrorCode::DatabaseUnavailable,
         ErrorCode::Internal,
     ];
@@ -94,12 +104,19 @@ impl ErrorCode {
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | ValidationFailed | IdempotencyKeyReused | UnknownMeal | EmptyOrder
-            | AllergyConflict | UnknownWindow => StatusCode::UNPROCESSABLE_ENTITY,
+            | AllergyConflict | UnknownWindow | AllergyAckRequired => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Unauthenticated | TokenExpired | InvalidCredentials | RefreshTokenInvalid => {
-                StatusCode::UNAUTHORIZED
-            }
+            Unauthenticated
+            | TokenExpired
+            | InvalidCredentials
+            | RefreshTokenInvalid
+            | ReaderUnauthenticated
+            | SignatureInvalid
+            | SignatureExpired
+            | SignatureReplayed => StatusCode::UNAUTHORIZED,
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition

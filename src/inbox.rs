@@ -70,6 +70,7 @@ impl InboxRow {
             kind: "inbox.message".into(),
             data: serde_json::to_value(message).unwrap_or_default(),
             at: self.created_at.and_utc(),
+            transient: false,
         }
     }
 }

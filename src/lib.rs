@@ -15,6 +15,7 @@ pub mod notify;
 pub mod pages;
 pub mod push;
 pub mod repo;
+pub mod rfid;
 pub mod seed;
 pub mod server;
 pub mod sms;

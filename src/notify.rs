@@ -22,6 +22,12 @@ macro_rules! templates {
 /// Every template, by name: `{channel}/{kind}.{locale}.{part}`. Email has a subject, text and
 /// HTML; `sms/` is the short text of SMS and push bodies (push titles are email subjects).
 const TEMPLATES: &[(&str, &str)] = templates![
+    "email/card_in_use.en.html",
+    "email/card_in_use.en.subject",
+    "email/card_in_use.en.txt",
+    "email/card_in_use.es.html",
+    "email/card_in_use.es.subject",
+    "email/card_in_use.es.txt",
     "email/order_cancelled.en.html",
     "email/order_cancelled.en.subject",
     "email/order_cancelled.en.txt",
@@ -40,6 +46,12 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "email/order_counter_changed.es.html",
     "email/order_counter_changed.es.subject",
     "email/order_counter_changed.es.txt",
+    "email/order_picked_up.en.html",
+    "email/order_picked_up.en.subject",
+    "email/order_picked_up.en.txt",
+    "email/order_picked_up.es.html",
+    "email/order_picked_up.es.subject",
+    "email/order_picked_up.es.txt",
     "email/order_pickup_reminder.en.html",
     "email/order_pickup_reminder.en.subject",
     "email/order_pickup_reminder.en.txt",
@@ -64,12 +76,16 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "email/order_uncollected.es.html",
     "email/order_uncollected.es.subject",
     "email/order_uncollected.es.txt",
+    "sms/card_in_use.en.txt",
+    "sms/card_in_use.es.txt",
     "sms/order_cancelled.en.txt",
     "sms/order_cancelled.es.txt",
     "sms/order_confirm_overdue.en.txt",
     "sms/order_confirm_overdue.es.txt",
     "sms/order_counter_changed.en.txt",
     "sms/order_counter_changed.es.txt",
+    "sms/order_picked_up.en.txt",
+    "sms/order_picked_up.es.txt",
     "sms/order_pickup_reminder.en.txt",
     "sms/order_pickup_reminder.es.txt",
     "sms/order_placed.en.txt",
@@ -212,8 +228,19 @@ fn sample_payload() -> serde_json::Value {
         }),
         ready_at: Some(at),
         alerts: vec![tiffin_actors::domain::Alert::PickupReminder],
+        allergy_override: None,
     };
-    serde_json::json!({"school_name": "Sample School", "time_zone": "America/Chicago", "recipient_name": "Sample Guardian", "order": order})
+    serde_json::json!({
+        "school_name": "Sample School",
+        "time_zone": "America/Chicago",
+        "recipient_name": "Sample Guardian",
+        "order": order,
+        // Notices about a student rather than an order.
+        "student_name": "Sample Student",
+        "card": {"status": "lost", "uid_suffix": "B2C3"},
+        "reader_name": "Counter 1 reader",
+        "at": at,
+    })
 }
 
 /// `{{ instant | local_time(time_zone) }}`: an RFC 3339 instant as the school's clock shows it.

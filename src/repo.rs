@@ -4,7 +4,7 @@
 use crate::db::models::*;
 use crate::db::schema::{
     counters, delivery_attempts, device_tokens, guardian_links, meals, notification_preferences,
-    order_events, orders, outbox, refresh_tokens, schools, users,
+    order_events, orders, outbox, readers, refresh_tokens, rfid_cards, scans, schools, users,
 };
 use crate::db::{Db, DbError};
 use crate::with_conn;
@@ -680,4 +680,266 @@ pub async fn delivery_attempts_of(
         ))
         .load(conn)
         .await)?)
+}
+
+pub async fn insert_reader(db: &Db, row: &ReaderRow) -> Result<(), DbError> {
+    with_conn!(db, |conn| diesel::insert_into(readers::table)
+        .values(row)
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+pub async fn reader(db: &Db, id: &str) -> Result<Option<ReaderRow>, DbError> {
+    Ok(with_conn!(db, |conn| readers::table
+        .find(id)
+        .select(ReaderRow::as_select())
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+pub async fn readers_of(db: &Db, school_id: &str) -> Result<Vec<ReaderRow>, DbError> {
+    Ok(with_conn!(db, |conn| readers::table
+        .filter(readers::school_id.eq(school_id))
+        .order((readers::name.asc(), readers::id.asc()))
+        .select(ReaderRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+pub async fn reader_seen(db: &Db, id: &str) -> Result<(), DbError> {
+    let at = now();
+    with_conn!(db, |conn| diesel::update(readers::table.find(id))
+        .set(readers::last_seen_at.eq(Some(at)))
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+/// A new key version for a reader (the old secret stops working at once).
+pub async fn rotate_reader_key(
+    db: &Db,
+    id: &str,
+    key_version: i32,
+    secret_hash: &str,
+) -> Result<(), DbError> {
+    with_conn!(db, |conn| diesel::update(readers::table.find(id))
+        .set((
+            readers::key_version.eq(key_version),
+            readers::secret_hash.eq(secret_hash),
+        ))
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+pub async fn insert_card(db: &Db, row: &CardRow) -> Result<(), DbError> {
+    with_conn!(db, |conn| diesel::insert_into(rfid_cards::table)
+        .values(row)
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+pub async fn card(db: &Db, id: &str) -> Result<Option<CardRow>, DbError> {
+    Ok(with_conn!(db, |conn| rfid_cards::table
+        .find(id)
+        .select(CardRow::as_select())
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+pub async fn card_by_uid(db: &Db, uid: &str) -> Result<Option<CardRow>, DbError> {
+    Ok(with_conn!(db, |conn| rfid_cards::table
+        .filter(rfid_cards::card_uid.eq(uid))
+        .select(CardRow::as_select())
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+pub async fn cards_of(
+    db: &Db,
+    school_id: &str,
+    student_id: Option<&str>,
+) -> Result<Vec<CardRow>, DbError> {
+    Ok(with_conn!(db, |conn| {
+        let mut query = rfid_cards::table
+            .filter(rfid_cards::school_id.eq(school_id))
+            .order(rfid_cards::created_at.asc())
+            .select(CardRow::as_select())
+            .into_boxed();
+        if let Some(student_id) = student_id {
+            query = query.filter(rfid_cards::student_id.eq(student_id));
+        }
+        query.load(conn).await
+    })?)
+}
+
+/// Changes a card's status if it is in one of `from`; false otherwise.
+pub async fn set_card_status(db: &Db, id: &str, from: &[&str], to: &str) -> Result<bool, DbError> {
+    let at = now();
+    let n = with_conn!(db, |conn| diesel::update(
+        rfid_cards::table
+            .filter(rfid_cards::id.eq(id))
+            .filter(rfid_cards::status.eq_any(from))
+    )
+    .set((rfid_cards::status.eq(to), rfid_cards::updated_at.eq(at)))
+    .execute(conn)
+    .await)?;
+    Ok(n > 0)
+}
+
+/// Issues a new card in place of an old one, which stops working; both or neither.
+pub async fn replace_card(db: &Db, old_id: &str, new: &CardRow) -> Result<bool, DbError> {
+    Ok(with_conn!(db, |conn| conn
+        .transaction(async |conn| {
+            let n = diesel::update(
+                rfid_cards::table
+                    .filter(rfid_cards::id.eq(old_id))
+                    .filter(rfid_cards::status.ne("replaced")),
+            )
+            .set((
+                rfid_cards::status.eq("replaced"),
+                rfid_cards::updated_at.eq(new.created_at),
+            ))
+            .execute(conn)
+            .await?;
+            if n == 0 {
+                return Ok::<_, diesel::result::Error>(false);
+            }
+            diesel::insert_into(rfid_cards::table)
+                .values(new)
+                .execute(conn)
+                .await?;
+            Ok(true)
+        })
+        .await)?)
+}
+
+pub async fn scan_by_seq(db: &Db, reader_id: &str, seq: i64) -> Result<Option<ScanRow>, DbError> {
+    Ok(with_conn!(db, |conn| scans::table
+        .filter(scans::reader_id.eq(reader_id))
+        .filter(scans::seq.eq(seq))
+        .select(ScanRow::as_select())
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+/// Records a scan as being decided; false if its (reader, seq) is already taken.
+pub async fn claim_scan(db: &Db, row: &ScanRow) -> Result<bool, DbError> {
+    match with_conn!(db, |conn| diesel::insert_into(scans::table)
+        .values(row)
+        .execute(conn)
+        .await
+        .map_err(DbError::from))
+    {
+        Ok(_) => Ok(true),
+        Err(DbError::Duplicate(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first decided scan of this card on this reader within `window` of `read_at`.
+pub async fn first_scan_near(
+    db: &Db,
+    reader_id: &str,
+    card_uid: &str,
+    read_at: NaiveDateTime,
+    window: chrono::TimeDelta,
+    except: &str,
+) -> Result<Option<ScanRow>, DbError> {
+    let (from, to) = (read_at - window, read_at + window);
+    Ok(with_conn!(db, |conn| scans::table
+        .filter(scans::reader_id.eq(reader_id))
+        .filter(scans::card_uid.eq(card_uid))
+        .filter(scans::read_at.between(from, to))
+        .filter(scans::verdict.ne("pending"))
+        .filter(scans::id.ne(except))
+        .order((scans::received_at.asc(), scans::id.asc()))
+        .select(ScanRow::as_select())
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+/// Records a scan's verdict.
+pub async fn finish_scan(
+    db: &Db,
+    id: &str,
+    verdict: &tiffin_actors::rfid::Verdict,
+    order_id: Option<&str>,
+    student_id: Option<&str>,
+    first_scan_id: Option<&str>,
+    took: std::time::Duration,
+) -> Result<(), DbError> {
+    let answer = serde_json::to_string(verdict).map_err(|e| DbError::Other(e.to_string()))?;
+    with_conn!(db, |conn| diesel::update(scans::table.find(id))
+        .set((
+            scans::verdict.eq(verdict.code()),
+            scans::answer.eq(Some(answer)),
+            scans::order_id.eq(order_id),
+            scans::student_id.eq(student_id),
+            scans::first_scan_id.eq(first_scan_id),
+            scans::took_us.eq(Some(took.as_micros() as i64)),
+        ))
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+pub async fn recent_scans(db: &Db, school_id: &str, limit: i64) -> Result<Vec<ScanRow>, DbError> {
+    Ok(with_conn!(db, |conn| scans::table
+        .filter(scans::school_id.eq(school_id))
+        .order((scans::received_at.desc(), scans::id.desc()))
+        .limit(limit)
+        .select(ScanRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+/// A student's orders a counter may care about: live ones, and those picked up today
+/// (school-local day).
+pub async fn student_orders_of_day(
+    db: &Db,
+    school_id: &str,
+    student_id: &str,
+) -> Result<Vec<String>, DbError> {
+    let time_zone: String = with_conn!(db, |conn| schools::table
+        .find(school_id)
+        .select(schools::time_zone)
+        .first(conn)
+        .await)?;
+    let tz: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
+    let today = chrono::Utc::now()
+        .with_timezone(&tz)
+        .format("%Y-%m-%d")
+        .to_string();
+    let live = ["placed", "confirmed", "preparing", "ready"];
+    Ok(with_conn!(db, |conn| orders::table
+        .filter(orders::school_id.eq(school_id))
+        .filter(orders::student_id.eq(student_id))
+        .filter(
+            orders::state.eq_any(live).or(orders::state
+                .eq("picked_up")
+                .and(orders::pickup_day.eq(&today)))
+        )
+        .select(orders::id)
+        .load(conn)
+        .await)?)
+}
+
+/// Whether the order's pickup was recorded with this reason (a scan that handed it over).
+pub async fn picked_up_because(db: &Db, order_id: &str, reason: &str) -> Result<bool, DbError> {
+    let n: i64 = with_conn!(db, |conn| order_events::table
+        .filter(order_events::order_id.eq(order_id))
+        .filter(order_events::to_state.eq("picked_up"))
+        .filter(order_events::reason.eq(reason))
+        .count()
+        .get_result(conn)
+        .await)?;
+    Ok(n > 0)
 }

@@ -64,6 +64,7 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         updated_at: at,
         quiet_hours_start: None,
         quiet_hours_end: None,
+        notice_seq: 0,
     };
     let counters: Vec<CounterRow> = (1..=2)
         .map(|number| CounterRow {

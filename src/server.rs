@@ -154,7 +154,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let templates = Arc::new(Templates::load().map_err(|e| anyhow!(e))?);
     let (url, db) = prepare_database(&config).await?;
-    let keys = JwtKeys::new(&jwt_secret(&config, &url)?);
+    let signing_key = jwt_secret(&config, &url)?;
+    let keys = JwtKeys::new(&signing_key);
+    let reader_key = crate::rfid::reader_master_key(&signing_key);
     // Never seed a known admin password into a production database by default.
     let demo = if config.seed_demo && matches!(url, DatabaseUrl::Sqlite(_)) {
         ensure_demo(&db).await?
@@ -190,6 +192,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         bus,
         dispatcher,
         metrics,
+        reader_key,
+        seen_signatures: Default::default(),
     });
     let app_state = state.clone();
     let server = HttpServer::new(move || app::build(app_state.clone()))

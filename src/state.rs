@@ -19,4 +19,7 @@ pub struct AppState {
     pub bus: Arc<LocalBus>,
     pub dispatcher: Addr<Dispatcher>,
     pub metrics: PrometheusHandle,
+    /// What reader secrets derive from.
+    pub reader_key: Vec<u8>,
+    pub seen_signatures: crate::rfid::SeenSignatures,
 }

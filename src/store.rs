@@ -193,10 +193,10 @@ macro_rules! least_loaded_counter {
     }};
 }
 
-/// Who a notice about `$order` goes to (`notices::Audience`), with their addresses, devices
-/// and preferences; only active people.
+/// Who a notice about a student of a school goes to (`notices::Audience`), with their
+/// addresses, devices and preferences; only active people.
 macro_rules! audience {
-    ($conn:expr, $order:expr, $audience:expr) => {{
+    ($conn:expr, $school_id:expr, $student_id:expr, $audience:expr) => {{
         let person = (
             users::id,
             users::display_name,
@@ -208,7 +208,7 @@ macro_rules! audience {
         if $audience == Audience::Family {
             people.extend(
                 users::table
-                    .find(&$order.student_id)
+                    .find($student_id)
                     .filter(users::active.eq(true))
                     .select(person)
                     .load::<RecipientRow>($conn)
@@ -219,7 +219,7 @@ macro_rules! audience {
             people.extend(
                 guardian_links::table
                     .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
-                    .filter(guardian_links::student_id.eq(&$order.student_id))
+                    .filter(guardian_links::student_id.eq($student_id))
                     .filter(users::active.eq(true))
                     .order(users::id.asc())
                     .select(person)
@@ -230,7 +230,7 @@ macro_rules! audience {
         if $audience == Audience::Kitchen {
             people.extend(
                 users::table
-                    .filter(users::school_id.eq(&$order.school_id))
+                    .filter(users::school_id.eq($school_id))
                     .filter(users::role.eq(Role::KitchenStaff.as_str()))
                     .filter(users::active.eq(true))
                     .order(users::id.asc())
@@ -334,7 +334,12 @@ macro_rules! record_event {
                 .first($conn)
                 .await?;
             let skip: Option<&str> = $skip;
-            let people = audience!($conn, $order, notice.rule().audience);
+            let people = audience!(
+                $conn,
+                &$order.school_id,
+                &$order.student_id,
+                notice.rule().audience
+            );
             let audience: Vec<&Recipient> = people
                 .iter()
                 .filter(|r| Some(r.user_id.as_str()) != skip)
@@ -343,8 +348,8 @@ macro_rules! record_event {
                 notice,
                 intents(notice, &audience),
                 &audience,
-                $order,
-                $seq,
+                serde_json::json!({ "order": $order }),
+                (&$order.school_id, $seq),
                 &school,
                 $at,
                 $sms_fallback_after,
@@ -363,15 +368,16 @@ macro_rules! record_event {
 /// A school's name, time zone and quiet hours: what a notice needs of it.
 type SchoolNotice = (String, String, Option<String>, Option<String>);
 
-/// One outbox row per intent, keyed by (event, recipient, channel) in the table. Low-priority
-/// rows wait out quiet hours; an SMS fallback waits behind its recipient's push row.
+/// One outbox row per intent, keyed by (event, recipient, channel) in the table; the payload is
+/// `data` with the school, its time zone and the recipient's name. Low-priority rows wait out
+/// quiet hours; an SMS fallback waits behind its recipient's push row.
 #[allow(clippy::too_many_arguments)]
 fn outbox_rows(
     kind: Kind,
     intents: Vec<NotificationIntent>,
     audience: &[&Recipient],
-    order: &OrderSummary,
-    seq: i64,
+    data: serde_json::Value,
+    (school_id, seq): (&str, i64),
     (school_name, time_zone, quiet_start, quiet_end): &SchoolNotice,
     at: NaiveDateTime,
     sms_fallback_after: Duration,
@@ -390,18 +396,16 @@ fn outbox_rows(
             let name = audience
                 .iter()
                 .find(|r| r.user_id == intent.recipient_id)
-                .map_or(order.student_name.clone(), |r| r.name.clone());
-            let payload = serde_json::json!({
-                "school_name": school_name,
-                "time_zone": tz.name(),
-                "recipient_name": name,
-                "order": order,
-            });
+                .map_or(String::new(), |r| r.name.clone());
+            let mut payload = data.clone();
+            payload["school_name"] = school_name.as_str().into();
+            payload["time_zone"] = tz.name().into();
+            payload["recipient_name"] = name.into();
             let due =
                 at + first_attempt_delay(&intent, quiet.as_ref(), local_now, sms_fallback_after);
             let row = OutboxRow {
                 id: uuid::Uuid::now_v7().to_string(),
-                school_id: order.school_id.clone(),
+                school_id: school_id.to_owned(),
                 event_seq: seq,
                 recipient_id: intent.recipient_id.clone(),
                 channel: intent.channel.as_str().to_owned(),
@@ -445,6 +449,57 @@ impl DieselStore {
             db,
             sms_fallback_after: Duration::seconds(sms_fallback_after_secs),
         }
+    }
+
+    /// Tells the student's guardians that their card was used while lost or blocked, in one
+    /// transaction; keyed by the school's next notice number (outbox keys -1, -2, …).
+    pub async fn record_card_alert(
+        &self,
+        school_id: &str,
+        student_id: &str,
+        data: serde_json::Value,
+    ) -> Result<(), CommandError> {
+        let fallback = self.sms_fallback_after;
+        let kind = Kind::CardInUse;
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let at = now();
+                let notice: i64 = diesel::update(schools::table.find(school_id))
+                    .set(schools::notice_seq.eq(schools::notice_seq + 1))
+                    .returning(schools::notice_seq)
+                    .get_result(conn)
+                    .await?;
+                let school: SchoolNotice = schools::table
+                    .find(school_id)
+                    .select((
+                        schools::name,
+                        schools::time_zone,
+                        schools::quiet_hours_start,
+                        schools::quiet_hours_end,
+                    ))
+                    .first(conn)
+                    .await?;
+                let people = audience!(conn, school_id, student_id, kind.rule().audience);
+                let audience: Vec<&Recipient> = people.iter().collect();
+                for row in outbox_rows(
+                    kind,
+                    intents(kind, &audience),
+                    &audience,
+                    data.clone(),
+                    (school_id, -notice),
+                    &school,
+                    at,
+                    fallback,
+                ) {
+                    diesel::insert_into(outbox::table)
+                        .values(&row)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok::<_, TxError>(())
+            })
+            .await)?;
+        Ok(())
     }
 
     /// The order an earlier request with this key made, if any.
@@ -544,6 +599,7 @@ impl DieselStore {
                     wave,
                     ready_at: None,
                     alerts: Vec::new(),
+                    allergy_override: reason.clone(),
                 };
                 diesel::insert_into(orders::table)
                     .values(OrderRow {

@@ -33,6 +33,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
             updated_at: at,
             quiet_hours_start: None,
             quiet_hours_end: None,
+            notice_seq: 0,
         },
     )
     .await

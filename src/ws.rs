@@ -129,6 +129,7 @@ fn board_frame(topic: &str, frame: &Frame) -> Option<Frame> {
         kind: kind.to_owned(),
         data,
         at: frame.at,
+        transient: false,
     })
 }
 
@@ -284,6 +285,7 @@ fn snapshot_frame(
         kind: "snapshot".into(),
         data: serde_json::json!({"reason": reason.as_str(), "orders": orders}),
         at: Utc::now(),
+        transient: false,
     }
 }
 
@@ -495,6 +497,7 @@ async fn resume_or_snapshot(
             kind: "snapshot".into(),
             data,
             at: Utc::now(),
+            transient: false,
         }],
         last,
     })
@@ -689,6 +692,14 @@ impl Socket {
         let Some(entry) = self.topics.get_mut(&topic) else {
             return;
         };
+        if msg.frame.transient {
+            // Not in the sequence: straight out, to kitchen screens only.
+            if matches!(entry.source, Source::Kitchen(_)) {
+                self.text(msg.json.to_string(), ctx);
+                metrics::counter!("ws_frames_sent_total").increment(1);
+            }
+            return;
+        }
         match &mut entry.phase {
             Phase::CatchingUp(waiting) => waiting.push(msg),
             Phase::Live { last } if msg.frame.seq <= *last => {}
@@ -893,6 +904,7 @@ mod tests {
                 "pickup_code": "AC34", "counter": {"id": "c", "number": 2, "name": "Counter 2"},
                 "items": [{"name": "Soup"}]}}),
             at: Utc::now(),
+            transient: false,
         }
     }
 

@@ -17,6 +17,10 @@ pub struct Frame {
     pub kind: String,
     pub data: serde_json::Value,
     pub at: DateTime<Utc>,
+    /// Outside the topic's sequence (an alert of the moment): written to whoever is
+    /// subscribed now, never replayed.
+    #[serde(skip)]
+    pub transient: bool,
 }
 
 impl Frame {
@@ -28,6 +32,20 @@ impl Frame {
             kind: event.kind.clone(),
             data: serde_json::to_value(event).unwrap_or(serde_json::Value::Null),
             at: event.at,
+            transient: false,
+        }
+    }
+
+    /// An alert on a kitchen's topic (a lost card presented at a counter): `seq` 0, not part
+    /// of the sequence, not replayed.
+    pub fn alert(school_id: &str, kind: &str, data: serde_json::Value) -> Frame {
+        Frame {
+            topic: kitchen_topic(school_id),
+            seq: 0,
+            kind: kind.to_owned(),
+            data,
+            at: Utc::now(),
+            transient: true,
         }
     }
 

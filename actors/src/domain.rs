@@ -478,6 +478,10 @@ pub struct OrderSummary {
     /// Alerts its timers have recorded, so none fires twice.
     #[serde(default)]
     pub alerts: Vec<Alert>,
+    /// Why staff served a meal that meets the student's allergies: the hand-over at the
+    /// counter then waits for a staff acknowledgement.
+    #[serde(default)]
+    pub allergy_override: Option<String>,
 }
 
 /// A lunch wave on one day, resolved from the school's local times to instants.
@@ -887,6 +891,7 @@ mod tests {
             wave,
             ready_at: None,
             alerts: Vec::new(),
+            allergy_override: None,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod domain;
 pub mod notices;
 pub mod ports;
+pub mod rfid;
 
 pub use actors::dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit};
 pub use actors::kitchen::{

@@ -89,10 +89,13 @@ pub enum Kind {
     OrderCancelled,
     OrderUncollected,
     OrderConfirmOverdue,
+    OrderPickedUp,
+    /// A lost or blocked card was presented at a counter.
+    CardInUse,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::OrderPlaced,
         Kind::OrderReady,
         Kind::OrderCounterChanged,
@@ -100,6 +103,8 @@ impl Kind {
         Kind::OrderCancelled,
         Kind::OrderUncollected,
         Kind::OrderConfirmOverdue,
+        Kind::OrderPickedUp,
+        Kind::CardInUse,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +116,8 @@ impl Kind {
             Kind::OrderCancelled => "order_cancelled",
             Kind::OrderUncollected => "order_uncollected",
             Kind::OrderConfirmOverdue => "order_confirm_overdue",
+            Kind::OrderPickedUp => "order_picked_up",
+            Kind::CardInUse => "card_in_use",
         }
     }
 
@@ -139,6 +146,10 @@ impl Kind {
             Kind::OrderUncollected => rule(Audience::Guardians, Priority::Critical, 12 * HOUR),
             // Beside the dashboard's flag, for staff who are not looking at it.
             Kind::OrderConfirmOverdue => rule(Audience::Kitchen, Priority::High, HOUR),
+            // The meal was handed over: the family knows the child has eaten.
+            Kind::OrderPickedUp => rule(Audience::Guardians, Priority::Normal, 2 * HOUR),
+            // Someone may be using a child's card.
+            Kind::CardInUse => rule(Audience::Guardians, Priority::Critical, HOUR),
         }
     }
 
@@ -151,7 +162,11 @@ impl Kind {
             }
             // Only while nobody has confirmed it yet.
             Kind::OrderConfirmOverdue => state == OrderState::Placed,
-            Kind::OrderPlaced | Kind::OrderCancelled | Kind::OrderUncollected => true,
+            Kind::OrderPlaced
+            | Kind::OrderPickedUp
+            | Kind::OrderCancelled
+            | Kind::OrderUncollected
+            | Kind::CardInUse => true,
         }
     }
 }
@@ -179,6 +194,7 @@ pub fn kind_of_transition(state: OrderState, issuer: Issuer) -> Option<Kind> {
         (OrderState::Placed, _) => Some(Kind::OrderPlaced),
         (OrderState::Ready, _) => Some(Kind::OrderReady),
         (OrderState::Uncollected, _) => Some(Kind::OrderUncollected),
+        (OrderState::PickedUp, _) => Some(Kind::OrderPickedUp),
         // A cancellation the family asked for needs no news.
         (OrderState::Cancelled, Issuer::Staff | Issuer::System) => Some(Kind::OrderCancelled),
         _ => None,

@@ -112,6 +112,7 @@ pub async fn create_school(
         updated_at: at,
         quiet_hours_start: None,
         quiet_hours_end: None,
+        notice_seq: 0,
     };
     repo::insert_school(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(School::from(row)))

@@ -6,6 +6,7 @@ pub mod inbox;
 pub mod notifications;
 pub mod ops;
 pub mod orders;
+pub mod readers;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;

@@ -513,6 +513,20 @@ pub async fn pickup_order(
     path: web::Path<Uuid>,
     body: OptionalJson<TransitionBody>,
 ) -> Result<HttpResponse, ApiError> {
+    use tiffin_actors::ports::Store;
+    // A meal served despite an allergy (a scan answered `allergy_hold`) is handed over only
+    // with staff saying what they checked; the reason is recorded with the pickup.
+    let held = state
+        .store
+        .load_order(&path.to_string())
+        .await?
+        .is_some_and(|o| o.allergy_override.is_some() && o.state == OrderState::Ready);
+    if held && body.0.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(ApiError::new(
+            ErrorCode::AllergyAckRequired,
+            "this meal was served despite an allergy: acknowledge the hold with a reason",
+        ));
+    }
     transition(&state, &who, *path, body.0, OrderCommand::PickUp).await
 }
 
@@ -571,6 +585,8 @@ pub struct KitchenSummary {
     pub day: String,
     /// All-day counts per wave and meal (cancelled orders excluded), most ordered first.
     pub items: Vec<ItemCount>,
+    /// The card readers at the counters, online or not.
+    pub readers: Vec<super::readers::Reader>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -680,5 +696,10 @@ pub async fn kitchen_summary(
         counters,
         day: local_today.to_string(),
         items,
+        readers: repo::readers_of(&state.db, &school_id)
+            .await?
+            .into_iter()
+            .map(|r| super::readers::reader_view(r, state.config.rfid.reader_offline_after_secs))
+            .collect(),
     }))
 }

@@ -15,6 +15,7 @@ pub struct SchoolRow {
     pub updated_at: NaiveDateTime,
     pub quiet_hours_start: Option<String>,
     pub quiet_hours_end: Option<String>,
+    pub notice_seq: i64,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -187,6 +188,52 @@ pub struct PreferenceRow {
     pub channel: String,
     pub enabled: bool,
     pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = readers, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ReaderRow {
+    pub id: String,
+    pub school_id: String,
+    pub counter_id: String,
+    pub name: String,
+    /// SHA-256 of the derived secret: tells a stale key version apart, reveals nothing.
+    pub secret_hash: String,
+    pub last_seen_at: Option<NaiveDateTime>,
+    pub created_at: NaiveDateTime,
+    pub key_version: i32,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = rfid_cards, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct CardRow {
+    pub id: String,
+    pub school_id: String,
+    pub student_id: String,
+    pub card_uid: String,
+    /// `active`, `blocked`, `lost` or `replaced`.
+    pub status: String,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = scans, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ScanRow {
+    pub id: String,
+    pub school_id: String,
+    pub reader_id: String,
+    pub seq: i64,
+    pub card_uid: String,
+    pub verdict: String,
+    pub answer: Option<String>,
+    pub order_id: Option<String>,
+    pub student_id: Option<String>,
+    pub first_scan_id: Option<String>,
+    pub read_at: NaiveDateTime,
+    pub received_at: NaiveDateTime,
+    pub took_us: Option<i64>,
 }
 
 pub fn now() -> NaiveDateTime {

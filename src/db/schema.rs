@@ -10,6 +10,7 @@ diesel::table! {
         updated_at -> Timestamp,
         quiet_hours_start -> Nullable<Text>,
         quiet_hours_end -> Nullable<Text>,
+        notice_seq -> BigInt,
     }
 }
 
@@ -113,6 +114,26 @@ diesel::table! {
         secret_hash -> Text,
         last_seen_at -> Nullable<Timestamp>,
         created_at -> Timestamp,
+        key_version -> Integer,
+        active -> Bool,
+    }
+}
+
+diesel::table! {
+    scans (id) {
+        id -> Text,
+        school_id -> Text,
+        reader_id -> Text,
+        seq -> BigInt,
+        card_uid -> Text,
+        verdict -> Text,
+        answer -> Nullable<Text>,
+        order_id -> Nullable<Text>,
+        student_id -> Nullable<Text>,
+        first_scan_id -> Nullable<Text>,
+        read_at -> Timestamp,
+        received_at -> Timestamp,
+        took_us -> Nullable<BigInt>,
     }
 }
 
@@ -241,6 +262,7 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    scans,
     delivery_attempts,
     schools,
     counters,

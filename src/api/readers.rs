@@ -1,0 +1,490 @@
+//! Pickup counters' hardware: readers (registered by a school admin, signing every request),
+//! their scans and heartbeats, and the cards they read.
+
+use super::{new_id, required_text, utc};
+use crate::auth::Principal;
+use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
+use crate::error::{ApiError, ErrorCode};
+use crate::repo;
+use crate::rfid::{self, ScanAnswer, ScanIn};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tiffin_actors::domain::Role;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+type Data = web::Data<crate::state::AppState>;
+
+const MAX_BATCH: usize = 500;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReader {
+    pub name: String,
+    /// The counter it stands at.
+    pub counter_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Reader {
+    pub id: String,
+    pub name: String,
+    pub counter_id: String,
+    /// Heard from (heartbeat or scan) within `rfid.reader_offline_after_secs`.
+    pub online: bool,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub key_version: i32,
+}
+
+/// A reader with its secret: answered once, at registration or key rotation.
+#[derive(Serialize, ToSchema)]
+pub struct ReaderCredentials {
+    #[serde(flatten)]
+    pub reader: Reader,
+    /// HMAC-SHA256 key for `X-Signature`; never shown again.
+    pub secret: String,
+}
+
+pub(crate) fn reader_view(r: ReaderRow, offline_after_secs: i64) -> Reader {
+    Reader {
+        online: rfid::online(r.last_seen_at, offline_after_secs),
+        last_seen_at: r.last_seen_at.map(utc),
+        id: r.id,
+        name: r.name,
+        counter_id: r.counter_id,
+        key_version: r.key_version,
+    }
+}
+
+#[utoipa::path(tag = "rfid", request_body = NewReader,
+    responses((status = 201, body = ReaderCredentials), (status = "4XX", body = crate::error::ErrorBody)))]
+#[post("/schools/{school_id}/readers")]
+pub async fn register_reader(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<NewReader>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school_admin(&school_id)?;
+    let counters = repo::counters(&state.db, &school_id).await?;
+    if !counters.iter().any(|c| c.id == body.counter_id) {
+        return Err(ApiError::validation(
+            "counter_id is not a counter of this school",
+        ));
+    }
+    let id = new_id();
+    let secret = rfid::reader_secret(&state.reader_key, &id, 1);
+    let row = ReaderRow {
+        id,
+        school_id,
+        counter_id: body.counter_id.clone(),
+        name: required_text("name", &body.name, 80)?,
+        secret_hash: rfid::secret_fingerprint(&secret),
+        last_seen_at: None,
+        created_at: now(),
+        key_version: 1,
+        active: true,
+    };
+    repo::insert_reader(&state.db, &row).await?;
+    let offline = state.config.rfid.reader_offline_after_secs;
+    Ok(HttpResponse::Created().json(ReaderCredentials {
+        reader: reader_view(row, offline),
+        secret,
+    }))
+}
+
+#[utoipa::path(tag = "rfid", responses((status = 200, body = [Reader])))]
+#[get("/schools/{school_id}/readers")]
+pub async fn list_readers(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_kitchen(&school_id)?;
+    let offline = state.config.rfid.reader_offline_after_secs;
+    let rows = repo::readers_of(&state.db, &school_id).await?;
+    Ok(HttpResponse::Ok().json(
+        rows.into_iter()
+            .map(|r| reader_view(r, offline))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A new secret for a reader (the old one stops working at once).
+#[utoipa::path(tag = "rfid", responses((status = 200, body = ReaderCredentials), (status = 404, body = crate::error::ErrorBody)))]
+#[post("/schools/{school_id}/readers/{reader_id}/rotate-key")]
+pub async fn rotate_reader_key(
+    state: Data,
+    who: Principal,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (school_id, reader_id) = (path.0.to_string(), path.1.to_string());
+    who.require_school_admin(&school_id)?;
+    let mut row = repo::reader(&state.db, &reader_id)
+        .await?
+        .filter(|r| r.school_id == school_id)
+        .ok_or_else(|| ApiError::not_found("reader"))?;
+    row.key_version += 1;
+    let secret = rfid::reader_secret(&state.reader_key, &row.id, row.key_version);
+    row.secret_hash = rfid::secret_fingerprint(&secret);
+    repo::rotate_reader_key(&state.db, &row.id, row.key_version, &row.secret_hash).await?;
+    let offline = state.config.rfid.reader_offline_after_secs;
+    Ok(HttpResponse::Ok().json(ReaderCredentials {
+        reader: reader_view(row, offline),
+        secret,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCard {
+    pub student_id: String,
+    /// As the reader reports it; case and `:`/`-` separators do not matter.
+    pub card_uid: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CardView {
+    pub id: String,
+    pub student_id: String,
+    pub card_uid: String,
+    /// `active`, `blocked`, `lost` or `replaced`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<CardRow> for CardView {
+    fn from(r: CardRow) -> CardView {
+        CardView {
+            id: r.id,
+            student_id: r.student_id,
+            card_uid: r.card_uid,
+            status: r.status,
+            created_at: utc(r.created_at),
+            updated_at: utc(r.updated_at),
+        }
+    }
+}
+
+fn card_uid(raw: &str) -> Result<String, ApiError> {
+    let uid = rfid::normalise_uid(raw);
+    if uid.is_empty() || uid.len() > 64 {
+        return Err(ApiError::validation(
+            "card_uid must have 1 to 64 letters or digits",
+        ));
+    }
+    Ok(uid)
+}
+
+async fn new_card(
+    state: &Data,
+    school_id: &str,
+    student_id: &str,
+    raw_uid: &str,
+) -> Result<CardRow, ApiError> {
+    let student = repo::user(&state.db, student_id)
+        .await?
+        .filter(|u| u.role == "student" && u.school_id.as_deref() == Some(school_id))
+        .ok_or_else(|| ApiError::validation("student_id is not a student of this school"))?;
+    let at = now();
+    Ok(CardRow {
+        id: new_id(),
+        school_id: school_id.to_owned(),
+        student_id: student.id,
+        card_uid: card_uid(raw_uid)?,
+        status: "active".into(),
+        created_at: at,
+        updated_at: at,
+    })
+}
+
+#[utoipa::path(tag = "rfid", request_body = NewCard,
+    responses((status = 201, body = CardView), (status = "4XX", body = crate::error::ErrorBody)))]
+#[post("/schools/{school_id}/cards")]
+pub async fn register_card(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<NewCard>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_school_admin(&school_id)?;
+    let row = new_card(&state, &school_id, &body.student_id, &body.card_uid).await?;
+    repo::insert_card(&state.db, &row).await?;
+    Ok(HttpResponse::Created().json(CardView::from(row)))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CardQuery {
+    pub student_id: Option<Uuid>,
+}
+
+#[utoipa::path(tag = "rfid", params(CardQuery), responses((status = 200, body = [CardView])))]
+#[get("/schools/{school_id}/cards")]
+pub async fn list_cards(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    query: web::Query<CardQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_kitchen(&school_id)?;
+    let student = query.student_id.map(|s| s.to_string());
+    let rows = repo::cards_of(&state.db, &school_id, student.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(CardView::from).collect::<Vec<_>>()))
+}
+
+/// The card, once the caller may manage it (a school admin of its school).
+async fn managed_card(state: &Data, who: &Principal, id: &Uuid) -> Result<CardRow, ApiError> {
+    let card = repo::card(&state.db, &id.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found("card"))?;
+    who.require_school_admin(&card.school_id)?;
+    Ok(card)
+}
+
+async fn change_status(
+    state: &Data,
+    card: CardRow,
+    from: &[&str],
+    to: &str,
+) -> Result<HttpResponse, ApiError> {
+    if !repo::set_card_status(&state.db, &card.id, from, to).await? {
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
+            format!("a {} card cannot become {to}", card.status),
+        ));
+    }
+    let card = repo::card(&state.db, &card.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("card"))?;
+    Ok(HttpResponse::Ok().json(CardView::from(card)))
+}
+
+#[utoipa::path(tag = "rfid", responses((status = 200, body = CardView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/cards/{card_id}/block")]
+pub async fn block_card(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let card = managed_card(&state, &who, &path).await?;
+    change_status(&state, card, &["active", "lost"], "blocked").await
+}
+
+#[utoipa::path(tag = "rfid", responses((status = 200, body = CardView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/cards/{card_id}/unblock")]
+pub async fn unblock_card(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let card = managed_card(&state, &who, &path).await?;
+    change_status(&state, card, &["blocked", "lost"], "active").await
+}
+
+/// A school admin or one of the student's guardians reports the card lost: it stops working.
+#[utoipa::path(tag = "rfid", responses((status = 200, body = CardView), (status = 403, body = crate::error::ErrorBody)))]
+#[post("/cards/{card_id}/report-lost")]
+pub async fn report_card_lost(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let card = repo::card(&state.db, &path.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found("card"))?;
+    who.require_school(&card.school_id)?;
+    let allowed = match who.role {
+        Role::SchoolAdmin | Role::Admin => true,
+        Role::Guardian => repo::is_guardian_of(&state.db, &who.user_id, &card.student_id).await?,
+        _ => false,
+    };
+    if !allowed {
+        return Err(ApiError::forbidden(
+            "only a school admin or the student's guardian may report a card lost",
+        ));
+    }
+    change_status(&state, card, &["active", "blocked"], "lost").await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Replacement {
+    pub card_uid: String,
+}
+
+/// Issues a new card for the same student; the old one stops working (`replaced`).
+#[utoipa::path(tag = "rfid", request_body = Replacement,
+    responses((status = 201, body = CardView), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/cards/{card_id}/replace")]
+pub async fn replace_card(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<Replacement>,
+) -> Result<HttpResponse, ApiError> {
+    let old = managed_card(&state, &who, &path).await?;
+    let new = new_card(&state, &old.school_id, &old.student_id, &body.card_uid).await?;
+    if !repo::replace_card(&state.db, &old.id, &new).await? {
+        return Err(ApiError::new(
+            ErrorCode::InvalidTransition,
+            "this card was already replaced",
+        ));
+    }
+    Ok(HttpResponse::Created().json(CardView::from(new)))
+}
+
+/// One recorded scan.
+#[derive(Serialize, ToSchema)]
+pub struct ScanRecord {
+    pub id: String,
+    pub reader_id: String,
+    pub seq: i64,
+    pub card_uid: String,
+    pub verdict: String,
+    pub order_id: Option<String>,
+    pub student_id: Option<String>,
+    /// Set on a repeat read: the scan whose verdict it got.
+    pub first_scan_id: Option<String>,
+    pub read_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// How long deciding took, in microseconds.
+    pub took_us: Option<i64>,
+}
+
+impl From<ScanRow> for ScanRecord {
+    fn from(r: ScanRow) -> ScanRecord {
+        ScanRecord {
+            id: r.id,
+            reader_id: r.reader_id,
+            seq: r.seq,
+            card_uid: r.card_uid,
+            verdict: r.verdict,
+            order_id: r.order_id,
+            student_id: r.student_id,
+            first_scan_id: r.first_scan_id,
+            read_at: utc(r.read_at),
+            received_at: utc(r.received_at),
+            took_us: r.took_us,
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ScanQuery {
+    /// At most this many, newest first (1–1000, default 100).
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(tag = "rfid", params(ScanQuery), responses((status = 200, body = [ScanRecord])))]
+#[get("/schools/{school_id}/scans")]
+pub async fn list_scans(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    query: web::Query<ScanQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_kitchen(&school_id)?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let rows = repo::recent_scans(&state.db, &school_id, limit).await?;
+    Ok(HttpResponse::Ok().json(rows.into_iter().map(ScanRecord::from).collect::<Vec<_>>()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("request body: {e}")))
+}
+
+/// One card read, signed by the reader (`X-Reader-Id`, `X-Timestamp`, `X-Signature`:
+/// hex HMAC-SHA256 of `{timestamp}\n{METHOD}\n{path}\n{body}` with the reader's secret,
+/// the timestamp in Unix milliseconds).
+#[utoipa::path(tag = "rfid", request_body = ScanIn,
+    responses((status = 200, body = ScanAnswer), (status = 401, body = crate::error::ErrorBody)))]
+#[post("/reader/scans")]
+pub async fn post_scan(
+    state: Data,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let reader = rfid::authenticate_reader(&state, &req, &body).await?;
+    let scan: ScanIn = parse(&body)?;
+    rfid::validate_scan(&scan)?;
+    Ok(HttpResponse::Ok().json(rfid::scan(&state, &reader, &scan).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanBatch {
+    pub scans: Vec<ScanIn>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScanBatchAnswer {
+    /// In reader-sequence order, whatever order they were sent in.
+    pub results: Vec<ScanAnswer>,
+}
+
+/// Scans a reader buffered while offline: applied in its sequence order.
+#[utoipa::path(tag = "rfid", request_body = ScanBatch,
+    responses((status = 200, body = ScanBatchAnswer), (status = 401, body = crate::error::ErrorBody)))]
+#[post("/reader/scans/batch")]
+pub async fn post_scan_batch(
+    state: Data,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let reader = rfid::authenticate_reader(&state, &req, &body).await?;
+    let mut batch: ScanBatch = parse(&body)?;
+    if batch.scans.is_empty() || batch.scans.len() > MAX_BATCH {
+        return Err(ApiError::validation(format!(
+            "a batch has 1 to {MAX_BATCH} scans"
+        )));
+    }
+    for scan in &batch.scans {
+        rfid::validate_scan(scan)?;
+    }
+    batch.scans.sort_by_key(|s| s.seq);
+    let mut results = Vec::with_capacity(batch.scans.len());
+    for scan in &batch.scans {
+        results.push(rfid::scan(&state, &reader, scan).await?);
+    }
+    Ok(HttpResponse::Ok().json(ScanBatchAnswer { results }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Heartbeat {
+    pub reader_id: String,
+    pub counter_id: String,
+    pub server_time: DateTime<Utc>,
+}
+
+/// A reader says it is alive (signed like a scan; the body may be empty).
+#[utoipa::path(tag = "rfid", request_body(content = String, description = "empty, or a JSON object", content_type = "application/json"),
+    responses((status = 200, body = Heartbeat), (status = 401, body = crate::error::ErrorBody)))]
+#[post("/reader/heartbeat")]
+pub async fn heartbeat(
+    state: Data,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let reader = rfid::authenticate_reader(&state, &req, &body).await?;
+    Ok(HttpResponse::Ok().json(Heartbeat {
+        reader_id: reader.id,
+        counter_id: reader.counter_id,
+        server_time: Utc::now(),
+    }))
+}
