@@ -185,6 +185,8 @@ pub fn build(
                 .service(readers::post_scan)
                 .service(readers::post_scan_batch)
                 .service(readers::heartbeat)
+                .service(readers::request_code)
+                .service(readers::verify_code)
                 .service(orders::live_orders)
                 .service(orders::kitchen_summary)
                 .service(orders::create_order)

@@ -83,6 +83,8 @@ pub struct RfidConfig {
     pub signature_window_secs: i64,
     /// A reader not heard from (heartbeat or scan) for this long shows offline.
     pub reader_offline_after_secs: i64,
+    /// How long a one-time pickup code works.
+    pub code_ttl_secs: i64,
 }
 
 impl Default for RfidConfig {
@@ -91,6 +93,7 @@ impl Default for RfidConfig {
             debounce_ms: 3000,
             signature_window_secs: 30,
             reader_offline_after_secs: 60,
+            code_ttl_secs: 300,
         }
     }
 }
@@ -278,6 +281,10 @@ impl Config {
             (
                 (5..=600).contains(&self.rfid.signature_window_secs),
                 "rfid.signature_window_secs must be between 5 and 600",
+            ),
+            (
+                (1..=3600).contains(&self.rfid.code_ttl_secs),
+                "rfid.code_ttl_secs must be between 1 and 3600",
             ),
             (
                 (10..=3600).contains(&self.rfid.reader_offline_after_secs),

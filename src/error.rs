@@ -45,6 +45,11 @@ pub enum ErrorCode {
     EmptyOrder,
     NotDead,
     AllergyAckRequired,
+    NoReadyOrder,
+    CodeInvalid,
+    CodeExpired,
+    CodeLocked,
+    CodeUsed,
     ReaderUnauthenticated,
     SignatureInvalid,
     SignatureExpired,
@@ -54,7 +59,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 43] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -87,6 +92,11 @@ impl ErrorCode {
         ErrorCode::EmptyOrder,
         ErrorCode::NotDead,
         ErrorCode::AllergyAckRequired,
+        ErrorCode::NoReadyOrder,
+        ErrorCode::CodeInvalid,
+        ErrorCode::CodeExpired,
+        ErrorCode::CodeLocked,
+        ErrorCode::CodeUsed,
         ErrorCode::ReaderUnauthenticated,
         ErrorCode::SignatureInvalid,
         ErrorCode::SignatureExpired,
@@ -104,7 +114,7 @@ impl ErrorCode {
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | ValidationFailed | IdempotencyKeyReused | UnknownMeal | EmptyOrder
-            | AllergyConflict | UnknownWindow | AllergyAckRequired => {
+            | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,9 +130,8 @@ impl ErrorCode {
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
-            | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead => {
-                StatusCode::CONFLICT
-            }
+            | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead | NoReadyOrder
+            | CodeExpired | CodeLocked | CodeUsed => StatusCode::CONFLICT,
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -76,6 +76,12 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "email/order_uncollected.es.html",
     "email/order_uncollected.es.subject",
     "email/order_uncollected.es.txt",
+    "email/pickup_code.en.html",
+    "email/pickup_code.en.subject",
+    "email/pickup_code.en.txt",
+    "email/pickup_code.es.html",
+    "email/pickup_code.es.subject",
+    "email/pickup_code.es.txt",
     "sms/card_in_use.en.txt",
     "sms/card_in_use.es.txt",
     "sms/order_cancelled.en.txt",
@@ -94,6 +100,8 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "sms/order_ready.es.txt",
     "sms/order_uncollected.en.txt",
     "sms/order_uncollected.es.txt",
+    "sms/pickup_code.en.txt",
+    "sms/pickup_code.es.txt",
 ];
 
 pub struct Templates {
@@ -240,6 +248,9 @@ fn sample_payload() -> serde_json::Value {
         "card": {"status": "lost", "uid_suffix": "B2C3"},
         "reader_name": "Counter 1 reader",
         "at": at,
+        "code": "123456",
+        "counter_name": "Counter 1",
+        "expires_at": at,
     })
 }
 
@@ -377,6 +388,12 @@ impl Sender for LogSender {
             self.templates
                 .render_short(message)
                 .map_err(SendError::Permanent)?
+        };
+        let secret = Kind::parse(&message.template).is_some_and(Kind::secret);
+        let body = if secret {
+            "[secret: not logged]".to_owned()
+        } else {
+            body
         };
         tracing::info!(
             provider = "log",

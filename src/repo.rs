@@ -4,7 +4,8 @@
 use crate::db::models::*;
 use crate::db::schema::{
     counters, delivery_attempts, device_tokens, guardian_links, meals, notification_preferences,
-    order_events, orders, outbox, readers, refresh_tokens, rfid_cards, scans, schools, users,
+    order_events, orders, outbox, pickup_codes, readers, refresh_tokens, rfid_cards, scans,
+    schools, users,
 };
 use crate::db::{Db, DbError};
 use crate::with_conn;
@@ -941,5 +942,55 @@ pub async fn picked_up_because(db: &Db, order_id: &str, reason: &str) -> Result<
         .count()
         .get_result(conn)
         .await)?;
+    Ok(n > 0)
+}
+
+pub async fn insert_pickup_code(db: &Db, row: &PickupCodeRow) -> Result<(), DbError> {
+    with_conn!(db, |conn| diesel::insert_into(pickup_codes::table)
+        .values(row)
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+pub async fn pickup_code(db: &Db, id: &str) -> Result<Option<PickupCodeRow>, DbError> {
+    Ok(with_conn!(db, |conn| pickup_codes::table
+        .find(id)
+        .select(PickupCodeRow::as_select())
+        .first(conn)
+        .await
+        .optional())?)
+}
+
+/// Counts one attempt at an active code; `None` if it is not active (used or locked) or has no
+/// attempts left. Yields the attempts made, this one included.
+pub async fn count_code_attempt(db: &Db, id: &str, max: i32) -> Result<Option<i32>, DbError> {
+    Ok(with_conn!(db, |conn| diesel::update(
+        pickup_codes::table
+            .filter(pickup_codes::id.eq(id))
+            .filter(pickup_codes::status.eq("active"))
+            .filter(pickup_codes::attempts.lt(max))
+    )
+    .set(pickup_codes::attempts.eq(pickup_codes::attempts + 1))
+    .returning(pickup_codes::attempts)
+    .get_result(conn)
+    .await
+    .optional())?)
+}
+
+/// Moves a code from active to `to` (`used` or `locked`); false if it was not active.
+pub async fn close_code(db: &Db, id: &str, to: &str) -> Result<bool, DbError> {
+    let at = now();
+    let n = with_conn!(db, |conn| diesel::update(
+        pickup_codes::table
+            .filter(pickup_codes::id.eq(id))
+            .filter(pickup_codes::status.eq("active"))
+    )
+    .set((
+        pickup_codes::status.eq(to),
+        pickup_codes::used_at.eq((to == "used").then_some(at)),
+    ))
+    .execute(conn)
+    .await)?;
     Ok(n > 0)
 }

@@ -352,9 +352,7 @@ async fn decide_and_hand_over(
     uid: &str,
     scan_id: &str,
 ) -> Result<Decided, ApiError> {
-    let card = repo::card_by_uid(&state.db, uid).await?;
-    let student_id = card.as_ref().map(|c| c.student_id.clone());
-    let card = card.and_then(|c| {
+    let card = repo::card_by_uid(&state.db, uid).await?.and_then(|c| {
         Some(Card {
             school_id: c.school_id,
             student_id: c.student_id,
@@ -362,12 +360,24 @@ async fn decide_and_hand_over(
         })
     });
     let reason = format!("rfid scan {scan_id} at {}", reader.name);
+    hand_over(state, &reader.school_id, &reader.counter_id, card, reason).await
+}
+
+/// Decides a hand-over at a counter for the holder of `card` (a scanned card, or a verified
+/// one-time code) and commits it as a version-guarded pickup recorded with `reason`.
+async fn hand_over(
+    state: &AppState,
+    school_id: &str,
+    counter_id: &str,
+    card: Option<Card>,
+    reason: String,
+) -> Result<Decided, ApiError> {
+    let student_id = card.as_ref().map(|c| c.student_id.clone());
     for _ in 0..HANDOVER_TRIES {
         let orders = match &card {
-            Some(card) if card.school_id == reader.school_id => {
+            Some(card) if card.school_id == school_id => {
                 let ids =
-                    repo::student_orders_of_day(&state.db, &reader.school_id, &card.student_id)
-                        .await?;
+                    repo::student_orders_of_day(&state.db, school_id, &card.student_id).await?;
                 let mut orders = Vec::with_capacity(ids.len());
                 for id in ids {
                     if let Some(order) = state.store.load_order(&id).await? {
@@ -378,12 +388,7 @@ async fn decide_and_hand_over(
             }
             _ => Vec::new(),
         };
-        let order = match decide(
-            card.as_ref(),
-            &reader.school_id,
-            &reader.counter_id,
-            &orders,
-        ) {
+        let order = match decide(card.as_ref(), school_id, counter_id, &orders) {
             Decision::Final(Verdict::AlreadyPickedUp { order_id })
                 if repo::picked_up_because(&state.db, &order_id, &reason).await? =>
             {
@@ -405,7 +410,7 @@ async fn decide_and_hand_over(
         };
         let kitchen = state
             .registry
-            .send(KitchenFor(reader.school_id.clone()))
+            .send(KitchenFor(school_id.to_owned()))
             .await
             .map_err(|e| ApiError::internal(format!("registry: {e}")))?;
         let handed = kitchen
@@ -490,14 +495,146 @@ async fn card_in_use(
         "alert.card_in_use",
         data.clone(),
     ));
+    let kind = tiffin_actors::notices::Kind::CardInUse;
     match state
         .store
-        .record_card_alert(&reader.school_id, student_id, data)
+        .record_notice(&reader.school_id, student_id, kind, data)
         .await
     {
         Ok(()) => state.dispatcher.do_send(tiffin_actors::Nudge),
         Err(e) => tracing::warn!(error = %e, reader = %reader.id, "could not queue the card alert"),
     }
+}
+
+/// Wrong guesses a one-time code takes before it locks.
+pub const CODE_ATTEMPTS: i32 = 3;
+
+fn code_mac(master: &[u8], code_id: &str, code: &str) -> Vec<u8> {
+    hmac_bytes(master, format!("pickup-code:{code_id}:{code}").as_bytes())
+}
+
+/// Issues a one-time code for a student without a card and sends it to them and their
+/// guardians. Only the code's HMAC is kept.
+pub async fn issue_code(
+    state: &AppState,
+    school_id: &str,
+    student_id: &str,
+    counter_id: &str,
+    requested_by: &str,
+) -> Result<crate::db::models::PickupCodeRow, ApiError> {
+    let student = repo::user(&state.db, student_id)
+        .await?
+        .filter(|u| u.role == "student" && u.school_id.as_deref() == Some(school_id))
+        .ok_or_else(|| ApiError::validation("student_id is not a student of this school"))?;
+    let counter = repo::counters(&state.db, school_id)
+        .await?
+        .into_iter()
+        .find(|c| c.id == counter_id)
+        .ok_or_else(|| ApiError::validation("counter_id is not a counter of this school"))?;
+    let mut ready = false;
+    for id in repo::student_orders_of_day(&state.db, school_id, student_id).await? {
+        ready |= state
+            .store
+            .load_order(&id)
+            .await?
+            .is_some_and(|o| o.state == tiffin_actors::domain::OrderState::Ready);
+    }
+    if !ready {
+        return Err(ApiError::new(
+            ErrorCode::NoReadyOrder,
+            "the student has no meal ready to collect",
+        ));
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let code = format!("{:06}", rand::random_range(0..1_000_000));
+    let at = now();
+    let row = crate::db::models::PickupCodeRow {
+        code_mac: hex::encode(code_mac(&state.reader_key, &id, &code)),
+        id,
+        school_id: school_id.to_owned(),
+        student_id: student_id.to_owned(),
+        counter_id: counter_id.to_owned(),
+        status: "active".into(),
+        attempts: 0,
+        requested_by: requested_by.to_owned(),
+        created_at: at,
+        expires_at: at + TimeDelta::seconds(state.config.rfid.code_ttl_secs),
+        used_at: None,
+    };
+    repo::insert_pickup_code(&state.db, &row).await?;
+    let data = serde_json::json!({
+        "student_name": student.display_name,
+        "code": code,
+        "counter_name": counter.name,
+        "expires_at": row.expires_at.and_utc(),
+    });
+    let kind = tiffin_actors::notices::Kind::PickupCode;
+    state
+        .store
+        .record_notice(school_id, student_id, kind, data)
+        .await?;
+    state.dispatcher.do_send(tiffin_actors::Nudge);
+    Ok(row)
+}
+
+/// Checks a one-time code (in constant time, counting the attempt) and, when it is right,
+/// hands the meal over exactly as an accepted scan would.
+pub async fn verify_code(
+    state: &AppState,
+    row: &crate::db::models::PickupCodeRow,
+    code: &str,
+) -> Result<Verdict, ApiError> {
+    let refused = |code: ErrorCode, message: &str| Err(ApiError::new(code, message));
+    match row.status.as_str() {
+        "used" => return refused(ErrorCode::CodeUsed, "this code was already used"),
+        "locked" => {
+            return refused(
+                ErrorCode::CodeLocked,
+                "too many wrong attempts: ask for a new code",
+            );
+        }
+        _ => {}
+    }
+    if now() > row.expires_at {
+        return refused(
+            ErrorCode::CodeExpired,
+            "this code has expired: ask for a new one",
+        );
+    }
+    let Some(attempts) = repo::count_code_attempt(&state.db, &row.id, CODE_ATTEMPTS).await? else {
+        return refused(
+            ErrorCode::CodeLocked,
+            "too many wrong attempts: ask for a new code",
+        );
+    };
+    let stored = hex::decode(&row.code_mac).map_err(ApiError::internal)?;
+    let mut mac = HmacSha256::new_from_slice(&state.reader_key).map_err(ApiError::internal)?;
+    mac.update(format!("pickup-code:{}:{}", row.id, code.trim()).as_bytes());
+    if mac.verify_slice(&stored).is_err() {
+        if attempts >= CODE_ATTEMPTS {
+            repo::close_code(&state.db, &row.id, "locked").await?;
+            return refused(
+                ErrorCode::CodeLocked,
+                "too many wrong attempts: ask for a new code",
+            );
+        }
+        return Err(ApiError::new(
+            ErrorCode::CodeInvalid,
+            format!("wrong code; {} attempts left", CODE_ATTEMPTS - attempts),
+        ));
+    }
+    if !repo::close_code(&state.db, &row.id, "used").await? {
+        return refused(ErrorCode::CodeUsed, "this code was already used");
+    }
+    let card = Card {
+        school_id: row.school_id.clone(),
+        student_id: row.student_id.clone(),
+        status: CardStatus::Active,
+    };
+    let reason = format!("one-time code {}", row.id);
+    let (verdict, ..) =
+        hand_over(state, &row.school_id, &row.counter_id, Some(card), reason).await?;
+    Ok(verdict)
 }
 
 /// Whether a reader has been heard from recently.

@@ -451,16 +451,17 @@ impl DieselStore {
         }
     }
 
-    /// Tells the student's guardians that their card was used while lost or blocked, in one
-    /// transaction; keyed by the school's next notice number (outbox keys -1, -2, …).
-    pub async fn record_card_alert(
+    /// Queues a notice about a student that is not a kitchen event (a lost card in use, a
+    /// one-time pickup code) for the rule's audience, in one transaction; keyed by the school's
+    /// next notice number (outbox keys -1, -2, …).
+    pub async fn record_notice(
         &self,
         school_id: &str,
         student_id: &str,
+        kind: Kind,
         data: serde_json::Value,
     ) -> Result<(), CommandError> {
         let fallback = self.sms_fallback_after;
-        let kind = Kind::CardInUse;
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();

@@ -4240,3 +4240,133 @@ async fn rfid_readers_verdicts_replays_and_races() {
         200,
     );
 }
+
+/// A student without a card: staff ask for a one-time code, which reaches the family; a wrong
+/// code costs one of three attempts, the right one hands the meal over once, and a code is
+/// locked after three misses and dead after its time.
+#[actix_web::test]
+async fn one_time_codes_hand_over_like_a_scan() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (fcm, sms) = (FakeFcm::start(), FakeSms::start());
+    let mut env = hub_env(&db, None);
+    env.extend(provider_env(&fcm, &sms, db.dir()));
+    env.push(("TIFFIN_RFID__CODE_TTL_SECS".into(), "3".into()));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "codes").await;
+    let guardian = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
+    expect(
+        put(
+            &hub,
+            &guardian,
+            "/api/v1/me/preferences",
+            json!({"preferences": [{"kind": "pickup_code", "channel": "sms", "enabled": true}]}),
+        )
+        .await,
+        200,
+    );
+    let counter = counter_ids(&hub, &admin, &f.school).await[0].clone();
+    let codes = format!("/api/v1/schools/{}/pickup-codes", f.school);
+    let ask = json!({"student_id": f.student, "counter_id": counter});
+    let r = post(&hub, &f.kitchen_token, &codes, ask.clone()).await;
+    assert_eq!((r.status, r.code()), (409, "no_ready_order"));
+    let order = ready_order(&hub, &f, "code-1").await;
+    let r = post(&hub, &f.student_token, &codes, ask.clone()).await;
+    assert_eq!(r.status, 403, "staff ask, not students");
+    let issued = expect(post(&hub, &f.kitchen_token, &codes, ask.clone()).await, 201);
+    assert!(
+        issued.get("code").is_none(),
+        "staff never see the code: {issued}"
+    );
+    assert_eq!(issued["attempts_left"], 3);
+    let text = sms
+        .wait_for(&f.guardian_phone, "pickup code", Duration::from_secs(20))
+        .await;
+    let code: String = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap_or_else(|| panic!("no 6-digit code in {text:?}"))
+        .to_owned();
+    let verify = format!(
+        "/api/v1/pickup-codes/{}/verify",
+        issued["id"].as_str().unwrap()
+    );
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let r = post(&hub, &f.kitchen_token, &verify, json!({"code": wrong})).await;
+    assert_eq!((r.status, r.code()), (422, "code_invalid"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 attempts left"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(pickups_of(&hub, &f, &order).await, 0);
+    let v = expect(
+        post(&hub, &f.kitchen_token, &verify, json!({"code": code})).await,
+        200,
+    );
+    assert_eq!(
+        (v["verdict"].as_str(), v["order_id"].as_str()),
+        (Some("accepted"), Some(order.as_str())),
+        "{v}"
+    );
+    let r = post(&hub, &f.kitchen_token, &verify, json!({"code": code})).await;
+    assert_eq!((r.status, r.code()), (409, "code_used"));
+    assert_eq!(pickups_of(&hub, &f, &order).await, 1);
+    let how = history_of(&hub, &f.kitchen_token, &order, "order.picked_up").await;
+    assert!(
+        how[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("one-time code"),
+        "{how:?}"
+    );
+
+    // Three misses lock it, even for the right code after.
+    let order = ready_order(&hub, &f, "code-2").await;
+    let issued = expect(post(&hub, &f.kitchen_token, &codes, ask.clone()).await, 201);
+    let verify = format!(
+        "/api/v1/pickup-codes/{}/verify",
+        issued["id"].as_str().unwrap()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let texts: Vec<String> = sms
+            .to(&f.guardian_phone)
+            .into_iter()
+            .filter(|t| t.contains("pickup code"))
+            .collect();
+        if texts.len() == 2 {
+            break texts[1].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{texts:?}");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    let code: String = second
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap()
+        .to_owned();
+    let mut last = None;
+    for _ in 0..3 {
+        let r = post(&hub, &f.kitchen_token, &verify, json!({"code": "x99999"})).await;
+        last = Some((r.status, r.code().to_owned()));
+    }
+    assert_eq!(last, Some((409, "code_locked".to_owned())));
+    let r = post(&hub, &f.kitchen_token, &verify, json!({"code": code})).await;
+    assert_eq!((r.status, r.code()), (409, "code_locked"));
+    assert_eq!(pickups_of(&hub, &f, &order).await, 0);
+
+    // A code left unused past its time is dead.
+    let issued = expect(post(&hub, &f.kitchen_token, &codes, ask).await, 201);
+    let verify = format!(
+        "/api/v1/pickup-codes/{}/verify",
+        issued["id"].as_str().unwrap()
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(3200)).await;
+    let r = post(&hub, &f.kitchen_token, &verify, json!({"code": "123456"})).await;
+    assert_eq!((r.status, r.code()), (409, "code_expired"));
+    assert_eq!(pickups_of(&hub, &f, &order).await, 0);
+}

@@ -92,10 +92,12 @@ pub enum Kind {
     OrderPickedUp,
     /// A lost or blocked card was presented at a counter.
     CardInUse,
+    /// A one-time code to collect a meal without a card. Secret: never logged.
+    PickupCode,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::OrderPlaced,
         Kind::OrderReady,
         Kind::OrderCounterChanged,
@@ -105,6 +107,7 @@ impl Kind {
         Kind::OrderConfirmOverdue,
         Kind::OrderPickedUp,
         Kind::CardInUse,
+        Kind::PickupCode,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,11 +121,17 @@ impl Kind {
             Kind::OrderConfirmOverdue => "order_confirm_overdue",
             Kind::OrderPickedUp => "order_picked_up",
             Kind::CardInUse => "card_in_use",
+            Kind::PickupCode => "pickup_code",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Its text is a secret (a one-time code): providers send it, logs never show it.
+    pub fn secret(self) -> bool {
+        self == Kind::PickupCode
     }
 
     /// The rule for this kind of message.
@@ -150,6 +159,8 @@ impl Kind {
             Kind::OrderPickedUp => rule(Audience::Guardians, Priority::Normal, 2 * HOUR),
             // Someone may be using a child's card.
             Kind::CardInUse => rule(Audience::Guardians, Priority::Critical, HOUR),
+            // Useless after five minutes; the student is at the counter now.
+            Kind::PickupCode => rule(Audience::Family, Priority::High, 300),
         }
     }
 
@@ -166,7 +177,8 @@ impl Kind {
             | Kind::OrderPickedUp
             | Kind::OrderCancelled
             | Kind::OrderUncollected
-            | Kind::CardInUse => true,
+            | Kind::CardInUse
+            | Kind::PickupCode => true,
         }
     }
 }

@@ -488,3 +488,76 @@ pub async fn heartbeat(
         server_time: Utc::now(),
     }))
 }
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    pub student_id: String,
+    /// The counter where it will be used.
+    pub counter_id: String,
+}
+
+/// A one-time code as staff see it: never the code itself.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedCode {
+    pub id: String,
+    pub student_id: String,
+    pub counter_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub attempts_left: i32,
+}
+
+/// Staff at a counter ask for a one-time code for a student without a card; it goes to the
+/// student and their guardians (6 digits, valid `rfid.code_ttl_secs`, 3 attempts).
+#[utoipa::path(tag = "rfid", request_body = CodeRequest,
+    responses((status = 201, body = IssuedCode), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/schools/{school_id}/pickup-codes")]
+pub async fn request_code(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<CodeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let school_id = path.to_string();
+    who.require_kitchen(&school_id)?;
+    let row = rfid::issue_code(
+        &state,
+        &school_id,
+        &body.student_id,
+        &body.counter_id,
+        &who.user_id,
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(IssuedCode {
+        id: row.id,
+        student_id: row.student_id,
+        counter_id: row.counter_id,
+        expires_at: utc(row.expires_at),
+        attempts_left: rfid::CODE_ATTEMPTS - row.attempts,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeEntry {
+    pub code: String,
+}
+
+/// Staff enter the code the student gives them: a right one hands the meal over like an
+/// accepted scan (the answer is a scan verdict); a wrong one costs an attempt.
+#[utoipa::path(tag = "rfid", request_body = CodeEntry,
+    responses((status = 200, body = Object), (status = 422, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+#[post("/pickup-codes/{code_id}/verify")]
+pub async fn verify_code(
+    state: Data,
+    who: Principal,
+    path: web::Path<Uuid>,
+    body: web::Json<CodeEntry>,
+) -> Result<HttpResponse, ApiError> {
+    let row = repo::pickup_code(&state.db, &path.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found("pickup code"))?;
+    who.require_kitchen(&row.school_id)?;
+    let verdict = rfid::verify_code(&state, &row, &body.code).await?;
+    Ok(HttpResponse::Ok().json(verdict))
+}

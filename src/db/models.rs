@@ -236,6 +236,23 @@ pub struct ScanRow {
     pub took_us: Option<i64>,
 }
 
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = pickup_codes, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct PickupCodeRow {
+    pub id: String,
+    pub school_id: String,
+    pub student_id: String,
+    pub counter_id: String,
+    pub code_mac: String,
+    /// `active`, `used` or `locked`.
+    pub status: String,
+    pub attempts: i32,
+    pub requested_by: String,
+    pub created_at: NaiveDateTime,
+    pub expires_at: NaiveDateTime,
+    pub used_at: Option<NaiveDateTime>,
+}
+
 pub fn now() -> NaiveDateTime {
     // Microseconds: what both backends keep, so a value reads back as written.
     let t = chrono::Utc::now().naive_utc();

@@ -120,6 +120,22 @@ diesel::table! {
 }
 
 diesel::table! {
+    pickup_codes (id) {
+        id -> Text,
+        school_id -> Text,
+        student_id -> Text,
+        counter_id -> Text,
+        code_mac -> Text,
+        status -> Text,
+        attempts -> Integer,
+        requested_by -> Text,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+        used_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     scans (id) {
         id -> Text,
         school_id -> Text,
@@ -262,6 +278,7 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    pickup_codes,
     scans,
     delivery_attempts,
     schools,

@@ -1,0 +1,2 @@
+DROP INDEX pickup_codes_student;
+DROP TABLE pickup_codes;
