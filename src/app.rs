@@ -107,6 +107,29 @@ async fn request_id(
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every API request draws from its client address's bucket (`429 rate_limited` when empty).
+async fn limit_by_ip(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.path().starts_with("/api/")
+        && let Some(state) = req.app_data::<web::Data<AppState>>()
+    {
+        let forwarded = state.limits.trust_forwarded_for;
+        let client = if forwarded {
+            req.connection_info()
+                .realip_remote_addr()
+                .map(str::to_owned)
+        } else {
+            req.peer_addr().map(|a| a.ip().to_string())
+        };
+        if let Some(client) = client {
+            state.limits.check(crate::limits::Bucket::Ip, &client)?;
+        }
+    }
+    next.call(req).await
+}
+
 /// Every route of the hub, registered once for actix and for the OpenAPI document.
 pub fn build(
     state: web::Data<AppState>,
@@ -205,6 +228,7 @@ pub fn build(
         .split_for_parts();
     app.app_data(web::Data::new(doc))
         .default_service(web::to(route_not_found))
+        .wrap(from_fn(limit_by_ip))
         .wrap(from_fn(metrics::track))
         .wrap(from_fn(request_id))
         // The path without its query: WebSocket access tokens travel in the query string.

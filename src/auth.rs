@@ -158,7 +158,14 @@ fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
     let token = header
         .strip_prefix("Bearer ")
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "expected a Bearer token"))?;
-    state.keys.verify(token.trim()).map(Principal::from_claims)
+    let principal = state
+        .keys
+        .verify(token.trim())
+        .map(Principal::from_claims)?;
+    state
+        .limits
+        .check(crate::limits::Bucket::User, &principal.user_id)?;
+    Ok(principal)
 }
 
 pub fn hash_password(password: &str) -> Result<String, ApiError> {

@@ -41,8 +41,13 @@ pub struct Config {
     pub sms: Option<SmsConfig>,
     /// Retries, dead-lettering, circuit breakers, rate limits and the SMS fallback.
     pub delivery: DeliveryPolicy,
+    /// On SIGTERM: stop taking requests, close sockets (1001), finish in-flight requests, and
+    /// exit within this long.
+    pub shutdown_timeout_secs: u64,
     /// Card readers at the counters.
     pub rfid: RfidConfig,
+    /// Token buckets per client address, user, reader, sign-in and one-time codes.
+    pub limits: crate::limits::LimitsConfig,
     /// Frames a WebSocket may have waiting to be written before it counts as a slow consumer
     /// and is closed (1013); it then resumes with `since`.
     pub ws_send_queue: usize,
@@ -209,7 +214,9 @@ impl Default for Config {
             push: None,
             sms: None,
             delivery: DeliveryPolicy::default(),
+            shutdown_timeout_secs: 10,
             rfid: RfidConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
             ws_send_queue: 256,
             ws_idle_timeout_secs: 30,
             dashboard_age_warning_secs: 600,
@@ -281,6 +288,10 @@ impl Config {
             (
                 (5..=600).contains(&self.rfid.signature_window_secs),
                 "rfid.signature_window_secs must be between 5 and 600",
+            ),
+            (
+                (1..=600).contains(&self.shutdown_timeout_secs),
+                "shutdown_timeout_secs must be between 1 and 600",
             ),
             (
                 (1..=3600).contains(&self.rfid.code_ttl_secs),

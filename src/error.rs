@@ -50,6 +50,7 @@ pub enum ErrorCode {
     CodeExpired,
     CodeLocked,
     CodeUsed,
+    RateLimited,
     ReaderUnauthenticated,
     SignatureInvalid,
     SignatureExpired,
@@ -59,7 +60,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 43] = [
+    pub const ALL: [ErrorCode; 44] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::BodyTooLarge,
@@ -97,6 +98,7 @@ impl ErrorCode {
         ErrorCode::CodeExpired,
         ErrorCode::CodeLocked,
         ErrorCode::CodeUsed,
+        ErrorCode::RateLimited,
         ErrorCode::ReaderUnauthenticated,
         ErrorCode::SignatureInvalid,
         ErrorCode::SignatureExpired,
@@ -133,6 +135,7 @@ impl ErrorCode {
             | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead | NoReadyOrder
             | CodeExpired | CodeLocked | CodeUsed => StatusCode::CONFLICT,
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -151,6 +154,8 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -169,6 +174,7 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -198,8 +204,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if self.code == ErrorCode::DatabaseUnavailable {
-            response.insert_header(("Retry-After", "2"));
+        match self.retry_after {
+            Some(secs) => {
+                response.insert_header(("Retry-After", secs.to_string()));
+            }
+            None if self.code == ErrorCode::DatabaseUnavailable => {
+                response.insert_header(("Retry-After", "2"));
+            }
+            None => {}
         }
         response.json(ErrorBody {
             error: ErrorDetail {

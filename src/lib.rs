@@ -10,6 +10,7 @@ pub mod db;
 mod dispatch_tests;
 pub mod error;
 pub mod inbox;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod pages;

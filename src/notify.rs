@@ -22,6 +22,12 @@ macro_rules! templates {
 /// Every template, by name: `{channel}/{kind}.{locale}.{part}`. Email has a subject, text and
 /// HTML; `sms/` is the short text of SMS and push bodies (push titles are email subjects).
 const TEMPLATES: &[(&str, &str)] = templates![
+    "email/allergy_hold.en.html",
+    "email/allergy_hold.en.subject",
+    "email/allergy_hold.en.txt",
+    "email/allergy_hold.es.html",
+    "email/allergy_hold.es.subject",
+    "email/allergy_hold.es.txt",
     "email/card_in_use.en.html",
     "email/card_in_use.en.subject",
     "email/card_in_use.en.txt",
@@ -82,6 +88,8 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "email/pickup_code.es.html",
     "email/pickup_code.es.subject",
     "email/pickup_code.es.txt",
+    "sms/allergy_hold.en.txt",
+    "sms/allergy_hold.es.txt",
     "sms/card_in_use.en.txt",
     "sms/card_in_use.es.txt",
     "sms/order_cancelled.en.txt",
@@ -249,6 +257,7 @@ fn sample_payload() -> serde_json::Value {
         "reader_name": "Counter 1 reader",
         "at": at,
         "code": "123456",
+        "note": "allergy override for Sample meal (celery): parent confirmed",
         "counter_name": "Counter 1",
         "expires_at": at,
     })

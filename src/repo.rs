@@ -994,3 +994,14 @@ pub async fn close_code(db: &Db, id: &str, to: &str) -> Result<bool, DbError> {
     .await)?;
     Ok(n > 0)
 }
+
+/// How many scans of an order got this verdict.
+pub async fn scans_with_verdict(db: &Db, order_id: &str, verdict: &str) -> Result<i64, DbError> {
+    Ok(with_conn!(db, |conn| scans::table
+        .filter(scans::order_id.eq(order_id))
+        .filter(scans::verdict.eq(verdict))
+        .filter(scans::first_scan_id.is_null())
+        .count()
+        .get_result(conn)
+        .await)?)
+}

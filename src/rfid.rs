@@ -169,6 +169,9 @@ pub async fn authenticate_reader(
             "this signed request was already received",
         ));
     }
+    state
+        .limits
+        .check(crate::limits::Bucket::Reader, &reader.id)?;
     repo::reader_seen(&state.db, &reader.id).await?;
     Ok(reader)
 }
@@ -334,6 +337,9 @@ pub async fn scan(
     if let Verdict::CardLost { student_id } | Verdict::CardBlocked { student_id } = &verdict {
         card_in_use(state, reader, &uid, student_id, &verdict).await;
     }
+    if let (Verdict::AllergyHold { order_id, note }, Some(student_id)) = (&verdict, &student_id) {
+        allergy_hold(state, reader, student_id, order_id, note).await;
+    }
     metrics::histogram!("rfid_scan_seconds").record(started.elapsed().as_secs_f64());
     Ok(ScanAnswer {
         seq: scan.seq,
@@ -489,20 +495,63 @@ async fn card_in_use(
         "counter_id": reader.counter_id,
         "at": Utc::now(),
     });
+    let kind = tiffin_actors::notices::Kind::CardInUse;
+    raise_alert(state, reader, student_id, kind, data).await;
+}
+
+/// A meal served despite an allergy is held at the counter: the kitchen's screens show it and
+/// the guardians are told (critical), once per order.
+async fn allergy_hold(
+    state: &AppState,
+    reader: &ReaderRow,
+    student_id: &str,
+    order_id: &str,
+    note: &str,
+) {
+    match repo::scans_with_verdict(&state.db, order_id, "allergy_hold").await {
+        Ok(1) => {}
+        Ok(_) => return,
+        Err(e) => return tracing::warn!(error = %e, "could not count allergy holds"),
+    }
+    let student_name = match repo::user(&state.db, student_id).await {
+        Ok(Some(user)) => user.display_name,
+        _ => String::new(),
+    };
+    let data = serde_json::json!({
+        "student_id": student_id,
+        "student_name": student_name,
+        "order_id": order_id,
+        "note": note,
+        "reader_id": reader.id,
+        "reader_name": reader.name,
+        "counter_id": reader.counter_id,
+        "at": Utc::now(),
+    });
+    let kind = tiffin_actors::notices::Kind::AllergyHold;
+    raise_alert(state, reader, student_id, kind, data).await;
+}
+
+/// An `alert.<kind>` frame on the kitchen's topic and the kind's notice to its audience.
+async fn raise_alert(
+    state: &AppState,
+    reader: &ReaderRow,
+    student_id: &str,
+    kind: tiffin_actors::notices::Kind,
+    data: serde_json::Value,
+) {
     use tiffin_actors::bus::Bus;
     state.bus.publish_frame(tiffin_actors::bus::Frame::alert(
         &reader.school_id,
-        "alert.card_in_use",
+        &format!("alert.{}", kind.as_str()),
         data.clone(),
     ));
-    let kind = tiffin_actors::notices::Kind::CardInUse;
     match state
         .store
         .record_notice(&reader.school_id, student_id, kind, data)
         .await
     {
         Ok(()) => state.dispatcher.do_send(tiffin_actors::Nudge),
-        Err(e) => tracing::warn!(error = %e, reader = %reader.id, "could not queue the card alert"),
+        Err(e) => tracing::warn!(error = %e, reader = %reader.id, "could not queue the alert"),
     }
 }
 
@@ -522,6 +571,9 @@ pub async fn issue_code(
     counter_id: &str,
     requested_by: &str,
 ) -> Result<crate::db::models::PickupCodeRow, ApiError> {
+    state
+        .limits
+        .check(crate::limits::Bucket::Codes, student_id)?;
     let student = repo::user(&state.db, student_id)
         .await?
         .filter(|u| u.role == "student" && u.school_id.as_deref() == Some(school_id))

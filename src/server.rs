@@ -183,6 +183,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .start();
 
     let bind = config.bind.clone();
+    let limits = config.limits.clone();
     let state = web::Data::new(AppState {
         config,
         db,
@@ -194,9 +195,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         reader_key,
         seen_signatures: Default::default(),
+        limits: crate::limits::Limits::new(&limits),
+        shutdown: tokio::sync::watch::channel(false).0,
+    });
+    let pruned = state.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = actix_web::rt::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            pruned.limits.shrink();
+        }
     });
     let app_state = state.clone();
+    let drain = Duration::from_secs(state.config.shutdown_timeout_secs);
     let server = HttpServer::new(move || app::build(app_state.clone()))
+        .shutdown_timeout(drain.as_secs())
+        .disable_signals()
         .bind(&bind)
         .with_context(|| format!("binding {bind}"))?;
     let addr = server
@@ -249,6 +263,43 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
-    server.run().await?;
+    let server = server.run();
+    let handle = server.handle();
+    let draining = state.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_stop_signal().await;
+        tracing::info!(
+            within_secs = drain.as_secs(),
+            "draining: no new requests, closing sockets"
+        );
+        let _ = draining.shutdown.send(true);
+        handle.stop(true).await;
+    });
+    server.await?;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (what service managers and orchestrators send) or Ctrl-C.
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

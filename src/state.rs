@@ -22,4 +22,7 @@ pub struct AppState {
     /// What reader secrets derive from.
     pub reader_key: Vec<u8>,
     pub seen_signatures: crate::rfid::SeenSignatures,
+    pub limits: crate::limits::Limits,
+    /// Flips to true when the hub starts draining: sockets close with 1001.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }

@@ -756,6 +756,20 @@ impl Actor for Socket {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
         metrics::gauge!("ws_sockets").increment(1.0);
+        let mut draining = self.state.shutdown.subscribe();
+        ctx.spawn(
+            async move {
+                let _ = draining.wait_for(|yes| *yes).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| {
+                act.close(
+                    CloseCode::Away,
+                    "server shutting down: reconnect with since",
+                    ctx,
+                )
+            }),
+        );
         ctx.run_interval(HEARTBEAT, |act, ctx| {
             if Utc::now().timestamp() > act.who.expires_at {
                 // Re-authentication is a reconnect with a fresh token and `since`.

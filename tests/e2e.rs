@@ -4025,6 +4025,19 @@ async fn rfid_readers_verdicts_replays_and_races() {
         "{v}"
     );
     assert_eq!(pickups_of(&hub, &f, &held).await, 0);
+    let hold = loop {
+        let frame = next_json(&mut dashboard).await;
+        if frame["type"] == "alert.allergy_hold" {
+            break frame;
+        }
+    };
+    assert_eq!(hold["data"]["order_id"], held.as_str());
+    smtp.wait_for_containing(
+        &f.guardian_email,
+        "on hold for an allergy check",
+        Duration::from_secs(20),
+    )
+    .await;
     let pickup = format!("/api/v1/orders/{held}/pickup");
     let r = post(&hub, &f.kitchen_token, &pickup, json!({})).await;
     assert_eq!((r.status, r.code()), (422, "allergy_ack_required"));
@@ -4251,6 +4264,8 @@ async fn one_time_codes_hand_over_like_a_scan() {
     let mut env = hub_env(&db, None);
     env.extend(provider_env(&fcm, &sms, db.dir()));
     env.push(("TIFFIN_RFID__CODE_TTL_SECS".into(), "3".into()));
+    // This test enters more codes in a minute than the default limit lets one person.
+    env.push(("TIFFIN_LIMITS__CODES__BURST".into(), "50".into()));
     let hub = Hub::start(env);
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "codes").await;
@@ -4369,4 +4384,194 @@ async fn one_time_codes_hand_over_like_a_scan() {
     let r = post(&hub, &f.kitchen_token, &verify, json!({"code": "123456"})).await;
     assert_eq!((r.status, r.code()), (409, "code_expired"));
     assert_eq!(pickups_of(&hub, &f, &order).await, 0);
+}
+
+/// Token buckets answer `429 rate_limited` with `Retry-After`: per login name on sign-in (the
+/// right password included, once the bucket is empty), per user, per client address; other
+/// keys are not affected, and refusals are counted.
+#[actix_web::test]
+async fn rate_limits_answer_429_with_retry_after() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut env = hub_env(&db, None);
+    for (k, v) in [
+        ("TIFFIN_LIMITS__SIGN_IN__PER_MINUTE", "1"),
+        ("TIFFIN_LIMITS__SIGN_IN__BURST", "3"),
+        ("TIFFIN_LIMITS__PER_USER__PER_MINUTE", "60"),
+        ("TIFFIN_LIMITS__PER_USER__BURST", "20"),
+        ("TIFFIN_LIMITS__PER_IP__PER_MINUTE", "60"),
+        ("TIFFIN_LIMITS__PER_IP__BURST", "200"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "limits").await;
+    let login_as = |password: &'static str| {
+        send(
+            client().post(hub.url("/api/v1/auth/login")),
+            Some(json!({"login": f.guardian_email, "password": password})),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            login_as("wrong-password").await.code(),
+            "invalid_credentials"
+        );
+    }
+    let r = login_as("guardian-pass-1").await;
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{:?}", r.body);
+    let other = send(
+        client().post(hub.url("/api/v1/auth/login")),
+        Some(json!({"login": "kim.limits@school.test", "password": "kitchen-pass-1"})),
+    )
+    .await;
+    assert_eq!(other.status, 200, "another login name has its own bucket");
+
+    let mut refused = None;
+    for _ in 0..25 {
+        let mut res = client()
+            .get(hub.url("/api/v1/me"))
+            .bearer_auth(&f.student_token)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            let wait: u64 = res
+                .headers()
+                .get("retry-after")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+            refused = Some((wait, body["error"]["code"].as_str().unwrap().to_owned()));
+            break;
+        }
+    }
+    let (wait, code) = refused.expect("the user's bucket never ran dry");
+    assert_eq!(code, "rate_limited");
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        get(&hub, &f.kitchen_token, "/api/v1/me").await.status,
+        200,
+        "other users are not slowed"
+    );
+
+    let mut statuses = Vec::new();
+    for _ in 0..250 {
+        let res = client()
+            .get(hub.url("/api/v1/nothing-here"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            break;
+        }
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&429),
+        "the address's bucket never ran dry"
+    );
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 404));
+    assert_eq!(
+        client()
+            .get(hub.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "probes are not API calls"
+    );
+    for limit in ["sign_in", "user", "ip"] {
+        let counted = metric(&hub, &format!("rate_limited_total{{limit=\"{limit}\"}}")).await;
+        assert!(counted >= 1.0, "{limit}: {counted}");
+    }
+}
+
+/// SIGTERM drains: sockets are closed with 1001 "going away", requests already accepted are
+/// answered and kept, new connections are refused, and the process exits cleanly in time.
+#[actix_web::test]
+async fn sigterm_drains_and_closes_sockets_with_going_away() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut env = hub_env(&db, None);
+    env.push(("TIFFIN_SHUTDOWN_TIMEOUT_SECS".into(), "5".into()));
+    let hub = Hub::start(env.clone());
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "drain").await;
+    let (mut socket, _) = subscribe(&hub, &f.kitchen_token, &f.school, None).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    // A burst in flight while the signal lands: whatever was answered 201 must be kept.
+    let burst = futures_util::future::join_all((0..20).map(|n| {
+        let hub = &hub;
+        let f = &f;
+        async move {
+            actix_web::rt::time::sleep(Duration::from_millis(5 * n)).await;
+            // Refused connections are expected once the hub stops listening.
+            let request = client()
+                .post(hub.url(&format!("/api/v1/schools/{}/orders", f.school)))
+                .bearer_auth(&f.student_token)
+                .insert_header(("Idempotency-Key", format!("drain-{n}")))
+                .send_json(&json!({"items": [{"meal_id": f.meals[0], "quantity": 1}]}));
+            let mut res = match actix_web::rt::time::timeout(Duration::from_secs(10), request).await
+            {
+                Ok(Ok(res)) if res.status() == 201 => res,
+                _ => return None,
+            };
+            let body: Value = serde_json::from_slice(&res.body().await.ok()?).ok()?;
+            body["id"].as_str().map(str::to_owned)
+        }
+    }));
+    let signal = async {
+        actix_web::rt::time::sleep(Duration::from_millis(40)).await;
+        hub.sigterm();
+    };
+    let (accepted, ()) = futures_util::future::join(burst, signal).await;
+    let mut hub = hub;
+    let base = hub.base.clone();
+    let status = hub.wait_exit(Duration::from_secs(8));
+    let status = status.expect("the hub did not exit within its shutdown timeout");
+    assert!(status.success(), "{status:?}");
+    // The socket was told, with a reason, before the process went.
+    let mut closed = None;
+    while let Some(Ok(frame)) = socket.next().await {
+        if let ws::Frame::Close(reason) = frame {
+            closed = reason;
+            break;
+        }
+    }
+    let reason = closed.expect("no close frame");
+    assert_eq!(reason.code, awc::ws::CloseCode::Away);
+    assert!(
+        reason
+            .description
+            .unwrap_or_default()
+            .contains("shutting down")
+    );
+    assert!(
+        client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "a stopped hub takes no connections"
+    );
+    // Restarted on the same database: every accepted order is there.
+    let accepted: Vec<String> = accepted.into_iter().flatten().collect();
+    assert!(
+        !accepted.is_empty(),
+        "orders sent before the signal were answered"
+    );
+    drop(hub);
+    let hub = Hub::start(env);
+    for id in &accepted {
+        expect(
+            get(&hub, &f.kitchen_token, &format!("/api/v1/orders/{id}")).await,
+            200,
+        );
+    }
 }

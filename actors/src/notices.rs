@@ -92,12 +92,14 @@ pub enum Kind {
     OrderPickedUp,
     /// A lost or blocked card was presented at a counter.
     CardInUse,
+    /// A meal served despite an allergy waits at the counter for staff to check.
+    AllergyHold,
     /// A one-time code to collect a meal without a card. Secret: never logged.
     PickupCode,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::OrderPlaced,
         Kind::OrderReady,
         Kind::OrderCounterChanged,
@@ -107,6 +109,7 @@ impl Kind {
         Kind::OrderConfirmOverdue,
         Kind::OrderPickedUp,
         Kind::CardInUse,
+        Kind::AllergyHold,
         Kind::PickupCode,
     ];
 
@@ -121,6 +124,7 @@ impl Kind {
             Kind::OrderConfirmOverdue => "order_confirm_overdue",
             Kind::OrderPickedUp => "order_picked_up",
             Kind::CardInUse => "card_in_use",
+            Kind::AllergyHold => "allergy_hold",
             Kind::PickupCode => "pickup_code",
         }
     }
@@ -159,6 +163,7 @@ impl Kind {
             Kind::OrderPickedUp => rule(Audience::Guardians, Priority::Normal, 2 * HOUR),
             // Someone may be using a child's card.
             Kind::CardInUse => rule(Audience::Guardians, Priority::Critical, HOUR),
+            Kind::AllergyHold => rule(Audience::Guardians, Priority::Critical, HOUR),
             // Useless after five minutes; the student is at the counter now.
             Kind::PickupCode => rule(Audience::Family, Priority::High, 300),
         }
@@ -178,6 +183,7 @@ impl Kind {
             | Kind::OrderCancelled
             | Kind::OrderUncollected
             | Kind::CardInUse
+            | Kind::AllergyHold
             | Kind::PickupCode => true,
         }
     }

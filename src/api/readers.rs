@@ -558,6 +558,9 @@ pub async fn verify_code(
         .await?
         .ok_or_else(|| ApiError::not_found("pickup code"))?;
     who.require_kitchen(&row.school_id)?;
+    state
+        .limits
+        .check(crate::limits::Bucket::Codes, &who.user_id)?;
     let verdict = rfid::verify_code(&state, &row, &body.code).await?;
     Ok(HttpResponse::Ok().json(verdict))
 }

@@ -300,6 +300,25 @@ impl Hub {
         self.cli(&["token", "--role", "admin", "--ttl", "3600"])
     }
 
+    /// Sends SIGTERM (a service manager stopping the hub).
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL: nothing gets a chance to flush.
     pub fn kill(mut self) -> Vec<(String, String)> {
         let _ = self.child.kill();

@@ -1,0 +1,184 @@
+//! Rate limits: token buckets per client IP, per user, per reader, and stricter ones for
+//! sign-in and one-time codes. A refusal is `429 rate_limited` with `Retry-After`. Buckets of
+//! keys not seen for a while are dropped, so memory stays bounded.
+
+use crate::error::{ApiError, ErrorCode};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
+
+/// A token bucket: `per_minute` sustained, bursts of `burst`; `per_minute = 0` turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Every API request, by client address.
+    pub per_ip: Limit,
+    /// Every request with an access token, by user.
+    pub per_user: Limit,
+    /// Every signed reader request, by reader.
+    pub per_reader: Limit,
+    /// Sign-in attempts, by login name.
+    pub sign_in: Limit,
+    /// One-time codes: issued per student, entered per member of staff.
+    pub codes: Limit,
+    /// Take the client address from `X-Forwarded-For` (behind a load balancer you trust).
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        let limit = |per_minute, burst| Limit { per_minute, burst };
+        LimitsConfig {
+            per_ip: limit(20_000, 2_000),
+            per_user: limit(3_000, 1_000),
+            per_reader: limit(1_200, 120),
+            sign_in: limit(10, 10),
+            codes: limit(10, 5),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+/// Which bucket a request draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Ip,
+    User,
+    Reader,
+    SignIn,
+    Codes,
+}
+
+impl Bucket {
+    fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Ip => "ip",
+            Bucket::User => "user",
+            Bucket::Reader => "reader",
+            Bucket::SignIn => "sign_in",
+            Bucket::Codes => "codes",
+        }
+    }
+}
+
+pub struct Limits {
+    ip: Option<DefaultKeyedRateLimiter<String>>,
+    user: Option<DefaultKeyedRateLimiter<String>>,
+    reader: Option<DefaultKeyedRateLimiter<String>>,
+    sign_in: Option<DefaultKeyedRateLimiter<String>>,
+    codes: Option<DefaultKeyedRateLimiter<String>>,
+    pub trust_forwarded_for: bool,
+}
+
+fn limiter(limit: Limit) -> Option<DefaultKeyedRateLimiter<String>> {
+    let per_minute = NonZeroU32::new(limit.per_minute)?;
+    let burst = NonZeroU32::new(limit.burst).unwrap_or(per_minute);
+    Some(RateLimiter::keyed(
+        Quota::per_minute(per_minute).allow_burst(burst),
+    ))
+}
+
+impl Limits {
+    pub fn new(config: &LimitsConfig) -> Limits {
+        Limits {
+            ip: limiter(config.per_ip),
+            user: limiter(config.per_user),
+            reader: limiter(config.per_reader),
+            sign_in: limiter(config.sign_in),
+            codes: limiter(config.codes),
+            trust_forwarded_for: config.trust_forwarded_for,
+        }
+    }
+
+    fn bucket(&self, bucket: Bucket) -> Option<&DefaultKeyedRateLimiter<String>> {
+        match bucket {
+            Bucket::Ip => self.ip.as_ref(),
+            Bucket::User => self.user.as_ref(),
+            Bucket::Reader => self.reader.as_ref(),
+            Bucket::SignIn => self.sign_in.as_ref(),
+            Bucket::Codes => self.codes.as_ref(),
+        }
+    }
+
+    /// Takes a token for `key`, or says how long to wait.
+    pub fn check(&self, bucket: Bucket, key: &str) -> Result<(), ApiError> {
+        let Some(limiter) = self.bucket(bucket) else {
+            return Ok(());
+        };
+        match limiter.check_key(&key.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                metrics::counter!("rate_limited_total", "limit" => bucket.as_str()).increment(1);
+                Err(ApiError::rate_limited(wait))
+            }
+        }
+    }
+
+    /// Forgets buckets that are full again (keys not seen lately).
+    pub fn shrink(&self) {
+        for limiter in [
+            &self.ip,
+            &self.user,
+            &self.reader,
+            &self.sign_in,
+            &self.codes,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+impl ApiError {
+    pub fn rate_limited(wait: std::time::Duration) -> ApiError {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut e = ApiError::new(
+            ErrorCode::RateLimited,
+            format!("too many requests: try again in {secs} s"),
+        );
+        e.retry_after = Some(secs.max(1));
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_refuses_past_its_burst_and_keys_are_separate() {
+        let limits = Limits::new(&LimitsConfig {
+            sign_in: Limit {
+                per_minute: 1,
+                burst: 2,
+            },
+            per_ip: Limit {
+                per_minute: 0,
+                burst: 0,
+            },
+            ..LimitsConfig::default()
+        });
+        assert!(limits.check(Bucket::SignIn, "a").is_ok());
+        assert!(limits.check(Bucket::SignIn, "a").is_ok());
+        let refused = limits.check(Bucket::SignIn, "a").unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited);
+        assert!(refused.retry_after.is_some_and(|s| (1..=60).contains(&s)));
+        assert!(limits.check(Bucket::SignIn, "b").is_ok(), "another key");
+        for _ in 0..1000 {
+            assert!(limits.check(Bucket::Ip, "x").is_ok(), "0 per minute is off");
+        }
+        limits.shrink();
+    }
+}
