@@ -4575,3 +4575,142 @@ async fn sigterm_drains_and_closes_sockets_with_going_away() {
         );
     }
 }
+
+/// Bad input on the wire gets a clear answer, never a 500, a panic or a hung connection:
+/// invalid UTF-8, huge numbers and random bytes as JSON bodies; binary, malformed and
+/// oversized WebSocket frames; and raw garbage after a WebSocket upgrade.
+#[actix_web::test]
+async fn garbage_on_the_wire_gets_clear_errors_not_hangs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut env = hub_env(&db, None);
+    // Random bytes may read as the start of a long frame: the idle timeout bounds the wait.
+    env.push(("TIFFIN_WS_IDLE_TIMEOUT_SECS".into(), "15".into()));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "garbage").await;
+    let orders = hub.url(&format!("/api/v1/schools/{}/orders", f.school));
+    let raw = |body: Vec<u8>| {
+        let orders = orders.clone();
+        let token = f.student_token.clone();
+        async move {
+            let mut res = client()
+                .post(orders)
+                .bearer_auth(token)
+                .insert_header(("Content-Type", "application/json"))
+                .send_body(body)
+                .await
+                .unwrap();
+            let body: Value =
+                serde_json::from_slice(&res.body().await.unwrap()).unwrap_or_default();
+            (
+                res.status().as_u16(),
+                body["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
+        }
+    };
+    let mut utf8 = br#"{"items": [{"meal_id": ""#.to_vec();
+    utf8.extend_from_slice(&[0xff, 0xfe, 0xfd]);
+    utf8.extend_from_slice(br#"", "quantity": 1}]}"#);
+    assert_eq!(raw(utf8).await, (400, "malformed_json".to_owned()));
+    let huge = format!(
+        r#"{{"items": [{{"meal_id": "{}", "quantity": 184467440737095516160}}]}}"#,
+        f.meals[0]
+    );
+    assert_eq!(
+        raw(huge.into_bytes()).await,
+        (422, "invalid_body".to_owned())
+    );
+    let noise: Vec<u8> = (0..512).map(|_| rand::random::<u8>()).collect();
+    let (status, code) = raw(noise).await;
+    assert!(status == 400 && code == "malformed_json", "{status} {code}");
+
+    // WebSocket frames: errors for what can be answered, a close for what cannot.
+    let (_, mut socket) = client()
+        .ws(hub.ws_url(&f.kitchen_token))
+        .connect()
+        .await
+        .unwrap();
+    socket
+        .send(ws::Message::Binary(vec![0, 1, 2, 3].into()))
+        .await
+        .unwrap();
+    let e = next_json(&mut socket).await;
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("invalid_body")),
+        "{e}"
+    );
+    socket
+        .send(ws::Message::Text(
+            "{\"type\": \"subscribe\", \"topic\"".into(),
+        ))
+        .await
+        .unwrap();
+    let e = next_json(&mut socket).await;
+    assert_eq!(e["code"], "invalid_body", "{e}");
+    socket
+        .send(ws::Message::Text(r#"{"type": "ping"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut socket).await["type"],
+        "pong",
+        "still serving after bad frames"
+    );
+    let big = format!(r#"{{"type": "ping", "pad": "{}"}}"#, "x".repeat(64 * 1024));
+    socket.send(ws::Message::Text(big.into())).await.unwrap();
+    let closed = actix_web::rt::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(frame)) = socket.next().await {
+            if let ws::Frame::Close(reason) = frame {
+                return reason;
+            }
+        }
+        None
+    })
+    .await
+    .expect("an oversized frame must not hang the socket");
+    assert_eq!(closed.map(|r| r.code), Some(awc::ws::CloseCode::Protocol));
+
+    // Raw bytes after a valid upgrade: the hub drops the connection.
+    let addr = hub.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET /api/v1/ws?access_token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        f.kitchen_token
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let garbage: Vec<u8> = (0..256).map(|_| rand::random::<u8>()).collect();
+    tcp.write_all(&garbage).await.unwrap();
+    let ended = actix_web::rt::time::timeout(Duration::from_secs(25), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the garbage connection was left hanging");
+    assert_eq!(
+        client()
+            .get(hub.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
