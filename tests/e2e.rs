@@ -4714,3 +4714,101 @@ async fn garbage_on_the_wire_gets_clear_errors_not_hangs() {
         200
     );
 }
+
+/// PostgreSQL restarted mid-lunch: while it is away the hub answers `503
+/// database_unavailable` with `Retry-After` and `/readyz` says so; it recovers by itself once
+/// the database is back, and nothing it accepted is lost.
+#[actix_web::test]
+async fn a_postgres_restart_is_a_503_then_recovers() {
+    let Some(pg) = PrivatePostgres::start() else {
+        panic!("this test needs the PostgreSQL server binaries (/usr/lib/postgresql/*/bin)");
+    };
+    let env = vec![
+        ("TIFFIN_DATABASE_URL".to_owned(), pg.url()),
+        ("TIFFIN_JWT_SECRET".into(), JWT_SECRET.into()),
+        ("TIFFIN_SEED_DEMO".into(), "false".into()),
+        ("TIFFIN_DISPATCH_POLL_MS".into(), "200".into()),
+        ("RUST_LOG".into(), "error".into()),
+    ];
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "pgrestart").await;
+    let mut accepted = Vec::new();
+    for n in 0..5 {
+        let order = expect(place_order(&hub, &f, &format!("before-{n}"), 1).await, 201);
+        accepted.push(order["id"].as_str().unwrap().to_owned());
+    }
+
+    pg.down();
+    let started = std::time::Instant::now();
+    let mut res = client()
+        .post(hub.url(&format!("/api/v1/schools/{}/orders", f.school)))
+        .bearer_auth(&f.student_token)
+        .insert_header(("Idempotency-Key", "while-down"))
+        .send_json(&json!({"items": [{"meal_id": f.meals[0], "quantity": 1}]}))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a bounded wait, not a hang"
+    );
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+    let ready = client().get(hub.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        client()
+            .get(hub.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "alive, just not ready"
+    );
+
+    pg.up();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = place_order(&hub, &f, "after", 1).await;
+        if r.status == 201 {
+            accepted.push(r.body["id"].as_str().unwrap().to_owned());
+            break;
+        }
+        assert_eq!(r.code(), "database_unavailable", "{:?}", r.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hub did not recover"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        client()
+            .get(hub.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for id in &accepted {
+        let order = expect(
+            get(&hub, &f.kitchen_token, &format!("/api/v1/orders/{id}")).await,
+            200,
+        );
+        assert_eq!(order["order"]["id"], id.as_str());
+    }
+    // The kitchen took orders again through its actors, not only the database.
+    let live = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/orders/live", f.school),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(live.as_array().unwrap().len(), accepted.len(), "{live}");
+}
