@@ -282,13 +282,35 @@ fn money(cents: i64) -> String {
 
 /// The HTTP client of the push and SMS providers: bounded timeouts, so a provider that
 /// accepts a connection and never answers costs a retry, not a stuck dispatcher.
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(15))
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+        .timeout(timeout)
         .user_agent(concat!("tiffin/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// A transport failure in words an operator can act on (reqwest's own message hides the cause).
+pub fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out waiting for the provider".into()
+    } else if e.is_connect() {
+        format!("could not connect: {}", source_chain(e))
+    } else {
+        source_chain(e)
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// A `Retry-After` header: seconds, or an HTTP date.
@@ -314,7 +336,11 @@ pub struct SmtpSender {
 }
 
 impl SmtpSender {
-    pub fn new(config: &SmtpConfig, templates: Arc<Templates>) -> Result<SmtpSender, String> {
+    pub fn new(
+        config: &SmtpConfig,
+        timeout: std::time::Duration,
+        templates: Arc<Templates>,
+    ) -> Result<SmtpSender, String> {
         let mut builder = match config.tls {
             SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
@@ -323,7 +349,7 @@ impl SmtpSender {
                 .map_err(|e| format!("smtp: {e}"))?,
         }
         .port(config.port())
-        .timeout(Some(std::time::Duration::from_secs(10)));
+        .timeout(Some(timeout));
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             builder = builder.credentials(Credentials::new(
                 user.clone(),

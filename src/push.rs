@@ -5,7 +5,7 @@
 
 use crate::config::PushConfig;
 use crate::db::Db;
-use crate::notify::{Templates, http_client, retry_after};
+use crate::notify::{Templates, http_client, retry_after, transport_error};
 use crate::repo;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -72,6 +72,7 @@ enum DeviceOutcome {
 impl FcmSender {
     pub fn new(
         config: &PushConfig,
+        timeout: Duration,
         db: Db,
         templates: Arc<Templates>,
     ) -> Result<FcmSender, String> {
@@ -84,7 +85,7 @@ impl FcmSender {
             .map_err(|e| format!("push service account {file}: private_key: {e}"))?;
         let base = config.base_url.trim_end_matches('/');
         Ok(FcmSender {
-            http: http_client()?,
+            http: http_client(timeout)?,
             send_url: format!("{base}/v1/projects/{}/messages:send", account.project_id),
             token_url: config.token_url.clone().unwrap_or(account.token_uri),
             project_id: account.project_id,
@@ -127,7 +128,9 @@ impl FcmSender {
             ])
             .send()
             .await
-            .map_err(|e| SendError::Transient(format!("FCM token exchange: {e}")))?;
+            .map_err(|e| {
+                SendError::Transient(format!("FCM token exchange: {}", transport_error(&e)))
+            })?;
         let status = reply.status();
         if !status.is_success() {
             let body = reply.text().await.unwrap_or_default();
@@ -175,7 +178,12 @@ impl FcmSender {
             .await
         {
             Ok(reply) => reply,
-            Err(e) => return DeviceOutcome::Failed(SendError::Transient(format!("FCM: {e}"))),
+            Err(e) => {
+                return DeviceOutcome::Failed(SendError::Transient(format!(
+                    "FCM: {}",
+                    transport_error(&e)
+                )));
+            }
         };
         let status = reply.status();
         if status.is_success() {

@@ -126,18 +126,23 @@ fn senders(
     db: &Db,
     bus: Arc<LocalBus>,
 ) -> anyhow::Result<HashMap<String, Arc<dyn Sender>>> {
+    let timeout = Duration::from_secs(config.delivery.provider_timeout_secs);
     let email: Arc<dyn Sender> = match &config.smtp {
-        Some(smtp) => Arc::new(SmtpSender::new(smtp, templates.clone()).map_err(|e| anyhow!(e))?),
-        None => Arc::new(LogSender::new(templates.clone())),
-    };
-    let push: Arc<dyn Sender> = match &config.push {
-        Some(push) => {
-            Arc::new(FcmSender::new(push, db.clone(), templates.clone()).map_err(|e| anyhow!(e))?)
+        Some(smtp) => {
+            Arc::new(SmtpSender::new(smtp, timeout, templates.clone()).map_err(|e| anyhow!(e))?)
         }
         None => Arc::new(LogSender::new(templates.clone())),
     };
+    let push: Arc<dyn Sender> = match &config.push {
+        Some(push) => Arc::new(
+            FcmSender::new(push, timeout, db.clone(), templates.clone()).map_err(|e| anyhow!(e))?,
+        ),
+        None => Arc::new(LogSender::new(templates.clone())),
+    };
     let sms: Arc<dyn Sender> = match &config.sms {
-        Some(sms) => Arc::new(SmsSender::new(sms, templates.clone()).map_err(|e| anyhow!(e))?),
+        Some(sms) => {
+            Arc::new(SmsSender::new(sms, timeout, templates.clone()).map_err(|e| anyhow!(e))?)
+        }
         None => Arc::new(LogSender::new(templates.clone())),
     };
     let in_app: Arc<dyn Sender> = Arc::new(InAppSender::new(db.clone(), templates, bus));

@@ -4,7 +4,7 @@
 //! permanent and never retried.
 
 use crate::config::SmsConfig;
-use crate::notify::{Templates, http_client, retry_after};
+use crate::notify::{Templates, http_client, retry_after, transport_error};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -27,10 +27,14 @@ pub struct SmsSender {
 }
 
 impl SmsSender {
-    pub fn new(config: &SmsConfig, templates: Arc<Templates>) -> Result<SmsSender, String> {
+    pub fn new(
+        config: &SmsConfig,
+        timeout: Duration,
+        templates: Arc<Templates>,
+    ) -> Result<SmsSender, String> {
         let base = config.base_url.trim_end_matches('/');
         Ok(SmsSender {
-            http: http_client()?,
+            http: http_client(timeout)?,
             url: format!(
                 "{base}/2010-04-01/Accounts/{}/Messages.json",
                 config.account_sid
@@ -83,7 +87,7 @@ impl Sender for SmsSender {
             ])
             .send()
             .await
-            .map_err(|e| SendError::Transient(format!("SMS: {e}")))?;
+            .map_err(|e| SendError::Transient(format!("SMS: {}", transport_error(&e))))?;
         let status = reply.status();
         if status.is_success() {
             return Ok(());

@@ -5073,3 +5073,97 @@ async fn security_matrix() {
         );
     }
 }
+
+/// A push provider that accepts connections and never answers costs retries (bounded by the
+/// provider timeout), not the other channels: in-app messages go out meanwhile. When it answers
+/// again, each push is delivered once.
+#[actix_web::test]
+async fn a_provider_that_never_answers_holds_up_only_its_own_messages() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (fcm, sms) = (FakeFcm::start(), FakeSms::start());
+    let mut env = hub_env(&db, None);
+    env.extend(provider_env(&fcm, &sms, db.dir()));
+    env.push(("TIFFIN_DELIVERY__PROVIDER_TIMEOUT_SECS".into(), "4".into()));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "hang").await;
+    let guardian = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
+    expect(
+        post(
+            &hub,
+            &guardian,
+            "/api/v1/me/devices",
+            json!({"platform": "web", "token": "hung-phone"}),
+        )
+        .await,
+        201,
+    );
+    fcm.with(|s| s.hang = true);
+    let order = ready_order(&hub, &f, "hang-1").await;
+    let ready_at = std::time::Instant::now();
+    // In-app goes out while push is stuck on a provider that does not answer.
+    statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &order,
+        Duration::from_secs(10),
+        |rows| {
+            rows.iter()
+                .filter(|r| r["channel"] == "in_app")
+                .all(|r| r["status"] == "sent")
+        },
+    )
+    .await;
+    assert!(
+        ready_at.elapsed() < Duration::from_secs(3),
+        "in-app waited for push: {:?}",
+        ready_at.elapsed()
+    );
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &order,
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter().filter(|r| r["channel"] == "push").all(|r| {
+                r["attempt_log"]
+                    .as_array()
+                    .is_some_and(|log| !log.is_empty())
+            })
+        },
+    )
+    .await;
+    for push in rows.iter().filter(|r| r["channel"] == "push") {
+        assert_ne!(push["status"], "sent", "{push}");
+        let first = &push["attempt_log"][0];
+        assert_eq!(first["outcome"], "retry", "{push}");
+        assert!(
+            first["detail"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("timed out"),
+            "{push}"
+        );
+    }
+    fcm.with(|s| s.hang = false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fcm.delivered_to("hung-phone").len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            fcm.with(|s| s.delivered.clone())
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let kinds: Vec<String> = fcm
+        .delivered_to("hung-phone")
+        .iter()
+        .map(|m| m["data"]["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds.len(), 2, "each push once: {kinds:?}");
+    assert!(
+        kinds.contains(&"order_ready".to_owned()) && kinds.contains(&"order_placed".to_owned())
+    );
+}

@@ -52,6 +52,8 @@ pub struct FcmState {
     pub script: VecDeque<Scripted>,
     /// Every send fails with 503.
     pub down: bool,
+    /// Sends are accepted and never answered.
+    pub hang: bool,
 }
 
 pub struct FakeFcm {
@@ -202,6 +204,15 @@ async fn fcm_send(
     project: web::Path<String>,
     body: web::Json<Value>,
 ) -> HttpResponse {
+    let hang = state.lock().unwrap().hang;
+    if hang {
+        state
+            .lock()
+            .unwrap()
+            .send_attempts
+            .push((Instant::now(), "(hung)".into()));
+        actix_web::rt::time::sleep(Duration::from_secs(3600)).await;
+    }
     let mut s = state.lock().unwrap();
     let bearer = req
         .headers()

@@ -9,10 +9,13 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BATCH: i64 = 32;
+/// Deliveries out at once; beyond this, claiming waits for some to finish.
+const MAX_IN_FLIGHT: usize = 512;
 /// How often the outbox gauges are refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
@@ -38,6 +41,9 @@ pub struct DeliveryPolicy {
     pub breaker_cooldown_secs: u64,
     /// A critical message not delivered by push within this long goes by SMS.
     pub sms_fallback_after_secs: i64,
+    /// The longest one send to a provider may take (connect included) before it counts as a
+    /// failure: a provider that accepts a connection and never answers costs a retry.
+    pub provider_timeout_secs: u64,
     pub email: RateLimit,
     pub push: RateLimit,
     pub sms: RateLimit,
@@ -51,6 +57,7 @@ impl Default for DeliveryPolicy {
             breaker_failures: 5,
             breaker_cooldown_secs: 30,
             sms_fallback_after_secs: 120,
+            provider_timeout_secs: 15,
             email: RateLimit {
                 per_sec: 50,
                 burst: 100,
@@ -89,6 +96,12 @@ impl DeliveryPolicy {
             (
                 (1..=3600).contains(&self.sms_fallback_after_secs),
                 "delivery.sms_fallback_after_secs must be between 1 and 3600",
+            ),
+            (
+                // Well inside the outbox claim's lease (60 s): a send still under way is never
+                // claimed again by another dispatcher.
+                (1..=45).contains(&self.provider_timeout_secs),
+                "delivery.provider_timeout_secs must be between 1 and 45",
             ),
             (
                 [self.email, self.push, self.sms]
@@ -171,6 +184,8 @@ pub struct Dispatcher {
     poll: Duration,
     busy: bool,
     again: bool,
+    /// Deliveries under way (each bounded by its provider's timeout).
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Dispatcher {
@@ -197,16 +212,20 @@ impl Dispatcher {
             poll,
             busy: false,
             again: false,
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
+    /// Claims due messages and sends each on its own, so a slow provider holds up only its
+    /// own messages; at most `MAX_IN_FLIGHT` are out at once.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
+        if self.busy || self.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
             self.again = true;
             return;
         }
         self.busy = true;
         let shared = self.shared.clone();
+        let in_flight = self.in_flight.clone();
         ctx.spawn(
             async move {
                 let batch = match shared.outbox.claim_due(BATCH).await {
@@ -217,10 +236,14 @@ impl Dispatcher {
                     }
                 };
                 let full = batch.len() as i64 == BATCH;
-                let sends = batch
-                    .into_iter()
-                    .map(|message| deliver(shared.clone(), message));
-                futures_util::future::join_all(sends).await;
+                for message in batch {
+                    in_flight.fetch_add(1, Ordering::Relaxed);
+                    let (shared, in_flight) = (shared.clone(), in_flight.clone());
+                    actix::spawn(async move {
+                        deliver(shared, message).await;
+                        in_flight.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
                 full
             }
             .into_actor(self)
