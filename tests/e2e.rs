@@ -5167,3 +5167,136 @@ async fn a_provider_that_never_answers_holds_up_only_its_own_messages() {
         kinds.contains(&"order_ready".to_owned()) && kinds.contains(&"order_placed".to_owned())
     );
 }
+
+/// Secrets never reach the log or an error body, even at debug level: passwords, the JWT key,
+/// access and refresh tokens, provider credentials, reader secrets and one-time codes.
+#[actix_web::test]
+async fn secrets_stay_out_of_logs_and_error_bodies() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let smtp = SmtpSink::start();
+    let sms = FakeSms::start();
+    let mut env = hub_env(&db, Some(&smtp));
+    let smtp_password = "smtp-password-7f3a9";
+    for (k, v) in [
+        ("RUST_LOG", "debug"),
+        ("TIFFIN_SMTP__USERNAME", "tiffin"),
+        ("TIFFIN_SMTP__PASSWORD", smtp_password),
+        ("TIFFIN_SMS__BASE_URL", sms.base().as_str()),
+        ("TIFFIN_SMS__ACCOUNT_SID", SMS_SID),
+        ("TIFFIN_SMS__AUTH_TOKEN", SMS_TOKEN),
+        ("TIFFIN_SMS__FROM", SMS_FROM),
+    ] {
+        env.retain(|(key, _)| key != k);
+        env.push((k.into(), v.into()));
+    }
+    let log = db.dir().join("hub.log");
+    let hub = Hub::start_logging(env, Some(&log));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "secrets").await;
+    let guardian = login(&hub, &f.guardian_email, "guardian-pass-1").await;
+    let (access, refresh) = (
+        guardian["access_token"].as_str().unwrap().to_owned(),
+        guardian["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    let wrong = send(
+        client().post(hub.url("/api/v1/auth/login")),
+        Some(json!({"login": f.guardian_email, "password": "a-wrong-password-55"})),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(!wrong.body.to_string().contains("a-wrong-password-55"));
+    expect(
+        put(
+            &hub,
+            &access,
+            "/api/v1/me/preferences",
+            json!({"preferences": [{"kind": "pickup_code", "channel": "sms", "enabled": true}]}),
+        )
+        .await,
+        200,
+    );
+    expect(
+        send(
+            client().post(hub.url("/api/v1/auth/refresh")),
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await,
+        200,
+    );
+    let (_, socket) = client().ws(hub.ws_url(&access)).connect().await.unwrap();
+    drop(socket);
+    // A reader, a scan, a one-time code (sent, then a wrong and a right guess).
+    let counter = counter_ids(&hub, &admin, &f.school).await[0].clone();
+    let reader = register_reader(&hub, &admin, &f.school, "Secret reader", &counter).await;
+    expect(
+        reader_post(&hub, &reader, "/api/v1/reader/heartbeat", &json!({})).await,
+        200,
+    );
+    let order = ready_order(&hub, &f, "secret-1").await;
+    let issued = expect(
+        post(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/pickup-codes", f.school),
+            json!({"student_id": f.student, "counter_id": counter}),
+        )
+        .await,
+        201,
+    );
+    let text = sms
+        .wait_for(&f.guardian_phone, "pickup code", Duration::from_secs(20))
+        .await;
+    let code: String = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap()
+        .to_owned();
+    let verify = format!(
+        "/api/v1/pickup-codes/{}/verify",
+        issued["id"].as_str().unwrap()
+    );
+    let wrong_code = if code == "000000" { "111111" } else { "000000" };
+    let r = post(&hub, &f.kitchen_token, &verify, json!({"code": wrong_code})).await;
+    assert!(!r.body.to_string().contains(wrong_code), "{:?}", r.body);
+    expect(
+        post(&hub, &f.kitchen_token, &verify, json!({"code": code})).await,
+        200,
+    );
+    assert_eq!(pickups_of(&hub, &f, &order).await, 1);
+    // The email was tried with the SMTP credentials (the sink offers no AUTH: it fails).
+    statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &order,
+        Duration::from_secs(20),
+        |rows| {
+            rows.iter().any(|r| {
+                r["template"] == "order_picked_up"
+                    && r["channel"] == "email"
+                    && r["attempts"].as_i64() >= Some(1)
+            })
+        },
+    )
+    .await;
+    drop(hub);
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.lines().count() > 20,
+        "debug logging was on: {logged}"
+    );
+    for (what, secret) in [
+        ("a password", "guardian-pass-1"),
+        ("a wrong password", "a-wrong-password-55"),
+        ("the JWT key", JWT_SECRET),
+        ("an access token", access.as_str()),
+        ("a refresh token", refresh.as_str()),
+        ("the admin token", admin.as_str()),
+        ("the SMTP password", smtp_password),
+        ("the SMS auth token", SMS_TOKEN),
+        ("a reader secret", reader.secret.as_str()),
+        ("a one-time code", code.as_str()),
+    ] {
+        assert!(!logged.contains(secret), "{what} is in the log");
+    }
+}
