@@ -41,6 +41,10 @@ pub struct Config {
     pub sms: Option<SmsConfig>,
     /// Retries, dead-lettering, circuit breakers, rate limits and the SMS fallback.
     pub delivery: DeliveryPolicy,
+    /// A request's head must arrive within this long (`408`, then the connection closes).
+    pub http_header_timeout_secs: u64,
+    /// An idle keep-alive connection is closed after this long.
+    pub http_keep_alive_secs: u64,
     /// On SIGTERM: stop taking requests, close sockets (1001), finish in-flight requests, and
     /// exit within this long.
     pub shutdown_timeout_secs: u64,
@@ -215,6 +219,8 @@ impl Default for Config {
             sms: None,
             delivery: DeliveryPolicy::default(),
             shutdown_timeout_secs: 10,
+            http_header_timeout_secs: 5,
+            http_keep_alive_secs: 30,
             rfid: RfidConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             ws_send_queue: 256,
@@ -288,6 +294,14 @@ impl Config {
             (
                 (5..=600).contains(&self.rfid.signature_window_secs),
                 "rfid.signature_window_secs must be between 5 and 600",
+            ),
+            (
+                (1..=60).contains(&self.http_header_timeout_secs),
+                "http_header_timeout_secs must be between 1 and 60",
+            ),
+            (
+                (1..=600).contains(&self.http_keep_alive_secs),
+                "http_keep_alive_secs must be between 1 and 600",
             ),
             (
                 (1..=600).contains(&self.shutdown_timeout_secs),

@@ -215,6 +215,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let drain = Duration::from_secs(state.config.shutdown_timeout_secs);
     let server = HttpServer::new(move || app::build(app_state.clone()))
         .shutdown_timeout(drain.as_secs())
+        // A client that trickles its request head (slowloris) is cut off, not waited for.
+        .client_request_timeout(Duration::from_secs(state.config.http_header_timeout_secs))
+        .keep_alive(Duration::from_secs(state.config.http_keep_alive_secs))
         .disable_signals()
         .bind(&bind)
         .with_context(|| format!("binding {bind}"))?;

@@ -4586,6 +4586,7 @@ async fn garbage_on_the_wire_gets_clear_errors_not_hangs() {
     let mut env = hub_env(&db, None);
     // Random bytes may read as the start of a long frame: the idle timeout bounds the wait.
     env.push(("TIFFIN_WS_IDLE_TIMEOUT_SECS".into(), "15".into()));
+    env.push(("TIFFIN_HTTP_HEADER_TIMEOUT_SECS".into(), "2".into()));
     let hub = Hub::start(env);
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "garbage").await;
@@ -4704,6 +4705,24 @@ async fn garbage_on_the_wire_gets_clear_errors_not_hangs() {
     })
     .await;
     assert!(ended.is_ok(), "the garbage connection was left hanging");
+
+    // A client that trickles its request head is cut off after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let cut = actix_web::rt::time::timeout(Duration::from_secs(10), async {
+        let mut answer = Vec::new();
+        let _ = slow.read_to_end(&mut answer).await;
+        answer
+    })
+    .await
+    .expect("a half-sent request head held the connection open");
+    assert!(
+        cut.is_empty() || String::from_utf8_lossy(&cut).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&cut)
+    );
     assert_eq!(
         client()
             .get(hub.url("/healthz"))
