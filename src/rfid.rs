@@ -28,6 +28,8 @@ pub const TIMESTAMP_HEADER: &str = "X-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Signature";
 /// A claimed scan not decided within this long was abandoned (its node died): take it over.
 const STALE_CLAIM: TimeDelta = TimeDelta::seconds(10);
+/// How fresh a reader's `last_seen_at` is kept (well under the shortest offline threshold).
+const SEEN_GRAIN: TimeDelta = TimeDelta::seconds(5);
 /// Attempts at a hand-over that keep losing version races before giving up.
 const HANDOVER_TRIES: usize = 3;
 
@@ -97,10 +99,6 @@ impl SeenSignatures {
     }
 }
 
-fn refused(code: ErrorCode, message: &str) -> ApiError {
-    ApiError::new(code, message)
-}
-
 /// Checks a reader's signed request; returns the reader.
 pub async fn authenticate_reader(
     state: &AppState,
@@ -114,7 +112,7 @@ pub async fn authenticate_reader(
             .map(str::trim)
     };
     let unauthenticated = || {
-        refused(
+        ApiError::new(
             ErrorCode::ReaderUnauthenticated,
             "sign reader requests with X-Reader-Id, X-Timestamp and X-Signature",
         )
@@ -132,7 +130,7 @@ pub async fn authenticate_reader(
     let window = state.config.rfid.signature_window_secs * 1000;
     let at = Utc::now().timestamp_millis();
     if (at - timestamp).abs() > window {
-        return Err(refused(
+        return Err(ApiError::new(
             ErrorCode::SignatureExpired,
             "the request's timestamp is outside the accepted window: check the reader's clock",
         ));
@@ -155,7 +153,7 @@ pub async fn authenticate_reader(
     ));
     // Constant time: a forger learns nothing from how fast the refusal comes.
     if mac.verify_slice(&signature).is_err() {
-        return Err(refused(
+        return Err(ApiError::new(
             ErrorCode::SignatureInvalid,
             "the signature does not match",
         ));
@@ -164,7 +162,7 @@ pub async fn authenticate_reader(
         .seen_signatures
         .first_use(&reader.id, &signature, at, window)
     {
-        return Err(refused(
+        return Err(ApiError::new(
             ErrorCode::SignatureReplayed,
             "this signed request was already received",
         ));
@@ -172,7 +170,13 @@ pub async fn authenticate_reader(
     state
         .limits
         .check(crate::limits::Bucket::Reader, &reader.id)?;
-    repo::reader_seen(&state.db, &reader.id).await?;
+    // Online status needs no finer grain: spare busy readers a write per scan.
+    if reader
+        .last_seen_at
+        .is_none_or(|seen| now() - seen >= SEEN_GRAIN)
+    {
+        repo::reader_seen(&state.db, &reader.id).await?;
+    }
     Ok(reader)
 }
 
@@ -369,6 +373,23 @@ async fn decide_and_hand_over(
     hand_over(state, &reader.school_id, &reader.counter_id, card, reason).await
 }
 
+/// A student's orders a counter cares about today (see `repo::student_orders_of_day`), as
+/// their latest committed views.
+async fn orders_of_day(
+    state: &AppState,
+    school_id: &str,
+    student_id: &str,
+) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
+    let ids = repo::student_orders_of_day(&state.db, school_id, student_id).await?;
+    let mut orders = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(order) = state.store.load_order(&id).await? {
+            orders.push(order);
+        }
+    }
+    Ok(orders)
+}
+
 /// Decides a hand-over at a counter for the holder of `card` (a scanned card, or a verified
 /// one-time code) and commits it as a version-guarded pickup recorded with `reason`.
 async fn hand_over(
@@ -382,15 +403,7 @@ async fn hand_over(
     for _ in 0..HANDOVER_TRIES {
         let orders = match &card {
             Some(card) if card.school_id == school_id => {
-                let ids =
-                    repo::student_orders_of_day(&state.db, school_id, &card.student_id).await?;
-                let mut orders = Vec::with_capacity(ids.len());
-                for id in ids {
-                    if let Some(order) = state.store.load_order(&id).await? {
-                        orders.push(order);
-                    }
-                }
-                orders
+                orders_of_day(state, school_id, &card.student_id).await?
             }
             _ => Vec::new(),
         };
@@ -461,6 +474,7 @@ fn verdict_order(verdict: &Verdict) -> Option<String> {
 }
 
 /// A lost or blocked card was presented: the kitchen's screens show it at once and the
+/// A lost or blocked card was presented: the kitchen's screens show it at once and the
 /// student's guardians are told (critical). Repeat reads are debounced before they get here.
 async fn card_in_use(
     state: &AppState,
@@ -474,27 +488,8 @@ async fn card_in_use(
     } else {
         "blocked"
     };
-    let student_name = match repo::user(&state.db, student_id).await {
-        Ok(Some(user)) => user.display_name,
-        _ => String::new(),
-    };
-    let suffix: String = uid
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let data = serde_json::json!({
-        "student_id": student_id,
-        "student_name": student_name,
-        "card": {"status": status, "uid_suffix": suffix},
-        "reader_id": reader.id,
-        "reader_name": reader.name,
-        "counter_id": reader.counter_id,
-        "at": Utc::now(),
-    });
+    let suffix = &uid[uid.len().saturating_sub(4)..];
+    let data = serde_json::json!({"card": {"status": status, "uid_suffix": suffix}});
     let kind = tiffin_actors::notices::Kind::CardInUse;
     raise_alert(state, reader, student_id, kind, data).await;
 }
@@ -513,41 +508,39 @@ async fn allergy_hold(
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, "could not count allergy holds"),
     }
-    let student_name = match repo::user(&state.db, student_id).await {
-        Ok(Some(user)) => user.display_name,
-        _ => String::new(),
-    };
-    let data = serde_json::json!({
-        "student_id": student_id,
-        "student_name": student_name,
-        "order_id": order_id,
-        "note": note,
-        "reader_id": reader.id,
-        "reader_name": reader.name,
-        "counter_id": reader.counter_id,
-        "at": Utc::now(),
-    });
+    let data = serde_json::json!({"order_id": order_id, "note": note});
     let kind = tiffin_actors::notices::Kind::AllergyHold;
     raise_alert(state, reader, student_id, kind, data).await;
 }
 
-/// An `alert.<kind>` frame on the kitchen's topic and the kind's notice to its audience.
+/// An `alert.<kind>` frame on the kitchen's topic and the kind's notice to its audience:
+/// `details` plus who, where and when.
 async fn raise_alert(
     state: &AppState,
     reader: &ReaderRow,
     student_id: &str,
     kind: tiffin_actors::notices::Kind,
-    data: serde_json::Value,
+    mut details: serde_json::Value,
 ) {
     use tiffin_actors::bus::Bus;
+    let student_name = match repo::user(&state.db, student_id).await {
+        Ok(Some(user)) => user.display_name,
+        _ => String::new(),
+    };
+    details["student_id"] = student_id.into();
+    details["student_name"] = student_name.into();
+    details["reader_id"] = reader.id.as_str().into();
+    details["reader_name"] = reader.name.as_str().into();
+    details["counter_id"] = reader.counter_id.as_str().into();
+    details["at"] = serde_json::json!(Utc::now());
     state.bus.publish_frame(tiffin_actors::bus::Frame::alert(
         &reader.school_id,
         &format!("alert.{}", kind.as_str()),
-        data.clone(),
+        details.clone(),
     ));
     match state
         .store
-        .record_notice(&reader.school_id, student_id, kind, data)
+        .record_notice(&reader.school_id, student_id, kind, details)
         .await
     {
         Ok(()) => state.dispatcher.do_send(tiffin_actors::Nudge),
@@ -558,8 +551,9 @@ async fn raise_alert(
 /// Wrong guesses a one-time code takes before it locks.
 pub const CODE_ATTEMPTS: i32 = 3;
 
-fn code_mac(master: &[u8], code_id: &str, code: &str) -> Vec<u8> {
-    hmac_bytes(master, format!("pickup-code:{code_id}:{code}").as_bytes())
+/// What a one-time code's MAC covers: the code's id and the code.
+fn code_message(code_id: &str, code: &str) -> Vec<u8> {
+    format!("pickup-code:{code_id}:{code}").into_bytes()
 }
 
 /// Issues a one-time code for a student without a card and sends it to them and their
@@ -583,14 +577,10 @@ pub async fn issue_code(
         .into_iter()
         .find(|c| c.id == counter_id)
         .ok_or_else(|| ApiError::validation("counter_id is not a counter of this school"))?;
-    let mut ready = false;
-    for id in repo::student_orders_of_day(&state.db, school_id, student_id).await? {
-        ready |= state
-            .store
-            .load_order(&id)
-            .await?
-            .is_some_and(|o| o.state == tiffin_actors::domain::OrderState::Ready);
-    }
+    let ready = orders_of_day(state, school_id, student_id)
+        .await?
+        .iter()
+        .any(|o| o.state == tiffin_actors::domain::OrderState::Ready);
     if !ready {
         return Err(ApiError::new(
             ErrorCode::NoReadyOrder,
@@ -601,7 +591,7 @@ pub async fn issue_code(
     let code = format!("{:06}", rand::random_range(0..1_000_000));
     let at = now();
     let row = crate::db::models::PickupCodeRow {
-        code_mac: hex::encode(code_mac(&state.reader_key, &id, &code)),
+        code_mac: hex::encode(hmac_bytes(&state.reader_key, &code_message(&id, &code))),
         id,
         school_id: school_id.to_owned(),
         student_id: student_id.to_owned(),
@@ -636,39 +626,34 @@ pub async fn verify_code(
     row: &crate::db::models::PickupCodeRow,
     code: &str,
 ) -> Result<Verdict, ApiError> {
-    let refused = |code: ErrorCode, message: &str| Err(ApiError::new(code, message));
+    let used = || ApiError::new(ErrorCode::CodeUsed, "this code was already used");
+    let locked = || {
+        ApiError::new(
+            ErrorCode::CodeLocked,
+            "too many wrong attempts: ask for a new code",
+        )
+    };
     match row.status.as_str() {
-        "used" => return refused(ErrorCode::CodeUsed, "this code was already used"),
-        "locked" => {
-            return refused(
-                ErrorCode::CodeLocked,
-                "too many wrong attempts: ask for a new code",
-            );
-        }
+        "used" => return Err(used()),
+        "locked" => return Err(locked()),
         _ => {}
     }
     if now() > row.expires_at {
-        return refused(
+        return Err(ApiError::new(
             ErrorCode::CodeExpired,
             "this code has expired: ask for a new one",
-        );
+        ));
     }
     let Some(attempts) = repo::count_code_attempt(&state.db, &row.id, CODE_ATTEMPTS).await? else {
-        return refused(
-            ErrorCode::CodeLocked,
-            "too many wrong attempts: ask for a new code",
-        );
+        return Err(locked());
     };
     let stored = hex::decode(&row.code_mac).map_err(ApiError::internal)?;
     let mut mac = HmacSha256::new_from_slice(&state.reader_key).map_err(ApiError::internal)?;
-    mac.update(format!("pickup-code:{}:{}", row.id, code.trim()).as_bytes());
+    mac.update(&code_message(&row.id, code.trim()));
     if mac.verify_slice(&stored).is_err() {
         if attempts >= CODE_ATTEMPTS {
             repo::close_code(&state.db, &row.id, "locked").await?;
-            return refused(
-                ErrorCode::CodeLocked,
-                "too many wrong attempts: ask for a new code",
-            );
+            return Err(locked());
         }
         return Err(ApiError::new(
             ErrorCode::CodeInvalid,
@@ -676,7 +661,7 @@ pub async fn verify_code(
         ));
     }
     if !repo::close_code(&state.db, &row.id, "used").await? {
-        return refused(ErrorCode::CodeUsed, "this code was already used");
+        return Err(used());
     }
     let card = Card {
         school_id: row.school_id.clone(),

@@ -323,16 +323,7 @@ macro_rules! record_event {
             .await?;
         let notice: Option<Kind> = $notice;
         if let Some(notice) = notice {
-            let school: SchoolNotice = schools::table
-                .find(&$order.school_id)
-                .select((
-                    schools::name,
-                    schools::time_zone,
-                    schools::quiet_hours_start,
-                    schools::quiet_hours_end,
-                ))
-                .first($conn)
-                .await?;
+            let school = school_notice!($conn, &$order.school_id);
             let skip: Option<&str> = $skip;
             let people = audience!(
                 $conn,
@@ -367,6 +358,23 @@ macro_rules! record_event {
 
 /// A school's name, time zone and quiet hours: what a notice needs of it.
 type SchoolNotice = (String, String, Option<String>, Option<String>);
+
+/// Loads a school's `SchoolNotice` inside a transaction on either backend.
+macro_rules! school_notice {
+    ($conn:expr, $school_id:expr) => {{
+        let school: SchoolNotice = schools::table
+            .find($school_id)
+            .select((
+                schools::name,
+                schools::time_zone,
+                schools::quiet_hours_start,
+                schools::quiet_hours_end,
+            ))
+            .first($conn)
+            .await?;
+        school
+    }};
+}
 
 /// One outbox row per intent, keyed by (event, recipient, channel) in the table; the payload is
 /// `data` with the school, its time zone and the recipient's name. Low-priority rows wait out
@@ -470,16 +478,7 @@ impl DieselStore {
                     .returning(schools::notice_seq)
                     .get_result(conn)
                     .await?;
-                let school: SchoolNotice = schools::table
-                    .find(school_id)
-                    .select((
-                        schools::name,
-                        schools::time_zone,
-                        schools::quiet_hours_start,
-                        schools::quiet_hours_end,
-                    ))
-                    .first(conn)
-                    .await?;
+                let school = school_notice!(conn, school_id);
                 let people = audience!(conn, school_id, student_id, kind.rule().audience);
                 let audience: Vec<&Recipient> = people.iter().collect();
                 for row in outbox_rows(

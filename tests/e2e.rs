@@ -3100,6 +3100,28 @@ fn row<'a>(rows: &'a [Value], recipient: &str, kind: &str, channel: &str) -> &'a
         .unwrap_or_else(|| panic!("no {kind} {channel} row for {recipient}: {rows:#?}"))
 }
 
+/// Registers a push device for the token's user.
+async fn add_device(hub: &Hub, token: &str, platform: &str, device: &str) {
+    expect(
+        post(
+            hub,
+            token,
+            "/api/v1/me/devices",
+            json!({"platform": platform, "token": device}),
+        )
+        .await,
+        201,
+    );
+}
+
+/// The one-time code in a message's text.
+fn six_digit_code(text: &str) -> String {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap_or_else(|| panic!("no 6-digit code in {text:?}"))
+        .to_owned()
+}
+
 async fn token_of(hub: &Hub, login_name: &str, password: &str) -> String {
     login(hub, login_name, password).await["access_token"]
         .as_str()
@@ -3417,16 +3439,7 @@ async fn a_push_outage_opens_the_circuit_and_the_backlog_drains_once() {
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "outage").await;
     let guardian = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
-    expect(
-        post(
-            &hub,
-            &guardian,
-            "/api/v1/me/devices",
-            json!({"platform": "android", "token": "phone-1"}),
-        )
-        .await,
-        201,
-    );
+    add_device(&hub, &guardian, "android", "phone-1").await;
     let circuit = r#"notify_circuit_state{channel="push"}"#;
     fcm.with(|s| s.down = true);
     const ORDERS: usize = 8;
@@ -3568,16 +3581,7 @@ async fn critical_news_overrides_opt_outs_and_falls_back_to_sms() {
     let grace = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
     let otto = token_of(&hub, "otto.critical@family.test", "guardian-pass-2").await;
     for (token, device) in [(&grace, "grace-phone"), (&otto, "otto-phone")] {
-        expect(
-            post(
-                &hub,
-                token,
-                "/api/v1/me/devices",
-                json!({"platform": "ios", "token": device}),
-            )
-            .await,
-            201,
-        );
+        add_device(&hub, token, "ios", device).await;
     }
     fcm.with(|s| s.failing.insert("otto-phone".into()));
     // Grace turns off every channel for uncollected meals.
@@ -4297,11 +4301,7 @@ async fn one_time_codes_hand_over_like_a_scan() {
     let text = sms
         .wait_for(&f.guardian_phone, "pickup code", Duration::from_secs(20))
         .await;
-    let code: String = text
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|w| w.len() == 6)
-        .unwrap_or_else(|| panic!("no 6-digit code in {text:?}"))
-        .to_owned();
+    let code = six_digit_code(&text);
     let verify = format!(
         "/api/v1/pickup-codes/{}/verify",
         issued["id"].as_str().unwrap()
@@ -4359,11 +4359,7 @@ async fn one_time_codes_hand_over_like_a_scan() {
         assert!(std::time::Instant::now() < deadline, "{texts:?}");
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     };
-    let code: String = second
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|w| w.len() == 6)
-        .unwrap()
-        .to_owned();
+    let code = six_digit_code(&second);
     let mut last = None;
     for _ in 0..3 {
         let r = post(&hub, &f.kitchen_token, &verify, json!({"code": "x99999"})).await;
@@ -5107,16 +5103,7 @@ async fn a_provider_that_never_answers_holds_up_only_its_own_messages() {
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "hang").await;
     let guardian = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
-    expect(
-        post(
-            &hub,
-            &guardian,
-            "/api/v1/me/devices",
-            json!({"platform": "web", "token": "hung-phone"}),
-        )
-        .await,
-        201,
-    );
+    add_device(&hub, &guardian, "web", "hung-phone").await;
     fcm.with(|s| s.hang = true);
     let order = ready_order(&hub, &f, "hang-1").await;
     let ready_at = std::time::Instant::now();
@@ -5265,11 +5252,7 @@ async fn secrets_stay_out_of_logs_and_error_bodies() {
     let text = sms
         .wait_for(&f.guardian_phone, "pickup code", Duration::from_secs(20))
         .await;
-    let code: String = text
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|w| w.len() == 6)
-        .unwrap()
-        .to_owned();
+    let code = six_digit_code(&text);
     let verify = format!(
         "/api/v1/pickup-codes/{}/verify",
         issued["id"].as_str().unwrap()

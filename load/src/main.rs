@@ -61,10 +61,17 @@ fn client() -> Client {
 }
 
 async fn call(req: awc::ClientRequest, body: Value) -> anyhow::Result<(u16, Value)> {
-    let mut res = req
-        .send_json(&body)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    reply(req.send_json(&body).await).await
+}
+
+/// A response's status and JSON body (null if it has none).
+async fn reply<S>(
+    sent: Result<awc::ClientResponse<S>, awc::error::SendRequestError>,
+) -> anyhow::Result<(u16, Value)>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let mut res = sent.map_err(|e| anyhow::anyhow!("{e}"))?;
     let bytes = res.body().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((
         res.status().as_u16(),
@@ -213,20 +220,15 @@ async fn reader_post(
     mac.update(format!("{timestamp}\nPOST\n{path}\n").as_bytes());
     mac.update(body.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
-    let mut res = client()
+    let sent = client()
         .post(format!("{}{path}", args.url))
         .insert_header(("X-Reader-Id", reader.0.as_str()))
         .insert_header(("X-Timestamp", timestamp.to_string()))
         .insert_header(("X-Signature", signature))
         .insert_header(("Content-Type", "application/json"))
         .send_body(body)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let bytes = res.body().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((
-        res.status().as_u16(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
+        .await;
+    reply(sent).await
 }
 
 /// What the counter saw of one student's visits.

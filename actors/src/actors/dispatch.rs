@@ -142,13 +142,10 @@ struct Provider {
 }
 
 impl Provider {
-    fn new(policy: &DeliveryPolicy, limit: Option<RateLimit>) -> Provider {
-        let limiter = limit.and_then(|l| {
-            let per_sec = NonZeroU32::new(l.per_sec)?;
-            let burst = NonZeroU32::new(l.burst).unwrap_or(per_sec);
-            Some(RateLimiter::direct(
-                Quota::per_second(per_sec).allow_burst(burst),
-            ))
+    fn new(policy: &DeliveryPolicy, limit: RateLimit) -> Provider {
+        let limiter = NonZeroU32::new(limit.per_sec).map(|per_sec| {
+            let burst = NonZeroU32::new(limit.burst).unwrap_or(per_sec);
+            RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst))
         });
         Provider {
             breaker: Mutex::new(Breaker::new(
@@ -199,7 +196,7 @@ impl Dispatcher {
             .keys()
             .filter_map(|channel| {
                 let limit = policy.limit_for(channel)?;
-                Some((channel.clone(), Provider::new(&policy, Some(limit))))
+                Some((channel.clone(), Provider::new(&policy, limit)))
             })
             .collect();
         Dispatcher {
