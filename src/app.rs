@@ -124,7 +124,10 @@ async fn limit_by_ip(
             req.peer_addr().map(|a| a.ip().to_string())
         };
         if let Some(client) = client {
-            state.limits.check(crate::limits::Bucket::Ip, &client)?;
+            state
+                .limits
+                .check(crate::limits::Bucket::Ip, &client)
+                .await?;
         }
     }
     next.call(req).await

@@ -11,7 +11,6 @@ use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::future::{Ready, ready};
 use tiffin_actors::domain::Role;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,14 +133,15 @@ impl Principal {
 
 impl FromRequest for Principal {
     type Error = ApiError;
-    type Future = Ready<Result<Principal, ApiError>>;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Principal, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        let req = req.clone();
+        Box::pin(async move { authenticate(&req).await })
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
+async fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
     let state = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::internal("app state missing"))?;
@@ -164,7 +164,8 @@ fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         .map(Principal::from_claims)?;
     state
         .limits
-        .check(crate::limits::Bucket::User, &principal.user_id)?;
+        .check(crate::limits::Bucket::User, &principal.user_id)
+        .await?;
     Ok(principal)
 }
 

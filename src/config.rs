@@ -17,7 +17,10 @@ pub struct Config {
     /// `sqlite://FILE` (embedded default) or `postgres://…`.
     pub database_url: String,
     /// Redis for several nodes; unset runs a single node with the in-process bus.
+    #[serde(serialize_with = "never_serialize")]
     pub redis_url: Option<String>,
+    /// Names this deployment's channel and keys in Redis (several deployments may share one).
+    pub redis_prefix: String,
     /// HS256 signing key for access tokens. Unset on SQLite: generated once and kept in a
     /// file beside the database. Required on PostgreSQL, where nodes must share it.
     #[serde(serialize_with = "never_serialize", deserialize_with = "secret")]
@@ -206,6 +209,7 @@ impl Default for Config {
             bind: "127.0.0.1:8080".into(),
             database_url: "sqlite://tiffin.db".into(),
             redis_url: None,
+            redis_prefix: "tiffin".into(),
             jwt_secret: None,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
@@ -286,6 +290,15 @@ impl Config {
             (
                 (15..=3600).contains(&self.ws_idle_timeout_secs),
                 "ws_idle_timeout_secs must be between 15 and 3600",
+            ),
+            (
+                !self.redis_prefix.is_empty()
+                    && self.redis_prefix.len() <= 64
+                    && self
+                        .redis_prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "redis_prefix must be 1 to 64 letters, digits, '-' or '_'",
             ),
             (
                 (0..=60_000).contains(&self.rfid.debounce_ms),

@@ -1,12 +1,16 @@
 //! Rate limits: token buckets per client IP, per user, per reader, and stricter ones for
-//! sign-in and one-time codes. A refusal is `429 rate_limited` with `Retry-After`. Buckets of
-//! keys not seen for a while are dropped, so memory stays bounded.
+//! sign-in and one-time codes. A refusal is `429 rate_limited` with `Retry-After`. With
+//! several nodes the buckets live in Redis (one truth for a client hitting two nodes); while
+//! Redis is away, and on a single node, each node keeps its own. Buckets of keys not seen for
+//! a while are dropped, so memory stays bounded.
 
+use crate::cluster::Cluster;
 use crate::error::{ApiError, ErrorCode};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 /// A token bucket: `per_minute` sustained, bursts of `burst`; `per_minute = 0` turns it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +74,8 @@ impl Bucket {
 }
 
 pub struct Limits {
+    config: LimitsConfig,
+    shared: Option<Arc<Cluster>>,
     ip: Option<DefaultKeyedRateLimiter<String>>,
     user: Option<DefaultKeyedRateLimiter<String>>,
     reader: Option<DefaultKeyedRateLimiter<String>>,
@@ -87,8 +93,10 @@ fn limiter(limit: Limit) -> Option<DefaultKeyedRateLimiter<String>> {
 }
 
 impl Limits {
-    pub fn new(config: &LimitsConfig) -> Limits {
+    pub fn new(config: &LimitsConfig, shared: Option<Arc<Cluster>>) -> Limits {
         Limits {
+            config: config.clone(),
+            shared,
             ip: limiter(config.per_ip),
             user: limiter(config.per_user),
             reader: limiter(config.per_reader),
@@ -108,19 +116,44 @@ impl Limits {
         }
     }
 
+    fn limit(&self, bucket: Bucket) -> Limit {
+        match bucket {
+            Bucket::Ip => self.config.per_ip,
+            Bucket::User => self.config.per_user,
+            Bucket::Reader => self.config.per_reader,
+            Bucket::SignIn => self.config.sign_in,
+            Bucket::Codes => self.config.codes,
+        }
+    }
+
     /// Takes a token for `key`, or says how long to wait.
-    pub fn check(&self, bucket: Bucket, key: &str) -> Result<(), ApiError> {
+    pub async fn check(&self, bucket: Bucket, key: &str) -> Result<(), ApiError> {
         let Some(limiter) = self.bucket(bucket) else {
             return Ok(());
         };
-        match limiter.check_key(&key.to_owned()) {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                metrics::counter!("rate_limited_total", "limit" => bucket.as_str()).increment(1);
-                Err(ApiError::rate_limited(wait))
+        let shared = match &self.shared {
+            Some(cluster) => {
+                let limit = self.limit(bucket);
+                let burst = if limit.burst == 0 {
+                    limit.per_minute
+                } else {
+                    limit.burst
+                };
+                cluster
+                    .take_token(bucket.as_str(), key, limit.per_minute, burst)
+                    .await
             }
-        }
+            None => None,
+        };
+        let taken = shared.unwrap_or_else(|| {
+            limiter
+                .check_key(&key.to_owned())
+                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        });
+        taken.map_err(|wait| {
+            metrics::counter!("rate_limited_total", "limit" => bucket.as_str()).increment(1);
+            ApiError::rate_limited(wait)
+        })
     }
 
     /// Forgets buckets that are full again (keys not seen lately).
@@ -157,27 +190,36 @@ impl ApiError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_bucket_refuses_past_its_burst_and_keys_are_separate() {
-        let limits = Limits::new(&LimitsConfig {
-            sign_in: Limit {
-                per_minute: 1,
-                burst: 2,
+    #[actix_web::test]
+    async fn a_bucket_refuses_past_its_burst_and_keys_are_separate() {
+        let limits = Limits::new(
+            &LimitsConfig {
+                sign_in: Limit {
+                    per_minute: 1,
+                    burst: 2,
+                },
+                per_ip: Limit {
+                    per_minute: 0,
+                    burst: 0,
+                },
+                ..LimitsConfig::default()
             },
-            per_ip: Limit {
-                per_minute: 0,
-                burst: 0,
-            },
-            ..LimitsConfig::default()
-        });
-        assert!(limits.check(Bucket::SignIn, "a").is_ok());
-        assert!(limits.check(Bucket::SignIn, "a").is_ok());
-        let refused = limits.check(Bucket::SignIn, "a").unwrap_err();
+            None,
+        );
+        assert!(limits.check(Bucket::SignIn, "a").await.is_ok());
+        assert!(limits.check(Bucket::SignIn, "a").await.is_ok());
+        let refused = limits.check(Bucket::SignIn, "a").await.unwrap_err();
         assert_eq!(refused.code, ErrorCode::RateLimited);
         assert!(refused.retry_after.is_some_and(|s| (1..=60).contains(&s)));
-        assert!(limits.check(Bucket::SignIn, "b").is_ok(), "another key");
+        assert!(
+            limits.check(Bucket::SignIn, "b").await.is_ok(),
+            "another key"
+        );
         for _ in 0..1000 {
-            assert!(limits.check(Bucket::Ip, "x").is_ok(), "0 per minute is off");
+            assert!(
+                limits.check(Bucket::Ip, "x").await.is_ok(),
+                "0 per minute is off"
+            );
         }
         limits.shrink();
     }

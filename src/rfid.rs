@@ -158,10 +158,21 @@ pub async fn authenticate_reader(
             "the signature does not match",
         ));
     }
-    if !state
-        .seen_signatures
-        .first_use(&reader.id, &signature, at, window)
-    {
+    // Shared by every node when Redis is there; this node's own window otherwise.
+    let shared = match &state.cluster {
+        Some(cluster) => {
+            cluster
+                .first_use_of_signature(&reader.id, &signature, window)
+                .await
+        }
+        None => None,
+    };
+    let first_use = shared.unwrap_or_else(|| {
+        state
+            .seen_signatures
+            .first_use(&reader.id, &signature, at, window)
+    });
+    if !first_use {
         return Err(ApiError::new(
             ErrorCode::SignatureReplayed,
             "this signed request was already received",
@@ -169,7 +180,8 @@ pub async fn authenticate_reader(
     }
     state
         .limits
-        .check(crate::limits::Bucket::Reader, &reader.id)?;
+        .check(crate::limits::Bucket::Reader, &reader.id)
+        .await?;
     // Online status needs no finer grain: spare busy readers a write per scan.
     if reader
         .last_seen_at
@@ -522,7 +534,6 @@ async fn raise_alert(
     kind: tiffin_actors::notices::Kind,
     mut details: serde_json::Value,
 ) {
-    use tiffin_actors::bus::Bus;
     let student_name = match repo::user(&state.db, student_id).await {
         Ok(Some(user)) => user.display_name,
         _ => String::new(),
@@ -567,7 +578,8 @@ pub async fn issue_code(
 ) -> Result<crate::db::models::PickupCodeRow, ApiError> {
     state
         .limits
-        .check(crate::limits::Bucket::Codes, student_id)?;
+        .check(crate::limits::Bucket::Codes, student_id)
+        .await?;
     let student = repo::user(&state.db, student_id)
         .await?
         .filter(|u| u.role == "student" && u.school_id.as_deref() == Some(school_id))

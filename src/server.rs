@@ -2,6 +2,7 @@
 
 use crate::app;
 use crate::auth::JwtKeys;
+use crate::cluster::{Cluster, ClusterBus};
 use crate::config::Config;
 use crate::db::{self, DatabaseUrl, Db};
 use crate::inbox::InAppSender;
@@ -22,7 +23,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
-use tiffin_actors::bus::LocalBus;
+use tiffin_actors::bus::{Bus, LocalBus};
 use tiffin_actors::domain::Role;
 use tiffin_actors::notices::Channel;
 use tiffin_actors::ports::Sender;
@@ -124,7 +125,7 @@ fn senders(
     config: &Config,
     templates: Arc<Templates>,
     db: &Db,
-    bus: Arc<LocalBus>,
+    bus: Arc<dyn Bus>,
 ) -> anyhow::Result<HashMap<String, Arc<dyn Sender>>> {
     let timeout = Duration::from_secs(config.delivery.provider_timeout_secs);
     let email: Arc<dyn Sender> = match &config.smtp {
@@ -174,8 +175,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         db.clone(),
         config.delivery.sms_fallback_after_secs,
     ));
-    let bus = Arc::new(LocalBus::new());
+    let local = Arc::new(LocalBus::new());
+    let (bus, cluster): (Arc<dyn Bus>, _) = match &config.redis_url {
+        Some(url) => {
+            let (cluster, tasks) = Cluster::new(url, &config.redis_prefix)?;
+            (
+                Arc::new(ClusterBus::new(local.clone(), cluster.clone())),
+                Some((cluster, tasks)),
+            )
+        }
+        None => (local.clone(), None),
+    };
     let registry = Registry::new(store.clone(), bus.clone(), config.timers).start();
+    let cluster = cluster.map(|(cluster, tasks)| {
+        tasks.start(cluster.clone(), registry.clone(), local);
+        cluster
+    });
     for school in repo::schools_with_live_orders(&db).await? {
         registry.do_send(KitchenFor(school));
     }
@@ -200,7 +215,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         reader_key,
         seen_signatures: Default::default(),
-        limits: crate::limits::Limits::new(&limits),
+        limits: crate::limits::Limits::new(&limits, cluster.clone()),
+        cluster,
         shutdown: tokio::sync::watch::channel(false).0,
     });
     let pruned = state.clone();
@@ -284,6 +300,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         handle.stop(true).await;
     });
     server.await?;
+    let dispatcher = state.dispatcher.clone();
+    let _ = dispatcher.send(tiffin_actors::StopDispatch).await;
+    for _ in 0..100 {
+        if !dispatcher.connected() {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,7 +7,7 @@ use crate::store::DieselStore;
 use actix::Addr;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use tiffin_actors::bus::LocalBus;
+use tiffin_actors::bus::Bus;
 use tiffin_actors::{Dispatcher, Registry};
 
 pub struct AppState {
@@ -16,7 +16,10 @@ pub struct AppState {
     pub store: Arc<DieselStore>,
     pub keys: JwtKeys,
     pub registry: Addr<Registry>,
-    pub bus: Arc<LocalBus>,
+    /// In-process, or in-process plus Redis to the other nodes.
+    pub bus: Arc<dyn Bus>,
+    /// This node's link to the others (`redis_url` set).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub dispatcher: Addr<Dispatcher>,
     pub metrics: PrometheusHandle,
     /// What reader secrets derive from.

@@ -15,10 +15,10 @@ use chrono::Utc;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tiffin_actors::bus::{Bus, Deliver, Frame, Overflowed, Subscriber};
+use tiffin_actors::bus::{Deliver, Frame, Overflowed, Subscriber};
 use tiffin_actors::domain::KitchenEvent;
 use tiffin_actors::ports::Store;
-use tiffin_actors::{Catchup, KitchenFor, SnapshotReason, Subscribe, TakeSnapshot};
+use tiffin_actors::{CatchUp, Catchup, KitchenFor, SnapshotReason, Subscribe, TakeSnapshot};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Frames a socket actor may have waiting in its mailbox before it counts as a slow consumer.
@@ -422,6 +422,10 @@ async fn catch_up_order(
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
     crate::api::orders::issuer_for(state, who, &school_id, &student_id).await?;
+    // The order's frames come from its kitchen's actor on this node, which must therefore
+    // run here, loaded, even when the order is driven from other nodes.
+    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    kitchen.send(CatchUp).await?;
     let bus_id = state.bus.subscribe(topic, subscriber);
     let result = async {
         let order = state

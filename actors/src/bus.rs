@@ -3,13 +3,13 @@
 use crate::domain::KitchenEvent;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One frame on a topic, serialised once and shared by every subscriber.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Frame {
     pub topic: String,
     pub seq: i64,
@@ -98,8 +98,12 @@ pub struct Subscriber {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes a committed event to every subscriber of its kitchen's topic.
     fn publish(&self, event: &KitchenEvent);
-    /// Publishes a frame that is not a kitchen event (a user's in-app message), once stored.
+    /// Publishes a frame that is not a kitchen event (a user's in-app message, an alert),
+    /// here and on every other node.
     fn publish_frame(&self, frame: Frame);
+    /// Tells the other nodes of an event committed on this one (their kitchens publish it to
+    /// their own subscribers, in order). The in-process bus has no other nodes.
+    fn announce(&self, _event: &KitchenEvent) {}
     fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64;
     fn unsubscribe(&self, topic: &str, id: u64);
 }

@@ -10,9 +10,9 @@ pub mod notices;
 pub mod ports;
 pub mod rfid;
 
-pub use actors::dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit};
+pub use actors::dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit, StopDispatch};
 pub use actors::kitchen::{
-    Catchup, CounterClosed, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe,
+    CatchUp, Catchup, CounterClosed, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe,
     TakeSnapshot, TransitionOrder,
 };
-pub use actors::registry::{KitchenFor, Registry};
+pub use actors::registry::{CatchUpAll, KitchenFor, Observe, Registry};

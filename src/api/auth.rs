@@ -97,7 +97,10 @@ pub async fn login(state: Data, body: web::Json<Login>) -> Result<HttpResponse, 
         super::admin::phone(login).unwrap_or_else(|_| login.to_owned())
     };
     // Per login name: guessing one account's password from many addresses is slow too.
-    state.limits.check(crate::limits::Bucket::SignIn, &login)?;
+    state
+        .limits
+        .check(crate::limits::Bucket::SignIn, &login)
+        .await?;
     let user = repo::user_by_login(&state.db, &login)
         .await?
         .filter(|u| u.active && u.password_hash.is_some());

@@ -13,20 +13,23 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when the database answers.
-#[utoipa::path(tag = "ops", responses((status = 200, description = "ready"), (status = 503, description = "database unreachable")))]
+/// Ready when the database answers; `degraded` (still 200: the node serves its own sockets)
+/// when it runs with other nodes and Redis is away.
+#[utoipa::path(tag = "ops", responses((status = 200, description = "ready, or degraded: Redis unreachable"), (status = 503, description = "database unreachable")))]
 #[get("/readyz")]
 pub async fn readyz(state: Data) -> HttpResponse {
+    let redis = crate::cluster::redis_status(state.cluster.as_deref());
     match state.db.ping().await {
         Ok(()) => HttpResponse::Ok().json(json!({
-            "status": "ready",
+            "status": if redis == Some("unreachable") { "degraded" } else { "ready" },
             "database": state.db.backend(),
+            "redis": redis,
         })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unavailable");
             HttpResponse::ServiceUnavailable()
                 .insert_header(("Retry-After", "2"))
-                .json(json!({"status": "unavailable", "database": "unreachable"}))
+                .json(json!({"status": "unavailable", "database": "unreachable", "redis": redis}))
         }
     }
 }

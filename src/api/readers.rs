@@ -560,7 +560,8 @@ pub async fn verify_code(
     who.require_kitchen(&row.school_id)?;
     state
         .limits
-        .check(crate::limits::Bucket::Codes, &who.user_id)?;
+        .check(crate::limits::Bucket::Codes, &who.user_id)
+        .await?;
     let verdict = rfid::verify_code(&state, &row, &body.code).await?;
     Ok(HttpResponse::Ok().json(verdict))
 }

@@ -419,6 +419,20 @@ impl Handler<Nudge> for Dispatcher {
     }
 }
 
+/// The hub is stopping: dispatch stops while the runtime still runs, so that its senders
+/// (an SMTP connection pool) close their connections inside it. What is left in the outbox
+/// goes out after the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDispatch;
+
+impl Handler<StopDispatch> for Dispatcher {
+    type Result = ();
+    fn handle(&mut self, _: StopDispatch, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{DeliveryPolicy, retry_delay_ms};

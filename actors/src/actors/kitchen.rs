@@ -1,7 +1,7 @@
 //! One actor per school kitchen: owns its live orders and publishes committed events in
 //! kitchen-sequence order.
 
-use super::order::{Command, MoveFromCounter, OrderActor};
+use super::order::{Command, MoveFromCounter, OrderActor, Seen};
 use crate::bus::{Bus, Subscriber, kitchen_topic};
 use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary, TimerPolicy, decide};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
@@ -75,7 +75,7 @@ impl Kitchen {
             self.pending.insert(event.seq, event);
         }
         while let Some(event) = self.pending.remove(&self.next_seq) {
-            self.apply(&event);
+            self.apply(&event, ctx);
             self.bus.publish(&event);
             self.next_seq += 1;
         }
@@ -87,13 +87,22 @@ impl Kitchen {
         }
     }
 
-    fn apply(&mut self, event: &KitchenEvent) {
+    /// Keeps the live view and the order actors current, whichever node committed the event:
+    /// every node runs an actor (and its timers) for every live order of the kitchens it
+    /// holds, so a node that dies leaves no order without its timers; the version guard
+    /// lets one node win each transition.
+    fn apply(&mut self, event: &KitchenEvent, ctx: &mut Context<Self>) {
+        if let Some(order) = self.orders.get(&event.order_id) {
+            order.do_send(Seen(event.order.clone()));
+        }
         if event.order.state.is_terminal() {
             self.live.remove(&event.order_id);
             self.orders.remove(&event.order_id);
-        } else {
+        } else if self.orders.contains_key(&event.order_id) {
             self.live
                 .insert(event.order_id.clone(), event.order.clone());
+        } else {
+            self.start_order(event.order.clone(), ctx);
         }
     }
 
@@ -188,7 +197,35 @@ pub struct Committed(pub KitchenEvent);
 impl Handler<Committed> for Kitchen {
     type Result = ();
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        self.bus.announce(&msg.0);
         self.accept(msg.0, ctx);
+    }
+}
+
+/// An event another node committed for this kitchen, as the bus between nodes carries it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observed(pub KitchenEvent);
+
+impl Handler<Observed> for Kitchen {
+    type Result = ();
+    fn handle(&mut self, msg: Observed, ctx: &mut Context<Self>) {
+        self.accept(msg.0, ctx);
+    }
+}
+
+/// Reads what the store committed since the kitchen's last event: events from other nodes
+/// that the bus between nodes could not carry (it was away).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatchUp;
+
+impl Handler<CatchUp> for Kitchen {
+    type Result = ();
+    fn handle(&mut self, _: CatchUp, ctx: &mut Context<Self>) {
+        if self.loaded && self.gap_check.is_none() {
+            self.fill_gap(ctx);
+        }
     }
 }
 
@@ -212,6 +249,7 @@ impl Handler<PlaceOrder> for Kitchen {
             .into_actor(self)
             .map(|result, act, ctx| {
                 if let Ok(Placed::New(event)) = &result {
+                    act.bus.announce(event);
                     act.start_order(event.order.clone(), ctx);
                     act.accept(event.clone(), ctx);
                 }
@@ -449,12 +487,36 @@ pub struct Subscribe {
 }
 
 impl Handler<Subscribe> for Kitchen {
-    type Result = Result<(u64, Catchup), CommandError>;
+    type Result = ResponseActFuture<Self, Result<(u64, Catchup), CommandError>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         if !self.loaded {
-            return Err(CommandError::Unavailable("kitchen is loading".into()));
+            return Box::pin(fut::ready(Err(CommandError::Unavailable(
+                "kitchen is loading".into(),
+            ))));
         }
+        let last = self.next_seq - 1;
+        if msg.since.is_none_or(|since| since <= last) {
+            return Box::pin(fut::ready(Ok(self.register(msg))));
+        }
+        // Ahead of this kitchen: the subscriber saw events on another node that have not
+        // reached this one yet. The store has them.
+        let (store, school) = (self.store.clone(), self.school_id.clone());
+        Box::pin(
+            async move { store.events_since(&school, last, MAX_REPLAY).await }
+                .into_actor(self)
+                .map(move |events, act, ctx| {
+                    for event in events? {
+                        act.accept(event, ctx);
+                    }
+                    Ok(act.register(msg))
+                }),
+        )
+    }
+}
+
+impl Kitchen {
+    fn register(&mut self, msg: Subscribe) -> (u64, Catchup) {
         let id = self
             .bus
             .subscribe(&kitchen_topic(&self.school_id), msg.subscriber);
@@ -469,7 +531,7 @@ impl Handler<Subscribe> for Kitchen {
                 upto: last,
             },
         };
-        Ok((id, catchup))
+        (id, catchup)
     }
 }
 

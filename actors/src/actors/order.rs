@@ -156,12 +156,11 @@ pub struct Command {
     pub expected_version: Option<i64>,
 }
 
-impl Handler<Command> for OrderActor {
-    type Result = AtomicResponse<Self, Result<KitchenEvent, CommandError>>;
-
-    fn handle(&mut self, msg: Command, _: &mut Context<Self>) -> Self::Result {
+impl OrderActor {
+    /// The transition `msg` asks for, decided on what this actor knows.
+    fn decide_command(&self, msg: &Command) -> Result<TransitionCommit, CommandError> {
         let current = self.order.version;
-        let decided = match msg.expected_version {
+        let transition = match msg.expected_version {
             Some(v) if v != current => Err(CommandError::VersionConflict),
             _ => decide(self.order.state, current, msg.command, msg.issuer)
                 .map_err(CommandError::from)
@@ -178,29 +177,51 @@ impl Handler<Command> for OrderActor {
                         Ok(t)
                     }
                 }),
-        };
+        }?;
         // Recalls say so in the history, with the staff's words if any.
-        let reason = match (msg.command, msg.reason) {
+        let reason = match (msg.command, &msg.reason) {
             (OrderCommand::Recall, Some(why)) => Some(format!("recall: {why}")),
             (OrderCommand::Recall, None) => Some("recall".to_owned()),
-            (_, reason) => reason,
+            (_, reason) => reason.clone(),
         };
-        let (school_id, order_id) = (self.order.school_id.clone(), self.order.id.clone());
-        let store = self.store.clone();
-        // Atomic: the next command waits until this one is committed or refused.
+        Ok(TransitionCommit {
+            school_id: self.order.school_id.clone(),
+            order_id: self.order.id.clone(),
+            transition,
+            issuer: msg.issuer,
+            actor_id: msg.actor_id.clone(),
+            reason,
+        })
+    }
+}
+
+impl Handler<Command> for OrderActor {
+    type Result = AtomicResponse<Self, Result<KitchenEvent, CommandError>>;
+
+    fn handle(&mut self, msg: Command, _: &mut Context<Self>) -> Self::Result {
+        // A refusal may come from a view another node has moved past: before saying no,
+        // read the committed order once.
+        let refused = self.decide_command(&msg).is_err();
+        let (store, id) = (self.store.clone(), self.order.id.clone());
         AtomicResponse::new(Box::pin(
             async move {
-                let commit = TransitionCommit {
-                    school_id,
-                    order_id,
-                    transition: decided?,
-                    issuer: msg.issuer,
-                    actor_id: msg.actor_id,
-                    reason,
-                };
-                store.commit_transition(commit).await
+                if refused {
+                    store.load_order(&id).await.ok().flatten()
+                } else {
+                    None
+                }
             }
             .into_actor(self)
+            .then(move |fresh, act, ctx| {
+                if let Some(order) = fresh.filter(|o| o.version > act.order.version) {
+                    act.order = order;
+                    act.arm_timers(ctx);
+                }
+                let decided = act.decide_command(&msg);
+                let store = act.store.clone();
+                // Atomic: the next command waits until this one is committed or refused.
+                async move { store.commit_transition(decided?).await }.into_actor(act)
+            })
             .map(|result, act, ctx| {
                 if let Err(CommandError::VersionConflict) = &result {
                     // Changed elsewhere (another node): pick up the committed state.
@@ -208,10 +229,34 @@ impl Handler<Command> for OrderActor {
                 }
                 if let Ok(event) = &result {
                     act.apply(event, ctx);
+                } else if act.order.state.is_terminal() {
+                    ctx.stop();
                 }
                 result
             }),
         ))
+    }
+}
+
+/// The order as committed, possibly by another node: a newer version replaces what this
+/// actor knows (and its timers); a finished order's actor stops.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Seen(pub OrderSummary);
+
+impl Handler<Seen> for OrderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Seen, ctx: &mut Context<Self>) {
+        if msg.0.version <= self.order.version {
+            return;
+        }
+        self.order = msg.0;
+        if self.order.state.is_terminal() {
+            ctx.stop();
+        } else {
+            self.arm_timers(ctx);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Starts one supervised kitchen actor per school on first use.
 
-use super::kitchen::{Kitchen, KitchenGone};
+use super::kitchen::{CatchUp, Kitchen, KitchenGone, Observed};
 use crate::bus::Bus;
+use crate::domain::KitchenEvent;
 use crate::domain::TimerPolicy;
 use crate::ports::Store;
 use actix::prelude::*;
@@ -59,5 +60,37 @@ impl Handler<KitchenGone> for Registry {
     /// Dropping the address lets the supervisor stop instead of restarting forever.
     fn handle(&mut self, msg: KitchenGone, _: &mut Context<Self>) {
         self.kitchens.remove(&msg.0);
+    }
+}
+
+/// An event another node committed: for this node's kitchen of that school, if it runs here
+/// (one that starts later loads it from the store).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Observe(pub KitchenEvent);
+
+impl Handler<Observe> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Observe, _: &mut Context<Self>) {
+        if let Some(kitchen) = self.kitchens.get(&msg.0.school_id) {
+            kitchen.do_send(Observed(msg.0));
+        }
+    }
+}
+
+/// Every kitchen here reads what other nodes committed meanwhile (the bus between nodes was
+/// away).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatchUpAll;
+
+impl Handler<CatchUpAll> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: CatchUpAll, _: &mut Context<Self>) {
+        for kitchen in self.kitchens.values() {
+            kitchen.do_send(CatchUp);
+        }
     }
 }
