@@ -5392,6 +5392,11 @@ async fn three_nodes_share_one_postgres_and_one_redis() {
     let (mut dash, subscribed) = subscribe(&one, &f.kitchen_token, &f.school, None).await;
     let mut last = subscribed["seq"].as_i64().unwrap();
     assert_eq!(next_json(&mut dash).await["type"], "snapshot");
+    // The guardian's app on node 1: in-app messages sent by any node's dispatcher reach it.
+    let guardian_token = token_of(&one, &f.guardian_email, "guardian-pass-1").await;
+    let inbox_topic = format!("inbox:{}", f.guardian);
+    let (mut inbox, _) = subscribe_topic(&one, &guardian_token, &inbox_topic, None).await;
+    assert_eq!(next_json(&mut inbox).await["type"], "snapshot");
     let mut orders = Vec::new();
 
     // Placed on node 2, driven and scanned on node 3, watched on node 1.
@@ -5510,6 +5515,15 @@ async fn three_nodes_share_one_postgres_and_one_redis() {
     );
     assert_eq!(mails.len(), sent, "one email per sent row");
     assert_eq!(distinct.len(), mails.len(), "no email twice");
+    let messages = expect(
+        get(&two, &guardian_token, "/api/v1/me/inbox?limit=200").await,
+        200,
+    );
+    let newest = messages[0]["seq"].as_i64().unwrap();
+    for seq in 1..=newest {
+        let frame = next_json(&mut inbox).await;
+        assert_eq!(frame["seq"], seq, "every in-app message, in order: {frame}");
+    }
 
     // Node 2 dies; the others carry on.
     drop(two.kill());
