@@ -379,7 +379,11 @@ impl Sender for SmtpSender {
             .address
             .parse()
             .map_err(|e| SendError::Permanent(format!("address: {e}")))?;
+        // One Message-ID per outbox message: a resend after a crash (sent, then killed
+        // before it was marked) is the same message to every mail system on its way.
+        let message_id = format!("<{}@{}>", message.id, self.from.email.domain());
         let mail = Message::builder()
+            .message_id(Some(message_id))
             .from(self.from.clone())
             .to(to)
             .subject(email.subject)

@@ -166,7 +166,12 @@ impl FcmSender {
                 "token": device_token,
                 "notification": {"title": title, "body": body},
                 "data": {"kind": message.template, "order_id": order_id, "notification_id": message.id},
-                "android": {"priority": if message.priority >= tiffin_actors::notices::Priority::High { "high" } else { "normal" }},
+                // A resend after a crash replaces the first on the device instead of adding one.
+                "android": {
+                    "priority": if message.priority >= tiffin_actors::notices::Priority::High { "high" } else { "normal" },
+                    "notification": {"tag": message.id},
+                },
+                "apns": {"headers": {"apns-collapse-id": message.id}},
             }
         });
         let reply = match self
