@@ -6017,3 +6017,116 @@ async fn a_rush_killed_at_random_points_loses_nothing_on_sqlite() {
 async fn a_rush_killed_at_random_points_loses_nothing_on_postgres() {
     rush_with_kills(Backend::Postgres).await;
 }
+
+/// The hub's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// FCM's side resets every connection (new and established) for a while, under steady
+/// traffic: each push is retried as a transient failure, the circuit opens instead of a
+/// retry storm, nothing is lost or dead, the send tasks and memory stay bounded, and once
+/// the connections work again the backlog drains with each push delivered once.
+#[actix_web::test]
+async fn provider_connection_resets_are_retried_and_the_backlog_drains_once() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (fcm, sms) = (FakeFcm::start(), FakeSms::start());
+    let proxy = ResettingProxy::start(fcm.port);
+    let mut env = hub_env(&db, None);
+    env.extend(provider_env(&fcm, &sms, db.dir()));
+    env.push(("TIFFIN_PUSH__BASE_URL".into(), proxy.base()));
+    env.push(("TIFFIN_DELIVERY__BREAKER_COOLDOWN_SECS".into(), "1".into()));
+    env.push(("TIFFIN_LIMITS__PER_USER__PER_MINUTE".into(), "0".into()));
+    let hub = Hub::start(env);
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "resets").await;
+    let guardian = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
+    add_device(&hub, &guardian, "android", "reset-phone").await;
+    // Warm up: one order delivered through the proxy, so a pooled connection exists.
+    let first = ready_order(&hub, &f, "resets-warm").await;
+    fcm.wait_for("reset-phone", "order_ready", Duration::from_secs(10))
+        .await;
+    let rss_before = rss_kib(hub.pid());
+
+    proxy.reset_all(true);
+    let mut orders = vec![first];
+    for n in 0..40 {
+        orders.push(ready_order(&hub, &f, &format!("resets-{n}")).await);
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &orders[1],
+        Duration::from_secs(10),
+        |rows| {
+            rows.iter()
+                .filter(|r| r["channel"] == "push")
+                .any(|r| r["attempt_log"].as_array().is_some_and(|l| !l.is_empty()))
+        },
+    )
+    .await;
+    let push = rows.iter().find(|r| r["channel"] == "push").unwrap();
+    assert_ne!(push["status"], "dead", "{push}");
+    assert_eq!(push["attempt_log"][0]["outcome"], "retry", "{push}");
+    assert_eq!(
+        metric(&hub, "notify_circuit_state{channel=\"push\"}").await,
+        2.0,
+        "the push circuit is open"
+    );
+    let resets = proxy.resets.load(std::sync::atomic::Ordering::SeqCst);
+    let messages = 2 * orders.len();
+    assert!(
+        resets <= messages + 20,
+        "{resets} connection attempts for {messages} messages: a retry storm"
+    );
+    let grown = rss_kib(hub.pid()).saturating_sub(rss_before);
+    assert!(
+        grown < 64 * 1024,
+        "memory grew by {grown} KiB during the outage"
+    );
+
+    proxy.reset_all(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while fcm.delivered_to("reset-phone").len() < messages {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {messages} delivered",
+            fcm.delivered_to("reset-phone").len()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let delivered = fcm.delivered_to("reset-phone");
+    let distinct: std::collections::HashSet<String> = delivered
+        .iter()
+        .map(|m| m["data"]["notification_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(delivered.len(), messages, "each push once");
+    assert_eq!(distinct.len(), messages);
+    for order in &orders {
+        statuses_until(
+            &hub,
+            &f.kitchen_token,
+            order,
+            Duration::from_secs(10),
+            |rows| rows.iter().all(|r| r["status"] == "sent"),
+        )
+        .await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while metric(&hub, "notify_in_flight").await != 0.0
+        || metric(&hub, "outbox_pending").await != 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "send tasks or backlog left over"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -326,6 +326,10 @@ impl Hub {
         std::mem::take(&mut self.env)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -420,3 +420,73 @@ pub fn provider_env(fcm: &FakeFcm, sms: &FakeSms, dir: &std::path::Path) -> Vec<
         ("TIFFIN_SMS__FROM".into(), SMS_FROM.into()),
     ]
 }
+
+/// A TCP proxy in front of a provider that can reset every connection, new and established,
+/// as a provider's failing load balancer does.
+pub struct ResettingProxy {
+    pub port: u16,
+    resetting: tokio::sync::watch::Sender<bool>,
+    /// Connections cut with a reset so far.
+    pub resets: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ResettingProxy {
+    pub fn start(target_port: u16) -> ResettingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let (resetting, watch) = tokio::sync::watch::channel(false);
+        let resets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = resets.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (mut watch, counted) = (watch.clone(), counted.clone());
+                    tokio::spawn(async move {
+                        let reset = |stream: tokio::net::TcpStream| {
+                            let _ = stream.set_zero_linger();
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        };
+                        if *watch.borrow() {
+                            return reset(inbound);
+                        }
+                        let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                        else {
+                            return;
+                        };
+                        let cut = tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                            _ = watch.wait_for(|on| *on) => true,
+                        };
+                        if cut {
+                            reset(inbound);
+                        }
+                    });
+                }
+            });
+        });
+        ResettingProxy {
+            port,
+            resetting,
+            resets,
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on every connection is reset (or, `false`, passed through again).
+    pub fn reset_all(&self, on: bool) {
+        self.resetting.send_replace(on);
+    }
+}

@@ -255,6 +255,7 @@ impl Dispatcher {
 
     fn refresh_gauges(&self, ctx: &mut Context<Self>) {
         let outbox = self.shared.outbox.clone();
+        let in_flight = self.in_flight.clone();
         ctx.spawn(
             async move {
                 match outbox.stats().await {
@@ -263,6 +264,8 @@ impl Dispatcher {
                         metrics::gauge!("outbox_oldest_pending_seconds")
                             .set(stats.oldest_pending_secs as f64);
                         metrics::gauge!("outbox_dead").set(stats.dead as f64);
+                        metrics::gauge!("notify_in_flight")
+                            .set(in_flight.load(Ordering::Relaxed) as f64);
                     }
                     Err(e) => tracing::warn!(error = %e, "outbox stats failed"),
                 }
