@@ -1,0 +1,242 @@
+//! The hub under load: one given by URL, or one the tool starts on a database of its own;
+//! and the requests the rush sends it.
+
+use anyhow::{Context, bail};
+use awc::Client;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Target {
+    pub url: String,
+    pub admin_token: String,
+    pub pid: Option<u32>,
+}
+
+/// Refuses anything but a loopback address: the tool never loads someone else's server.
+pub fn ensure_loopback(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("--url must be http://127.0.0.1:PORT (loopback only)")?;
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    if !["127.0.0.1", "localhost", "[::1]"].contains(&host) {
+        bail!("--url must point at this machine (127.0.0.1, localhost or [::1]), not {host}");
+    }
+    Ok(())
+}
+
+/// A hub the tool started, stopped when dropped.
+pub struct StartedHub {
+    child: Child,
+    dir: PathBuf,
+    url: String,
+    token: String,
+}
+
+impl StartedHub {
+    pub fn start(bin: &Path) -> anyhow::Result<StartedHub> {
+        if !bin.exists() {
+            bail!(
+                "no hub binary at {} (cargo build --release, or give --hub-bin or --url)",
+                bin.display()
+            );
+        }
+        let dir =
+            std::env::temp_dir().join(format!("tiffin-load-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let env = hub_env(&dir);
+        let mut child = Command::new(bin)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("hub stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("Tiffin listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("the hub did not start within 60 s")?;
+        let out = Command::new(bin)
+            .args(["token", "--role", "admin", "--ttl", "86400"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tiffin token: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let token = String::from_utf8(out.stdout)?.trim().to_owned();
+        Ok(StartedHub {
+            child,
+            dir,
+            url,
+            token,
+        })
+    }
+
+    pub fn target(&self) -> Target {
+        Target {
+            url: self.url.clone(),
+            admin_token: self.token.clone(),
+            pid: Some(self.child.id()),
+        }
+    }
+}
+
+/// A fresh SQLite hub with the per-client limits off: every simulated client and reader
+/// comes from this one address, far faster than real ones.
+fn hub_env(dir: &Path) -> Vec<(String, String)> {
+    [
+        (
+            "TIFFIN_DATABASE_URL",
+            format!("sqlite://{}", dir.join("load.db").display()),
+        ),
+        ("TIFFIN_SEED_DEMO", "false".into()),
+        ("TIFFIN_LIMITS__PER_IP__PER_MINUTE", "0".into()),
+        ("TIFFIN_LIMITS__PER_USER__PER_MINUTE", "0".into()),
+        ("TIFFIN_LIMITS__PER_READER__PER_MINUTE", "0".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+impl Drop for StartedHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn client() -> Client {
+    Client::builder().timeout(Duration::from_secs(30)).finish()
+}
+
+/// A response's status and JSON body (null if it has none).
+pub async fn reply<S>(
+    sent: Result<awc::ClientResponse<S>, awc::error::SendRequestError>,
+) -> anyhow::Result<(u16, Value)>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let mut res = sent.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bytes = res
+        .body()
+        .limit(64 << 20)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((
+        res.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+pub async fn call(req: awc::ClientRequest, body: &Value) -> anyhow::Result<(u16, Value)> {
+    reply(req.send_json(body).await).await
+}
+
+/// A set-up request that must succeed.
+pub async fn created(req: awc::ClientRequest, body: Value) -> anyhow::Result<Value> {
+    let (status, value) = call(req, &body).await?;
+    if status != 201 && status != 200 {
+        bail!("set-up request failed with {status}: {value}");
+    }
+    Ok(value)
+}
+
+/// The error code of a refusal, or the transport failure.
+pub fn code_of(outcome: &anyhow::Result<(u16, Value)>) -> String {
+    match outcome {
+        Ok((status, body)) => format!(
+            "{status} {}",
+            body["error"]["code"].as_str().unwrap_or("unknown")
+        ),
+        Err(e) => format!("transport: {e}"),
+    }
+}
+
+/// A signed reader request: hex HMAC-SHA256 of `{ms}\n{METHOD}\n{path}\n{body}`.
+pub async fn reader_post(
+    url: &str,
+    reader: &(String, String),
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
+    use hmac::Mac;
+    let body = body.to_string();
+    let timestamp = chrono::Utc::now().timestamp_millis();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(reader.1.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    mac.update(format!("{timestamp}\nPOST\n{path}\n").as_bytes());
+    mac.update(body.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let sent = client()
+        .post(format!("{url}{path}"))
+        .insert_header(("X-Reader-Id", reader.0.as_str()))
+        .insert_header(("X-Timestamp", timestamp.to_string()))
+        .insert_header(("X-Signature", signature))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body)
+        .await;
+    reply(sent).await
+}
+
+/// The hub's CPU seconds so far and its peak resident memory in MiB (Linux /proc).
+pub fn usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((ticks / 100.0, peak_kib / 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(ensure_loopback("http://127.0.0.1:8080").is_ok());
+        assert!(ensure_loopback("http://localhost:80/").is_ok());
+        assert!(ensure_loopback("http://[::1]:8080").is_ok());
+        assert!(ensure_loopback("http://10.0.0.5:8080").is_err());
+        assert!(ensure_loopback("http://example.com").is_err());
+        assert!(ensure_loopback("https://127.0.0.1:8080").is_err());
+    }
+
+    #[test]
+    fn reads_this_process_usage() {
+        let (cpu, rss) = usage(std::process::id()).unwrap();
+        assert!(cpu >= 0.0 && rss > 1.0, "{cpu} {rss}");
+    }
+}

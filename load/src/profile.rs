@@ -1,0 +1,119 @@
+//! A rush's sizes and rates, as data: `load/profiles/*.toml`, built in by name or read from a
+//! file.
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    pub schools: usize,
+    pub students_per_school: usize,
+    /// Share of students who pre-order a meal.
+    pub order_share: f64,
+    pub readers_per_school: usize,
+    /// Raw reads a reader posts per card presented: uniformly between the two.
+    pub reads_per_card: [usize; 2],
+    pub dashboards_per_kitchen: usize,
+    /// Order arrivals per second at the top of the pre-order wave.
+    pub order_peak_per_sec: f64,
+    /// Counter visits per second at the top of the pickup wave.
+    pub scan_peak_per_sec: f64,
+    /// Orders a kitchen bot moves at once.
+    pub staff_batch: usize,
+    /// The whole run gives up after this long.
+    pub deadline_secs: u64,
+}
+
+const BUILT_IN: [(&str, &str); 4] = [
+    ("smoke", include_str!("../profiles/smoke.toml")),
+    ("district-m", include_str!("../profiles/district-m.toml")),
+    ("district-l", include_str!("../profiles/district-l.toml")),
+    ("nation", include_str!("../profiles/nation.toml")),
+];
+
+impl Profile {
+    /// A built-in profile by name, else a TOML file by path.
+    pub fn load(name_or_path: &str) -> anyhow::Result<Profile> {
+        let text = match BUILT_IN.iter().find(|(name, _)| *name == name_or_path) {
+            Some((_, text)) => (*text).to_owned(),
+            None => std::fs::read_to_string(name_or_path).with_context(|| {
+                format!(
+                    "no built-in profile {name_or_path:?} (smoke, district-m, district-l, nation) and no such file"
+                )
+            })?,
+        };
+        let profile: Profile =
+            toml::from_str(&text).with_context(|| format!("profile {name_or_path}"))?;
+        profile.check()?;
+        Ok(profile)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.schools == 0 || self.students_per_school == 0 || self.readers_per_school == 0 {
+            bail!("schools, students_per_school and readers_per_school must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.order_share) {
+            bail!("order_share must be between 0 and 1");
+        }
+        if self.reads_per_card[0] == 0 || self.reads_per_card[0] > self.reads_per_card[1] {
+            bail!("reads_per_card must be [low, high] with 1 <= low <= high");
+        }
+        if self.order_peak_per_sec <= 0.0 || self.scan_peak_per_sec <= 0.0 {
+            bail!("peak rates must be positive");
+        }
+        if self.staff_batch == 0 {
+            bail!("staff_batch must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Students who order, per school.
+    pub fn orders_per_school(&self) -> usize {
+        ((self.students_per_school as f64) * self.order_share).round() as usize
+    }
+}
+
+/// When the `i`-th of `n` arrivals is due, in seconds from the start of a wave whose rate
+/// rises linearly to `peak` per second and falls back (a triangle): the wave lasts `2n/peak`.
+pub fn arrival_at(i: usize, n: usize, peak: f64) -> f64 {
+    let length = 2.0 * n as f64 / peak;
+    let q = (i as f64 + 0.5) / n as f64;
+    let fraction = if q < 0.5 {
+        (q / 2.0).sqrt()
+    } else {
+        1.0 - ((1.0 - q) / 2.0).sqrt()
+    };
+    fraction * length
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_built_in_profile_parses() {
+        for (name, _) in BUILT_IN {
+            let profile = Profile::load(name).unwrap();
+            assert_eq!(profile.name, name);
+        }
+        let m = Profile::load("district-m").unwrap();
+        let orders = m.schools * m.orders_per_school();
+        assert!((13_000..15_000).contains(&orders), "{orders}");
+    }
+
+    #[test]
+    fn arrivals_rise_to_the_peak_and_fall() {
+        let (n, peak) = (1000, 100.0);
+        let times: Vec<f64> = (0..n).map(|i| arrival_at(i, n, peak)).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+        let length = 2.0 * n as f64 / peak;
+        assert!(times[n - 1] < length && times[0] > 0.0);
+        // The busiest second is in the middle, at about the peak rate.
+        let in_second = |s: f64| times.iter().filter(|t| **t >= s && **t < s + 1.0).count();
+        let middle = in_second(length / 2.0 - 0.5);
+        assert!((90..=110).contains(&middle), "{middle}");
+        assert!(in_second(0.0) < middle / 4);
+    }
+}
