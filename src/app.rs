@@ -133,6 +133,70 @@ async fn limit_by_ip(
     next.call(req).await
 }
 
+/// Operations a client calls without a bearer token (pages, probes, sign-in, the socket
+/// with its token in the query, readers with their signatures).
+const WITHOUT_BEARER: [&str; 10] = [
+    "/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/board/",
+    "/dashboard/",
+    "/api/v1/auth/",
+    "/api/v1/ws",
+    "/api/v1/reader/",
+    "/api/v1/openapi.json",
+];
+
+/// Every operation may be refused: the error body and its codes are the same everywhere
+/// (`4XX`), a database away is `503`; public operations need no bearer token.
+fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = WITHOUT_BEARER.iter().any(|p| {
+            if p.ends_with('/') && *p != "/" {
+                path.starts_with(p)
+            } else {
+                path == p
+            }
+        });
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            responses.entry("4XX".into()).or_insert_with(|| {
+                error("refused: see the error code (bad input, authentication, permission, not found, conflict, rate limit)")
+            });
+            responses
+                .entry("503".into())
+                .or_insert_with(|| error("the database is unavailable: retry after Retry-After"));
+            if public {
+                operation.security = Some(Vec::new());
+            }
+        }
+    }
+}
+
 /// Every route of the hub, registered once for actix and for the OpenAPI document.
 pub fn build(
     state: web::Data<AppState>,
@@ -229,6 +293,8 @@ pub fn build(
                 .service(ops::openapi),
         )
         .split_for_parts();
+    let mut doc = doc;
+    document_refusals(&mut doc);
     app.app_data(web::Data::new(doc))
         .default_service(web::to(route_not_found))
         .wrap(from_fn(limit_by_ip))

@@ -44,8 +44,9 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJson<T> {
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(OptionalJson(T::default()));
             }
-            serde_json::from_slice(&body)
-                .map(OptionalJson)
+            // `null` is no body too (the document says the body may be null).
+            serde_json::from_slice::<Option<T>>(&body)
+                .map(|body| OptionalJson(body.unwrap_or_default()))
                 .map_err(|e| {
                     if e.is_syntax() || e.is_eof() {
                         ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
