@@ -5428,6 +5428,12 @@ async fn three_nodes_share_one_postgres_and_one_redis() {
     assert_eq!(first.status, 200, "{}", first.body);
     let again = signed_send(&two, &reader.id, at, &signature, path, body).await;
     assert_eq!((again.status, again.code()), (401, "signature_replayed"));
+    // Debounce and the reader's sequence are one truth too: the card read again at node 3
+    // just after node 1 is a repeat; seq 3 posted again to node 2, freshly signed, a replay.
+    let repeat = scan_card(&three, &reader, 3, card).await;
+    assert_eq!(repeat["debounced"], true, "{repeat}");
+    let replayed = scan_card(&two, &reader, 3, card).await;
+    assert_eq!(replayed["replayed"], true, "{replayed}");
 
     // A sign-in bucket of 4 is spent across the nodes, not 4 per node.
     for (n, node) in [&one, &two, &three, &one, &two].into_iter().enumerate() {
@@ -5524,6 +5530,30 @@ async fn three_nodes_share_one_postgres_and_one_redis() {
         let frame = next_json(&mut inbox).await;
         assert_eq!(frame["seq"], seq, "every in-app message, in order: {frame}");
     }
+
+    // A one-time code issued on node 2 allows three attempts in all, not three per node.
+    let waiting = ready_order(&one, &f, "nodes-code").await;
+    let codes = format!("/api/v1/schools/{}/pickup-codes", f.school);
+    let ask = json!({"student_id": f.student, "counter_id": counter});
+    let issued = expect(post(&two, &f.kitchen_token, &codes, ask).await, 201);
+    let verify = format!(
+        "/api/v1/pickup-codes/{}/verify",
+        issued["id"].as_str().unwrap()
+    );
+    let mut answers = Vec::new();
+    for node in [&three, &one, &two] {
+        let r = post(node, &f.kitchen_token, &verify, json!({"code": "x99999"})).await;
+        answers.push((r.status, r.code().to_owned()));
+    }
+    assert_eq!(
+        answers,
+        [
+            (422, "code_invalid".to_owned()),
+            (422, "code_invalid".to_owned()),
+            (409, "code_locked".to_owned())
+        ]
+    );
+    assert_eq!(pickups_of(&three, &f, &waiting).await, 0);
 
     // Node 2 dies; the others carry on.
     drop(two.kill());
@@ -5793,29 +5823,29 @@ async fn rush_with_kills(backend: Backend) {
     ));
 
     // The killer: at random moments, SIGKILL and a restart on the same database and port.
-    let rushing = Rc::new(Cell::new(true));
+    // The students keep coming until it is done, so that every kill lands mid-rush.
+    let killing = Rc::new(Cell::new(true));
     let killer = {
-        let (hub, rushing) = (hub.clone(), rushing.clone());
+        let (hub, killing) = (hub.clone(), killing.clone());
         actix_web::rt::spawn(async move {
-            let mut done = 0;
-            while done < kills && rushing.get() {
+            for _ in 0..kills {
                 let wait = 300 + rand::random::<u64>() % 900;
                 actix_web::rt::time::sleep(Duration::from_millis(wait)).await;
                 let env = hub.borrow_mut().take().unwrap().kill();
                 hub.borrow_mut().replace(Hub::start(env));
-                done += 1;
             }
-            done
+            killing.set(false);
         })
     };
 
     // Students order, staff drive each order, and the student collects it at the reader.
     let reader = Rc::new(reader);
     let workers = students.iter().enumerate().map(|(n, (token, card))| {
-        let (base, f, reader) = (base.clone(), &f, reader.clone());
+        let (base, f, reader, killing) = (base.clone(), &f, reader.clone(), killing.clone());
         async move {
             let mut orders = Vec::new();
-            for round in 0..ROUNDS {
+            let mut round = 0;
+            while round < ROUNDS || killing.get() {
                 let key = format!("rush-{n}-{round}");
                 let url = format!("{base}/api/v1/schools/{}/orders", f.school);
                 let body = json!({"items": [{"meal_id": f.meals[0], "quantity": 1}]});
@@ -5867,6 +5897,7 @@ async fn rush_with_kills(backend: Backend) {
                 assert_eq!(verdict["verdict"], "accepted", "{id}: {verdict}");
                 assert_eq!(verdict["order_id"], id.as_str(), "{verdict}");
                 orders.push(id);
+                round += 1;
             }
             orders
         }
@@ -5876,14 +5907,13 @@ async fn rush_with_kills(backend: Backend) {
         .into_iter()
         .flatten()
         .collect();
-    rushing.set(false);
-    let killed = killer.await.unwrap();
-    assert_eq!(killed, kills, "every kill landed during the rush");
+    killer.await.unwrap();
     let hub = hub.borrow_mut().take().unwrap();
 
     // Orders: each once, each handed over once, its history gapless.
     let unique: std::collections::HashSet<&String> = orders.iter().collect();
-    assert_eq!(unique.len(), STUDENTS * ROUNDS, "no order lost or doubled");
+    assert_eq!(unique.len(), orders.len(), "no order doubled");
+    assert!(orders.len() >= STUDENTS * ROUNDS);
     for id in &orders {
         let got = expect(
             get(&hub, &f.kitchen_token, &format!("/api/v1/orders/{id}")).await,
@@ -5900,14 +5930,26 @@ async fn rush_with_kills(backend: Backend) {
     }
     assert_eq!(
         metric(&hub, "tiffin_orders{state=\"picked_up\"}").await as usize,
-        STUDENTS * ROUNDS,
+        orders.len(),
         "no stray order"
     );
+    let live = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/orders/live", f.school),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(live, json!([]), "no order left behind (a retry made twice)");
 
     // Notifications: every committed email and in-app row delivered, none as two messages.
     let mut email_rows = std::collections::HashSet::<String>::new();
     let mut sent_emails = std::collections::HashSet::<String>::new();
-    let mut in_app_to_guardian = 0;
+    // The guardian's in-app rows: all committed ones, and those marked sent.
+    let mut in_app_rows = std::collections::HashSet::<String>::new();
+    let mut in_app_sent = std::collections::HashSet::<String>::new();
     for id in &orders {
         let rows = statuses_until(
             &hub,
@@ -5934,11 +5976,11 @@ async fn rush_with_kills(backend: Backend) {
                     sent_emails.insert(r["id"].as_str().unwrap().to_owned());
                 }
             }
-            if r["status"] == "sent"
-                && r["channel"] == "in_app"
-                && r["recipient_id"] == f.guardian.as_str()
-            {
-                in_app_to_guardian += 1;
+            if r["channel"] == "in_app" && r["recipient_id"] == f.guardian.as_str() {
+                in_app_rows.insert(r["id"].as_str().unwrap().to_owned());
+                if r["status"] == "sent" {
+                    in_app_sent.insert(r["id"].as_str().unwrap().to_owned());
+                }
             }
         }
     }
@@ -5980,16 +6022,22 @@ async fn rush_with_kills(backend: Backend) {
         get(&hub, &guardian_token, "/api/v1/me/inbox?limit=200").await,
         200,
     );
-    let inbox_ids: std::collections::HashSet<&str> = inbox
+    let inbox: Vec<String> = inbox
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["id"].as_str().unwrap())
+        .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(
-        inbox_ids.len(),
-        in_app_to_guardian,
-        "each in-app message once"
+    let inbox_ids: std::collections::HashSet<String> = inbox.iter().cloned().collect();
+    assert_eq!(inbox_ids.len(), inbox.len(), "each in-app message once");
+    // As with email: one stored just before a kill and found no longer true after the
+    // restart is in the inbox although its row says expired.
+    let missing: Vec<_> = in_app_sent.difference(&inbox_ids).collect();
+    assert!(missing.is_empty(), "sent but not in the inbox: {missing:?}");
+    let stray: Vec<_> = inbox_ids.difference(&in_app_rows).collect();
+    assert!(
+        stray.is_empty(),
+        "in the inbox but never committed: {stray:?}"
     );
 
     // The dashboard followed every kill and reached the kitchen's last event without a gap.
