@@ -2,6 +2,7 @@
 //! URL, loopback only) and reports latency per hop, throughput and whether anything was lost
 //! or doubled. `tiffin-load compare A.json B.json` prints the differences between two runs.
 
+mod baseline;
 mod hub;
 mod profile;
 mod report;
@@ -24,13 +25,26 @@ struct Cli {
 enum Command {
     /// Prints the differences between two JSON reports, hop by hop.
     Compare { a: PathBuf, b: PathBuf },
+    /// Measures the baselines (a bare actix-web hello-world) against the hub's HTTP path
+    /// without the database, alternating rounds; writes baseline.json.
+    Baseline {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Rounds of each, alternating.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Length of one round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where baseline.json goes.
+        #[arg(long, default_value = "load-report")]
+        out: PathBuf,
+    },
 }
 
+/// Which hub: one given by URL, or one the tool starts.
 #[derive(Args, Clone)]
-pub struct RunArgs {
-    /// A built-in profile (smoke, district-m, district-l, nation) or a profile TOML file.
-    #[arg(long, default_value = "smoke")]
-    pub profile: String,
+pub struct HubArgs {
     /// A running hub, e.g. http://127.0.0.1:8080 (loopback only; run it with
     /// limits.per_ip, per_user and per_reader off). Without it, the tool starts `--hub-bin`
     /// on a fresh SQLite database of its own.
@@ -46,6 +60,42 @@ pub struct RunArgs {
     /// starts the hub).
     #[arg(long)]
     pub hub_pid: Option<u32>,
+}
+
+impl HubArgs {
+    /// The target, and the hub the tool started for it (stopped when dropped).
+    fn target(&self) -> anyhow::Result<(hub::Target, Option<hub::StartedHub>)> {
+        match &self.url {
+            Some(url) => {
+                hub::ensure_loopback(url)?;
+                let token = self
+                    .admin_token
+                    .clone()
+                    .context("--admin-token (or TIFFIN_LOAD_ADMIN_TOKEN) is needed with --url")?;
+                Ok((
+                    hub::Target {
+                        url: url.trim_end_matches('/').to_owned(),
+                        admin_token: token,
+                        pid: self.hub_pid,
+                    },
+                    None,
+                ))
+            }
+            None => {
+                let started = hub::StartedHub::start(&self.hub_bin)?;
+                Ok((started.target(), Some(started)))
+            }
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// A built-in profile (smoke, district-m, district-l, nation) or a profile TOML file.
+    #[arg(long, default_value = "smoke")]
+    pub profile: String,
+    #[command(flatten)]
+    pub hub: HubArgs,
     /// Where report.json and report.html go.
     #[arg(long, default_value = "load-report")]
     pub out: PathBuf,
@@ -66,6 +116,12 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Some(Command::Compare { a, b }) => compare(&a, &b).map(|()| true),
+        Some(Command::Baseline {
+            hub,
+            rounds,
+            seconds,
+            out,
+        }) => run_baseline(&hub, rounds, seconds, &out).await,
         None => run(cli.run).await,
     };
     match outcome {
@@ -94,27 +150,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     if !args.rate_scale.is_finite() || args.rate_scale <= 0.0 {
         bail!("--rate-scale must be positive");
     }
-    let (target, _started) = match &args.url {
-        Some(url) => {
-            hub::ensure_loopback(url)?;
-            let token = args
-                .admin_token
-                .clone()
-                .context("--admin-token (or TIFFIN_LOAD_ADMIN_TOKEN) is needed with --url")?;
-            (
-                hub::Target {
-                    url: url.trim_end_matches('/').to_owned(),
-                    admin_token: token,
-                    pid: args.hub_pid,
-                },
-                None,
-            )
-        }
-        None => {
-            let started = hub::StartedHub::start(&args.hub_bin)?;
-            (started.target(), Some(started))
-        }
-    };
+    let (target, _started) = args.hub.target()?;
     let report = rush::run(&profile, &args, &target).await?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -127,4 +163,22 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         args.out.display()
     );
     Ok(report["ok"] == true)
+}
+
+async fn run_baseline(
+    hub: &HubArgs,
+    rounds: usize,
+    seconds: u64,
+    out: &PathBuf,
+) -> anyhow::Result<bool> {
+    if rounds == 0 || seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    let (target, _started) = hub.target()?;
+    let report = baseline::run(&target, rounds, seconds).await?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(out.join("baseline.json"), &json)?;
+    println!("{json}");
+    Ok(true)
 }

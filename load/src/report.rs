@@ -119,7 +119,7 @@ pub fn html(report: &Value) -> String {
         .filter_map(|h| h["p999_ms"].as_f64())
         .fold(1.0_f64, f64::max);
     for (row, (name, hop)) in hops.iter().enumerate() {
-        let y = 30 + row * 70;
+        let y = 30 + row * 80;
         bars.push_str(&format!(
             r#"<text x="0" y="{y}" font-weight="bold">{name} ({} ok)</text>"#,
             hop["count"]
@@ -166,7 +166,7 @@ pub fn html(report: &Value) -> String {
         r##"<!doctype html><meta charset="utf-8"><title>Tiffin load: {name}</title>
 <style>body{{font-family:sans-serif;margin:2em}} pre{{background:#f4f4f4;padding:1em}}</style>
 <h1>Tiffin lunch rush: {name}</h1>
-<p>{verdict}. Correctness: <code>{correctness}</code></p>
+<p>{verdict}.</p><pre>{correctness}</pre>
 <h2>Latency per hop (from the scheduled send)</h2>
 <svg width="900" height="{height}">{bars}</svg>
 <h2>Throughput per second (green: orders answered, blue: scans answered; top = {top}/s)</h2>
@@ -179,8 +179,8 @@ pub fn html(report: &Value) -> String {
         } else {
             "FAILED"
         },
-        correctness = report["correctness"],
-        height = 40 + hops.len() * 70,
+        correctness = serde_json::to_string_pretty(&report["correctness"]).unwrap_or_default(),
+        height = 40 + hops.len() * 80,
         orders = line("orders"),
         scans = line("scans"),
         json = serde_json::to_string_pretty(report)
