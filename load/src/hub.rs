@@ -40,7 +40,7 @@ pub struct StartedHub {
 }
 
 impl StartedHub {
-    pub fn start(bin: &Path) -> anyhow::Result<StartedHub> {
+    pub fn start(bin: &Path, extra_env: Vec<(String, String)>) -> anyhow::Result<StartedHub> {
         if !bin.exists() {
             bail!(
                 "no hub binary at {} (cargo build --release, or give --hub-bin or --url)",
@@ -50,7 +50,8 @@ impl StartedHub {
         let dir =
             std::env::temp_dir().join(format!("tiffin-load-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
-        let env = hub_env(&dir);
+        let mut env = hub_env(&dir);
+        env.extend(extra_env);
         let mut child = Command::new(bin)
             .args(["serve", "--bind", "127.0.0.1:0"])
             .envs(env.iter().map(|(k, v)| (k, v)))

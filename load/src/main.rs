@@ -7,6 +7,7 @@ mod hub;
 mod profile;
 mod report;
 mod rush;
+mod sink;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -63,8 +64,12 @@ pub struct HubArgs {
 }
 
 impl HubArgs {
-    /// The target, and the hub the tool started for it (stopped when dropped).
-    fn target(&self) -> anyhow::Result<(hub::Target, Option<hub::StartedHub>)> {
+    /// The target, and the hub the tool started for it (stopped when dropped), with its
+    /// email going to `sink`.
+    fn target(
+        &self,
+        sink: Option<&sink::SmtpSink>,
+    ) -> anyhow::Result<(hub::Target, Option<hub::StartedHub>)> {
         match &self.url {
             Some(url) => {
                 hub::ensure_loopback(url)?;
@@ -82,7 +87,8 @@ impl HubArgs {
                 ))
             }
             None => {
-                let started = hub::StartedHub::start(&self.hub_bin)?;
+                let env = sink.map(sink::SmtpSink::hub_env).unwrap_or_default();
+                let started = hub::StartedHub::start(&self.hub_bin, env)?;
                 Ok((started.target(), Some(started)))
             }
         }
@@ -150,8 +156,13 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     if !args.rate_scale.is_finite() || args.rate_scale <= 0.0 {
         bail!("--rate-scale must be positive");
     }
-    let (target, _started) = args.hub.target()?;
-    let report = rush::run(&profile, &args, &target).await?;
+    // A hub the tool starts sends its email to the tool's sink, which counts every delivery.
+    let sink = match args.hub.url {
+        Some(_) => None,
+        None => Some(sink::SmtpSink::start()?),
+    };
+    let (target, _started) = args.hub.target(sink.as_ref())?;
+    let report = rush::run(&profile, &args, &target, sink.as_ref()).await?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
@@ -174,7 +185,7 @@ async fn run_baseline(
     if rounds == 0 || seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
-    let (target, _started) = hub.target()?;
+    let (target, _started) = hub.target(None)?;
     let report = baseline::run(&target, rounds, seconds).await?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;

@@ -35,11 +35,18 @@ pub const ORDER_POST: &str = "order_post";
 pub const TRANSITION: &str = "transition";
 pub const SCAN_VERDICT: &str = "scan_verdict";
 pub const SCAN_TO_DASHBOARD: &str = "scan_to_dashboard";
+pub const EVENT_TO_SINK: &str = "event_to_sink";
 
 impl Recorder {
     pub fn new() -> anyhow::Result<Recorder> {
         let mut hops = BTreeMap::new();
-        for name in [ORDER_POST, TRANSITION, SCAN_VERDICT, SCAN_TO_DASHBOARD] {
+        for name in [
+            ORDER_POST,
+            TRANSITION,
+            SCAN_VERDICT,
+            SCAN_TO_DASHBOARD,
+            EVENT_TO_SINK,
+        ] {
             hops.insert(name, Hop::new()?);
         }
         Ok(Recorder {

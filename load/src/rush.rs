@@ -7,7 +7,10 @@
 use crate::RunArgs;
 use crate::hub::{Target, call, client, code_of, created, reader_post, usage};
 use crate::profile::{Profile, arrival_at};
-use crate::report::{ORDER_POST, Recorder, SCAN_TO_DASHBOARD, SCAN_VERDICT, TRANSITION};
+use crate::report::{
+    EVENT_TO_SINK, ORDER_POST, Recorder, SCAN_TO_DASHBOARD, SCAN_VERDICT, TRANSITION,
+};
+use crate::sink::SmtpSink;
 use anyhow::Context;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -60,7 +63,12 @@ impl Run {
     }
 }
 
-pub async fn run(profile: &Profile, args: &RunArgs, target: &Target) -> anyhow::Result<Value> {
+pub async fn run(
+    profile: &Profile,
+    args: &RunArgs,
+    target: &Target,
+    sink: Option<&SmtpSink>,
+) -> anyhow::Result<Value> {
     let before = target.pid.and_then(usage);
     let seeding = Instant::now();
     let schools = seed(profile, target).await?;
@@ -105,6 +113,10 @@ pub async fn run(profile: &Profile, args: &RunArgs, target: &Target) -> anyhow::
         progress.abort();
         eprintln!();
     }
+    let emails = match sink {
+        Some(sink) => account_emails(&run, &schools, sink).await,
+        None => Value::Null,
+    };
     let after = target.pid.and_then(usage);
 
     // Accounting.
@@ -150,7 +162,8 @@ pub async fn run(profile: &Profile, args: &RunArgs, target: &Target) -> anyhow::
         && not_handed == 0
         && gaps == 0
         && missing_frames == 0
-        && run.dropped.get() == 0;
+        && run.dropped.get() == 0
+        && (emails.is_null() || emails["ok"] == true);
     let hub = match (before, after) {
         (Some((cpu0, _)), Some((cpu1, peak))) => json!({
             "cpu_seconds": cpu1 - cpu0,
@@ -186,6 +199,7 @@ pub async fn run(profile: &Profile, args: &RunArgs, target: &Target) -> anyhow::
             "dashboard_frames_missing": missing_frames,
             "sends_dropped": run.dropped.get(),
             "errors": errors,
+            "emails": emails,
         },
         "hub": hub,
     }))
@@ -199,7 +213,8 @@ fn expected_per_school(run: &Run, school: usize) -> usize {
         .count()
 }
 
-/// Schools with a meal, a counter, readers, and students with cards; eight schools at once.
+/// Schools with a meal, a counter, readers, kitchen staff, and students with cards and
+/// guardians; eight schools at once.
 async fn seed(profile: &Profile, target: &Target) -> anyhow::Result<Vec<School>> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let indexes: Vec<usize> = (0..profile.schools).collect();
@@ -282,6 +297,7 @@ async fn seed_school(
         .context("staff token")?
         .to_owned();
     let mut students = Vec::with_capacity(profile.students_per_school);
+    let mut guardian_id = String::new();
     for s in 0..profile.students_per_school {
         // No password: students of a load run never sign in; the kitchen takes their
         // pre-orders (a staff token naming the student), as a school's ordering system does.
@@ -295,6 +311,21 @@ async fn seed_school(
             c.post(url(&format!("/api/v1/schools/{id}/cards")))
                 .bearer_auth(admin),
             json!({"student_id": student_id, "card_uid": card_uid(n, s)}),
+        )
+        .await?;
+        // Siblings: one guardian for every two students, told by email.
+        if s % 2 == 0 {
+            let guardian = created(
+                c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
+                json!({"role": "guardian", "display_name": format!("Guardian {s}"), "email": format!("load-{run_id}-{n}-g{s}@load.test")}),
+            )
+            .await?;
+            guardian_id = guardian["id"].as_str().context("guardian id")?.to_owned();
+        }
+        created(
+            c.post(url(&format!("/api/v1/schools/{id}/guardian-links")))
+                .bearer_auth(admin),
+            json!({"guardian_id": guardian_id, "student_id": student_id, "relationship": "parent"}),
         )
         .await?;
         students.push(student_id);
@@ -574,5 +605,83 @@ async fn show_progress(run: Rc<Run>) {
             run.recorder.borrow().errors(),
             run.dropped.get(),
         );
+    }
+}
+
+/// Every email the hub committed for the run's orders, against what reached the sink: each
+/// sent one arrived, nothing uncommitted arrived, nothing arrived twice. Records the
+/// event -> sink latency (from the outbox row's creation to its arrival).
+async fn account_emails(run: &Rc<Run>, schools: &Rc<Vec<School>>, sink: &SmtpSink) -> Value {
+    let accepted = run.accepted.borrow().clone();
+    let mut committed = HashMap::new();
+    let mut sent = Vec::new();
+    let mut unreadable = 0;
+    let settle = Instant::now() + Duration::from_secs(60);
+    for (school, _, order) in &accepted {
+        let url = format!("{}/api/v1/orders/{order}/notifications", run.url);
+        let rows = loop {
+            let rows = call_get(&url, &schools[*school].staff).await;
+            let pending = rows.as_ref().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["channel"] == "email" && r["status"] == "pending")
+            });
+            if !pending || Instant::now() > settle {
+                break rows;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        };
+        let Some(rows) = rows else {
+            unreadable += 1;
+            continue;
+        };
+        for r in rows.iter().filter(|r| r["channel"] == "email") {
+            let (Some(id), Some(created)) = (r["id"].as_str(), r["created_at"].as_str()) else {
+                continue;
+            };
+            let created = chrono::DateTime::parse_from_rfc3339(created)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .ok();
+            committed.insert(id.to_owned(), created);
+            if r["status"] == "sent" {
+                sent.push(id.to_owned());
+            }
+        }
+    }
+    let delivered = sink.deliveries();
+    let missing = sent
+        .iter()
+        .filter(|id| !delivered.contains_key(*id))
+        .count();
+    let stray = delivered
+        .keys()
+        .filter(|id| !committed.contains_key(*id))
+        .count();
+    let twice = delivered.values().filter(|at| at.len() > 1).count();
+    let pending = committed.len() - sent.len();
+    let mut recorder = run.recorder.borrow_mut();
+    for (id, arrivals) in &delivered {
+        if let (Some(Some(created)), Some(first)) = (committed.get(id), arrivals.first()) {
+            let latency = (*first - *created).to_std().unwrap_or_default();
+            recorder.ok(EVENT_TO_SINK, latency, false);
+        }
+    }
+    json!({
+        "ok": unreadable == 0 && missing == 0 && stray == 0 && twice == 0,
+        "committed": committed.len(),
+        "sent": sent.len(),
+        "not_sent": pending,
+        "received": delivered.len(),
+        "sent_but_missing": missing,
+        "received_but_not_committed": stray,
+        "received_twice": twice,
+        "unreadable_orders": unreadable,
+    })
+}
+
+async fn call_get(url: &str, token: &str) -> Option<Vec<Value>> {
+    let sent = client().get(url).bearer_auth(token).send().await;
+    match crate::hub::reply(sent).await {
+        Ok((200, Value::Array(rows))) => Some(rows),
+        _ => None,
     }
 }

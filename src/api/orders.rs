@@ -278,7 +278,11 @@ pub async fn create_order(
     };
     let kitchen = state.registry.send(KitchenFor(school_id)).await?;
     match kitchen.send(PlaceOrder(order)).await?? {
-        Placed::New(event) => Ok(HttpResponse::Created().json(OrderView::from(event.order))),
+        Placed::New(event) => {
+            // Its receipt goes out now, not at the next poll.
+            state.dispatcher.do_send(Nudge);
+            Ok(HttpResponse::Created().json(OrderView::from(event.order)))
+        }
         Placed::Existing(order) => Ok(HttpResponse::Ok().json(OrderView::from(order))),
     }
 }
