@@ -270,7 +270,10 @@ mod tests {
         let mut b = a.clone();
         b["hops"][ORDER_POST]["p99_ms"] = json!(198.0);
         let table = compare(&a, &b);
-        let p99 = table.lines().find(|l| l.contains("p99 ")).unwrap();
+        let p99 = table
+            .lines()
+            .find(|l| l.starts_with(ORDER_POST) && l.contains("p99 "))
+            .unwrap();
         assert!(p99.trim_end().ends_with("2.00"), "{table}");
         let page = html(
             &json!({"profile": {"name": "t"}, "hops": hops, "timeline": r.timeline_json(), "ok": true}),
