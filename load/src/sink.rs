@@ -103,6 +103,9 @@ impl SmtpSink {
 }
 
 fn session(stream: TcpStream, counter: Counter) {
+    // Replies are small writes: without this, Nagle's algorithm against the client's delayed
+    // ACKs adds tens of milliseconds per SMTP round trip, and the sink would time itself.
+    let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
         .map(|a| a.ip())
