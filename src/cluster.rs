@@ -12,6 +12,7 @@ use actix::Addr;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -180,12 +181,12 @@ impl Cluster {
         &self,
         bucket: &str,
         key: &str,
-        per_minute: u32,
-        burst: u32,
+        per_minute: NonZeroU32,
+        burst: NonZeroU32,
     ) -> Option<Result<(), Duration>> {
         let key = self.key(&["rl", bucket, key]);
-        let interval_us = 60_000_000 / u64::from(per_minute.max(1));
-        let burst = u64::from(burst.max(1));
+        let interval_us = 60_000_000 / u64::from(per_minute.get());
+        let burst = u64::from(burst.get());
         if !self.is_up() {
             return None;
         }

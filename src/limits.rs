@@ -74,39 +74,46 @@ impl Bucket {
 }
 
 pub struct Limits {
-    config: LimitsConfig,
     shared: Option<Arc<Cluster>>,
-    ip: Option<DefaultKeyedRateLimiter<String>>,
-    user: Option<DefaultKeyedRateLimiter<String>>,
-    reader: Option<DefaultKeyedRateLimiter<String>>,
-    sign_in: Option<DefaultKeyedRateLimiter<String>>,
-    codes: Option<DefaultKeyedRateLimiter<String>>,
+    ip: Option<TokenBucket>,
+    user: Option<TokenBucket>,
+    reader: Option<TokenBucket>,
+    sign_in: Option<TokenBucket>,
+    codes: Option<TokenBucket>,
     pub trust_forwarded_for: bool,
 }
 
-fn limiter(limit: Limit) -> Option<DefaultKeyedRateLimiter<String>> {
+/// One configured limit: its rate, and this node's buckets for when Redis is not there.
+struct TokenBucket {
+    per_minute: NonZeroU32,
+    burst: NonZeroU32,
+    local: DefaultKeyedRateLimiter<String>,
+}
+
+fn token_bucket(limit: Limit) -> Option<TokenBucket> {
     let per_minute = NonZeroU32::new(limit.per_minute)?;
     let burst = NonZeroU32::new(limit.burst).unwrap_or(per_minute);
-    Some(RateLimiter::keyed(
-        Quota::per_minute(per_minute).allow_burst(burst),
-    ))
+    Some(TokenBucket {
+        per_minute,
+        burst,
+        local: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+    })
 }
 
 impl Limits {
     pub fn new(config: &LimitsConfig, shared: Option<Arc<Cluster>>) -> Limits {
         Limits {
-            config: config.clone(),
             shared,
-            ip: limiter(config.per_ip),
-            user: limiter(config.per_user),
-            reader: limiter(config.per_reader),
-            sign_in: limiter(config.sign_in),
-            codes: limiter(config.codes),
+            ip: token_bucket(config.per_ip),
+            user: token_bucket(config.per_user),
+            reader: token_bucket(config.per_reader),
+            sign_in: token_bucket(config.sign_in),
+            codes: token_bucket(config.codes),
             trust_forwarded_for: config.trust_forwarded_for,
         }
     }
 
-    fn bucket(&self, bucket: Bucket) -> Option<&DefaultKeyedRateLimiter<String>> {
+    fn bucket(&self, bucket: Bucket) -> Option<&TokenBucket> {
         match bucket {
             Bucket::Ip => self.ip.as_ref(),
             Bucket::User => self.user.as_ref(),
@@ -116,37 +123,22 @@ impl Limits {
         }
     }
 
-    fn limit(&self, bucket: Bucket) -> Limit {
-        match bucket {
-            Bucket::Ip => self.config.per_ip,
-            Bucket::User => self.config.per_user,
-            Bucket::Reader => self.config.per_reader,
-            Bucket::SignIn => self.config.sign_in,
-            Bucket::Codes => self.config.codes,
-        }
-    }
-
     /// Takes a token for `key`, or says how long to wait.
     pub async fn check(&self, bucket: Bucket, key: &str) -> Result<(), ApiError> {
-        let Some(limiter) = self.bucket(bucket) else {
+        let Some(limit) = self.bucket(bucket) else {
             return Ok(());
         };
         let shared = match &self.shared {
             Some(cluster) => {
-                let limit = self.limit(bucket);
-                let burst = if limit.burst == 0 {
-                    limit.per_minute
-                } else {
-                    limit.burst
-                };
                 cluster
-                    .take_token(bucket.as_str(), key, limit.per_minute, burst)
+                    .take_token(bucket.as_str(), key, limit.per_minute, limit.burst)
                     .await
             }
             None => None,
         };
         let taken = shared.unwrap_or_else(|| {
-            limiter
+            limit
+                .local
                 .check_key(&key.to_owned())
                 .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
         });
@@ -158,7 +150,7 @@ impl Limits {
 
     /// Forgets buckets that are full again (keys not seen lately).
     pub fn shrink(&self) {
-        for limiter in [
+        for limit in [
             &self.ip,
             &self.user,
             &self.reader,
@@ -168,8 +160,8 @@ impl Limits {
         .into_iter()
         .flatten()
         {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            limit.local.retain_recent();
+            limit.local.shrink_to_fit();
         }
     }
 }

@@ -423,9 +423,12 @@ async fn catch_up_order(
         .ok_or_else(|| ApiError::not_found("order"))?;
     crate::api::orders::issuer_for(state, who, &school_id, &student_id).await?;
     // The order's frames come from its kitchen's actor on this node, which must therefore
-    // run here, loaded, even when the order is driven from other nodes.
-    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
-    kitchen.send(CatchUp).await?;
+    // run here, loaded, even when the order is driven from other nodes. (On a single node
+    // every commit goes through that actor: it runs whenever there is news.)
+    if state.cluster.is_some() {
+        let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+        kitchen.send(CatchUp).await?;
+    }
     let bus_id = state.bus.subscribe(topic, subscriber);
     let result = async {
         let order = state

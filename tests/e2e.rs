@@ -5614,7 +5614,7 @@ async fn three_nodes_share_one_postgres_and_one_redis() {
     db.drop_database().await;
 }
 
-/// One request to a hub that may be down or dying: `None` when no answer came back.
+/// One request to a hub that may be down, dying or still loading: `None` until it answers.
 async fn try_request(
     method: &str,
     url: &str,
@@ -5631,21 +5631,7 @@ async fn try_request(
     if let Some(key) = key {
         req = req.insert_header(("Idempotency-Key", key));
     }
-    let mut res = match body {
-        Some(b) => req.send_json(b).await,
-        None => req.send().await,
-    }
-    .ok()?;
-    let bytes = res.body().limit(4 << 20).await.ok()?;
-    let status = res.status().as_u16();
-    // A hub on its way down or still loading: ask again.
-    if status == 503 {
-        return None;
-    }
-    Some(Reply {
-        status,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    })
+    try_send(req, body).await.filter(|r| r.status != 503)
 }
 
 /// Retries a request until the hub answers (it is being killed and restarted meanwhile).
@@ -5877,20 +5863,12 @@ async fn rush_with_kills(backend: Backend) {
                     let at = chrono::Utc::now().timestamp_millis();
                     let payload = scan.to_string();
                     let signature = reader_signature(&reader.secret, at, path, payload.as_bytes());
-                    let sent = client()
-                        .post(format!("{base}{path}"))
-                        .insert_header(("X-Reader-Id", reader.id.as_str()))
-                        .insert_header(("X-Timestamp", at.to_string()))
-                        .insert_header(("X-Signature", signature))
-                        .insert_header(("Content-Type", "application/json"))
-                        .timeout(Duration::from_secs(15))
-                        .send_body(payload)
-                        .await;
-                    if let Ok(mut res) = sent
-                        && res.status() == 200
-                        && let Ok(body) = res.json::<Value>().await
+                    let req = signed_request(&format!("{base}{path}"), &reader.id, at, &signature)
+                        .timeout(Duration::from_secs(15));
+                    if let Some(r) = try_send_raw(req, payload).await
+                        && r.status == 200
                     {
-                        break body;
+                        break r.body;
                     }
                     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
                 };

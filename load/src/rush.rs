@@ -101,11 +101,16 @@ pub async fn run(
     let rush_secs = run.started.elapsed().as_secs_f64();
     // Frames still on their way: give the dashboards a moment to see the last hand-overs.
     let expected_frames = run.handed_over.borrow().len();
+    // Hand-over frames each school's screens should see: one per accepted order.
+    let mut per_school = vec![0usize; schools.len()];
+    for (school, _, _) in run.accepted.borrow().iter() {
+        per_school[*school] += 1;
+    }
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(10)
         && dashboards
             .iter()
-            .any(|d| d.picked_up.borrow().len() < expected_per_school(&run, d.school))
+            .any(|d| d.picked_up.borrow().len() < per_school[d.school])
     {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
@@ -140,7 +145,7 @@ pub async fn run(
         for d in &dashboards {
             gaps += d.gaps.get();
             let seen = d.picked_up.borrow();
-            missing_frames += expected_per_school(&run, d.school).saturating_sub(seen.len());
+            missing_frames += per_school[d.school].saturating_sub(seen.len());
             for (order, at) in seen.iter() {
                 if let Some(sent) = scanned.get(order) {
                     recorder.ok(
@@ -203,14 +208,6 @@ pub async fn run(
         },
         "hub": hub,
     }))
-}
-
-fn expected_per_school(run: &Run, school: usize) -> usize {
-    run.accepted
-        .borrow()
-        .iter()
-        .filter(|(s, _, _)| *s == school)
-        .count()
 }
 
 /// Schools with a meal, a counter, readers, kitchen staff, and students with cards and

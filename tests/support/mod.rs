@@ -395,17 +395,36 @@ impl Reply {
     }
 }
 
-pub async fn send(req: awc::ClientRequest, body: Option<Value>) -> Reply {
-    let mut res = match body {
-        Some(b) => req.send_json(&b).await,
-        None => req.send().await,
-    }
-    .expect("request");
-    let bytes = res.body().limit(4 << 20).await.expect("body");
-    Reply {
+/// Sends a request; `None` when no answer came back (the hub is down or dying).
+pub async fn try_send(req: awc::ClientRequest, body: Option<&Value>) -> Option<Reply> {
+    reply_of(
+        match body {
+            Some(b) => req.send_json(b).await,
+            None => req.send().await,
+        }
+        .ok()?,
+    )
+    .await
+}
+
+/// Sends a raw body; `None` when no answer came back.
+pub async fn try_send_raw(req: awc::ClientRequest, body: String) -> Option<Reply> {
+    reply_of(req.send_body(body).await.ok()?).await
+}
+
+async fn reply_of<S>(mut res: awc::ClientResponse<S>) -> Option<Reply>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let bytes = res.body().limit(4 << 20).await.ok()?;
+    Some(Reply {
         status: res.status().as_u16(),
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    })
+}
+
+pub async fn send(req: awc::ClientRequest, body: Option<Value>) -> Reply {
+    try_send(req, body.as_ref()).await.expect("request")
 }
 
 pub async fn get(hub: &Hub, token: &str, path: &str) -> Reply {
@@ -499,6 +518,21 @@ pub async fn reader_post(hub: &Hub, reader: &ReaderKey, path: &str, body: &Value
 }
 
 /// Sends exactly these headers and body (to replay or forge a request).
+/// A reader's request to `url`, signed with `signature` over `timestamp`.
+pub fn signed_request(
+    url: &str,
+    reader_id: &str,
+    timestamp: i64,
+    signature: &str,
+) -> awc::ClientRequest {
+    client()
+        .post(url)
+        .insert_header(("X-Reader-Id", reader_id))
+        .insert_header(("X-Timestamp", timestamp.to_string()))
+        .insert_header(("X-Signature", signature))
+        .insert_header(("Content-Type", "application/json"))
+}
+
 pub async fn signed_send(
     hub: &Hub,
     reader_id: &str,
@@ -507,20 +541,8 @@ pub async fn signed_send(
     path: &str,
     body: String,
 ) -> Reply {
-    let mut res = client()
-        .post(hub.url(path))
-        .insert_header(("X-Reader-Id", reader_id))
-        .insert_header(("X-Timestamp", timestamp.to_string()))
-        .insert_header(("X-Signature", signature))
-        .insert_header(("Content-Type", "application/json"))
-        .send_body(body)
-        .await
-        .expect("request");
-    let bytes = res.body().limit(4 << 20).await.expect("body");
-    Reply {
-        status: res.status().as_u16(),
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
+    let req = signed_request(&hub.url(path), reader_id, timestamp, signature);
+    try_send_raw(req, body).await.expect("request")
 }
 
 /// A PostgreSQL server of the test's own (the machine's binaries, a temporary data directory,

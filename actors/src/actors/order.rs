@@ -201,7 +201,8 @@ impl Handler<Command> for OrderActor {
     fn handle(&mut self, msg: Command, _: &mut Context<Self>) -> Self::Result {
         // A refusal may come from a view another node has moved past: before saying no,
         // read the committed order once.
-        let refused = self.decide_command(&msg).is_err();
+        let first = self.decide_command(&msg);
+        let refused = first.is_err();
         let (store, id) = (self.store.clone(), self.order.id.clone());
         AtomicResponse::new(Box::pin(
             async move {
@@ -213,11 +214,14 @@ impl Handler<Command> for OrderActor {
             }
             .into_actor(self)
             .then(move |fresh, act, ctx| {
-                if let Some(order) = fresh.filter(|o| o.version > act.order.version) {
-                    act.order = order;
-                    act.arm_timers(ctx);
-                }
-                let decided = act.decide_command(&msg);
+                let decided = match fresh.filter(|o| o.version > act.order.version) {
+                    Some(order) => {
+                        act.order = order;
+                        act.arm_timers(ctx);
+                        act.decide_command(&msg)
+                    }
+                    None => first,
+                };
                 let store = act.store.clone();
                 // Atomic: the next command waits until this one is committed or refused.
                 async move { store.commit_transition(decided?).await }.into_actor(act)
