@@ -1,47 +1,115 @@
-//! Baselines measured in the same run as the hub, so that goals are ratios on this machine:
-//! a bare actix-web hello-world (in this process, on its own thread and two workers) against
-//! the hub's HTTP path without the database (an authenticated request refused at validation:
-//! request id, metrics, rate limit, JWT, routing and the error body, no database). Rounds
-//! alternate the two and the report gives medians.
+//! Baselines measured in the same run as the hub, so that every goal is a ratio on this
+//! machine. The bare servers and the raw inserts run in a child process (`bare-server`)
+//! pinned, like the hub, to CPU 0; this driver runs on CPU 1. Rounds alternate bare and hub;
+//! the report gives medians, plus the driver's own CPU so that a driver-bound round shows.
+//!
+//! - HTTP path: hello-world against an authenticated request the hub refuses at validation
+//!   (request id, access log, metrics, rate limit, JWT, routing, error body; no database).
+//! - Durable intake: 16 clients placing orders (each committed with its outbox rows, then
+//!   201) against 16 clients inserting an order row and an outbox row per transaction, and
+//!   batched, through the same driver.
+//! - Fan-out: frames per second to many sockets on one kitchen against the bare broadcast
+//!   server's; and the bare server's publish -> frame p99 with 10 sockets at a fixed rate,
+//!   which with one client's commit p99 gives the scan -> dashboard budget.
+//! - Idle sockets: hub memory per authenticated, subscribed socket against the bare server's.
 
-use crate::hub::{Target, client};
-use actix_web::{App, HttpResponse, HttpServer, web};
+use crate::hub::{self, StartedHub, Target, client, created};
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::cell::Cell;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Connections kept busy by the closed-loop driver.
+/// Connections kept busy by the closed-loop HTTP driver.
 const CLIENTS: usize = 32;
+/// Independent writers in the intake comparison.
+const WRITERS: usize = 16;
+/// Orders per transaction in the batched raw-insert run.
+const BATCH: usize = 32;
+/// Publishers in the fan-out comparison.
+const PUBLISHERS: usize = 4;
+/// Sockets per kitchen when timing publish -> frame.
+const LATENCY_SOCKETS: usize = 10;
+/// Messages a second when timing publish -> frame.
+const LATENCY_RATE: f64 = 200.0;
 
-/// Starts the hello-world server; returns its base URL.
-fn hello_world() -> anyhow::Result<String> {
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The comparisons, to run some alone (e.g. under a profiler).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Http,
+    Intake,
+    Fanout,
+    Idle,
+}
+
+pub struct Options {
+    pub parts: Vec<Part>,
+    pub rounds: usize,
+    pub seconds: u64,
+    pub backend: Backend,
+    /// The PostgreSQL server's maintenance database, for scratch databases.
+    pub postgres_url: String,
+    pub fanout_sockets: usize,
+    pub idle_sockets: usize,
+    pub pin: bool,
+}
+
+/// A child process killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pins every thread of `pid` (and those it starts later) to one CPU.
+fn pin(pid: u32, cpu: usize) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts this tool's bare server; returns it and its base URL.
+fn bare_server() -> anyhow::Result<(Guard, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("bare-server")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the bare server")?;
+    let stdout = child.stdout.take().context("bare server stdout")?;
+    let guard = Guard(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let ran = actix_web::rt::System::new().block_on(async move {
-            let server = HttpServer::new(|| {
-                App::new().route(
-                    "/hello",
-                    web::get().to(|| async { HttpResponse::Ok().body("hello") }),
-                )
-            })
-            .workers(2)
-            .bind("127.0.0.1:0")?;
-            let port = server.addrs().first().map(|a| a.port()).unwrap_or_default();
-            let _ = tx.send(port);
-            server.run().await
-        });
-        if let Err(e) = ran {
-            eprintln!("tiffin-load: hello-world server: {e}");
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(port) = line.strip_prefix("bare listening on ") {
+                let _ = tx.send(port.to_owned());
+            }
         }
     });
-    let port = rx.recv_timeout(Duration::from_secs(10))?;
-    Ok(format!("http://127.0.0.1:{port}"))
+    let port = rx
+        .recv_timeout(Duration::from_secs(20))
+        .context("the bare server did not start")?;
+    Ok((guard, format!("http://127.0.0.1:{port}")))
 }
 
 /// Requests per second that `CLIENTS` connections get through in `length`, each sending the
 /// next request as soon as the last is answered (closed loop: the server's capacity).
-async fn capacity(url: String, token: Option<String>, expect: u16, length: Duration) -> f64 {
+async fn capacity(url: String, token: Option<String>, expect: u16, length: Duration) -> (f64, u64) {
     let done = Rc::new(Cell::new(0u64));
     let wrong = Rc::new(Cell::new(0u64));
     let until = Instant::now() + length;
@@ -69,41 +137,755 @@ async fn capacity(url: String, token: Option<String>, expect: u16, length: Durat
     if wrong.get() > 0 {
         eprintln!("tiffin-load: {} unexpected answers from {url}", wrong.get());
     }
-    done.get() as f64 / started.elapsed().as_secs_f64()
+    (
+        done.get() as f64 / started.elapsed().as_secs_f64(),
+        done.get(),
+    )
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// A server's CPU microseconds per request over a capacity run: its efficiency, which the
+/// driver's own limit does not hide.
+async fn serve_cost(
+    pid: Option<u32>,
+    run: impl Future<Output = (f64, u64)>,
+) -> (f64, Option<f64>, f64) {
+    let cpu = |pid: Option<u32>| pid.and_then(hub::usage).map(|(cpu, _)| cpu);
+    let before = cpu(pid);
+    let ((rate, done), busy) = timed(run).await;
+    let per_request = match (before, cpu(pid)) {
+        (Some(a), Some(b)) if done > 0 => Some((b - a) * 1e6 / done as f64),
+        _ => None,
+    };
+    (rate, per_request, busy)
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub async fn run(target: &Target, rounds: usize, seconds: u64) -> anyhow::Result<Value> {
-    let hello = format!("{}/hello", hello_world()?);
-    let hub = format!("{}/api/v1/orders/not-an-id", target.url);
-    let length = Duration::from_secs(seconds);
-    let (mut bare, mut ours) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        bare.push(capacity(hello.clone(), None, 200, length).await);
-        ours.push(capacity(hub.clone(), Some(target.admin_token.clone()), 400, length).await);
-        eprintln!(
-            "tiffin-load: baseline round {}: hello-world {:.0}/s, hub HTTP path {:.0}/s",
-            round + 1,
-            bare[round],
-            ours[round]
-        );
+/// A school of the intake and fan-out runs.
+struct School {
+    id: String,
+    meal: String,
+    staff: String,
+    students: Vec<String>,
+}
+
+/// `n` schools, each with a meal, a kitchen-staff member (signed in) and a few students
+/// with a guardian each, so that an order commits the same rows as in a rush.
+async fn seed(target: &Target, n: usize) -> anyhow::Result<Vec<School>> {
+    let c = client();
+    let admin = &target.admin_token;
+    let url = |p: &str| format!("{}{p}", target.url);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut schools = Vec::new();
+    for s in 0..n {
+        let school = created(
+            c.post(url("/api/v1/schools")).bearer_auth(admin),
+            json!({"name": format!("Baseline school {s} ({})", &run[..8]), "time_zone": "America/Chicago"}),
+        )
+        .await
+        .context("creating a school (is the admin token right?)")?;
+        let id = school["id"].as_str().context("school id")?.to_owned();
+        let meal = created(
+            c.post(url(&format!("/api/v1/schools/{id}/meals")))
+                .bearer_auth(admin),
+            json!({"name": "Baseline soup", "price_cents": 300}),
+        )
+        .await?;
+        let login = format!("baseline-{run}-{s}@load.test");
+        created(
+            c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
+            json!({"role": "kitchen_staff", "display_name": "Kitchen", "email": login, "password": "baseline-pass"}),
+        )
+        .await?;
+        let signed_in = created(
+            c.post(url("/api/v1/auth/login")),
+            json!({"login": login, "password": "baseline-pass"}),
+        )
+        .await?;
+        let mut students = Vec::new();
+        for k in 0..4 {
+            let student = created(
+                c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
+                json!({"role": "student", "display_name": format!("Student {k}"), "email": format!("baseline-{run}-{s}-{k}@load.test")}),
+            )
+            .await?;
+            let student = student["id"].as_str().context("student id")?.to_owned();
+            let guardian = created(
+                c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
+                json!({"role": "guardian", "display_name": format!("Guardian {k}"), "email": format!("baseline-{run}-{s}-g{k}@load.test")}),
+            )
+            .await?;
+            created(
+                c.post(url(&format!("/api/v1/schools/{id}/guardian-links")))
+                    .bearer_auth(admin),
+                json!({"guardian_id": guardian["id"], "student_id": student, "relationship": "parent"}),
+            )
+            .await?;
+            students.push(student);
+        }
+        schools.push(School {
+            id,
+            meal: meal["id"].as_str().context("meal id")?.to_owned(),
+            staff: signed_in["access_token"]
+                .as_str()
+                .context("staff token")?
+                .to_owned(),
+            students,
+        });
     }
-    let (bare, ours) = (median(&mut bare), median(&mut ours));
-    let ratio = ours / bare.max(1e-9);
+    Ok(schools)
+}
+
+/// Orders placed (201) per second by one closed-loop client per given school.
+async fn place_orders(url: &str, schools: &[&School], length: Duration) -> (f64, u64) {
+    let refused = Rc::new(Cell::new(0u64));
+    let until = Instant::now() + length;
+    let started = Instant::now();
+    let clients = schools.iter().map(|school| {
+        let refused = refused.clone();
+        async move {
+            let c = client();
+            let mut placed = 0u64;
+            while Instant::now() < until {
+                let student = &school.students[placed as usize % school.students.len()];
+                let body = json!({"student_id": student, "items": [{"meal_id": school.meal, "quantity": 1}]});
+                let outcome = hub::call(
+                    c.post(format!("{url}/api/v1/schools/{}/orders", school.id))
+                        .bearer_auth(&school.staff),
+                    &body,
+                )
+                .await;
+                match outcome {
+                    Ok((201, _)) => placed += 1,
+                    other => {
+                        refused.set(refused.get() + 1);
+                        if refused.get() == 1 {
+                            eprintln!(
+                                "tiffin-load: an order was refused: {}",
+                                hub::code_of(&other)
+                            );
+                        }
+                    }
+                }
+            }
+            placed
+        }
+    });
+    let placed: u64 = futures_util::future::join_all(clients).await.iter().sum();
+    (
+        placed as f64 / started.elapsed().as_secs_f64(),
+        refused.get(),
+    )
+}
+
+/// Frames seen by a set of sockets: how many, and when the last arrived.
+#[derive(Default)]
+struct Seen {
+    frames: Cell<u64>,
+    last: Cell<Option<Instant>>,
+    bytes: Cell<usize>,
+}
+
+/// Opens `n` sockets to `ws_url`; each subscribes with `subscribe` (if any) and counts the
+/// text frames for which `counts` holds. Returns once every socket is subscribed (or
+/// connected, for the bare server), with the reader tasks to abort.
+async fn open_sockets(
+    ws_url: String,
+    n: usize,
+    subscribe: Option<String>,
+    seen: Rc<Seen>,
+    counts: fn(&[u8]) -> bool,
+) -> anyhow::Result<Vec<actix_web::rt::task::JoinHandle<()>>> {
+    let mut tasks = Vec::with_capacity(n);
+    let ready = Rc::new(Cell::new(0usize));
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let opened = futures_util::future::join_all(chunk.iter().map(|_| {
+            client()
+                .ws(ws_url.as_str())
+                .max_frame_size(8 << 20)
+                .connect()
+        }))
+        .await;
+        for socket in opened {
+            let (_, mut socket) = socket.map_err(|e| anyhow::anyhow!("socket: {e}"))?;
+            if let Some(subscribe) = &subscribe {
+                socket
+                    .send(awc::ws::Message::Text(subscribe.clone().into()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?;
+            } else {
+                ready.set(ready.get() + 1);
+            }
+            let (seen, ready) = (seen.clone(), ready.clone());
+            tasks.push(actix_web::rt::spawn(async move {
+                while let Some(Ok(frame)) = socket.next().await {
+                    match frame {
+                        awc::ws::Frame::Text(text) => {
+                            if contains(&text, br#""type":"subscribed""#) {
+                                ready.set(ready.get() + 1);
+                            } else if counts(&text) {
+                                seen.frames.set(seen.frames.get() + 1);
+                                seen.last.set(Some(Instant::now()));
+                                seen.bytes.set(text.len());
+                            }
+                        }
+                        awc::ws::Frame::Ping(p) => {
+                            let _ = socket.send(awc::ws::Message::Pong(p)).await;
+                        }
+                        _ => {}
+                    }
+                }
+            }));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready.get() < n {
+        if Instant::now() > deadline {
+            bail!("only {} of {n} sockets subscribed", ready.get());
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(tasks)
+}
+
+fn close(tasks: Vec<actix_web::rt::task::JoinHandle<()>>) {
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// Waits for `expected` frames (at most 10 s more); frames per second from `started` to
+/// the last arrival.
+async fn frames_per_sec(seen: &Seen, expected: u64, started: Instant) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.frames.get() < expected && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end = seen.last.get().unwrap_or(started);
+    seen.frames.get() as f64 / end.duration_since(started).as_secs_f64().max(1e-9)
+}
+
+fn contains(text: &[u8], needle: &[u8]) -> bool {
+    text.windows(needle.len()).any(|w| w == needle)
+}
+
+fn is_order_placed(text: &[u8]) -> bool {
+    contains(text, br#""type":"order.placed""#)
+}
+
+fn any_text(_: &[u8]) -> bool {
+    true
+}
+
+/// The hub's fan-out: `sockets` kitchen screens on one school while `PUBLISHERS` clients
+/// place orders there; frames per second, and one frame's size.
+async fn hub_fanout(
+    target: &Target,
+    school: &School,
+    sockets: usize,
+    length: Duration,
+) -> anyhow::Result<(f64, usize)> {
+    let seen = Rc::new(Seen::default());
+    let ws = format!(
+        "{}/api/v1/ws?access_token={}",
+        target.url.replacen("http", "ws", 1),
+        school.staff
+    );
+    let subscribe = json!({"type": "subscribe", "topic": format!("kitchen:{}", school.id)});
+    let tasks = open_sockets(
+        ws,
+        sockets,
+        Some(subscribe.to_string()),
+        seen.clone(),
+        is_order_placed,
+    )
+    .await?;
+    let started = Instant::now();
+    let publishers: Vec<&School> = (0..PUBLISHERS).map(|_| school).collect();
+    let (per_sec, _) = place_orders(&target.url, &publishers, length).await;
+    let placed = (per_sec * started.elapsed().as_secs_f64()).round() as u64;
+    let rate = frames_per_sec(&seen, placed * sockets as u64, started).await;
+    close(tasks);
+    Ok((rate, seen.bytes.get()))
+}
+
+/// The bare server's fan-out: the same sockets and publishers, the same frame size.
+async fn bare_fanout(
+    bare: &str,
+    sockets: usize,
+    frame_bytes: usize,
+    length: Duration,
+) -> anyhow::Result<f64> {
+    let seen = Rc::new(Seen::default());
+    let ws = format!("{}/ws", bare.replacen("http", "ws", 1));
+    let tasks = open_sockets(ws, sockets, None, seen.clone(), any_text).await?;
+    let body = "x".repeat(frame_bytes.max(1));
+    let until = Instant::now() + length;
+    let started = Instant::now();
+    let publishers = (0..PUBLISHERS).map(|_| {
+        let body = body.clone();
+        async move {
+            let c = client();
+            let mut sent = 0u64;
+            while Instant::now() < until {
+                if let Ok(mut res) = c
+                    .post(format!("{bare}/publish"))
+                    .send_body(body.clone())
+                    .await
+                {
+                    let _ = res.body().await;
+                    sent += 1;
+                }
+            }
+            sent
+        }
+    });
+    let sent: u64 = futures_util::future::join_all(publishers)
+        .await
+        .iter()
+        .sum();
+    let rate = frames_per_sec(&seen, sent * sockets as u64, started).await;
+    close(tasks);
+    Ok(rate)
+}
+
+/// The bare server's publish -> frame p99 (ms) with `LATENCY_SOCKETS` sockets, messages sent
+/// at `LATENCY_RATE` a second for `length` and timed from when each was due.
+async fn bare_fanout_p99(bare: &str, length: Duration) -> anyhow::Result<f64> {
+    let ws = format!("{}/ws", bare.replacen("http", "ws", 1));
+    let latency = Rc::new(std::cell::RefCell::new(
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?,
+    ));
+    let due = Rc::new(std::cell::RefCell::new(Vec::<Instant>::new()));
+    // Each socket times its frames against the due time of the message they carry.
+    let mut tasks = Vec::new();
+    for _ in 0..LATENCY_SOCKETS {
+        let (_, mut socket) = client()
+            .ws(ws.as_str())
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("socket: {e}"))?;
+        let (latency, due) = (latency.clone(), due.clone());
+        tasks.push(actix_web::rt::spawn(async move {
+            while let Some(Ok(frame)) = socket.next().await {
+                if let awc::ws::Frame::Text(text) = frame {
+                    let n: Option<usize> = std::str::from_utf8(&text)
+                        .ok()
+                        .and_then(|t| t.split(':').next())
+                        .and_then(|k| k.parse().ok());
+                    if let Some(at) = n.and_then(|n| due.borrow().get(n).copied()) {
+                        let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        let _ = latency.borrow_mut().record(us.clamp(1, 60_000_000));
+                    }
+                }
+            }
+        }));
+    }
+    let count = (LATENCY_RATE * length.as_secs_f64()) as usize;
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut sends = Vec::new();
+    for k in 0..count {
+        let at = start + Duration::from_secs_f64(k as f64 / LATENCY_RATE);
+        actix_web::rt::time::sleep_until(at.into()).await;
+        due.borrow_mut().push(at);
+        let body = format!("{k}:{}", "x".repeat(500));
+        let url = format!("{bare}/publish");
+        sends.push(actix_web::rt::spawn(async move {
+            if let Ok(mut res) = client().post(url).send_body(body).await {
+                let _ = res.body().await;
+            }
+        }));
+    }
+    for send in sends {
+        let _ = send.await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (latency.borrow().len() as usize) < count * LATENCY_SOCKETS && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    close(tasks);
+    let p99 = latency.borrow().value_at_quantile(0.99) as f64 / 1000.0;
+    Ok(p99)
+}
+
+/// Resident memory now, in KiB (Linux /proc).
+fn rss_kib(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Memory per idle socket (KiB): the server's resident memory before and after `n` sockets
+/// (hub: authenticated and subscribed to a kitchen), settled.
+async fn idle_socket_kib(
+    pid: u32,
+    ws_url: &str,
+    n: usize,
+    subscribe: Option<String>,
+) -> anyhow::Result<f64> {
+    let before = rss_kib(pid).context("server memory")?;
+    let tasks = open_sockets(
+        ws_url.to_owned(),
+        n,
+        subscribe,
+        Rc::new(Seen::default()),
+        any_text,
+    )
+    .await?;
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid).context("server memory")?;
+    close(tasks);
+    // Let the server see the sockets go before the next measurement.
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    Ok((after - before) / n as f64)
+}
+
+/// What the bare server measures of raw inserts, in its pinned process.
+#[derive(serde::Serialize, Deserialize)]
+pub struct RawRequest {
+    pub url: String,
+    pub postgres: bool,
+    pub clients: usize,
+    pub batch: usize,
+    pub millis: u64,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+pub struct RawAnswer {
+    pub orders_per_sec: f64,
+    pub txn_p50_ms: f64,
+    pub txn_p99_ms: f64,
+}
+
+async fn raw(bare: &str, request: &RawRequest) -> anyhow::Result<RawAnswer> {
+    let (status, body) = hub::reply(
+        awc::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .finish()
+            .post(format!("{bare}/raw"))
+            .send_json(request)
+            .await,
+    )
+    .await?;
+    if status != 200 {
+        bail!("raw inserts failed: {body}");
+    }
+    Ok(serde_json::from_value(body)?)
+}
+
+/// Our own CPU seconds so far.
+fn own_cpu() -> f64 {
+    hub::usage(std::process::id()).map_or(0.0, |(cpu, _)| cpu)
+}
+
+/// Runs `f` and returns its value with the driver's cores busy meanwhile.
+async fn timed<T>(f: impl Future<Output = T>) -> (T, f64) {
+    let (cpu, at) = (own_cpu(), Instant::now());
+    let value = f.await;
+    (
+        value,
+        (own_cpu() - cpu) / at.elapsed().as_secs_f64().max(1e-9),
+    )
+}
+
+#[derive(Default)]
+struct Series(std::collections::BTreeMap<&'static str, Vec<f64>>);
+
+impl Series {
+    fn push(&mut self, name: &'static str, value: f64) {
+        self.0.entry(name).or_default().push(value);
+    }
+    fn medians(&mut self) -> std::collections::BTreeMap<&'static str, f64> {
+        self.0
+            .iter_mut()
+            .map(|(name, values)| (*name, median(values)))
+            .collect()
+    }
+}
+
+/// A hub for the baselines: the one given by URL, or one the tool starts on the chosen
+/// backend (a scratch PostgreSQL database, dropped with it).
+struct Hub {
+    target: Target,
+    started: Option<StartedHub>,
+    database: Option<String>,
+}
+
+impl Hub {
+    async fn start(
+        hub_args: &crate::HubArgs,
+        options: &Options,
+        sink: &crate::sink::SmtpSink,
+    ) -> anyhow::Result<Hub> {
+        let (target, started, database) = match (&hub_args.url, options.backend) {
+            (Some(_), _) | (None, Backend::Sqlite) => {
+                let (target, started) = hub_args.target(Some(sink))?;
+                (target, started, None)
+            }
+            (None, Backend::Postgres) => {
+                let name = format!("tiffin_load_hub_{}", uuid::Uuid::new_v4().simple());
+                crate::raw::create_database(&options.postgres_url, &name).await?;
+                let mut env = sink.hub_env();
+                env.push((
+                    "TIFFIN_DATABASE_URL".to_owned(),
+                    crate::raw::database_url(&options.postgres_url, &name),
+                ));
+                let started = StartedHub::start(&hub_args.hub_bin, env)?;
+                (started.target(), Some(started), Some(name))
+            }
+        };
+        Ok(Hub {
+            target,
+            started,
+            database,
+        })
+    }
+
+    async fn stop(self, options: &Options) {
+        drop(self.started);
+        if let Some(name) = self.database
+            && let Err(e) = crate::raw::drop_database(&options.postgres_url, &name).await
+        {
+            eprintln!("tiffin-load: could not drop {name}: {e:#}");
+        }
+    }
+}
+
+pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result<Value> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut pinned = options.pin && cores >= 2 && pin(std::process::id(), 1);
+    let mut pin_servers = |hub: &Hub, bare: &Guard| {
+        pinned = pinned && pin(bare.0.id(), 0) && hub.target.pid.is_some_and(|pid| pin(pid, 0));
+    };
+    let sink = crate::sink::SmtpSink::start()?;
+    let hub = Hub::start(hub_args, options, &sink).await?;
+    let (bare_guard, bare) = bare_server()?;
+    pin_servers(&hub, &bare_guard);
+    let outcome = measure(&hub.target, &bare, bare_guard.0.id(), options).await;
+    hub.stop(options).await;
+    drop(bare_guard);
+    let mut report = outcome?;
+
+    // Idle sockets on fresh processes: memory the rounds freed would hide the sockets' cost.
+    if options.idle_sockets > 0 && options.parts.contains(&Part::Idle) {
+        let hub = Hub::start(hub_args, options, &sink).await?;
+        let (bare_guard, bare) = bare_server()?;
+        pin_servers(&hub, &bare_guard);
+        let measured = idle_sockets(&hub.target, &bare, bare_guard.0.id(), options).await;
+        hub.stop(options).await;
+        drop(bare_guard);
+        if let (Some(goal), Some(goals)) = (measured?, report["goals"].as_array_mut()) {
+            goals.push(goal);
+        }
+    }
+    report["pinned"] = json!(pinned);
+    report["cores"] = json!(cores);
+    Ok(report)
+}
+
+/// The idle-socket goal: hub memory per authenticated socket subscribed to a kitchen,
+/// against the bare server's per socket.
+async fn idle_sockets(
+    target: &Target,
+    bare: &str,
+    bare_pid: u32,
+    options: &Options,
+) -> anyhow::Result<Option<Value>> {
+    let n = options.idle_sockets;
+    let Some(pid) = target.pid else {
+        eprintln!("tiffin-load: no --hub-pid: hub memory per socket not measured");
+        return Ok(None);
+    };
+    let school = seed(target, 1).await?;
+    let school = school.first().context("seeded school")?;
+    let ws = format!(
+        "{}/api/v1/ws?access_token={}",
+        target.url.replacen("http", "ws", 1),
+        school.staff
+    );
+    let subscribe = json!({"type": "subscribe", "topic": format!("kitchen:{}", school.id)});
+    // A few sockets first, so that one-off costs (buffers, the kitchen actor) are not counted.
+    idle_socket_kib(pid, &ws, 16, Some(subscribe.to_string())).await?;
+    let hub_kib = idle_socket_kib(pid, &ws, n, Some(subscribe.to_string())).await?;
+    let bare_ws = format!("{}/ws", bare.replacen("http", "ws", 1));
+    idle_socket_kib(bare_pid, &bare_ws, 16, None).await?;
+    let bare_kib = idle_socket_kib(bare_pid, &bare_ws, n, None).await?;
+    let density = bare_kib / hub_kib.max(1e-9);
+    Ok(Some(json!({
+        "goal": format!("idle authenticated WebSocket <= 25 KB at {n} sockets, >= 0.6x the bare server's density"),
+        "hub_kib_per_socket": hub_kib,
+        "bare_kib_per_socket": bare_kib,
+        "ratio": density,
+        "met": hub_kib * 1.024 <= 25.0 && density >= 0.6,
+    })))
+}
+
+async fn measure(
+    target: &Target,
+    bare: &str,
+    bare_pid: u32,
+    options: &Options,
+) -> anyhow::Result<Value> {
+    let length = Duration::from_secs(options.seconds);
+    let postgres = options.backend == Backend::Postgres;
+    let schools = seed(target, WRITERS).await?;
+    let scratch = match options.backend {
+        Backend::Sqlite => crate::raw::Scratch::sqlite().await?,
+        Backend::Postgres => crate::raw::Scratch::postgres(&options.postgres_url).await?,
+    };
+    let raw_request = |clients, batch| RawRequest {
+        url: scratch.url(),
+        postgres,
+        clients,
+        batch,
+        millis: length.as_millis() as u64,
+    };
+    let mut s = Series::default();
+    let hello = format!("{bare}/hello");
+    let refused_path = format!("{}/api/v1/orders/not-an-id", target.url);
+    let all: Vec<&School> = schools.iter().collect();
+    let mut frame_bytes = 600;
+    let outcome = async {
+        for round in 1..=options.rounds {
+            let mut line = format!("tiffin-load: baseline round {round}:");
+            if options.parts.contains(&Part::Http) {
+                let (bare_rate, bare_cost, busy) =
+                    serve_cost(Some(bare_pid), capacity(hello.clone(), None, 200, length)).await;
+                s.push("hello_world_per_sec", bare_rate);
+                s.push("driver_cores_busy_hello_world", busy);
+                let (rate, cost, busy) = serve_cost(
+                    target.pid,
+                    capacity(
+                        refused_path.clone(),
+                        Some(target.admin_token.clone()),
+                        400,
+                        length,
+                    ),
+                )
+                .await;
+                s.push("hub_http_path_per_sec", rate);
+                s.push("driver_cores_busy_hub_http_path", busy);
+                if let (Some(bare_cost), Some(cost)) = (bare_cost, cost) {
+                    s.push("hello_world_cpu_us_per_request", bare_cost);
+                    s.push("hub_http_path_cpu_us_per_request", cost);
+                }
+                line += &format!(" http {rate:.0} vs {bare_rate:.0}/s;");
+            }
+            if options.parts.contains(&Part::Intake) {
+                let one = raw(bare, &raw_request(WRITERS, 1)).await?;
+                s.push("raw_insert_per_sec", one.orders_per_sec);
+                let batched = raw(bare, &raw_request(WRITERS, BATCH)).await?;
+                s.push("raw_insert_batched_per_sec", batched.orders_per_sec);
+                let single = raw(bare, &raw_request(1, 1)).await?;
+                s.push("raw_commit_p99_ms", single.txn_p99_ms);
+                let (intake, refused) = place_orders(&target.url, &all, length).await;
+                if refused > 0 {
+                    bail!("the hub refused {refused} orders during the intake run");
+                }
+                s.push("hub_intake_per_sec", intake);
+                line += &format!(
+                    " intake {intake:.0}/s vs raw {:.0}/s ({:.0}/s batched);",
+                    one.orders_per_sec, batched.orders_per_sec
+                );
+            }
+            if options.parts.contains(&Part::Fanout) {
+                let (hub_rate, bytes) =
+                    hub_fanout(target, &schools[0], options.fanout_sockets, length).await?;
+                frame_bytes = bytes.max(1);
+                s.push("hub_fanout_frames_per_sec", hub_rate);
+                let (bare_rate, busy) = timed(bare_fanout(
+                    bare,
+                    options.fanout_sockets,
+                    frame_bytes,
+                    length,
+                ))
+                .await;
+                let bare_rate = bare_rate?;
+                s.push("bare_fanout_frames_per_sec", bare_rate);
+                s.push("driver_cores_busy_bare_fanout", busy);
+                s.push("bare_fanout_p99_ms", bare_fanout_p99(bare, length).await?);
+                line += &format!(" fan-out {hub_rate:.0} vs {bare_rate:.0} frames/s;");
+            }
+            eprintln!("{line}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    scratch.drop_now().await;
+    outcome?;
+
+    let m = s.medians();
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    let ratio = |a: f64, b: f64| a / b.max(1e-9);
+    let http = ratio(get("hub_http_path_per_sec"), get("hello_world_per_sec"));
+    let intake_vs_raw = ratio(get("hub_intake_per_sec"), get("raw_insert_per_sec"));
+    let fanout = ratio(
+        get("hub_fanout_frames_per_sec"),
+        get("bare_fanout_frames_per_sec"),
+    );
+    // The scan -> dashboard goal's budget: twice (one commit + a bare fan-out).
+    let budget = match (m.get("raw_commit_p99_ms"), m.get("bare_fanout_p99_ms")) {
+        (Some(commit), Some(fanout)) => json!(2.0 * (commit + fanout)),
+        _ => Value::Null,
+    };
+    let (intake_goal, intake_name) = if postgres {
+        (
+            1.0,
+            "durable intake >= 1.0x raw 16-client order+outbox inserts (PostgreSQL)",
+        )
+    } else {
+        (
+            5.0,
+            "durable intake >= 5x raw one-row-per-transaction WAL inserts (SQLite)",
+        )
+    };
+    let mut goals = Vec::new();
+    if options.parts.contains(&Part::Http) {
+        // Hello-world's driver can run out of CPU before the server does: the CPU spent per
+        // request is the second judge.
+        let cpu = match (
+            m.get("hello_world_cpu_us_per_request"),
+            m.get("hub_http_path_cpu_us_per_request"),
+        ) {
+            (Some(bare), Some(hub)) => Some(bare / hub.max(1e-9)),
+            _ => None,
+        };
+        goals.push(json!({
+            "goal": "HTTP path without the database >= 0.6x hello-world",
+            "ratio": http,
+            "cpu_ratio": cpu,
+            "met": http >= 0.6 && cpu.is_none_or(|c| c >= 0.6),
+        }));
+    }
+    if options.parts.contains(&Part::Intake) {
+        goals.push(json!({"goal": intake_name, "ratio": intake_vs_raw, "met": intake_vs_raw >= intake_goal}));
+    }
+    if options.parts.contains(&Part::Fanout) {
+        goals.push(json!({"goal": "fan-out >= 0.5x the bare broadcast server", "ratio": fanout, "met": fanout >= 0.5}));
+    }
     Ok(json!({
         "mode": "baseline",
-        "clients": CLIENTS,
-        "rounds": rounds,
-        "seconds_per_round": seconds,
-        "hello_world_per_sec": bare,
-        "hub_http_path_per_sec": ours,
-        "ratio": ratio,
-        "goal": "hub HTTP path without the database >= 0.6x hello-world",
-        "goal_met": ratio >= 0.6,
+        "backend": if postgres { "postgres" } else { "sqlite" },
+        "rounds": options.rounds,
+        "seconds_per_round": options.seconds,
+        "http_clients": CLIENTS,
+        "writers": WRITERS,
+        "raw_batch": BATCH,
+        "fanout_sockets": options.fanout_sockets,
+        "fanout_frame_bytes": frame_bytes,
+        "idle_sockets": options.idle_sockets,
+        "medians": m,
+        "scan_to_dashboard_budget_ms": budget,
+        "goals": goals,
     }))
 }
 

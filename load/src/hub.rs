@@ -113,6 +113,8 @@ fn hub_env(dir: &Path) -> Vec<(String, String)> {
         ("TIFFIN_LIMITS__PER_IP__PER_MINUTE", "0".into()),
         ("TIFFIN_LIMITS__PER_USER__PER_MINUTE", "0".into()),
         ("TIFFIN_LIMITS__PER_READER__PER_MINUTE", "0".into()),
+        // Seeded sign-ins last the run: district profiles outlast the 15-minute default.
+        ("TIFFIN_ACCESS_TOKEN_TTL_SECS", (24 * 3600).to_string()),
         ("RUST_LOG", "warn".into()),
     ]
     .into_iter()

@@ -2,9 +2,11 @@
 //! URL, loopback only) and reports latency per hop, throughput and whether anything was lost
 //! or doubled. `tiffin-load compare A.json B.json` prints the differences between two runs.
 
+mod bare;
 mod baseline;
 mod hub;
 mod profile;
+mod raw;
 mod report;
 mod rush;
 mod sink;
@@ -26,21 +28,47 @@ struct Cli {
 enum Command {
     /// Prints the differences between two JSON reports, hop by hop.
     Compare { a: PathBuf, b: PathBuf },
-    /// Measures the baselines (a bare actix-web hello-world) against the hub's HTTP path
-    /// without the database, alternating rounds; writes baseline.json.
+    /// Measures the hub against bare servers and raw inserts in alternating rounds, pinned
+    /// to the same core, and says which goals hold; writes baseline.json.
     Baseline {
         #[command(flatten)]
         hub: HubArgs,
         /// Rounds of each, alternating.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Length of one round.
+        /// Length of one measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// The database of the hub the tool starts, and of the raw inserts.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        backend: baseline::Backend,
+        /// The PostgreSQL server (its maintenance database) for scratch databases, made for
+        /// the run and dropped after it.
+        #[arg(
+            long,
+            env = "TIFFIN_LOAD_POSTGRES_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        postgres_url: String,
+        /// Kitchen screens on one kitchen in the fan-out comparison.
+        #[arg(long, default_value_t = 200)]
+        fanout_sockets: usize,
+        /// Idle sockets for the memory comparison (0: skip it).
+        #[arg(long, default_value_t = 15_000)]
+        idle_sockets: usize,
+        /// Only these comparisons (e.g. one under a profiler); all by default.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<baseline::Part>,
+        /// Leave the processes unpinned.
+        #[arg(long)]
+        no_pin: bool,
         /// Where baseline.json goes.
         #[arg(long, default_value = "load-report")]
         out: PathBuf,
     },
+    /// The bare servers and raw inserts the baselines measure (started by `baseline`).
+    #[command(hide = true)]
+    BareServer,
 }
 
 /// Which hub: one given by URL, or one the tool starts.
@@ -126,8 +154,37 @@ async fn main() -> std::process::ExitCode {
             hub,
             rounds,
             seconds,
+            backend,
+            postgres_url,
+            fanout_sockets,
+            idle_sockets,
+            only,
+            no_pin,
             out,
-        }) => run_baseline(&hub, rounds, seconds, &out).await,
+        }) => {
+            let parts = if only.is_empty() {
+                vec![
+                    baseline::Part::Http,
+                    baseline::Part::Intake,
+                    baseline::Part::Fanout,
+                    baseline::Part::Idle,
+                ]
+            } else {
+                only
+            };
+            let options = baseline::Options {
+                parts,
+                rounds,
+                seconds,
+                backend,
+                postgres_url,
+                fanout_sockets,
+                idle_sockets,
+                pin: !no_pin,
+            };
+            run_baseline(&hub, &options, &out).await
+        }
+        Some(Command::BareServer) => bare::serve().await.map(|()| true),
         None => run(cli.run).await,
     };
     match outcome {
@@ -178,15 +235,13 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
 
 async fn run_baseline(
     hub: &HubArgs,
-    rounds: usize,
-    seconds: u64,
+    options: &baseline::Options,
     out: &PathBuf,
 ) -> anyhow::Result<bool> {
-    if rounds == 0 || seconds == 0 {
-        bail!("--rounds and --seconds must be at least 1");
+    if options.rounds == 0 || options.seconds == 0 || options.fanout_sockets == 0 {
+        bail!("--rounds, --seconds and --fanout-sockets must be at least 1");
     }
-    let (target, _started) = hub.target(None)?;
-    let report = baseline::run(&target, rounds, seconds).await?;
+    let report = baseline::run(hub, options).await?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out.join("baseline.json"), &json)?;

@@ -24,6 +24,21 @@ pub struct Profile {
     pub staff_batch: usize,
     /// The whole run gives up after this long.
     pub deadline_secs: u64,
+    /// Lunch waves (service windows) per school, each student's order in one of them; 0: the
+    /// schools have none and take orders at any time.
+    #[serde(default)]
+    pub waves_per_school: usize,
+    /// Readers of the first school that are offline during the pickup wave: they keep their
+    /// reads and post them afterwards as offline batches.
+    #[serde(default)]
+    pub offline_readers: usize,
+    /// Guardians per school who sign in and follow their children's orders on WebSocket (each
+    /// guardian has two children).
+    #[serde(default)]
+    pub guardian_apps_per_school: usize,
+    /// At the peak of the pickup wave every kitchen screen drops its socket and resumes.
+    #[serde(default)]
+    pub reconnect_storm: bool,
 }
 
 const BUILT_IN: [(&str, &str); 4] = [
@@ -66,6 +81,17 @@ impl Profile {
         if self.staff_batch == 0 {
             bail!("staff_batch must be at least 1");
         }
+        // Wave starts are a minute apart, all inside the school's day.
+        if self.waves_per_school > 12 {
+            bail!("waves_per_school must be at most 12");
+        }
+        if self.offline_readers > self.readers_per_school {
+            bail!("offline_readers must be at most readers_per_school");
+        }
+        // Guardian k has students 2k and 2k+1; the first orders_per_school students order.
+        if self.guardian_apps_per_school > self.orders_per_school().div_ceil(2) {
+            bail!("guardian_apps_per_school must be at most half the students who order");
+        }
         Ok(())
     }
 
@@ -101,6 +127,60 @@ mod tests {
         let m = Profile::load("district-m").unwrap();
         let orders = m.schools * m.orders_per_school();
         assert!((13_000..15_000).contains(&orders), "{orders}");
+        assert_eq!(m.waves_per_school, 4);
+        assert_eq!(m.schools * m.guardian_apps_per_school, 2_800);
+        // Every shipped file turns on the rush's extras, burst too (a file, not built in).
+        let burst: Profile = toml::from_str(include_str!("../profiles/burst.toml")).unwrap();
+        burst.check().unwrap();
+        let mut shipped: Vec<Profile> = BUILT_IN
+            .iter()
+            .map(|(name, _)| Profile::load(name).unwrap())
+            .collect();
+        shipped.push(burst);
+        for p in shipped {
+            assert!(p.waves_per_school > 0, "{}", p.name);
+            assert_eq!(p.offline_readers, 1, "{}", p.name);
+            assert!(p.guardian_apps_per_school > 0, "{}", p.name);
+            assert!(p.reconnect_storm, "{}", p.name);
+        }
+    }
+
+    #[test]
+    fn a_profile_without_the_newer_fields_still_parses() {
+        let old = r#"
+            name = "old"
+            schools = 1
+            students_per_school = 10
+            order_share = 1.0
+            readers_per_school = 1
+            reads_per_card = [3, 5]
+            dashboards_per_kitchen = 1
+            order_peak_per_sec = 10.0
+            scan_peak_per_sec = 10.0
+            staff_batch = 5
+            deadline_secs = 60
+        "#;
+        let p: Profile = toml::from_str(old).unwrap();
+        p.check().unwrap();
+        assert_eq!(
+            (
+                p.waves_per_school,
+                p.offline_readers,
+                p.guardian_apps_per_school
+            ),
+            (0, 0, 0)
+        );
+        assert!(!p.reconnect_storm);
+        let too_many_apps = Profile {
+            guardian_apps_per_school: 6,
+            ..p.clone()
+        };
+        assert!(too_many_apps.check().is_err());
+        let too_many_offline = Profile {
+            offline_readers: 2,
+            ..p
+        };
+        assert!(too_many_offline.check().is_err());
     }
 
     #[test]
