@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 type SqliteConn = SyncConnectionWrapper<diesel::SqliteConnection>;
 
 /// The hub's SQLite settings (src/db/mod.rs), so that both pay for the same durability.
-const SQLITE_SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+/// Per connection; the journal mode is set once, when the scratch file is made (changing it
+/// takes a lock that concurrent connections would fail on).
+const SQLITE_SETUP: &str =
+    "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+const SQLITE_WAL: &str = "PRAGMA journal_mode = WAL;";
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS raw_orders (id TEXT PRIMARY KEY, \
      school_id TEXT NOT NULL, student_id TEXT NOT NULL, state TEXT NOT NULL, \
@@ -76,7 +79,11 @@ impl Scratch {
 
     async fn setup(&self) -> anyhow::Result<()> {
         match self {
-            Scratch::Sqlite(_) => sqlite(&self.url()).await?.batch_execute(SCHEMA).await?,
+            Scratch::Sqlite(_) => {
+                let mut conn = sqlite(&self.url()).await?;
+                conn.batch_execute(SQLITE_WAL).await?;
+                conn.batch_execute(SCHEMA).await?
+            }
             Scratch::Postgres { .. } => {
                 AsyncPgConnection::establish(&self.url())
                     .await?
@@ -167,13 +174,17 @@ pub async fn measure(
         let mut orders = 0u64;
         let mut n = 0usize;
         macro_rules! drive {
-            ($conn:expr, $order_sql:expr, $outbox_sql:expr) => {{
+            ($conn:expr, $begin:expr, $order_sql:expr, $outbox_sql:expr) => {{
                 let mut conn = $conn;
                 while Instant::now() < until {
                     let began = Instant::now();
                     let first = n;
                     n += batch;
-                    conn.transaction(async |conn| {
+                    // Written out rather than diesel's `transaction`: SQLite takes its write
+                    // lock at BEGIN IMMEDIATE, under the busy timeout, so that 16 writers
+                    // queue instead of failing with "database is locked".
+                    conn.batch_execute($begin).await?;
+                    let inserted = async {
                         for i in first..first + batch {
                             let id = format!("{client}-{i}-{}", uuid::Uuid::now_v7().simple());
                             let at = chrono::Utc::now().to_rfc3339();
@@ -184,7 +195,7 @@ pub async fn measure(
                                 .bind::<Text, _>("placed")
                                 .bind::<BigInt, _>(400i64)
                                 .bind::<Text, _>(&at)
-                                .execute(conn)
+                                .execute(&mut conn)
                                 .await?;
                             sql_query($outbox_sql)
                                 .bind::<Text, _>(format!("{id}-receipt"))
@@ -193,12 +204,17 @@ pub async fn measure(
                                 .bind::<Text, _>(r#"{"template":"order_placed"}"#)
                                 .bind::<Text, _>("pending")
                                 .bind::<Text, _>(&at)
-                                .execute(conn)
+                                .execute(&mut conn)
                                 .await?;
                         }
                         Ok::<_, diesel::result::Error>(())
-                    })
-                    .await?;
+                    }
+                    .await;
+                    if let Err(e) = inserted {
+                        let _ = conn.batch_execute("ROLLBACK").await;
+                        return Err(e.into());
+                    }
+                    conn.batch_execute("COMMIT").await?;
                     let us = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
                     let _ = latency.record(us.clamp(1, 60_000_000));
                     orders += batch as u64;
@@ -208,11 +224,13 @@ pub async fn measure(
         match scratch {
             Scratch::Sqlite(_) => drive!(
                 sqlite(&scratch.url()).await?,
+                "BEGIN IMMEDIATE",
                 "INSERT INTO raw_orders VALUES (?, ?, ?, ?, ?, ?)",
                 "INSERT INTO raw_outbox VALUES (?, ?, ?, ?, ?, ?)"
             ),
             Scratch::Postgres { .. } => drive!(
                 AsyncPgConnection::establish(&scratch.url()).await?,
+                "BEGIN",
                 "INSERT INTO raw_orders VALUES ($1, $2, $3, $4, $5, $6)",
                 "INSERT INTO raw_outbox VALUES ($1, $2, $3, $4, $5, $6)"
             ),
