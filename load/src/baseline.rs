@@ -641,7 +641,7 @@ impl Hub {
     ) -> anyhow::Result<Hub> {
         let (target, started, database) = match (&hub_args.url, options.backend) {
             (Some(_), _) | (None, Backend::Sqlite) => {
-                let (target, started) = hub_args.target(Some(sink))?;
+                let (target, started) = hub_args.target(sink.hub_env())?;
                 (target, started, None)
             }
             (None, Backend::Postgres) => {
@@ -684,7 +684,7 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
     let mut pin_servers = |hub: &Hub, bare: &Guard| {
         pinned = pinned && pin(bare.0.id(), 0) && hub.target.pid.is_some_and(|pid| pin(pid, 0));
     };
-    let sink = crate::sink::SmtpSink::start()?;
+    let sink = crate::sink::SmtpSink::start(Duration::ZERO)?;
     let hub = Hub::start(hub_args, options, &sink).await?;
     let (bare_guard, bare) = bare_server()?;
     pin_servers(&hub, &bare_guard);

@@ -92,11 +92,11 @@ pub struct HubArgs {
 }
 
 impl HubArgs {
-    /// The target, and the hub the tool started for it (stopped when dropped), with its
-    /// email going to `sink`.
+    /// The target, and the hub the tool started for it (stopped when dropped) with these
+    /// settings added (where its email, push and SMS go).
     fn target(
         &self,
-        sink: Option<&sink::SmtpSink>,
+        env: Vec<(String, String)>,
     ) -> anyhow::Result<(hub::Target, Option<hub::StartedHub>)> {
         match &self.url {
             Some(url) => {
@@ -115,7 +115,6 @@ impl HubArgs {
                 ))
             }
             None => {
-                let env = sink.map(sink::SmtpSink::hub_env).unwrap_or_default();
                 let started = hub::StartedHub::start(&self.hub_bin, env)?;
                 Ok((started.target(), Some(started)))
             }
@@ -140,6 +139,10 @@ pub struct RunArgs {
     /// a hub that stalls from drowning the driver.
     #[arg(long, default_value_t = 4000)]
     pub max_outstanding: usize,
+    /// How long the tool's SMTP sink takes to accept each email (a slow provider; the
+    /// drain-rate goal uses 50).
+    #[arg(long, default_value_t = 0)]
+    pub sink_delay_ms: u64,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -213,13 +216,20 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     if !args.rate_scale.is_finite() || args.rate_scale <= 0.0 {
         bail!("--rate-scale must be positive");
     }
-    // A hub the tool starts sends its email to the tool's sink, which counts every delivery.
-    let sink = match args.hub.url {
+    // A hub the tool starts sends its email, push and SMS to the tool's sinks, which count
+    // every delivery.
+    let sinks = match args.hub.url {
         Some(_) => None,
-        None => Some(sink::SmtpSink::start()?),
+        None => Some(sink::Sinks::start(std::time::Duration::from_millis(
+            args.sink_delay_ms,
+        ))?),
     };
-    let (target, _started) = args.hub.target(sink.as_ref())?;
-    let report = rush::run(&profile, &args, &target, sink.as_ref()).await?;
+    let env = match &sinks {
+        Some(sinks) => sinks.hub_env()?,
+        None => Vec::new(),
+    };
+    let (target, _started) = args.hub.target(env)?;
+    let report = rush::run(&profile, &args, &target, sinks.as_ref()).await?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;

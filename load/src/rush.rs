@@ -14,7 +14,7 @@ use crate::profile::{Profile, arrival_at};
 use crate::report::{
     EVENT_TO_SINK, ORDER_POST, Recorder, SCAN_TO_DASHBOARD, SCAN_VERDICT, TRANSITION,
 };
-use crate::sink::SmtpSink;
+use crate::sink::Sinks;
 use anyhow::Context;
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, SecondsFormat, Utc, Weekday};
 use futures_util::future::{Either, select};
@@ -120,7 +120,7 @@ pub async fn run(
     profile: &Profile,
     args: &RunArgs,
     target: &Target,
-    sink: Option<&SmtpSink>,
+    sinks: Option<&Sinks>,
 ) -> anyhow::Result<Value> {
     let before = target.pid.and_then(usage);
     let seeding = Instant::now();
@@ -193,8 +193,8 @@ pub async fn run(
         progress.abort();
         eprintln!();
     }
-    let emails = match sink {
-        Some(sink) => account_emails(&run, &schools, sink).await,
+    let notifications = match sinks {
+        Some(sinks) => account_notifications(&run, &schools, sinks).await,
         None => Value::Null,
     };
     let after = target.pid.and_then(usage);
@@ -248,7 +248,7 @@ pub async fn run(
         && missing_frames == 0
         && apps_ok
         && run.dropped.get() == 0
-        && (emails.is_null() || emails["ok"] == true);
+        && (notifications.is_null() || notifications["ok"] == true);
     let hub = match (before, after) {
         (Some((cpu0, _)), Some((cpu1, peak))) => json!({
             "cpu_seconds": cpu1 - cpu0,
@@ -310,7 +310,7 @@ pub async fn run(
             "guardian_apps": guardian_apps,
             "sends_dropped": run.dropped.get(),
             "errors": errors,
-            "emails": emails,
+            "notifications": notifications,
         },
         "hub": hub,
     }))
@@ -446,6 +446,8 @@ async fn seed_school(
     let mut students = Vec::with_capacity(profile.students_per_school);
     let mut apps = Vec::new();
     let mut guardian_id = String::new();
+    // Phone numbers are unique: this run's differ from an earlier run's on the same hub.
+    let phone_salt = u32::from_str_radix(&run_id[..4], 16).unwrap_or_default() % 1000;
     for s in 0..profile.students_per_school {
         // No password: students of a load run never sign in; the kitchen takes their
         // pre-orders (a staff token naming the student), as a school's ordering system does.
@@ -466,9 +468,11 @@ async fn seed_school(
             let login = format!("load-{run_id}-{n}-g{s}@load.test");
             let mut body = json!({"role": "guardian", "display_name": format!("Guardian {s}"), "email": login});
             // Only guardians with the app get a password: the hub takes tens of ms to hash one.
+            // They also have a phone and take "ready" by SMS, so every channel is loaded.
             let with_app = s / 2 < profile.guardian_apps_per_school;
             if with_app {
                 body["password"] = json!(GUARDIAN_PASSWORD);
+                body["phone"] = json!(format!("+1{:03}{:07}", phone_salt, n * 1000 + s));
             }
             let guardian = created(
                 c.post(url(&format!("/api/v1/schools/{id}/users")))
@@ -481,6 +485,16 @@ async fn seed_school(
                 let token = sign_in(&target.url, &login, GUARDIAN_PASSWORD)
                     .await
                     .context("guardian token")?;
+                created(
+                    c.post(url("/api/v1/me/devices")).bearer_auth(&token),
+                    json!({"platform": "android", "token": format!("load-{run_id}-{n}-{s}")}),
+                )
+                .await?;
+                created(
+                    c.put(url("/api/v1/me/preferences")).bearer_auth(&token),
+                    json!({"preferences": [{"kind": "order_ready", "channel": "sms", "enabled": true}]}),
+                )
+                .await?;
                 apps.push(GuardianApp {
                     login,
                     token,
@@ -1429,13 +1443,16 @@ async fn show_progress(run: Rc<Run>) {
     }
 }
 
-/// Every email the hub committed for the run's orders, against what reached the sink: each
-/// sent one arrived, nothing uncommitted arrived, nothing arrived twice. Records the
-/// event -> sink latency (from the outbox row's creation to its arrival).
-async fn account_emails(run: &Rc<Run>, schools: &Rc<Vec<School>>, sink: &SmtpSink) -> Value {
+/// Every email, push and SMS the hub committed for the run's orders, against what reached
+/// the sinks: each sent one arrived, nothing uncommitted arrived, nothing arrived twice (SMS
+/// by count: Twilio's API carries no id of ours). Records event -> sink latency (from the
+/// outbox row's creation to its arrival) for email and push.
+async fn account_notifications(run: &Rc<Run>, schools: &Rc<Vec<School>>, sinks: &Sinks) -> Value {
+    const CHANNELS: [&str; 3] = ["email", "push", "sms"];
     let accepted = run.accepted.borrow().clone();
-    let mut committed = HashMap::new();
-    let mut sent = Vec::new();
+    // Channel -> outbox id -> when it was committed; and the ids sent.
+    let mut committed: HashMap<&str, HashMap<String, Option<DateTime<Utc>>>> = HashMap::new();
+    let mut sent: HashMap<&str, Vec<String>> = HashMap::new();
     let mut unreadable = 0;
     let settle = Instant::now() + Duration::from_secs(60);
     for (school, _, order) in &accepted {
@@ -1443,8 +1460,10 @@ async fn account_emails(run: &Rc<Run>, schools: &Rc<Vec<School>>, sink: &SmtpSin
         let rows = loop {
             let rows = call_get(&url, &schools[*school].staff).await;
             let pending = rows.as_ref().is_some_and(|rows| {
-                rows.iter()
-                    .any(|r| r["channel"] == "email" && r["status"] == "pending")
+                rows.iter().any(|r| {
+                    CHANNELS.contains(&r["channel"].as_str().unwrap_or_default())
+                        && r["status"] == "pending"
+                })
             });
             if !pending || Instant::now() > settle {
                 break rows;
@@ -1455,20 +1474,67 @@ async fn account_emails(run: &Rc<Run>, schools: &Rc<Vec<School>>, sink: &SmtpSin
             unreadable += 1;
             continue;
         };
-        for r in rows.iter().filter(|r| r["channel"] == "email") {
+        for r in &rows {
+            let Some(channel) = CHANNELS.iter().find(|c| r["channel"] == **c) else {
+                continue;
+            };
             let (Some(id), Some(created)) = (r["id"].as_str(), r["created_at"].as_str()) else {
                 continue;
             };
-            let created = chrono::DateTime::parse_from_rfc3339(created)
-                .map(|t| t.with_timezone(&chrono::Utc))
+            let created = DateTime::parse_from_rfc3339(created)
+                .map(|t| t.with_timezone(&Utc))
                 .ok();
-            committed.insert(id.to_owned(), created);
+            committed
+                .entry(channel)
+                .or_default()
+                .insert(id.to_owned(), created);
             if r["status"] == "sent" {
-                sent.push(id.to_owned());
+                sent.entry(channel).or_default().push(id.to_owned());
             }
         }
     }
-    let delivered = sink.deliveries();
+    let mut report = serde_json::Map::new();
+    let mut ok = unreadable == 0;
+    for channel in CHANNELS {
+        let committed = committed.remove(channel).unwrap_or_default();
+        let sent = sent.remove(channel).unwrap_or_default();
+        let value = match channel {
+            "sms" => {
+                let received = sinks.providers.sms_count();
+                let fine = received == sent.len();
+                ok &= fine;
+                json!({
+                    "ok": fine,
+                    "committed": committed.len(),
+                    "sent": sent.len(),
+                    "not_sent": committed.len() - sent.len(),
+                    "received": received,
+                })
+            }
+            _ => {
+                let delivered = match channel {
+                    "email" => sinks.smtp.deliveries(),
+                    _ => sinks.providers.push_deliveries(),
+                };
+                let (value, fine) = account_channel(run, &committed, &sent, &delivered);
+                ok &= fine;
+                value
+            }
+        };
+        report.insert(channel.to_owned(), value);
+    }
+    report.insert("ok".to_owned(), json!(ok));
+    report.insert("unreadable_orders".to_owned(), json!(unreadable));
+    Value::Object(report)
+}
+
+/// One channel counted by outbox id: what was sent against what arrived.
+fn account_channel(
+    run: &Run,
+    committed: &HashMap<String, Option<DateTime<Utc>>>,
+    sent: &[String],
+    delivered: &HashMap<String, Vec<DateTime<Utc>>>,
+) -> (Value, bool) {
     let missing = sent
         .iter()
         .filter(|id| !delivered.contains_key(*id))
@@ -1478,24 +1544,69 @@ async fn account_emails(run: &Rc<Run>, schools: &Rc<Vec<School>>, sink: &SmtpSin
         .filter(|id| !committed.contains_key(*id))
         .count();
     let twice = delivered.values().filter(|at| at.len() > 1).count();
-    let pending = committed.len() - sent.len();
     let mut recorder = run.recorder.borrow_mut();
-    for (id, arrivals) in &delivered {
+    for (id, arrivals) in delivered {
         if let (Some(Some(created)), Some(first)) = (committed.get(id), arrivals.first()) {
             let latency = (*first - *created).to_std().unwrap_or_default();
             recorder.ok(EVENT_TO_SINK, latency, false);
         }
     }
+    let created: Vec<_> = committed.values().flatten().copied().collect();
+    let arrived: Vec<_> = delivered
+        .values()
+        .filter_map(|a| a.first().copied())
+        .collect();
+    let fine = missing == 0 && stray == 0 && twice == 0;
+    (
+        json!({
+            "ok": fine,
+            "drain": drain_rates(&created, &arrived),
+            "committed": committed.len(),
+            "sent": sent.len(),
+            "not_sent": committed.len() - sent.len(),
+            "received": delivered.len(),
+            "sent_but_missing": missing,
+            "received_but_not_committed": stray,
+            "received_twice": twice,
+        }),
+        fine,
+    )
+}
+
+/// Intake against drain, from when each email was committed and when it arrived: the
+/// busiest five seconds of commits (per second), and the sink's deliveries per second in the
+/// seconds that began and ended with a backlog (the drain's capacity, not the intake's pace).
+fn drain_rates(
+    created: &[chrono::DateTime<chrono::Utc>],
+    arrived: &[chrono::DateTime<chrono::Utc>],
+) -> Value {
+    let Some(start) = created.iter().chain(arrived).min().copied() else {
+        return Value::Null;
+    };
+    let second = |t: &chrono::DateTime<chrono::Utc>| (*t - start).num_seconds().max(0) as usize;
+    let span = created.iter().chain(arrived).map(second).max().unwrap_or(0) + 1;
+    let (mut committed, mut delivered) = (vec![0u64; span], vec![0u64; span]);
+    created.iter().for_each(|t| committed[second(t)] += 1);
+    arrived.iter().for_each(|t| delivered[second(t)] += 1);
+    let intake_peak = committed
+        .windows(5.min(span))
+        .map(|w| w.iter().sum::<u64>() as f64 / w.len() as f64)
+        .fold(0.0, f64::max);
+    let mut backlog = 0i64;
+    let mut busy = Vec::new();
+    for s in 0..span {
+        let at_start = backlog;
+        backlog += committed[s] as i64 - delivered[s] as i64;
+        if at_start > 0 && backlog > 0 {
+            busy.push(delivered[s] as f64);
+        }
+    }
+    let capacity = (!busy.is_empty()).then(|| crate::baseline::median(&mut busy));
     json!({
-        "ok": unreadable == 0 && missing == 0 && stray == 0 && twice == 0,
-        "committed": committed.len(),
-        "sent": sent.len(),
-        "not_sent": pending,
-        "received": delivered.len(),
-        "sent_but_missing": missing,
-        "received_but_not_committed": stray,
-        "received_twice": twice,
-        "unreadable_orders": unreadable,
+        "intake_peak_per_sec": intake_peak,
+        "drain_per_sec_with_backlog": capacity,
+        "seconds_with_backlog": busy.len(),
+        "ratio": capacity.map(|c| c / intake_peak.max(1e-9)),
     })
 }
 
@@ -1509,6 +1620,23 @@ async fn call_get(url: &str, token: &str) -> Option<Vec<Value>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn drain_counts_only_seconds_with_a_backlog() {
+        let t0 = chrono::Utc::now();
+        let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+        // 100 emails committed in the first second, drained at 20 a second over 5 s.
+        let created: Vec<_> = (0..100).map(|i| at(i * 10)).collect();
+        let arrived: Vec<_> = (0..100).map(|i| at(i * 50 + 5)).collect();
+        let rates = drain_rates(&created, &arrived);
+        assert_eq!(rates["drain_per_sec_with_backlog"], 20.0);
+        assert_eq!(rates["intake_peak_per_sec"], 20.0);
+        assert_eq!(rates["seconds_with_backlog"], 3);
+        // A sink that keeps up never has a backlog to measure.
+        assert!(drain_rates(&created, &created)["drain_per_sec_with_backlog"].is_null());
+        assert!(drain_rates(&[], &[]).is_null());
+    }
+
     use super::*;
     use futures_util::future::FutureExt;
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// Outbox message id -> arrival times (more than one: delivered twice).
 pub type Deliveries = Arc<Mutex<HashMap<String, Vec<DateTime<Utc>>>>>;
@@ -19,6 +20,8 @@ pub struct SmtpSink {
 struct Counter {
     deliveries: Deliveries,
     data: Vec<u8>,
+    /// How long the sink takes to accept each message (a slow provider).
+    delay: Duration,
 }
 
 impl mailin::Handler for Counter {
@@ -33,6 +36,8 @@ impl mailin::Handler for Counter {
     }
 
     fn data_end(&mut self) -> mailin::Response {
+        // Each session is its own thread: sleeping holds up only this connection.
+        std::thread::sleep(self.delay);
         let at = Utc::now();
         let raw = String::from_utf8_lossy(&self.data);
         let id = raw
@@ -62,12 +67,14 @@ impl mailin::Handler for Counter {
 }
 
 impl SmtpSink {
-    pub fn start() -> anyhow::Result<SmtpSink> {
+    /// A sink that takes `delay` to accept each message.
+    pub fn start(delay: Duration) -> anyhow::Result<SmtpSink> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let counter = Counter {
             deliveries: Deliveries::default(),
             data: Vec::new(),
+            delay,
         };
         let deliveries = counter.deliveries.clone();
         std::thread::spawn(move || {
@@ -136,5 +143,203 @@ fn session(stream: TcpStream, counter: Counter) {
                 return;
             }
         }
+    }
+}
+
+/// Loopback FCM HTTP v1 and Twilio-style SMS servers that count every push (by the outbox
+/// message id it carries) and every SMS, as the SMTP sink counts email.
+pub struct ProviderSinks {
+    base: String,
+    pub push: Deliveries,
+    /// When each SMS arrived (Twilio's API carries no id of ours to count by).
+    pub sms: Arc<Mutex<Vec<DateTime<Utc>>>>,
+    dir: std::path::PathBuf,
+}
+
+const FCM_PROJECT: &str = "tiffin-load";
+const SMS_SID: &str = "ACload";
+const SMS_TOKEN: &str = "load-sms-token";
+const SMS_FROM: &str = "+15550000000";
+
+#[derive(Clone)]
+struct ProviderState {
+    push: Deliveries,
+    sms: Arc<Mutex<Vec<DateTime<Utc>>>>,
+    delay: Duration,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SmsForm {
+    to: String,
+    body: String,
+}
+
+impl ProviderSinks {
+    pub fn start(delay: Duration) -> anyhow::Result<ProviderSinks> {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        let state = ProviderState {
+            push: Deliveries::default(),
+            sms: Arc::default(),
+            delay,
+        };
+        let (push, sms) = (state.push.clone(), state.sms.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ran = actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(web::Data::new(state.clone()))
+                        .route(
+                            "/token",
+                            web::post().to(|| async {
+                                HttpResponse::Ok().json(serde_json::json!({
+                                    "access_token": "load-access-token",
+                                    "expires_in": 3600,
+                                    "token_type": "Bearer",
+                                }))
+                            }),
+                        )
+                        .route(
+                            "/v1/projects/{project}/messages:send",
+                            web::post().to(fcm_send),
+                        )
+                        .route(
+                            "/2010-04-01/Accounts/{sid}/Messages.json",
+                            web::post().to(sms_send),
+                        )
+                })
+                .workers(1)
+                .bind("127.0.0.1:0")?;
+                let port = server.addrs().first().map(|a| a.port()).unwrap_or_default();
+                let _ = tx.send(port);
+                server.run().await
+            });
+            if let Err(e) = ran {
+                eprintln!("tiffin-load: provider sinks: {e}");
+            }
+        });
+        let port = rx.recv_timeout(Duration::from_secs(10))?;
+        let dir =
+            std::env::temp_dir().join(format!("tiffin-load-fcm-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(ProviderSinks {
+            base: format!("http://127.0.0.1:{port}"),
+            push,
+            sms,
+            dir,
+        })
+    }
+
+    pub fn push_deliveries(&self) -> HashMap<String, Vec<DateTime<Utc>>> {
+        self.push
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn sms_count(&self) -> usize {
+        self.sms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// The hub's settings for both providers: a service account whose key is the test key in
+    /// tests/fixtures (it grants nothing) and whose token endpoint is this sink.
+    pub fn hub_env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let account = serde_json::json!({
+            "type": "service_account",
+            "project_id": FCM_PROJECT,
+            "private_key_id": "load",
+            "private_key": include_str!("../../tests/fixtures/fcm-test-key.pem"),
+            "client_email": "load@tiffin-load.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": format!("{}/token", self.base),
+        });
+        let path = self.dir.join("fcm-service-account.json");
+        std::fs::write(&path, account.to_string())?;
+        Ok([
+            (
+                "TIFFIN_PUSH__SERVICE_ACCOUNT_FILE",
+                path.display().to_string(),
+            ),
+            ("TIFFIN_PUSH__BASE_URL", self.base.clone()),
+            ("TIFFIN_SMS__BASE_URL", self.base.clone()),
+            ("TIFFIN_SMS__ACCOUNT_SID", SMS_SID.to_owned()),
+            ("TIFFIN_SMS__AUTH_TOKEN", SMS_TOKEN.to_owned()),
+            ("TIFFIN_SMS__FROM", SMS_FROM.to_owned()),
+            // The sinks are not under test: no client-side buckets in front of them.
+            ("TIFFIN_DELIVERY__PUSH__PER_SEC", "0".to_owned()),
+            ("TIFFIN_DELIVERY__SMS__PER_SEC", "0".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect())
+    }
+}
+
+impl Drop for ProviderSinks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn fcm_send(
+    body: actix_web::web::Json<serde_json::Value>,
+    state: actix_web::web::Data<ProviderState>,
+) -> actix_web::HttpResponse {
+    actix_web::rt::time::sleep(state.delay).await;
+    let id = body["message"]["data"]["notification_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    state
+        .push
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(id.clone())
+        .or_default()
+        .push(Utc::now());
+    actix_web::HttpResponse::Ok()
+        .json(serde_json::json!({"name": format!("projects/{FCM_PROJECT}/messages/{id}")}))
+}
+
+async fn sms_send(
+    form: actix_web::web::Form<SmsForm>,
+    state: actix_web::web::Data<ProviderState>,
+) -> actix_web::HttpResponse {
+    actix_web::rt::time::sleep(state.delay).await;
+    state
+        .sms
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Utc::now());
+    actix_web::HttpResponse::Created().json(serde_json::json!({
+        "sid": format!("SM{}", uuid::Uuid::new_v4().simple()),
+        "status": "queued",
+        "to": form.to,
+        "body": form.body,
+    }))
+}
+
+/// Every sink of a run the tool's own hub sends to.
+pub struct Sinks {
+    pub smtp: SmtpSink,
+    pub providers: ProviderSinks,
+}
+
+impl Sinks {
+    pub fn start(delay: Duration) -> anyhow::Result<Sinks> {
+        Ok(Sinks {
+            smtp: SmtpSink::start(delay)?,
+            providers: ProviderSinks::start(delay)?,
+        })
+    }
+
+    pub fn hub_env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut env = self.smtp.hub_env();
+        env.extend(self.providers.hub_env()?);
+        Ok(env)
     }
 }
