@@ -16,6 +16,9 @@ pub struct Profile {
     /// Raw reads a reader posts per card presented: uniformly between the two.
     pub reads_per_card: [usize; 2],
     pub dashboards_per_kitchen: usize,
+    /// Pickup boards (`board:` topic) per school, on WebSocket like the screens.
+    #[serde(default)]
+    pub boards_per_kitchen: usize,
     /// Order arrivals per second at the top of the pre-order wave.
     pub order_peak_per_sec: f64,
     /// Counter visits per second at the top of the pickup wave.

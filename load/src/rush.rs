@@ -151,8 +151,21 @@ pub async fn run(
     let storm = Rc::new(Storm::default());
     // The apps are not in the storm: theirs only tells them when the run is over.
     let apps_end = Rc::new(Storm::default());
-    let dashboards =
-        open_dashboards(&run, &schools, profile.dashboards_per_kitchen, &storm).await?;
+    let dashboards = open_dashboards(
+        &run,
+        &schools,
+        (profile.dashboards_per_kitchen, "kitchen"),
+        &storm,
+    )
+    .await?;
+    // Counter boards: the pickup screens, in the storm with the kitchen screens.
+    let boards = open_dashboards(
+        &run,
+        &schools,
+        (profile.boards_per_kitchen, "board"),
+        &storm,
+    )
+    .await?;
     let apps: RefCell<Vec<Rc<Follower>>> = RefCell::default();
     let progress = (!args.quiet).then(|| actix_web::rt::spawn(show_progress(run.clone())));
 
@@ -183,7 +196,10 @@ pub async fn run(
             .any(|d| !d.failed.get() && d.picked_up.borrow().len() < per_school[d.school])
             || apps
                 .iter()
-                .any(|a| !a.failed.get() && a.missing_orders() > 0))
+                .any(|a| !a.failed.get() && a.missing_orders() > 0)
+            || boards
+                .iter()
+                .any(|b| !b.failed.get() && (b.gone.get() as usize) < per_school[b.school]))
     {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
@@ -232,6 +248,17 @@ pub async fn run(
             }
         }
     }
+    let board_tally = Tally::of(&boards, storms);
+    // Every meal left its school's board once (replays after the storm included).
+    let boards_missing: usize = boards
+        .iter()
+        .map(|b| per_school[b.school].saturating_sub(b.gone.get() as usize))
+        .sum();
+    let boards_extra: usize = boards
+        .iter()
+        .map(|b| (b.gone.get() as usize).saturating_sub(per_school[b.school]))
+        .sum();
+    let boards_ok = board_tally.clean() && boards_missing == 0 && boards_extra == 0;
     let app_tally = Tally::of(&apps, 0);
     let app_orders: usize = apps.iter().map(|a| a.orders().count()).sum();
     let app_missing: usize = apps.iter().map(|a| a.missing_orders()).sum();
@@ -247,6 +274,7 @@ pub async fn run(
         && screens.clean()
         && missing_frames == 0
         && apps_ok
+        && boards_ok
         && run.dropped.get() == 0
         && (notifications.is_null() || notifications["ok"] == true);
     let hub = match (before, after) {
@@ -257,6 +285,17 @@ pub async fn run(
         }),
         _ => Value::Null,
     };
+    let counter_boards = json!({
+        "ok": boards_ok,
+        "boards": boards.len(),
+        "frames": board_tally.frames,
+        "out_of_order": board_tally.gaps,
+        "meals_gone_missing": boards_missing,
+        "meals_gone_twice": boards_extra,
+        "resets": board_tally.resets,
+        "reconnects": board_tally.reconnects,
+        "not_reconnected": board_tally.not_reconnected,
+    });
     // Apart: one json! this size passes the macro recursion limit.
     let guardian_apps = json!({
         "ok": apps_ok,
@@ -308,6 +347,7 @@ pub async fn run(
             "dashboard_refusals": screens.refusals,
             "dashboard_sockets_closed_by_hub": screens.closed_by_hub,
             "guardian_apps": guardian_apps,
+            "counter_boards": counter_boards,
             "sends_dropped": run.dropped.get(),
             "errors": errors,
             "notifications": notifications,
@@ -1181,6 +1221,8 @@ struct Follower {
     resumed: Cell<u32>,
     /// Could not open a socket: it stopped following.
     failed: Cell<bool>,
+    /// `board.gone` frames (a meal left the pickup board), on a counter board.
+    gone: Cell<u64>,
 }
 
 impl Follower {
@@ -1198,6 +1240,7 @@ impl Follower {
             reconnects: Cell::new(0),
             drops: Cell::new(0),
             resumed: Cell::new(0),
+            gone: Cell::new(0),
             failed: Cell::new(false),
         }
     }
@@ -1243,8 +1286,17 @@ impl Follower {
             (Some(kind), Some(seq)) if seq > 0 => {
                 self.frames.set(self.frames.get() + 1);
                 let before = self.last.borrow_mut().insert(topic.to_owned(), seq);
-                if before.is_some_and(|l| seq != l + 1) {
+                // A board skips the kitchen's events it does not show: its numbers only rise.
+                let out_of_order = if topic.starts_with("board:") {
+                    before.is_some_and(|l| seq <= l)
+                } else {
+                    before.is_some_and(|l| seq != l + 1)
+                };
+                if out_of_order {
                     self.gaps.set(self.gaps.get() + 1);
+                }
+                if kind == "board.gone" {
+                    self.gone.set(self.gone.get() + 1);
                 }
                 if kind == "order.picked_up"
                     && let Some(order) = frame["data"]["order_id"].as_str()
@@ -1401,7 +1453,7 @@ async fn start_following(followers: &[Rc<Follower>], url: &str, storm: &Rc<Storm
 async fn open_dashboards(
     run: &Rc<Run>,
     schools: &Rc<Vec<School>>,
-    per_kitchen: usize,
+    (per_kitchen, topic): (usize, &str),
     storm: &Rc<Storm>,
 ) -> anyhow::Result<Vec<Rc<Follower>>> {
     let mut dashboards = Vec::new();
@@ -1412,7 +1464,7 @@ async fn open_dashboards(
             token: RefCell::new(school.staff.clone()),
         });
         for _ in 0..per_kitchen {
-            let topics = vec![format!("kitchen:{}", school.id)];
+            let topics = vec![format!("{topic}:{}", school.id)];
             dashboards.push(Rc::new(Follower::new(n, topics, account.clone())));
         }
     }
