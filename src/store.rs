@@ -986,38 +986,39 @@ async fn claim_skip_locked(
         .await?)
 }
 
-impl DieselStore {
-    /// SQLite (one writer at a time): a compare-and-set per row, so two dispatchers never
-    /// both win one.
-    async fn claim_one_by_one(
-        &self,
-        at: NaiveDateTime,
-        lease: NaiveDateTime,
-        limit: i64,
-    ) -> Result<Vec<String>, DbError> {
-        let candidates: Vec<String> =
-            with_conn!(&self.db, |conn| due_outbox!(at, limit).load(conn).await)?;
-        let mut claimed = Vec::new();
-        for id in candidates {
-            let won = with_conn!(&self.db, |conn| diesel::update(
-                outbox::table
-                    .filter(outbox::id.eq(&id))
-                    .filter(outbox::status.eq("pending"))
-                    .filter(
-                        outbox::claimed_until
-                            .is_null()
-                            .or(outbox::claimed_until.lt(at))
-                    )
-            )
-            .set(outbox::claimed_until.eq(lease))
-            .execute(conn)
-            .await)?;
-            if won == 1 {
-                claimed.push(id);
-            }
-        }
-        Ok(claimed)
+/// SQLite (one writer at a time): one UPDATE leases the due rows its subquery picks. A
+/// statement is atomic, so two dispatchers never both win a row, and a batch is one write:
+/// a compare-and-set per row made 33 writes per batch, each queued behind the rush's
+/// transactions, and capped the email drain at ~57 a second (BENCHMARKS.md).
+async fn claim_in_one_statement(
+    pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::SqliteConn>,
+    at: NaiveDateTime,
+    lease: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<String>, DbError> {
+    use diesel::sql_types::{BigInt, Text, Timestamp};
+    #[derive(diesel::QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = Text)]
+        id: String,
     }
+    // SQL, because diesel takes no subquery in an UPDATE's target; the subquery is
+    // `due_outbox!`'s.
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let claimed: Vec<Claimed> = diesel::sql_query(
+        "UPDATE outbox SET claimed_until = ? WHERE id IN (\
+           SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? \
+           AND (claimed_until IS NULL OR claimed_until < ?) \
+           ORDER BY priority DESC, next_attempt_at ASC LIMIT ?) \
+         RETURNING id",
+    )
+    .bind::<Timestamp, _>(lease)
+    .bind::<Timestamp, _>(at)
+    .bind::<Timestamp, _>(at)
+    .bind::<BigInt, _>(limit)
+    .load(&mut *conn)
+    .await?;
+    Ok(claimed.into_iter().map(|c| c.id).collect())
 }
 
 impl From<DbError> for CommandError {
@@ -1141,7 +1142,7 @@ impl Outbox for DieselStore {
         let lease = at + Duration::seconds(CLAIM_LEASE_SECS);
         let claimed = match &self.db {
             Db::Pg(pool) => claim_skip_locked(pool, at, lease, limit).await?,
-            Db::Sqlite(_) => self.claim_one_by_one(at, lease, limit).await?,
+            Db::Sqlite(pool) => claim_in_one_statement(pool, at, lease, limit).await?,
         };
         if claimed.is_empty() {
             return Ok(Vec::new());
