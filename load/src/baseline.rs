@@ -20,7 +20,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::cell::Cell;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -53,16 +52,44 @@ pub enum Part {
     Idle,
 }
 
+#[derive(clap::Args)]
 pub struct Options {
-    pub parts: Vec<Part>,
+    /// Rounds of each, alternating.
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Length of one measurement.
+    #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// The database of the hub the tool starts, and of the raw inserts.
+    #[arg(long, value_enum, default_value = "sqlite")]
     pub backend: Backend,
-    /// The PostgreSQL server's maintenance database, for scratch databases.
+    /// The PostgreSQL server (its maintenance database) for scratch databases, made for the
+    /// run and dropped after it.
+    #[arg(
+        long,
+        env = "TIFFIN_LOAD_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub postgres_url: String,
+    /// Kitchen screens on one kitchen in the fan-out comparison (with fewer, the hub's
+    /// kitchen commits, not its fan-out, set the pace).
+    #[arg(long, default_value_t = 1000)]
     pub fanout_sockets: usize,
+    /// Idle sockets for the memory comparison (0: skip it).
+    #[arg(long, default_value_t = 15_000)]
     pub idle_sockets: usize,
-    pub pin: bool,
+    /// Only these comparisons (e.g. one under a profiler); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// Leave the processes unpinned.
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+impl Options {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 /// A child process killed when dropped.
@@ -94,16 +121,7 @@ fn bare_server() -> anyhow::Result<(Guard, String)> {
         .context("starting the bare server")?;
     let stdout = child.stdout.take().context("bare server stdout")?;
     let guard = Guard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(port) = line.strip_prefix("bare listening on ") {
-                let _ = tx.send(port.to_owned());
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(20))
+    let port = hub::announced(stdout, "bare listening on ", Duration::from_secs(20))
         .context("the bare server did not start")?;
     Ok((guard, format!("http://127.0.0.1:{port}")))
 }
@@ -177,17 +195,11 @@ async fn seed(target: &Target, n: usize) -> anyhow::Result<Vec<School>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut schools = Vec::new();
     for s in 0..n {
-        let school = created(
-            c.post(url("/api/v1/schools")).bearer_auth(admin),
-            json!({"name": format!("Baseline school {s} ({})", &run[..8]), "time_zone": "America/Chicago"}),
-        )
-        .await
-        .context("creating a school (is the admin token right?)")?;
-        let id = school["id"].as_str().context("school id")?.to_owned();
-        let meal = created(
-            c.post(url(&format!("/api/v1/schools/{id}/meals")))
-                .bearer_auth(admin),
-            json!({"name": "Baseline soup", "price_cents": 300}),
+        let (id, meal) = hub::school_with_meal(
+            target,
+            format!("Baseline school {s} ({})", &run[..8]),
+            "America/Chicago",
+            ("Baseline soup", 300),
         )
         .await?;
         let login = format!("baseline-{run}-{s}@load.test");
@@ -224,7 +236,7 @@ async fn seed(target: &Target, n: usize) -> anyhow::Result<Vec<School>> {
         }
         schools.push(School {
             id,
-            meal: meal["id"].as_str().context("meal id")?.to_owned(),
+            meal,
             staff: signed_in["access_token"]
                 .as_str()
                 .context("staff token")?
@@ -595,6 +607,22 @@ async fn raw(bare: &str, request: &RawRequest) -> anyhow::Result<RawAnswer> {
     Ok(serde_json::from_value(body)?)
 }
 
+/// Waits (at most 60 s) until a server uses under 5% of a core: work a measurement left
+/// behind (the outbox draining after intake) must not run into the next one.
+async fn quiesce(pid: Option<u32>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let before = server_cpu(pid);
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        match cpu_per(before, server_cpu(pid), 1) {
+            Some(us) if us / 1e6 / 0.5 < 0.05 => return,
+            None => return,
+            _ => {}
+        }
+    }
+    eprintln!("tiffin-load: the hub was still busy after 60 s");
+}
+
 /// Our own CPU seconds so far.
 fn own_cpu() -> f64 {
     hub::usage(std::process::id()).map_or(0.0, |(cpu, _)| cpu)
@@ -680,7 +708,7 @@ impl Hub {
 
 pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result<Value> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut pinned = options.pin && cores >= 2 && pin(std::process::id(), 1);
+    let mut pinned = !options.no_pin && cores >= 2 && pin(std::process::id(), 1);
     let mut pin_servers = |hub: &Hub, bare: &Guard| {
         pinned = pinned && pin(bare.0.id(), 0) && hub.target.pid.is_some_and(|pid| pin(pid, 0));
     };
@@ -694,7 +722,7 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
     let mut report = outcome?;
 
     // Idle sockets on fresh processes: memory the rounds freed would hide the sockets' cost.
-    if options.idle_sockets > 0 && options.parts.contains(&Part::Idle) {
+    if options.idle_sockets > 0 && options.runs(Part::Idle) {
         let hub = Hub::start(hub_args, options, &sink).await?;
         let (bare_guard, bare) = bare_server()?;
         pin_servers(&hub, &bare_guard);
@@ -778,7 +806,8 @@ async fn measure(
     let outcome = async {
         for round in 1..=options.rounds {
             let mut line = format!("tiffin-load: baseline round {round}:");
-            if options.parts.contains(&Part::Http) {
+            if options.runs(Part::Http) {
+                quiesce(target.pid).await;
                 let (bare_rate, bare_cost, busy) =
                     serve_cost(Some(bare_pid), capacity(hello.clone(), None, 200, length)).await;
                 s.push("hello_world_per_sec", bare_rate);
@@ -801,7 +830,8 @@ async fn measure(
                 }
                 line += &format!(" http {rate:.0} vs {bare_rate:.0}/s;");
             }
-            if options.parts.contains(&Part::Intake) {
+            if options.runs(Part::Intake) {
+                quiesce(target.pid).await;
                 let one = raw(bare, &raw_request(raw_writers, 1)).await?;
                 s.push("raw_insert_per_sec", one.orders_per_sec);
                 let batched = raw(bare, &raw_request(raw_writers, BATCH)).await?;
@@ -827,11 +857,13 @@ async fn measure(
                     one.orders_per_sec, batched.orders_per_sec
                 );
             }
-            if options.parts.contains(&Part::Fanout) {
+            if options.runs(Part::Fanout) {
+                quiesce(target.pid).await;
                 let (hub_rate, hub_cost, bytes) =
                     hub_fanout(target, &schools[0], options.fanout_sockets, length).await?;
                 frame_bytes = bytes.max(1);
                 s.push("hub_fanout_frames_per_sec", hub_rate);
+                quiesce(target.pid).await;
                 let (bare_run, busy) = timed(bare_fanout(
                     bare,
                     bare_pid,
@@ -884,7 +916,7 @@ async fn measure(
         )
     };
     let mut goals = Vec::new();
-    if options.parts.contains(&Part::Http) {
+    if options.runs(Part::Http) {
         // Hello-world's driver can run out of CPU before the server does: the CPU spent per
         // request is the second judge.
         let cpu = match (
@@ -901,10 +933,10 @@ async fn measure(
             "met": http >= 0.6 && cpu.is_none_or(|c| c >= 0.6),
         }));
     }
-    if options.parts.contains(&Part::Intake) {
+    if options.runs(Part::Intake) {
         goals.push(json!({"goal": intake_name, "ratio": intake_vs_raw, "met": intake_vs_raw >= intake_goal}));
     }
-    if options.parts.contains(&Part::Fanout) {
+    if options.runs(Part::Fanout) {
         let cpu = match (
             m.get("bare_fanout_cpu_us_per_frame"),
             m.get("hub_fanout_cpu_us_per_frame"),

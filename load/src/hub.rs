@@ -61,16 +61,7 @@ impl StartedHub {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let stdout = child.stdout.take().context("hub stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("Tiffin listening on ") {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
+        let url = announced(stdout, "Tiffin listening on ", Duration::from_secs(60))
             .context("the hub did not start within 60 s")?;
         let out = Command::new(bin)
             .args(["token", "--role", "admin", "--ttl", "86400"])
@@ -128,6 +119,50 @@ impl Drop for StartedHub {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// What a child process prints after `prefix` on its first such line (where it listens),
+/// waiting at most `within`; the rest of its output is read and dropped.
+pub fn announced(
+    stdout: std::process::ChildStdout,
+    prefix: &'static str,
+    within: Duration,
+) -> anyhow::Result<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.to_owned());
+            }
+        }
+    });
+    Ok(rx.recv_timeout(within)?)
+}
+
+/// A school in `time_zone` with one meal on its menu: (school id, meal id).
+pub async fn school_with_meal(
+    target: &Target,
+    name: String,
+    time_zone: &str,
+    meal: (&str, i64),
+) -> anyhow::Result<(String, String)> {
+    let c = client();
+    let school = created(
+        c.post(format!("{}/api/v1/schools", target.url))
+            .bearer_auth(&target.admin_token),
+        serde_json::json!({"name": name, "time_zone": time_zone}),
+    )
+    .await
+    .context("creating a school (is the admin token right?)")?;
+    let id = school["id"].as_str().context("school id")?.to_owned();
+    let made = created(
+        c.post(format!("{}/api/v1/schools/{id}/meals", target.url))
+            .bearer_auth(&target.admin_token),
+        serde_json::json!({"name": meal.0, "price_cents": meal.1}),
+    )
+    .await?;
+    let meal_id = made["id"].as_str().context("meal id")?.to_owned();
+    Ok((id, meal_id))
 }
 
 pub fn client() -> Client {

@@ -33,35 +33,8 @@ enum Command {
     Baseline {
         #[command(flatten)]
         hub: HubArgs,
-        /// Rounds of each, alternating.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Length of one measurement.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// The database of the hub the tool starts, and of the raw inserts.
-        #[arg(long, value_enum, default_value = "sqlite")]
-        backend: baseline::Backend,
-        /// The PostgreSQL server (its maintenance database) for scratch databases, made for
-        /// the run and dropped after it.
-        #[arg(
-            long,
-            env = "TIFFIN_LOAD_POSTGRES_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        postgres_url: String,
-        /// Kitchen screens on one kitchen in the fan-out comparison.
-        #[arg(long, default_value_t = 200)]
-        fanout_sockets: usize,
-        /// Idle sockets for the memory comparison (0: skip it).
-        #[arg(long, default_value_t = 15_000)]
-        idle_sockets: usize,
-        /// Only these comparisons (e.g. one under a profiler); all by default.
-        #[arg(long, value_enum, value_delimiter = ',')]
-        only: Vec<baseline::Part>,
-        /// Leave the processes unpinned.
-        #[arg(long)]
-        no_pin: bool,
+        #[command(flatten)]
+        options: baseline::Options,
         /// Where baseline.json goes.
         #[arg(long, default_value = "load-report")]
         out: PathBuf,
@@ -153,40 +126,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Some(Command::Compare { a, b }) => compare(&a, &b).map(|()| true),
-        Some(Command::Baseline {
-            hub,
-            rounds,
-            seconds,
-            backend,
-            postgres_url,
-            fanout_sockets,
-            idle_sockets,
-            only,
-            no_pin,
-            out,
-        }) => {
-            let parts = if only.is_empty() {
-                vec![
-                    baseline::Part::Http,
-                    baseline::Part::Intake,
-                    baseline::Part::Fanout,
-                    baseline::Part::Idle,
-                ]
-            } else {
-                only
-            };
-            let options = baseline::Options {
-                parts,
-                rounds,
-                seconds,
-                backend,
-                postgres_url,
-                fanout_sockets,
-                idle_sockets,
-                pin: !no_pin,
-            };
-            run_baseline(&hub, &options, &out).await
-        }
+        Some(Command::Baseline { hub, options, out }) => run_baseline(&hub, &options, &out).await,
         Some(Command::BareServer) => bare::serve().await.map(|()| true),
         None => run(cli.run).await,
     };

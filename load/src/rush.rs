@@ -435,17 +435,11 @@ async fn seed_school(
     let c = client();
     let admin = &target.admin_token;
     let url = |p: &str| format!("{}{p}", target.url);
-    let school = created(
-        c.post(url("/api/v1/schools")).bearer_auth(admin),
-        json!({"name": format!("Load school {n} ({})", &run_id[..8]), "time_zone": TIME_ZONE}),
-    )
-    .await
-    .context("creating a school (is the admin token right?)")?;
-    let id = school["id"].as_str().context("school id")?.to_owned();
-    let meal = created(
-        c.post(url(&format!("/api/v1/schools/{id}/meals")))
-            .bearer_auth(admin),
-        json!({"name": "Load lasagna", "price_cents": 400}),
+    let (id, meal) = crate::hub::school_with_meal(
+        target,
+        format!("Load school {n} ({})", &run_id[..8]),
+        TIME_ZONE,
+        ("Load lasagna", 400),
     )
     .await?;
     let counter = created(
@@ -554,7 +548,7 @@ async fn seed_school(
         id,
         staff,
         staff_login,
-        meal: meal["id"].as_str().context("meal id")?.to_owned(),
+        meal,
         students,
         readers,
         waves: Vec::new(),
