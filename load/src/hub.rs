@@ -245,17 +245,22 @@ pub fn usage(pid: u32) -> Option<(f64, f64)> {
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let peak_kib: f64 = status
+    let peak_kib = memory_kib(pid, "VmHWM")?;
+    // USER_HZ is 100 on Linux.
+    Some((ticks / 100.0, peak_kib / 1024.0))
+}
+
+/// A memory figure of a process from /proc/<pid>/status, in KiB (`VmRSS`: now; `VmHWM`: peak).
+pub fn memory_kib(pid: u32, field: &str) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    // USER_HZ is 100 on Linux.
-    Some((ticks / 100.0, peak_kib / 1024.0))
+        .ok()
 }
 
 #[cfg(test)]

@@ -150,9 +150,9 @@ fn session(stream: TcpStream, counter: Counter) {
 /// message id it carries) and every SMS, as the SMTP sink counts email.
 pub struct ProviderSinks {
     base: String,
-    pub push: Deliveries,
+    push: Deliveries,
     /// When each SMS arrived (Twilio's API carries no id of ours to count by).
-    pub sms: Arc<Mutex<Vec<DateTime<Utc>>>>,
+    sms: Arc<Mutex<Vec<DateTime<Utc>>>>,
     dir: std::path::PathBuf,
 }
 
