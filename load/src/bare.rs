@@ -9,7 +9,8 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-type Sockets = Arc<Mutex<Vec<actix_ws::Session>>>;
+/// Open sockets by join number.
+type Sockets = Arc<Mutex<Vec<(u64, actix_ws::Session)>>>;
 
 /// Serves until killed; prints `bare listening on PORT` once bound.
 pub async fn serve() -> anyhow::Result<()> {
@@ -38,10 +39,12 @@ async fn join(
     sockets: web::Data<Sockets>,
 ) -> actix_web::Result<HttpResponse> {
     let (response, mut session, mut inbound) = actix_ws::handle(&req, body)?;
+    static JOINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = JOINED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     sockets
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .push(session.clone());
+        .push((id, session.clone()));
     actix_web::rt::spawn(async move {
         while let Some(Ok(message)) = inbound.next().await {
             let answered = match message {
@@ -59,17 +62,24 @@ async fn join(
 
 async fn publish(body: web::Bytes, sockets: web::Data<Sockets>) -> HttpResponse {
     let text = String::from_utf8_lossy(&body).into_owned();
-    let all: Vec<actix_ws::Session> = sockets
+    let all: Vec<(u64, actix_ws::Session)> = sockets
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let mut sent = 0usize;
-    for mut socket in all {
-        if socket.text(text.clone()).await.is_ok() {
-            sent += 1;
+    let mut closed = Vec::new();
+    for (id, mut socket) in all {
+        if socket.text(text.clone()).await.is_err() {
+            closed.push(id);
         }
     }
-    HttpResponse::Ok().body(sent.to_string())
+    // Sockets gone since an earlier round are not tried again on every publish.
+    if !closed.is_empty() {
+        sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(id, _)| !closed.contains(id));
+    }
+    HttpResponse::Ok().finish()
 }
 
 async fn raw_inserts(request: web::Json<RawRequest>) -> HttpResponse {
