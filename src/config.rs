@@ -84,6 +84,13 @@ pub struct SmtpConfig {
     pub password: Option<SecretString>,
     #[serde(default = "default_from")]
     pub from: String,
+    /// SMTP sessions open at once: one message at a time goes over each.
+    #[serde(default = "default_smtp_connections")]
+    pub connections: usize,
+}
+
+fn default_smtp_connections() -> usize {
+    10
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -340,6 +347,12 @@ impl Config {
                 (0..=24 * 3600).contains(&self.timers.pickup_reminder_after_secs),
                 "timers.pickup_reminder_after_secs must be between 0 (off) and 86400",
             ),
+            (
+                self.smtp
+                    .as_ref()
+                    .is_none_or(|smtp| (1..=256).contains(&smtp.connections)),
+                "smtp.connections must be between 1 and 256",
+            ),
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(format!("bad configuration: {message}"));
@@ -383,6 +396,7 @@ mod tests {
             let smtp = c.smtp.clone().ok_or("smtp")?;
             assert_eq!((smtp.host.as_str(), smtp.port()), ("mail", 2525));
             assert_eq!(smtp.tls, SmtpTls::Starttls);
+            assert_eq!(smtp.connections, 10);
             assert_eq!(
                 c.jwt_secret.as_ref().map(|s| s.expose_secret().len()),
                 Some(34)

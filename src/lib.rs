@@ -21,6 +21,7 @@ pub mod rfid;
 pub mod seed;
 pub mod server;
 pub mod sms;
+pub mod smtp;
 pub mod state;
 pub mod store;
 #[cfg(test)]

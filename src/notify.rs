@@ -1,13 +1,13 @@
-//! Notification templates (embedded from `templates/` at build time), SMTP email through
-//! lettre, the log provider of the embedded default, and what the HTTP providers share.
+//! Notification templates (embedded from `templates/` at build time), email over our SMTP
+//! sessions (`smtp`), the log provider of the embedded default, and what the HTTP providers
+//! share.
 
-use crate::config::{SmtpConfig, SmtpTls};
+use crate::config::SmtpConfig;
+use crate::smtp::SmtpConnections;
 use async_trait::async_trait;
+use lettre::Message;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use minijinja::Environment;
-use secrecy::ExposeSecret;
 use std::sync::Arc;
 use tiffin_actors::notices::Kind;
 use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
@@ -330,7 +330,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Du
 }
 
 pub struct SmtpSender {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    connections: SmtpConnections,
     from: Mailbox,
     templates: Arc<Templates>,
 }
@@ -341,27 +341,12 @@ impl SmtpSender {
         timeout: std::time::Duration,
         templates: Arc<Templates>,
     ) -> Result<SmtpSender, String> {
-        let mut builder = match config.tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host),
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.host)
-                .map_err(|e| format!("smtp: {e}"))?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.host)
-                .map_err(|e| format!("smtp: {e}"))?,
-        }
-        .port(config.port())
-        .timeout(Some(timeout));
-        if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            builder = builder.credentials(Credentials::new(
-                user.clone(),
-                password.expose_secret().to_owned(),
-            ));
-        }
         let from = config
             .from
             .parse()
             .map_err(|e| format!("smtp from address {:?}: {e}", config.from))?;
         Ok(SmtpSender {
-            transport: builder.build(),
+            connections: SmtpConnections::new(config, timeout)?,
             from,
             templates,
         })
@@ -393,7 +378,7 @@ impl Sender for SmtpSender {
                     .singlepart(SinglePart::html(email.html)),
             )
             .map_err(|e| SendError::Permanent(format!("message: {e}")))?;
-        self.transport.send(mail).await.map(|_| ()).map_err(|e| {
+        self.connections.send(&mail).await.map_err(|e| {
             if e.is_permanent() {
                 SendError::Permanent(e.to_string())
             } else {

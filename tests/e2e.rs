@@ -6156,3 +6156,59 @@ async fn provider_connection_resets_are_retried_and_the_backlog_drains_once() {
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn smtp_connections(sink: &SmtpSink, sessions: usize) -> tiffin::smtp::SmtpConnections {
+    let config = tiffin::config::SmtpConfig {
+        host: "127.0.0.1".into(),
+        port: Some(sink.port),
+        tls: tiffin::config::SmtpTls::None,
+        username: None,
+        password: None,
+        from: "Tiffin <tiffin@school.test>".into(),
+        connections: sessions,
+    };
+    tiffin::smtp::SmtpConnections::new(&config, Duration::from_secs(5)).unwrap()
+}
+
+fn numbered_mail(n: usize) -> lettre::Message {
+    lettre::Message::builder()
+        .from("Tiffin <tiffin@school.test>".parse().unwrap())
+        .to(format!("guardian{n}@school.test").parse().unwrap())
+        .subject(format!("message {n}"))
+        .body(format!("body {n}"))
+        .unwrap()
+}
+
+/// Messages go one after another over one pooled session; a session the server has closed
+/// since is noticed when the next message gets no reply, and that message goes over a new one
+/// at once instead of failing.
+#[actix_web::test]
+async fn smtp_sessions_are_reused_and_a_closed_one_is_replaced() {
+    let sink = SmtpSink::start();
+    let connections = smtp_connections(&sink, 4);
+    for n in 0..5 {
+        connections.send(&numbered_mail(n)).await.unwrap();
+    }
+    assert_eq!(sink.messages().len(), 5);
+    assert_eq!(sink.sessions(), 1, "one session carried every message");
+
+    let hanging_up = SmtpSink::start_hanging_up_after_each();
+    let connections = smtp_connections(&hanging_up, 4);
+    for n in 0..3 {
+        connections.send(&numbered_mail(n)).await.unwrap();
+    }
+    let to: Vec<String> = hanging_up
+        .messages()
+        .iter()
+        .flat_map(|m| m.to.clone())
+        .collect();
+    assert_eq!(
+        to,
+        [
+            "guardian0@school.test",
+            "guardian1@school.test",
+            "guardian2@school.test"
+        ]
+    );
+    assert_eq!(hanging_up.sessions(), 3);
+}

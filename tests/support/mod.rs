@@ -130,22 +130,45 @@ impl mailin::Handler for Collector {
 pub struct SmtpSink {
     pub port: u16,
     inbox: Arc<Mutex<Vec<Mail>>>,
+    sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpSink {
     /// Serves SMTP with the `mailin` protocol implementation over plain TCP.
     pub fn start() -> SmtpSink {
+        SmtpSink::serve(false)
+    }
+
+    /// Like `start`, but the server closes each session, unannounced, after one message (as
+    /// servers with a per-session limit or an idle timeout do).
+    pub fn start_hanging_up_after_each() -> SmtpSink {
+        SmtpSink::serve(true)
+    }
+
+    fn serve(hang_up_after_each: bool) -> SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind smtp");
         let port = listener.local_addr().unwrap().port();
         let collector = Collector::default();
         let inbox = collector.inbox.clone();
+        let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let opened = sessions.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
+                opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = collector.clone();
-                std::thread::spawn(move || smtp_session(stream, handler));
+                std::thread::spawn(move || smtp_session(stream, handler, hang_up_after_each));
             }
         });
-        SmtpSink { port, inbox }
+        SmtpSink {
+            port,
+            inbox,
+            sessions,
+        }
+    }
+
+    /// SMTP sessions opened so far.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn messages(&self) -> Vec<Mail> {
@@ -450,7 +473,7 @@ pub fn expect(reply: Reply, status: u16) -> Value {
     reply.body
 }
 
-fn smtp_session(stream: std::net::TcpStream, handler: Collector) {
+fn smtp_session(stream: std::net::TcpStream, handler: Collector, hang_up_after_each: bool) {
     use std::io::Write;
     let peer = stream
         .peer_addr()
@@ -468,11 +491,15 @@ fn smtp_session(stream: std::net::TcpStream, handler: Collector) {
             Ok(_) => {}
         }
         let response = session.process(&line);
+        let message_taken = line == b".\r\n" && response.code == 250;
         match response.action {
             mailin::response::Action::NoReply => {}
             mailin::response::Action::Reply => {
                 let _ = response.write_to(&mut writer);
                 let _ = writer.flush();
+                if hang_up_after_each && message_taken {
+                    return;
+                }
             }
             _ => {
                 let _ = response.write_to(&mut writer);
