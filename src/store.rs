@@ -1212,21 +1212,26 @@ impl Outbox for DieselStore {
         })
     }
 
-    async fn mark_sent(&self, id: &str) -> Result<(), CommandError> {
+    async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError> {
         let at = now();
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
-                let attempt: i32 = diesel::update(outbox::table.find(id))
-                    .set((
-                        outbox::status.eq("sent"),
-                        outbox::sent_at.eq(Some(at)),
-                        outbox::attempts.eq(outbox::attempts + 1),
-                        outbox::claimed_until.eq(None::<NaiveDateTime>),
-                    ))
-                    .returning(outbox::attempts)
-                    .get_result(conn)
-                    .await?;
-                record_attempt!(conn, id, attempt, at, "sent", None::<&str>);
+                let sent: Vec<(String, i32)> =
+                    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+                        .set((
+                            outbox::status.eq("sent"),
+                            outbox::sent_at.eq(Some(at)),
+                            outbox::attempts.eq(outbox::attempts + 1),
+                            outbox::claimed_until.eq(None::<NaiveDateTime>),
+                        ))
+                        .returning((outbox::id, outbox::attempts))
+                        .get_results(conn)
+                        .await?;
+                // Row by row: diesel-async takes no multi-row insert on SQLite. One
+                // transaction either way, so one turn at the write lock.
+                for (id, attempt) in &sent {
+                    record_attempt!(conn, id, *attempt, at, "sent", None::<&str>);
+                }
                 Ok::<_, diesel::result::Error>(())
             })
             .await

@@ -222,7 +222,8 @@ pub trait Outbox: Send + Sync + 'static {
     /// expires if its dispatcher dies.
     async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError>;
     async fn still_needed(&self, message: &OutboxMessage) -> Result<Needed, CommandError>;
-    async fn mark_sent(&self, id: &str) -> Result<(), CommandError>;
+    /// Records messages as sent, all in one transaction (dispatch groups them).
+    async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError>;
     /// Takes a message out of the queue unsent, with the reason.
     async fn mark_dropped(&self, id: &str, how: Dropped, reason: &str) -> Result<(), CommandError>;
     /// Records a failed attempt: retried after `retry_in_ms`, or dead when `None`.

@@ -3,7 +3,7 @@
 //! message; nothing leaves the outbox unaccounted for.
 
 use crate::breaker::Breaker;
-use crate::ports::{Dropped, Needed, Outbox, OutboxMessage, SendError, Sender};
+use crate::ports::{CommandError, Dropped, Needed, Outbox, OutboxMessage, SendError, Sender};
 use actix::prelude::*;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -168,8 +168,51 @@ impl Provider {
     }
 }
 
+type SentReply = tokio::sync::oneshot::Sender<Result<(), CommandError>>;
+
+/// Group commit of "sent": a delivery's record waits for the write under way, then the next
+/// write takes every record queued meanwhile. On SQLite each write queues for the one write
+/// lock behind the rush's orders, so one per message capped the drain (BENCHMARKS.md).
+#[derive(Default)]
+struct SentLog {
+    queued: Mutex<Vec<(String, SentReply)>>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl SentLog {
+    async fn record(&self, outbox: &dyn Outbox, id: &str) -> Result<(), CommandError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((id.to_owned(), done));
+        {
+            let _writer = self.writing.lock().await;
+            let batch = std::mem::take(
+                &mut *self
+                    .queued
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            // Empty when an earlier writer took this record along.
+            if !batch.is_empty() {
+                let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+                let written = outbox.mark_sent(&ids).await;
+                metrics::histogram!("notify_sent_batch_size").record(ids.len() as f64);
+                for (_, done) in batch {
+                    let _ = done.send(written.clone());
+                }
+            }
+        }
+        outcome
+            .await
+            .map_err(|_| CommandError::Internal("sent record dropped".into()))?
+    }
+}
+
 struct Shared {
     outbox: Arc<dyn Outbox>,
+    sent: SentLog,
     senders: HashMap<String, Arc<dyn Sender>>,
     /// External channels only: the in-app channel is our own database.
     providers: HashMap<String, Provider>,
@@ -202,6 +245,7 @@ impl Dispatcher {
         Dispatcher {
             shared: Arc::new(Shared {
                 outbox,
+                sent: SentLog::default(),
                 senders,
                 providers,
                 policy,
@@ -363,7 +407,7 @@ async fn attempt(
     let give_up = attempts >= policy.max_attempts || too_old;
     match result {
         Ok(()) => {
-            outbox.mark_sent(&message.id).await?;
+            shared.sent.record(outbox.as_ref(), &message.id).await?;
             Ok("sent")
         }
         Err(SendError::Permanent(reason)) => {
