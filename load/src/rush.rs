@@ -1621,7 +1621,9 @@ fn account_channel(
 
 /// Intake against drain, from when each email was committed and when it arrived: the
 /// busiest five seconds of commits (per second), and the sink's deliveries per second in the
-/// seconds that began and ended with a backlog (the drain's capacity, not the intake's pace).
+/// seconds that began with more waiting than they delivered and ended with a backlog: the
+/// drain's capacity, not the intake's pace. (Messages merely on their way to a slow sink are a
+/// backlog at every second's edge; counting those seconds measured the intake.)
 fn drain_rates(
     created: &[chrono::DateTime<chrono::Utc>],
     arrived: &[chrono::DateTime<chrono::Utc>],
@@ -1643,7 +1645,7 @@ fn drain_rates(
     for s in 0..span {
         let at_start = backlog;
         backlog += committed[s] as i64 - delivered[s] as i64;
-        if at_start > 0 && backlog > 0 {
+        if at_start > delivered[s] as i64 && backlog > 0 {
             busy.push(delivered[s] as f64);
         }
     }
@@ -1680,6 +1682,14 @@ mod tests {
         assert_eq!(rates["seconds_with_backlog"], 3);
         // A sink that keeps up never has a backlog to measure.
         assert!(drain_rates(&created, &created)["drain_per_sec_with_backlog"].is_null());
+        // Nor one that keeps up 60 ms behind a steady 50 a second: a few on their way at
+        // every second's edge are not a backlog.
+        let steady: Vec<_> = (0..250).map(|i| at(i * 20)).collect();
+        let behind: Vec<_> = steady
+            .iter()
+            .map(|t| *t + chrono::Duration::milliseconds(60))
+            .collect();
+        assert!(drain_rates(&steady, &behind)["drain_per_sec_with_backlog"].is_null());
         assert!(drain_rates(&[], &[]).is_null());
     }
 
