@@ -194,13 +194,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     for school in repo::schools_with_live_orders(&db).await? {
         registry.do_send(KitchenFor(school));
     }
-    let dispatcher = Dispatcher::new(
-        store.clone(),
-        senders(&config, templates, &db, bus.clone())?,
-        Duration::from_millis(config.dispatch_poll_ms),
-        config.delivery.clone(),
-    )
-    .start();
+    // On a thread of its own: rendering and sending (and, on SQLite, the statements, which
+    // run on the thread that awaits them) must not queue behind the kitchens' work.
+    let dispatcher = {
+        let (outbox, senders) = (
+            store.clone(),
+            senders(&config, templates, &db, bus.clone())?,
+        );
+        let (poll, policy) = (
+            Duration::from_millis(config.dispatch_poll_ms),
+            config.delivery.clone(),
+        );
+        Dispatcher::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
+            Dispatcher::new(outbox, senders, poll, policy)
+        })
+    };
 
     let bind = config.bind.clone();
     let limits = config.limits.clone();

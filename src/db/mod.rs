@@ -10,14 +10,39 @@ use diesel::{Connection, SqliteConnection};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 use std::time::Duration;
 
 pub type PgConn = AsyncPgConnection;
-pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, OnCallingThread>;
+
+/// Runs each SQLite statement on the thread that awaits it. diesel-async's default hands
+/// every statement to tokio's blocking pool and back: under load those hand-offs, not SQLite,
+/// took most of the hub's CPU (BENCHMARKS.md). It works because the hub holds one SQLite
+/// connection (see [`Db::connect`]): no statement ever waits for another connection's lock,
+/// so a statement costs microseconds and a transaction, which never yields between its
+/// statements, holds the connection only that long.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnCallingThread;
+
+impl SpawnBlocking for OnCallingThread {
+    fn spawn_blocking<'a, R>(
+        &mut self,
+        task: impl FnOnce() -> R + Send + 'static,
+    ) -> futures_util::future::BoxFuture<'a, Result<R, Box<dyn std::error::Error + Send + Sync>>>
+    where
+        R: Send + 'static,
+    {
+        Box::pin(std::future::ready(Ok(task())))
+    }
+
+    fn get_runtime() -> Self {
+        OnCallingThread
+    }
+}
 
 pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -176,6 +201,10 @@ macro_rules! with_conn {
 }
 
 impl Db {
+    /// `max_size` connections to PostgreSQL; always one to SQLite, which takes one writer
+    /// at a time anyway: writers queue in the pool, in order, instead of sleeping in SQLite's
+    /// busy handler (an unfair schedule of 1 to 100 ms naps that stalled whole threads once
+    /// statements ran on them).
     pub fn connect(url: &DatabaseUrl, max_size: usize) -> Result<Db, DbError> {
         let wait = Some(Duration::from_secs(5));
         match url {
@@ -205,7 +234,7 @@ impl Db {
                 let manager =
                     AsyncDieselConnectionManager::<SqliteConn>::new_with_config(path, config);
                 let pool = Pool::builder(manager)
-                    .max_size(max_size)
+                    .max_size(1)
                     .wait_timeout(wait)
                     .create_timeout(wait)
                     .runtime(deadpool::Runtime::Tokio1)
