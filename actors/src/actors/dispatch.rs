@@ -171,8 +171,8 @@ impl Provider {
 type SentReply = tokio::sync::oneshot::Sender<Result<(), CommandError>>;
 
 /// Group commit of "sent": a delivery's record waits for the write under way, then the next
-/// write takes every record queued meanwhile. On SQLite each write queues for the one write
-/// lock behind the rush's orders, so one per message capped the drain (BENCHMARKS.md).
+/// write takes every record queued meanwhile. On SQLite every write queues for the one
+/// connection behind the kitchens' orders: one per message made them wait (BENCHMARKS.md).
 #[derive(Default)]
 struct SentLog {
     queued: Mutex<Vec<(String, SentReply)>>,
