@@ -231,17 +231,21 @@ pub async fn run(
     let storms = storm.generation.get();
     let screens = Tally::of(&dashboards, storms);
     let mut missing_frames = 0;
+    let mut replayed_frames = 0;
     {
         let mut recorder = run.recorder.borrow_mut();
         let scanned = run.scanned_at.borrow();
         for d in &dashboards {
             let seen = d.picked_up.borrow();
             missing_frames += per_school[d.school].saturating_sub(seen.len());
-            for (order, at) in seen.iter() {
-                if let Some(sent) = scanned.get(order) {
+            for (order, first) in seen.iter() {
+                // Replays wait out the reconnect: counted, not timed as fan-out.
+                if first.replayed {
+                    replayed_frames += 1;
+                } else if let Some(sent) = scanned.get(order) {
                     recorder.ok(
                         SCAN_TO_DASHBOARD,
-                        at.saturating_duration_since(*sent),
+                        first.at.saturating_duration_since(*sent),
                         false,
                     );
                 }
@@ -340,6 +344,7 @@ pub async fn run(
             "dashboard_gaps": screens.gaps,
             "dashboard_frames_expected": expected_frames * profile.dashboards_per_kitchen,
             "dashboard_frames_missing": missing_frames,
+            "dashboard_frames_replayed": replayed_frames,
             "dashboard_storms": storms,
             "dashboard_reconnects": screens.reconnects,
             "dashboards_not_reconnected": screens.not_reconnected,
@@ -1197,8 +1202,11 @@ struct Follower {
     account: Rc<Account>,
     /// Topic -> the last sequence number seen.
     last: RefCell<HashMap<String, i64>>,
-    /// Order id -> when its `order.picked_up` frame first arrived.
-    picked_up: RefCell<HashMap<String, Instant>>,
+    /// Order id -> when its `order.picked_up` frame first arrived, and whether as a replay.
+    picked_up: RefCell<HashMap<String, Seen>>,
+    /// Topic -> the hub's latest sequence number when a resumed socket subscribed: frames up
+    /// to it are replays of what the last socket missed, not live fan-out.
+    replaying: RefCell<HashMap<String, i64>>,
     /// Numbered frames (not snapshots or alerts).
     frames: Cell<u64>,
     gaps: Cell<usize>,
@@ -1227,6 +1235,7 @@ impl Follower {
             account,
             last: RefCell::default(),
             picked_up: RefCell::default(),
+            replaying: RefCell::default(),
             frames: Cell::new(0),
             gaps: Cell::new(0),
             resets: Cell::new(0),
@@ -1265,10 +1274,12 @@ impl Follower {
             (Some("error"), _) => self.refusals.set(self.refusals.get() + 1),
             // Fresh: count from the hub's latest; resumed: from what was seen.
             (Some("subscribed"), Some(seq)) => {
-                self.last
-                    .borrow_mut()
-                    .entry(topic.to_owned())
-                    .or_insert(seq);
+                let resumed = self.last.borrow().contains_key(topic);
+                if resumed {
+                    self.replaying.borrow_mut().insert(topic.to_owned(), seq);
+                } else {
+                    self.last.borrow_mut().insert(topic.to_owned(), seq);
+                }
                 self.resumed.set(generation);
             }
             (Some("snapshot"), Some(_)) if frame["data"]["reason"] == "fresh" => {}
@@ -1295,15 +1306,27 @@ impl Follower {
                 if kind == "order.picked_up"
                     && let Some(order) = frame["data"]["order_id"].as_str()
                 {
+                    let replayed = self
+                        .replaying
+                        .borrow()
+                        .get(topic)
+                        .is_some_and(|until| seq <= *until);
                     self.picked_up
                         .borrow_mut()
                         .entry(order.to_owned())
-                        .or_insert(at);
+                        .or_insert(Seen { at, replayed });
                 }
             }
             _ => {}
         }
     }
+}
+
+/// When a frame first arrived, and whether in a resumed socket's replay.
+#[derive(Clone, Copy)]
+struct Seen {
+    at: Instant,
+    replayed: bool,
 }
 
 /// Why a follower opens a socket.
@@ -1862,13 +1885,25 @@ mod tests {
         // A new socket in storm 1 resumes from 7: the hub's latest (12) does not move it.
         f.on_frame(&frame("subscribed", 12), now, 1);
         assert_eq!(f.resumed.get(), 1);
-        for seq in 8..=12 {
+        for seq in 8..=13 {
             f.on_frame(&frame("order.picked_up", seq), now, 1);
         }
         assert_eq!(f.gaps.get(), 0);
-        assert_eq!(f.picked_up.borrow().len(), 6);
+        // 8-12 were missed and replayed; 7 and 13 arrived live.
+        let replayed: Vec<String> = {
+            let seen = f.picked_up.borrow();
+            let mut ids: Vec<String> = seen
+                .iter()
+                .filter(|(_, s)| s.replayed)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(replayed, ["o10", "o11", "o12", "o8", "o9"]);
+        assert_eq!(f.picked_up.borrow().len(), 7);
         // A skipped frame is a gap; a snapshot answering a resume is a reset.
-        f.on_frame(&frame("order.ready", 14), now, 1);
+        f.on_frame(&frame("order.ready", 15), now, 1);
         assert_eq!(f.gaps.get(), 1);
         let mut reset = frame("snapshot", 40);
         reset["data"]["reason"] = json!("too_far_behind");
