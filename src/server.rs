@@ -197,14 +197,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // On a thread of its own: rendering and sending (and, on SQLite, the statements, which
     // run on the thread that awaits them) must not queue behind the kitchens' work.
     let dispatcher = {
-        let (outbox, senders) = (
-            store.clone(),
-            senders(&config, templates, &db, bus.clone())?,
-        );
-        let (poll, policy) = (
-            Duration::from_millis(config.dispatch_poll_ms),
-            config.delivery.clone(),
-        );
+        let outbox = store.clone();
+        let senders = senders(&config, templates, &db, bus.clone())?;
+        let poll = Duration::from_millis(config.dispatch_poll_ms);
+        let policy = config.delivery.clone();
         Dispatcher::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
             Dispatcher::new(outbox, senders, poll, policy)
         })

@@ -153,7 +153,7 @@ impl SmtpConnections {
         let attempt = async {
             match self.send_once(envelope, &body).await {
                 // A pooled session the server had closed: it gave no reply at all, so it took
-                // nothing. Once more, on a new session.
+                // nothing. Once more, on another session.
                 Err(Failed {
                     reused: true,
                     error,
@@ -182,18 +182,10 @@ impl SmtpConnections {
             },
         })?;
         let reused = Object::metrics(&conn).recycle_count > 0;
-        let mut session = Session(Some(conn));
-        let sent = match session.0.as_mut() {
-            Some(conn) => conn.send(envelope, body).await.map_err(SmtpError::from),
-            None => Err(SmtpError::Pool("no session".into())),
-        };
-        match sent {
-            Ok(_) => {
-                session.done();
-                Ok(())
-            }
-            Err(error) => Err(Failed { reused, error }),
-        }
+        Session(Some(conn))
+            .send(envelope, body)
+            .await
+            .map_err(|error| Failed { reused, error })
     }
 }
 
@@ -207,9 +199,17 @@ struct Failed {
 struct Session(Option<Object<Connector>>);
 
 impl Session {
-    fn done(&mut self) {
-        // Dropping the object returns it to the pool.
-        self.0.take();
+    async fn send(
+        mut self,
+        envelope: &lettre::address::Envelope,
+        body: &[u8],
+    ) -> Result<(), SmtpError> {
+        if let Some(conn) = self.0.as_mut() {
+            conn.send(envelope, body).await?;
+            // Dropped here rather than in `drop`: back to the pool.
+            self.0.take();
+        }
+        Ok(())
     }
 }
 

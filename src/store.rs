@@ -989,7 +989,7 @@ async fn claim_skip_locked(
 /// SQLite (one writer at a time): one UPDATE leases the due rows its subquery picks. A
 /// statement is atomic, so two dispatchers never both win a row, and a batch is one write:
 /// a compare-and-set per row made 33 writes per batch, each queued behind the rush's
-/// transactions, and capped the email drain at ~57 a second (BENCHMARKS.md).
+/// transactions (958 messages pending with none in flight; BENCHMARKS.md).
 async fn claim_in_one_statement(
     pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::SqliteConn>,
     at: NaiveDateTime,
