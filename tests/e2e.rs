@@ -6100,11 +6100,15 @@ async fn provider_connection_resets_are_retried_and_the_backlog_drains_once() {
     let push = rows.iter().find(|r| r["channel"] == "push").unwrap();
     assert_ne!(push["status"], "dead", "{push}");
     assert_eq!(push["attempt_log"][0]["outcome"], "retry", "{push}");
-    assert_eq!(
-        metric(&hub, "notify_circuit_state{channel=\"push\"}").await,
-        2.0,
-        "the push circuit is open"
-    );
+    // Open, between probes: a probe in flight shows half-open (1), so read until it is back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&hub, "notify_circuit_state{channel=\"push\"}").await != 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push circuit is not open"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
     let resets = proxy.resets.load(std::sync::atomic::Ordering::SeqCst);
     let messages = 2 * orders.len();
     assert!(
