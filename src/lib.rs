@@ -10,6 +10,7 @@ pub mod db;
 #[cfg(test)]
 mod dispatch_tests;
 pub mod error;
+pub mod group_commit;
 pub mod inbox;
 pub mod limits;
 pub mod metrics;

@@ -10,12 +10,14 @@ use crate::db::schema::{
     order_events, orders, outbox, schools, service_windows, users,
 };
 use crate::db::{Db, DbError};
+use crate::group_commit::GroupCommit;
 use crate::with_conn;
 use async_trait::async_trait;
 use chrono::{Duration, NaiveDateTime};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::HashSet;
+use std::sync::Arc;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Role, Wave,
     allergy_conflicts, assign_counter, choose_wave, event_type, pickup_code,
@@ -34,11 +36,19 @@ const CLAIM_LEASE_SECS: i64 = 60;
 const MAX_ITEM_QUANTITY: i32 = 20;
 const MAX_ITEMS: usize = 20;
 
+/// Orders that wait for one commit together.
+const ORDER_BATCH: usize = 64;
+
+/// What committing one new order came to.
+type OrderCommitted = Result<KitchenEvent, TxError>;
+
 #[derive(Clone)]
 pub struct DieselStore {
     pub db: Db,
     /// How long a critical message waits for push before its SMS fallback goes.
     sms_fallback_after: Duration,
+    /// New orders, committed in batches (group commit).
+    intake: Arc<GroupCommit<NewOrder, OrderCommitted>>,
 }
 
 /// Errors inside a transaction: a database error rolls back, and so does a refusal.
@@ -376,6 +386,123 @@ macro_rules! school_notice {
     }};
 }
 
+/// Inserts one order with its items, its first event and its outbox rows, inside the
+/// transaction (or savepoint) `$conn` is in.
+macro_rules! insert_order_in {
+    ($conn:expr, $new:expr, $sms_fallback_after:expr) => {{
+        let conn = $conn;
+        let at = now();
+        let bumped: Option<(i64, String)> = diesel::update(schools::table.find(&$new.school_id))
+            .set(schools::event_seq.eq(schools::event_seq + 1))
+            .returning((schools::event_seq, schools::time_zone))
+            .get_result(conn)
+            .await
+            .optional()?;
+        let (seq, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
+        let student: Option<(String, String, String)> = users::table
+            .filter(users::id.eq(&$new.student_id))
+            .filter(users::school_id.eq(&$new.school_id))
+            .filter(users::role.eq("student"))
+            .filter(users::active.eq(true))
+            .select((users::id, users::display_name, users::allergies))
+            .first(conn)
+            .await
+            .optional()?;
+        let (student_id, student_name, allergies) = student.ok_or(CommandError::StudentNotFound)?;
+        let meal_ids: Vec<&str> = $new.items.iter().map(|i| i.meal_id.as_str()).collect();
+        let menu: Vec<MealRow> = meals::table
+            .filter(meals::school_id.eq(&$new.school_id))
+            .filter(meals::id.eq_any(&meal_ids))
+            .select(MealRow::as_select())
+            .load(conn)
+            .await?;
+        let lines = order_lines($new, &menu)?;
+        let reason = allergy_check($new, &menu, &allergies)?;
+        let windows: Vec<ServiceWindowRow> = service_windows::table
+            .filter(service_windows::school_id.eq(&$new.school_id))
+            .select(ServiceWindowRow::as_select())
+            .load(conn)
+            .await?;
+        let waves = waves_on_day(&windows, &time_zone, at.and_utc());
+        let wave = choose_wave(&waves, $new.window_id.as_deref(), at.and_utc())
+            .map_err(CommandError::from)?;
+        let order = OrderSummary {
+            id: uuid::Uuid::now_v7().to_string(),
+            school_id: $new.school_id.clone(),
+            student_id,
+            student_name,
+            state: OrderState::Placed,
+            version: 1,
+            total_cents: lines
+                .iter()
+                .map(|l| l.unit_price_cents * i64::from(l.quantity))
+                .sum(),
+            items: lines,
+            placed_at: at.and_utc(),
+            updated_at: at.and_utc(),
+            counter: None,
+            pickup_code: None,
+            wave,
+            ready_at: None,
+            alerts: Vec::new(),
+            allergy_override: reason.clone(),
+        };
+        diesel::insert_into(orders::table)
+            .values(OrderRow {
+                id: order.id.clone(),
+                school_id: order.school_id.clone(),
+                student_id: order.student_id.clone(),
+                placed_by: $new.placed_by.clone(),
+                state: order.state.as_str().to_owned(),
+                version: order.version,
+                total_cents: order.total_cents,
+                counter_id: None,
+                pickup_code: None,
+                idempotency_key: $new.idempotency.as_ref().map(|i| i.key.clone()),
+                request_fingerprint: $new.idempotency.as_ref().map(|i| i.fingerprint.clone()),
+                created_at: at,
+                updated_at: at,
+                pickup_day: None,
+                window_id: order.wave.as_ref().map(|w| w.id.clone()),
+            })
+            .execute(conn)
+            .await?;
+        let items: Vec<OrderItemRow> = order
+            .items
+            .iter()
+            .enumerate()
+            .map(|(n, l)| OrderItemRow {
+                order_id: order.id.clone(),
+                line: n as i32 + 1,
+                meal_id: l.meal_id.clone(),
+                meal_name: l.name.clone(),
+                quantity: l.quantity,
+                unit_price_cents: l.unit_price_cents,
+            })
+            .collect();
+        // One row per statement: diesel has no SQLite batch insert for these rows.
+        for item in &items {
+            diesel::insert_into(order_items::table)
+                .values(item)
+                .execute(conn)
+                .await?;
+        }
+        Ok::<_, TxError>(record_event!(
+            conn,
+            seq,
+            event_type(order.state),
+            &order,
+            None,
+            Some($new.placed_by.clone()),
+            reason,
+            at,
+            Some(Kind::OrderPlaced),
+            Some($new.placed_by.as_str()),
+            $sms_fallback_after
+        ))
+    }};
+}
+
 /// One outbox row per intent, keyed by (event, recipient, channel) in the table; the payload is
 /// `data` with the school, its time zone and the recipient's name. Low-priority rows wait out
 /// quiet hours; an SMS fallback waits behind its recipient's push row.
@@ -453,9 +580,16 @@ fn outbox_rows(
 
 impl DieselStore {
     pub fn new(db: Db, sms_fallback_after_secs: i64) -> DieselStore {
+        // SQLite has one writer. On PostgreSQL batches commit side by side on half the pool,
+        // leaving the rest to reads, transitions and dispatch.
+        let writers = match &db {
+            Db::Sqlite(_) => 1,
+            Db::Pg(pool) => pool.status().max_size / 2,
+        };
         DieselStore {
             db,
             sms_fallback_after: Duration::seconds(sms_fallback_after_secs),
+            intake: Arc::new(GroupCommit::new(writers, ORDER_BATCH)),
         }
     }
 
@@ -541,124 +675,53 @@ impl DieselStore {
     }
 
     async fn insert_order(&self, new: &NewOrder) -> Result<KitchenEvent, TxError> {
+        let fallback = self.sms_fallback_after;
         with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let at = now();
-                let bumped: Option<(i64, String)> =
-                    diesel::update(schools::table.find(&new.school_id))
-                        .set(schools::event_seq.eq(schools::event_seq + 1))
-                        .returning((schools::event_seq, schools::time_zone))
-                        .get_result(conn)
-                        .await
-                        .optional()?;
-                let (seq, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
-                let student: Option<(String, String, String)> = users::table
-                    .filter(users::id.eq(&new.student_id))
-                    .filter(users::school_id.eq(&new.school_id))
-                    .filter(users::role.eq("student"))
-                    .filter(users::active.eq(true))
-                    .select((users::id, users::display_name, users::allergies))
-                    .first(conn)
-                    .await
-                    .optional()?;
-                let (student_id, student_name, allergies) =
-                    student.ok_or(CommandError::StudentNotFound)?;
-                let meal_ids: Vec<&str> = new.items.iter().map(|i| i.meal_id.as_str()).collect();
-                let menu: Vec<MealRow> = meals::table
-                    .filter(meals::school_id.eq(&new.school_id))
-                    .filter(meals::id.eq_any(&meal_ids))
-                    .select(MealRow::as_select())
-                    .load(conn)
-                    .await?;
-                let lines = order_lines(new, &menu)?;
-                let reason = allergy_check(new, &menu, &allergies)?;
-                let windows: Vec<ServiceWindowRow> = service_windows::table
-                    .filter(service_windows::school_id.eq(&new.school_id))
-                    .select(ServiceWindowRow::as_select())
-                    .load(conn)
-                    .await?;
-                let waves = waves_on_day(&windows, &time_zone, at.and_utc());
-                let wave = choose_wave(&waves, new.window_id.as_deref(), at.and_utc())
-                    .map_err(CommandError::from)?;
-                let order = OrderSummary {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    school_id: new.school_id.clone(),
-                    student_id,
-                    student_name,
-                    state: OrderState::Placed,
-                    version: 1,
-                    total_cents: lines
-                        .iter()
-                        .map(|l| l.unit_price_cents * i64::from(l.quantity))
-                        .sum(),
-                    items: lines,
-                    placed_at: at.and_utc(),
-                    updated_at: at.and_utc(),
-                    counter: None,
-                    pickup_code: None,
-                    wave,
-                    ready_at: None,
-                    alerts: Vec::new(),
-                    allergy_override: reason.clone(),
-                };
-                diesel::insert_into(orders::table)
-                    .values(OrderRow {
-                        id: order.id.clone(),
-                        school_id: order.school_id.clone(),
-                        student_id: order.student_id.clone(),
-                        placed_by: new.placed_by.clone(),
-                        state: order.state.as_str().to_owned(),
-                        version: order.version,
-                        total_cents: order.total_cents,
-                        counter_id: None,
-                        pickup_code: None,
-                        idempotency_key: new.idempotency.as_ref().map(|i| i.key.clone()),
-                        request_fingerprint: new
-                            .idempotency
-                            .as_ref()
-                            .map(|i| i.fingerprint.clone()),
-                        created_at: at,
-                        updated_at: at,
-                        pickup_day: None,
-                        window_id: order.wave.as_ref().map(|w| w.id.clone()),
-                    })
-                    .execute(conn)
-                    .await?;
-                let items: Vec<OrderItemRow> = order
-                    .items
-                    .iter()
-                    .enumerate()
-                    .map(|(n, l)| OrderItemRow {
-                        order_id: order.id.clone(),
-                        line: n as i32 + 1,
-                        meal_id: l.meal_id.clone(),
-                        meal_name: l.name.clone(),
-                        quantity: l.quantity,
-                        unit_price_cents: l.unit_price_cents,
-                    })
-                    .collect();
-                // One row per statement: diesel has no SQLite batch insert for these rows.
-                for item in &items {
-                    diesel::insert_into(order_items::table)
-                        .values(item)
-                        .execute(conn)
-                        .await?;
-                }
-                Ok::<_, TxError>(record_event!(
-                    conn,
-                    seq,
-                    event_type(order.state),
-                    &order,
-                    None,
-                    Some(new.placed_by.clone()),
-                    reason,
-                    at,
-                    Some(Kind::OrderPlaced),
-                    Some(new.placed_by.as_str()),
-                    self.sms_fallback_after
-                ))
-            })
+            .transaction(async |conn| insert_order_in!(conn, new, fallback))
             .await)
+    }
+
+    /// Orders of any kitchens in one transaction, each in a savepoint of its own so that a
+    /// refused order rolls back alone. Taken in school order, so that two batches on
+    /// PostgreSQL lock the schools' sequence rows in the same order and cannot deadlock.
+    /// Should the batch itself fail, each order is tried alone and answered for itself.
+    async fn insert_orders(&self, batch: Vec<NewOrder>) -> Vec<OrderCommitted> {
+        if let [only] = batch.as_slice() {
+            return vec![self.insert_order(only).await];
+        }
+        let fallback = self.sms_fallback_after;
+        let mut by_school: Vec<usize> = (0..batch.len()).collect();
+        by_school.sort_by(|a, b| batch[*a].school_id.cmp(&batch[*b].school_id));
+        let together: Result<Vec<(usize, OrderCommitted)>, TxError> = async {
+            with_conn!(&self.db, |conn| conn
+                .transaction(async |conn| {
+                    let mut results = Vec::with_capacity(batch.len());
+                    for &i in &by_school {
+                        let new = &batch[i];
+                        let result = conn
+                            .transaction(async |conn| insert_order_in!(conn, new, fallback))
+                            .await;
+                        results.push((i, result));
+                    }
+                    Ok::<_, TxError>(results)
+                })
+                .await)
+        }
+        .await;
+        match together {
+            Ok(mut results) => {
+                results.sort_by_key(|(i, _)| *i);
+                results.into_iter().map(|(_, result)| result).collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, orders = batch.len(), "order batch failed; trying each alone");
+                let mut results = Vec::with_capacity(batch.len());
+                for new in &batch {
+                    results.push(self.insert_order(new).await);
+                }
+                results
+            }
+        }
     }
 
     async fn counter_move(&self, m: &CounterMove) -> Result<KitchenEvent, TxError> {
@@ -1071,13 +1134,19 @@ impl Store for DieselStore {
         {
             return Ok(found);
         }
-        match self.insert_order(&order).await {
+        let (placed_by, idempotency) = (order.placed_by.clone(), order.idempotency.clone());
+        let committed = self
+            .intake
+            .submit(order, |batch| self.insert_orders(batch))
+            .await
+            .ok_or_else(|| CommandError::Unavailable("the order's batch was abandoned".into()))?;
+        match committed {
             Ok(event) => Ok(Placed::New(event)),
             // A concurrent request with the same key won the insert: answer as it did.
-            Err(TxError::Db(DbError::Duplicate(_))) if order.idempotency.is_some() => {
-                match &order.idempotency {
+            Err(TxError::Db(DbError::Duplicate(_))) if idempotency.is_some() => {
+                match &idempotency {
                     Some(i) => self
-                        .find_idempotent(&order.placed_by, i)
+                        .find_idempotent(&placed_by, i)
                         .await?
                         .ok_or(CommandError::IdempotencyKeyReused),
                     None => Err(CommandError::IdempotencyKeyReused),

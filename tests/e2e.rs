@@ -2327,6 +2327,133 @@ async fn concurrent_transitions_have_one_winner_on_postgres() {
     one_winner(Backend::Postgres).await;
 }
 
+/// Orders arriving together are committed together (group commit): every accepted order
+/// is answered once, on its kitchen's screen in sequence; a refused order and a duplicate
+/// idempotency key roll back alone, leaving no gap in the refused kitchen's sequence.
+async fn orders_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start();
+    let hub = Hub::start(hub_env(&db, Some(&smtp)));
+    let admin = hub.admin_token();
+    let a = fixture(&hub, &admin, "together").await;
+    let b = fixture(&hub, &admin, "refused").await;
+    // Every meal has celery: each of b's orders is refused inside the store.
+    let student_of_b = format!("/api/v1/schools/{}/users/{}", b.school, b.student);
+    expect(
+        patch(
+            &hub,
+            &admin,
+            &student_of_b,
+            json!({"allergies": ["celery"]}),
+        )
+        .await,
+        200,
+    );
+    let mut screen_a = open_kitchen_socket(&hub, &a.kitchen_token, &a.school).await;
+    let (_, b_before) = subscribe(&hub, &b.kitchen_token, &b.school, None).await;
+    let b_seq_before = b_before["seq"].as_i64().unwrap();
+
+    const KEYS: usize = 24;
+    let batch_size_count = "group_commit_batch_size_count";
+    let (batches_before, sizes_before) = (
+        metric(&hub, batch_size_count).await,
+        metric(&hub, "group_commit_batch_size_sum").await,
+    );
+    // a: 24 keys, the first 8 sent twice at once; b: 16 refused.
+    let keys_a: Vec<String> = (0..KEYS + 8)
+        .map(|n| format!("at-once-{}", n % KEYS))
+        .collect();
+    let keys_b: Vec<String> = (0..16).map(|n| format!("refused-{n}")).collect();
+    let for_a = keys_a.iter().map(|key| place_order(&hub, &a, key, 1));
+    let for_b = keys_b.iter().map(|key| place_order(&hub, &b, key, 1));
+    let (replies_a, replies_b) = futures_util::future::join(
+        futures_util::future::join_all(for_a),
+        futures_util::future::join_all(for_b),
+    )
+    .await;
+
+    let mut ids = std::collections::HashMap::new();
+    for (n, r) in replies_a.iter().enumerate() {
+        assert!(r.status == 201 || r.status == 200, "{}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let first = ids.entry(n % KEYS).or_insert_with(|| id.clone());
+        assert_eq!(*first, id, "one key, one order");
+    }
+    let created = replies_a.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created, KEYS, "each key created its order once");
+    for r in &replies_b {
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "allergy_conflict"),
+            "{}",
+            r.body
+        );
+    }
+    let live_a = format!("/api/v1/schools/{}/orders/live", a.school);
+    let live_a = expect(get(&hub, &a.kitchen_token, &live_a).await, 200);
+    assert_eq!(live_a.as_array().unwrap().len(), KEYS);
+
+    // a's screen: each order placed once, in sequence, without a gap.
+    let mut seqs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while seqs.len() < KEYS {
+        let frame = next_json(&mut screen_a).await;
+        assert_eq!(frame["type"], "order.placed", "{frame}");
+        assert!(seen.insert(frame["data"]["order_id"].as_str().unwrap().to_owned()));
+        seqs.push(frame["seq"].as_i64().unwrap());
+    }
+    let first = seqs[0];
+    assert_eq!(seqs, (first..first + KEYS as i64).collect::<Vec<_>>());
+    // b's refused orders took no sequence numbers: its next event is the one after.
+    expect(
+        patch(&hub, &admin, &student_of_b, json!({"allergies": []})).await,
+        200,
+    );
+    let mut screen_b = open_kitchen_socket(&hub, &b.kitchen_token, &b.school).await;
+    expect(place_order(&hub, &b, "after-refusals", 1).await, 201);
+    let frame = next_json(&mut screen_b).await;
+    assert_eq!(frame["type"], "order.placed", "{frame}");
+    assert_eq!(frame["seq"].as_i64().unwrap(), b_seq_before + 1);
+
+    // The batches really held several orders.
+    let batches = metric(&hub, batch_size_count).await - batches_before;
+    let batched = metric(&hub, "group_commit_batch_size_sum").await - sizes_before;
+    assert!(
+        batched > batches,
+        "{batched} orders in {batches} batches: none shared a commit"
+    );
+    // Every committed order's outbox rows were committed with it: one receipt each.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let receipts = smtp
+            .messages()
+            .iter()
+            .filter(|m| m.to.iter().any(|t| t == &a.guardian_email))
+            .count();
+        if receipts >= KEYS {
+            assert_eq!(receipts, KEYS, "one receipt per order");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{receipts} receipts of {KEYS}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(hub);
+    db.drop_database().await;
+}
+
+#[actix_web::test]
+async fn orders_placed_at_once_commit_together_on_sqlite() {
+    orders_at_once(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn orders_placed_at_once_commit_together_on_postgres() {
+    orders_at_once(Backend::Postgres).await;
+}
+
 /// A student follows their own order live; a guardian resumes it with `since`; nobody
 /// else may follow it.
 #[actix_web::test]

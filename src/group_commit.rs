@@ -1,0 +1,199 @@
+//! Group commit: callers queue their writes, and whoever holds a turn commits everything
+//! queued so far in one transaction, then answers each caller. One commit per batch instead of
+//! one per write: on SQLite each commit appends every page it touched to the WAL, and
+//! PostgreSQL flushes its WAL once per commit.
+//!
+//! No task of its own: the callers take turns (a fair semaphore), so a batch runs on the
+//! thread of the caller that leads it, and nothing outlives the callers.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use tokio::sync::{Semaphore, oneshot};
+
+type Waiting<T, R> = (T, oneshot::Sender<R>);
+
+pub struct GroupCommit<T, R> {
+    queue: Mutex<VecDeque<Waiting<T, R>>>,
+    turns: Semaphore,
+    max_batch: usize,
+}
+
+impl<T, R> GroupCommit<T, R> {
+    /// `writers` batches may commit at once (one for SQLite's single writer); each takes at
+    /// most `max_batch` writes.
+    pub fn new(writers: usize, max_batch: usize) -> Self {
+        GroupCommit {
+            queue: Mutex::new(VecDeque::new()),
+            turns: Semaphore::new(writers.max(1)),
+            max_batch: max_batch.max(1),
+        }
+    }
+
+    /// Queues `item` and returns its result once a batch holding it has been committed by
+    /// `commit`, which must return one result per item, in order. `None` if the caller that
+    /// led its batch was dropped mid-commit (whether that batch committed is then unknown).
+    pub async fn submit<F: Future<Output = Vec<R>>>(
+        &self,
+        item: T,
+        commit: impl Fn(Vec<T>) -> F,
+    ) -> Option<R> {
+        let (answer, mut answered) = oneshot::channel();
+        self.lock().push_back((item, answer));
+        loop {
+            // Answered by the batch this caller just led, or by another while it waited.
+            if let Some(answer) = settled(&mut answered) {
+                return answer;
+            }
+            let turn = self.turns.acquire().await.ok()?;
+            if let Some(answer) = settled(&mut answered) {
+                return answer;
+            }
+            let batch: Vec<Waiting<T, R>> = {
+                let mut queue = self.lock();
+                let n = queue.len().min(self.max_batch);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                // Another writer holds ours.
+                drop(turn);
+                return answered.await.ok();
+            }
+            metrics::histogram!("group_commit_batch_size").record(batch.len() as f64);
+            let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
+            for (answer, result) in answers.into_iter().zip(commit(items).await) {
+                // A caller that went away needs no answer.
+                let _ = answer.send(result);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting<T, R>>> {
+        // The queue is only pushed to and drained: a panic elsewhere cannot leave it torn.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `Some` once the caller's batch is done with: `Some(None)` if its leader went away.
+fn settled<R>(answered: &mut oneshot::Receiver<R>) -> Option<Option<R>> {
+    match answered.try_recv() {
+        Ok(result) => Some(Some(result)),
+        Err(oneshot::error::TryRecvError::Closed) => Some(None),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn writes_queued_during_a_commit_share_the_next_one() {
+        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 64));
+        let batches: Rc<RefCell<Vec<Vec<u32>>>> = Rc::default();
+        let commit = {
+            let batches = batches.clone();
+            move |items: Vec<u32>| {
+                let batches = batches.clone();
+                async move {
+                    batches.borrow_mut().push(items.clone());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    items.iter().map(|i| i * 10).collect::<Vec<_>>()
+                }
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        let results = local
+            .run_until(async {
+                let calls = (0..10u32).map(|n| {
+                    let (group, commit) = (group.clone(), commit.clone());
+                    tokio::task::spawn_local(async move { group.submit(n, &commit).await })
+                });
+                let handles: Vec<_> = calls.collect();
+                let mut results = Vec::new();
+                for h in handles {
+                    results.push(h.await.ok().flatten());
+                }
+                results
+            })
+            .await;
+        assert_eq!(
+            results,
+            (0..10).map(|n| Some(n * 10)).collect::<Vec<_>>(),
+            "each caller gets its own result"
+        );
+        // The first caller commits alone; the nine that queued meanwhile go in one batch.
+        assert_eq!(
+            *batches.borrow(),
+            vec![vec![0], (1..10).collect::<Vec<_>>()]
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_takes_at_most_max_batch_in_arrival_order() {
+        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 3));
+        let batches: Rc<RefCell<Vec<Vec<u32>>>> = Rc::default();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let handles: Vec<_> = (0..7u32)
+                    .map(|n| {
+                        let (group, batches) = (group.clone(), batches.clone());
+                        tokio::task::spawn_local(async move {
+                            group
+                                .submit(n, |items: Vec<u32>| {
+                                    batches.borrow_mut().push(items.clone());
+                                    async move {
+                                        tokio::time::sleep(Duration::from_millis(5)).await;
+                                        items
+                                    }
+                                })
+                                .await
+                        })
+                    })
+                    .collect();
+                for (n, h) in handles.into_iter().enumerate() {
+                    assert_eq!(h.await.ok().flatten(), Some(n as u32));
+                }
+            })
+            .await;
+        assert_eq!(
+            *batches.borrow(),
+            vec![vec![0], vec![1, 2, 3], vec![4, 5, 6]]
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn callers_whose_leader_is_dropped_mid_commit_get_none_not_a_hang() {
+        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 64));
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let submit = |n: u32, hold: Duration| {
+                    let group = group.clone();
+                    tokio::task::spawn_local(async move {
+                        group
+                            .submit(n, |items: Vec<u32>| async move {
+                                tokio::time::sleep(hold).await;
+                                items
+                            })
+                            .await
+                    })
+                };
+                let first = submit(0, Duration::from_millis(50));
+                tokio::task::yield_now().await;
+                // Both queue while the first commits; the leader of their batch hangs.
+                let leader = submit(1, Duration::from_secs(3600));
+                let follower = submit(2, Duration::ZERO);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                assert_eq!(first.await.ok().flatten(), Some(0));
+                leader.abort();
+                assert_eq!(follower.await.ok().flatten(), None);
+                // The queue is free for the next caller.
+                assert_eq!(submit(3, Duration::ZERO).await.ok().flatten(), Some(3));
+            })
+            .await;
+    }
+}
