@@ -48,6 +48,9 @@ impl<T, R> GroupCommit<T, R> {
             if let Some(answer) = settled(&mut answered) {
                 return answer;
             }
+            // Callers on this thread that are ready to run queue theirs first: on SQLite a
+            // commit never yields, so without this every batch would hold one write.
+            tokio::task::yield_now().await;
             let batch: Vec<Waiting<T, R>> = {
                 let mut queue = self.lock();
                 let n = queue.len().min(self.max_batch);
@@ -107,11 +110,14 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         let results = local
             .run_until(async {
-                let calls = (0..10u32).map(|n| {
+                let call = |n: u32| {
                     let (group, commit) = (group.clone(), commit.clone());
                     tokio::task::spawn_local(async move { group.submit(n, &commit).await })
-                });
-                let handles: Vec<_> = calls.collect();
+                };
+                let mut handles = vec![call(0)];
+                // The first is mid-commit when the others arrive.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                handles.extend((1..10).map(call));
                 let mut results = Vec::new();
                 for h in handles {
                     results.push(h.await.ok().flatten());
@@ -131,6 +137,7 @@ mod tests {
         );
     }
 
+    /// Callers ready at once all queue before the first takes its batch.
     #[tokio::test(flavor = "current_thread")]
     async fn a_batch_takes_at_most_max_batch_in_arrival_order() {
         let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 3));
@@ -161,7 +168,7 @@ mod tests {
             .await;
         assert_eq!(
             *batches.borrow(),
-            vec![vec![0], vec![1, 2, 3], vec![4, 5, 6]]
+            vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]
         );
     }
 

@@ -580,11 +580,12 @@ fn outbox_rows(
 
 impl DieselStore {
     pub fn new(db: Db, sms_fallback_after_secs: i64) -> DieselStore {
-        // SQLite has one writer. On PostgreSQL batches commit side by side on half the pool,
-        // leaving the rest to reads, transitions and dispatch.
+        // SQLite has one writer. On PostgreSQL as many batches as connections may commit
+        // side by side: with half the pool intake fell from 376 to 270 orders a second, as
+        // each batch runs its statements one after another (BENCHMARKS.md).
         let writers = match &db {
             Db::Sqlite(_) => 1,
-            Db::Pg(pool) => pool.status().max_size / 2,
+            Db::Pg(pool) => pool.status().max_size,
         };
         DieselStore {
             db,
