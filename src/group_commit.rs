@@ -16,16 +16,19 @@ pub struct GroupCommit<T, R> {
     queue: Mutex<VecDeque<Waiting<T, R>>>,
     turns: Semaphore,
     max_batch: usize,
+    /// The histogram of batch sizes in `/metrics`.
+    metric: &'static str,
 }
 
 impl<T, R> GroupCommit<T, R> {
     /// `writers` batches may commit at once (one for SQLite's single writer); each takes at
-    /// most `max_batch` writes.
-    pub fn new(writers: usize, max_batch: usize) -> Self {
+    /// most `max_batch` writes; their sizes go to the histogram `metric`.
+    pub fn new(writers: usize, max_batch: usize, metric: &'static str) -> Self {
         GroupCommit {
             queue: Mutex::new(VecDeque::new()),
             turns: Semaphore::new(writers.max(1)),
             max_batch: max_batch.max(1),
+            metric,
         }
     }
 
@@ -61,7 +64,7 @@ impl<T, R> GroupCommit<T, R> {
                 drop(turn);
                 return answered.await.ok();
             }
-            metrics::histogram!("group_commit_batch_size").record(batch.len() as f64);
+            metrics::histogram!(self.metric).record(batch.len() as f64);
             let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
             for (answer, result) in answers.into_iter().zip(commit(items).await) {
                 // A caller that went away needs no answer.
@@ -94,7 +97,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn writes_queued_during_a_commit_share_the_next_one() {
-        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 64));
+        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 64, "test_batch_size"));
         let batches: Rc<RefCell<Vec<Vec<u32>>>> = Rc::default();
         let commit = {
             let batches = batches.clone();
@@ -140,7 +143,7 @@ mod tests {
     /// Callers ready at once all queue before the first takes its batch.
     #[tokio::test(flavor = "current_thread")]
     async fn a_batch_takes_at_most_max_batch_in_arrival_order() {
-        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 3));
+        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 3, "test_batch_size"));
         let batches: Rc<RefCell<Vec<Vec<u32>>>> = Rc::default();
         let local = tokio::task::LocalSet::new();
         local
@@ -174,7 +177,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn callers_whose_leader_is_dropped_mid_commit_get_none_not_a_hang() {
-        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 64));
+        let group: Rc<GroupCommit<u32, u32>> = Rc::new(GroupCommit::new(1, 64, "test_batch_size"));
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {

@@ -590,7 +590,11 @@ impl DieselStore {
         DieselStore {
             db,
             sms_fallback_after: Duration::seconds(sms_fallback_after_secs),
-            intake: Arc::new(GroupCommit::new(writers, ORDER_BATCH)),
+            intake: Arc::new(GroupCommit::new(
+                writers,
+                ORDER_BATCH,
+                "order_commit_batch_size",
+            )),
         }
     }
 

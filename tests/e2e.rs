@@ -2354,10 +2354,10 @@ async fn orders_at_once(backend: Backend) {
     let b_seq_before = b_before["seq"].as_i64().unwrap();
 
     const KEYS: usize = 24;
-    let batch_size_count = "group_commit_batch_size_count";
+    let batch_size_count = "order_commit_batch_size_count";
     let (batches_before, sizes_before) = (
         metric(&hub, batch_size_count).await,
-        metric(&hub, "group_commit_batch_size_sum").await,
+        metric(&hub, "order_commit_batch_size_sum").await,
     );
     // a: 24 keys, the first 8 sent twice at once; b: 16 refused.
     let keys_a: Vec<String> = (0..KEYS + 8)
@@ -2417,7 +2417,7 @@ async fn orders_at_once(backend: Backend) {
 
     // The batches really held several orders.
     let batches = metric(&hub, batch_size_count).await - batches_before;
-    let batched = metric(&hub, "group_commit_batch_size_sum").await - sizes_before;
+    let batched = metric(&hub, "order_commit_batch_size_sum").await - sizes_before;
     assert!(
         batched > batches,
         "{batched} orders in {batches} batches: none shared a commit"
