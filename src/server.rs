@@ -238,6 +238,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // A client that trickles its request head (slowloris) is cut off, not waited for.
         .client_request_timeout(Duration::from_secs(state.config.http_header_timeout_secs))
         .keep_alive(Duration::from_secs(state.config.http_keep_alive_secs))
+        // Frames and replies go out at once: with Nagle's algorithm a small frame sent while
+        // the previous one is unacknowledged waits for the client's delayed ACK (~40 ms).
+        .tcp_nodelay(true)
         .disable_signals()
         .bind(&bind)
         .with_context(|| format!("binding {bind}"))?;
