@@ -288,18 +288,26 @@ macro_rules! latest_snapshot {
     }};
 }
 
+/// Takes the school's next kitchen sequence number, locking its row until the transaction ends
+/// (so a kitchen's events are numbered without gaps); yields `(seq, time_zone)`.
+macro_rules! next_seq {
+    ($conn:expr, $school_id:expr) => {{
+        let bumped: Option<(i64, String)> = diesel::update(schools::table.find($school_id))
+            .set(schools::event_seq.eq(schools::event_seq + 1))
+            .returning((schools::event_seq, schools::time_zone))
+            .get_result($conn)
+            .await
+            .optional()?;
+        bumped.ok_or(CommandError::SchoolNotFound)?
+    }};
+}
+
 /// Starts an event that changes an order but not its state: takes the next kitchen sequence
 /// number and the next version, guarded by the version the caller saw. Yields
 /// `(seq, order)` with the order at its new version.
 macro_rules! amend_order {
     ($conn:expr, $school_id:expr, $order_id:expr, $expected_version:expr, $at:expr) => {{
-        let bumped: Option<i64> = diesel::update(schools::table.find($school_id))
-            .set(schools::event_seq.eq(schools::event_seq + 1))
-            .returning(schools::event_seq)
-            .get_result($conn)
-            .await
-            .optional()?;
-        let seq = bumped.ok_or(CommandError::SchoolNotFound)?;
+        let (seq, _) = next_seq!($conn, $school_id);
         let version = $expected_version + 1;
         let changed = diesel::update(
             orders::table
@@ -392,13 +400,7 @@ macro_rules! insert_order_in {
     ($conn:expr, $new:expr, $sms_fallback_after:expr) => {{
         let conn = $conn;
         let at = now();
-        let bumped: Option<(i64, String)> = diesel::update(schools::table.find(&$new.school_id))
-            .set(schools::event_seq.eq(schools::event_seq + 1))
-            .returning((schools::event_seq, schools::time_zone))
-            .get_result(conn)
-            .await
-            .optional()?;
-        let (seq, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
+        let (seq, time_zone) = next_seq!(conn, &$new.school_id);
         let student: Option<(String, String, String)> = users::table
             .filter(users::id.eq(&$new.student_id))
             .filter(users::school_id.eq(&$new.school_id))
@@ -802,14 +804,7 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                let bumped: Option<(i64, String)> =
-                    diesel::update(schools::table.find(&t.school_id))
-                        .set(schools::event_seq.eq(schools::event_seq + 1))
-                        .returning((schools::event_seq, schools::time_zone))
-                        .get_result(conn)
-                        .await
-                        .optional()?;
-                let (seq, time_zone) = bumped.ok_or(CommandError::SchoolNotFound)?;
+                let (seq, time_zone) = next_seq!(conn, &t.school_id);
                 let changed = diesel::update(
                     orders::table
                         .filter(orders::id.eq(&t.order_id))
