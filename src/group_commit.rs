@@ -1,7 +1,8 @@
 //! Group commit: callers queue their writes, and whoever holds a turn commits everything
 //! queued so far in one transaction, then answers each caller. One commit per batch instead of
-//! one per write: on SQLite each commit appends every page it touched to the WAL, and
-//! PostgreSQL flushes its WAL once per commit.
+//! one per write: under load writers stop queueing for the database one by one (at 4x the
+//! lunch rush, order POST p99 halved; BENCHMARKS.md), though a write's own statements still
+//! cost what they did.
 //!
 //! No task of its own: the callers take turns (a fair semaphore), so a batch runs on the
 //! thread of the caller that leads it, and nothing outlives the callers.

@@ -2354,11 +2354,9 @@ async fn orders_at_once(backend: Backend) {
     let b_seq_before = b_before["seq"].as_i64().unwrap();
 
     const KEYS: usize = 24;
-    let batch_size_count = "order_commit_batch_size_count";
-    let (batches_before, sizes_before) = (
-        metric(&hub, batch_size_count).await,
-        metric(&hub, "order_commit_batch_size_sum").await,
-    );
+    const BATCHES: &str = "order_commit_batch_size_count";
+    const BATCHED: &str = "order_commit_batch_size_sum";
+    let (batches_before, sizes_before) = (metric(&hub, BATCHES).await, metric(&hub, BATCHED).await);
     // a: 24 keys, the first 8 sent twice at once; b: 16 refused.
     let keys_a: Vec<String> = (0..KEYS + 8)
         .map(|n| format!("at-once-{}", n % KEYS))
@@ -2416,8 +2414,8 @@ async fn orders_at_once(backend: Backend) {
     assert_eq!(frame["seq"].as_i64().unwrap(), b_seq_before + 1);
 
     // The batches really held several orders.
-    let batches = metric(&hub, batch_size_count).await - batches_before;
-    let batched = metric(&hub, "order_commit_batch_size_sum").await - sizes_before;
+    let batches = metric(&hub, BATCHES).await - batches_before;
+    let batched = metric(&hub, BATCHED).await - sizes_before;
     assert!(
         batched > batches,
         "{batched} orders in {batches} batches: none shared a commit"
