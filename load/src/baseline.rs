@@ -656,13 +656,14 @@ impl Hub {
     ) -> anyhow::Result<Hub> {
         let (target, started, database) = match (&hub_args.url, options.backend) {
             (Some(_), _) | (None, Backend::Sqlite) => {
-                let (target, started) = hub_args.target(sink.hub_env())?;
+                let (target, started) =
+                    hub_args.target(sink.hub_env(crate::sink::SMTP_SESSIONS))?;
                 (target, started, None)
             }
             (None, Backend::Postgres) => {
                 let name = format!("tiffin_load_hub_{}", uuid::Uuid::new_v4().simple());
                 crate::raw::create_database(&options.postgres_url, &name).await?;
-                let mut env = sink.hub_env();
+                let mut env = sink.hub_env(crate::sink::SMTP_SESSIONS);
                 env.push((
                     "TIFFIN_DATABASE_URL".to_owned(),
                     crate::raw::database_url(&options.postgres_url, &name),

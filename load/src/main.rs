@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// drain-rate goal uses 50).
     #[arg(long, default_value_t = 0)]
     pub sink_delay_ms: u64,
+    /// SMTP sessions the hub may hold open to the tool's sink (its `smtp.connections`): one
+    /// email at a time goes over each, so with a slow sink they bound the email rate.
+    #[arg(long, default_value_t = sink::SMTP_SESSIONS)]
+    pub smtp_sessions: usize,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -165,7 +169,7 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         ))?),
     };
     let env = match &sinks {
-        Some(sinks) => sinks.hub_env()?,
+        Some(sinks) => sinks.hub_env(args.smtp_sessions)?,
         None => Vec::new(),
     };
     let (target, _started) = args.hub.target(env)?;

@@ -1614,12 +1614,23 @@ fn account_channel(
         .count();
     let twice = delivered.values().filter(|at| at.len() > 1).count();
     let mut recorder = run.recorder.borrow_mut();
+    // This channel's own tail beside the shared hop: providers differ in how many messages
+    // they take at once (SMTP one per session, HTTP as many as asked).
+    let mut own = hdrhistogram::Histogram::<u64>::new(3).ok();
     for (id, arrivals) in delivered {
         if let (Some(Some(created)), Some(first)) = (committed.get(id), arrivals.first()) {
             let latency = (*first - *created).to_std().unwrap_or_default();
             recorder.ok(EVENT_TO_SINK, latency, false);
+            if let Some(own) = own.as_mut() {
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                let _ = own.record(us.max(1));
+            }
         }
     }
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let latency = own.filter(|h| !h.is_empty()).map(|h| {
+        json!({"p50_ms": ms(&h, 0.5), "p99_ms": ms(&h, 0.99), "max_ms": h.max() as f64 / 1000.0})
+    });
     let created: Vec<_> = committed.values().flatten().copied().collect();
     let arrived: Vec<_> = delivered
         .values()
@@ -1630,6 +1641,7 @@ fn account_channel(
         json!({
             "ok": fine,
             "drain": drain_rates(&created, &arrived),
+            "event_to_sink": latency,
             "committed": committed.len(),
             "sent": sent.len(),
             "not_sent": committed.len() - sent.len(),

@@ -8,6 +8,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+/// SMTP sessions a hub the tool starts holds to the sink unless told otherwise.
+pub const SMTP_SESSIONS: usize = 32;
+
 /// Outbox message id -> arrival times (more than one: delivered twice).
 pub type Deliveries = Arc<Mutex<HashMap<String, Vec<DateTime<Utc>>>>>;
 
@@ -93,16 +96,16 @@ impl SmtpSink {
             .clone()
     }
 
-    /// The hub's settings to send through this sink.
-    pub fn hub_env(&self) -> Vec<(String, String)> {
+    /// The hub's settings to send through this sink over `sessions` SMTP sessions.
+    pub fn hub_env(&self, sessions: usize) -> Vec<(String, String)> {
         [
             ("TIFFIN_SMTP__HOST", "127.0.0.1".to_owned()),
             ("TIFFIN_SMTP__PORT", self.port.to_string()),
             ("TIFFIN_SMTP__TLS", "none".to_owned()),
             ("TIFFIN_SMTP__FROM", "Tiffin <tiffin@load.test>".to_owned()),
-            // One message at a time per session: against a sink slowed to 50 ms, 32 sessions
-            // carry up to 640 emails a second.
-            ("TIFFIN_SMTP__CONNECTIONS", "32".to_owned()),
+            // One message at a time per session: against a sink slowed to 50 ms, each session
+            // carries up to 20 emails a second.
+            ("TIFFIN_SMTP__CONNECTIONS", sessions.to_string()),
             // One sink, as fast as loopback allows: the hub's own bucket is not under test.
             ("TIFFIN_DELIVERY__EMAIL__PER_SEC", "0".to_owned()),
         ]
@@ -340,8 +343,8 @@ impl Sinks {
         })
     }
 
-    pub fn hub_env(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let mut env = self.smtp.hub_env();
+    pub fn hub_env(&self, smtp_sessions: usize) -> anyhow::Result<Vec<(String, String)>> {
+        let mut env = self.smtp.hub_env(smtp_sessions);
         env.extend(self.providers.hub_env()?);
         Ok(env)
     }
