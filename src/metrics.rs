@@ -9,6 +9,10 @@ use std::time::Instant;
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
+/// A turn at a database connection: most take well under a millisecond.
+const DB_TURN_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 
 /// Installs the process-wide recorder; call once.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -17,6 +21,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
             Matcher::Full("http_request_duration_seconds".into()),
             LATENCY_BUCKETS,
         )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Prefix("db_connection_".into()), DB_TURN_BUCKETS)
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())

@@ -187,17 +187,44 @@ macro_rules! with_conn {
     ($db:expr, |$conn:ident| $body:expr) => {
         match $db {
             $crate::db::Db::Pg(pool) => {
+                let asked = std::time::Instant::now();
                 let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let turn = $crate::db::Turn::began(asked);
                 let $conn = &mut *pooled;
-                $body
+                let out = $body;
+                turn.ended();
+                out
             }
             $crate::db::Db::Sqlite(pool) => {
+                let asked = std::time::Instant::now();
                 let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
+                let turn = $crate::db::Turn::began(asked);
                 let $conn = &mut *pooled;
-                $body
+                let out = $body;
+                turn.ended();
+                out
             }
         }
     };
+}
+
+/// One turn at a pooled connection: how long it was waited for and held. On SQLite's one
+/// connection, the held seconds per second say how busy the database is, and the waits what
+/// that costs its callers.
+pub struct Turn {
+    got: std::time::Instant,
+}
+
+impl Turn {
+    pub fn began(asked: std::time::Instant) -> Turn {
+        let got = std::time::Instant::now();
+        metrics::histogram!("db_connection_wait_seconds").record((got - asked).as_secs_f64());
+        Turn { got }
+    }
+
+    pub fn ended(self) {
+        metrics::histogram!("db_connection_held_seconds").record(self.got.elapsed().as_secs_f64());
+    }
 }
 
 impl Db {
