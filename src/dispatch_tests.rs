@@ -21,6 +21,10 @@ use tiffin_actors::{DeliveryPolicy, Dispatcher, RateLimit};
 struct Provider {
     received: Mutex<Vec<(Instant, String)>>,
     failing: Vec<String>,
+    /// When set, each send waits here for a permit: a provider that has stopped answering.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// The sends it says it carries at once; 0 for the default.
+    parallel: usize,
 }
 
 struct Shared(Arc<Provider>);
@@ -28,6 +32,9 @@ struct Shared(Arc<Provider>);
 #[async_trait]
 impl Sender for Shared {
     async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
+        if let Some(gate) = &self.0.gate {
+            drop(gate.acquire().await.unwrap());
+        }
         self.0
             .received
             .lock()
@@ -39,6 +46,13 @@ impl Sender for Shared {
             Ok(())
         }
     }
+
+    fn parallel(&self) -> usize {
+        match self.0.parallel {
+            0 => tiffin_actors::ports::DEFAULT_PARALLEL_SENDS,
+            n => n,
+        }
+    }
 }
 
 async fn database() -> (tempfile::TempDir, Db) {
@@ -47,6 +61,28 @@ async fn database() -> (tempfile::TempDir, Db) {
     db::migrate(&url).await.unwrap();
     let db = Db::connect(&url, 4).unwrap();
     (dir, db)
+}
+
+/// The server the test command makes sure of.
+fn pg_admin_url() -> String {
+    std::env::var("TIFFIN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn pg_admin(sql: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let mut conn = AsyncPgConnection::establish(&pg_admin_url()).await.unwrap();
+    conn.batch_execute(sql).await.unwrap();
+}
+
+/// A PostgreSQL database of the test's own, migrated; its name, to drop it after.
+async fn pg_database() -> (String, Db) {
+    let name = format!("tiffin_dispatch_{}", uuid::Uuid::new_v4().simple());
+    pg_admin(&format!("CREATE DATABASE {name}")).await;
+    let base = pg_admin_url();
+    let url = DatabaseUrl::Postgres(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    db::migrate(&url).await.unwrap();
+    (name, Db::connect(&url, 4).unwrap())
 }
 
 async fn queue(
@@ -102,7 +138,13 @@ async fn settled(db: &Db, ids: &[String]) -> Vec<OutboxRow> {
         if rows.iter().all(|r| r.status != "pending") {
             return rows;
         }
-        assert!(Instant::now() < deadline, "still pending: {rows:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still pending: {:?}",
+            rows.iter()
+                .filter(|r| r.status == "pending")
+                .collect::<Vec<_>>()
+        );
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -205,4 +247,178 @@ async fn a_provider_rate_limit_spaces_sends_and_loses_none() {
     // Two a second, one at a time: the fourth no sooner than 1.5 s after the first.
     let spread = received[3].0 - received[0].0;
     assert!(spread >= Duration::from_millis(1400), "{spread:?}");
+}
+
+#[actix_web::test]
+async fn a_stalled_provider_holds_up_only_its_own_channel() {
+    let (_dir, db) = database().await;
+    a_stalled_provider_holds_up_only_its_own(&db).await;
+}
+
+/// On PostgreSQL the claim that skips a full channel is a different statement.
+#[actix_web::test]
+async fn a_stalled_provider_holds_up_only_its_own_channel_on_postgres() {
+    let (name, db) = pg_database().await;
+    a_stalled_provider_holds_up_only_its_own(&db).await;
+    drop(db);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+async fn a_stalled_provider_holds_up_only_its_own(db: &Db) {
+    let db = db.clone();
+    let s = school(&db, "Lanes").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let email = Arc::new(Provider {
+        gate: Some(gate.clone()),
+        parallel: 4,
+        ..Provider::default()
+    });
+    let sms = Arc::new(Provider::default());
+    // More stalled emails than dispatch once held in all (512), every one due before the
+    // texts.
+    let earlier = now() - chrono::Duration::minutes(1);
+    let mut emails = Vec::new();
+    for n in 0..600 {
+        let address = format!("guardian{n}@example.test");
+        emails.push(
+            queue(&db, &s.id, &s.student, n + 1, &address, |r| {
+                r.channel = "email".into();
+                r.next_attempt_at = earlier;
+            })
+            .await,
+        );
+    }
+    let mut texts = Vec::new();
+    for n in 0..5 {
+        let address = format!("+1555000{n}");
+        texts.push(queue(&db, &s.id, &s.student, 1_000 + n, &address, |_| ()).await);
+    }
+    let store = Arc::new(DieselStore::new(db.clone(), 120));
+    let senders: HashMap<String, Arc<dyn Sender>> = HashMap::from([
+        (
+            "email".to_owned(),
+            Arc::new(Shared(email.clone())) as Arc<dyn Sender>,
+        ),
+        (
+            "sms".to_owned(),
+            Arc::new(Shared(sms.clone())) as Arc<dyn Sender>,
+        ),
+    ]);
+    // No poll within the test: every claim after the first is asked for by dispatch itself
+    // (and no rate limit, whose deferred messages wait for the poll).
+    let policy = DeliveryPolicy {
+        email: RateLimit {
+            per_sec: 0,
+            burst: 0,
+        },
+        ..DeliveryPolicy::default()
+    };
+    let _dispatcher = Dispatcher::new(store, senders, Duration::from_secs(3600), policy).start();
+
+    let rows = settled(&db, &texts).await;
+    assert!(rows.iter().all(|r| r.status == "sent"), "{rows:?}");
+    assert!(email.received.lock().unwrap().is_empty());
+    let pending = futures_util::future::join_all(emails.iter().map(|id| repo::outbox_row(&db, id)))
+        .await
+        .into_iter()
+        .filter(|row| row.as_ref().unwrap().as_ref().unwrap().status == "pending")
+        .count();
+    assert_eq!(pending, 600, "the emails wait for their provider");
+
+    gate.add_permits(1);
+    let rows = settled(&db, &emails).await;
+    assert!(
+        rows.iter().all(|r| r.status == "sent" && r.attempts == 1),
+        "{:?}",
+        rows.iter().find(|r| r.status != "sent" || r.attempts != 1)
+    );
+    let mut received: Vec<String> = email
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, address)| address.clone())
+        .collect();
+    received.sort();
+    received.dedup();
+    assert_eq!(received.len(), 600, "each email once");
+    assert_eq!(email.received.lock().unwrap().len(), 600);
+}
+
+#[actix_web::test]
+async fn one_look_decides_whether_each_message_of_a_claim_still_goes_out() {
+    use tiffin_actors::notices::Priority;
+    use tiffin_actors::ports::{Needed, NewOrder, NewOrderItem, Outbox, Placed, Store};
+    let (_dir, db) = database().await;
+    let s = school(&db, "Needed").await;
+    let store = DieselStore::new(db.clone(), 120);
+    let placed = match store
+        .place_order(NewOrder {
+            school_id: s.id.clone(),
+            student_id: s.student.clone(),
+            placed_by: s.student.clone(),
+            items: vec![NewOrderItem {
+                meal_id: s.meal.clone(),
+                quantity: 1,
+            }],
+            idempotency: None,
+            allergy_override: None,
+            window_id: None,
+        })
+        .await
+        .unwrap()
+    {
+        Placed::New(event) => event.order,
+        Placed::Existing(_) => panic!("a new order"),
+    };
+    let push_sent = queue(&db, &s.id, &s.student, 1, "token-a", |r| {
+        r.channel = "push".into()
+    })
+    .await;
+    let push_pending = queue(&db, &s.id, &s.student, 2, "token-b", |r| {
+        r.channel = "push".into()
+    })
+    .await;
+    store
+        .mark_sent(std::slice::from_ref(&push_sent))
+        .await
+        .unwrap();
+
+    let order = |id: &str| serde_json::json!({"order": {"id": id}}).to_string();
+    let message = |template: &str, payload: String, fallback_for: Option<&String>| OutboxMessage {
+        id: uuid::Uuid::now_v7().to_string(),
+        recipient_id: s.student.clone(),
+        channel: "sms".into(),
+        template: template.into(),
+        address: "+15550000".into(),
+        locale: "en".into(),
+        payload,
+        attempts: 0,
+        priority: Priority::Normal,
+        created_at: chrono::Utc::now(),
+        expires_at: None,
+        fallback_for: fallback_for.cloned(),
+    };
+    let claim = [
+        message("order_ready", "{}".into(), Some(&push_sent)),
+        message("order_ready", "{}".into(), Some(&push_pending)),
+        // Placed, not ready: the news is not (yet, or any longer) true.
+        message("order_ready", order(&placed.id), None),
+        message("order_placed", order(&placed.id), None),
+        message("order_ready", "not json".into(), None),
+        message("order_ready", order("no-such-order"), None),
+    ];
+    let needed = store.still_needed(&claim).await.unwrap();
+    assert_eq!(
+        needed,
+        [
+            Needed::DeliveredOtherwise,
+            Needed::Yes,
+            Needed::NoLongerTrue,
+            Needed::Yes,
+            Needed::Yes,
+            Needed::Yes,
+        ]
+    );
+    assert!(store.still_needed(&[]).await.unwrap().is_empty());
 }

@@ -331,6 +331,8 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Du
 
 pub struct SmtpSender {
     connections: SmtpConnections,
+    /// Sessions open at once, one message on each.
+    sessions: usize,
     from: Mailbox,
     templates: Arc<Templates>,
 }
@@ -347,6 +349,7 @@ impl SmtpSender {
             .map_err(|e| format!("smtp from address {:?}: {e}", config.from))?;
         Ok(SmtpSender {
             connections: SmtpConnections::new(config, timeout)?,
+            sessions: config.connections,
             from,
             templates,
         })
@@ -385,6 +388,10 @@ impl Sender for SmtpSender {
                 SendError::Transient(e.to_string())
             }
         })
+    }
+
+    fn parallel(&self) -> usize {
+        self.sessions
     }
 }
 

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{Duration, NaiveDateTime};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Role, Wave,
@@ -1009,10 +1009,11 @@ macro_rules! record_attempt {
 
 /// Rows due now and not under a live claim, most urgent first.
 macro_rules! due_outbox {
-    ($at:expr, $limit:expr) => {
+    ($at:expr, $limit:expr, $skip:expr) => {
         outbox::table
             .filter(outbox::status.eq("pending"))
             .filter(outbox::next_attempt_at.le($at))
+            .filter(outbox::channel.ne_all($skip))
             .filter(
                 outbox::claimed_until
                     .is_null()
@@ -1031,11 +1032,12 @@ async fn claim_skip_locked(
     at: NaiveDateTime,
     lease: NaiveDateTime,
     limit: i64,
+    skip: &[String],
 ) -> Result<Vec<String>, DbError> {
     let mut conn = pool.get().await.map_err(DbError::from)?;
     Ok(conn
         .transaction(async |conn| {
-            let ids: Vec<String> = due_outbox!(at, limit)
+            let ids: Vec<String> = due_outbox!(at, limit, skip)
                 .for_update()
                 .skip_locked()
                 .load(conn)
@@ -1058,6 +1060,7 @@ async fn claim_in_one_statement(
     at: NaiveDateTime,
     lease: NaiveDateTime,
     limit: i64,
+    skip: &[String],
 ) -> Result<Vec<String>, DbError> {
     use diesel::sql_types::{BigInt, Text, Timestamp};
     #[derive(diesel::QueryableByName)]
@@ -1071,12 +1074,15 @@ async fn claim_in_one_statement(
     let claimed: Vec<Claimed> = diesel::sql_query(
         "UPDATE outbox SET claimed_until = ? WHERE id IN (\
            SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? \
+           AND channel NOT IN (SELECT value FROM json_each(?)) \
            AND (claimed_until IS NULL OR claimed_until < ?) \
            ORDER BY priority DESC, next_attempt_at ASC LIMIT ?) \
          RETURNING id",
     )
     .bind::<Timestamp, _>(lease)
     .bind::<Timestamp, _>(at)
+    // One parameter for any number of channels: the list as a JSON array.
+    .bind::<Text, _>(serde_json::Value::from(skip).to_string())
     .bind::<Timestamp, _>(at)
     .bind::<BigInt, _>(limit)
     .load(&mut *conn)
@@ -1206,12 +1212,16 @@ impl Store for DieselStore {
 
 #[async_trait]
 impl Outbox for DieselStore {
-    async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError> {
+    async fn claim_due(
+        &self,
+        limit: i64,
+        skip: &[String],
+    ) -> Result<Vec<OutboxMessage>, CommandError> {
         let at = now();
         let lease = at + Duration::seconds(CLAIM_LEASE_SECS);
         let claimed = match &self.db {
-            Db::Pg(pool) => claim_skip_locked(pool, at, lease, limit).await?,
-            Db::Sqlite(pool) => claim_in_one_statement(pool, at, lease, limit).await?,
+            Db::Pg(pool) => claim_skip_locked(pool, at, lease, limit, skip).await?,
+            Db::Sqlite(pool) => claim_in_one_statement(pool, at, lease, limit, skip).await?,
         };
         if claimed.is_empty() {
             return Ok(Vec::new());
@@ -1242,43 +1252,71 @@ impl Outbox for DieselStore {
             .collect())
     }
 
-    async fn still_needed(&self, message: &OutboxMessage) -> Result<Needed, CommandError> {
-        if let Some(first) = &message.fallback_for {
-            let status: Option<String> = with_conn!(&self.db, |conn| outbox::table
-                .find(first)
-                .select(outbox::status)
-                .first(conn)
-                .await
-                .optional()
-                .map_err(DbError::from))?;
-            if status.as_deref() == Some("sent") {
-                return Ok(Needed::DeliveredOtherwise);
-            }
-        }
-        let Some(kind) = Kind::parse(&message.template) else {
-            return Ok(Needed::Yes);
-        };
-        let payload: serde_json::Value = serde_json::from_str(&message.payload)
-            .map_err(|e| CommandError::Internal(format!("outbox payload: {e}")))?;
-        let Some(order_id) = payload["order"]["id"].as_str() else {
-            return Ok(Needed::Yes);
-        };
-        let state: Option<String> = with_conn!(&self.db, |conn| orders::table
-            .find(order_id)
-            .select(orders::state)
-            .first(conn)
-            .await
-            .optional()
-            .map_err(DbError::from))?;
-        let true_now = state
-            .as_deref()
-            .and_then(OrderState::parse)
-            .is_none_or(|state| kind.still_true(state));
-        Ok(if true_now {
-            Needed::Yes
+    async fn still_needed(&self, messages: &[OutboxMessage]) -> Result<Vec<Needed>, CommandError> {
+        let firsts: Vec<&String> = messages
+            .iter()
+            .filter_map(|m| m.fallback_for.as_ref())
+            .collect();
+        let delivered: HashSet<String> = if firsts.is_empty() {
+            HashSet::new()
         } else {
-            Needed::NoLongerTrue
-        })
+            with_conn!(&self.db, |conn| outbox::table
+                .filter(outbox::id.eq_any(&firsts))
+                .filter(outbox::status.eq("sent"))
+                .select(outbox::id)
+                .load::<String>(conn)
+                .await
+                .map_err(DbError::from))?
+            .into_iter()
+            .collect()
+        };
+        // The order each message tells of, if its news can stop being true. A payload that
+        // names none goes out: rendering it decides.
+        let about: Vec<Option<(Kind, String)>> = messages
+            .iter()
+            .map(|m| {
+                let kind = Kind::parse(&m.template)?;
+                let payload: serde_json::Value = serde_json::from_str(&m.payload).ok()?;
+                Some((kind, payload["order"]["id"].as_str()?.to_owned()))
+            })
+            .collect();
+        let order_ids: Vec<&String> = about.iter().flatten().map(|(_, id)| id).collect();
+        let states: HashMap<String, String> = if order_ids.is_empty() {
+            HashMap::new()
+        } else {
+            with_conn!(&self.db, |conn| orders::table
+                .filter(orders::id.eq_any(&order_ids))
+                .select((orders::id, orders::state))
+                .load::<(String, String)>(conn)
+                .await
+                .map_err(DbError::from))?
+            .into_iter()
+            .collect()
+        };
+        Ok(messages
+            .iter()
+            .zip(&about)
+            .map(|(message, about)| {
+                if message
+                    .fallback_for
+                    .as_ref()
+                    .is_some_and(|first| delivered.contains(first))
+                {
+                    return Needed::DeliveredOtherwise;
+                }
+                let no_longer_true = about.as_ref().is_some_and(|(kind, order_id)| {
+                    states
+                        .get(order_id)
+                        .and_then(|state| OrderState::parse(state))
+                        .is_some_and(|state| !kind.still_true(state))
+                });
+                if no_longer_true {
+                    Needed::NoLongerTrue
+                } else {
+                    Needed::Yes
+                }
+            })
+            .collect())
     }
 
     async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError> {

@@ -218,10 +218,17 @@ pub struct OutboxStats {
 /// The outbox side of the store, used by notification dispatch. Every attempt is recorded.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
-    /// Claims up to `limit` due messages for this dispatcher, most urgent first; a claim
-    /// expires if its dispatcher dies.
-    async fn claim_due(&self, limit: i64) -> Result<Vec<OutboxMessage>, CommandError>;
-    async fn still_needed(&self, message: &OutboxMessage) -> Result<Needed, CommandError>;
+    /// Claims up to `limit` due messages for this dispatcher, most urgent first, none on the
+    /// channels in `skip` (their providers have enough under way); a claim expires if its
+    /// dispatcher dies.
+    async fn claim_due(
+        &self,
+        limit: i64,
+        skip: &[String],
+    ) -> Result<Vec<OutboxMessage>, CommandError>;
+    /// Whether each message should still go out, in order: one look for a whole claim, so
+    /// that a burst of messages does not queue one read each at the database.
+    async fn still_needed(&self, messages: &[OutboxMessage]) -> Result<Vec<Needed>, CommandError>;
     /// Records messages as sent, all in one transaction (dispatch groups them).
     async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError>;
     /// Takes a message out of the queue unsent, with the reason.
@@ -243,4 +250,14 @@ pub trait Outbox: Send + Sync + 'static {
 #[async_trait]
 pub trait Sender: Send + Sync + 'static {
     async fn send(&self, message: &OutboxMessage) -> Result<(), SendError>;
+
+    /// Sends this provider carries at once (an SMTP session takes one message at a time).
+    /// Dispatch holds a few times this many of the channel's messages, so that a slow
+    /// provider's backlog waits in the outbox and not in front of the other channels.
+    fn parallel(&self) -> usize {
+        DEFAULT_PARALLEL_SENDS
+    }
 }
+
+/// An HTTP provider's sends at once, unless it says otherwise.
+pub const DEFAULT_PARALLEL_SENDS: usize = 128;

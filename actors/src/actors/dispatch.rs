@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 /// 32 the order wave's receipts waited for claims (event -> sink p99 1.1 s at half load, 0.23 s
 /// with 128; BENCHMARKS.md).
 const BATCH: i64 = 128;
-/// Deliveries out at once; beyond this, claiming waits for some to finish.
-const MAX_IN_FLIGHT: usize = 512;
+/// A lane holds this many rounds of its provider's parallel sends and asks for more at half,
+/// four rounds ahead: a claim can wait its turn at the database for a round or two in a rush
+/// (with two or four rounds held the rush's emails waited longer; BENCHMARKS.md). Few enough
+/// that the last goes out within the provider timeout, which counts waiting for a session,
+/// while sends take under 2 s.
+const ROUNDS_HELD: usize = 8;
 /// How often the outbox gauges are refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 
@@ -213,13 +217,58 @@ impl SentLog {
     }
 }
 
+/// One channel's deliveries under way. Claims skip a full lane, so one provider's backlog
+/// (1,000 order-ready emails through 32 SMTP sessions) never holds up another's messages.
+struct Lane {
+    in_flight: AtomicUsize,
+    /// `ROUNDS_HELD` rounds of the provider's parallel sends.
+    full_at: usize,
+}
+
+impl Lane {
+    fn new(parallel: usize) -> Lane {
+        Lane {
+            in_flight: AtomicUsize::new(0),
+            full_at: parallel.max(1) * ROUNDS_HELD,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) >= self.full_at
+    }
+
+    /// One delivery done; true when the lane just fell to half full, time to claim more.
+    fn finished(&self) -> bool {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed) == self.full_at / 2 + 1
+    }
+}
+
 struct Shared {
     outbox: Arc<dyn Outbox>,
     sent: SentLog,
     senders: HashMap<String, Arc<dyn Sender>>,
     /// External channels only: the in-app channel is our own database.
     providers: HashMap<String, Provider>,
+    /// One per sender's channel; a message of a channel without a sender fails at once.
+    lanes: HashMap<String, Lane>,
     policy: DeliveryPolicy,
+}
+
+impl Shared {
+    fn full_lanes(&self) -> Vec<String> {
+        self.lanes
+            .iter()
+            .filter(|(_, lane)| lane.is_full())
+            .map(|(channel, _)| channel.clone())
+            .collect()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.lanes
+            .values()
+            .map(|lane| lane.in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 pub struct Dispatcher {
@@ -227,8 +276,6 @@ pub struct Dispatcher {
     poll: Duration,
     busy: bool,
     again: bool,
-    /// Deliveries under way (each bounded by its provider's timeout).
-    in_flight: Arc<AtomicUsize>,
 }
 
 impl Dispatcher {
@@ -245,34 +292,42 @@ impl Dispatcher {
                 Some((channel.clone(), Provider::new(&policy, limit)))
             })
             .collect();
+        let lanes = senders
+            .iter()
+            .map(|(channel, sender)| (channel.clone(), Lane::new(sender.parallel())))
+            .collect();
         Dispatcher {
             shared: Arc::new(Shared {
                 outbox,
                 sent: SentLog::default(),
                 senders,
                 providers,
+                lanes,
                 policy,
             }),
             poll,
             busy: false,
             again: false,
-            in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Claims due messages and sends each on its own, so a slow provider holds up only its
-    /// own messages; at most `MAX_IN_FLIGHT` are out at once.
+    /// Claims due messages of the channels with room and sends each on its own, so a slow
+    /// provider holds up only its own messages. A lane that empties to half asks for more.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+        if self.busy {
             self.again = true;
+            return;
+        }
+        let skip = self.shared.full_lanes();
+        if !self.shared.lanes.is_empty() && skip.len() == self.shared.lanes.len() {
             return;
         }
         self.busy = true;
         let shared = self.shared.clone();
-        let in_flight = self.in_flight.clone();
+        let dispatcher = ctx.address();
         ctx.spawn(
             async move {
-                let batch = match shared.outbox.claim_due(BATCH).await {
+                let batch = match shared.outbox.claim_due(BATCH, &skip).await {
                     Ok(batch) => batch,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox claim failed");
@@ -280,12 +335,30 @@ impl Dispatcher {
                     }
                 };
                 let full = batch.len() as i64 == BATCH;
-                for message in batch {
-                    in_flight.fetch_add(1, Ordering::Relaxed);
-                    let (shared, in_flight) = (shared.clone(), in_flight.clone());
+                // Asked at claim time; each send follows at once, or after the few sends
+                // ahead of it in its lane.
+                let needed = match shared.outbox.still_needed(&batch).await {
+                    Ok(needed) => needed,
+                    Err(e) => {
+                        // The claims expire and the messages are tried again.
+                        tracing::warn!(error = %e, "outbox check failed");
+                        return false;
+                    }
+                };
+                for (message, needed) in batch.into_iter().zip(needed) {
+                    if let Some(lane) = shared.lanes.get(&message.channel) {
+                        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
                     actix::spawn(async move {
-                        deliver(shared, message).await;
-                        in_flight.fetch_sub(1, Ordering::Relaxed);
+                        deliver(&shared, &message, needed).await;
+                        if shared
+                            .lanes
+                            .get(&message.channel)
+                            .is_some_and(Lane::finished)
+                        {
+                            dispatcher.do_send(Nudge);
+                        }
                     });
                 }
                 full
@@ -301,18 +374,16 @@ impl Dispatcher {
     }
 
     fn refresh_gauges(&self, ctx: &mut Context<Self>) {
-        let outbox = self.shared.outbox.clone();
-        let in_flight = self.in_flight.clone();
+        let shared = self.shared.clone();
         ctx.spawn(
             async move {
-                match outbox.stats().await {
+                match shared.outbox.stats().await {
                     Ok(stats) => {
                         metrics::gauge!("outbox_pending").set(stats.pending as f64);
                         metrics::gauge!("outbox_oldest_pending_seconds")
                             .set(stats.oldest_pending_secs as f64);
                         metrics::gauge!("outbox_dead").set(stats.dead as f64);
-                        metrics::gauge!("notify_in_flight")
-                            .set(in_flight.load(Ordering::Relaxed) as f64);
+                        metrics::gauge!("notify_in_flight").set(shared.in_flight() as f64);
                     }
                     Err(e) => tracing::warn!(error = %e, "outbox stats failed"),
                 }
@@ -327,8 +398,8 @@ fn counted(channel: &str, outcome: &'static str) {
         .increment(1);
 }
 
-async fn deliver(shared: Arc<Shared>, message: OutboxMessage) {
-    let outcome = attempt(&shared, &message).await;
+async fn deliver(shared: &Shared, message: &OutboxMessage, needed: Needed) {
+    let outcome = attempt(shared, message, needed).await;
     match outcome {
         Ok(outcome) => counted(&message.channel, outcome),
         // The claim expires and the message is tried again: at least once, never lost.
@@ -340,6 +411,7 @@ async fn deliver(shared: Arc<Shared>, message: OutboxMessage) {
 async fn attempt(
     shared: &Shared,
     message: &OutboxMessage,
+    needed: Needed,
 ) -> Result<&'static str, crate::ports::CommandError> {
     let outbox = &shared.outbox;
     let now = chrono::Utc::now();
@@ -349,7 +421,7 @@ async fn attempt(
             .await?;
         return Ok("expired");
     }
-    match outbox.still_needed(message).await? {
+    match needed {
         Needed::Yes => {}
         Needed::NoLongerTrue => {
             tracing::info!(id = %message.id, template = %message.template, "no longer true; expired");
