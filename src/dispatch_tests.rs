@@ -346,8 +346,7 @@ async fn a_stalled_provider_holds_up_only_its_own(db: &Db) {
 }
 
 #[actix_web::test]
-async fn one_look_decides_whether_each_message_of_a_claim_still_goes_out() {
-    use tiffin_actors::notices::Priority;
+async fn a_claim_says_whether_each_of_its_messages_still_goes_out() {
     use tiffin_actors::ports::{Needed, NewOrder, NewOrderItem, Outbox, Placed, Store};
     let (_dir, db) = database().await;
     let s = school(&db, "Needed").await;
@@ -371,54 +370,70 @@ async fn one_look_decides_whether_each_message_of_a_claim_still_goes_out() {
         Placed::New(event) => event.order,
         Placed::Existing(_) => panic!("a new order"),
     };
+    // The order's own receipts are not under test.
+    let receipts: Vec<String> = store
+        .claim_due(100, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.message.id)
+        .collect();
+    store.mark_sent(&receipts).await.unwrap();
+    let later = now() + chrono::Duration::hours(1);
     let push_sent = queue(&db, &s.id, &s.student, 1, "token-a", |r| {
-        r.channel = "push".into()
-    })
-    .await;
-    let push_pending = queue(&db, &s.id, &s.student, 2, "token-b", |r| {
-        r.channel = "push".into()
+        r.channel = "push".into();
     })
     .await;
     store
         .mark_sent(std::slice::from_ref(&push_sent))
         .await
         .unwrap();
+    let push_pending = queue(&db, &s.id, &s.student, 2, "token-b", |r| {
+        r.channel = "push".into();
+        r.next_attempt_at = later;
+    })
+    .await;
 
     let order = |id: &str| serde_json::json!({"order": {"id": id}}).to_string();
-    let message = |template: &str, payload: String, fallback_for: Option<&String>| OutboxMessage {
-        id: uuid::Uuid::now_v7().to_string(),
-        recipient_id: s.student.clone(),
-        channel: "sms".into(),
-        template: template.into(),
-        address: "+15550000".into(),
-        locale: "en".into(),
-        payload,
-        attempts: 0,
-        priority: Priority::Normal,
-        created_at: chrono::Utc::now(),
-        expires_at: None,
-        fallback_for: fallback_for.cloned(),
-    };
-    let claim = [
-        message("order_ready", "{}".into(), Some(&push_sent)),
-        message("order_ready", "{}".into(), Some(&push_pending)),
-        // Placed, not ready: the news is not (yet, or any longer) true.
-        message("order_ready", order(&placed.id), None),
-        message("order_placed", order(&placed.id), None),
-        message("order_ready", "not json".into(), None),
-        message("order_ready", order("no-such-order"), None),
-    ];
-    let needed = store.still_needed(&claim).await.unwrap();
-    assert_eq!(
-        needed,
-        [
+    let cases = [
+        (
+            "order_ready",
+            "{}".to_owned(),
+            Some(&push_sent),
             Needed::DeliveredOtherwise,
+        ),
+        (
+            "order_ready",
+            "{}".to_owned(),
+            Some(&push_pending),
             Needed::Yes,
-            Needed::NoLongerTrue,
-            Needed::Yes,
-            Needed::Yes,
-            Needed::Yes,
-        ]
+        ),
+        // Placed, not ready: the news is not (yet, or any longer) true.
+        ("order_ready", order(&placed.id), None, Needed::NoLongerTrue),
+        ("order_placed", order(&placed.id), None, Needed::Yes),
+        ("order_ready", "not json".to_owned(), None, Needed::Yes),
+        ("order_ready", order("no-such-order"), None, Needed::Yes),
+    ];
+    let mut expected = HashMap::new();
+    for (n, (template, payload, fallback_for, needed)) in cases.into_iter().enumerate() {
+        let id = queue(&db, &s.id, &s.student, 10 + n as i64, "+15550000", |r| {
+            r.template = template.into();
+            r.payload = payload;
+            r.fallback_for = fallback_for.cloned();
+        })
+        .await;
+        expected.insert(id, needed);
+    }
+    let claimed: HashMap<String, Needed> = store
+        .claim_due(100, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.message.id, c.needed))
+        .collect();
+    assert_eq!(claimed, expected);
+    assert!(
+        store.claim_due(100, &[]).await.unwrap().is_empty(),
+        "all leased"
     );
-    assert!(store.still_needed(&[]).await.unwrap().is_empty());
 }

@@ -24,6 +24,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .map_err(|e| e.to_string())?
         .set_buckets_for_metric(Matcher::Prefix("db_connection_".into()), DB_TURN_BUCKETS)
         .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full("notify_claim_lag_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full("notify_send_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(
+            Matcher::Full("outbox_claim_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())
 }

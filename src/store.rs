@@ -9,7 +9,7 @@ use crate::db::schema::{
     counters, delivery_attempts, device_tokens, guardian_links, meals, notification_preferences,
     order_events, orders, outbox, schools, service_windows, users,
 };
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, Turn};
 use crate::group_commit::GroupCommit;
 use crate::with_conn;
 use async_trait::async_trait;
@@ -27,7 +27,7 @@ use tiffin_actors::notices::{
     first_attempt_delay, intents, kind_of_alert, kind_of_transition,
 };
 use tiffin_actors::ports::{
-    AlertCommit, CommandError, CounterMove, Dropped, Idempotency, KitchenSnapshot, Needed,
+    AlertCommit, Claimed, CommandError, CounterMove, Dropped, Idempotency, KitchenSnapshot, Needed,
     NewOrder, Outbox, OutboxMessage, OutboxStats, Placed, Store, TransitionCommit,
 };
 
@@ -1025,16 +1025,107 @@ macro_rules! due_outbox {
     };
 }
 
+/// What decides whether claimed messages still go out: the fallbacks' first messages that
+/// were delivered, and the state of each order a message tells of.
+#[derive(Default)]
+struct ClaimFacts {
+    delivered: HashSet<String>,
+    states: HashMap<String, String>,
+}
+
+impl ClaimFacts {
+    fn needed(&self, message: &OutboxMessage) -> Needed {
+        if message
+            .fallback_for
+            .as_ref()
+            .is_some_and(|first| self.delivered.contains(first))
+        {
+            return Needed::DeliveredOtherwise;
+        }
+        let told_of = order_told_of(&message.template, &message.payload);
+        let no_longer_true = told_of.is_some_and(|(kind, order_id)| {
+            self.states
+                .get(&order_id)
+                .and_then(|state| OrderState::parse(state))
+                .is_some_and(|state| !kind.still_true(state))
+        });
+        if no_longer_true {
+            Needed::NoLongerTrue
+        } else {
+            Needed::Yes
+        }
+    }
+}
+
+/// The order a message tells of, if its news can stop being true. A payload that names none
+/// goes out: rendering it decides.
+fn order_told_of(template: &str, payload: &str) -> Option<(Kind, String)> {
+    let kind = Kind::parse(template)?;
+    let payload: serde_json::Value = serde_json::from_str(payload).ok()?;
+    Some((kind, payload["order"]["id"].as_str()?.to_owned()))
+}
+
+/// The claimed rows and their `ClaimFacts`, read on the claim's connection.
+macro_rules! claimed_rows {
+    ($conn:expr, $ids:expr) => {{
+        let conn = $conn;
+        let ids: Vec<String> = $ids;
+        if ids.is_empty() {
+            (Vec::new(), ClaimFacts::default())
+        } else {
+            let rows: Vec<OutboxRow> = outbox::table
+                .filter(outbox::id.eq_any(&ids))
+                .select(OutboxRow::as_select())
+                .load(conn)
+                .await
+                .map_err(DbError::from)?;
+            let firsts: Vec<&String> = rows
+                .iter()
+                .filter_map(|r| r.fallback_for.as_ref())
+                .collect();
+            let delivered: HashSet<String> = if firsts.is_empty() {
+                HashSet::new()
+            } else {
+                outbox::table
+                    .filter(outbox::id.eq_any(&firsts))
+                    .filter(outbox::status.eq("sent"))
+                    .select(outbox::id)
+                    .load::<String>(conn)
+                    .await
+                    .map_err(DbError::from)?
+                    .into_iter()
+                    .collect()
+            };
+            let order_ids: Vec<String> = rows
+                .iter()
+                .filter_map(|r| order_told_of(&r.template, &r.payload).map(|(_, id)| id))
+                .collect();
+            let states: HashMap<String, String> = if order_ids.is_empty() {
+                HashMap::new()
+            } else {
+                orders::table
+                    .filter(orders::id.eq_any(&order_ids))
+                    .select((orders::id, orders::state))
+                    .load::<(String, String)>(conn)
+                    .await
+                    .map_err(DbError::from)?
+                    .into_iter()
+                    .collect()
+            };
+            (rows, ClaimFacts { delivered, states })
+        }
+    }};
+}
+
 /// PostgreSQL: lock due rows, skipping those another dispatcher holds, and lease them in one
 /// transaction, so dispatchers on any number of nodes never claim one row twice.
 async fn claim_skip_locked(
-    pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::PgConn>,
+    conn: &mut crate::db::PgConn,
     at: NaiveDateTime,
     lease: NaiveDateTime,
     limit: i64,
     skip: &[String],
 ) -> Result<Vec<String>, DbError> {
-    let mut conn = pool.get().await.map_err(DbError::from)?;
     Ok(conn
         .transaction(async |conn| {
             let ids: Vec<String> = due_outbox!(at, limit, skip)
@@ -1056,7 +1147,7 @@ async fn claim_skip_locked(
 /// a compare-and-set per row made 33 writes per batch, each queued behind the rush's
 /// transactions (958 messages pending with none in flight; BENCHMARKS.md).
 async fn claim_in_one_statement(
-    pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::SqliteConn>,
+    conn: &mut crate::db::SqliteConn,
     at: NaiveDateTime,
     lease: NaiveDateTime,
     limit: i64,
@@ -1070,7 +1161,6 @@ async fn claim_in_one_statement(
     }
     // SQL, because diesel takes no subquery in an UPDATE's target; the subquery is
     // `due_outbox!`'s.
-    let mut conn = pool.get().await.map_err(DbError::from)?;
     let claimed: Vec<Claimed> = diesel::sql_query(
         "UPDATE outbox SET claimed_until = ? WHERE id IN (\
            SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? \
@@ -1085,7 +1175,7 @@ async fn claim_in_one_statement(
     .bind::<Text, _>(serde_json::Value::from(skip).to_string())
     .bind::<Timestamp, _>(at)
     .bind::<BigInt, _>(limit)
-    .load(&mut *conn)
+    .load(conn)
     .await?;
     Ok(claimed.into_iter().map(|c| c.id).collect())
 }
@@ -1212,109 +1302,51 @@ impl Store for DieselStore {
 
 #[async_trait]
 impl Outbox for DieselStore {
-    async fn claim_due(
-        &self,
-        limit: i64,
-        skip: &[String],
-    ) -> Result<Vec<OutboxMessage>, CommandError> {
+    async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError> {
         let at = now();
         let lease = at + Duration::seconds(CLAIM_LEASE_SECS);
-        let claimed = match &self.db {
-            Db::Pg(pool) => claim_skip_locked(pool, at, lease, limit, skip).await?,
-            Db::Sqlite(pool) => claim_in_one_statement(pool, at, lease, limit, skip).await?,
+        // One turn at the connection for the claim and everything dispatch must know of its
+        // messages: in a rush each turn waits ~20 ms, and messages due meanwhile wait for
+        // the next claim (BENCHMARKS.md).
+        let asked = std::time::Instant::now();
+        let (mut rows, facts) = match &self.db {
+            Db::Pg(pool) => {
+                let mut conn = pool.get().await.map_err(DbError::from)?;
+                let turn = Turn::began(asked);
+                let ids = claim_skip_locked(&mut conn, at, lease, limit, skip).await?;
+                let claimed = claimed_rows!(&mut *conn, ids);
+                turn.ended();
+                claimed
+            }
+            Db::Sqlite(pool) => {
+                let mut conn = pool.get().await.map_err(DbError::from)?;
+                let turn = Turn::began(asked);
+                let ids = claim_in_one_statement(&mut conn, at, lease, limit, skip).await?;
+                let claimed = claimed_rows!(&mut *conn, ids);
+                turn.ended();
+                claimed
+            }
         };
-        if claimed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut rows: Vec<OutboxRow> = with_conn!(&self.db, |conn| outbox::table
-            .filter(outbox::id.eq_any(&claimed))
-            .select(OutboxRow::as_select())
-            .load(conn)
-            .await
-            .map_err(DbError::from))?;
         rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
         Ok(rows
             .into_iter()
-            .map(|r| OutboxMessage {
-                id: r.id,
-                recipient_id: r.recipient_id,
-                channel: r.channel,
-                template: r.template,
-                address: r.address,
-                locale: r.locale,
-                payload: r.payload,
-                attempts: r.attempts,
-                priority: Priority::from_rank(r.priority),
-                created_at: r.created_at.and_utc(),
-                expires_at: r.expires_at.map(|t| t.and_utc()),
-                fallback_for: r.fallback_for,
-            })
-            .collect())
-    }
-
-    async fn still_needed(&self, messages: &[OutboxMessage]) -> Result<Vec<Needed>, CommandError> {
-        let firsts: Vec<&String> = messages
-            .iter()
-            .filter_map(|m| m.fallback_for.as_ref())
-            .collect();
-        let delivered: HashSet<String> = if firsts.is_empty() {
-            HashSet::new()
-        } else {
-            with_conn!(&self.db, |conn| outbox::table
-                .filter(outbox::id.eq_any(&firsts))
-                .filter(outbox::status.eq("sent"))
-                .select(outbox::id)
-                .load::<String>(conn)
-                .await
-                .map_err(DbError::from))?
-            .into_iter()
-            .collect()
-        };
-        // The order each message tells of, if its news can stop being true. A payload that
-        // names none goes out: rendering it decides.
-        let about: Vec<Option<(Kind, String)>> = messages
-            .iter()
-            .map(|m| {
-                let kind = Kind::parse(&m.template)?;
-                let payload: serde_json::Value = serde_json::from_str(&m.payload).ok()?;
-                Some((kind, payload["order"]["id"].as_str()?.to_owned()))
-            })
-            .collect();
-        let order_ids: Vec<&String> = about.iter().flatten().map(|(_, id)| id).collect();
-        let states: HashMap<String, String> = if order_ids.is_empty() {
-            HashMap::new()
-        } else {
-            with_conn!(&self.db, |conn| orders::table
-                .filter(orders::id.eq_any(&order_ids))
-                .select((orders::id, orders::state))
-                .load::<(String, String)>(conn)
-                .await
-                .map_err(DbError::from))?
-            .into_iter()
-            .collect()
-        };
-        Ok(messages
-            .iter()
-            .zip(&about)
-            .map(|(message, about)| {
-                if message
-                    .fallback_for
-                    .as_ref()
-                    .is_some_and(|first| delivered.contains(first))
-                {
-                    return Needed::DeliveredOtherwise;
-                }
-                let no_longer_true = about.as_ref().is_some_and(|(kind, order_id)| {
-                    states
-                        .get(order_id)
-                        .and_then(|state| OrderState::parse(state))
-                        .is_some_and(|state| !kind.still_true(state))
-                });
-                if no_longer_true {
-                    Needed::NoLongerTrue
-                } else {
-                    Needed::Yes
-                }
+            .map(|r| {
+                let message = OutboxMessage {
+                    id: r.id,
+                    recipient_id: r.recipient_id,
+                    channel: r.channel,
+                    template: r.template,
+                    address: r.address,
+                    locale: r.locale,
+                    payload: r.payload,
+                    attempts: r.attempts,
+                    priority: Priority::from_rank(r.priority),
+                    created_at: r.created_at.and_utc(),
+                    expires_at: r.expires_at.map(|t| t.and_utc()),
+                    fallback_for: r.fallback_for,
+                };
+                let needed = facts.needed(&message);
+                Claimed { message, needed }
             })
             .collect())
     }

@@ -178,6 +178,15 @@ pub enum SendError {
     Permanent(String),
 }
 
+/// A message claimed for delivery.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub message: OutboxMessage,
+    /// Asked when it was claimed; its send follows at once, or after the few ahead of it in
+    /// its channel's lane.
+    pub needed: Needed,
+}
+
 /// Whether a claimed message should still go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needed {
@@ -219,16 +228,9 @@ pub struct OutboxStats {
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Claims up to `limit` due messages for this dispatcher, most urgent first, none on the
-    /// channels in `skip` (their providers have enough under way); a claim expires if its
-    /// dispatcher dies.
-    async fn claim_due(
-        &self,
-        limit: i64,
-        skip: &[String],
-    ) -> Result<Vec<OutboxMessage>, CommandError>;
-    /// Whether each message should still go out, in order: one look for a whole claim, so
-    /// that a burst of messages does not queue one read each at the database.
-    async fn still_needed(&self, messages: &[OutboxMessage]) -> Result<Vec<Needed>, CommandError>;
+    /// channels in `skip` (their providers have enough under way), each with whether it
+    /// should still go out; a claim expires if its dispatcher dies.
+    async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError>;
     /// Records messages as sent, all in one transaction (dispatch groups them).
     async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError>;
     /// Takes a message out of the queue unsent, with the reason.

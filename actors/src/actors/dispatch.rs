@@ -3,7 +3,9 @@
 //! message; nothing leaves the outbox unaccounted for.
 
 use crate::breaker::Breaker;
-use crate::ports::{CommandError, Dropped, Needed, Outbox, OutboxMessage, SendError, Sender};
+use crate::ports::{
+    Claimed, CommandError, Dropped, Needed, Outbox, OutboxMessage, SendError, Sender,
+};
 use actix::prelude::*;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -327,6 +329,7 @@ impl Dispatcher {
         let dispatcher = ctx.address();
         ctx.spawn(
             async move {
+                let started = Instant::now();
                 let batch = match shared.outbox.claim_due(BATCH, &skip).await {
                     Ok(batch) => batch,
                     Err(e) => {
@@ -335,17 +338,15 @@ impl Dispatcher {
                     }
                 };
                 let full = batch.len() as i64 == BATCH;
-                // Asked at claim time; each send follows at once, or after the few sends
-                // ahead of it in its lane.
-                let needed = match shared.outbox.still_needed(&batch).await {
-                    Ok(needed) => needed,
-                    Err(e) => {
-                        // The claims expire and the messages are tried again.
-                        tracing::warn!(error = %e, "outbox check failed");
-                        return false;
+                metrics::histogram!("outbox_claim_seconds").record(started.elapsed().as_secs_f64());
+                let claimed_at = chrono::Utc::now();
+                for Claimed { message, needed } in batch {
+                    if message.attempts == 0 {
+                        // First tries only: a retry's wait is its backoff.
+                        let waited = (claimed_at - message.created_at).num_microseconds();
+                        metrics::histogram!("notify_claim_lag_seconds", "channel" => message.channel.clone())
+                            .record(waited.unwrap_or(0) as f64 / 1e6);
                     }
-                };
-                for (message, needed) in batch.into_iter().zip(needed) {
                     if let Some(lane) = shared.lanes.get(&message.channel) {
                         lane.in_flight.fetch_add(1, Ordering::Relaxed);
                     }
@@ -465,7 +466,10 @@ async fn attempt(
             return Ok("circuit_open");
         }
     }
+    let started = Instant::now();
     let result = sender.send(message).await;
+    metrics::histogram!("notify_send_seconds", "channel" => message.channel.clone())
+        .record(started.elapsed().as_secs_f64());
     if let Some(provider) = provider {
         provider.with_breaker(&message.channel, |b| match &result {
             // A permanent refusal is an answer: the provider is up.
