@@ -6,7 +6,7 @@ use crate::db::schema::outbox;
 use crate::db::{self, DatabaseUrl, Db};
 use crate::repo;
 use crate::store::DieselStore;
-use crate::supervision_tests::school;
+use crate::supervision_tests::{new_order, school};
 use actix::Actor;
 use async_trait::async_trait;
 use diesel_async::RunQueryDsl;
@@ -347,26 +347,11 @@ async fn a_stalled_provider_holds_up_only_its_own(db: &Db) {
 
 #[actix_web::test]
 async fn a_claim_says_whether_each_of_its_messages_still_goes_out() {
-    use tiffin_actors::ports::{Needed, NewOrder, NewOrderItem, Outbox, Placed, Store};
+    use tiffin_actors::ports::{Needed, Outbox, Placed, Store};
     let (_dir, db) = database().await;
     let s = school(&db, "Needed").await;
     let store = DieselStore::new(db.clone(), 120);
-    let placed = match store
-        .place_order(NewOrder {
-            school_id: s.id.clone(),
-            student_id: s.student.clone(),
-            placed_by: s.student.clone(),
-            items: vec![NewOrderItem {
-                meal_id: s.meal.clone(),
-                quantity: 1,
-            }],
-            idempotency: None,
-            allergy_override: None,
-            window_id: None,
-        })
-        .await
-        .unwrap()
-    {
+    let placed = match store.place_order(new_order(&s)).await.unwrap() {
         Placed::New(event) => event.order,
         Placed::Existing(_) => panic!("a new order"),
     };

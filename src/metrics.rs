@@ -16,28 +16,21 @@ const DB_TURN_BUCKETS: &[f64] = &[
 
 /// Installs the process-wide recorder; call once.
 pub fn install() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("http_request_duration_seconds".into()),
-            LATENCY_BUCKETS,
-        )
-        .map_err(|e| e.to_string())?
-        .set_buckets_for_metric(Matcher::Prefix("db_connection_".into()), DB_TURN_BUCKETS)
-        .map_err(|e| e.to_string())?
-        .set_buckets_for_metric(
-            Matcher::Full("notify_claim_lag_seconds".into()),
-            LATENCY_BUCKETS,
-        )
-        .map_err(|e| e.to_string())?
-        .set_buckets_for_metric(Matcher::Full("notify_send_seconds".into()), LATENCY_BUCKETS)
-        .map_err(|e| e.to_string())?
-        .set_buckets_for_metric(
-            Matcher::Full("outbox_claim_seconds".into()),
-            LATENCY_BUCKETS,
-        )
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())
+    let latency = |name: &str| (Matcher::Full(name.into()), LATENCY_BUCKETS);
+    [
+        latency("http_request_duration_seconds"),
+        latency("notify_claim_lag_seconds"),
+        latency("notify_send_seconds"),
+        latency("outbox_claim_seconds"),
+        (Matcher::Prefix("db_connection_".into()), DB_TURN_BUCKETS),
+    ]
+    .into_iter()
+    .try_fold(PrometheusBuilder::new(), |builder, (metric, buckets)| {
+        builder.set_buckets_for_metric(metric, buckets)
+    })
+    .map_err(|e| e.to_string())?
+    .install_recorder()
+    .map_err(|e| e.to_string())
 }
 
 /// Counts every request and times it, labelled by route pattern (never the raw path, so

@@ -9,7 +9,7 @@ use crate::db::schema::{
     counters, delivery_attempts, device_tokens, guardian_links, meals, notification_preferences,
     order_events, orders, outbox, schools, service_windows, users,
 };
-use crate::db::{Db, DbError, Turn};
+use crate::db::{Db, DbError};
 use crate::group_commit::GroupCommit;
 use crate::with_conn;
 use async_trait::async_trait;
@@ -1065,119 +1065,82 @@ fn order_told_of(template: &str, payload: &str) -> Option<(Kind, String)> {
     Some((kind, payload["order"]["id"].as_str()?.to_owned()))
 }
 
-/// The claimed rows and their `ClaimFacts`, read on the claim's connection.
-macro_rules! claimed_rows {
-    ($conn:expr, $ids:expr) => {{
-        let conn = $conn;
-        let ids: Vec<String> = $ids;
-        if ids.is_empty() {
-            (Vec::new(), ClaimFacts::default())
-        } else {
-            let rows: Vec<OutboxRow> = outbox::table
-                .filter(outbox::id.eq_any(&ids))
-                .select(OutboxRow::as_select())
-                .load(conn)
-                .await
-                .map_err(DbError::from)?;
-            let firsts: Vec<&String> = rows
-                .iter()
-                .filter_map(|r| r.fallback_for.as_ref())
-                .collect();
-            let delivered: HashSet<String> = if firsts.is_empty() {
-                HashSet::new()
-            } else {
-                outbox::table
-                    .filter(outbox::id.eq_any(&firsts))
-                    .filter(outbox::status.eq("sent"))
-                    .select(outbox::id)
-                    .load::<String>(conn)
-                    .await
-                    .map_err(DbError::from)?
-                    .into_iter()
-                    .collect()
-            };
-            let order_ids: Vec<String> = rows
-                .iter()
-                .filter_map(|r| order_told_of(&r.template, &r.payload).map(|(_, id)| id))
-                .collect();
-            let states: HashMap<String, String> = if order_ids.is_empty() {
-                HashMap::new()
-            } else {
-                orders::table
-                    .filter(orders::id.eq_any(&order_ids))
-                    .select((orders::id, orders::state))
-                    .load::<(String, String)>(conn)
-                    .await
-                    .map_err(DbError::from)?
-                    .into_iter()
-                    .collect()
-            };
-            (rows, ClaimFacts { delivered, states })
-        }
-    }};
+/// Leasing due outbox rows, each backend its own way; the ids leased.
+trait LeaseDue {
+    async fn lease_due(
+        &mut self,
+        at: NaiveDateTime,
+        lease: NaiveDateTime,
+        limit: i64,
+        skip: &[String],
+    ) -> Result<Vec<String>, DbError>;
 }
 
 /// PostgreSQL: lock due rows, skipping those another dispatcher holds, and lease them in one
 /// transaction, so dispatchers on any number of nodes never claim one row twice.
-async fn claim_skip_locked(
-    conn: &mut crate::db::PgConn,
-    at: NaiveDateTime,
-    lease: NaiveDateTime,
-    limit: i64,
-    skip: &[String],
-) -> Result<Vec<String>, DbError> {
-    Ok(conn
-        .transaction(async |conn| {
-            let ids: Vec<String> = due_outbox!(at, limit, skip)
-                .for_update()
-                .skip_locked()
-                .load(conn)
-                .await?;
-            diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-                .set(outbox::claimed_until.eq(lease))
-                .execute(conn)
-                .await?;
-            Ok::<_, diesel::result::Error>(ids)
-        })
-        .await?)
+impl LeaseDue for crate::db::PgConn {
+    async fn lease_due(
+        &mut self,
+        at: NaiveDateTime,
+        lease: NaiveDateTime,
+        limit: i64,
+        skip: &[String],
+    ) -> Result<Vec<String>, DbError> {
+        Ok(self
+            .transaction(async |conn| {
+                let ids: Vec<String> = due_outbox!(at, limit, skip)
+                    .for_update()
+                    .skip_locked()
+                    .load(conn)
+                    .await?;
+                diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
+                    .set(outbox::claimed_until.eq(lease))
+                    .execute(conn)
+                    .await?;
+                Ok::<_, diesel::result::Error>(ids)
+            })
+            .await?)
+    }
 }
 
 /// SQLite (one writer at a time): one UPDATE leases the due rows its subquery picks. A
 /// statement is atomic, so two dispatchers never both win a row, and a batch is one write:
 /// a compare-and-set per row made 33 writes per batch, each queued behind the rush's
 /// transactions (958 messages pending with none in flight; BENCHMARKS.md).
-async fn claim_in_one_statement(
-    conn: &mut crate::db::SqliteConn,
-    at: NaiveDateTime,
-    lease: NaiveDateTime,
-    limit: i64,
-    skip: &[String],
-) -> Result<Vec<String>, DbError> {
-    use diesel::sql_types::{BigInt, Text, Timestamp};
-    #[derive(diesel::QueryableByName)]
-    struct Claimed {
-        #[diesel(sql_type = Text)]
-        id: String,
-    }
-    // SQL, because diesel takes no subquery in an UPDATE's target; the subquery is
-    // `due_outbox!`'s.
-    let claimed: Vec<Claimed> = diesel::sql_query(
-        "UPDATE outbox SET claimed_until = ? WHERE id IN (\
+impl LeaseDue for crate::db::SqliteConn {
+    async fn lease_due(
+        &mut self,
+        at: NaiveDateTime,
+        lease: NaiveDateTime,
+        limit: i64,
+        skip: &[String],
+    ) -> Result<Vec<String>, DbError> {
+        use diesel::sql_types::{BigInt, Text, Timestamp};
+        #[derive(diesel::QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = Text)]
+            id: String,
+        }
+        // SQL, because diesel takes no subquery in an UPDATE's target; the subquery is
+        // `due_outbox!`'s.
+        let claimed: Vec<Claimed> = diesel::sql_query(
+            "UPDATE outbox SET claimed_until = ? WHERE id IN (\
            SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? \
            AND channel NOT IN (SELECT value FROM json_each(?)) \
            AND (claimed_until IS NULL OR claimed_until < ?) \
            ORDER BY priority DESC, next_attempt_at ASC LIMIT ?) \
          RETURNING id",
-    )
-    .bind::<Timestamp, _>(lease)
-    .bind::<Timestamp, _>(at)
-    // One parameter for any number of channels: the list as a JSON array.
-    .bind::<Text, _>(serde_json::Value::from(skip).to_string())
-    .bind::<Timestamp, _>(at)
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await?;
-    Ok(claimed.into_iter().map(|c| c.id).collect())
+        )
+        .bind::<Timestamp, _>(lease)
+        .bind::<Timestamp, _>(at)
+        // One parameter for any number of channels: the list as a JSON array.
+        .bind::<Text, _>(serde_json::Value::from(skip).to_string())
+        .bind::<Timestamp, _>(at)
+        .bind::<BigInt, _>(limit)
+        .load(self)
+        .await?;
+        Ok(claimed.into_iter().map(|c| c.id).collect())
+    }
 }
 
 impl From<DbError> for CommandError {
@@ -1308,25 +1271,53 @@ impl Outbox for DieselStore {
         // One turn at the connection for the claim and everything dispatch must know of its
         // messages: in a rush each turn waits ~20 ms, and messages due meanwhile wait for
         // the next claim (BENCHMARKS.md).
-        let asked = std::time::Instant::now();
-        let (mut rows, facts) = match &self.db {
-            Db::Pg(pool) => {
-                let mut conn = pool.get().await.map_err(DbError::from)?;
-                let turn = Turn::began(asked);
-                let ids = claim_skip_locked(&mut conn, at, lease, limit, skip).await?;
-                let claimed = claimed_rows!(&mut *conn, ids);
-                turn.ended();
-                claimed
+        let (mut rows, facts) = with_conn!(&self.db, |conn| {
+            let ids = conn.lease_due(at, lease, limit, skip).await?;
+            if ids.is_empty() {
+                (Vec::new(), ClaimFacts::default())
+            } else {
+                let rows: Vec<OutboxRow> = outbox::table
+                    .filter(outbox::id.eq_any(&ids))
+                    .select(OutboxRow::as_select())
+                    .load(conn)
+                    .await
+                    .map_err(DbError::from)?;
+                let firsts: Vec<&String> = rows
+                    .iter()
+                    .filter_map(|r| r.fallback_for.as_ref())
+                    .collect();
+                let delivered: HashSet<String> = if firsts.is_empty() {
+                    HashSet::new()
+                } else {
+                    outbox::table
+                        .filter(outbox::id.eq_any(&firsts))
+                        .filter(outbox::status.eq("sent"))
+                        .select(outbox::id)
+                        .load::<String>(conn)
+                        .await
+                        .map_err(DbError::from)?
+                        .into_iter()
+                        .collect()
+                };
+                let order_ids: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| order_told_of(&r.template, &r.payload).map(|(_, id)| id))
+                    .collect();
+                let states: HashMap<String, String> = if order_ids.is_empty() {
+                    HashMap::new()
+                } else {
+                    orders::table
+                        .filter(orders::id.eq_any(&order_ids))
+                        .select((orders::id, orders::state))
+                        .load::<(String, String)>(conn)
+                        .await
+                        .map_err(DbError::from)?
+                        .into_iter()
+                        .collect()
+                };
+                (rows, ClaimFacts { delivered, states })
             }
-            Db::Sqlite(pool) => {
-                let mut conn = pool.get().await.map_err(DbError::from)?;
-                let turn = Turn::began(asked);
-                let ids = claim_in_one_statement(&mut conn, at, lease, limit, skip).await?;
-                let claimed = claimed_rows!(&mut *conn, ids);
-                turn.ended();
-                claimed
-            }
-        };
+        });
         rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
         Ok(rows
             .into_iter()

@@ -77,8 +77,9 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
     School { id, student, meal }
 }
 
-fn order(s: &School) -> PlaceOrder {
-    PlaceOrder(NewOrder {
+/// One meal for the school's student, placed by the student.
+pub(crate) fn new_order(s: &School) -> NewOrder {
+    NewOrder {
         school_id: s.id.clone(),
         student_id: s.student.clone(),
         placed_by: s.student.clone(),
@@ -89,7 +90,11 @@ fn order(s: &School) -> PlaceOrder {
         idempotency: None,
         allergy_override: None,
         window_id: None,
-    })
+    }
+}
+
+fn order(s: &School) -> PlaceOrder {
+    PlaceOrder(new_order(s))
 }
 
 fn placed(p: Placed) -> tiffin_actors::domain::KitchenEvent {
