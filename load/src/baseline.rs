@@ -13,6 +13,9 @@
 //!   server's; and the bare server's publish -> frame p99 with 10 sockets at a fixed rate,
 //!   which with one client's commit p99 gives the scan -> dashboard budget.
 //! - Idle sockets: hub memory per authenticated, subscribed socket against the bare server's.
+//! - Outbox drain: on a hub of its own whose email goes to a sink that stalls while the 16
+//!   intake clients place orders, then takes 50 ms a message: the emails a second intake
+//!   commits against the emails a second the hub then delivers from the backlog.
 
 use crate::hub::{self, StartedHub, Target, client, created};
 use anyhow::{Context, bail};
@@ -50,6 +53,7 @@ pub enum Part {
     Intake,
     Fanout,
     Idle,
+    Drain,
 }
 
 #[derive(clap::Args)]
@@ -78,6 +82,10 @@ pub struct Options {
     /// Idle sockets for the memory comparison (0: skip it).
     #[arg(long, default_value_t = 15_000)]
     pub idle_sockets: usize,
+    /// SMTP sessions the drain's hub holds to its 50 ms sink: one email at a time goes over
+    /// each, so they bound its drain (20 emails a second each).
+    #[arg(long, default_value_t = crate::sink::SMTP_SESSIONS)]
+    pub smtp_sessions: usize,
     /// Only these comparisons (e.g. one under a profiler); all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
@@ -649,21 +657,20 @@ struct Hub {
 }
 
 impl Hub {
+    /// `env`: where the hub's email goes.
     async fn start(
         hub_args: &crate::HubArgs,
         options: &Options,
-        sink: &crate::sink::SmtpSink,
+        mut env: Vec<(String, String)>,
     ) -> anyhow::Result<Hub> {
         let (target, started, database) = match (&hub_args.url, options.backend) {
             (Some(_), _) | (None, Backend::Sqlite) => {
-                let (target, started) =
-                    hub_args.target(sink.hub_env(crate::sink::SMTP_SESSIONS))?;
+                let (target, started) = hub_args.target(env)?;
                 (target, started, None)
             }
             (None, Backend::Postgres) => {
                 let name = format!("tiffin_load_hub_{}", uuid::Uuid::new_v4().simple());
                 crate::raw::create_database(&options.postgres_url, &name).await?;
-                let mut env = sink.hub_env(crate::sink::SMTP_SESSIONS);
                 env.push((
                     "TIFFIN_DATABASE_URL".to_owned(),
                     crate::raw::database_url(&options.postgres_url, &name),
@@ -701,7 +708,7 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
         pinned = pinned && pin(bare.0.id(), 0) && hub.target.pid.is_some_and(|pid| pin(pid, 0));
     };
     let sink = crate::sink::SmtpSink::start(Duration::ZERO)?;
-    let hub = Hub::start(hub_args, options, &sink).await?;
+    let hub = Hub::start(hub_args, options, sink.hub_env(crate::sink::SMTP_SESSIONS)).await?;
     let (bare_guard, bare) = bare_server()?;
     pin_servers(&hub, &bare_guard);
     let outcome = measure(&hub.target, &bare, bare_guard.0.id(), options).await;
@@ -711,7 +718,7 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
 
     // Idle sockets on fresh processes: memory the rounds freed would hide the sockets' cost.
     if options.idle_sockets > 0 && options.runs(Part::Idle) {
-        let hub = Hub::start(hub_args, options, &sink).await?;
+        let hub = Hub::start(hub_args, options, sink.hub_env(crate::sink::SMTP_SESSIONS)).await?;
         let (bare_guard, bare) = bare_server()?;
         pin_servers(&hub, &bare_guard);
         let measured = idle_sockets(&hub.target, &bare, bare_guard.0.id(), options).await;
@@ -721,9 +728,159 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
             goals.push(goal);
         }
     }
+
+    // The drain on a hub of its own: its outbox must start empty, its sink be slow.
+    if options.runs(Part::Drain) {
+        if hub_args.url.is_some() {
+            eprintln!(
+                "tiffin-load: with --url the hub's email sink is not ours: drain not measured"
+            );
+        } else {
+            let slow = crate::sink::SmtpSink::start(DRAIN_SINK_DELAY)?;
+            let hub = Hub::start(hub_args, options, slow.hub_env(options.smtp_sessions)).await?;
+            if pinned {
+                pinned = hub.target.pid.is_some_and(|pid| pin(pid, 0));
+            }
+            let measured = drain(&hub.target, &slow, options).await;
+            hub.stop(options).await;
+            let (goal, medians) = measured?;
+            if let Some(goals) = report["goals"].as_array_mut() {
+                goals.push(goal);
+            }
+            report["drain_medians"] = medians;
+        }
+    }
     report["pinned"] = json!(pinned);
     report["cores"] = json!(cores);
     Ok(report)
+}
+
+/// How long the drain's sink takes to accept each email (the goal's slow provider).
+const DRAIN_SINK_DELAY: Duration = Duration::from_millis(50);
+/// The longest the drain's sink stalls (its intake's length).
+const MAX_STALL: Duration = Duration::from_secs(10);
+/// The drain waits for its backlog at most this long after intake stops.
+const DRAIN_WAIT: Duration = Duration::from_secs(180);
+
+/// Emails over one drain round, as the sink saw them.
+#[derive(Debug, PartialEq)]
+struct DrainRound {
+    /// Emails the round's orders committed, per second of intake.
+    intake_per_sec: f64,
+    /// Delivered per second from the end of intake until the last: the backlog's drain.
+    /// `None` when too few were left to time.
+    drain_per_sec: Option<f64>,
+    /// Left waiting when intake stopped.
+    backlog: usize,
+}
+
+/// Fewer emails than this left at the end of intake are too few to time a drain by.
+const MIN_BACKLOG: usize = 100;
+
+/// A round's rates from the first arrival of each of its emails (`arrivals`, in seconds since
+/// intake began) and intake's length. Every email was committed during intake: an order is
+/// answered only once its outbox rows are.
+fn drain_round(arrivals: &[f64], intake_secs: f64) -> DrainRound {
+    let after: Vec<f64> = arrivals
+        .iter()
+        .copied()
+        .filter(|&t| t > intake_secs)
+        .collect();
+    let last = after.iter().copied().fold(intake_secs, f64::max);
+    DrainRound {
+        intake_per_sec: arrivals.len() as f64 / intake_secs,
+        drain_per_sec: (after.len() >= MIN_BACKLOG)
+            .then(|| after.len() as f64 / (last - intake_secs)),
+        backlog: after.len(),
+    }
+}
+
+/// The drain goal, in rounds: the sink stalls while 16 clients place orders for
+/// `options.seconds` (the hub's intake, its outbox filling), then answers in 50 ms a message
+/// while the hub drains what its intake left. Measured without the stall, the hub's intake
+/// and dispatch share its core and the drain keeps up, leaving nothing to time.
+async fn drain(
+    target: &Target,
+    sink: &crate::sink::SmtpSink,
+    options: &Options,
+) -> anyhow::Result<(Value, Value)> {
+    // The hub gives up on a send after 15 s, waiting for a session included: a longer
+    // stall would time the retries' backoff, not the drain.
+    let length = Duration::from_secs(options.seconds).min(MAX_STALL);
+    let schools = seed(target, WRITERS).await?;
+    let all: Vec<&School> = schools.iter().collect();
+    let mut s = Series::default();
+    let mut duplicated = 0usize;
+    for round in 1..=options.rounds {
+        quiesce(target.pid).await;
+        let known: std::collections::HashSet<String> = sink.deliveries().into_keys().collect();
+        sink.pause(true);
+        let began = chrono::Utc::now();
+        let (orders_per_sec, refused) = place_orders(&target.url, &all, length).await;
+        let intake_secs = (chrono::Utc::now() - began).as_seconds_f64();
+        sink.pause(false);
+        let (cpu, unpaused) = (server_cpu(target.pid), Instant::now());
+        if refused > 0 {
+            bail!("the hub refused {refused} orders during the drain run");
+        }
+        // Until no email has arrived for 3 s (the sink takes 50 ms each).
+        let deadline = Instant::now() + DRAIN_WAIT;
+        let mut seen = sink.deliveries().len();
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(3) {
+            actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+            let now = sink.deliveries().len();
+            if now != seen {
+                (seen, quiet_since) = (now, Instant::now());
+            }
+        }
+        // Whether the hub's core ran out while draining (1.0: all of it), or it waited.
+        if let Some(busy) = cpu_per(cpu, server_cpu(target.pid), 1) {
+            let drained_for = unpaused.elapsed().saturating_sub(Duration::from_secs(3));
+            s.push(
+                "hub_cores_busy_drain",
+                busy / 1e6 / drained_for.as_secs_f64().max(1e-3),
+            );
+        }
+        let deliveries = sink.deliveries();
+        let mut arrivals = Vec::new();
+        let fresh = deliveries.iter().filter(|(id, _)| !known.contains(*id));
+        for (_, times) in fresh {
+            duplicated += times.len().saturating_sub(1);
+            if let Some(first) = times.iter().min() {
+                arrivals.push((*first - began).as_seconds_f64());
+            }
+        }
+        let measured = drain_round(&arrivals, intake_secs);
+        let mut line = format!(
+            "tiffin-load: drain round {round}: {orders_per_sec:.0} orders/s committed {:.0} emails/s; {} left, ",
+            measured.intake_per_sec, measured.backlog
+        );
+        match measured.drain_per_sec {
+            Some(rate) => {
+                line += &format!("drained at {rate:.0}/s");
+                s.push("drain_emails_per_sec", rate);
+            }
+            None => line += "too few to time",
+        }
+        eprintln!("{line}");
+        s.push("intake_orders_per_sec", orders_per_sec);
+        s.push("intake_emails_per_sec", measured.intake_per_sec);
+        s.push("backlog_at_intake_end", measured.backlog as f64);
+    }
+    let m = s.medians();
+    let intake = m.get("intake_emails_per_sec").copied().unwrap_or(0.0);
+    let ratio = m
+        .get("drain_emails_per_sec")
+        .map(|drain| drain / intake.max(1e-9));
+    let goal = json!({
+        "goal": "outbox drain >= 2x the sustained intake rate against sinks that answer in 50 ms",
+        "smtp_sessions": options.smtp_sessions,
+        "duplicated": duplicated,
+        "ratio": ratio,
+        "met": duplicated == 0 && ratio.is_some_and(|r| r >= 2.0),
+    });
+    Ok((goal, json!(m)))
 }
 
 /// The idle-socket goal: hub memory per authenticated socket subscribed to a kitchen,
@@ -967,7 +1124,28 @@ async fn measure(
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{DrainRound, drain_round, median};
+
+    #[test]
+    fn drain_times_only_what_intake_left() {
+        // 10 s of intake committing 100 emails a second; 600 delivered meanwhile, the other
+        // 400 over the 2 s after.
+        let mut arrivals: Vec<f64> = (0..600).map(|i| f64::from(i) / 60.0).collect();
+        arrivals.extend((1..=400).map(|i| 10.0 + f64::from(i) / 200.0));
+        assert_eq!(
+            drain_round(&arrivals, 10.0),
+            DrainRound {
+                intake_per_sec: 100.0,
+                drain_per_sec: Some(200.0),
+                backlog: 400,
+            }
+        );
+        // A hub that kept up leaves only the sink's last 50 ms: nothing to time.
+        let kept_up: Vec<f64> = (0..1000).map(|i| f64::from(i) / 100.0 + 0.05).collect();
+        let round = drain_round(&kept_up, 10.0);
+        assert_eq!(round.drain_per_sec, None);
+        assert!(round.backlog <= 5, "{round:?}");
+    }
 
     #[test]
     fn median_of_rounds() {

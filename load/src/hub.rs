@@ -47,12 +47,14 @@ impl StartedHub {
                 bin.display()
             );
         }
+        // The hub runs in a directory of its own: a relative path would be looked up there.
+        let bin = std::fs::canonicalize(bin)?;
         let dir =
             std::env::temp_dir().join(format!("tiffin-load-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         let mut env = hub_env(&dir);
         env.extend(extra_env);
-        let mut child = Command::new(bin)
+        let mut child = Command::new(&bin)
             .args(["serve", "--bind", "127.0.0.1:0"])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
@@ -63,7 +65,7 @@ impl StartedHub {
         let stdout = child.stdout.take().context("hub stdout")?;
         let url = announced(stdout, "Tiffin listening on ", Duration::from_secs(60))
             .context("the hub did not start within 60 s")?;
-        let out = Command::new(bin)
+        let out = Command::new(&bin)
             .args(["token", "--role", "admin", "--ttl", "86400"])
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub type Deliveries = Arc<Mutex<HashMap<String, Vec<DateTime<Utc>>>>>;
 pub struct SmtpSink {
     pub port: u16,
     deliveries: Deliveries,
+    paused: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -25,6 +27,8 @@ struct Counter {
     data: Vec<u8>,
     /// How long the sink takes to accept each message (a slow provider).
     delay: Duration,
+    /// While set, messages are held before their reply (a provider that stalls).
+    paused: Arc<AtomicBool>,
 }
 
 impl mailin::Handler for Counter {
@@ -40,6 +44,9 @@ impl mailin::Handler for Counter {
 
     fn data_end(&mut self) -> mailin::Response {
         // Each session is its own thread: sleeping holds up only this connection.
+        while self.paused.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         std::thread::sleep(self.delay);
         let at = Utc::now();
         let raw = String::from_utf8_lossy(&self.data);
@@ -78,15 +85,27 @@ impl SmtpSink {
             deliveries: Deliveries::default(),
             data: Vec::new(),
             delay,
+            paused: Arc::default(),
         };
         let deliveries = counter.deliveries.clone();
+        let paused = counter.paused.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let counter = counter.clone();
                 std::thread::spawn(move || session(stream, counter));
             }
         });
-        Ok(SmtpSink { port, deliveries })
+        Ok(SmtpSink {
+            port,
+            deliveries,
+            paused,
+        })
+    }
+
+    /// Holds every message before its reply until resumed: the hub's sends wait, and what it
+    /// commits meanwhile stays in its outbox.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
     }
 
     pub fn deliveries(&self) -> HashMap<String, Vec<DateTime<Utc>>> {
