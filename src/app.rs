@@ -8,7 +8,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::{Logger, Next, from_fn};
+use actix_web::middleware::{Condition, Logger, Next, from_fn};
 use actix_web::{App, HttpRequest, web};
 use tracing::Instrument;
 use utoipa::OpenApi;
@@ -114,6 +114,7 @@ async fn limit_by_ip(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if req.path().starts_with("/api/")
         && let Some(state) = req.app_data::<web::Data<AppState>>()
+        && state.limits.limits(crate::limits::Bucket::Ip)
     {
         let forwarded = state.limits.trust_forwarded_for;
         let client = if forwarded {
@@ -301,9 +302,12 @@ pub fn build(
         .wrap(from_fn(metrics::track))
         .wrap(from_fn(request_id))
         // The path without its query: WebSocket access tokens travel in the query string.
-        .wrap(
+        // Only when written: the logger renders its fields (the client's address among them)
+        // for every request, whatever the log level.
+        .wrap(Condition::new(
+            tracing::enabled!(target: "actix_web::middleware::logger", tracing::Level::INFO),
             Logger::new("%a %{method}xi %U %s %b %Dms request_id=%{x-request-id}o")
                 .custom_request_replace("method", |req| req.method().to_string())
                 .exclude("/healthz"),
-        )
+        ))
 }

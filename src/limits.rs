@@ -113,6 +113,11 @@ impl Limits {
         }
     }
 
+    /// Whether `bucket` is limited at all (a limit of 0 a minute turns it off).
+    pub fn limits(&self, bucket: Bucket) -> bool {
+        self.bucket(bucket).is_some()
+    }
+
     fn bucket(&self, bucket: Bucket) -> Option<&TokenBucket> {
         match bucket {
             Bucket::Ip => self.ip.as_ref(),
