@@ -73,6 +73,20 @@ impl InboxRow {
             transient: false,
         }
     }
+
+    /// A change to a stored message (`inbox.read`, `inbox.deleted`) for the user's other
+    /// devices: outside the sequence (`seq` 0) and never replayed, as the message keeps its
+    /// number and the snapshot or the REST list shows its state.
+    pub fn change_frame(&self, kind: &str) -> Frame {
+        Frame {
+            topic: inbox_topic(&self.user_id),
+            seq: 0,
+            kind: kind.into(),
+            data: serde_json::to_value(InboxMessage::from(self)).unwrap_or_default(),
+            at: chrono::Utc::now(),
+            transient: true,
+        }
+    }
 }
 
 /// Why storing stopped: a database error, or the message was stored before.
@@ -174,10 +188,15 @@ pub async fn list(
 }
 
 /// Marks the user's message read (the first time counts); `None` if it is not theirs or gone.
-pub async fn mark_read(db: &Db, user_id: &str, id: &str) -> Result<Option<InboxRow>, DbError> {
+/// Marks the user's message read; yields it, and whether this was the first time.
+pub async fn mark_read(
+    db: &Db,
+    user_id: &str,
+    id: &str,
+) -> Result<Option<(InboxRow, bool)>, DbError> {
     let at = now();
     Ok(with_conn!(db, |conn| {
-        diesel::update(
+        let changed = diesel::update(
             inbox_messages::table
                 .filter(inbox_messages::id.eq(id))
                 .filter(inbox_messages::user_id.eq(user_id))
@@ -195,13 +214,15 @@ pub async fn mark_read(db: &Db, user_id: &str, id: &str) -> Result<Option<InboxR
             .first(conn)
             .await
             .optional()
+            .map(|row| row.map(|row| (row, changed == 1)))
     })?)
 }
 
-/// Deletes the user's message: blanked and hidden, its number kept. `false` if not theirs.
-pub async fn delete(db: &Db, user_id: &str, id: &str) -> Result<bool, DbError> {
+/// Deletes the user's message: blanked and hidden, its number kept. Yields it as deleted, or
+/// `None` if it is not theirs (or was deleted before).
+pub async fn delete(db: &Db, user_id: &str, id: &str) -> Result<Option<InboxRow>, DbError> {
     let at = now();
-    let changed = with_conn!(db, |conn| diesel::update(
+    let deleted = with_conn!(db, |conn| diesel::update(
         inbox_messages::table
             .filter(inbox_messages::id.eq(id))
             .filter(inbox_messages::user_id.eq(user_id))
@@ -212,9 +233,11 @@ pub async fn delete(db: &Db, user_id: &str, id: &str) -> Result<bool, DbError> {
         inbox_messages::title.eq(""),
         inbox_messages::body.eq(""),
     ))
-    .execute(conn)
-    .await)?;
-    Ok(changed == 1)
+    .returning(InboxRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional())?;
+    Ok(deleted)
 }
 
 /// The in-app channel's provider.

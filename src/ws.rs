@@ -700,8 +700,9 @@ impl Socket {
             return;
         };
         if msg.frame.transient {
-            // Not in the sequence: straight out, to kitchen screens only.
-            if matches!(entry.source, Source::Kitchen(_)) {
+            // Not in the sequence: straight out, to kitchen screens (alerts) and inboxes (a
+            // message read or deleted elsewhere), never to boards.
+            if matches!(entry.source, Source::Kitchen(_) | Source::Inbox(_)) {
                 self.text(msg.json.to_string(), ctx);
                 metrics::counter!("ws_frames_sent_total").increment(1);
             }

@@ -1655,6 +1655,26 @@ async fn in_app_messages_reach_the_inbox_topic() {
         200,
     );
     assert!(read["read_at"].is_string(), "{read}");
+    // The user's other devices hear of it: a frame outside the sequence, the first time only.
+    let cleared = next_json(&mut fresh).await;
+    assert_eq!(
+        (cleared["type"].as_str(), cleared["seq"].as_i64()),
+        (Some("inbox.read"), Some(0)),
+        "{cleared}"
+    );
+    assert_eq!(cleared["data"]["id"], ids[1]);
+    assert_eq!(cleared["data"]["read_at"], read["read_at"]);
+    let again = expect(
+        post(
+            &hub,
+            &f.student_token,
+            &format!("/api/v1/me/inbox/{}/read", ids[1]),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(again["read_at"], read["read_at"], "the first time counts");
     let unread = expect(
         get(&hub, &f.student_token, "/api/v1/me/inbox?unread=true").await,
         200,
@@ -1667,6 +1687,15 @@ async fn in_app_messages_reach_the_inbox_topic() {
         async move { send(client().delete(url).bearer_auth(token), None).await }
     };
     assert_eq!(delete(ids[0].to_owned()).await.status, 204);
+    // Next on the other device: the deletion (no second read frame came before it).
+    let gone = next_json(&mut fresh).await;
+    assert_eq!(
+        (gone["type"].as_str(), gone["seq"].as_i64()),
+        (Some("inbox.deleted"), Some(0)),
+        "{gone}"
+    );
+    assert_eq!(gone["data"]["id"], ids[0]);
+    assert_eq!(gone["data"]["title"], "");
     let again = delete(ids[0].to_owned()).await;
     assert_eq!((again.status, again.code()), (404, "not_found"));
     // Someone else's message is not found either: the guardian's copy of the same cancellation.

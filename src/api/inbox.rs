@@ -44,9 +44,13 @@ pub async fn mark_inbox_read(
     who: Principal,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = inbox::mark_read(&state.db, &who.user_id, &path.to_string())
+    let (row, first_time) = inbox::mark_read(&state.db, &who.user_id, &path.to_string())
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
+    if first_time {
+        // The user's other devices clear it too.
+        state.bus.publish_frame(row.change_frame("inbox.read"));
+    }
     Ok(HttpResponse::Ok().json(InboxMessage::from(&row)))
 }
 
@@ -57,9 +61,9 @@ pub async fn delete_inbox_message(
     who: Principal,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    if inbox::delete(&state.db, &who.user_id, &path.to_string()).await? {
-        Ok(HttpResponse::NoContent().finish())
-    } else {
-        Err(ApiError::not_found("message"))
-    }
+    let row = inbox::delete(&state.db, &who.user_id, &path.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    state.bus.publish_frame(row.change_frame("inbox.deleted"));
+    Ok(HttpResponse::NoContent().finish())
 }
