@@ -114,7 +114,7 @@ async fn limit_by_ip(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     if req.path().starts_with("/api/")
         && let Some(state) = req.app_data::<web::Data<AppState>>()
-        && state.limits.limits(crate::limits::Bucket::Ip)
+        && state.limits.is_on(crate::limits::Bucket::Ip)
     {
         let forwarded = state.limits.trust_forwarded_for;
         let client = if forwarded {

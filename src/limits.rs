@@ -114,7 +114,7 @@ impl Limits {
     }
 
     /// Whether `bucket` is limited at all (a limit of 0 a minute turns it off).
-    pub fn limits(&self, bucket: Bucket) -> bool {
+    pub fn is_on(&self, bucket: Bucket) -> bool {
         self.bucket(bucket).is_some()
     }
 

@@ -1644,16 +1644,11 @@ async fn in_app_messages_reach_the_inbox_topic() {
         .collect();
     assert_eq!(ids.len(), 2);
     assert_eq!(listed[0]["order_id"], second.as_str());
-    let read = expect(
-        post(
-            &hub,
-            &f.student_token,
-            &format!("/api/v1/me/inbox/{}/read", ids[1]),
-            json!({}),
-        )
-        .await,
-        200,
-    );
+    let mark_read = async |id: &str| {
+        let path = format!("/api/v1/me/inbox/{id}/read");
+        expect(post(&hub, &f.student_token, &path, json!({})).await, 200)
+    };
+    let read = mark_read(ids[1]).await;
     assert!(read["read_at"].is_string(), "{read}");
     // The user's other devices hear of it: a frame outside the sequence, the first time only.
     let cleared = next_json(&mut fresh).await;
@@ -1664,16 +1659,7 @@ async fn in_app_messages_reach_the_inbox_topic() {
     );
     assert_eq!(cleared["data"]["id"], ids[1]);
     assert_eq!(cleared["data"]["read_at"], read["read_at"]);
-    let again = expect(
-        post(
-            &hub,
-            &f.student_token,
-            &format!("/api/v1/me/inbox/{}/read", ids[1]),
-            json!({}),
-        )
-        .await,
-        200,
-    );
+    let again = mark_read(ids[1]).await;
     assert_eq!(again["read_at"], read["read_at"], "the first time counts");
     let unread = expect(
         get(&hub, &f.student_token, "/api/v1/me/inbox?unread=true").await,

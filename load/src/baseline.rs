@@ -825,11 +825,11 @@ async fn drain(
         }
         // Until no email has arrived for 3 s (the sink takes 50 ms each).
         let deadline = Instant::now() + DRAIN_WAIT;
-        let mut seen = sink.deliveries().len();
+        let mut seen = sink.delivered();
         let mut quiet_since = Instant::now();
         while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(3) {
             actix_web::rt::time::sleep(Duration::from_millis(250)).await;
-            let now = sink.deliveries().len();
+            let now = sink.delivered();
             if now != seen {
                 (seen, quiet_since) = (now, Instant::now());
             }

@@ -115,6 +115,14 @@ impl SmtpSink {
             .clone()
     }
 
+    /// How many distinct emails have arrived.
+    pub fn delivered(&self) -> usize {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The hub's settings to send through this sink over `sessions` SMTP sessions.
     pub fn hub_env(&self, sessions: usize) -> Vec<(String, String)> {
         [
