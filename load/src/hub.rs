@@ -265,6 +265,73 @@ pub fn memory_kib(pid: u32, field: &str) -> Option<f64> {
         .ok()
 }
 
+/// The hub's statement counts so far, per operation: `op -> (statements, operations)`, read
+/// from the `db_round_trips` histogram in `/metrics`. Empty if the hub does not say.
+pub async fn round_trips(url: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let Ok(mut response) = client().get(format!("{url}/metrics")).send().await else {
+        return Default::default();
+    };
+    let Ok(body) = response.body().limit(8 << 20).await else {
+        return Default::default();
+    };
+    parse_round_trips(&String::from_utf8_lossy(&body))
+}
+
+/// The `db_round_trips` sums and counts of a Prometheus text page, per `op` label.
+fn parse_round_trips(page: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for line in page.lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (field, labels) = match name.split_once('{') {
+            Some(("db_round_trips_sum", labels)) => (0, labels),
+            Some(("db_round_trips_count", labels)) => (1, labels),
+            _ => continue,
+        };
+        let Some(op) = labels
+            .strip_prefix("op=\"")
+            .and_then(|rest| rest.split('"').next())
+        else {
+            continue;
+        };
+        let entry: &mut (f64, f64) = counts.entry(op.to_owned()).or_default();
+        if field == 0 {
+            entry.0 = value;
+        } else {
+            entry.1 = value;
+        }
+    }
+    counts
+}
+
+/// Statements per operation between two readings of [`round_trips`], as the report shows them.
+pub fn round_trips_between(
+    before: &std::collections::BTreeMap<String, (f64, f64)>,
+    after: &std::collections::BTreeMap<String, (f64, f64)>,
+) -> Value {
+    let per_op: serde_json::Map<String, Value> = after
+        .iter()
+        .filter_map(|(op, (sum, count))| {
+            let (sum0, count0) = before.get(op).copied().unwrap_or_default();
+            let ops = count - count0;
+            (ops > 0.0).then(|| {
+                (
+                    op.clone(),
+                    serde_json::json!({
+                        "operations": ops,
+                        "statements_per_operation": (sum - sum0) / ops,
+                    }),
+                )
+            })
+        })
+        .collect();
+    Value::Object(per_op)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +350,28 @@ mod tests {
     fn reads_this_process_usage() {
         let (cpu, rss) = usage(std::process::id()).unwrap();
         assert!(cpu >= 0.0 && rss > 1.0, "{cpu} {rss}");
+    }
+
+    #[test]
+    fn statements_per_operation_between_two_scrapes() {
+        let page = |order_sum: f64, order_count: f64| {
+            format!(
+                "# TYPE db_round_trips histogram\n\
+                 db_round_trips_bucket{{op=\"order\",le=\"1\"}} 3\n\
+                 db_round_trips_sum{{op=\"order\"}} {order_sum}\n\
+                 db_round_trips_count{{op=\"order\"}} {order_count}\n\
+                 db_round_trips_sum{{op=\"scan\"}} 40\n\
+                 db_round_trips_count{{op=\"scan\"}} 4\n\
+                 http_requests_total{{route=\"/\"}} 9\n"
+            )
+        };
+        let before = parse_round_trips(&page(10.0, 5.0));
+        assert_eq!(before.get("order"), Some(&(10.0, 5.0)));
+        let after = parse_round_trips(&page(40.0, 105.0));
+        let between = round_trips_between(&before, &after);
+        assert_eq!(between["order"]["operations"], 100.0);
+        assert_eq!(between["order"]["statements_per_operation"], 0.3);
+        // No scans between the two: not reported.
+        assert!(between.get("scan").is_none(), "{between}");
     }
 }

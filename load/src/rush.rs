@@ -9,7 +9,9 @@
 //! gapless and with every hand-over frame, every dashboard back after the storm.
 
 use crate::RunArgs;
-use crate::hub::{Target, call, client, code_of, created, reader_post, usage};
+use crate::hub::{
+    Target, call, client, code_of, created, reader_post, round_trips, round_trips_between, usage,
+};
 use crate::profile::{Profile, arrival_at};
 use crate::report::{
     EVENT_TO_SINK, ORDER_POST, Recorder, SCAN_TO_DASHBOARD, SCAN_VERDICT, TRANSITION,
@@ -123,6 +125,7 @@ pub async fn run(
     sinks: Option<&Sinks>,
 ) -> anyhow::Result<Value> {
     let before = target.pid.and_then(usage);
+    let trips_before = round_trips(&target.url).await;
     let seeding = Instant::now();
     let mut schools = seed(profile, target).await?;
     // After the rest of the seed, which can take long: the waves are laid out around the rush.
@@ -214,6 +217,7 @@ pub async fn run(
         None => Value::Null,
     };
     let after = target.pid.and_then(usage);
+    let trips = round_trips_between(&trips_before, &round_trips(&target.url).await);
 
     // Accounting.
     let accepted = run.accepted.borrow().clone();
@@ -358,6 +362,7 @@ pub async fn run(
             "notifications": notifications,
         },
         "hub": hub,
+        "db_round_trips": trips,
     }))
 }
 
