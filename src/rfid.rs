@@ -263,8 +263,17 @@ fn answer_of(row: &ScanRow, seq: i64, replayed: bool) -> Result<ScanAnswer, ApiE
     })
 }
 
-/// Decides one scan of `reader`, exactly once per (reader, seq).
+/// Decides one scan of `reader`, exactly once per (reader, seq). Its statements are counted
+/// as a scan's round trips; a hand-over's pickup is counted as a transition.
 pub async fn scan(
+    state: &AppState,
+    reader: &ReaderRow,
+    scan: &ScanIn,
+) -> Result<ScanAnswer, ApiError> {
+    crate::db::counted("scan", decide_scan(state, reader, scan)).await
+}
+
+async fn decide_scan(
     state: &AppState,
     reader: &ReaderRow,
     scan: &ScanIn,

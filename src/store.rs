@@ -2,12 +2,10 @@
 //! event bumps the school's event sequence first: that takes the write lock at once on
 //! SQLite and serialises a kitchen's commits on PostgreSQL, so sequence numbers are gapless.
 
-use crate::db::models::{
-    MealRow, OrderEventRow, OrderItemRow, OrderRow, OutboxRow, ServiceWindowRow, now,
-};
+use crate::db::models::{MealRow, OrderEventRow, OutboxRow, ServiceWindowRow, now};
 use crate::db::schema::{
-    counters, delivery_attempts, device_tokens, guardian_links, meals, notification_preferences,
-    order_events, orders, outbox, schools, service_windows, users,
+    counters, delivery_attempts, device_tokens, guardian_links, notification_preferences,
+    order_events, orders, outbox, schools, users,
 };
 use crate::db::{Db, DbError};
 use crate::group_commit::GroupCommit;
@@ -20,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Role, Wave,
-    allergy_conflicts, assign_counter, choose_wave, event_type, pickup_code,
+    allergy_conflicts, assign_counter, event_type, pickup_code,
 };
 use tiffin_actors::notices::{
     Audience, Channel, Kind, NotificationIntent, Preference, Priority, QuietHours, Recipient,
@@ -40,7 +38,7 @@ const MAX_ITEMS: usize = 20;
 const ORDER_BATCH: usize = 64;
 
 /// What committing one new order came to.
-type OrderCommitted = Result<KitchenEvent, TxError>;
+type OrderCommitted = Result<Placed, TxError>;
 
 #[derive(Clone)]
 pub struct DieselStore {
@@ -118,27 +116,35 @@ pub fn event_from_row(row: OrderEventRow) -> Result<KitchenEvent, DbError> {
     })
 }
 
-fn event_row(
-    event_seq: i64,
-    kind: &str,
-    order: &OrderSummary,
+/// What an event records beside the order it leaves: its type, who, why, and the notice it
+/// makes (fanned out to the outbox later by dispatch, see `DieselStore::fan_out`).
+struct EventNote<'a> {
+    kind: &'a str,
     from: Option<OrderState>,
     actor_id: Option<String>,
     reason: Option<String>,
     at: NaiveDateTime,
-) -> Result<OrderEventRow, TxError> {
+    notice: Option<Kind>,
+    /// Someone who needs no news of their own act.
+    skip: Option<String>,
+}
+
+fn event_row(seq: i64, order: &OrderSummary, note: EventNote) -> Result<OrderEventRow, TxError> {
     Ok(OrderEventRow {
         school_id: order.school_id.clone(),
-        seq: event_seq,
+        seq,
         order_id: order.id.clone(),
         version: order.version,
-        kind: kind.to_owned(),
-        from_state: from.map(|s| s.as_str().to_owned()),
+        kind: note.kind.to_owned(),
+        from_state: note.from.map(|s| s.as_str().to_owned()),
         to_state: order.state.as_str().to_owned(),
-        actor_id,
-        reason,
+        actor_id: note.actor_id,
+        reason: note.reason,
         snapshot: serde_json::to_string(order).map_err(json_error)?,
-        created_at: at,
+        created_at: note.at,
+        fanned_out: note.notice.is_none(),
+        notice: note.notice.map(|k| k.as_str().to_owned()),
+        notice_skip: note.skip,
     })
 }
 
@@ -328,48 +334,15 @@ macro_rules! amend_order {
     }};
 }
 
-/// Writes an event and, in the same transaction, the outbox rows of the notice it makes (if
-/// any): one per recipient and channel, by the rules in `notices`. `$skip` is someone who
-/// needs no news of their own act. Yields the committed event.
+/// Writes an event (an `EventNote` about `$order` at kitchen sequence `$seq`); yields the
+/// committed event. Its notice reaches the outbox later, through `DieselStore::fan_out`.
 macro_rules! record_event {
-    ($conn:expr, $seq:expr, $kind:expr, $order:expr, $from:expr, $actor_id:expr, $reason:expr,
-     $at:expr, $notice:expr, $skip:expr, $sms_fallback_after:expr) => {{
-        let row = event_row($seq, $kind, $order, $from, $actor_id, $reason, $at)?;
+    ($conn:expr, $seq:expr, $order:expr, $note:expr) => {{
+        let row = event_row($seq, $order, $note)?;
         diesel::insert_into(order_events::table)
             .values(&row)
             .execute($conn)
             .await?;
-        let notice: Option<Kind> = $notice;
-        if let Some(notice) = notice {
-            let school = school_notice!($conn, &$order.school_id);
-            let skip: Option<&str> = $skip;
-            let people = audience!(
-                $conn,
-                &$order.school_id,
-                &$order.student_id,
-                notice.rule().audience
-            );
-            let audience: Vec<&Recipient> = people
-                .iter()
-                .filter(|r| Some(r.user_id.as_str()) != skip)
-                .collect();
-            let rows = outbox_rows(
-                notice,
-                intents(notice, &audience),
-                &audience,
-                serde_json::json!({ "order": $order }),
-                (&$order.school_id, $seq),
-                &school,
-                $at,
-                $sms_fallback_after,
-            );
-            for message in rows {
-                diesel::insert_into(outbox::table)
-                    .values(&message)
-                    .execute($conn)
-                    .await?;
-            }
-        }
         event_from_row(row)?
     }};
 }
@@ -391,117 +364,6 @@ macro_rules! school_notice {
             .first($conn)
             .await?;
         school
-    }};
-}
-
-/// Inserts one order with its items, its first event and its outbox rows, inside the
-/// transaction (or savepoint) `$conn` is in.
-macro_rules! insert_order_in {
-    ($conn:expr, $new:expr, $sms_fallback_after:expr) => {{
-        let conn = $conn;
-        let at = now();
-        let (seq, time_zone) = next_seq!(conn, &$new.school_id);
-        let student: Option<(String, String, String)> = users::table
-            .filter(users::id.eq(&$new.student_id))
-            .filter(users::school_id.eq(&$new.school_id))
-            .filter(users::role.eq("student"))
-            .filter(users::active.eq(true))
-            .select((users::id, users::display_name, users::allergies))
-            .first(conn)
-            .await
-            .optional()?;
-        let (student_id, student_name, allergies) = student.ok_or(CommandError::StudentNotFound)?;
-        let meal_ids: Vec<&str> = $new.items.iter().map(|i| i.meal_id.as_str()).collect();
-        let menu: Vec<MealRow> = meals::table
-            .filter(meals::school_id.eq(&$new.school_id))
-            .filter(meals::id.eq_any(&meal_ids))
-            .select(MealRow::as_select())
-            .load(conn)
-            .await?;
-        let lines = order_lines($new, &menu)?;
-        let reason = allergy_check($new, &menu, &allergies)?;
-        let windows: Vec<ServiceWindowRow> = service_windows::table
-            .filter(service_windows::school_id.eq(&$new.school_id))
-            .select(ServiceWindowRow::as_select())
-            .load(conn)
-            .await?;
-        let waves = waves_on_day(&windows, &time_zone, at.and_utc());
-        let wave = choose_wave(&waves, $new.window_id.as_deref(), at.and_utc())
-            .map_err(CommandError::from)?;
-        let order = OrderSummary {
-            id: uuid::Uuid::now_v7().to_string(),
-            school_id: $new.school_id.clone(),
-            student_id,
-            student_name,
-            state: OrderState::Placed,
-            version: 1,
-            total_cents: lines
-                .iter()
-                .map(|l| l.unit_price_cents * i64::from(l.quantity))
-                .sum(),
-            items: lines,
-            placed_at: at.and_utc(),
-            updated_at: at.and_utc(),
-            counter: None,
-            pickup_code: None,
-            wave,
-            ready_at: None,
-            alerts: Vec::new(),
-            allergy_override: reason.clone(),
-        };
-        diesel::insert_into(orders::table)
-            .values(OrderRow {
-                id: order.id.clone(),
-                school_id: order.school_id.clone(),
-                student_id: order.student_id.clone(),
-                placed_by: $new.placed_by.clone(),
-                state: order.state.as_str().to_owned(),
-                version: order.version,
-                total_cents: order.total_cents,
-                counter_id: None,
-                pickup_code: None,
-                idempotency_key: $new.idempotency.as_ref().map(|i| i.key.clone()),
-                request_fingerprint: $new.idempotency.as_ref().map(|i| i.fingerprint.clone()),
-                created_at: at,
-                updated_at: at,
-                pickup_day: None,
-                window_id: order.wave.as_ref().map(|w| w.id.clone()),
-            })
-            .execute(conn)
-            .await?;
-        let items: Vec<OrderItemRow> = order
-            .items
-            .iter()
-            .enumerate()
-            .map(|(n, l)| OrderItemRow {
-                order_id: order.id.clone(),
-                line: n as i32 + 1,
-                meal_id: l.meal_id.clone(),
-                meal_name: l.name.clone(),
-                quantity: l.quantity,
-                unit_price_cents: l.unit_price_cents,
-            })
-            .collect();
-        // One row per statement: diesel has no SQLite batch insert for these rows.
-        for item in &items {
-            diesel::insert_into(order_items::table)
-                .values(item)
-                .execute(conn)
-                .await?;
-        }
-        Ok::<_, TxError>(record_event!(
-            conn,
-            seq,
-            event_type(order.state),
-            &order,
-            None,
-            Some($new.placed_by.clone()),
-            reason,
-            at,
-            Some(Kind::OrderPlaced),
-            Some($new.placed_by.as_str()),
-            $sms_fallback_after
-        ))
     }};
 }
 
@@ -674,61 +536,34 @@ impl DieselStore {
         Ok(Some(Placed::Existing(order)))
     }
 
+    async fn place(&self, order: NewOrder) -> Result<Placed, CommandError> {
+        let (placed_by, idempotency) = (order.placed_by.clone(), order.idempotency.clone());
+        let committed = self
+            .intake
+            .submit(order, |batch| self.insert_orders(batch))
+            .await
+            .ok_or_else(|| CommandError::Unavailable("the order's batch was abandoned".into()))?;
+        match committed {
+            Ok(placed) => Ok(placed),
+            // A concurrent request with the same key won the insert: answer as it did.
+            Err(TxError::Db(DbError::Duplicate(_))) if idempotency.is_some() => {
+                match &idempotency {
+                    Some(i) => self
+                        .find_idempotent(&placed_by, i)
+                        .await?
+                        .ok_or(CommandError::IdempotencyKeyReused),
+                    None => Err(CommandError::IdempotencyKeyReused),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn run<T>(
         &self,
         f: impl AsyncFnOnce(&Db) -> Result<T, DbError>,
     ) -> Result<T, CommandError> {
         f(&self.db).await.map_err(DbError::into_command)
-    }
-
-    async fn insert_order(&self, new: &NewOrder) -> Result<KitchenEvent, TxError> {
-        let fallback = self.sms_fallback_after;
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| insert_order_in!(conn, new, fallback))
-            .await)
-    }
-
-    /// Orders of any kitchens in one transaction, each in a savepoint of its own so that a
-    /// refused order rolls back alone. Taken in school order, so that two batches on
-    /// PostgreSQL lock the schools' sequence rows in the same order and cannot deadlock.
-    /// Should the batch itself fail, each order is tried alone and answered for itself.
-    async fn insert_orders(&self, batch: Vec<NewOrder>) -> Vec<OrderCommitted> {
-        if let [only] = batch.as_slice() {
-            return vec![self.insert_order(only).await];
-        }
-        let fallback = self.sms_fallback_after;
-        let mut by_school: Vec<usize> = (0..batch.len()).collect();
-        by_school.sort_by(|a, b| batch[*a].school_id.cmp(&batch[*b].school_id));
-        let together: Result<Vec<(usize, OrderCommitted)>, TxError> = async {
-            with_conn!(&self.db, |conn| conn
-                .transaction(async |conn| {
-                    let mut results = Vec::with_capacity(batch.len());
-                    for &i in &by_school {
-                        let new = &batch[i];
-                        let result = conn
-                            .transaction(async |conn| insert_order_in!(conn, new, fallback))
-                            .await;
-                        results.push((i, result));
-                    }
-                    Ok::<_, TxError>(results)
-                })
-                .await)
-        }
-        .await;
-        match together {
-            Ok(mut results) => {
-                results.sort_by_key(|(i, _)| *i);
-                results.into_iter().map(|(_, result)| result).collect()
-            }
-            Err(e) => {
-                tracing::warn!(error = ?e, orders = batch.len(), "order batch failed; trying each alone");
-                let mut results = Vec::with_capacity(batch.len());
-                for new in &batch {
-                    results.push(self.insert_order(new).await);
-                }
-                results
-            }
-        }
     }
 
     async fn counter_move(&self, m: &CounterMove) -> Result<KitchenEvent, TxError> {
@@ -757,15 +592,16 @@ impl DieselStore {
                 Ok::<_, TxError>(record_event!(
                     conn,
                     seq,
-                    COUNTER_CHANGED,
                     &order,
-                    Some(OrderState::Ready),
-                    m.actor_id.clone(),
-                    Some(format!("{closed} closed")),
-                    at,
-                    Some(Kind::OrderCounterChanged),
-                    None,
-                    self.sms_fallback_after
+                    EventNote {
+                        kind: COUNTER_CHANGED,
+                        from: Some(OrderState::Ready),
+                        actor_id: m.actor_id.clone(),
+                        reason: Some(format!("{closed} closed")),
+                        at,
+                        notice: Some(Kind::OrderCounterChanged),
+                        skip: None,
+                    }
                 ))
             })
             .await)
@@ -785,15 +621,16 @@ impl DieselStore {
                 Ok::<_, TxError>(record_event!(
                     conn,
                     seq,
-                    a.alert.event_type(),
                     &order,
-                    from,
-                    None,
-                    Some(a.reason.clone()),
-                    at,
-                    kind_of_alert(a.alert),
-                    None,
-                    self.sms_fallback_after
+                    EventNote {
+                        kind: a.alert.event_type(),
+                        from,
+                        actor_id: None,
+                        reason: Some(a.reason.clone()),
+                        at,
+                        notice: kind_of_alert(a.alert),
+                        skip: None,
+                    }
                 ))
             })
             .await)
@@ -822,7 +659,12 @@ impl DieselStore {
                 if changed == 0 {
                     return Err(TxError::Refused(CommandError::VersionConflict));
                 }
-                let mut order = latest_snapshot!(conn, &t.order_id);
+                // The version guard held: the order is the one the transition was decided on.
+                let mut order = if t.order.version == tr.version - 1 {
+                    t.order.clone()
+                } else {
+                    latest_snapshot!(conn, &t.order_id)
+                };
                 order.state = tr.to;
                 order.version = tr.version;
                 order.updated_at = at.and_utc();
@@ -858,22 +700,24 @@ impl DieselStore {
                 Ok::<_, TxError>(record_event!(
                     conn,
                     seq,
-                    event_type(order.state),
                     &order,
-                    Some(tr.from),
-                    t.actor_id.clone(),
-                    t.reason.clone(),
-                    at,
-                    kind_of_transition(tr.to, issuer),
-                    None,
-                    self.sms_fallback_after
+                    EventNote {
+                        kind: event_type(order.state),
+                        from: Some(tr.from),
+                        actor_id: t.actor_id.clone(),
+                        reason: t.reason.clone(),
+                        at,
+                        notice: kind_of_transition(tr.to, issuer),
+                        skip: None,
+                    }
                 ))
             })
             .await)
     }
 }
 
-use crate::db::schema::order_items;
+mod fan_out;
+mod intake;
 
 /// A time of day as stored: `HH:MM:SS` or `HH:MM`.
 pub fn parse_time_of_day(s: &str) -> Option<chrono::NaiveTime> {
@@ -1188,35 +1032,13 @@ impl Store for DieselStore {
     }
 
     async fn place_order(&self, order: NewOrder) -> Result<Placed, CommandError> {
-        if let Some(idempotency) = &order.idempotency
-            && let Some(found) = self.find_idempotent(&order.placed_by, idempotency).await?
-        {
-            return Ok(found);
-        }
-        let (placed_by, idempotency) = (order.placed_by.clone(), order.idempotency.clone());
-        let committed = self
-            .intake
-            .submit(order, |batch| self.insert_orders(batch))
-            .await
-            .ok_or_else(|| CommandError::Unavailable("the order's batch was abandoned".into()))?;
-        match committed {
-            Ok(event) => Ok(Placed::New(event)),
-            // A concurrent request with the same key won the insert: answer as it did.
-            Err(TxError::Db(DbError::Duplicate(_))) if idempotency.is_some() => {
-                match &idempotency {
-                    Some(i) => self
-                        .find_idempotent(&placed_by, i)
-                        .await?
-                        .ok_or(CommandError::IdempotencyKeyReused),
-                    None => Err(CommandError::IdempotencyKeyReused),
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        crate::db::counted("order", self.place(order)).await
     }
 
     async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError> {
-        self.transition(&t).await.map_err(CommandError::from)
+        crate::db::counted("transition", self.transition(&t))
+            .await
+            .map_err(CommandError::from)
     }
 
     async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError> {
@@ -1265,6 +1087,10 @@ impl Store for DieselStore {
 
 #[async_trait]
 impl Outbox for DieselStore {
+    async fn fan_out(&self, limit: i64) -> Result<usize, CommandError> {
+        self.fan_out_events(limit).await
+    }
+
     async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError> {
         let at = now();
         let lease = at + Duration::seconds(CLAIM_LEASE_SECS);

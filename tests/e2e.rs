@@ -2453,6 +2453,29 @@ async fn orders_at_once(backend: Backend) {
         );
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Statements sent per order (`db_round_trips`): a lone order's, then a burst's, whose
+    // orders share their batches' reads and writes.
+    const SENT: &str = r#"db_round_trips_sum{op="order"}"#;
+    const COUNTED: &str = r#"db_round_trips_count{op="order"}"#;
+    let (sent, counted) = (metric(&hub, SENT).await, metric(&hub, COUNTED).await);
+    expect(place_order(&hub, &a, "lone", 1).await, 201);
+    let lone = metric(&hub, SENT).await - sent;
+    assert_eq!(metric(&hub, COUNTED).await - counted, 1.0);
+    assert!(lone >= 3.0, "a lone order sent {lone} statements");
+    let (sent, counted) = (metric(&hub, SENT).await, metric(&hub, COUNTED).await);
+    let burst: Vec<String> = (0..KEYS).map(|n| format!("burst-{n}")).collect();
+    for r in
+        futures_util::future::join_all(burst.iter().map(|key| place_order(&hub, &a, key, 1))).await
+    {
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    assert_eq!(metric(&hub, COUNTED).await - counted, KEYS as f64);
+    let per_order = (metric(&hub, SENT).await - sent) / KEYS as f64;
+    assert!(
+        per_order < lone,
+        "orders at once sent {per_order} statements each, a lone one {lone}"
+    );
     drop(hub);
     db.drop_database().await;
 }

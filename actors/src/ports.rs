@@ -78,12 +78,15 @@ pub enum Placed {
 }
 
 /// A decided transition to commit, guarded by the version it was decided on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TransitionCommit {
     pub school_id: String,
     pub order_id: String,
     /// Decided on `version - 1`; committed only if the order is still there.
     pub transition: Transition,
+    /// The order as it was decided on: the committed view at `version - 1`, so the store
+    /// need not read it back.
+    pub order: OrderSummary,
     /// Who asked: the rules for who hears about it depend on it.
     pub issuer: Issuer,
     pub actor_id: Option<String>,
@@ -227,6 +230,9 @@ pub struct OutboxStats {
 /// The outbox side of the store, used by notification dispatch. Every attempt is recorded.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
+    /// Turns up to `limit` committed events into the outbox rows of the notices they make
+    /// (one per recipient and channel); returns how many events it took.
+    async fn fan_out(&self, limit: i64) -> Result<usize, CommandError>;
     /// Claims up to `limit` due messages for this dispatcher, most urgent first, none on the
     /// channels in `skip` (their providers have enough under way), each with whether it
     /// should still go out; a claim expires if its dispatcher dies.

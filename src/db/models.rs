@@ -140,6 +140,11 @@ pub struct OrderEventRow {
     pub reason: Option<String>,
     pub snapshot: String,
     pub created_at: NaiveDateTime,
+    /// The notice to fan out (`notices::Kind`), if the event makes one.
+    pub notice: Option<String>,
+    /// Someone who needs no news of their own act.
+    pub notice_skip: Option<String>,
+    pub fanned_out: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

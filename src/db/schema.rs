@@ -211,6 +211,9 @@ diesel::table! {
         reason -> Nullable<Text>,
         snapshot -> Text,
         created_at -> Timestamp,
+        notice -> Nullable<Text>,
+        notice_skip -> Nullable<Text>,
+        fanned_out -> Bool,
     }
 }
 

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 /// 32 the order wave's receipts waited for claims (event -> sink p99 1.1 s at half load, 0.23 s
 /// with 128; BENCHMARKS.md).
 const BATCH: i64 = 128;
+/// Events fanned out into outbox rows at once, each batch one transaction.
+const FAN_OUT_BATCH: i64 = 256;
 /// A lane holds this many rounds of its provider's parallel sends and asks for more at half,
 /// four rounds ahead: a claim can wait its turn at the database for a round or two in a rush
 /// (with two or four rounds held the rush's emails waited longer; BENCHMARKS.md). Few enough
@@ -313,22 +315,33 @@ impl Dispatcher {
         }
     }
 
-    /// Claims due messages of the channels with room and sends each on its own, so a slow
-    /// provider holds up only its own messages. A lane that empties to half asks for more.
+    /// Fans committed events out into the outbox, then claims due messages of the channels
+    /// with room and sends each on its own, so a slow provider holds up only its own
+    /// messages. A lane that empties to half asks for more.
     fn drain(&mut self, ctx: &mut Context<Self>) {
         if self.busy {
             self.again = true;
             return;
         }
         let skip = self.shared.full_lanes();
-        if !self.shared.lanes.is_empty() && skip.len() == self.shared.lanes.len() {
-            return;
-        }
+        let all_full = !self.shared.lanes.is_empty() && skip.len() == self.shared.lanes.len();
         self.busy = true;
         let shared = self.shared.clone();
         let dispatcher = ctx.address();
         ctx.spawn(
             async move {
+                let started = Instant::now();
+                let more_events = match shared.outbox.fan_out(FAN_OUT_BATCH).await {
+                    Ok(taken) => taken as i64 == FAN_OUT_BATCH,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox fan-out failed");
+                        false
+                    }
+                };
+                metrics::histogram!("outbox_fan_out_seconds").record(started.elapsed().as_secs_f64());
+                if all_full {
+                    return more_events;
+                }
                 let started = Instant::now();
                 let batch = match shared.outbox.claim_due(BATCH, &skip).await {
                     Ok(batch) => batch,
@@ -337,7 +350,7 @@ impl Dispatcher {
                         return false;
                     }
                 };
-                let full = batch.len() as i64 == BATCH;
+                let full = batch.len() as i64 == BATCH || more_events;
                 metrics::histogram!("outbox_claim_seconds").record(started.elapsed().as_secs_f64());
                 let claimed_at = chrono::Utc::now();
                 for Claimed { message, needed } in batch {

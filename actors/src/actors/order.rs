@@ -188,6 +188,7 @@ impl OrderActor {
             school_id: self.order.school_id.clone(),
             order_id: self.order.id.clone(),
             transition,
+            order: self.order.clone(),
             issuer: msg.issuer,
             actor_id: msg.actor_id.clone(),
             reason,

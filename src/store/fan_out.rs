@@ -1,0 +1,278 @@
+//! Fan-out: committed events that make a notice become outbox rows, one per recipient and
+//! channel, in batches. The hot path writes only the event (with its notice); who hears
+//! what is decided here, by the same rules and preferences, a batch of events at a time.
+//!
+//! A batch is one transaction: take the events (marking them fanned out), read their
+//! schools and audiences set-wise, write every row. Rows are keyed by (event, recipient,
+//! channel), and an event is taken in the transaction that writes its rows: once.
+
+use super::{DieselStore, RecipientRow, SchoolNotice, TxError, outbox_rows, recipient};
+use crate::db::schema::{device_tokens, guardian_links, notification_preferences, schools, users};
+use crate::db::{Db, InsertRows};
+use crate::with_conn;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use std::collections::{HashMap, HashSet};
+use tiffin_actors::domain::Role;
+use tiffin_actors::notices::{Audience, Kind, Recipient, intents};
+use tiffin_actors::ports::CommandError;
+
+/// Takes up to `$1` events waiting for fan-out, oldest first, and marks them done; other
+/// nodes skip the rows this one holds.
+const TAKE_PG: &str = "UPDATE order_events SET fanned_out = TRUE \
+     WHERE (school_id, seq) IN (SELECT school_id, seq FROM order_events WHERE NOT fanned_out \
+     ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at";
+/// SQLite has one writer: nothing to skip.
+const TAKE_SQLITE: &str = "UPDATE order_events SET fanned_out = TRUE \
+     WHERE (school_id, seq) IN (SELECT school_id, seq FROM order_events WHERE NOT fanned_out \
+     ORDER BY created_at LIMIT ?) \
+     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at";
+
+#[derive(QueryableByName)]
+struct NoticeDue {
+    #[diesel(sql_type = Text)]
+    school_id: String,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Text)]
+    snapshot: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    notice: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    notice_skip: Option<String>,
+    #[diesel(sql_type = Timestamp)]
+    created_at: NaiveDateTime,
+}
+
+/// The student and school a notice is about, and its rule's audience.
+struct Due {
+    event: NoticeDue,
+    kind: Kind,
+    student_id: String,
+    data: serde_json::Value,
+}
+
+impl Due {
+    fn of(event: NoticeDue) -> Option<Due> {
+        let kind = Kind::parse(event.notice.as_deref()?)?;
+        let order: serde_json::Value = serde_json::from_str(&event.snapshot).ok()?;
+        let student_id = order["student_id"].as_str()?.to_owned();
+        Some(Due {
+            event,
+            kind,
+            student_id,
+            data: serde_json::json!({ "order": order }),
+        })
+    }
+
+    fn audience(&self) -> Audience {
+        self.kind.rule().audience
+    }
+}
+
+/// Everyone the notices of a batch may go to, read set-wise.
+#[derive(Default)]
+struct People {
+    students: HashMap<String, RecipientRow>,
+    /// Each student's active guardians, in id order.
+    guardians: HashMap<String, Vec<RecipientRow>>,
+    /// Each school's active kitchen staff, in id order.
+    staff: HashMap<String, Vec<RecipientRow>>,
+    with_push: HashSet<String>,
+    choices: Vec<(String, String, String, bool)>,
+}
+
+impl People {
+    /// Who hears of `due`, as `store::audience!` chose for a single notice.
+    fn of(&self, due: &Due) -> Vec<Recipient> {
+        let mut rows: Vec<&RecipientRow> = Vec::new();
+        let audience = due.audience();
+        if audience == Audience::Family {
+            rows.extend(self.students.get(&due.student_id));
+        }
+        if matches!(audience, Audience::Family | Audience::Guardians) {
+            rows.extend(self.guardians.get(&due.student_id).into_iter().flatten());
+        }
+        if audience == Audience::Kitchen {
+            rows.extend(self.staff.get(&due.event.school_id).into_iter().flatten());
+        }
+        rows.into_iter()
+            .filter(|r| Some(r.0.as_str()) != due.event.notice_skip.as_deref())
+            .map(|r| recipient(r.clone(), &self.with_push, &self.choices))
+            .collect()
+    }
+}
+
+impl DieselStore {
+    /// Fans out up to `limit` committed events into outbox rows; returns how many events it
+    /// took (fewer than `limit`: none are left waiting).
+    pub(super) async fn fan_out_events(&self, limit: i64) -> Result<usize, CommandError> {
+        let take = match &self.db {
+            Db::Pg(_) => TAKE_PG,
+            Db::Sqlite(_) => TAKE_SQLITE,
+        };
+        let fallback = self.sms_fallback_after;
+        let taken = with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let events: Vec<NoticeDue> = diesel::sql_query(take)
+                    .bind::<BigInt, _>(limit)
+                    .load(conn)
+                    .await?;
+                let taken = events.len();
+                let mut due: Vec<Due> = events.into_iter().filter_map(Due::of).collect();
+                if due.is_empty() {
+                    return Ok::<_, TxError>(taken);
+                }
+                due.sort_by(|a, b| {
+                    (a.event.created_at, &a.event.school_id, a.event.seq).cmp(&(
+                        b.event.created_at,
+                        &b.event.school_id,
+                        b.event.seq,
+                    ))
+                });
+                let school_ids: Vec<&str> = unique(due.iter().map(|d| d.event.school_id.as_str()));
+                let schools: HashMap<String, SchoolNotice> = schools::table
+                    .filter(schools::id.eq_any(&school_ids))
+                    .select((
+                        schools::id,
+                        (
+                            schools::name,
+                            schools::time_zone,
+                            schools::quiet_hours_start,
+                            schools::quiet_hours_end,
+                        ),
+                    ))
+                    .load::<(String, SchoolNotice)>(conn)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let of_audience = |pick: &dyn Fn(Audience) -> bool| {
+                    unique(
+                        due.iter()
+                            .filter(|d| pick(d.audience()))
+                            .map(|d| d.student_id.as_str()),
+                    )
+                };
+                let family = of_audience(&|a| a == Audience::Family);
+                let with_guardians =
+                    of_audience(&|a| matches!(a, Audience::Family | Audience::Guardians));
+                let kitchens: Vec<&str> = unique(
+                    due.iter()
+                        .filter(|d| d.audience() == Audience::Kitchen)
+                        .map(|d| d.event.school_id.as_str()),
+                );
+                let person = (
+                    users::id,
+                    users::display_name,
+                    users::email,
+                    users::phone,
+                    users::locale,
+                );
+                let mut people = People::default();
+                if !family.is_empty() {
+                    people.students = users::table
+                        .filter(users::id.eq_any(&family))
+                        .filter(users::active.eq(true))
+                        .select(person)
+                        .load::<RecipientRow>(conn)
+                        .await?
+                        .into_iter()
+                        .map(|r| (r.0.clone(), r))
+                        .collect();
+                }
+                if !with_guardians.is_empty() {
+                    let links: Vec<(String, RecipientRow)> = guardian_links::table
+                        .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
+                        .filter(guardian_links::student_id.eq_any(&with_guardians))
+                        .filter(users::active.eq(true))
+                        .order((guardian_links::student_id.asc(), users::id.asc()))
+                        .select((guardian_links::student_id, person))
+                        .load(conn)
+                        .await?;
+                    for (student, guardian) in links {
+                        people.guardians.entry(student).or_default().push(guardian);
+                    }
+                }
+                if !kitchens.is_empty() {
+                    let staff: Vec<(Option<String>, RecipientRow)> = users::table
+                        .filter(users::school_id.eq_any(&kitchens))
+                        .filter(users::role.eq(Role::KitchenStaff.as_str()))
+                        .filter(users::active.eq(true))
+                        .order(users::id.asc())
+                        .select((users::school_id, person))
+                        .load(conn)
+                        .await?;
+                    for (school, member) in staff {
+                        if let Some(school) = school {
+                            people.staff.entry(school).or_default().push(member);
+                        }
+                    }
+                }
+                let ids: Vec<String> = unique(
+                    people
+                        .students
+                        .keys()
+                        .chain(people.guardians.values().flatten().map(|r| &r.0))
+                        .chain(people.staff.values().flatten().map(|r| &r.0))
+                        .map(String::as_str),
+                )
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+                if !ids.is_empty() {
+                    people.with_push = device_tokens::table
+                        .filter(device_tokens::user_id.eq_any(&ids))
+                        .filter(device_tokens::active.eq(true))
+                        .select(device_tokens::user_id)
+                        .load::<String>(conn)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    people.choices = notification_preferences::table
+                        .filter(notification_preferences::user_id.eq_any(&ids))
+                        .select((
+                            notification_preferences::user_id,
+                            notification_preferences::event_kind,
+                            notification_preferences::channel,
+                            notification_preferences::enabled,
+                        ))
+                        .load(conn)
+                        .await?;
+                }
+                let mut rows = Vec::new();
+                for d in &due {
+                    let Some(school) = schools.get(&d.event.school_id) else {
+                        continue;
+                    };
+                    let recipients = people.of(d);
+                    let audience: Vec<&Recipient> = recipients.iter().collect();
+                    rows.extend(outbox_rows(
+                        d.kind,
+                        intents(d.kind, &audience),
+                        &audience,
+                        d.data.clone(),
+                        (&d.event.school_id, d.event.seq),
+                        school,
+                        d.event.created_at,
+                        fallback,
+                    ));
+                }
+                // Taking the events marked them in this transaction: no row can exist yet.
+                conn.insert_rows(&rows).await?;
+                metrics::counter!("notify_fanned_out_total").increment(rows.len() as u64);
+                Ok(taken)
+            })
+            .await)
+        .map_err(CommandError::from)?;
+        Ok(taken)
+    }
+}
+
+/// The distinct values, in first-seen order.
+fn unique<'a>(values: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    values.filter(|v| seen.insert(*v)).collect()
+}

@@ -1,0 +1,408 @@
+//! Intake: new orders of any kitchens committed in batches. A batch reads what its orders
+//! need set-wise (schools, students, menus, waves, earlier requests with the same keys),
+//! decides each order in memory (a refused one is answered alone and takes no sequence
+//! number, with no savepoint), takes the accepted orders' sequence numbers a school at a
+//! time in school order (so two batches on PostgreSQL lock schools alike and cannot
+//! deadlock), and writes orders, items and events in multi-row statements: about ten
+//! statements a batch, whatever its size.
+
+use super::{
+    DieselStore, EventNote, OrderCommitted, TxError, allergy_check, event_from_row, event_row,
+    order_lines, waves_on_day,
+};
+use crate::db::models::{MealRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
+use crate::db::schema::{meals, order_events, orders, schools, service_windows, users};
+use crate::db::{InsertRows, PgConn, SqliteConn};
+use crate::with_conn;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use std::collections::{BTreeMap, HashMap};
+use tiffin_actors::domain::{OrderState, OrderSummary, choose_wave, event_type};
+use tiffin_actors::notices::Kind;
+use tiffin_actors::ports::{CommandError, NewOrder, Placed};
+
+/// What a batch's orders need, read in a handful of statements.
+struct Facts {
+    /// Each school's time zone.
+    schools: HashMap<String, String>,
+    /// Active students by id: (school, name, allergies).
+    students: HashMap<String, (Option<String>, String, String)>,
+    menu: Vec<MealRow>,
+    windows: Vec<ServiceWindowRow>,
+    /// Orders made earlier with a key: (placed_by, key) -> (order id, request fingerprint).
+    keyed: HashMap<(String, String), (String, Option<String>)>,
+}
+
+/// One order of the batch, decided.
+enum Decided {
+    Accepted {
+        order: Box<OrderSummary>,
+        reason: Option<String>,
+    },
+    /// An earlier request with the same key made this order.
+    Existing(String),
+    Refused(CommandError),
+}
+
+/// Sequence number bumps on either backend.
+trait TakeSeqs {
+    async fn take_seqs(&mut self, school_id: &str, n: i64) -> QueryResult<i64>;
+}
+
+macro_rules! take_seqs {
+    ($conn:ty) => {
+        impl TakeSeqs for $conn {
+            /// Takes `n` sequence numbers of a school; returns the first. Locks the school's
+            /// row until the transaction ends, so its events are numbered without gaps.
+            async fn take_seqs(&mut self, school_id: &str, n: i64) -> QueryResult<i64> {
+                let last: i64 = diesel::update(schools::table.find(school_id))
+                    .set(schools::event_seq.eq(schools::event_seq + n))
+                    .returning(schools::event_seq)
+                    .get_result(self)
+                    .await?;
+                Ok(last - n + 1)
+            }
+        }
+    };
+}
+take_seqs!(PgConn);
+take_seqs!(SqliteConn);
+
+/// Taking the database's write lock before a batch's reads, where that is how it works.
+trait WriteFirst {
+    async fn write_first(&mut self, school_id: &str) -> QueryResult<()>;
+}
+
+/// SQLite: a transaction that reads first and writes later fails at once (busy, no wait)
+/// should another process commit in between; writing first takes the lock, waiting for it.
+impl WriteFirst for SqliteConn {
+    async fn write_first(&mut self, school_id: &str) -> QueryResult<()> {
+        diesel::update(schools::table.find(school_id))
+            .set(schools::event_seq.eq(schools::event_seq))
+            .execute(self)
+            .await
+            .map(drop)
+    }
+}
+
+/// PostgreSQL locks rows as it writes them (the schools' sequence rows, in school order).
+impl WriteFirst for PgConn {
+    async fn write_first(&mut self, _: &str) -> QueryResult<()> {
+        Ok(())
+    }
+}
+
+impl DieselStore {
+    /// Commits a batch of new orders in one transaction, answering each. Should the batch
+    /// itself fail (a key another request just took, the database), each order is tried
+    /// alone and answered for itself.
+    pub(super) async fn insert_orders(&self, batch: Vec<NewOrder>) -> Vec<OrderCommitted> {
+        match self.commit_orders(&batch).await {
+            Ok(results) => results,
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = ?e, orders = batch.len(), "order batch failed; trying each alone");
+                let mut results = Vec::with_capacity(batch.len());
+                for new in &batch {
+                    let alone = self.commit_orders(std::slice::from_ref(new)).await;
+                    results.push(alone.and_then(|mut r| r.pop().unwrap_or_else(lost)));
+                }
+                results
+            }
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let at = now();
+                if let Some(first) = batch.first() {
+                    conn.write_first(&first.school_id).await?;
+                }
+                let facts = conn.facts(batch).await?;
+                let decided: Vec<Decided> =
+                    batch.iter().map(|new| decide(new, &facts, at)).collect();
+                // Sequence numbers, a school at a time in school order, for accepted orders.
+                let mut accepted: BTreeMap<String, i64> = BTreeMap::new();
+                for d in &decided {
+                    if let Decided::Accepted { order, .. } = d {
+                        *accepted.entry(order.school_id.clone()).or_default() += 1;
+                    }
+                }
+                let mut next_seq: HashMap<String, i64> = HashMap::new();
+                for (school, n) in accepted {
+                    let first = conn.take_seqs(&school, n).await?;
+                    next_seq.insert(school, first);
+                }
+                let mut rows = Vec::new();
+                let mut items = Vec::new();
+                let mut events = Vec::new();
+                let mut results = Vec::with_capacity(batch.len());
+                for (new, d) in batch.iter().zip(decided) {
+                    let (order, reason) = match d {
+                        Decided::Refused(e) => {
+                            results.push(Err(TxError::Refused(e)));
+                            continue;
+                        }
+                        Decided::Existing(order_id) => {
+                            results
+                                .push(Ok(Placed::Existing(conn.latest_snapshot(&order_id).await?)));
+                            continue;
+                        }
+                        Decided::Accepted { order, reason } => (order, reason),
+                    };
+                    let seq = next_seq.get_mut(order.school_id.as_str()).ok_or_else(|| {
+                        TxError::Refused(CommandError::Internal("no sequence taken".into()))
+                    })?;
+                    let event = event_row(
+                        *seq,
+                        &order,
+                        EventNote {
+                            kind: event_type(order.state),
+                            from: None,
+                            actor_id: Some(new.placed_by.clone()),
+                            reason,
+                            at,
+                            notice: Some(Kind::OrderPlaced),
+                            skip: Some(new.placed_by.clone()),
+                        },
+                    )?;
+                    *seq += 1;
+                    let order = *order;
+                    rows.push(order_row(new, &order, at));
+                    items.extend(item_rows(&order));
+                    results.push(Ok(Placed::New(event_from_row(event.clone())?)));
+                    events.push(event);
+                }
+                conn.insert_rows(&rows).await?;
+                conn.insert_rows(&items).await?;
+                conn.insert_rows(&events).await?;
+                Ok::<_, TxError>(results)
+            })
+            .await)
+    }
+}
+
+/// A batch of one always answers one; this stands in should it not.
+fn lost() -> OrderCommitted {
+    Err(TxError::Refused(CommandError::Internal(
+        "an order went unanswered in its batch".into(),
+    )))
+}
+
+/// The batch's reads, expanded for each backend.
+trait FactsQueries {
+    async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError>;
+}
+
+macro_rules! facts_queries {
+    ($conn:ty) => {
+        impl FactsQueries for $conn {
+            async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError> {
+                let school_ids: Vec<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
+                let student_ids: Vec<&str> = batch.iter().map(|n| n.student_id.as_str()).collect();
+                let meal_ids: Vec<&str> = batch
+                    .iter()
+                    .flat_map(|n| n.items.iter().map(|i| i.meal_id.as_str()))
+                    .collect();
+                let schools = schools::table
+                    .filter(schools::id.eq_any(&school_ids))
+                    .select((schools::id, schools::time_zone))
+                    .load::<(String, String)>(self)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let students = users::table
+                    .filter(users::id.eq_any(&student_ids))
+                    .filter(users::role.eq("student"))
+                    .filter(users::active.eq(true))
+                    .select((
+                        users::id,
+                        users::school_id,
+                        users::display_name,
+                        users::allergies,
+                    ))
+                    .load::<(String, Option<String>, String, String)>(self)
+                    .await?
+                    .into_iter()
+                    .map(|(id, school, name, allergies)| (id, (school, name, allergies)))
+                    .collect();
+                let menu = if meal_ids.is_empty() {
+                    Vec::new()
+                } else {
+                    meals::table
+                        .filter(meals::id.eq_any(&meal_ids))
+                        .select(MealRow::as_select())
+                        .load(self)
+                        .await?
+                };
+                let windows = service_windows::table
+                    .filter(service_windows::school_id.eq_any(&school_ids))
+                    .select(ServiceWindowRow::as_select())
+                    .load(self)
+                    .await?;
+                let keys: Vec<&str> = batch
+                    .iter()
+                    .filter_map(|n| n.idempotency.as_ref().map(|i| i.key.as_str()))
+                    .collect();
+                let keyed = if keys.is_empty() {
+                    HashMap::new()
+                } else {
+                    orders::table
+                        .filter(orders::idempotency_key.eq_any(&keys))
+                        .select((
+                            orders::placed_by,
+                            orders::idempotency_key,
+                            orders::id,
+                            orders::request_fingerprint,
+                        ))
+                        .load::<(String, Option<String>, String, Option<String>)>(self)
+                        .await?
+                        .into_iter()
+                        .filter_map(|(by, key, id, fingerprint)| {
+                            Some(((by, key?), (id, fingerprint)))
+                        })
+                        .collect()
+                };
+                Ok(Facts {
+                    schools,
+                    students,
+                    menu,
+                    windows,
+                    keyed,
+                })
+            }
+        }
+    };
+}
+facts_queries!(PgConn);
+facts_queries!(SqliteConn);
+
+/// The order as its last event left it.
+trait SnapshotQuery {
+    async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError>;
+}
+
+macro_rules! snapshot_query {
+    ($conn:ty) => {
+        impl SnapshotQuery for $conn {
+            async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError> {
+                let snapshot: String = order_events::table
+                    .filter(order_events::order_id.eq(order_id))
+                    .order(order_events::version.desc())
+                    .select(order_events::snapshot)
+                    .first(self)
+                    .await?;
+                serde_json::from_str(&snapshot).map_err(super::json_error)
+            }
+        }
+    };
+}
+snapshot_query!(PgConn);
+snapshot_query!(SqliteConn);
+
+/// Decides one new order against what the batch read, checking in the order a caller
+/// meets the rules: the school, the student, the lines, allergies, the wave.
+fn decide(new: &NewOrder, facts: &Facts, at: NaiveDateTime) -> Decided {
+    if let Some(i) = &new.idempotency
+        && let Some((id, fingerprint)) = facts.keyed.get(&(new.placed_by.clone(), i.key.clone()))
+    {
+        return if fingerprint.as_deref() == Some(i.fingerprint.as_str()) {
+            Decided::Existing(id.clone())
+        } else {
+            Decided::Refused(CommandError::IdempotencyKeyReused)
+        };
+    }
+    match accept(new, facts, at) {
+        Ok((order, reason)) => Decided::Accepted {
+            order: Box::new(order),
+            reason,
+        },
+        Err(e) => Decided::Refused(e),
+    }
+}
+
+fn accept(
+    new: &NewOrder,
+    facts: &Facts,
+    at: NaiveDateTime,
+) -> Result<(OrderSummary, Option<String>), CommandError> {
+    let time_zone = facts
+        .schools
+        .get(&new.school_id)
+        .ok_or(CommandError::SchoolNotFound)?;
+    let (student_name, allergies) = match facts.students.get(&new.student_id) {
+        Some((Some(school), name, allergies)) if *school == new.school_id => (name, allergies),
+        _ => return Err(CommandError::StudentNotFound),
+    };
+    let menu: Vec<MealRow> = facts
+        .menu
+        .iter()
+        .filter(|m| m.school_id == new.school_id)
+        .cloned()
+        .collect();
+    let lines = order_lines(new, &menu)?;
+    let reason = allergy_check(new, &menu, allergies)?;
+    let windows: Vec<ServiceWindowRow> = facts
+        .windows
+        .iter()
+        .filter(|w| w.school_id == new.school_id)
+        .cloned()
+        .collect();
+    let waves = waves_on_day(&windows, time_zone, at.and_utc());
+    let wave = choose_wave(&waves, new.window_id.as_deref(), at.and_utc())?;
+    let order = OrderSummary {
+        id: uuid::Uuid::now_v7().to_string(),
+        school_id: new.school_id.clone(),
+        student_id: new.student_id.clone(),
+        student_name: student_name.clone(),
+        state: OrderState::Placed,
+        version: 1,
+        total_cents: lines
+            .iter()
+            .map(|l| l.unit_price_cents * i64::from(l.quantity))
+            .sum(),
+        items: lines,
+        placed_at: at.and_utc(),
+        updated_at: at.and_utc(),
+        counter: None,
+        pickup_code: None,
+        wave,
+        ready_at: None,
+        alerts: Vec::new(),
+        allergy_override: reason.clone(),
+    };
+    Ok((order, reason))
+}
+
+fn order_row(new: &NewOrder, order: &OrderSummary, at: NaiveDateTime) -> OrderRow {
+    OrderRow {
+        id: order.id.clone(),
+        school_id: order.school_id.clone(),
+        student_id: order.student_id.clone(),
+        placed_by: new.placed_by.clone(),
+        state: order.state.as_str().to_owned(),
+        version: order.version,
+        total_cents: order.total_cents,
+        counter_id: None,
+        pickup_code: None,
+        idempotency_key: new.idempotency.as_ref().map(|i| i.key.clone()),
+        request_fingerprint: new.idempotency.as_ref().map(|i| i.fingerprint.clone()),
+        created_at: at,
+        updated_at: at,
+        pickup_day: None,
+        window_id: order.wave.as_ref().map(|w| w.id.clone()),
+    }
+}
+
+fn item_rows(order: &OrderSummary) -> impl Iterator<Item = OrderItemRow> + '_ {
+    order.items.iter().enumerate().map(|(n, l)| OrderItemRow {
+        order_id: order.id.clone(),
+        line: n as i32 + 1,
+        meal_id: l.meal_id.clone(),
+        meal_name: l.name.clone(),
+        quantity: l.quantity,
+        unit_price_cents: l.unit_price_cents,
+    })
+}
