@@ -5,6 +5,7 @@
 mod bare;
 mod baseline;
 mod hub;
+mod pgbench;
 mod profile;
 mod raw;
 mod report;
