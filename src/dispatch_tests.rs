@@ -55,7 +55,7 @@ impl Sender for Shared {
     }
 }
 
-async fn database() -> (tempfile::TempDir, Db) {
+pub(crate) async fn database() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
     let url = DatabaseUrl::Sqlite(dir.path().join("t.db").display().to_string());
     db::migrate(&url).await.unwrap();
@@ -69,14 +69,14 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-async fn pg_admin(sql: &str) {
+pub(crate) async fn pg_admin(sql: &str) {
     use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
     let mut conn = AsyncPgConnection::establish(&pg_admin_url()).await.unwrap();
     conn.batch_execute(sql).await.unwrap();
 }
 
 /// A PostgreSQL database of the test's own, migrated; its name, to drop it after.
-async fn pg_database() -> (String, Db) {
+pub(crate) async fn pg_database() -> (String, Db) {
     let name = format!("tiffin_dispatch_{}", uuid::Uuid::new_v4().simple());
     pg_admin(&format!("CREATE DATABASE {name}")).await;
     let base = pg_admin_url();

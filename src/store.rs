@@ -18,11 +18,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Role, Wave,
-    allergy_conflicts, assign_counter, event_type, pickup_code,
+    allergy_conflicts, assign_counter,
 };
 use tiffin_actors::notices::{
     Audience, Channel, Kind, NotificationIntent, Preference, Priority, QuietHours, Recipient,
-    first_attempt_delay, intents, kind_of_alert, kind_of_transition,
+    first_attempt_delay, intents, kind_of_alert,
 };
 use tiffin_actors::ports::{
     AlertCommit, Claimed, CommandError, CounterMove, Dropped, Idempotency, KitchenSnapshot, Needed,
@@ -36,6 +36,8 @@ const MAX_ITEMS: usize = 20;
 
 /// Orders that wait for one commit together.
 const ORDER_BATCH: usize = 64;
+/// Transitions that wait for one commit together.
+const TRANSITION_BATCH: usize = 128;
 
 /// What committing one new order came to.
 type OrderCommitted = Result<Placed, TxError>;
@@ -47,6 +49,8 @@ pub struct DieselStore {
     sms_fallback_after: Duration,
     /// New orders, committed in batches (group commit).
     intake: Arc<GroupCommit<NewOrder, OrderCommitted>>,
+    /// Decided transitions, committed in batches.
+    transitions: Arc<GroupCommit<TransitionCommit, transitions::TransitionCommitted>>,
 }
 
 /// Errors inside a transaction: a database error rolls back, and so does a refusal.
@@ -459,6 +463,11 @@ impl DieselStore {
                 ORDER_BATCH,
                 "order_commit_batch_size",
             )),
+            transitions: Arc::new(GroupCommit::new(
+                writers,
+                TRANSITION_BATCH,
+                "transition_commit_batch_size",
+            )),
         }
     }
 
@@ -635,89 +644,14 @@ impl DieselStore {
             })
             .await)
     }
-
-    async fn transition(&self, t: &TransitionCommit) -> Result<KitchenEvent, TxError> {
-        let tr = t.transition;
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let at = now();
-                let (seq, time_zone) = next_seq!(conn, &t.school_id);
-                let changed = diesel::update(
-                    orders::table
-                        .filter(orders::id.eq(&t.order_id))
-                        .filter(orders::school_id.eq(&t.school_id))
-                        .filter(orders::version.eq(tr.version - 1))
-                        .filter(orders::state.eq(tr.from.as_str())),
-                )
-                .set((
-                    orders::state.eq(tr.to.as_str()),
-                    orders::version.eq(tr.version),
-                    orders::updated_at.eq(at),
-                ))
-                .execute(conn)
-                .await?;
-                if changed == 0 {
-                    return Err(TxError::Refused(CommandError::VersionConflict));
-                }
-                // The version guard held: the order is the one the transition was decided on.
-                let mut order = if t.order.version == tr.version - 1 {
-                    t.order.clone()
-                } else {
-                    latest_snapshot!(conn, &t.order_id)
-                };
-                order.state = tr.to;
-                order.version = tr.version;
-                order.updated_at = at.and_utc();
-                order.ready_at = (tr.to == OrderState::Ready).then(|| at.and_utc());
-                if tr.to == OrderState::Ready && order.pickup_code.is_none() {
-                    let counter = least_loaded_counter!(conn, &t.school_id);
-                    let day = local_day(&time_zone, at);
-                    let taken: HashSet<String> = orders::table
-                        .filter(orders::school_id.eq(&t.school_id))
-                        .filter(orders::pickup_day.eq(&day))
-                        .select(orders::pickup_code)
-                        .load::<Option<String>>(conn)
-                        .await?
-                        .into_iter()
-                        .flatten()
-                        .collect();
-                    let code =
-                        pickup_code(&taken, |n| rand::random_range(0..n)).ok_or_else(|| {
-                            CommandError::Internal("no free pickup code today".into())
-                        })?;
-                    diesel::update(orders::table.find(&t.order_id))
-                        .set((
-                            orders::counter_id.eq(counter.as_ref().map(|c| c.id.clone())),
-                            orders::pickup_code.eq(Some(&code)),
-                            orders::pickup_day.eq(Some(&day)),
-                        ))
-                        .execute(conn)
-                        .await?;
-                    order.counter = counter;
-                    order.pickup_code = Some(code);
-                }
-                let issuer = t.issuer;
-                Ok::<_, TxError>(record_event!(
-                    conn,
-                    seq,
-                    &order,
-                    EventNote {
-                        kind: event_type(order.state),
-                        from: Some(tr.from),
-                        actor_id: t.actor_id.clone(),
-                        reason: t.reason.clone(),
-                        at,
-                        notice: kind_of_transition(tr.to, issuer),
-                        skip: None,
-                    }
-                ))
-            })
-            .await)
-    }
 }
 
+#[cfg(test)]
+mod batch_tests;
 mod fan_out;
 mod intake;
+mod sequence;
+mod transitions;
 
 /// A time of day as stored: `HH:MM:SS` or `HH:MM`.
 pub fn parse_time_of_day(s: &str) -> Option<chrono::NaiveTime> {
@@ -1036,9 +970,14 @@ impl Store for DieselStore {
     }
 
     async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError> {
-        crate::db::counted("transition", self.transition(&t))
-            .await
-            .map_err(CommandError::from)
+        let committed = crate::db::counted(
+            "transition",
+            self.transitions
+                .submit(t, |batch| self.commit_transitions(batch)),
+        )
+        .await
+        .ok_or_else(|| CommandError::Unavailable("the transition's batch was abandoned".into()))?;
+        committed.map_err(CommandError::from)
     }
 
     async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError> {

@@ -6,6 +6,7 @@
 //! deadlock), and writes orders, items and events in multi-row statements: about ten
 //! statements a batch, whatever its size.
 
+use super::sequence::{TakeSeqs, WriteFirst};
 use super::{
     DieselStore, EventNote, OrderCommitted, TxError, allergy_check, event_from_row, event_row,
     order_lines, waves_on_day,
@@ -43,54 +44,6 @@ enum Decided {
     /// An earlier request with the same key made this order.
     Existing(String),
     Refused(CommandError),
-}
-
-/// Sequence number bumps on either backend.
-trait TakeSeqs {
-    async fn take_seqs(&mut self, school_id: &str, n: i64) -> QueryResult<i64>;
-}
-
-macro_rules! take_seqs {
-    ($conn:ty) => {
-        impl TakeSeqs for $conn {
-            /// Takes `n` sequence numbers of a school; returns the first. Locks the school's
-            /// row until the transaction ends, so its events are numbered without gaps.
-            async fn take_seqs(&mut self, school_id: &str, n: i64) -> QueryResult<i64> {
-                let last: i64 = diesel::update(schools::table.find(school_id))
-                    .set(schools::event_seq.eq(schools::event_seq + n))
-                    .returning(schools::event_seq)
-                    .get_result(self)
-                    .await?;
-                Ok(last - n + 1)
-            }
-        }
-    };
-}
-take_seqs!(PgConn);
-take_seqs!(SqliteConn);
-
-/// Taking the database's write lock before a batch's reads, where that is how it works.
-trait WriteFirst {
-    async fn write_first(&mut self, school_id: &str) -> QueryResult<()>;
-}
-
-/// SQLite: a transaction that reads first and writes later fails at once (busy, no wait)
-/// should another process commit in between; writing first takes the lock, waiting for it.
-impl WriteFirst for SqliteConn {
-    async fn write_first(&mut self, school_id: &str) -> QueryResult<()> {
-        diesel::update(schools::table.find(school_id))
-            .set(schools::event_seq.eq(schools::event_seq))
-            .execute(self)
-            .await
-            .map(drop)
-    }
-}
-
-/// PostgreSQL locks rows as it writes them (the schools' sequence rows, in school order).
-impl WriteFirst for PgConn {
-    async fn write_first(&mut self, _: &str) -> QueryResult<()> {
-        Ok(())
-    }
 }
 
 impl DieselStore {

@@ -1,0 +1,273 @@
+//! Batches against the real store on both backends: a refused command is refused alone and
+//! takes no sequence number while the rest commit; orders becoming ready together get
+//! distinct codes and balanced counters; committed events are fanned out once.
+
+use super::{DieselStore, TxError};
+use crate::db::models::{CounterRow, GuardianLinkRow, UserRow, now};
+use crate::db::schema::outbox;
+use crate::db::{Db, DbError};
+use crate::dispatch_tests::{database, pg_admin, pg_database};
+use crate::supervision_tests::{School, new_order, school};
+use crate::{repo, with_conn};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use std::collections::HashSet;
+use tiffin_actors::domain::{Issuer, KitchenEvent, OrderState, Transition};
+use tiffin_actors::ports::{CommandError, NewOrderItem, Placed, TransitionCommit};
+
+fn committed(result: Result<Placed, TxError>) -> KitchenEvent {
+    match result {
+        Ok(Placed::New(event)) => event,
+        other => panic!("expected a new order, got {other:?}"),
+    }
+}
+
+/// The next step of an order as its actor would decide it on `event`'s view.
+fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
+    TransitionCommit {
+        school_id: event.school_id.clone(),
+        order_id: event.order_id.clone(),
+        transition: Transition {
+            from: event.order.state,
+            to,
+            version: event.order.version + 1,
+        },
+        order: event.order.clone(),
+        issuer: Issuer::Staff,
+        actor_id: None,
+        reason: None,
+    }
+}
+
+async fn counters(db: &Db, s: &School, n: i32) {
+    for number in 1..=n {
+        repo::insert_counter(
+            db,
+            &CounterRow {
+                id: crate::api::new_id(),
+                school_id: s.id.clone(),
+                number,
+                name: format!("Counter {number}"),
+                is_open: true,
+                created_at: now(),
+                updated_at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn batches_refuse_alone_and_number_without_gaps(db: Db) {
+    let (a, b) = (school(&db, "A").await, school(&db, "B").await);
+    counters(&db, &a, 2).await;
+    let store = DieselStore::new(db.clone(), 120);
+    let mut unknown_meal = new_order(&a);
+    unknown_meal.items = vec![NewOrderItem {
+        meal_id: "no-such-meal".into(),
+        quantity: 1,
+    }];
+    let mut results = store
+        .insert_orders(vec![
+            new_order(&a),
+            unknown_meal,
+            new_order(&b),
+            new_order(&a),
+            new_order(&a),
+        ])
+        .await;
+    assert!(matches!(
+        results.remove(1),
+        Err(TxError::Refused(CommandError::UnknownMeal(_)))
+    ));
+    let placed: Vec<KitchenEvent> = results.into_iter().map(committed).collect();
+    let seqs: Vec<(String, i64)> = placed
+        .iter()
+        .map(|e| (e.school_id.clone(), e.seq))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            (a.id.clone(), 1),
+            (b.id.clone(), 1),
+            (a.id.clone(), 2),
+            (a.id.clone(), 3)
+        ],
+        "the refused order took no number"
+    );
+    let (first, in_b, second, third) = (&placed[0], &placed[1], &placed[2], &placed[3]);
+
+    // `second` moves on alone first: the batch's step decided on its old view is refused.
+    let alone = store
+        .commit_transitions(vec![step(second, OrderState::Confirmed)])
+        .await;
+    let second_now = alone.into_iter().next().unwrap().unwrap();
+    assert_eq!(second_now.seq, 4);
+    let mut results = store
+        .commit_transitions(vec![
+            step(first, OrderState::Confirmed),
+            step(second, OrderState::Confirmed),
+            step(in_b, OrderState::Confirmed),
+            step(third, OrderState::Confirmed),
+        ])
+        .await;
+    assert!(matches!(
+        results.remove(1),
+        Err(TxError::Refused(CommandError::VersionConflict))
+    ));
+    let moved: Vec<KitchenEvent> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        moved.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![5, 2, 6],
+        "the stale step took no number"
+    );
+    assert!(
+        moved
+            .iter()
+            .all(|e| e.to == OrderState::Confirmed && e.version == 2)
+    );
+
+    // Three orders ready in one batch: distinct codes, each to the least loaded counter.
+    let preparing: Vec<KitchenEvent> = store
+        .commit_transitions(vec![
+            step(&moved[0], OrderState::Preparing),
+            step(&second_now, OrderState::Preparing),
+            step(&moved[2], OrderState::Preparing),
+        ])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let ready: Vec<KitchenEvent> = store
+        .commit_transitions(
+            preparing
+                .iter()
+                .map(|e| step(e, OrderState::Ready))
+                .collect(),
+        )
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let codes: HashSet<&str> = ready
+        .iter()
+        .filter_map(|e| e.order.pickup_code.as_deref())
+        .collect();
+    assert_eq!(codes.len(), 3, "{ready:?}");
+    let numbers: Vec<i32> = ready
+        .iter()
+        .map(|e| e.order.counter.as_ref().unwrap().number)
+        .collect();
+    assert_eq!(
+        numbers,
+        vec![1, 2, 1],
+        "each to the least loaded counter, counting the batch's own"
+    );
+    // What was committed is what was answered.
+    for e in &ready {
+        let stored = store_order(&store, &e.order_id).await;
+        assert_eq!(stored, e.order, "{}", e.order_id);
+    }
+}
+
+async fn store_order(store: &DieselStore, id: &str) -> tiffin_actors::domain::OrderSummary {
+    use tiffin_actors::ports::Store;
+    store.load_order(id).await.unwrap().unwrap()
+}
+
+#[actix_web::test]
+async fn batches_refuse_alone_and_number_without_gaps_on_sqlite() {
+    let (_dir, db) = database().await;
+    batches_refuse_alone_and_number_without_gaps(db).await;
+}
+
+#[actix_web::test]
+async fn batches_refuse_alone_and_number_without_gaps_on_postgres() {
+    let (name, db) = pg_database().await;
+    batches_refuse_alone_and_number_without_gaps(db.clone()).await;
+    drop(db);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+async fn outbox_rows(db: &Db) -> Vec<(i64, String, String)> {
+    let rows: Result<Vec<(i64, String, String)>, DbError> = async {
+        with_conn!(db, |conn| outbox::table
+            .select((outbox::event_seq, outbox::recipient_id, outbox::channel))
+            .order((outbox::event_seq, outbox::recipient_id, outbox::channel))
+            .load(conn)
+            .await
+            .map_err(DbError::from))
+    }
+    .await;
+    rows.unwrap()
+}
+
+/// Events become outbox rows for their audience once: a second fan-out finds nothing.
+async fn events_are_fanned_out_once(db: Db) {
+    use tiffin_actors::ports::Outbox;
+    let a = school(&db, "A").await;
+    let guardian = crate::api::new_id();
+    repo::insert_user(
+        &db,
+        &UserRow {
+            id: guardian.clone(),
+            school_id: Some(a.id.clone()),
+            role: "guardian".into(),
+            display_name: "Guardian".into(),
+            email: Some("guardian@example.test".into()),
+            phone: None,
+            password_hash: None,
+            allergies: String::new(),
+            locale: "en".into(),
+            active: true,
+            created_at: now(),
+            updated_at: now(),
+        },
+    )
+    .await
+    .unwrap();
+    repo::insert_link(
+        &db,
+        &GuardianLinkRow {
+            guardian_id: guardian.clone(),
+            student_id: a.student.clone(),
+            relationship: "parent".into(),
+            created_at: now(),
+        },
+    )
+    .await
+    .unwrap();
+    let store = DieselStore::new(db.clone(), 120);
+    let placed: Vec<KitchenEvent> = store
+        .insert_orders(vec![new_order(&a), new_order(&a)])
+        .await
+        .into_iter()
+        .map(committed)
+        .collect();
+    assert!(outbox_rows(&db).await.is_empty(), "nothing before fan-out");
+    assert_eq!(store.fan_out(256).await.unwrap(), 2);
+    let rows = outbox_rows(&db).await;
+    // A receipt per order to the guardian (the student placed it: no news of their own act).
+    let seqs: Vec<i64> = placed.iter().map(|e| e.seq).collect();
+    for seq in &seqs {
+        let to_guardian: Vec<_> = rows.iter().filter(|r| r.0 == *seq).collect();
+        assert!(!to_guardian.is_empty(), "no rows for event {seq}: {rows:?}");
+        assert!(to_guardian.iter().all(|r| r.1 == guardian), "{rows:?}");
+    }
+    assert_eq!(store.fan_out(256).await.unwrap(), 0);
+    assert_eq!(outbox_rows(&db).await, rows, "written once");
+}
+
+#[actix_web::test]
+async fn events_are_fanned_out_once_on_sqlite() {
+    let (_dir, db) = database().await;
+    events_are_fanned_out_once(db).await;
+}
+
+#[actix_web::test]
+async fn events_are_fanned_out_once_on_postgres() {
+    let (name, db) = pg_database().await;
+    events_are_fanned_out_once(db.clone()).await;
+    drop(db);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
