@@ -264,6 +264,7 @@ impl From<CommandError> for ApiError {
             CommandError::OrderNotFound
             | CommandError::SchoolNotFound
             | CommandError::StudentNotFound => ErrorCode::NotFound,
+            CommandError::PlacerInactive => ErrorCode::Forbidden,
             CommandError::VersionConflict => ErrorCode::VersionConflict,
             CommandError::RecallWindowPassed(_) => ErrorCode::RecallWindowPassed,
             CommandError::Wave(WaveError::UnknownWave(_)) => ErrorCode::UnknownWindow,

@@ -14,9 +14,6 @@ const DB_TURN_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// Statements an order, transition or scan sent: a fraction of one when batched.
-const ROUND_TRIP_BUCKETS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0];
-
 /// Installs the process-wide recorder; call once.
 pub fn install() -> Result<PrometheusHandle, String> {
     let latency = |name: &str| (Matcher::Full(name.into()), LATENCY_BUCKETS);
@@ -26,7 +23,6 @@ pub fn install() -> Result<PrometheusHandle, String> {
         latency("notify_send_seconds"),
         latency("outbox_claim_seconds"),
         latency("outbox_fan_out_seconds"),
-        (Matcher::Full("db_round_trips".into()), ROUND_TRIP_BUCKETS),
         (Matcher::Prefix("db_connection_".into()), DB_TURN_BUCKETS),
     ]
     .into_iter()

@@ -270,6 +270,7 @@ pub async fn scan(
     reader: &ReaderRow,
     scan: &ScanIn,
 ) -> Result<ScanAnswer, ApiError> {
+    crate::db::operation("scan");
     crate::db::counted("scan", decide_scan(state, reader, scan)).await
 }
 

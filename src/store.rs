@@ -38,6 +38,8 @@ const MAX_ITEMS: usize = 20;
 const ORDER_BATCH: usize = 64;
 /// Transitions that wait for one commit together.
 const TRANSITION_BATCH: usize = 128;
+/// Batches of each kind that commit side by side on PostgreSQL.
+const PG_WRITERS: usize = 2;
 
 /// What committing one new order came to.
 type OrderCommitted = Result<Placed, TxError>;
@@ -51,6 +53,39 @@ pub struct DieselStore {
     intake: Arc<GroupCommit<NewOrder, OrderCommitted>>,
     /// Decided transitions, committed in batches.
     transitions: Arc<GroupCommit<TransitionCommit, transitions::TransitionCommitted>>,
+    /// Each order's school and student, which never change once it is placed.
+    owners: Arc<OrderOwners>,
+}
+
+/// Order owners seen on this node: filled by intake and by reads, emptied when it grows
+/// past `MAX_OWNERS` (a day's orders of a large district fit).
+#[derive(Default)]
+struct OrderOwners(std::sync::Mutex<HashMap<String, (String, String)>>);
+
+const MAX_OWNERS: usize = 500_000;
+
+impl OrderOwners {
+    fn get(&self, order_id: &str) -> Option<(String, String)> {
+        self.lock().get(order_id).cloned()
+    }
+
+    fn remember(&self, order_id: &str, school_id: &str, student_id: &str) {
+        let mut owners = self.lock();
+        if owners.len() >= MAX_OWNERS {
+            owners.clear();
+        }
+        owners.insert(
+            order_id.to_owned(),
+            (school_id.to_owned(), student_id.to_owned()),
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+        // Only inserts and a clear: a panic elsewhere cannot leave the map torn.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Errors inside a transaction: a database error rolls back, and so does a refusal.
@@ -448,12 +483,13 @@ fn outbox_rows(
 
 impl DieselStore {
     pub fn new(db: Db, sms_fallback_after_secs: i64) -> DieselStore {
-        // SQLite has one writer. On PostgreSQL as many batches as connections may commit
-        // side by side: with half the pool intake fell from 376 to 270 orders a second, as
-        // each batch runs its statements one after another (BENCHMARKS.md).
+        // SQLite has one writer. On PostgreSQL a batch costs about ten statements whatever
+        // its size, so a few writers (one committing while the next gathers) beat many
+        // small batches: 1 writer 8 orders a batch and 2.2 statements an order, 16 writers
+        // 1.7 and 7.5, at about the same rate (BENCHMARKS.md).
         let writers = match &db {
             Db::Sqlite(_) => 1,
-            Db::Pg(pool) => pool.status().max_size,
+            Db::Pg(_) => PG_WRITERS,
         };
         DieselStore {
             db,
@@ -468,6 +504,7 @@ impl DieselStore {
                 TRANSITION_BATCH,
                 "transition_commit_batch_size",
             )),
+            owners: Arc::default(),
         }
     }
 
@@ -553,7 +590,16 @@ impl DieselStore {
             .await
             .ok_or_else(|| CommandError::Unavailable("the order's batch was abandoned".into()))?;
         match committed {
-            Ok(placed) => Ok(placed),
+            Ok(placed) => {
+                if let Placed::New(event) = &placed {
+                    self.owners.remember(
+                        &event.order_id,
+                        &event.school_id,
+                        &event.order.student_id,
+                    );
+                }
+                Ok(placed)
+            }
             // A concurrent request with the same key won the insert: answer as it did.
             Err(TxError::Db(DbError::Duplicate(_))) if idempotency.is_some() => {
                 match &idempotency {
@@ -566,6 +612,18 @@ impl DieselStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// An order's school and student, from memory when this node has seen the order.
+    pub async fn order_owner(&self, order_id: &str) -> Result<Option<(String, String)>, DbError> {
+        if let Some(owner) = self.owners.get(order_id) {
+            return Ok(Some(owner));
+        }
+        let owner = crate::repo::order_owner(&self.db, order_id).await?;
+        if let Some((school, student)) = &owner {
+            self.owners.remember(order_id, school, student);
+        }
+        Ok(owner)
     }
 
     async fn run<T>(
@@ -644,6 +702,25 @@ impl DieselStore {
             })
             .await)
     }
+}
+
+// How a batch awaits its independent reads on each backend.
+/// Awaits the reads one after another (SQLite: each microseconds, in process).
+macro_rules! one_by_one {
+    ($($read:expr),+ $(,)?) => {
+        ($($read.await?),+)
+    };
+}
+
+/// Sends the reads together on one PostgreSQL connection: diesel-async pipelines futures
+/// polled at once, so they cost one round trip's wait instead of five.
+macro_rules! pipelined {
+    ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
+        futures_util::future::try_join5($a, $b, $c, $d, $e).await?
+    };
+    ($a:expr, $b:expr, $c:expr $(,)?) => {
+        futures_util::future::try_join3($a, $b, $c).await?
+    };
 }
 
 #[cfg(test)]
@@ -966,10 +1043,12 @@ impl Store for DieselStore {
     }
 
     async fn place_order(&self, order: NewOrder) -> Result<Placed, CommandError> {
+        crate::db::operation("order");
         crate::db::counted("order", self.place(order)).await
     }
 
     async fn commit_transition(&self, t: TransitionCommit) -> Result<KitchenEvent, CommandError> {
+        crate::db::operation("transition");
         let committed = crate::db::counted(
             "transition",
             self.transitions

@@ -418,7 +418,9 @@ async fn catch_up_order(
     since: Option<i64>,
     subscriber: Subscriber,
 ) -> Result<CaughtUp, ApiError> {
-    let (school_id, student_id) = repo::order_owner(&state.db, order_id)
+    let (school_id, student_id) = state
+        .store
+        .order_owner(order_id)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
     crate::api::orders::issuer_for(state, who, &school_id, &student_id).await?;

@@ -2454,10 +2454,10 @@ async fn orders_at_once(backend: Backend) {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Statements sent per order (`db_round_trips`): a lone order's, then a burst's, whose
-    // orders share their batches' reads and writes.
-    const SENT: &str = r#"db_round_trips_sum{op="order"}"#;
-    const COUNTED: &str = r#"db_round_trips_count{op="order"}"#;
+    // Statements sent per order (`db_statements_total`): a lone order's, then a burst's,
+    // whose orders share their batches' reads and writes.
+    const SENT: &str = r#"db_statements_total{op="order"}"#;
+    const COUNTED: &str = r#"db_operations_total{op="order"}"#;
     let (sent, counted) = (metric(&hub, SENT).await, metric(&hub, COUNTED).await);
     expect(place_order(&hub, &a, "lone", 1).await, 201);
     let lone = metric(&hub, SENT).await - sent;

@@ -17,6 +17,8 @@ pub enum CommandError {
     SchoolNotFound,
     #[error("student not found in this school")]
     StudentNotFound,
+    #[error("this token's user does not exist or is inactive")]
+    PlacerInactive,
     #[error("the order was changed by someone else; reload and try again")]
     VersionConflict,
     #[error("too late to recall: the last step was more than {0} seconds ago")]

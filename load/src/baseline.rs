@@ -1007,8 +1007,28 @@ async fn measure(
                     line += &format!(" pgbench {bench:.0}/s;");
                 }
                 let cpu = server_cpu(target.pid);
+                let page = crate::hub::metrics_page(&target.url).await;
                 let began = Instant::now();
                 let (intake, refused) = place_orders(&target.url, &all, length).await;
+                let after = crate::hub::metrics_page(&target.url).await;
+                let delta = |name: &str| {
+                    crate::hub::metric_value(&after, name).unwrap_or(0.0)
+                        - crate::hub::metric_value(&page, name).unwrap_or(0.0)
+                };
+                let orders = delta(r#"db_operations_total{op="order"}"#);
+                if orders > 0.0 {
+                    s.push(
+                        "hub_statements_per_order",
+                        delta(r#"db_statements_total{op="order"}"#) / orders,
+                    );
+                }
+                let batches = delta("order_commit_batch_size_count");
+                if batches > 0.0 {
+                    s.push(
+                        "hub_orders_per_batch",
+                        delta("order_commit_batch_size_sum") / batches,
+                    );
+                }
                 if refused > 0 {
                     bail!("the hub refused {refused} orders during the intake run");
                 }

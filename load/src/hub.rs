@@ -266,18 +266,30 @@ pub fn memory_kib(pid: u32, field: &str) -> Option<f64> {
 }
 
 /// The hub's statement counts so far, per operation: `op -> (statements, operations)`, read
-/// from the `db_round_trips` histogram in `/metrics`. Empty if the hub does not say.
+/// from `db_statements_total` and `db_operations_total` in `/metrics`. Empty if the hub does
+/// not say.
 pub async fn round_trips(url: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
-    let Ok(mut response) = client().get(format!("{url}/metrics")).send().await else {
-        return Default::default();
-    };
-    let Ok(body) = response.body().limit(8 << 20).await else {
-        return Default::default();
-    };
-    parse_round_trips(&String::from_utf8_lossy(&body))
+    parse_round_trips(&metrics_page(url).await)
 }
 
-/// The `db_round_trips` sums and counts of a Prometheus text page, per `op` label.
+/// The hub's `/metrics` page; empty if it does not answer.
+pub async fn metrics_page(url: &str) -> String {
+    let Ok(mut response) = client().get(format!("{url}/metrics")).send().await else {
+        return String::new();
+    };
+    match response.body().limit(8 << 20).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A metric's value on a `/metrics` page, by its full name with labels.
+pub fn metric_value(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The statement and operation counts of a Prometheus text page, per `op` label.
 fn parse_round_trips(page: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
     let mut counts = std::collections::BTreeMap::new();
     for line in page.lines() {
@@ -288,8 +300,8 @@ fn parse_round_trips(page: &str) -> std::collections::BTreeMap<String, (f64, f64
             continue;
         };
         let (field, labels) = match name.split_once('{') {
-            Some(("db_round_trips_sum", labels)) => (0, labels),
-            Some(("db_round_trips_count", labels)) => (1, labels),
+            Some(("db_statements_total", labels)) => (0, labels),
+            Some(("db_operations_total", labels)) => (1, labels),
             _ => continue,
         };
         let Some(op) = labels
@@ -356,12 +368,11 @@ mod tests {
     fn statements_per_operation_between_two_scrapes() {
         let page = |order_sum: f64, order_count: f64| {
             format!(
-                "# TYPE db_round_trips histogram\n\
-                 db_round_trips_bucket{{op=\"order\",le=\"1\"}} 3\n\
-                 db_round_trips_sum{{op=\"order\"}} {order_sum}\n\
-                 db_round_trips_count{{op=\"order\"}} {order_count}\n\
-                 db_round_trips_sum{{op=\"scan\"}} 40\n\
-                 db_round_trips_count{{op=\"scan\"}} 4\n\
+                "# TYPE db_statements_total counter\n\
+                 db_statements_total{{op=\"order\"}} {order_sum}\n\
+                 db_operations_total{{op=\"order\"}} {order_count}\n\
+                 db_statements_total{{op=\"scan\"}} 40\n\
+                 db_operations_total{{op=\"scan\"}} 4\n\
                  http_requests_total{{route=\"/\"}} 9\n"
             )
         };

@@ -362,7 +362,7 @@ pub async fn run(
             "notifications": notifications,
         },
         "hub": hub,
-        "db_round_trips": trips,
+        "db_statements": trips,
     }))
 }
 

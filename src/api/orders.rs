@@ -231,6 +231,17 @@ pub async fn create_order(
     path: web::Path<Uuid>,
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::db::counted("order", place(state, who, req, path, body)).await
+}
+
+/// An order's lookups, counted as the order's statements.
+async fn place(
+    state: Data,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<Uuid>,
+    body: web::Json<CreateOrder>,
+) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     let student_id = match (body.student_id, who.role) {
         (Some(id), _) => id.to_string(),
@@ -238,7 +249,6 @@ pub async fn create_order(
         (None, _) => return Err(ApiError::validation("student_id is required")),
     };
     let issuer = issuer_for(&state, &who, &school_id, &student_id).await?;
-    existing_school(&state, &school_id).await?;
     let allergy_override = match (&body.allergy_override, issuer) {
         (None, _) => None,
         (Some(why), Issuer::Staff) => Some(super::required_text("allergy_override", why, 500)?),
@@ -248,15 +258,8 @@ pub async fn create_order(
             ));
         }
     };
-    // Orders record who placed them: the token must name a real, active person.
-    if !repo::user(&state.db, &who.user_id)
-        .await?
-        .is_some_and(|u| u.active)
-    {
-        return Err(ApiError::forbidden(
-            "this token's user does not exist or is inactive",
-        ));
-    }
+    // The school, the student and the person placing it (who must be active) are checked
+    // with the order, in its batch.
     if body.items.is_empty() {
         return Err(CommandError::EmptyOrder.into());
     }
@@ -293,7 +296,9 @@ async fn authorised_order(
     who: &Principal,
     order_id: &str,
 ) -> Result<(String, Issuer), ApiError> {
-    let (school_id, student_id) = repo::order_owner(&state.db, order_id)
+    let (school_id, student_id) = state
+        .store
+        .order_owner(order_id)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
     let issuer = issuer_for(state, who, &school_id, &student_id).await?;
@@ -431,6 +436,21 @@ pub async fn live_orders(
 }
 
 async fn transition(
+    state: &AppState,
+    who: &Principal,
+    order_id: Uuid,
+    body: TransitionBody,
+    command: OrderCommand,
+) -> Result<HttpResponse, ApiError> {
+    crate::db::counted(
+        "transition",
+        decide_transition(state, who, order_id, body, command),
+    )
+    .await
+}
+
+/// A transition's lookups, counted as the transition's statements.
+async fn decide_transition(
     state: &AppState,
     who: &Principal,
     order_id: Uuid,

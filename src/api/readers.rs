@@ -420,10 +420,13 @@ pub async fn post_scan(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let reader = rfid::authenticate_reader(&state, &req, &body).await?;
-    let scan: ScanIn = parse(&body)?;
-    rfid::validate_scan(&scan)?;
-    Ok(HttpResponse::Ok().json(rfid::scan(&state, &reader, &scan).await?))
+    crate::db::counted("scan", async {
+        let reader = rfid::authenticate_reader(&state, &req, &body).await?;
+        let scan: ScanIn = parse(&body)?;
+        rfid::validate_scan(&scan)?;
+        Ok(HttpResponse::Ok().json(rfid::scan(&state, &reader, &scan).await?))
+    })
+    .await
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -447,7 +450,7 @@ pub async fn post_scan_batch(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let reader = rfid::authenticate_reader(&state, &req, &body).await?;
+    let reader = crate::db::counted("scan", rfid::authenticate_reader(&state, &req, &body)).await?;
     let mut batch: ScanBatch = parse(&body)?;
     if batch.scans.is_empty() || batch.scans.len() > MAX_BATCH {
         return Err(ApiError::validation(format!(

@@ -16,7 +16,6 @@ use diesel_async::sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
-use std::cell::Cell;
 use std::time::Duration;
 
 pub type PgConn = AsyncPgConnection;
@@ -176,8 +175,8 @@ impl From<PoolError> for DbError {
 }
 
 tokio::task_local! {
-    /// Statements sent by the operation being counted on this task (see [`counted`]).
-    static ROUND_TRIPS: Cell<u32>;
+    /// The operation whose statements this task is sending (see [`counted`]).
+    static OPERATION: &'static str;
 }
 
 /// Counts every statement a connection sends (BEGIN and COMMIT included) toward the
@@ -188,23 +187,24 @@ impl Instrumentation for CountRoundTrips {
     fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
         if let InstrumentationEvent::StartQuery { .. } = event {
             // Statements outside a counted operation (dispatch, admin) are not counted.
-            let _ = ROUND_TRIPS.try_with(|n| n.set(n.get() + 1));
+            if let Ok(op) = OPERATION.try_with(|op| *op) {
+                metrics::counter!("db_statements_total", "op" => op).increment(1);
+            }
         }
     }
 }
 
-/// Runs one operation (`op`: order, transition, scan) and records the statements it sent in
-/// the histogram `db_round_trips{op}`, whose sum over its count is the mean per operation.
-/// A batch is counted in full by the caller that commits it; the others count none.
+/// Runs work done for operations of kind `op` (order, transition, scan): the statements it
+/// sends count in `db_statements_total{op}`. A request's lookups and the batch that commits
+/// it run on different tasks; each counts its own, and a batch counts in full for the task
+/// that leads it. `db_statements_total / db_operations_total` is the mean per operation.
 pub async fn counted<T>(op: &'static str, work: impl Future<Output = T>) -> T {
-    let (out, trips) = ROUND_TRIPS
-        .scope(Cell::new(0), async {
-            let out = work.await;
-            (out, ROUND_TRIPS.with(Cell::get))
-        })
-        .await;
-    metrics::histogram!("db_round_trips", "op" => op).record(f64::from(trips));
-    out
+    OPERATION.scope(op, work).await
+}
+
+/// Counts one operation of kind `op` in `db_operations_total{op}`.
+pub fn operation(op: &'static str) {
+    metrics::counter!("db_operations_total", "op" => op).increment(1);
 }
 
 /// The connection pool of the configured backend.

@@ -19,7 +19,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::{BTreeMap, HashMap};
-use tiffin_actors::domain::{OrderState, OrderSummary, choose_wave, event_type};
+use tiffin_actors::domain::{OrderState, OrderSummary, Role, choose_wave, event_type};
 use tiffin_actors::notices::Kind;
 use tiffin_actors::ports::{CommandError, NewOrder, Placed};
 
@@ -27,8 +27,8 @@ use tiffin_actors::ports::{CommandError, NewOrder, Placed};
 struct Facts {
     /// Each school's time zone.
     schools: HashMap<String, String>,
-    /// Active students by id: (school, name, allergies).
-    students: HashMap<String, (Option<String>, String, String)>,
+    /// The batch's students and the people who placed its orders, by id.
+    people: HashMap<String, Person>,
     menu: Vec<MealRow>,
     windows: Vec<ServiceWindowRow>,
     /// Orders made earlier with a key: (placed_by, key) -> (order id, request fingerprint).
@@ -149,59 +149,51 @@ trait FactsQueries {
     async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError>;
 }
 
+/// A user as the batch needs them: (school, role, name, allergies, active).
+type Person = (Option<String>, String, String, String, bool);
+
 macro_rules! facts_queries {
-    ($conn:ty) => {
+    ($conn:ty, $join:ident, |$this:ident| $c1:expr, $c2:expr, $c3:expr, $c4:expr, $c5:expr) => {
         impl FactsQueries for $conn {
             async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError> {
                 let school_ids: Vec<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
-                let student_ids: Vec<&str> = batch.iter().map(|n| n.student_id.as_str()).collect();
+                let people: Vec<&str> = batch
+                    .iter()
+                    .flat_map(|n| [n.student_id.as_str(), n.placed_by.as_str()])
+                    .collect();
                 let meal_ids: Vec<&str> = batch
                     .iter()
                     .flat_map(|n| n.items.iter().map(|i| i.meal_id.as_str()))
                     .collect();
-                let schools = schools::table
-                    .filter(schools::id.eq_any(&school_ids))
-                    .select((schools::id, schools::time_zone))
-                    .load::<(String, String)>(self)
-                    .await?
-                    .into_iter()
-                    .collect();
-                let students = users::table
-                    .filter(users::id.eq_any(&student_ids))
-                    .filter(users::role.eq("student"))
-                    .filter(users::active.eq(true))
-                    .select((
-                        users::id,
-                        users::school_id,
-                        users::display_name,
-                        users::allergies,
-                    ))
-                    .load::<(String, Option<String>, String, String)>(self)
-                    .await?
-                    .into_iter()
-                    .map(|(id, school, name, allergies)| (id, (school, name, allergies)))
-                    .collect();
-                let menu = if meal_ids.is_empty() {
-                    Vec::new()
-                } else {
-                    meals::table
-                        .filter(meals::id.eq_any(&meal_ids))
-                        .select(MealRow::as_select())
-                        .load(self)
-                        .await?
-                };
-                let windows = service_windows::table
-                    .filter(service_windows::school_id.eq_any(&school_ids))
-                    .select(ServiceWindowRow::as_select())
-                    .load(self)
-                    .await?;
                 let keys: Vec<&str> = batch
                     .iter()
                     .filter_map(|n| n.idempotency.as_ref().map(|i| i.key.as_str()))
                     .collect();
-                let keyed = if keys.is_empty() {
-                    HashMap::new()
-                } else {
+                let $this = self;
+                let (schools, people, menu, windows, keyed) = $join!(
+                    schools::table
+                        .filter(schools::id.eq_any(&school_ids))
+                        .select((schools::id, schools::time_zone))
+                        .load::<(String, String)>($c1),
+                    users::table
+                        .filter(users::id.eq_any(&people))
+                        .select((
+                            users::id,
+                            users::school_id,
+                            users::role,
+                            users::display_name,
+                            users::allergies,
+                            users::active,
+                        ))
+                        .load::<(String, Option<String>, String, String, String, bool)>($c2),
+                    meals::table
+                        .filter(meals::id.eq_any(&meal_ids))
+                        .select(MealRow::as_select())
+                        .load::<MealRow>($c3),
+                    service_windows::table
+                        .filter(service_windows::school_id.eq_any(&school_ids))
+                        .select(ServiceWindowRow::as_select())
+                        .load::<ServiceWindowRow>($c4),
                     orders::table
                         .filter(orders::idempotency_key.eq_any(&keys))
                         .select((
@@ -210,27 +202,47 @@ macro_rules! facts_queries {
                             orders::id,
                             orders::request_fingerprint,
                         ))
-                        .load::<(String, Option<String>, String, Option<String>)>(self)
-                        .await?
+                        .load::<(String, Option<String>, String, Option<String>)>($c5),
+                );
+                Ok(Facts {
+                    schools: schools.into_iter().collect(),
+                    people: people
+                        .into_iter()
+                        .map(|(id, school, role, name, allergies, active)| {
+                            (id, (school, role, name, allergies, active))
+                        })
+                        .collect(),
+                    menu,
+                    windows,
+                    keyed: keyed
                         .into_iter()
                         .filter_map(|(by, key, id, fingerprint)| {
                             Some(((by, key?), (id, fingerprint)))
                         })
-                        .collect()
-                };
-                Ok(Facts {
-                    schools,
-                    students,
-                    menu,
-                    windows,
-                    keyed,
+                        .collect(),
                 })
             }
         }
     };
 }
-facts_queries!(PgConn);
-facts_queries!(SqliteConn);
+facts_queries!(
+    PgConn,
+    pipelined,
+    |conn| &mut &*conn,
+    &mut &*conn,
+    &mut &*conn,
+    &mut &*conn,
+    &mut &*conn
+);
+facts_queries!(
+    SqliteConn,
+    one_by_one,
+    |conn| &mut *conn,
+    &mut *conn,
+    &mut *conn,
+    &mut *conn,
+    &mut *conn
+);
 
 /// The order as its last event left it.
 trait SnapshotQuery {
@@ -285,8 +297,20 @@ fn accept(
         .schools
         .get(&new.school_id)
         .ok_or(CommandError::SchoolNotFound)?;
-    let (student_name, allergies) = match facts.students.get(&new.student_id) {
-        Some((Some(school), name, allergies)) if *school == new.school_id => (name, allergies),
+    // Orders record who placed them: a real, active person.
+    if !facts
+        .people
+        .get(&new.placed_by)
+        .is_some_and(|(.., active)| *active)
+    {
+        return Err(CommandError::PlacerInactive);
+    }
+    let (student_name, allergies) = match facts.people.get(&new.student_id) {
+        Some((Some(school), role, name, allergies, true))
+            if *school == new.school_id && role == Role::Student.as_str() =>
+        {
+            (name, allergies)
+        }
         _ => return Err(CommandError::StudentNotFound),
     };
     let menu: Vec<MealRow> = facts

@@ -144,21 +144,35 @@ trait PickupQueries {
 }
 
 macro_rules! pickup_queries {
-    ($conn:ty) => {
+    ($conn:ty, $join:ident, |$this:ident| $c1:expr, $c2:expr, $c3:expr) => {
         impl PickupQueries for $conn {
             async fn pickup(&mut self, schools: &[&str], days: &[String]) -> QueryResult<Pickup> {
+                let $this = self;
+                let (open, waiting, taken) = $join!(
+                    counters::table
+                        .filter(counters::school_id.eq_any(schools))
+                        .filter(counters::is_open.eq(true))
+                        .select((
+                            counters::school_id,
+                            counters::id,
+                            counters::number,
+                            counters::name
+                        ))
+                        .load::<(String, String, i32, String)>($c1),
+                    orders::table
+                        .filter(orders::school_id.eq_any(schools))
+                        .filter(orders::state.eq(OrderState::Ready.as_str()))
+                        .filter(orders::counter_id.is_not_null())
+                        .group_by(orders::counter_id)
+                        .select((orders::counter_id, diesel::dsl::count_star()))
+                        .load::<(Option<String>, i64)>($c2),
+                    orders::table
+                        .filter(orders::school_id.eq_any(schools))
+                        .filter(orders::pickup_day.eq_any(days))
+                        .select((orders::school_id, orders::pickup_code))
+                        .load::<(String, Option<String>)>($c3),
+                );
                 let mut pickup = Pickup::default();
-                let open: Vec<(String, String, i32, String)> = counters::table
-                    .filter(counters::school_id.eq_any(schools))
-                    .filter(counters::is_open.eq(true))
-                    .select((
-                        counters::school_id,
-                        counters::id,
-                        counters::number,
-                        counters::name,
-                    ))
-                    .load(self)
-                    .await?;
                 for (school, id, number, name) in open {
                     pickup
                         .open
@@ -166,24 +180,10 @@ macro_rules! pickup_queries {
                         .or_default()
                         .push(CounterRef { id, number, name });
                 }
-                let waiting: Vec<(Option<String>, i64)> = orders::table
-                    .filter(orders::school_id.eq_any(schools))
-                    .filter(orders::state.eq(OrderState::Ready.as_str()))
-                    .filter(orders::counter_id.is_not_null())
-                    .group_by(orders::counter_id)
-                    .select((orders::counter_id, diesel::dsl::count_star()))
-                    .load(self)
-                    .await?;
                 pickup.waiting = waiting
                     .into_iter()
                     .filter_map(|(id, n)| Some((id?, n)))
                     .collect();
-                let taken: Vec<(String, Option<String>)> = orders::table
-                    .filter(orders::school_id.eq_any(schools))
-                    .filter(orders::pickup_day.eq_any(days))
-                    .select((orders::school_id, orders::pickup_code))
-                    .load(self)
-                    .await?;
                 for (school, code) in taken {
                     if let Some(code) = code {
                         pickup.taken.entry(school).or_default().insert(code);
@@ -194,8 +194,20 @@ macro_rules! pickup_queries {
         }
     };
 }
-pickup_queries!(PgConn);
-pickup_queries!(SqliteConn);
+pickup_queries!(
+    PgConn,
+    pipelined,
+    |conn| &mut &*conn,
+    &mut &*conn,
+    &mut &*conn
+);
+pickup_queries!(
+    SqliteConn,
+    one_by_one,
+    |conn| &mut *conn,
+    &mut *conn,
+    &mut *conn
+);
 
 impl Pickup {
     /// The least-loaded open counter and a free code for an order becoming ready, counted
