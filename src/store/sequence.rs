@@ -60,14 +60,16 @@ pub(super) trait LockSchools {
 }
 
 /// PostgreSQL: the sequence rows in school order, as every batch takes them, so two batches
-/// cannot deadlock.
+/// cannot deadlock. `FOR NO KEY UPDATE`, as the sequence bump itself takes: `FOR UPDATE`
+/// would also block rows that merely reference the school (foreign keys), which deadlocked
+/// against other batches' inserts under load.
 impl LockSchools for PgConn {
     async fn lock_schools(&mut self, ids: &[&str]) -> QueryResult<HashMap<String, String>> {
         Ok(schools::table
             .filter(schools::id.eq_any(ids))
             .order(schools::id.asc())
             .select((schools::id, schools::time_zone))
-            .for_update()
+            .for_no_key_update()
             .load::<(String, String)>(self)
             .await?
             .into_iter()
