@@ -4,8 +4,6 @@
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -169,25 +167,6 @@ async fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
     Ok(principal)
 }
 
-pub fn hash_password(password: &str) -> Result<String, ApiError> {
-    let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(ApiError::internal)?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(ApiError::internal)
-}
-
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
 /// A fresh opaque token: 32 random bytes, URL-safe base64.
 pub fn random_token() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -251,14 +230,5 @@ mod tests {
             expires_at: i64::MAX,
         };
         assert!(admin.require_school_admin("b").is_ok());
-    }
-
-    #[test]
-    fn passwords_hash_and_verify() {
-        let hash = hash_password("correct horse").unwrap_or_default();
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse", &hash));
-        assert!(!verify_password("wrong", &hash));
-        assert!(!verify_password("x", "not a hash"));
     }
 }

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod pages;
+pub mod passwords;
 pub mod push;
 pub mod repo;
 pub mod rfid;

@@ -1,10 +1,10 @@
 //! The demo school seeded on first start of the embedded default (and by `tiffin demo`).
 
 use crate::api::new_id;
-use crate::auth::hash_password;
 use crate::db::models::*;
 use crate::db::schema::{counters, guardian_links, meals, schools, users};
 use crate::db::{Db, DbError};
+use crate::passwords::hash_password;
 use crate::with_conn;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
@@ -28,7 +28,7 @@ pub const DEMO_LOGINS: &[(&str, &str, &str)] = &[
     ("guardian", "grace@demo.tiffin.test", "demo-guardian-pass"),
 ];
 
-fn person(
+async fn person(
     school: Option<&str>,
     role: &str,
     name: &str,
@@ -44,7 +44,11 @@ fn person(
         display_name: name.into(),
         email: Some(email.into()),
         phone: None,
-        password_hash: Some(hash_password(password).map_err(|e| DbError::Other(e.message))?),
+        password_hash: Some(
+            hash_password(password.to_owned())
+                .await
+                .map_err(|e| DbError::Other(e.message))?,
+        ),
         allergies: allergies.into(),
         locale: "en".into(),
         active: true,
@@ -105,7 +109,7 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
     else {
         return Err(DbError::Other("demo logins".into()));
     };
-    let admin = person(None, "admin", "District Admin", admin_login, admin_pw, "")?;
+    let admin = person(None, "admin", "District Admin", admin_login, admin_pw, "").await?;
     let kitchen = person(
         sid,
         "kitchen_staff",
@@ -113,7 +117,8 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         kitchen_login,
         kitchen_pw,
         "",
-    )?;
+    )
+    .await?;
     let student = person(
         sid,
         "student",
@@ -121,8 +126,9 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         student_login,
         student_pw,
         "peanuts",
-    )?;
-    let guardian = person(sid, "guardian", "Grace L.", guardian_login, guardian_pw, "")?;
+    )
+    .await?;
+    let guardian = person(sid, "guardian", "Grace L.", guardian_login, guardian_pw, "").await?;
     let link = GuardianLinkRow {
         guardian_id: guardian.id.clone(),
         student_id: student.id.clone(),

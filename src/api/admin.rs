@@ -1,9 +1,10 @@
 //! School set-up: schools, counters, people, guardian links and menus.
 
 use super::{allergen_list, new_id, required_text, split_list, utc};
-use crate::auth::{Principal, hash_password};
+use crate::auth::Principal;
 use crate::db::models::*;
 use crate::error::ApiError;
+use crate::passwords::hash_password;
 use crate::repo;
 use crate::state::AppState;
 use actix_web::{HttpResponse, delete, get, patch, post, web};
@@ -411,9 +412,7 @@ async fn password_hash(password: &str) -> Result<String, ApiError> {
         return Err(ApiError::validation("passwords have 8 to 256 characters"));
     }
     let password = password.to_owned();
-    web::block(move || hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
+    hash_password(password).await
 }
 
 #[utoipa::path(tag = "users", request_body = CreateUser, responses((status = 201, body = User)))]

@@ -2,9 +2,10 @@
 
 use super::admin::User;
 use super::new_id;
-use crate::auth::{Principal, random_token, token_hash, verify_password};
+use crate::auth::{Principal, random_token, token_hash};
 use crate::db::models::{RefreshTokenRow, UserRow, now};
 use crate::error::{ApiError, ErrorCode};
+use crate::passwords::verify_password;
 use crate::repo::{self, Rotation};
 use crate::state::AppState;
 use actix_web::{HttpResponse, get, post, web};
@@ -73,13 +74,12 @@ async fn issue(
     })
 }
 
-fn dummy_hash() -> Result<String, ApiError> {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    if let Some(hash) = DUMMY.get() {
-        return Ok(hash.clone());
-    }
-    let hash = crate::auth::hash_password("not a password of anyone")?;
-    Ok(DUMMY.get_or_init(|| hash).clone())
+async fn dummy_hash() -> Result<String, ApiError> {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    DUMMY
+        .get_or_try_init(|| crate::passwords::hash_password("not a password of anyone".into()))
+        .await
+        .cloned()
 }
 
 fn refused() -> ApiError {
@@ -107,15 +107,13 @@ pub async fn login(state: Data, body: web::Json<Login>) -> Result<HttpResponse, 
     // Unknown accounts cost the same argon2 work: timing does not tell who exists.
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
     let password = body.password.clone();
-    let ok = web::block(move || match hash {
-        Some(hash) => verify_password(&password, &hash),
+    let ok = match hash {
+        Some(hash) => verify_password(password, hash).await?,
         None => {
-            let _ = dummy_hash().map(|hash| verify_password(&password, &hash));
+            verify_password(password, dummy_hash().await?).await?;
             false
         }
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    };
     let user = match user {
         Some(user) if ok => user,
         _ => return Err(refused()),
