@@ -902,35 +902,58 @@ pub async fn recent_scans(db: &Db, school_id: &str, limit: i64) -> Result<Vec<Sc
         .await)?)
 }
 
-/// A student's orders a counter may care about: live ones, and those picked up today
-/// (school-local day).
+/// A student's orders a counter cares about today: the live ones and those picked up today
+/// (school-local), each as its latest event's snapshot (JSON). One statement: the orders with
+/// their current event and their school's time zone.
 pub async fn student_orders_of_day(
     db: &Db,
     school_id: &str,
     student_id: &str,
 ) -> Result<Vec<String>, DbError> {
-    let time_zone: String = with_conn!(db, |conn| schools::table
-        .find(school_id)
-        .select(schools::time_zone)
-        .first(conn)
-        .await)?;
-    let tz: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
-    let today = chrono::Utc::now()
-        .with_timezone(&tz)
-        .format("%Y-%m-%d")
-        .to_string();
+    // Today somewhere on Earth is one of these UTC dates; the school's zone picks one below.
+    let utc = chrono::Utc::now().date_naive();
+    let days: Vec<String> = [utc.pred_opt(), Some(utc), utc.succ_opt()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .collect();
     let live = ["placed", "confirmed", "preparing", "ready"];
-    Ok(with_conn!(db, |conn| orders::table
-        .filter(orders::school_id.eq(school_id))
-        .filter(orders::student_id.eq(student_id))
-        .filter(
-            orders::state.eq_any(live).or(orders::state
-                .eq("picked_up")
-                .and(orders::pickup_day.eq(&today)))
-        )
-        .select(orders::id)
-        .load(conn)
-        .await)?)
+    let rows: Vec<(String, String, String, Option<String>)> = with_conn!(db, |conn| {
+        order_events::table
+            .inner_join(
+                orders::table.on(orders::id
+                    .eq(order_events::order_id)
+                    .and(orders::version.eq(order_events::version))),
+            )
+            .inner_join(schools::table.on(schools::id.eq(orders::school_id)))
+            .filter(orders::school_id.eq(school_id))
+            .filter(orders::student_id.eq(student_id))
+            .filter(
+                orders::state.eq_any(live).or(orders::state
+                    .eq("picked_up")
+                    .and(orders::pickup_day.eq_any(&days))),
+            )
+            .select((
+                order_events::snapshot,
+                schools::time_zone,
+                orders::state,
+                orders::pickup_day,
+            ))
+            .load(conn)
+            .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, time_zone, state, day)| {
+            let tz: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
+            let today = chrono::Utc::now()
+                .with_timezone(&tz)
+                .format("%Y-%m-%d")
+                .to_string();
+            state != "picked_up" || day.as_deref() == Some(today.as_str())
+        })
+        .map(|(snapshot, ..)| snapshot)
+        .collect())
 }
 
 /// Whether the order's pickup was recorded with this reason (a scan that handed it over).

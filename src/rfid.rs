@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tiffin_actors::domain::{Issuer, OrderCommand};
-use tiffin_actors::ports::{CommandError, Store};
+use tiffin_actors::ports::CommandError;
 use tiffin_actors::rfid::{Card, CardStatus, Decision, Verdict, accepted, decide};
 use tiffin_actors::{KitchenFor, TransitionOrder};
 use utoipa::ToSchema;
@@ -402,14 +402,14 @@ async fn orders_of_day(
     school_id: &str,
     student_id: &str,
 ) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
-    let ids = repo::student_orders_of_day(&state.db, school_id, student_id).await?;
-    let mut orders = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Some(order) = state.store.load_order(&id).await? {
-            orders.push(order);
-        }
-    }
-    Ok(orders)
+    repo::student_orders_of_day(&state.db, school_id, student_id)
+        .await?
+        .iter()
+        .map(|snapshot| {
+            serde_json::from_str(snapshot)
+                .map_err(|e| ApiError::internal(format!("stored snapshot: {e}")))
+        })
+        .collect()
 }
 
 /// Decides a hand-over at a counter for the holder of `card` (a scanned card, or a verified
