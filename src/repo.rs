@@ -832,16 +832,12 @@ pub async fn scan_by_seq(db: &Db, reader_id: &str, seq: i64) -> Result<Option<Sc
 
 /// Records a scan as being decided; false if its (reader, seq) is already taken.
 pub async fn claim_scan(db: &Db, row: &ScanRow) -> Result<bool, DbError> {
-    match with_conn!(db, |conn| diesel::insert_into(scans::table)
+    let inserted = with_conn!(db, |conn| diesel::insert_into(scans::table)
         .values(row)
+        .on_conflict_do_nothing()
         .execute(conn)
-        .await
-        .map_err(DbError::from))
-    {
-        Ok(_) => Ok(true),
-        Err(DbError::Duplicate(_)) => Ok(false),
-        Err(e) => Err(e),
-    }
+        .await)?;
+    Ok(inserted == 1)
 }
 
 /// The first decided scan of this card on this reader within `window` of `read_at`.

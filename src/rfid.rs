@@ -288,42 +288,44 @@ async fn decide_scan(
         .filter(|t| *t <= received + TimeDelta::minutes(1))
         .unwrap_or(received);
     // Claim (reader, seq); whoever holds it decides, everyone else gets its verdict.
+    let row = ScanRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        school_id: reader.school_id.clone(),
+        reader_id: reader.id.clone(),
+        seq: scan.seq,
+        card_uid: uid.clone(),
+        verdict: "pending".into(),
+        answer: None,
+        order_id: None,
+        student_id: None,
+        first_scan_id: None,
+        read_at,
+        received_at: received,
+        took_us: None,
+    };
+    // Claim first (most scans are new): one statement; a retry or replay reads the claim.
     let claim = loop {
-        if let Some(existing) = repo::scan_by_seq(&state.db, &reader.id, scan.seq).await? {
-            if existing.verdict != "pending" {
-                return answer_of(&existing, scan.seq, true);
-            }
-            if received - existing.received_at < STALE_CLAIM {
-                actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-                if started.elapsed() > Duration::from_secs(5) {
-                    return Err(ApiError::new(
-                        ErrorCode::DatabaseUnavailable,
-                        "this scan is still being decided; retry",
-                    ));
-                }
-                continue;
-            }
-            // Abandoned by a node that died mid-decision: take it over.
-            break existing;
-        }
-        let row = ScanRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            school_id: reader.school_id.clone(),
-            reader_id: reader.id.clone(),
-            seq: scan.seq,
-            card_uid: uid.clone(),
-            verdict: "pending".into(),
-            answer: None,
-            order_id: None,
-            student_id: None,
-            first_scan_id: None,
-            read_at,
-            received_at: received,
-            took_us: None,
-        };
         if repo::claim_scan(&state.db, &row).await? {
             break row;
         }
+        let Some(existing) = repo::scan_by_seq(&state.db, &reader.id, scan.seq).await? else {
+            continue;
+        };
+        if existing.verdict != "pending" {
+            return answer_of(&existing, scan.seq, true);
+        }
+        if received - existing.received_at < STALE_CLAIM {
+            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+            if started.elapsed() > Duration::from_secs(5) {
+                return Err(ApiError::new(
+                    ErrorCode::DatabaseUnavailable,
+                    "this scan is still being decided; retry",
+                ));
+            }
+            continue;
+        }
+        // Abandoned by a node that died mid-decision: take it over.
+        break existing;
     };
     let window = TimeDelta::milliseconds(state.config.rfid.debounce_ms);
     if let Some(first) =
