@@ -9,7 +9,7 @@
 use super::sequence::{TakeSeqs, WriteFirst};
 use super::{
     DieselStore, EventNote, OrderCommitted, TxError, allergy_check, event_from_row, event_row,
-    order_lines, waves_on_day,
+    order_lines, together_or_each, waves_on_day,
 };
 use crate::db::models::{MealRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
 use crate::db::schema::{meals, order_events, orders, schools, service_windows, users};
@@ -51,19 +51,10 @@ impl DieselStore {
     /// itself fail (a key another request just took, the database), each order is tried
     /// alone and answered for itself.
     pub(super) async fn insert_orders(&self, batch: Vec<NewOrder>) -> Vec<OrderCommitted> {
-        match self.commit_orders(&batch).await {
-            Ok(results) => results,
-            Err(e) if batch.len() > 1 => {
-                tracing::warn!(error = ?e, orders = batch.len(), "order batch failed; trying each alone");
-                let mut results = Vec::with_capacity(batch.len());
-                for new in &batch {
-                    let alone = self.commit_orders(std::slice::from_ref(new)).await;
-                    results.push(alone.and_then(|mut r| r.pop().unwrap_or_else(lost)));
-                }
-                results
-            }
-            Err(e) => vec![Err(e)],
-        }
+        together_or_each(self, "order", &batch, |store, some| {
+            Box::pin(store.commit_orders(some))
+        })
+        .await
     }
 
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
@@ -135,13 +126,6 @@ impl DieselStore {
             })
             .await)
     }
-}
-
-/// A batch of one always answers one; this stands in should it not.
-fn lost() -> OrderCommitted {
-    Err(TxError::Refused(CommandError::Internal(
-        "an order went unanswered in its batch".into(),
-    )))
 }
 
 /// The batch's reads, expanded for each backend.

@@ -6,7 +6,9 @@
 //! events multi-row. A transition whose guard fails is refused alone and takes no number.
 
 use super::sequence::{LockSchools, TakeSeqs};
-use super::{DieselStore, EventNote, TxError, event_from_row, event_row, local_day};
+use super::{
+    DieselStore, EventNote, TxError, event_from_row, event_row, local_day, together_or_each,
+};
 use crate::db::models::now;
 use crate::db::schema::{counters, orders};
 use crate::db::{InsertRows, PgConn, SqliteConn};
@@ -238,25 +240,10 @@ impl DieselStore {
         &self,
         batch: Vec<TransitionCommit>,
     ) -> Vec<TransitionCommitted> {
-        match self.transitions_together(&batch).await {
-            Ok(results) => results,
-            Err(e) if batch.len() > 1 => {
-                tracing::warn!(error = ?e, transitions = batch.len(), "transition batch failed; trying each alone");
-                let mut results = Vec::with_capacity(batch.len());
-                for t in &batch {
-                    let alone = self.transitions_together(std::slice::from_ref(t)).await;
-                    results.push(alone.and_then(|mut r| {
-                        r.pop().unwrap_or_else(|| {
-                            Err(TxError::Refused(CommandError::Internal(
-                                "a transition went unanswered in its batch".into(),
-                            )))
-                        })
-                    }));
-                }
-                results
-            }
-            Err(e) => vec![Err(e)],
-        }
+        together_or_each(self, "transition", &batch, |store, some| {
+            Box::pin(store.transitions_together(some))
+        })
+        .await
     }
 
     async fn transitions_together(
