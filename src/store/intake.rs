@@ -1,12 +1,11 @@
-//! Intake: new orders of any kitchens committed in batches. A batch reads what its orders
-//! need set-wise (schools, students, menus, waves, earlier requests with the same keys),
-//! decides each order in memory (a refused one is answered alone and takes no sequence
-//! number, with no savepoint), takes the accepted orders' sequence numbers a school at a
-//! time in school order (so two batches on PostgreSQL lock schools alike and cannot
-//! deadlock), and writes orders, items and events in multi-row statements: about ten
-//! statements a batch, whatever its size.
+//! Intake: new orders of any kitchens committed in batches. A batch locks its schools in
+//! school order (so batches cannot deadlock), reads what its orders need set-wise (schools,
+//! people, menus, waves, earlier requests with the same keys), decides each order in memory
+//! (a refused one is answered alone and takes no sequence number, with no savepoint), takes
+//! the accepted orders' numbers and writes orders, items and events in multi-row statements:
+//! about eight statements a batch on PostgreSQL, whatever its size.
 
-use super::sequence::{TakeSeqs, WriteFirst};
+use super::sequence::{LockSchools, TakeSeqs};
 use super::{
     DieselStore, EventNote, OrderCommitted, TxError, allergy_check, event_from_row, event_row,
     order_lines, together_or_each, waves_on_day,
@@ -61,24 +60,29 @@ impl DieselStore {
         with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let at = now();
-                if let Some(first) = batch.first() {
-                    conn.write_first(&first.school_id).await?;
-                }
+                // The batch's schools, locked in school order before anything else.
+                let schools: Vec<&str> = batch
+                    .iter()
+                    .map(|n| n.school_id.as_str())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                conn.lock_schools(&schools).await?;
                 let facts = conn.facts(batch).await?;
                 let decided: Vec<Decided> =
                     batch.iter().map(|new| decide(new, &facts, at)).collect();
-                // Sequence numbers, a school at a time in school order, for accepted orders.
+                // Sequence numbers for the accepted orders.
                 let mut accepted: BTreeMap<String, i64> = BTreeMap::new();
                 for d in &decided {
                     if let Decided::Accepted { order, .. } = d {
                         *accepted.entry(order.school_id.clone()).or_default() += 1;
                     }
                 }
-                let mut next_seq: HashMap<String, i64> = HashMap::new();
-                for (school, n) in accepted {
-                    let first = conn.take_seqs(&school, n).await?;
-                    next_seq.insert(school, first);
-                }
+                let mut next_seq = if accepted.is_empty() {
+                    HashMap::new()
+                } else {
+                    conn.take_seqs(&accepted).await?
+                };
                 let mut rows = Vec::new();
                 let mut items = Vec::new();
                 let mut events = Vec::new();

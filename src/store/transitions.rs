@@ -2,7 +2,7 @@
 //! order's actor, with the order as the actor saw it; a batch locks its schools in school
 //! order, picks counters and pickup codes for the orders becoming ready (one read each of open
 //! counters, waiting orders and the day's codes), applies every version-guarded update (one
-//! statement on PostgreSQL), numbers the ones that held a school at a time, and writes their
+//! statement on PostgreSQL), numbers the ones that held (one statement), and writes their
 //! events multi-row. A transition whose guard fails is refused alone and takes no number.
 
 use super::sequence::{LockSchools, TakeSeqs};
@@ -306,17 +306,18 @@ impl DieselStore {
                 } else {
                     conn.apply_updates(&updates, at).await?
                 };
-                // Numbers for the transitions that held, a school at a time in school order.
-                let mut held: BTreeMap<&str, i64> = BTreeMap::new();
+                // Numbers for the transitions that held.
+                let mut held: BTreeMap<String, i64> = BTreeMap::new();
                 for t in batch {
                     if moved.contains(&t.order_id) {
-                        *held.entry(t.school_id.as_str()).or_default() += 1;
+                        *held.entry(t.school_id.clone()).or_default() += 1;
                     }
                 }
-                let mut next_seq: HashMap<&str, i64> = HashMap::new();
-                for (school, n) in held {
-                    next_seq.insert(school, conn.take_seqs(school, n).await?);
-                }
+                let mut next_seq = if held.is_empty() {
+                    HashMap::new()
+                } else {
+                    conn.take_seqs(&held).await?
+                };
                 let mut events = Vec::new();
                 let mut results = Vec::with_capacity(batch.len());
                 for (t, p) in batch.iter().zip(planned) {
@@ -331,7 +332,7 @@ impl DieselStore {
                             continue;
                         }
                     };
-                    let Some(seq) = next_seq.get_mut(t.school_id.as_str()) else {
+                    let Some(seq) = next_seq.get_mut(&t.school_id) else {
                         results.push(Err(TxError::Refused(CommandError::Internal(
                             "no sequence taken".into(),
                         ))));
