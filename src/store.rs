@@ -329,7 +329,7 @@ macro_rules! latest_snapshot {
             .select(order_events::snapshot)
             .first($conn)
             .await?;
-        serde_json::from_str::<OrderSummary>(&previous).map_err(json_error)?
+        serde_json::from_str::<OrderSummary>(&previous).map_err($crate::store::json_error)?
     }};
 }
 
@@ -749,8 +749,8 @@ macro_rules! one_by_one {
 /// Sends the reads together on one PostgreSQL connection: diesel-async pipelines futures
 /// polled at once, so they cost one round trip's wait instead of five.
 macro_rules! pipelined {
-    ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
-        futures_util::future::try_join5($a, $b, $c, $d, $e).await?
+    ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => {
+        futures_util::future::try_join4($a, $b, $c, $d).await?
     };
     ($a:expr, $b:expr, $c:expr $(,)?) => {
         futures_util::future::try_join3($a, $b, $c).await?

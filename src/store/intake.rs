@@ -1,6 +1,6 @@
 //! Intake: new orders of any kitchens committed in batches. A batch locks its schools in
-//! school order (so batches cannot deadlock), reads what its orders need set-wise (schools,
-//! people, menus, waves, earlier requests with the same keys), decides each order in memory
+//! school order (so batches cannot deadlock; the lock yields their time zones), reads what its
+//! orders need set-wise (people, menus, waves, earlier requests with the same keys), decides each order in memory
 //! (a refused one is answered alone and takes no sequence number, with no savepoint), takes
 //! the accepted orders' numbers and writes orders, items and events in multi-row statements:
 //! about eight statements a batch on PostgreSQL, whatever its size.
@@ -11,7 +11,7 @@ use super::{
     order_lines, together_or_each, waves_on_day,
 };
 use crate::db::models::{MealRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
-use crate::db::schema::{meals, order_events, orders, schools, service_windows, users};
+use crate::db::schema::{meals, order_events, orders, service_windows, users};
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
@@ -67,8 +67,8 @@ impl DieselStore {
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                conn.lock_schools(&schools).await?;
-                let facts = conn.facts(batch).await?;
+                let zones = conn.lock_schools(&schools).await?;
+                let facts = conn.facts(batch, zones).await?;
                 let decided: Vec<Decided> =
                     batch.iter().map(|new| decide(new, &facts, at)).collect();
                 // Sequence numbers for the accepted orders.
@@ -94,8 +94,7 @@ impl DieselStore {
                             continue;
                         }
                         Decided::Existing(order_id) => {
-                            results
-                                .push(Ok(Placed::Existing(conn.latest_snapshot(&order_id).await?)));
+                            results.push(Ok(Placed::Existing(latest_snapshot!(conn, &order_id))));
                             continue;
                         }
                         Decided::Accepted { order, reason } => (order, reason),
@@ -134,16 +133,25 @@ impl DieselStore {
 
 /// The batch's reads, expanded for each backend.
 trait FactsQueries {
-    async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError>;
+    /// `schools`: the batch's schools (locked) and their time zones.
+    async fn facts(
+        &mut self,
+        batch: &[NewOrder],
+        schools: HashMap<String, String>,
+    ) -> Result<Facts, TxError>;
 }
 
 /// A user as the batch needs them: (school, role, name, allergies, active).
 type Person = (Option<String>, String, String, String, bool);
 
 macro_rules! facts_queries {
-    ($conn:ty, $join:ident, |$this:ident| $c1:expr, $c2:expr, $c3:expr, $c4:expr, $c5:expr) => {
+    ($conn:ty, $join:ident, |$this:ident| $c1:expr, $c2:expr, $c3:expr, $c4:expr) => {
         impl FactsQueries for $conn {
-            async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError> {
+            async fn facts(
+                &mut self,
+                batch: &[NewOrder],
+                schools: HashMap<String, String>,
+            ) -> Result<Facts, TxError> {
                 let school_ids: Vec<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
                 let people: Vec<&str> = batch
                     .iter()
@@ -158,11 +166,7 @@ macro_rules! facts_queries {
                     .filter_map(|n| n.idempotency.as_ref().map(|i| i.key.as_str()))
                     .collect();
                 let $this = self;
-                let (schools, people, menu, windows, keyed) = $join!(
-                    schools::table
-                        .filter(schools::id.eq_any(&school_ids))
-                        .select((schools::id, schools::time_zone))
-                        .load::<(String, String)>($c1),
+                let (people, menu, windows, keyed) = $join!(
                     users::table
                         .filter(users::id.eq_any(&people))
                         .select((
@@ -173,15 +177,15 @@ macro_rules! facts_queries {
                             users::allergies,
                             users::active,
                         ))
-                        .load::<(String, Option<String>, String, String, String, bool)>($c2),
+                        .load::<(String, Option<String>, String, String, String, bool)>($c1),
                     meals::table
                         .filter(meals::id.eq_any(&meal_ids))
                         .select(MealRow::as_select())
-                        .load::<MealRow>($c3),
+                        .load::<MealRow>($c2),
                     service_windows::table
                         .filter(service_windows::school_id.eq_any(&school_ids))
                         .select(ServiceWindowRow::as_select())
-                        .load::<ServiceWindowRow>($c4),
+                        .load::<ServiceWindowRow>($c3),
                     orders::table
                         .filter(orders::idempotency_key.eq_any(&keys))
                         .select((
@@ -190,10 +194,10 @@ macro_rules! facts_queries {
                             orders::id,
                             orders::request_fingerprint,
                         ))
-                        .load::<(String, Option<String>, String, Option<String>)>($c5),
+                        .load::<(String, Option<String>, String, Option<String>)>($c4),
                 );
                 Ok(Facts {
-                    schools: schools.into_iter().collect(),
+                    schools,
                     people: people
                         .into_iter()
                         .map(|(id, school, role, name, allergies, active)| {
@@ -219,7 +223,6 @@ facts_queries!(
     |conn| &mut &*conn,
     &mut &*conn,
     &mut &*conn,
-    &mut &*conn,
     &mut &*conn
 );
 facts_queries!(
@@ -228,32 +231,8 @@ facts_queries!(
     |conn| &mut *conn,
     &mut *conn,
     &mut *conn,
-    &mut *conn,
     &mut *conn
 );
-
-/// The order as its last event left it.
-trait SnapshotQuery {
-    async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError>;
-}
-
-macro_rules! snapshot_query {
-    ($conn:ty) => {
-        impl SnapshotQuery for $conn {
-            async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError> {
-                let snapshot: String = order_events::table
-                    .filter(order_events::order_id.eq(order_id))
-                    .order(order_events::version.desc())
-                    .select(order_events::snapshot)
-                    .first(self)
-                    .await?;
-                serde_json::from_str(&snapshot).map_err(super::json_error)
-            }
-        }
-    };
-}
-snapshot_query!(PgConn);
-snapshot_query!(SqliteConn);
 
 /// Decides one new order against what the batch read, checking in the order a caller
 /// meets the rules: the school, the student, the lines, allergies, the wave.
