@@ -1,9 +1,10 @@
 //! Intake: new orders of any kitchens committed in batches. A batch locks its schools in
-//! school order (so batches cannot deadlock; the lock yields their time zones), reads what its
-//! orders need set-wise (people, menus, waves, earlier requests with the same keys), decides each order in memory
-//! (a refused one is answered alone and takes no sequence number, with no savepoint), takes
-//! the accepted orders' numbers and writes orders, items and events in multi-row statements:
-//! about eight statements a batch on PostgreSQL, whatever its size.
+//! school order (so batches cannot deadlock; the lock yields their time zones), reads what
+//! its orders need set-wise (people, menus, waves, earlier requests with the same keys),
+//! decides each order in memory (a refused one is answered alone and takes no sequence
+//! number, with no savepoint), takes the accepted orders' numbers and writes orders, items
+//! and events in multi-row statements: about seven statements a batch on PostgreSQL,
+//! whatever its size.
 
 use super::sequence::{LockSchools, TakeSeqs};
 use super::{
