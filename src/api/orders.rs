@@ -249,6 +249,10 @@ async fn place(
         (None, _) => return Err(ApiError::validation("student_id is required")),
     };
     let issuer = issuer_for(&state, &who, &school_id, &student_id).await?;
+    // Before the kitchen: a kitchen of a school that does not exist stops as it starts, and
+    // its supervisor restarts it while this request holds its address (the fuzzer's request
+    // for a random school hung).
+    existing_school(&state, &school_id).await?;
     let allergy_override = match (&body.allergy_override, issuer) {
         (None, _) => None,
         (Some(why), Issuer::Staff) => Some(super::required_text("allergy_override", why, 500)?),
@@ -258,8 +262,8 @@ async fn place(
             ));
         }
     };
-    // The school, the student and the person placing it (who must be active) are checked
-    // with the order, in its batch.
+    // The student and the person placing it (who must be active) are checked with the
+    // order, in its batch.
     if body.items.is_empty() {
         return Err(CommandError::EmptyOrder.into());
     }
