@@ -153,19 +153,44 @@ impl From<diesel::result::Error> for DbError {
             E::DatabaseError(K::ForeignKeyViolation, info) => {
                 DbError::MissingReference(info.message().into())
             }
-            E::DatabaseError(K::ClosedConnection, info) => {
+            // Not the caller's fault and likely gone on a retry: a lost or refused connection,
+            // a server shutting down or failing over, a lost race between transactions.
+            E::DatabaseError(
+                K::ClosedConnection
+                | K::UnableToSendCommand
+                | K::SerializationFailure
+                | K::ReadOnlyTransaction,
+                info,
+            ) => DbError::Unavailable(info.message().into()),
+            E::DatabaseError(_, info) if is_transient(info.message()) => {
                 DbError::Unavailable(info.message().into())
             }
-            E::DatabaseError(_, info) if is_busy(info.message()) => {
-                DbError::Unavailable(info.message().into())
+            broken @ (E::BrokenTransactionManager | E::RollbackErrorOnCommit { .. }) => {
+                DbError::Unavailable(broken.to_string())
             }
             other => DbError::Other(other.to_string()),
         }
     }
 }
 
-fn is_busy(message: &str) -> bool {
-    message.contains("database is locked") || message.contains("database is busy")
+/// Server messages of transient failures diesel reports with no kind of their own (PostgreSQL's
+/// SQLSTATE classes 08, 40, 53 and 57; SQLite's busy database).
+fn is_transient(message: &str) -> bool {
+    const TRANSIENT: [&str; 12] = [
+        "database is locked",
+        "database is busy",
+        "terminating connection",
+        "the database system is",
+        "connection closed",
+        "server closed the connection",
+        "connection reset",
+        "deadlock detected",
+        "canceling statement",
+        "too many connections",
+        "remaining connection slots",
+        "could not serialize access",
+    ];
+    TRANSIENT.iter().any(|t| message.contains(t))
 }
 
 impl From<PoolError> for DbError {
