@@ -6,7 +6,7 @@ use crate::state::AppState;
 use crate::{metrics, pages, ws};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::{PathError, QueryPayloadError};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{Condition, Logger, Next, from_fn};
 use actix_web::{App, HttpRequest, web};
@@ -39,29 +39,6 @@ impl utoipa::Modify for BearerAuth {
             ),
         );
     }
-}
-
-fn json_error(err: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
-    let api = match &err {
-        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-            ApiError::new(ErrorCode::BodyTooLarge, "request body too large")
-        }
-        JsonPayloadError::ContentType => ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send JSON with Content-Type: application/json",
-        ),
-        JsonPayloadError::Deserialize(e) if e.is_data() => {
-            ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}"))
-        }
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::new(ErrorCode::MalformedJson, format!("malformed JSON: {e}"))
-        }
-        other => ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("unreadable body: {other}"),
-        ),
-    };
-    api.into()
 }
 
 fn path_error(err: PathError, _: &HttpRequest) -> actix_web::Error {
@@ -215,11 +192,6 @@ pub fn build(
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .app_data(state)
-        .app_data(
-            web::JsonConfig::default()
-                .limit(limit)
-                .error_handler(json_error),
-        )
         .app_data(web::PayloadConfig::default().limit(limit))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 pub enum ErrorCode {
     MalformedJson,
     InvalidBody,
+    InvalidText,
     BodyTooLarge,
     UnsupportedMediaType,
     InvalidId,
@@ -60,9 +61,10 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 44] = [
+    pub const ALL: [ErrorCode; 45] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
+        ErrorCode::InvalidText,
         ErrorCode::BodyTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::InvalidId,
@@ -115,8 +117,8 @@ impl ErrorCode {
             | InvalidQuery
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
-            InvalidBody | ValidationFailed | IdempotencyKeyReused | UnknownMeal | EmptyOrder
-            | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid => {
+            InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
+            | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -154,6 +156,8 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The body's field at fault, as a path (`items[0].quantity`).
+    pub field: Option<String>,
     /// Seconds for a `Retry-After` header.
     pub retry_after: Option<u64>,
 }
@@ -167,6 +171,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// The body's field at fault, as a path (`items[0].quantity`), where one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -174,8 +181,14 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            field: None,
             retry_after: None,
         }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
     }
 
     pub fn not_found(what: &str) -> ApiError {
@@ -217,6 +230,7 @@ impl ResponseError for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message.clone(),
+                field: self.field.clone(),
             },
         })
     }

@@ -47,13 +47,22 @@ pub async fn school_count(db: &Db) -> Result<i64, DbError> {
         .await)?)
 }
 
-pub async fn update_school(
-    db: &Db,
-    id: &str,
-    name: Option<&str>,
-    time_zone: Option<&str>,
-    quiet_hours: Option<Option<(String, String)>>,
-) -> Result<(), DbError> {
+/// What a school update changes; `None` keeps a field.
+pub struct SchoolChanges<'a> {
+    pub name: Option<&'a str>,
+    pub time_zone: Option<&'a str>,
+    /// `Some(None)` turns quiet hours off.
+    pub quiet_hours: Option<Option<(String, String)>>,
+    pub phone_region: Option<&'a str>,
+}
+
+pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Result<(), DbError> {
+    let SchoolChanges {
+        name,
+        time_zone,
+        quiet_hours,
+        phone_region,
+    } = changes;
     let at = now();
     let (quiet_start, quiet_end) = match quiet_hours {
         Some(Some((start, end))) => (Some(Some(start)), Some(Some(end))),
@@ -68,6 +77,7 @@ pub async fn update_school(
                 .clone()
                 .map(|t| schools::quiet_hours_start.eq(t)),
             quiet_end.clone().map(|t| schools::quiet_hours_end.eq(t)),
+            phone_region.map(|r| schools::phone_region.eq(r)),
             schools::updated_at.eq(at),
         ))
         .execute(conn)

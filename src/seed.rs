@@ -69,6 +69,7 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         quiet_hours_start: None,
         quiet_hours_end: None,
         notice_seq: 0,
+        phone_region: "US".into(),
     };
     let counters: Vec<CounterRow> = (1..=2)
         .map(|number| CounterRow {

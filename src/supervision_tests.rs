@@ -34,6 +34,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
             quiet_hours_start: None,
             quiet_hours_end: None,
             notice_seq: 0,
+            phone_region: "US".into(),
         },
     )
     .await

@@ -19,7 +19,7 @@ struct Fixture {
     student_token: String,
     guardian: String,
     guardian_email: String,
-    /// Stored as `+1555…`; sign-in accepts it written with spaces and dashes.
+    /// Stored in E.164 (`+1201555…`); sign-in accepts it written with spaces and dashes.
     guardian_phone: String,
     kitchen_token: String,
 }
@@ -86,7 +86,11 @@ async fn fixture_in(hub: &Hub, admin: &str, tag: &str, time_zone: &str) -> Fixtu
         .unwrap()
         .to_owned();
     let guardian_email = format!("grace.{tag}@family.test");
-    let guardian_phone = format!("+1555{:07}", tag.len() * 7919 + tag.as_bytes()[0] as usize);
+    // 555 numbers of a real area code: dialable by the numbering plan, fictional.
+    let guardian_phone = format!(
+        "+1201555{:04}",
+        (tag.len() * 7919 + tag.as_bytes()[0] as usize) % 10_000
+    );
     let guardian = expect(
         post(hub, admin, &users, json!({"role": "guardian", "display_name": "Grace", "email": guardian_email, "phone": guardian_phone, "password": "guardian-pass-1"})).await,
         201,
@@ -2932,6 +2936,73 @@ async fn rules_at_the_edge() {
     let by_phone = login(&hub, &spaced, "guardian-pass-1").await;
     assert_eq!(by_phone["user"]["id"], a.guardian.as_str());
 
+    // Phone numbers: E.164 whatever the writing; without `+`, the school's region reads them;
+    // a number no one can dial is refused, naming the field.
+    let users = format!("/api/v1/schools/{}/users", a.school);
+    for (written, stored) in [
+        ("(201) 555-0142", "+12015550142"),
+        ("+44 20 7946 0958", "+442079460958"),
+    ] {
+        let made = expect(
+            post(
+                &hub,
+                &admin,
+                &users,
+                json!({"role": "guardian", "display_name": "Phoned", "phone": written}),
+            )
+            .await,
+            201,
+        );
+        assert_eq!(made["phone"], stored, "{written}");
+    }
+    for refused in [
+        "555-0100",
+        "5550100",
+        "+1 555 0100",
+        "+999 1234567",
+        "call me",
+    ] {
+        let e = expect(
+            post(
+                &hub,
+                &admin,
+                &users,
+                json!({"role": "guardian", "display_name": "Phoned", "phone": refused}),
+            )
+            .await,
+            422,
+        );
+        assert_eq!(
+            (e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+            (Some("validation_failed"), Some("phone")),
+            "{refused}: {e}"
+        );
+    }
+    let school = format!("/api/v1/schools/{}", a.school);
+    let e = expect(
+        patch(&hub, &admin, &school, json!({"phone_region": "XX"})).await,
+        422,
+    );
+    assert_eq!(e["error"]["field"], "phone_region", "{e}");
+    assert_eq!(
+        expect(
+            patch(&hub, &admin, &school, json!({"phone_region": "gb"})).await,
+            200
+        )["phone_region"],
+        "GB"
+    );
+    let made = expect(
+        post(
+            &hub,
+            &admin,
+            &users,
+            json!({"role": "guardian", "display_name": "Phoned", "phone": "020 7946 0959"}),
+        )
+        .await,
+        201,
+    );
+    assert_eq!(made["phone"], "+442079460959");
+
     // A school admin manages the school's people but cannot take over another school admin.
     let users = format!("/api/v1/schools/{}/users", a.school);
     let mut admins = Vec::new();
@@ -3723,7 +3794,7 @@ async fn critical_news_overrides_opt_outs_and_falls_back_to_sms() {
             .to_string()
     };
     // A second guardian, whose phone's push is failing.
-    let other_phone = "+15557770001";
+    let other_phone = "+12025557001";
     let other = expect(
         post(&hub, &admin, &format!("/api/v1/schools/{}/users", f.school), json!({"role": "guardian", "display_name": "Otto", "email": "otto.critical@family.test", "phone": other_phone, "password": "guardian-pass-2"})).await,
         201,
@@ -4896,6 +4967,191 @@ async fn garbage_on_the_wire_gets_clear_errors_not_hangs() {
             .status(),
         200
     );
+}
+
+/// Text is checked once at the edge: a control character in any string is `422 invalid_text`
+/// naming the field, on both backends (PostgreSQL cannot store NUL), and nothing is written;
+/// a type error names the field path. Tabs and line breaks are text.
+async fn text_and_types_are_checked_at_the_edge(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "text").await;
+    let refusal = |r: Reply| {
+        (
+            r.status,
+            r.code().to_owned(),
+            r.body["error"]["field"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let invalid_text = |field: &str| (422, "invalid_text".to_owned(), field.to_owned());
+
+    let login = send(
+        client().post(hub.url("/api/v1/auth/login")),
+        Some(json!({"login": "nul\u{0}@x.test", "password": "whatever-1"})),
+    )
+    .await;
+    assert_eq!(refusal(login), invalid_text("login"));
+    let meals = format!("/api/v1/schools/{}/meals", f.school);
+    let meal = post(
+        &hub,
+        &admin,
+        &meals,
+        json!({"name": "Soup\u{0}", "price_cents": 100}),
+    )
+    .await;
+    assert_eq!(refusal(meal), invalid_text("name"));
+    let users = format!("/api/v1/schools/{}/users", f.school);
+    let user = json!({"role": "student", "display_name": "Ada\u{1b}[31m", "allergies": ["nuts"]});
+    assert_eq!(
+        refusal(post(&hub, &admin, &users, user).await),
+        invalid_text("display_name")
+    );
+    let user = json!({"role": "student", "display_name": "Ada", "allergies": ["ok", "nu\u{7f}ts"]});
+    assert_eq!(
+        refusal(post(&hub, &admin, &users, user).await),
+        invalid_text("allergies[1]")
+    );
+    let order = expect(place_order(&hub, &f, "text-1", 1).await, 201);
+    let cancel = format!("/api/v1/orders/{}/cancel", order["id"].as_str().unwrap());
+    let reason = post(
+        &hub,
+        &f.kitchen_token,
+        &cancel,
+        json!({"reason": "gone\u{0}"}),
+    )
+    .await;
+    assert_eq!(refusal(reason), invalid_text("reason"));
+
+    let orders = format!("/api/v1/schools/{}/orders", f.school);
+    let typed = post(
+        &hub,
+        &f.student_token,
+        &orders,
+        json!({"items": [{"meal_id": f.meals[0], "quantity": "two"}]}),
+    )
+    .await;
+    let message = typed.body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(
+        refusal(typed),
+        (
+            422,
+            "invalid_body".to_owned(),
+            "items[0].quantity".to_owned()
+        )
+    );
+    assert!(
+        message.starts_with("items[0].quantity: invalid type"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("line"),
+        "no position, the path says where: {message}"
+    );
+
+    // Nothing of the refusals was written; the order is still open.
+    assert_eq!(
+        expect(get(&hub, &admin, &meals).await, 200)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let people = expect(get(&hub, &admin, &users).await, 200);
+    assert_eq!(
+        people.as_array().unwrap().len(),
+        3,
+        "the fixture's three: {people}"
+    );
+    let reason = post(
+        &hub,
+        &f.kitchen_token,
+        &cancel,
+        json!({"reason": "sold out\n\tsorry"}),
+    )
+    .await;
+    assert_eq!(expect(reason, 200)["state"], "cancelled");
+}
+
+#[actix_web::test]
+async fn text_and_types_are_checked_at_the_edge_on_sqlite() {
+    text_and_types_are_checked_at_the_edge(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn text_and_types_are_checked_at_the_edge_on_postgres() {
+    text_and_types_are_checked_at_the_edge(Backend::Postgres).await;
+}
+
+/// The database cuts the hub's connections while requests are in flight (as a failover or a
+/// server restart does): every answer is the request's own or `503 database_unavailable` with
+/// `Retry-After`, never a 500, and every order acknowledged is there afterwards.
+#[actix_web::test]
+async fn connections_cut_mid_request_are_503s_not_500s() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let hub = Hub::start(hub_env(&db, None));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "cut").await;
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let cutter = async {
+        while std::time::Instant::now() < until {
+            db.terminate_connections().await;
+            actix_web::rt::time::sleep(Duration::from_millis(150)).await;
+        }
+    };
+    let worker = |w: usize| {
+        let (hub, f) = (&hub, &f);
+        async move {
+            let mut answers = Vec::new();
+            let mut n = 0;
+            while std::time::Instant::now() < until {
+                n += 1;
+                let reply = place_order(hub, f, &format!("cut-{w}-{n}"), 1).await;
+                answers.push(reply);
+                let live = format!("/api/v1/schools/{}/orders/live", f.school);
+                answers.push(get(hub, &f.kitchen_token, &live).await);
+            }
+            answers
+        }
+    };
+    let (_, answers) =
+        futures_util::future::join(cutter, futures_util::future::join_all((0..6).map(worker)))
+            .await;
+    let answers: Vec<Reply> = answers.into_iter().flatten().collect();
+    let mut unavailable = 0;
+    for r in &answers {
+        if r.status == 503 {
+            assert_eq!(r.code(), "database_unavailable", "{}", r.body);
+            assert!(
+                r.retry_after.is_some(),
+                "503 without Retry-After: {}",
+                r.body
+            );
+            unavailable += 1;
+        } else {
+            assert!(matches!(r.status, 200 | 201), "{} {}", r.status, r.body);
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "no request met a cut connection in {} answers",
+        answers.len()
+    );
+    for r in answers.iter().filter(|r| r.status == 201) {
+        let id = r.body["id"].as_str().unwrap();
+        let path = format!("/api/v1/orders/{id}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut reply = get(&hub, &f.kitchen_token, &path).await;
+        while reply.status == 503 && std::time::Instant::now() < deadline {
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+            reply = get(&hub, &f.kitchen_token, &path).await;
+        }
+        assert_eq!(expect(reply, 200)["order"]["id"], id);
+    }
+    db.drop_database().await;
 }
 
 /// PostgreSQL restarted mid-lunch: while it is away the hub answers `503

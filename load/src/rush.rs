@@ -76,6 +76,15 @@ fn card_uid(school: usize, student: usize) -> String {
     format!("1D{school:05X}{student:06X}")
 }
 
+/// A US number the hub's numbering plan accepts (a real area code, an exchange of 200-999),
+/// unique per person `n` of a run; `salt` keeps runs on one hub apart.
+fn phone_number(salt: u32, n: usize) -> String {
+    const AREAS: [u16; 10] = [201, 202, 203, 205, 206, 207, 208, 209, 210, 212];
+    let salt = salt as usize;
+    let exchange = 200 + (salt / 10 * 7 + n / 10_000) % 800;
+    format!("+1{}{exchange}{:04}", AREAS[salt % 10], n % 10_000)
+}
+
 /// A read an offline reader kept, to post later in a batch.
 struct OfflineRead {
     /// The reader's index in the first school.
@@ -516,7 +525,7 @@ async fn seed_school(
             let with_app = s / 2 < profile.guardian_apps_per_school;
             if with_app {
                 body["password"] = json!(GUARDIAN_PASSWORD);
-                body["phone"] = json!(format!("+1{:03}{:07}", phone_salt, n * 1000 + s));
+                body["phone"] = json!(phone_number(phone_salt, n * 1000 + s));
             }
             let guardian = created(
                 c.post(url(&format!("/api/v1/schools/{id}/users")))

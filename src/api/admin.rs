@@ -1,5 +1,6 @@
 //! School set-up: schools, counters, people, guardian links and menus.
 
+use super::Json;
 use super::{allergen_list, new_id, required_text, split_list, utc};
 use crate::auth::Principal;
 use crate::db::models::*;
@@ -23,6 +24,8 @@ pub struct School {
     pub time_zone: String,
     /// Low-priority notifications wait until these end; absent when there are none.
     pub quiet_hours: Option<QuietHoursBody>,
+    /// ISO 3166-1 country whose numbering plan reads phone numbers written without `+`.
+    pub phone_region: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -45,6 +48,7 @@ impl From<SchoolRow> for School {
                 .quiet_hours_start
                 .zip(r.quiet_hours_end)
                 .map(|(start, end)| QuietHoursBody { start, end }),
+            phone_region: r.phone_region,
             created_at: utc(r.created_at),
             updated_at: utc(r.updated_at),
         }
@@ -57,6 +61,8 @@ pub struct CreateSchool {
     pub name: String,
     /// IANA time zone, e.g. `America/Chicago`.
     pub time_zone: String,
+    /// ISO 3166-1 country for phone numbers written without `+` (default `US`).
+    pub phone_region: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -66,6 +72,7 @@ pub struct UpdateSchool {
     pub time_zone: Option<String>,
     /// Equal start and end turn quiet hours off.
     pub quiet_hours: Option<QuietHoursBody>,
+    pub phone_region: Option<String>,
 }
 
 /// `Some(None)` turns quiet hours off.
@@ -79,6 +86,21 @@ fn quiet_hours(body: &QuietHoursBody) -> Result<Option<(String, String)>, ApiErr
     };
     let (start, end) = (time("start", &body.start)?, time("end", &body.end)?);
     Ok((start != end).then_some((start, end)))
+}
+
+const DEFAULT_PHONE_REGION: &str = "US";
+
+fn phone_region(region: &str) -> Result<String, ApiError> {
+    let region = region.trim().to_uppercase();
+    region
+        .parse::<phonenumber::country::Id>()
+        .map(|_| region.clone())
+        .map_err(|_| {
+            ApiError::validation(format!(
+                "phone_region {region:?} is not an ISO 3166-1 country"
+            ))
+            .with_field("phone_region")
+        })
 }
 
 fn time_zone(tz: &str) -> Result<String, ApiError> {
@@ -100,7 +122,7 @@ pub async fn existing_school(state: &AppState, id: &str) -> Result<SchoolRow, Ap
 pub async fn create_school(
     state: Data,
     who: Principal,
-    body: web::Json<CreateSchool>,
+    body: Json<CreateSchool>,
 ) -> Result<HttpResponse, ApiError> {
     who.require_admin()?;
     let at = now();
@@ -114,6 +136,10 @@ pub async fn create_school(
         quiet_hours_start: None,
         quiet_hours_end: None,
         notice_seq: 0,
+        phone_region: body
+            .phone_region
+            .as_deref()
+            .map_or(Ok(DEFAULT_PHONE_REGION.to_owned()), phone_region)?,
     };
     repo::insert_school(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(School::from(row)))
@@ -153,7 +179,7 @@ pub async fn update_school(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<UpdateSchool>,
+    body: Json<UpdateSchool>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.to_string();
     who.require_school_admin(&id)?;
@@ -164,7 +190,14 @@ pub async fn update_school(
         .transpose()?;
     let tz = body.time_zone.as_deref().map(time_zone).transpose()?;
     let quiet = body.quiet_hours.as_ref().map(quiet_hours).transpose()?;
-    repo::update_school(&state.db, &id, name.as_deref(), tz.as_deref(), quiet).await?;
+    let region = body.phone_region.as_deref().map(phone_region).transpose()?;
+    let changes = repo::SchoolChanges {
+        name: name.as_deref(),
+        time_zone: tz.as_deref(),
+        quiet_hours: quiet,
+        phone_region: region.as_deref(),
+    };
+    repo::update_school(&state.db, &id, changes).await?;
     Ok(HttpResponse::Ok().json(School::from(existing_school(&state, &id).await?)))
 }
 
@@ -211,7 +244,7 @@ pub async fn create_counter(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<CreateCounter>,
+    body: Json<CreateCounter>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
@@ -258,7 +291,7 @@ pub async fn update_counter(
     state: Data,
     who: Principal,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<UpdateCounter>,
+    body: Json<UpdateCounter>,
 ) -> Result<HttpResponse, ApiError> {
     let (school_id, counter_id) = (path.0.to_string(), path.1.to_string());
     // Staff open and close counters; renaming is set-up.
@@ -382,20 +415,22 @@ fn email(v: &str) -> Result<String, ApiError> {
     }
 }
 
-/// Phone numbers are stored as `+` and digits only, so sign-in can match any formatting.
-pub fn phone(v: &str) -> Result<String, ApiError> {
-    let v: String = v
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
-    let digits = v.strip_prefix('+').unwrap_or(&v);
-    if (7..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) {
-        Ok(v)
-    } else {
-        Err(ApiError::validation(
-            "phone numbers are written +<country><number>, 7 to 15 digits",
-        ))
-    }
+/// Phone numbers are stored in E.164 (`+` and digits), so sign-in and SMS match however they
+/// were written. Written without `+`, a number is read in `region`'s numbering plan; one that
+/// plan says cannot be dialled is refused.
+pub fn phone(v: &str, region: Option<&str>) -> Result<String, ApiError> {
+    let region = region.and_then(|r| r.parse::<phonenumber::country::Id>().ok());
+    phonenumber::parse(region, v.trim())
+        .ok()
+        .filter(phonenumber::PhoneNumber::is_valid)
+        .map(|n| n.format().mode(phonenumber::Mode::E164).to_string())
+        .ok_or_else(|| {
+            ApiError::validation(format!(
+                "{v:?} is not a phone number that can be dialled: write +<country><number>, or a \
+                 number of the school's phone_region"
+            ))
+            .with_field("phone")
+        })
 }
 
 fn locale(v: &str) -> Result<String, ApiError> {
@@ -421,7 +456,7 @@ pub async fn create_user(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<CreateUser>,
+    body: Json<CreateUser>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
@@ -435,7 +470,7 @@ pub async fn create_user(
             "only a district admin creates school admins",
         ));
     }
-    existing_school(&state, &school_id).await?;
+    let school = existing_school(&state, &school_id).await?;
     let hash = match &body.password {
         Some(p) => Some(password_hash(p).await?),
         None => None,
@@ -447,7 +482,11 @@ pub async fn create_user(
         role: body.role.as_str().to_owned(),
         display_name: required_text("display_name", &body.display_name, 120)?,
         email: body.email.as_deref().map(email).transpose()?,
-        phone: body.phone.as_deref().map(phone).transpose()?,
+        phone: body
+            .phone
+            .as_deref()
+            .map(|p| phone(p, Some(&school.phone_region)))
+            .transpose()?,
         password_hash: hash,
         allergies: allergen_list(&body.allergies)?,
         locale: body
@@ -485,7 +524,7 @@ pub async fn update_user(
     state: Data,
     who: Principal,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<UpdateUser>,
+    body: Json<UpdateUser>,
 ) -> Result<HttpResponse, ApiError> {
     let (school_id, user_id) = (path.0.to_string(), path.1.to_string());
     who.require_school_admin(&school_id)?;
@@ -509,7 +548,13 @@ pub async fn update_user(
         .map(|n| required_text("display_name", n, 120))
         .transpose()?;
     let email = body.email.as_deref().map(email).transpose()?;
-    let phone = body.phone.as_deref().map(phone).transpose()?;
+    let phone = match body.phone.as_deref() {
+        Some(p) => {
+            let school = existing_school(&state, &school_id).await?;
+            Some(phone(p, Some(&school.phone_region))?)
+        }
+        None => None,
+    };
     let allergies = body.allergies.as_deref().map(allergen_list).transpose()?;
     let locale = body.locale.as_deref().map(locale).transpose()?;
     let changes = repo::UserChanges {
@@ -570,7 +615,7 @@ pub async fn create_guardian_link(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<GuardianLink>,
+    body: Json<GuardianLink>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
@@ -690,7 +735,7 @@ pub async fn create_meal(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<CreateMeal>,
+    body: Json<CreateMeal>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
@@ -730,7 +775,7 @@ pub async fn update_meal(
     state: Data,
     who: Principal,
     path: web::Path<(Uuid, Uuid)>,
-    body: web::Json<UpdateMeal>,
+    body: Json<UpdateMeal>,
 ) -> Result<HttpResponse, ApiError> {
     let (school_id, meal_id) = (path.0.to_string(), path.1.to_string());
     // Kitchen staff mark meals sold out; the rest is set-up.
@@ -807,7 +852,7 @@ pub async fn create_service_window(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<CreateServiceWindow>,
+    body: Json<CreateServiceWindow>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;

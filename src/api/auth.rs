@@ -1,5 +1,6 @@
 //! Sign-in, token refresh and sign-out.
 
+use super::Json;
 use super::admin::User;
 use super::new_id;
 use crate::auth::{Principal, random_token, token_hash};
@@ -89,12 +90,12 @@ fn refused() -> ApiError {
 #[utoipa::path(tag = "auth", request_body = Login,
     responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
 #[post("/auth/login")]
-pub async fn login(state: Data, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+pub async fn login(state: Data, body: Json<Login>) -> Result<HttpResponse, ApiError> {
     let login = body.login.trim();
     let login = if login.contains('@') {
         login.to_lowercase()
     } else {
-        super::admin::phone(login).unwrap_or_else(|_| login.to_owned())
+        super::admin::phone(login, None).unwrap_or_else(|_| login.to_owned())
     };
     // Per login name: guessing one account's password from many addresses is slow too.
     state
@@ -125,10 +126,7 @@ pub async fn login(state: Data, body: web::Json<Login>) -> Result<HttpResponse, 
 #[utoipa::path(tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
 #[post("/auth/refresh")]
-pub async fn refresh(
-    state: Data,
-    body: web::Json<RefreshRequest>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn refresh(state: Data, body: Json<RefreshRequest>) -> Result<HttpResponse, ApiError> {
     let next = random_token();
     let at = now();
     let row = RefreshTokenRow {
@@ -166,10 +164,7 @@ pub async fn refresh(
 
 #[utoipa::path(tag = "auth", request_body = RefreshRequest, responses((status = 204)))]
 #[post("/auth/logout")]
-pub async fn logout(
-    state: Data,
-    body: web::Json<RefreshRequest>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn logout(state: Data, body: Json<RefreshRequest>) -> Result<HttpResponse, ApiError> {
     repo::revoke_family_of(&state.db, &token_hash(&body.refresh_token)).await?;
     Ok(HttpResponse::NoContent().finish())
 }

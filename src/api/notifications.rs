@@ -1,6 +1,7 @@
 //! Notification settings of the signed-in user (devices, preferences) and the admins' dead
 //! letters.
 
+use super::Json;
 use super::utc;
 use crate::auth::Principal;
 use crate::db::models::{OutboxRow, PreferenceRow, now};
@@ -64,7 +65,7 @@ impl From<crate::db::models::DeviceTokenRow> for Device {
 pub async fn register_device(
     state: Data,
     who: Principal,
-    body: web::Json<NewDevice>,
+    body: Json<NewDevice>,
 ) -> Result<HttpResponse, ApiError> {
     if !PLATFORMS.contains(&body.platform.as_str()) {
         return Err(ApiError::validation(format!(
@@ -196,7 +197,7 @@ pub async fn get_preferences(state: Data, who: Principal) -> Result<HttpResponse
 pub async fn set_preferences(
     state: Data,
     who: Principal,
-    body: web::Json<PreferenceChanges>,
+    body: Json<PreferenceChanges>,
 ) -> Result<HttpResponse, ApiError> {
     if body.preferences.len() > MAX_PREFERENCES {
         return Err(ApiError::validation(format!(

@@ -1,5 +1,6 @@
 //! Orders: place, read with history, the kitchen's live list, and transitions.
 
+use super::Json;
 use super::OptionalJson;
 use super::admin::existing_school;
 use crate::auth::Principal;
@@ -229,7 +230,7 @@ pub async fn create_order(
     who: Principal,
     req: HttpRequest,
     path: web::Path<Uuid>,
-    body: web::Json<CreateOrder>,
+    body: Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
     crate::db::counted("order", place(state, who, req, path, body)).await
 }
@@ -240,7 +241,7 @@ async fn place(
     who: Principal,
     req: HttpRequest,
     path: web::Path<Uuid>,
-    body: web::Json<CreateOrder>,
+    body: Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     let student_id = match (body.student_id, who.role) {

@@ -1,6 +1,8 @@
 //! Pickup counters' hardware: readers (registered by a school admin, signing every request),
 //! their scans and heartbeats, and the cards they read.
 
+use super::Json;
+use super::body::decode;
 use super::{new_id, required_text, utc};
 use crate::auth::Principal;
 use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
@@ -64,7 +66,7 @@ pub async fn register_reader(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<NewReader>,
+    body: Json<NewReader>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
@@ -209,7 +211,7 @@ pub async fn register_card(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<NewCard>,
+    body: Json<NewCard>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
@@ -327,7 +329,7 @@ pub async fn replace_card(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<Replacement>,
+    body: Json<Replacement>,
 ) -> Result<HttpResponse, ApiError> {
     let old = managed_card(&state, &who, &path).await?;
     let new = new_card(&state, &old.school_id, &old.student_id, &body.card_uid).await?;
@@ -404,11 +406,6 @@ pub async fn list_scans(
     Ok(HttpResponse::Ok().json(rows.into_iter().map(ScanRecord::from).collect::<Vec<_>>()))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(ErrorCode::MalformedJson, format!("request body: {e}")))
-}
-
 /// One card read, signed by the reader (`X-Reader-Id`, `X-Timestamp`, `X-Signature`:
 /// hex HMAC-SHA256 of `{timestamp}\n{METHOD}\n{path}\n{body}` with the reader's secret,
 /// the timestamp in Unix milliseconds).
@@ -422,7 +419,7 @@ pub async fn post_scan(
 ) -> Result<HttpResponse, ApiError> {
     // The reader's look-up counts as the scan's; `rfid::scan` counts the rest.
     let reader = crate::db::counted("scan", rfid::authenticate_reader(&state, &req, &body)).await?;
-    let scan: ScanIn = parse(&body)?;
+    let scan: ScanIn = decode(&body)?;
     rfid::validate_scan(&scan)?;
     Ok(HttpResponse::Ok().json(rfid::scan(&state, &reader, &scan).await?))
 }
@@ -449,7 +446,7 @@ pub async fn post_scan_batch(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let reader = crate::db::counted("scan", rfid::authenticate_reader(&state, &req, &body)).await?;
-    let mut batch: ScanBatch = parse(&body)?;
+    let mut batch: ScanBatch = decode(&body)?;
     if batch.scans.is_empty() || batch.scans.len() > MAX_BATCH {
         return Err(ApiError::validation(format!(
             "a batch has 1 to {MAX_BATCH} scans"
@@ -517,7 +514,7 @@ pub async fn request_code(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<CodeRequest>,
+    body: Json<CodeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_kitchen(&school_id)?;
@@ -553,7 +550,7 @@ pub async fn verify_code(
     state: Data,
     who: Principal,
     path: web::Path<Uuid>,
-    body: web::Json<CodeEntry>,
+    body: Json<CodeEntry>,
 ) -> Result<HttpResponse, ApiError> {
     let row = repo::pickup_code(&state.db, &path.to_string())
         .await?

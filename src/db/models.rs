@@ -16,6 +16,8 @@ pub struct SchoolRow {
     pub quiet_hours_start: Option<String>,
     pub quiet_hours_end: Option<String>,
     pub notice_seq: i64,
+    /// Phone numbers written without a country code are read as this country's.
+    pub phone_region: String,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -11,6 +11,7 @@ diesel::table! {
         quiet_hours_start -> Nullable<Text>,
         quiet_hours_end -> Nullable<Text>,
         notice_seq -> BigInt,
+        phone_region -> Text,
     }
 }
 

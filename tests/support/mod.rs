@@ -77,6 +77,16 @@ impl TestDb {
         self._dir.path()
     }
 
+    /// Cuts every session on this PostgreSQL database, as a failover or a server restart does.
+    pub async fn terminate_connections(&self) {
+        if let Some(name) = &self.pg_name {
+            pg_admin(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .await;
+        }
+    }
+
     pub async fn drop_database(self) {
         if let Some(name) = &self.pg_name {
             pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
@@ -410,6 +420,7 @@ pub fn client() -> Client {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    pub retry_after: Option<String>,
 }
 
 impl Reply {
@@ -443,6 +454,11 @@ where
     Some(Reply {
         status: res.status().as_u16(),
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        retry_after: res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     })
 }
 
