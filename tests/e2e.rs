@@ -3300,6 +3300,43 @@ async fn migrations_run_up_down_up_on_both_backends() {
     }
 }
 
+/// Nodes started together on an empty PostgreSQL database (an orchestrator starting replicas):
+/// one migrates under the lock, the others wait and go on; all three serve.
+#[actix_web::test]
+async fn three_nodes_started_together_migrate_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let env = hub_env(&db, None);
+    let hubs: Vec<Hub> = std::thread::scope(|scope| {
+        let started: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| Hub::start(env.clone())))
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admin = hubs[0].admin_token();
+    for (n, hub) in hubs.iter().enumerate() {
+        assert_eq!(
+            client()
+                .get(hub.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "node {n}"
+        );
+        let school = post(
+            hub,
+            &admin,
+            "/api/v1/schools",
+            json!({"name": format!("Node {n}"), "time_zone": "UTC"}),
+        )
+        .await;
+        expect(school, 201);
+    }
+    drop(hubs);
+    db.drop_database().await;
+}
+
 /// Polls the delivery status of an order's notifications until `done` holds for them.
 async fn statuses_until(
     hub: &Hub,

@@ -386,6 +386,10 @@ pub async fn run_on_thread<T: Send + 'static>(
         .map_err(|_| DbError::Other("migration thread died".into()))?
 }
 
+/// The advisory lock nodes take to migrate ("tiffinmg" in ASCII): held for the session, so a
+/// node that dies while migrating lets the next one go on.
+const MIGRATION_LOCK: i64 = 0x7469_6666_696e_6d67;
+
 /// A synchronous connection for running migrations on either backend.
 pub enum MigrationConnection {
     Pg(Box<AsyncConnectionWrapper<PgConn>>),
@@ -409,13 +413,29 @@ impl MigrationConnection {
         }
     }
 
+    /// Applies what is pending. On PostgreSQL under a session lock: nodes starting together
+    /// wait for the first to migrate, then find nothing left to do.
     pub fn run_pending(&mut self) -> Result<Vec<String>, DbError> {
-        let applied = match self {
-            MigrationConnection::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS),
-            MigrationConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS),
+        let names = |applied: Vec<diesel::migration::MigrationVersion<'_>>| {
+            applied.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
+            DbError::Other(format!("migration failed: {e}"))
+        };
+        match self {
+            MigrationConnection::Pg(c) => {
+                let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
+                diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &lock)?;
+                let applied = c.run_pending_migrations(PG_MIGRATIONS).map(names);
+                let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
+                diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &unlock)?;
+                applied.map_err(failed)
+            }
+            MigrationConnection::Sqlite(c) => c
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map(names)
+                .map_err(failed),
         }
-        .map_err(|e| DbError::Other(format!("migration failed: {e}")))?;
-        Ok(applied.iter().map(|v| v.to_string()).collect())
     }
 
     /// Reverts every applied migration, newest first; returns the versions reverted.
