@@ -75,7 +75,13 @@ pub struct Principal {
     pub school_id: Option<String>,
     /// When the token stops being valid (Unix seconds); long-lived sockets check it.
     pub expires_at: i64,
+    /// When it was signed (Unix seconds).
+    pub issued_at: i64,
 }
+
+/// The subject of an admin token `tiffin token` signs without naming a user: the operator who
+/// holds the signing key, not a person in the database.
+pub const OPERATOR: &str = "operator";
 
 impl Principal {
     pub fn from_claims(claims: Claims) -> Principal {
@@ -84,6 +90,7 @@ impl Principal {
             role: claims.role,
             school_id: claims.school,
             expires_at: claims.exp,
+            issued_at: claims.iat,
         }
     }
 
@@ -213,6 +220,7 @@ mod tests {
             role: Role::KitchenStaff,
             school_id: Some("a".into()),
             expires_at: i64::MAX,
+            issued_at: 0,
         };
         assert!(staff.require_kitchen("a").is_ok());
         assert_eq!(
@@ -228,6 +236,7 @@ mod tests {
             role: Role::Admin,
             school_id: None,
             expires_at: i64::MAX,
+            issued_at: 0,
         };
         assert!(admin.require_school_admin("b").is_ok());
     }

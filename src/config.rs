@@ -9,6 +9,9 @@ use std::path::Path;
 use tiffin_actors::DeliveryPolicy;
 use tiffin_actors::domain::TimerPolicy;
 
+/// The longest an access token may live, signed in or from `tiffin token`.
+pub const MAX_ACCESS_TOKEN_TTL_SECS: i64 = 24 * 3600;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -271,7 +274,7 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let checks = [
             (
-                (60..=24 * 3600).contains(&self.access_token_ttl_secs),
+                (60..=MAX_ACCESS_TOKEN_TTL_SECS).contains(&self.access_token_ttl_secs),
                 "access_token_ttl_secs must be between 60 and 86400",
             ),
             (

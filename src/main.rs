@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tiffin::auth::JwtKeys;
-use tiffin::config::Config;
+use tiffin::config::{Config, MAX_ACCESS_TOKEN_TTL_SECS};
 use tiffin::server;
 use tiffin_actors::domain::Role;
 use tracing_subscriber::EnvFilter;
@@ -34,6 +34,11 @@ enum Command {
     Migrate,
     /// Seed the demo school (if absent) and print its sign-ins.
     Demo,
+    /// Set a new random password for a sign-in (email or phone) and print it.
+    Password {
+        /// The person's email or phone number.
+        login: String,
+    },
     /// Print a signed access token for the configured secret.
     Token {
         /// student, guardian, teacher, kitchen_staff, school_admin or admin.
@@ -42,9 +47,9 @@ enum Command {
         /// The school the token is valid for (not needed for admin).
         #[arg(long)]
         school: Option<String>,
-        /// The user id the token names.
-        #[arg(long, default_value = "operator")]
-        user: String,
+        /// The user id (a UUID) the token names; an admin token without one names the operator.
+        #[arg(long)]
+        user: Option<String>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 900, allow_negative_numbers = true)]
         ttl: i64,
@@ -92,14 +97,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => {
             let (_, db) = server::prepare_database(&config).await?;
             match server::ensure_demo(&db).await? {
-                Some(demo) => {
+                Some(demo) if demo.fresh => {
                     println!("Demo school: {}", demo.school_id);
-                    for (who, login, password) in tiffin::seed::DEMO_LOGINS {
-                        println!("  {who}: {login} / {password}");
-                    }
+                    server::print_sign_ins(&mut std::io::stdout().lock(), &demo.sign_ins)?;
                 }
+                Some(demo) => println!(
+                    "Demo school: {} (seeded before; `tiffin password LOGIN` sets a new password)",
+                    demo.school_id
+                ),
                 None => println!("the database already has schools; no demo seeded"),
             }
+            Ok(())
+        }
+        Command::Password { login } => {
+            let (_, db) = server::prepare_database(&config).await?;
+            let login = login.trim().to_lowercase();
+            let user = tiffin::repo::user_by_login(&db, &login)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no one signs in as {login}"))?;
+            let password = tiffin::seed::random_password();
+            let hash = tiffin::passwords::hash_password(password.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            tiffin::repo::set_password(&db, &user.id, &hash).await?;
+            println!("{password}");
             Ok(())
         }
         Command::Token {
@@ -112,6 +133,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if role != Role::Admin && school.is_none() {
                 anyhow::bail!("--school is required for role {role}");
             }
+            let uuid = |what: &str, v: &str| {
+                uuid::Uuid::parse_str(v)
+                    .map(|_| ())
+                    .map_err(|_| anyhow::anyhow!("--{what} must be a UUID, got {v:?}"))
+            };
+            if let Some(school) = &school {
+                uuid("school", school)?;
+            }
+            match &user {
+                Some(user) => uuid("user", user)?,
+                None if role == Role::Admin => {}
+                None => anyhow::bail!("--user is required for role {role}"),
+            }
+            // As long as a signed-in token may live; negative: already expired (for tests).
+            if ttl == 0 || ttl.abs() > MAX_ACCESS_TOKEN_TTL_SECS {
+                anyhow::bail!(
+                    "--ttl must be 1 to {MAX_ACCESS_TOKEN_TTL_SECS} seconds (negative: already expired), got {ttl}"
+                );
+            }
+            let user = user.unwrap_or_else(|| tiffin::auth::OPERATOR.to_owned());
             let url =
                 tiffin::db::DatabaseUrl::parse(&config.database_url).map_err(anyhow::Error::msg)?;
             let keys = JwtKeys::new(&server::jwt_secret(&config, &url)?);

@@ -210,6 +210,22 @@ pub async fn update_user(
     .await)?)
 }
 
+/// Replaces a person's password hash (the operator's reset, `tiffin password`).
+pub async fn set_password(db: &Db, user_id: &str, hash: &str) -> Result<(), DbError> {
+    let n = with_conn!(db, |conn| diesel::update(users::table.find(user_id))
+        .set((
+            users::password_hash.eq(Some(hash)),
+            users::updated_at.eq(now())
+        ))
+        .execute(conn)
+        .await)?;
+    if n == 0 {
+        Err(DbError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
 pub async fn insert_link(db: &Db, row: &GuardianLinkRow) -> Result<(), DbError> {
     with_conn!(db, |conn| diesel::insert_into(guardian_links::table)
         .values(row)

@@ -14,19 +14,28 @@ pub struct DemoPeople {
     pub kitchen_id: String,
     pub student_id: String,
     pub guardian_id: String,
+    /// (who, login, password): the passwords exist nowhere else once printed.
+    pub sign_ins: Vec<(&'static str, &'static str, String)>,
 }
 
-/// Demo sign-ins (login, password) — printed at start, documented in the README.
-pub const DEMO_LOGINS: &[(&str, &str, &str)] = &[
-    ("admin", "admin@demo.tiffin.test", "demo-admin-pass"),
-    (
-        "kitchen staff",
-        "kitchen@demo.tiffin.test",
-        "demo-kitchen-pass",
-    ),
-    ("student", "ada@demo.tiffin.test", "demo-student-pass"),
-    ("guardian", "grace@demo.tiffin.test", "demo-guardian-pass"),
+/// Demo sign-ins (who, login). Their passwords are random, made at seeding and printed once;
+/// `tiffin password LOGIN` sets a new one.
+pub const DEMO_LOGINS: &[(&str, &str)] = &[
+    ("admin", "admin@demo.tiffin.test"),
+    ("kitchen staff", "kitchen@demo.tiffin.test"),
+    ("student", "ada@demo.tiffin.test"),
+    ("guardian", "grace@demo.tiffin.test"),
 ];
+
+/// A password nobody can guess from the code or the README: 20 letters and digits (~119 bits).
+pub fn random_password() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect()
+}
 
 async fn person(
     school: Option<&str>,
@@ -101,12 +110,16 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
     })
     .collect();
     let sid = Some(school.id.as_str());
+    let sign_ins: Vec<_> = DEMO_LOGINS
+        .iter()
+        .map(|(who, login)| (*who, *login, random_password()))
+        .collect();
     let [
         (_, admin_login, admin_pw),
         (_, kitchen_login, kitchen_pw),
         (_, student_login, student_pw),
         (_, guardian_login, guardian_pw),
-    ] = DEMO_LOGINS
+    ] = sign_ins.as_slice()
     else {
         return Err(DbError::Other("demo logins".into()));
     };
@@ -174,5 +187,6 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         kitchen_id: kitchen.id,
         student_id: student.id,
         guardian_id: guardian.id,
+        sign_ins,
     })
 }

@@ -80,18 +80,35 @@ pub async fn prepare_database(config: &Config) -> anyhow::Result<(DatabaseUrl, D
     Ok((url, db))
 }
 
+/// The demo's passwords, the one time they are known.
+pub fn print_sign_ins(
+    out: &mut impl Write,
+    sign_ins: &[(&str, &str, String)],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "Demo sign-ins (shown once; `tiffin password LOGIN` sets a new password):"
+    )?;
+    for (who, login, password) in sign_ins {
+        writeln!(out, "  {who} sign-in: {login} / {password}")?;
+    }
+    Ok(())
+}
+
 /// The demo school and its people (role, user id, school id).
 pub struct Demo {
     pub school_id: String,
     pub people: Vec<(Role, String, Option<String>)>,
     /// Seeded just now.
     pub fresh: bool,
+    /// (who, login, password), when seeded just now: printed once, stored only as hashes.
+    pub sign_ins: Vec<(&'static str, &'static str, String)>,
 }
 
 /// Seeds the demo school into a database without schools; returns it if it is there.
 pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
     let mut people = Vec::new();
-    for (_, login, _) in DEMO_LOGINS {
+    for (_, login) in DEMO_LOGINS {
         if let Some(user) = repo::user_by_login(db, login).await?
             && let Some(role) = Role::parse(&user.role)
         {
@@ -99,6 +116,7 @@ pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
         }
     }
     let fresh = people.is_empty();
+    let mut sign_ins = Vec::new();
     if fresh {
         if repo::school_count(db).await? > 0 {
             return Ok(None);
@@ -112,12 +130,14 @@ pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
             (Role::Student, seeded.student_id, school.clone()),
             (Role::Guardian, seeded.guardian_id, school),
         ];
+        sign_ins = seeded.sign_ins;
     }
     let school = people.iter().find_map(|(_, _, s)| s.clone());
     Ok(school.map(|school_id| Demo {
         school_id,
         people,
         fresh,
+        sign_ins,
     }))
 }
 
@@ -260,6 +280,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             school_id,
             people,
             fresh: true,
+            sign_ins,
         }) => {
             for (role, id, school) in &people {
                 let token = state
@@ -279,6 +300,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                     .issue(id, *role, school.as_deref(), DEMO_TOKEN_TTL_SECS)?;
                 writeln!(out, "  {role}: {token}")?;
             }
+            print_sign_ins(&mut out, &sign_ins)?;
         }
         Some(Demo { school_id, .. }) => {
             writeln!(

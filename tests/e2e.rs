@@ -485,12 +485,19 @@ async fn runs_with_no_configuration() {
         200,
     );
     assert_eq!(schools.as_array().unwrap().len(), 1);
-    let login = send(
-        client().post(again.url("/api/v1/auth/login")),
-        Some(json!({"login": "ada@demo.tiffin.test", "password": "demo-student-pass"})),
-    )
-    .await;
-    assert_eq!(login.status, 200, "{}", login.body);
+    let password = lines
+        .iter()
+        .find_map(|l| l.split_once("ada@demo.tiffin.test / "))
+        .map(|(_, password)| password.trim().to_owned())
+        .expect("the student's demo password, printed once");
+    for (password, status) in [(password.as_str(), 200), ("demo-student-pass", 401)] {
+        let login = send(
+            client().post(again.url("/api/v1/auth/login")),
+            Some(json!({"login": "ada@demo.tiffin.test", "password": password})),
+        )
+        .await;
+        assert_eq!(login.status, status, "{}", login.body);
+    }
 }
 
 /// Ready orders go to the least-loaded open counter with a code unique for the day; with no
@@ -2936,6 +2943,14 @@ async fn rules_at_the_edge() {
     let by_phone = login(&hub, &spaced, "guardian-pass-1").await;
     assert_eq!(by_phone["user"]["id"], a.guardian.as_str());
 
+    // The operator's admin token (from `tiffin token`, naming no user) still has a `/me`.
+    let me = expect(get(&hub, &admin, "/api/v1/me").await, 200);
+    assert_eq!(
+        (me["id"].as_str(), me["role"].as_str()),
+        (Some("operator"), Some("admin")),
+        "{me}"
+    );
+
     // Phone numbers: E.164 whatever the writing; without `+`, the school's region reads them;
     // a number no one can dial is refused, naming the field.
     let users = format!("/api/v1/schools/{}/users", a.school);
@@ -3045,7 +3060,16 @@ async fn rules_at_the_edge() {
     );
 
     // A token naming no real person cannot place orders (and gets a 403, not a 500).
-    let operator = hub.cli(&["token", "--role", "school_admin", "--school", &a.school]);
+    let nobody = uuid::Uuid::new_v4().to_string();
+    let operator = hub.cli(&[
+        "token",
+        "--role",
+        "school_admin",
+        "--school",
+        &a.school,
+        "--user",
+        &nobody,
+    ]);
     let r = post(
         &hub,
         &operator,
@@ -3242,7 +3266,7 @@ async fn command_line() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    for sub in ["serve", "migrate", "demo", "token"] {
+    for sub in ["serve", "migrate", "demo", "password", "token"] {
         let (ok, out, _) = run(&[sub, "--help"]);
         assert!(ok && out.contains("Usage: tiffin"), "{sub} --help: {out}");
     }
@@ -3256,10 +3280,53 @@ async fn command_line() {
         out.contains("Demo school: ") && out.contains("kitchen@demo.tiffin.test"),
         "{out}"
     );
+    // The demo's passwords are random, printed once: none is written in the code or README.
+    let password_of = |out: &str, login: &str| {
+        out.lines()
+            .find_map(|l| l.split_once(&format!("{login} / ")))
+            .map(|(_, password)| password.trim().to_owned())
+            .unwrap_or_else(|| panic!("no password printed for {login}: {out}"))
+    };
+    let first = password_of(&out, "kitchen@demo.tiffin.test");
+    assert!(first.len() >= 16, "{first}");
+    assert_ne!(first, password_of(&out, "admin@demo.tiffin.test"));
+    let (ok, again, _) = run(&["demo"]);
+    assert!(ok && !again.contains(&first), "printed once: {again}");
+    let (ok, reset, err) = run(&["password", "kitchen@demo.tiffin.test"]);
+    assert!(ok, "{err}");
+    assert!(reset.trim().len() >= 16 && reset.trim() != first, "{reset}");
+    let (ok, _, err) = run(&["password", "nobody@demo.tiffin.test"]);
+    assert!(!ok && err.contains("no one signs in as"), "{err}");
+
     let (ok, _, err) = run(&["token", "--role", "student"]);
     assert!(!ok && err.contains("--school is required"), "{err}");
     let (ok, _, err) = run(&["token", "--role", "chef", "--school", "x"]);
     assert!(!ok && err.contains("unknown role"), "{err}");
+    let school = uuid::Uuid::new_v4().to_string();
+    for (args, refusal) in [
+        (
+            vec!["--role", "admin", "--ttl", "999999999"],
+            "--ttl must be",
+        ),
+        (vec!["--role", "admin", "--ttl", "0"], "--ttl must be"),
+        (
+            vec!["--role", "student", "--school", "x", "--user", &school],
+            "--school must be a UUID",
+        ),
+        (
+            vec!["--role", "student", "--school", &school, "--user", "bob"],
+            "--user must be a UUID",
+        ),
+        (
+            vec!["--role", "student", "--school", &school],
+            "--user is required",
+        ),
+    ] {
+        let (ok, _, err) = run(&[&["token"][..], &args].concat());
+        assert!(!ok && err.contains(refusal), "{args:?}: {err}");
+    }
+    let (ok, _, err) = run(&["token", "--role", "admin", "--ttl", "86400"]);
+    assert!(ok, "{err}");
     let (ok, _, err) = run(&["serve", "--config", "missing.toml"]);
     assert!(!ok && err.contains("does not exist"), "{err}");
 }

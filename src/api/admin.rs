@@ -351,6 +351,24 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+impl User {
+    /// The holder of the signing key, as `/me` shows an operator's admin token.
+    pub fn operator(who: &Principal) -> User {
+        User {
+            id: crate::auth::OPERATOR.to_owned(),
+            school_id: None,
+            role: Role::Admin,
+            display_name: "Operator (token from `tiffin token`)".to_owned(),
+            email: None,
+            phone: None,
+            allergies: Vec::new(),
+            locale: "en".to_owned(),
+            active: true,
+            created_at: DateTime::from_timestamp(who.issued_at, 0).unwrap_or_default(),
+        }
+    }
+}
+
 impl From<UserRow> for User {
     fn from(r: UserRow) -> User {
         User {
