@@ -49,11 +49,74 @@ fn query_error(err: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     ApiError::new(ErrorCode::InvalidQuery, format!("invalid query: {err}")).into()
 }
 
-async fn route_not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::new(
-        ErrorCode::RouteNotFound,
-        format!("no route for {} {}", req.method(), req.path()),
-    ))
+/// No route took the request: `405` with `Allow` where the path is served with other
+/// methods, else `404 route_not_found`.
+async fn route_not_found(
+    req: HttpRequest,
+    allowed: web::Data<AllowedMethods>,
+) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    let Some(methods) = allowed.on(req.path()) else {
+        return ApiError::new(
+            ErrorCode::RouteNotFound,
+            format!("no route for {} {}", req.method(), req.path()),
+        )
+        .error_response();
+    };
+    let mut response = ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} is not served on {}; it takes {methods}",
+            req.method(),
+            req.path()
+        ),
+    )
+    .error_response();
+    if let Ok(value) = HeaderValue::from_str(&methods) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
+}
+
+/// The methods each documented path takes, read from the OpenAPI document.
+struct AllowedMethods(Vec<(Vec<String>, Vec<&'static str>)>);
+
+impl AllowedMethods {
+    fn of(doc: &utoipa::openapi::OpenApi) -> AllowedMethods {
+        let routes = doc.paths.paths.iter().map(|(path, item)| {
+            let segments = path.split('/').map(str::to_owned).collect();
+            let methods = [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("PATCH", item.patch.is_some()),
+                ("DELETE", item.delete.is_some()),
+            ];
+            let methods = methods.into_iter().filter(|(_, has)| *has).map(|(m, _)| m);
+            (segments, methods.collect())
+        });
+        AllowedMethods(routes.collect())
+    }
+
+    /// Every method some route takes on `path` (`{param}` matches one segment), or `None`.
+    fn on(&self, path: &str) -> Option<String> {
+        let segments: Vec<&str> = path.split('/').collect();
+        let mut methods: Vec<&str> = Vec::new();
+        for (pattern, taken) in &self.0 {
+            let matches = pattern.len() == segments.len()
+                && pattern.iter().zip(&segments).all(|(p, s)| {
+                    p == s || (p.starts_with('{') && p.ends_with('}') && !s.is_empty())
+                });
+            for method in taken.iter().filter(|_| matches) {
+                if !methods.contains(method) {
+                    methods.push(method);
+                }
+            }
+        }
+        (!methods.is_empty()).then(|| methods.join(", "))
+    }
 }
 
 /// Tags each request with an id (the caller's `X-Request-Id` if it is sane, else a new one):
@@ -268,7 +331,9 @@ pub fn build(
         .split_for_parts();
     let mut doc = doc;
     document_refusals(&mut doc);
+    let allowed = AllowedMethods::of(&doc);
     app.app_data(web::Data::new(doc))
+        .app_data(web::Data::new(allowed))
         .default_service(web::to(route_not_found))
         .wrap(from_fn(limit_by_ip))
         .wrap(from_fn(metrics::track))

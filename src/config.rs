@@ -28,6 +28,9 @@ pub struct Config {
     /// file beside the database. Required on PostgreSQL, where nodes must share it.
     #[serde(serialize_with = "never_serialize", deserialize_with = "secret")]
     pub jwt_secret: Option<SecretString>,
+    /// When set, `/metrics` answers only `Authorization: Bearer <metrics_token>`.
+    #[serde(serialize_with = "never_serialize", deserialize_with = "secret")]
+    pub metrics_token: Option<SecretString>,
     pub access_token_ttl_secs: i64,
     pub refresh_token_ttl_secs: i64,
     pub database_pool_size: usize,
@@ -221,6 +224,7 @@ impl Default for Config {
             redis_url: None,
             redis_prefix: "tiffin".into(),
             jwt_secret: None,
+            metrics_token: None,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             database_pool_size: 8,

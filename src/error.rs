@@ -32,6 +32,7 @@ pub enum ErrorCode {
     WrongSchool,
     NotFound,
     RouteNotFound,
+    MethodNotAllowed,
     Duplicate,
     VersionConflict,
     RecallWindowPassed,
@@ -61,7 +62,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 45] = [
+    pub const ALL: [ErrorCode; 46] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -81,6 +82,7 @@ impl ErrorCode {
         ErrorCode::WrongSchool,
         ErrorCode::NotFound,
         ErrorCode::RouteNotFound,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::Duplicate,
         ErrorCode::VersionConflict,
         ErrorCode::RecallWindowPassed,
@@ -133,6 +135,7 @@ impl ErrorCode {
             | SignatureReplayed => StatusCode::UNAUTHORIZED,
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
             | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead | NoReadyOrder
             | CodeExpired | CodeLocked | CodeUsed => StatusCode::CONFLICT,

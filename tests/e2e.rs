@@ -2943,6 +2943,45 @@ async fn rules_at_the_edge() {
     let by_phone = login(&hub, &spaced, "guardian-pass-1").await;
     assert_eq!(by_phone["user"]["id"], a.guardian.as_str());
 
+    // A path served with other methods is 405 with `Allow`; a path not served at all is 404.
+    let order_path = format!("/api/v1/orders/{}/confirm", uuid::Uuid::new_v4());
+    for (method, path, allow) in [
+        ("DELETE", "/api/v1/schools", "GET, POST"),
+        ("PUT", order_path.as_str(), "POST"),
+        ("POST", "/api/v1/me", "GET"),
+    ] {
+        let req = client()
+            .request(method.parse().unwrap(), hub.url(path))
+            .bearer_auth(&admin);
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(
+            res.headers().get("allow").unwrap().to_str().unwrap(),
+            allow,
+            "{method} {path}"
+        );
+    }
+    let nowhere = send(
+        client()
+            .delete(hub.url("/api/v1/nowhere"))
+            .bearer_auth(&admin),
+        None,
+    )
+    .await;
+    assert_eq!((nowhere.status, nowhere.code()), (404, "route_not_found"));
+
+    // Every read of an unknown school's data is a 404, lists included.
+    let unknown = uuid::Uuid::new_v4();
+    for list in ["cards", "readers", "scans", "users", "meals", "counters"] {
+        let r = get(&hub, &admin, &format!("/api/v1/schools/{unknown}/{list}")).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (404, "not_found"),
+            "{list}: {}",
+            r.body
+        );
+    }
+
     // The operator's admin token (from `tiffin token`, naming no user) still has a `/me`.
     let me = expect(get(&hub, &admin, "/api/v1/me").await, 200);
     assert_eq!(
@@ -5256,6 +5295,33 @@ async fn connections_cut_mid_request_are_503s_not_500s() {
         assert_eq!(expect(reply, 200)["order"]["id"], id);
     }
     db.drop_database().await;
+}
+
+/// With `metrics_token` set, `/metrics` answers only a request that carries it.
+#[actix_web::test]
+async fn metrics_can_require_a_token() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut env = hub_env(&db, None);
+    env.push(("TIFFIN_METRICS_TOKEN".into(), "scrape-me-please".into()));
+    let hub = Hub::start(env);
+    for (token, status) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some("scrape-me-please"), 200),
+    ] {
+        let mut req = client().get(hub.url("/metrics"));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let mut res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{token:?}");
+        let body = String::from_utf8_lossy(&res.body().await.unwrap()).into_owned();
+        assert_eq!(
+            body.contains("http_requests_total"),
+            status == 200,
+            "{body}"
+        );
+    }
 }
 
 /// PostgreSQL restarted mid-lunch: while it is away the hub answers `503

@@ -17,6 +17,20 @@ use uuid::Uuid;
 
 type Data = web::Data<AppState>;
 
+// The domain's `Role` (serde names), described for the OpenAPI document.
+/// Who a person is to the hub.
+#[derive(ToSchema)]
+#[schema(as = Role, rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum RoleName {
+    Student,
+    Guardian,
+    Teacher,
+    KitchenStaff,
+    SchoolAdmin,
+    Admin,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct School {
     pub id: String,
@@ -340,7 +354,7 @@ pub async fn update_counter(
 pub struct User {
     pub id: String,
     pub school_id: Option<String>,
-    #[schema(value_type = String, example = "student")]
+    #[schema(value_type = RoleName, example = "student")]
     pub role: Role,
     pub display_name: String,
     pub email: Option<String>,
@@ -390,7 +404,7 @@ impl From<UserRow> for User {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// student, guardian, teacher, kitchen_staff or school_admin.
-    #[schema(value_type = String, example = "student")]
+    #[schema(value_type = RoleName, example = "student")]
     pub role: Role,
     pub display_name: String,
     pub email: Option<String>,
@@ -417,7 +431,7 @@ pub struct UpdateUser {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UserFilter {
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<RoleName>)]
     pub role: Option<Role>,
 }
 

@@ -15,7 +15,8 @@ pub struct InboxQuery {
     /// Only messages not yet read.
     #[serde(default)]
     pub unread: bool,
-    /// At most this many, newest first (1–200, default 50).
+    /// At most this many, newest first (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 

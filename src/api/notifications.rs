@@ -23,10 +23,21 @@ const PLATFORMS: [&str; 3] = ["android", "ios", "web"];
 const MAX_TOKEN_LEN: usize = 4096;
 const MAX_PREFERENCES: usize = 64;
 
+// `PLATFORMS`, described for the OpenAPI document.
+/// The device's platform.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum Platform {
+    Android,
+    Ios,
+    Web,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
-    /// `android`, `ios` or `web`.
+    #[schema(value_type = Platform)]
     pub platform: String,
     /// The FCM registration token the app got from Firebase.
     pub token: String,
@@ -261,7 +272,8 @@ impl From<OutboxRow> for DeadLetter {
 pub struct DeadLetterQuery {
     /// One school's (required for a school admin).
     pub school_id: Option<Uuid>,
-    /// At most this many, newest first (1–500, default 100).
+    /// At most this many, newest first (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

@@ -1,9 +1,12 @@
 //! Operations: liveness, readiness, metrics and the OpenAPI document.
 
+use crate::error::{ApiError, ErrorCode};
 use crate::repo;
 use crate::state::AppState;
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use secrecy::ExposeSecret;
 use serde_json::json;
+use sha2::Digest;
 
 type Data = web::Data<AppState>;
 
@@ -34,9 +37,26 @@ pub async fn readyz(state: Data) -> HttpResponse {
     }
 }
 
-#[utoipa::path(tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(tag = "ops", responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+    (status = 401, description = "`metrics_token` is set and the request does not carry it", body = crate::error::ErrorBody)))]
 #[get("/metrics")]
-pub async fn metrics(state: Data) -> HttpResponse {
+pub async fn metrics(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if let Some(expected) = &state.config.metrics_token {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // Digests compared, so the time taken says nothing about the token.
+        let digest = |s: &str| sha2::Sha256::digest(s.as_bytes());
+        if digest(given) != digest(expected.expose_secret()) {
+            return Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "metrics need the metrics token: Authorization: Bearer <metrics_token>",
+            ));
+        }
+    }
     state.metrics.run_upkeep();
     if let Ok(counts) = repo::orders_by_state(&state.db).await {
         for state_name in tiffin_actors::domain::OrderState::ALL {
@@ -47,9 +67,9 @@ pub async fn metrics(state: Data) -> HttpResponse {
             ::metrics::gauge!("tiffin_orders", "state" => state_name.as_str()).set(n as f64);
         }
     }
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
 }
 
 #[utoipa::path(tag = "ops", responses((status = 200, description = "this document")))]

@@ -2,6 +2,7 @@
 //! their scans and heartbeats, and the cards they read.
 
 use super::Json;
+use super::admin::existing_school;
 use super::body::decode;
 use super::{new_id, required_text, utc};
 use crate::auth::Principal;
@@ -106,6 +107,7 @@ pub async fn list_readers(
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_kitchen(&school_id)?;
+    existing_school(&state, &school_id).await?;
     let offline = state.config.rfid.reader_offline_after_secs;
     let rows = repo::readers_of(&state.db, &school_id).await?;
     Ok(HttpResponse::Ok().json(
@@ -236,6 +238,7 @@ pub async fn list_cards(
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_kitchen(&school_id)?;
+    existing_school(&state, &school_id).await?;
     let student = query.student_id.map(|s| s.to_string());
     let rows = repo::cards_of(&state.db, &school_id, student.as_deref()).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(CardView::from).collect::<Vec<_>>()))
@@ -381,7 +384,8 @@ impl From<ScanRow> for ScanRecord {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ScanQuery {
-    /// At most this many, newest first (1–1000, default 100).
+    /// At most this many, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -395,6 +399,7 @@ pub async fn list_scans(
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_kitchen(&school_id)?;
+    existing_school(&state, &school_id).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::new(
