@@ -47,13 +47,23 @@ pub async fn school_count(db: &Db) -> Result<i64, DbError> {
         .await)?)
 }
 
-pub async fn update_school(
-    db: &Db,
-    id: &str,
-    name: Option<&str>,
-    time_zone: Option<&str>,
-    quiet_hours: Option<Option<(String, String)>>,
-) -> Result<(), DbError> {
+/// What `PATCH /schools/{id}` changes; `None` leaves a field as it is.
+pub struct SchoolChange<'a> {
+    pub name: Option<&'a str>,
+    pub time_zone: Option<&'a str>,
+    /// `Some(None)` turns quiet hours off.
+    pub quiet_hours: Option<Option<(String, String)>>,
+    /// `Some(None)` goes back to the hub's digest time.
+    pub digest_at: Option<Option<String>>,
+}
+
+pub async fn update_school(db: &Db, id: &str, change: SchoolChange<'_>) -> Result<(), DbError> {
+    let SchoolChange {
+        name,
+        time_zone,
+        quiet_hours,
+        digest_at,
+    } = change;
     let at = now();
     let (quiet_start, quiet_end) = match quiet_hours {
         Some(Some((start, end))) => (Some(Some(start)), Some(Some(end))),
@@ -68,6 +78,7 @@ pub async fn update_school(
                 .clone()
                 .map(|t| schools::quiet_hours_start.eq(t)),
             quiet_end.clone().map(|t| schools::quiet_hours_end.eq(t)),
+            digest_at.clone().map(|t| schools::digest_at.eq(t)),
             schools::updated_at.eq(at),
         ))
         .execute(conn)

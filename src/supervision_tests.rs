@@ -34,6 +34,8 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
             quiet_hours_start: None,
             quiet_hours_end: None,
             notice_seq: 0,
+            digest_at: None,
+            digest_done_on: None,
         },
     )
     .await

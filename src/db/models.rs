@@ -16,6 +16,10 @@ pub struct SchoolRow {
     pub quiet_hours_start: Option<String>,
     pub quiet_hours_end: Option<String>,
     pub notice_seq: i64,
+    /// The daily digest's school-local "HH:MM"; `None`: the hub's `digest.at`.
+    pub digest_at: Option<String>,
+    /// The last school day whose digests were queued.
+    pub digest_done_on: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -170,6 +174,8 @@ pub struct OutboxRow {
     pub priority: i32,
     pub expires_at: Option<NaiveDateTime>,
     pub fallback_for: Option<String>,
+    /// Set where a message must exist once whoever queues it (the daily digest).
+    pub dedup_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -11,6 +11,8 @@ diesel::table! {
         quiet_hours_start -> Nullable<Text>,
         quiet_hours_end -> Nullable<Text>,
         notice_seq -> BigInt,
+        digest_at -> Nullable<Text>,
+        digest_done_on -> Nullable<Text>,
     }
 }
 
@@ -238,6 +240,7 @@ diesel::table! {
         priority -> Integer,
         expires_at -> Nullable<Timestamp>,
         fallback_for -> Nullable<Text>,
+        dedup_key -> Nullable<Text>,
     }
 }
 
