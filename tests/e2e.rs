@@ -218,6 +218,8 @@ async fn spine(backend: Backend) {
     let hub = Hub::start(hub_env(&db, Some(&smtp)));
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "spine").await;
+    // Routine news is not emailed by default: this guardian asked for "ready" by email.
+    choose_email(&hub, &f.guardian_email, "guardian-pass-1", &["order_ready"]).await;
     let mut dashboard = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
 
     let placed = expect(place_order(&hub, &f, "order-1", 2).await, 201);
@@ -303,8 +305,8 @@ async fn spine(backend: Backend) {
         .collect();
     assert_eq!(
         subjects,
-        ["Ada ordered lunch", "Ada's lunch is ready"],
-        "one email per event for the one guardian: the receipt, then ready"
+        ["Ada's lunch is ready"],
+        "the email the guardian chose, once; no receipt by email (routine, not chosen)"
     );
 
     let before = expect(
@@ -1733,6 +1735,14 @@ async fn two_dispatchers_never_send_one_message_twice() {
     let (one, two) = (Hub::start(env.clone()), Hub::start(env));
     let admin = one.admin_token();
     let f = fixture(&one, &admin, "dispatch").await;
+    // Chosen on one node, applied by both dispatchers' fan-out.
+    choose_email(
+        &two,
+        &f.guardian_email,
+        "guardian-pass-1",
+        &["order_placed", "order_ready"],
+    )
+    .await;
     let mut orders = Vec::new();
     for n in 0..ORDERS {
         // Alternate nodes, so both dispatchers are woken by their own commits.
@@ -1745,7 +1755,7 @@ async fn two_dispatchers_never_send_one_message_twice() {
         orders.push(id);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    // Per order: a receipt when placed and an email when ready.
+    // Per order, as the guardian chose: a receipt when placed and an email when ready.
     while smtp.messages().len() < 2 * ORDERS {
         assert!(
             std::time::Instant::now() < deadline,
@@ -1810,6 +1820,7 @@ async fn news_that_is_no_longer_true_expires_instead_of_arriving_late() {
     let hub = Hub::start(env);
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "expiry").await;
+    choose_email(&hub, &f.guardian_email, "guardian-pass-1", &["order_ready"]).await;
     let order = expect(place_order(&hub, &f, "expiry-1", 1).await, 201)["id"]
         .as_str()
         .unwrap()
@@ -1881,6 +1892,14 @@ async fn confirm_deadline_and_pickup_reminder() {
     let hub = Hub::start(env.clone());
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "timers").await;
+    // A reminder is routine news: by email only for who chose it.
+    choose_email(
+        &hub,
+        &f.guardian_email,
+        "guardian-pass-1",
+        &["order_pickup_reminder"],
+    )
+    .await;
     let mut dashboard = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
     let order = expect(place_order(&hub, &f, "late-1", 1).await, 201)["id"]
         .as_str()
@@ -1946,9 +1965,33 @@ async fn confirm_deadline_and_pickup_reminder() {
         .wait_for_containing(&f.guardian_email, "still waiting", Duration::from_secs(20))
         .await;
     assert!(reminder.data.contains("Counter 1"), "{}", reminder.data);
+    // The student chose nothing: reminded in-app, not by email.
+    let student_reminders = |rows: &[Value]| -> Vec<(String, String)> {
+        rows.iter()
+            .filter(|r| {
+                r["template"] == "order_pickup_reminder" && r["recipient_id"] == f.student.as_str()
+            })
+            .map(|r| {
+                (
+                    r["channel"].as_str().unwrap().to_owned(),
+                    r["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &order,
+        Duration::from_secs(20),
+        |rows| !student_reminders(rows).is_empty() && student_reminders(rows)[0].1 != "pending",
+    )
+    .await;
+    assert_eq!(
+        student_reminders(&rows),
+        [("in_app".to_owned(), "sent".to_owned())]
+    );
     let student_email = "ada.timers@school.test";
-    smtp.wait_for_containing(student_email, "still waiting", Duration::from_secs(5))
-        .await;
     assert_eq!(
         history_of(&hub, &f.kitchen_token, &order, "order.pickup_reminder")
             .await
@@ -2005,11 +2048,11 @@ async fn confirm_deadline_and_pickup_reminder() {
         200,
     );
     actix_web::rt::time::sleep(Duration::from_secs(3)).await;
-    // Receipts of placed orders aside.
+    // No receipts either: routine news the guardian did not ask to have by email.
     let about = |id: &str| {
         smtp.messages()
             .into_iter()
-            .filter(|m| m.unfolded().contains(id) && !m.data.contains("ordered lunch"))
+            .filter(|m| m.unfolded().contains(id))
             .count()
     };
     assert_eq!(about(&own), 0, "nobody is told of their own cancellation");
@@ -2351,6 +2394,8 @@ async fn orders_at_once(backend: Backend) {
     let hub = Hub::start(hub_env(&db, Some(&smtp)));
     let admin = hub.admin_token();
     let a = fixture(&hub, &admin, "together").await;
+    // Receipts by email, as this guardian chose (not a default).
+    choose_email(&hub, &a.guardian_email, "guardian-pass-1", &["order_placed"]).await;
     let b = fixture(&hub, &admin, "refused").await;
     // Every meal has celery: each of b's orders is refused inside the store.
     let student_of_b = format!("/api/v1/schools/{}/users/{}", b.school, b.student);
@@ -3352,7 +3397,8 @@ async fn push_and_sms_over_the_providers_wire_formats() {
     .await;
     assert_eq!((r.status, r.code()), (422, "validation_failed"));
 
-    // Preferences: ready meals by SMS and not by email; everything else as by default.
+    // Preferences: ready meals by SMS too, receipts by email; everything else as by default
+    // (routine news in-app and by push, not by email).
     let prefs = expect(
         put(
             &hub,
@@ -3360,7 +3406,7 @@ async fn push_and_sms_over_the_providers_wire_formats() {
             "/api/v1/me/preferences",
             json!({"preferences": [
                 {"kind": "order_ready", "channel": "sms", "enabled": true},
-                {"kind": "order_ready", "channel": "email", "enabled": false},
+                {"kind": "order_placed", "channel": "email", "enabled": true},
             ]}),
         )
         .await,
@@ -3380,7 +3426,19 @@ async fn push_and_sms_over_the_providers_wire_formats() {
         json!({"email": false, "in_app": true, "push": true, "sms": true})
     );
     assert_eq!(kind("order_placed")["channels"]["sms"], false);
+    assert_eq!(kind("order_placed")["channels"]["email"], true);
+    assert_eq!(kind("order_picked_up")["channels"]["email"], false);
+    assert_eq!(kind("order_cancelled")["channels"]["email"], true);
     assert_eq!(kind("order_uncollected")["critical"], true);
+    assert_eq!(kind("daily_digest")["channels"], json!({"email": true}));
+    let r = put(
+        &hub,
+        &guardian,
+        "/api/v1/me/preferences",
+        json!({"preferences": [{"kind": "daily_digest", "channel": "push", "enabled": true}]}),
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"), "{}", r.body);
     let r = put(
         &hub,
         &guardian,
@@ -3489,7 +3547,7 @@ async fn push_and_sms_over_the_providers_wire_formats() {
         at(&log[1]["at"]) - at(&log[0]["at"]) >= chrono::Duration::seconds(2),
         "{log:?}"
     );
-    // Opted out of ready emails: none was queued; the placed receipt still was.
+    // Ready by email is not a default: none was queued; the receipt the guardian chose was.
     assert!(
         !rows
             .iter()
@@ -3850,21 +3908,26 @@ async fn critical_news_overrides_opt_outs_and_falls_back_to_sms() {
         "critical"
     );
 
-    // The receipt waits for the end of quiet hours on channels that interrupt; the inbox has it.
+    // The receipt waits for the end of quiet hours on channels that interrupt; the inbox has
+    // it. It comes by push, not email (routine news).
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r["template"] == "order_placed" && r["channel"] == "email"),
+        "{rows:#?}"
+    );
     let end = chrono::NaiveTime::parse_from_str(&local(3600, "%H:%M"), "%H:%M").unwrap();
-    for channel in ["push", "email"] {
-        let held = row(&rows, &f.guardian, "order_placed", channel);
-        assert_eq!(held["status"], "pending", "{held}");
-        let due = chrono::DateTime::parse_from_rfc3339(held["next_attempt_at"].as_str().unwrap())
-            .unwrap()
-            .with_timezone(&tz);
-        assert_eq!(
-            due.time().format("%H:%M").to_string(),
-            end.format("%H:%M").to_string(),
-            "{held}"
-        );
-        assert!(due > Utc::now(), "{held}");
-    }
+    let held = row(&rows, &f.guardian, "order_placed", "push");
+    assert_eq!(held["status"], "pending", "{held}");
+    let due = chrono::DateTime::parse_from_rfc3339(held["next_attempt_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&tz);
+    assert_eq!(
+        due.time().format("%H:%M").to_string(),
+        end.format("%H:%M").to_string(),
+        "{held}"
+    );
+    assert!(due > Utc::now(), "{held}");
     assert_eq!(
         row(&rows, &f.guardian, "order_placed", "in_app")["status"],
         "sent"

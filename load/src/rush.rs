@@ -507,7 +507,8 @@ async fn seed_school(
             json!({"student_id": student_id, "card_uid": card_uid(n, s)}),
         )
         .await?;
-        // Siblings: one guardian for every two students, told by email.
+        // Siblings: one guardian for every two students, with an email address (high and
+        // critical news; routine news is in-app and push, the evening digest is off here).
         if s % 2 == 0 {
             let login = format!("load-{run_id}-{n}-g{s}@load.test");
             let mut body = json!({"role": "guardian", "display_name": format!("Guardian {s}"), "email": login});
