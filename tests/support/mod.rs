@@ -232,7 +232,7 @@ pub fn hub_env(db: &TestDb, smtp: Option<&SmtpSink>) -> Vec<(String, String)> {
 
 /// `env` with the daily digest on, checked every `check_secs`.
 pub fn with_digests(mut env: Vec<(String, String)>, check_secs: u64) -> Vec<(String, String)> {
-    env.retain(|(k, _)| !k.starts_with("TIFFIN_DIGEST__"));
+    env.retain(|(k, _)| k != "TIFFIN_DIGEST__ENABLED" && k != "TIFFIN_DIGEST__CHECK_SECS");
     env.push(("TIFFIN_DIGEST__ENABLED".into(), "true".into()));
     env.push(("TIFFIN_DIGEST__CHECK_SECS".into(), check_secs.to_string()));
     env
@@ -488,7 +488,10 @@ pub async fn choose_email(hub: &Hub, login: &str, password: &str, kinds: &[&str]
         .await,
         200,
     );
-    let token = signed_in["access_token"].as_str().expect("token").to_owned();
+    let token = signed_in["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
     let preferences: Vec<Value> = kinds
         .iter()
         .map(|kind| serde_json::json!({"kind": kind, "channel": "email", "enabled": true}))
