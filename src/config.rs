@@ -379,10 +379,7 @@ impl Config {
                 (0..=24 * 3600).contains(&self.timers.pickup_reminder_after_secs),
                 "timers.pickup_reminder_after_secs must be between 0 (off) and 86400",
             ),
-            (
-                self.digest.time().is_some(),
-                "digest.at must be HH:MM",
-            ),
+            (self.digest.time().is_some(), "digest.at must be HH:MM"),
             (
                 (1..=3600).contains(&self.digest.check_secs),
                 "digest.check_secs must be between 1 and 3600",

@@ -547,7 +547,8 @@ mod tests {
         assert_eq!(en.subject, "Lunch at Sample School on 2026-11-23: Ada, Bo");
         // 14:05 and 17:40 UTC are 08:05 and 11:40 in Chicago.
         assert!(
-            en.text.contains("ordered at 08:05: 1 x Sample meal ($1.00)"),
+            en.text
+                .contains("ordered at 08:05: 1 x Sample meal ($1.00)"),
             "{}",
             en.text
         );

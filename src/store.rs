@@ -1155,7 +1155,10 @@ impl Outbox for DieselStore {
         self.fan_out_events(limit).await
     }
 
-    async fn queue_digests(&self, now: chrono::DateTime<chrono::Utc>) -> Result<usize, CommandError> {
+    async fn queue_digests(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, CommandError> {
         self.queue_due_digests(now).await
     }
 

@@ -153,9 +153,7 @@ impl Kind {
         }
         match channel {
             Channel::InApp | Channel::Push => true,
-            Channel::Email => {
-                self == Kind::DailyDigest || self.rule().priority >= Priority::High
-            }
+            Channel::Email => self == Kind::DailyDigest || self.rule().priority >= Priority::High,
             Channel::Sms => false,
         }
     }
@@ -456,9 +454,16 @@ mod tests {
             assert!(!kind.on_by_default(Channel::Sms), "{kind:?}");
         }
         for kind in [Kind::OrderPlaced, Kind::OrderReady, Kind::OrderPickedUp] {
-            assert!(on(&intents(kind, &[&g1]), Channel::Email).is_empty(), "{kind:?}");
+            assert!(
+                on(&intents(kind, &[&g1]), Channel::Email).is_empty(),
+                "{kind:?}"
+            );
         }
-        for kind in [Kind::OrderCancelled, Kind::OrderUncollected, Kind::CardInUse] {
+        for kind in [
+            Kind::OrderCancelled,
+            Kind::OrderUncollected,
+            Kind::CardInUse,
+        ] {
             assert_eq!(
                 on(&intents(kind, &[&g1]), Channel::Email),
                 [("g1", "g1@example.org", false)],
@@ -494,7 +499,10 @@ mod tests {
             ..person("g", Some("g@example.org"))
         };
         let picked_up = intents(Kind::OrderPickedUp, &[&g]);
-        assert_eq!(on(&picked_up, Channel::Email), [("g", "g@example.org", false)]);
+        assert_eq!(
+            on(&picked_up, Channel::Email),
+            [("g", "g@example.org", false)]
+        );
         assert_eq!(on(&picked_up, Channel::Push).len(), 1);
         assert!(on(&intents(Kind::OrderReady, &[&g]), Channel::Email).is_empty());
         assert!(intents(Kind::DailyDigest, &[&g]).is_empty());
@@ -507,11 +515,21 @@ mod tests {
         let evening = t(18, 0);
         assert_eq!(digest_due(at(7, 17, 59), evening, None), None);
         assert_eq!(digest_due(at(7, 18, 0), evening, None), Some(day(7)));
-        assert_eq!(digest_due(at(7, 23, 59), evening, Some(day(6))), Some(day(7)));
-        assert_eq!(digest_due(at(7, 19, 0), evening, Some(day(7))), None, "once");
+        assert_eq!(
+            digest_due(at(7, 23, 59), evening, Some(day(6))),
+            Some(day(7))
+        );
+        assert_eq!(
+            digest_due(at(7, 19, 0), evening, Some(day(7))),
+            None,
+            "once"
+        );
         // Down all evening: the next morning it is not sent late, and that evening's is.
         assert_eq!(digest_due(at(8, 9, 0), evening, Some(day(6))), None);
-        assert_eq!(digest_due(at(8, 18, 0), evening, Some(day(6))), Some(day(8)));
+        assert_eq!(
+            digest_due(at(8, 18, 0), evening, Some(day(6))),
+            Some(day(8))
+        );
     }
 
     #[test]

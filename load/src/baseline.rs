@@ -237,7 +237,8 @@ async fn seed(target: &Target, n: usize, receipts_by_email: bool) -> anyhow::Res
                 body["password"] = json!("baseline-pass");
             }
             let guardian = created(
-                c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
+                c.post(url(&format!("/api/v1/schools/{id}/users")))
+                    .bearer_auth(admin),
                 body,
             )
             .await?;

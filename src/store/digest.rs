@@ -46,7 +46,10 @@ impl DieselStore {
     /// Queues the digests of every school whose digest time has come today and whose day is
     /// not done yet; returns how many messages it queued. A school that fails is logged and
     /// tried again at the next check; the others go on.
-    pub(super) async fn queue_due_digests(&self, now: DateTime<Utc>) -> Result<usize, CommandError> {
+    pub(super) async fn queue_due_digests(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<usize, CommandError> {
         let schools: Vec<(String, String, Option<String>, Option<String>)> =
             with_conn!(&self.db, |conn| schools::table
                 .select((
