@@ -31,12 +31,19 @@ pub fn digest_key(school_id: &str, guardian_id: &str, day: NaiveDate) -> String 
     format!("digest:{school_id}:{guardian_id}:{day}")
 }
 
-/// A school's day as UTC instants: its local midnight to the next.
+/// A school's day as UTC instants: its local midnight to the next (where a clock change
+/// skips midnight, the day starts when the clock does, an hour later).
 fn day_bounds(tz: chrono_tz::Tz, day: NaiveDate) -> Option<(NaiveDateTime, NaiveDateTime)> {
     let midnight = |d: NaiveDate| {
-        d.and_time(NaiveTime::MIN)
+        let local = d.and_time(NaiveTime::MIN);
+        local
             .and_local_timezone(tz)
             .earliest()
+            .or_else(|| {
+                (local + chrono::TimeDelta::hours(1))
+                    .and_local_timezone(tz)
+                    .earliest()
+            })
             .map(|t| t.naive_utc())
     };
     Some((midnight(day)?, midnight(day.succ_opt()?)?))
@@ -258,6 +265,11 @@ mod tests {
         let (start, end) = day_bounds(tz, day).unwrap();
         assert_eq!(start.to_string(), "2026-12-07 05:00:00");
         assert_eq!(end.to_string(), "2026-12-08 05:00:00");
+        // Havana's clocks go from 00:00 to 01:00 on 8 March 2026: that day starts at 01:00.
+        let havana: chrono_tz::Tz = "America/Havana".parse().unwrap();
+        let skipped = NaiveDate::from_ymd_opt(2026, 3, 8).unwrap();
+        let (start, _) = day_bounds(havana, skipped).unwrap();
+        assert_eq!(start.to_string(), "2026-03-08 05:00:00");
         assert_eq!(
             digest_key("s", "g", day),
             "digest:s:g:2026-12-07",
