@@ -70,6 +70,37 @@ pub struct Config {
     pub dashboard_age_warning_secs: i64,
     /// Order timers: the confirm deadline and what it does, the pickup reminder.
     pub timers: TimerPolicy,
+    /// The guardians' daily digest email.
+    pub digest: DigestConfig,
+}
+
+/// The daily digest: one email an evening per guardian with the day's orders of each child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DigestConfig {
+    /// Off: no digests are queued (guardians still get what they chose per kind).
+    pub enabled: bool,
+    /// School-local `HH:MM` a school's digests go out, unless the school sets its own.
+    pub at: String,
+    /// How often the hub looks for schools whose digest time has come.
+    pub check_secs: u64,
+}
+
+impl Default for DigestConfig {
+    fn default() -> DigestConfig {
+        DigestConfig {
+            enabled: true,
+            at: "18:00".into(),
+            check_secs: 60,
+        }
+    }
+}
+
+impl DigestConfig {
+    /// `at` as a time of day (checked when the configuration is loaded).
+    pub fn time(&self) -> Option<chrono::NaiveTime> {
+        chrono::NaiveTime::parse_from_str(&self.at, "%H:%M").ok()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +276,7 @@ impl Default for Config {
             ws_idle_timeout_secs: 30,
             dashboard_age_warning_secs: 600,
             timers: TimerPolicy::default(),
+            digest: DigestConfig::default(),
         }
     }
 }
@@ -354,6 +386,11 @@ impl Config {
                 (0..=24 * 3600).contains(&self.timers.pickup_reminder_after_secs),
                 "timers.pickup_reminder_after_secs must be between 0 (off) and 86400",
             ),
+            (self.digest.time().is_some(), "digest.at must be HH:MM"),
+            (
+                (1..=3600).contains(&self.digest.check_secs),
+                "digest.check_secs must be between 1 and 3600",
+            ),
             (
                 self.smtp
                     .as_ref()
@@ -462,6 +499,10 @@ mod tests {
             jail.set_env("TIFFIN_DISPATCH_POLL_MS", "0");
             let err = Config::load(None).err().ok_or("accepted")?;
             assert!(err.contains("dispatch_poll_ms"), "{err}");
+            jail.set_env("TIFFIN_DISPATCH_POLL_MS", "500");
+            jail.set_env("TIFFIN_DIGEST__AT", "6pm");
+            let err = Config::load(None).err().ok_or("accepted")?;
+            assert!(err.contains("digest.at"), "{err}");
             Ok(())
         });
     }

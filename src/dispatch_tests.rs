@@ -114,6 +114,7 @@ async fn queue(
         priority: 1,
         expires_at: Some(at + chrono::Duration::hours(1)),
         fallback_for: None,
+        dedup_key: None,
     };
     tweak(&mut row);
     insert(db, &row).await.unwrap();

@@ -9,7 +9,7 @@ use lettre::Message;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use minijinja::Environment;
 use std::sync::Arc;
-use tiffin_actors::notices::Kind;
+use tiffin_actors::notices::{Channel, Kind};
 use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
 
 /// Embeds each file of `templates/` under its path there.
@@ -34,6 +34,12 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "email/card_in_use.es.html",
     "email/card_in_use.es.subject",
     "email/card_in_use.es.txt",
+    "email/daily_digest.en.html",
+    "email/daily_digest.en.subject",
+    "email/daily_digest.en.txt",
+    "email/daily_digest.es.html",
+    "email/daily_digest.es.subject",
+    "email/daily_digest.es.txt",
     "email/order_cancelled.en.html",
     "email/order_cancelled.en.subject",
     "email/order_cancelled.en.txt",
@@ -138,6 +144,11 @@ impl Templates {
                 "email/{}.en.html",
                 "sms/{}.en.txt",
             ] {
+                // Short texts only for kinds that can come by push or SMS.
+                let short = part.starts_with("sms/");
+                if short && !kind.offers(Channel::Push) && !kind.offers(Channel::Sms) {
+                    continue;
+                }
                 let name = part.replace("{}", kind.as_str());
                 if !names.contains(&name.as_str()) {
                     return Err(format!("template {name} is missing"));
@@ -248,6 +259,9 @@ fn sample_payload() -> serde_json::Value {
     };
     serde_json::json!({
         "school_name": "Sample School",
+        // The daily digest's: the school day and each child's orders of it.
+        "day": "2026-11-23",
+        "children": [{"name": "Sample Student", "orders": [order]}],
         "time_zone": "America/Chicago",
         "recipient_name": "Sample Guardian",
         "order": order,
@@ -509,6 +523,44 @@ mod tests {
         );
         assert!(body.len() <= 160);
         assert_eq!(money(-1205), "-$12.05");
+    }
+
+    #[test]
+    fn the_digest_lists_each_childs_day_in_the_guardians_language() {
+        let t = Templates::load().unwrap();
+        let mut payload = sample_payload();
+        let mut ada = payload["order"].clone();
+        ada["student_name"] = "Ada".into();
+        ada["state"] = "picked_up".into();
+        ada["placed_at"] = "2026-11-23T14:05:00Z".into();
+        ada["updated_at"] = "2026-11-23T17:40:00Z".into();
+        let mut bo = ada.clone();
+        bo["student_name"] = "Bo".into();
+        bo["state"] = "uncollected".into();
+        payload["children"] = serde_json::json!([
+            {"name": "Ada", "orders": [ada]},
+            {"name": "Bo", "orders": [bo]},
+        ]);
+        let en = t
+            .render_email(&message("daily_digest", "en", payload.clone()))
+            .unwrap();
+        assert_eq!(en.subject, "Lunch at Sample School on 2026-11-23: Ada, Bo");
+        // 14:05 and 17:40 UTC are 08:05 and 11:40 in Chicago.
+        assert!(
+            en.text
+                .contains("ordered at 08:05: 1 x Sample meal ($1.00)"),
+            "{}",
+            en.text
+        );
+        assert!(en.text.contains("collected at 11:40"), "{}", en.text);
+        assert!(en.text.contains("not collected"), "{}", en.text);
+        assert!(en.html.contains("<h3>Bo</h3>"), "{}", en.html);
+        let es = t
+            .render_email(&message("daily_digest", "es", payload))
+            .unwrap();
+        assert!(es.subject.starts_with("Almuerzo en Sample School"));
+        assert!(es.text.contains("recogido a las 11:40"), "{}", es.text);
+        assert!(es.text.contains("no recogido"), "{}", es.text);
     }
 
     #[test]

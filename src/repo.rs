@@ -47,13 +47,15 @@ pub async fn school_count(db: &Db) -> Result<i64, DbError> {
         .await)?)
 }
 
-/// What a school update changes; `None` keeps a field.
+/// What `PATCH /schools/{id}` changes; `None` leaves a field as it is.
 pub struct SchoolChanges<'a> {
     pub name: Option<&'a str>,
     pub time_zone: Option<&'a str>,
     /// `Some(None)` turns quiet hours off.
     pub quiet_hours: Option<Option<(String, String)>>,
     pub phone_region: Option<&'a str>,
+    /// `Some(None)` goes back to the hub's digest time.
+    pub digest_at: Option<Option<String>>,
 }
 
 pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Result<(), DbError> {
@@ -62,6 +64,7 @@ pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Res
         time_zone,
         quiet_hours,
         phone_region,
+        digest_at,
     } = changes;
     let at = now();
     let (quiet_start, quiet_end) = match quiet_hours {
@@ -78,6 +81,7 @@ pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Res
                 .map(|t| schools::quiet_hours_start.eq(t)),
             quiet_end.clone().map(|t| schools::quiet_hours_end.eq(t)),
             phone_region.map(|r| schools::phone_region.eq(r)),
+            digest_at.clone().map(|t| schools::digest_at.eq(t)),
             schools::updated_at.eq(at),
         ))
         .execute(conn)

@@ -79,6 +79,8 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         quiet_hours_end: None,
         notice_seq: 0,
         phone_region: "US".into(),
+        digest_at: None,
+        digest_done_on: None,
     };
     let counters: Vec<CounterRow> = (1..=2)
         .map(|number| CounterRow {

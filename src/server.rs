@@ -13,7 +13,7 @@ use crate::repo;
 use crate::seed::{self, DEMO_LOGINS};
 use crate::sms::SmsSender;
 use crate::state::AppState;
-use crate::store::DieselStore;
+use crate::store::{DEFAULT_DIGEST_AT, DieselStore};
 use actix::Actor;
 use actix_web::{HttpServer, web};
 use anyhow::{Context, anyhow, bail};
@@ -191,10 +191,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let metrics = metrics::install().map_err(|e| anyhow!(e))?;
 
-    let store = Arc::new(DieselStore::new(
-        db.clone(),
-        config.delivery.sms_fallback_after_secs,
-    ));
+    let store = Arc::new(
+        DieselStore::new(db.clone(), config.delivery.sms_fallback_after_secs)
+            .with_digest_at(config.digest.time().unwrap_or(DEFAULT_DIGEST_AT)),
+    );
     let local = Arc::new(LocalBus::new());
     let (bus, cluster): (Arc<dyn Bus>, _) = match &config.redis_url {
         Some(url) => {
@@ -221,8 +221,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let senders = senders(&config, templates, &db, bus.clone())?;
         let poll = Duration::from_millis(config.dispatch_poll_ms);
         let policy = config.delivery.clone();
+        let digests = config
+            .digest
+            .enabled
+            .then(|| Duration::from_secs(config.digest.check_secs));
         Dispatcher::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
-            Dispatcher::new(outbox, senders, poll, policy)
+            let dispatcher = Dispatcher::new(outbox, senders, poll, policy);
+            match digests {
+                Some(every) => dispatcher.with_digests(every),
+                None => dispatcher,
+            }
         })
     };
 

@@ -49,6 +49,8 @@ pub struct DieselStore {
     pub db: Db,
     /// How long a critical message waits for push before its SMS fallback goes.
     sms_fallback_after: Duration,
+    /// School-local time of the daily digest where the school sets none.
+    digest_at: chrono::NaiveTime,
     /// New orders, committed in batches (group commit).
     intake: Arc<GroupCommit<NewOrder, OrderCommitted>>,
     /// Decided transitions, committed in batches.
@@ -461,6 +463,7 @@ fn outbox_rows(
                 priority: intent.priority.rank(),
                 expires_at: Some(due + Duration::seconds(rule.expires_after_secs)),
                 fallback_for: None,
+                dedup_key: None,
             };
             (intent, row)
         })
@@ -494,6 +497,7 @@ impl DieselStore {
         DieselStore {
             db,
             sms_fallback_after: Duration::seconds(sms_fallback_after_secs),
+            digest_at: digest::DEFAULT_DIGEST_AT,
             intake: Arc::new(GroupCommit::new(
                 writers,
                 ORDER_BATCH,
@@ -506,6 +510,12 @@ impl DieselStore {
             )),
             owners: Arc::default(),
         }
+    }
+
+    /// Daily digests go out at `at`, school-local, where a school sets no time of its own.
+    pub fn with_digest_at(mut self, at: chrono::NaiveTime) -> DieselStore {
+        self.digest_at = at;
+        self
     }
 
     /// Queues a notice about a student that is not a kitchen event (a lost card in use, a
@@ -759,6 +769,8 @@ macro_rules! pipelined {
 
 #[cfg(test)]
 mod batch_tests;
+mod digest;
+pub use digest::DEFAULT_DIGEST_AT;
 mod fan_out;
 mod intake;
 mod sequence;
@@ -1141,6 +1153,13 @@ impl Store for DieselStore {
 impl Outbox for DieselStore {
     async fn fan_out(&self, limit: i64) -> Result<usize, CommandError> {
         self.fan_out_events(limit).await
+    }
+
+    async fn queue_digests(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, CommandError> {
+        self.queue_due_digests(now).await
     }
 
     async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError> {

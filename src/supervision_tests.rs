@@ -35,6 +35,8 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
             quiet_hours_end: None,
             notice_seq: 0,
             phone_region: "US".into(),
+            digest_at: None,
+            digest_done_on: None,
         },
     )
     .await

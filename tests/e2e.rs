@@ -222,6 +222,8 @@ async fn spine(backend: Backend) {
     let hub = Hub::start(hub_env(&db, Some(&smtp)));
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "spine").await;
+    // Routine news is not emailed by default: this guardian asked for "ready" by email.
+    choose_email(&hub, &f.guardian_email, "guardian-pass-1", &["order_ready"]).await;
     let mut dashboard = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
 
     let placed = expect(place_order(&hub, &f, "order-1", 2).await, 201);
@@ -307,8 +309,8 @@ async fn spine(backend: Backend) {
         .collect();
     assert_eq!(
         subjects,
-        ["Ada ordered lunch", "Ada's lunch is ready"],
-        "one email per event for the one guardian: the receipt, then ready"
+        ["Ada's lunch is ready"],
+        "the email the guardian chose, once; no receipt by email (routine, not chosen)"
     );
 
     let before = expect(
@@ -1744,6 +1746,14 @@ async fn two_dispatchers_never_send_one_message_twice() {
     let (one, two) = (Hub::start(env.clone()), Hub::start(env));
     let admin = one.admin_token();
     let f = fixture(&one, &admin, "dispatch").await;
+    // Chosen on one node, applied by both dispatchers' fan-out.
+    choose_email(
+        &two,
+        &f.guardian_email,
+        "guardian-pass-1",
+        &["order_placed", "order_ready"],
+    )
+    .await;
     let mut orders = Vec::new();
     for n in 0..ORDERS {
         // Alternate nodes, so both dispatchers are woken by their own commits.
@@ -1756,7 +1766,7 @@ async fn two_dispatchers_never_send_one_message_twice() {
         orders.push(id);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    // Per order: a receipt when placed and an email when ready.
+    // Per order, as the guardian chose: a receipt when placed and an email when ready.
     while smtp.messages().len() < 2 * ORDERS {
         assert!(
             std::time::Instant::now() < deadline,
@@ -1821,6 +1831,7 @@ async fn news_that_is_no_longer_true_expires_instead_of_arriving_late() {
     let hub = Hub::start(env);
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "expiry").await;
+    choose_email(&hub, &f.guardian_email, "guardian-pass-1", &["order_ready"]).await;
     let order = expect(place_order(&hub, &f, "expiry-1", 1).await, 201)["id"]
         .as_str()
         .unwrap()
@@ -1892,6 +1903,14 @@ async fn confirm_deadline_and_pickup_reminder() {
     let hub = Hub::start(env.clone());
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "timers").await;
+    // A reminder is routine news: by email only for who chose it.
+    choose_email(
+        &hub,
+        &f.guardian_email,
+        "guardian-pass-1",
+        &["order_pickup_reminder"],
+    )
+    .await;
     let mut dashboard = open_kitchen_socket(&hub, &f.kitchen_token, &f.school).await;
     let order = expect(place_order(&hub, &f, "late-1", 1).await, 201)["id"]
         .as_str()
@@ -1957,9 +1976,33 @@ async fn confirm_deadline_and_pickup_reminder() {
         .wait_for_containing(&f.guardian_email, "still waiting", Duration::from_secs(20))
         .await;
     assert!(reminder.data.contains("Counter 1"), "{}", reminder.data);
+    // The student chose nothing: reminded in-app, not by email.
+    let student_reminders = |rows: &[Value]| -> Vec<(String, String)> {
+        rows.iter()
+            .filter(|r| {
+                r["template"] == "order_pickup_reminder" && r["recipient_id"] == f.student.as_str()
+            })
+            .map(|r| {
+                (
+                    r["channel"].as_str().unwrap().to_owned(),
+                    r["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let rows = statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &order,
+        Duration::from_secs(20),
+        |rows| !student_reminders(rows).is_empty() && student_reminders(rows)[0].1 != "pending",
+    )
+    .await;
+    assert_eq!(
+        student_reminders(&rows),
+        [("in_app".to_owned(), "sent".to_owned())]
+    );
     let student_email = "ada.timers@school.test";
-    smtp.wait_for_containing(student_email, "still waiting", Duration::from_secs(5))
-        .await;
     assert_eq!(
         history_of(&hub, &f.kitchen_token, &order, "order.pickup_reminder")
             .await
@@ -2016,11 +2059,11 @@ async fn confirm_deadline_and_pickup_reminder() {
         200,
     );
     actix_web::rt::time::sleep(Duration::from_secs(3)).await;
-    // Receipts of placed orders aside.
+    // No receipts either: routine news the guardian did not ask to have by email.
     let about = |id: &str| {
         smtp.messages()
             .into_iter()
-            .filter(|m| m.unfolded().contains(id) && !m.data.contains("ordered lunch"))
+            .filter(|m| m.unfolded().contains(id))
             .count()
     };
     assert_eq!(about(&own), 0, "nobody is told of their own cancellation");
@@ -2362,6 +2405,14 @@ async fn orders_at_once(backend: Backend) {
     let hub = Hub::start(hub_env(&db, Some(&smtp)));
     let admin = hub.admin_token();
     let a = fixture(&hub, &admin, "together").await;
+    // Receipts by email, as this guardian chose (not a default).
+    choose_email(
+        &hub,
+        &a.guardian_email,
+        "guardian-pass-1",
+        &["order_placed"],
+    )
+    .await;
     let b = fixture(&hub, &admin, "refused").await;
     // Every meal has celery: each of b's orders is refused inside the store.
     let student_of_b = format!("/api/v1/schools/{}/users/{}", b.school, b.student);
@@ -3566,7 +3617,8 @@ async fn push_and_sms_over_the_providers_wire_formats() {
     .await;
     assert_eq!((r.status, r.code()), (422, "validation_failed"));
 
-    // Preferences: ready meals by SMS and not by email; everything else as by default.
+    // Preferences: ready meals by SMS too, receipts by email; everything else as by default
+    // (routine news in-app and by push, not by email).
     let prefs = expect(
         put(
             &hub,
@@ -3574,7 +3626,7 @@ async fn push_and_sms_over_the_providers_wire_formats() {
             "/api/v1/me/preferences",
             json!({"preferences": [
                 {"kind": "order_ready", "channel": "sms", "enabled": true},
-                {"kind": "order_ready", "channel": "email", "enabled": false},
+                {"kind": "order_placed", "channel": "email", "enabled": true},
             ]}),
         )
         .await,
@@ -3594,7 +3646,24 @@ async fn push_and_sms_over_the_providers_wire_formats() {
         json!({"email": false, "in_app": true, "push": true, "sms": true})
     );
     assert_eq!(kind("order_placed")["channels"]["sms"], false);
+    assert_eq!(kind("order_placed")["channels"]["email"], true);
+    assert_eq!(kind("order_picked_up")["channels"]["email"], false);
+    assert_eq!(kind("order_cancelled")["channels"]["email"], true);
     assert_eq!(kind("order_uncollected")["critical"], true);
+    assert_eq!(kind("daily_digest")["channels"], json!({"email": true}));
+    let r = put(
+        &hub,
+        &guardian,
+        "/api/v1/me/preferences",
+        json!({"preferences": [{"kind": "daily_digest", "channel": "push", "enabled": true}]}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "validation_failed"),
+        "{}",
+        r.body
+    );
     let r = put(
         &hub,
         &guardian,
@@ -3703,7 +3772,7 @@ async fn push_and_sms_over_the_providers_wire_formats() {
         at(&log[1]["at"]) - at(&log[0]["at"]) >= chrono::Duration::seconds(2),
         "{log:?}"
     );
-    // Opted out of ready emails: none was queued; the placed receipt still was.
+    // Ready by email is not a default: none was queued; the receipt the guardian chose was.
     assert!(
         !rows
             .iter()
@@ -4064,21 +4133,26 @@ async fn critical_news_overrides_opt_outs_and_falls_back_to_sms() {
         "critical"
     );
 
-    // The receipt waits for the end of quiet hours on channels that interrupt; the inbox has it.
+    // The receipt waits for the end of quiet hours on channels that interrupt; the inbox has
+    // it. It comes by push, not email (routine news).
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r["template"] == "order_placed" && r["channel"] == "email"),
+        "{rows:#?}"
+    );
     let end = chrono::NaiveTime::parse_from_str(&local(3600, "%H:%M"), "%H:%M").unwrap();
-    for channel in ["push", "email"] {
-        let held = row(&rows, &f.guardian, "order_placed", channel);
-        assert_eq!(held["status"], "pending", "{held}");
-        let due = chrono::DateTime::parse_from_rfc3339(held["next_attempt_at"].as_str().unwrap())
-            .unwrap()
-            .with_timezone(&tz);
-        assert_eq!(
-            due.time().format("%H:%M").to_string(),
-            end.format("%H:%M").to_string(),
-            "{held}"
-        );
-        assert!(due > Utc::now(), "{held}");
-    }
+    let held = row(&rows, &f.guardian, "order_placed", "push");
+    assert_eq!(held["status"], "pending", "{held}");
+    let due = chrono::DateTime::parse_from_rfc3339(held["next_attempt_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&tz);
+    assert_eq!(
+        due.time().format("%H:%M").to_string(),
+        end.format("%H:%M").to_string(),
+        "{held}"
+    );
+    assert!(due > Utc::now(), "{held}");
     assert_eq!(
         row(&rows, &f.guardian, "order_placed", "in_app")["status"],
         "sent"
@@ -4318,10 +4392,20 @@ async fn rfid_readers_verdicts_replays_and_races() {
     );
     assert_eq!(retried["scan_id"], v["scan_id"]);
     assert_eq!(pickups_of(&hub, &f, &order).await, 1);
-    smtp.wait_for_containing(
-        &f.guardian_email,
-        "Ada collected lunch",
+    // The family is told, in-app (routine news: not by email unless chosen).
+    statuses_until(
+        &hub,
+        &f.kitchen_token,
+        &order,
         Duration::from_secs(20),
+        |rows| {
+            rows.iter().any(|r| {
+                r["template"] == "order_picked_up"
+                    && r["channel"] == "in_app"
+                    && r["recipient_id"] == f.guardian.as_str()
+                    && r["status"] == "sent"
+            })
+        },
     )
     .await;
     actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
@@ -5810,7 +5894,11 @@ async fn secrets_stay_out_of_logs_and_error_bodies() {
             &hub,
             &access,
             "/api/v1/me/preferences",
-            json!({"preferences": [{"kind": "pickup_code", "channel": "sms", "enabled": true}]}),
+            // The pickup by email too (not a default): an email the SMTP credentials are tried on.
+            json!({"preferences": [
+                {"kind": "pickup_code", "channel": "sms", "enabled": true},
+                {"kind": "order_picked_up", "channel": "email", "enabled": true},
+            ]}),
         )
         .await,
         200,
@@ -5982,7 +6070,14 @@ async fn three_nodes_share_one_postgres_and_one_redis() {
     let mut last = subscribed["seq"].as_i64().unwrap();
     assert_eq!(next_json(&mut dash).await["type"], "snapshot");
     // The guardian's app on node 1: in-app messages sent by any node's dispatcher reach it.
-    let guardian_token = token_of(&one, &f.guardian_email, "guardian-pass-1").await;
+    // Receipts and "ready" also by email, as chosen: the emails the three dispatchers share.
+    let guardian_token = choose_email(
+        &one,
+        &f.guardian_email,
+        "guardian-pass-1",
+        &["order_placed", "order_ready"],
+    )
+    .await;
     let inbox_topic = format!("inbox:{}", f.guardian);
     let (mut inbox, _) = subscribe_topic(&one, &guardian_token, &inbox_topic, None).await;
     assert_eq!(next_json(&mut inbox).await["type"], "snapshot");
@@ -6348,6 +6443,14 @@ async fn rush_with_kills(backend: Backend) {
     let hub = Hub::start(env.clone());
     let admin = hub.admin_token();
     let f = fixture(&hub, &admin, "rush").await;
+    // Email across kills is what is counted: this guardian has every routine kind by email.
+    choose_email(
+        &hub,
+        &f.guardian_email,
+        "guardian-pass-1",
+        &["order_placed", "order_ready", "order_picked_up"],
+    )
+    .await;
     let counter = counter_ids(&hub, &admin, &f.school).await[0].clone();
     let reader = register_reader(&hub, &admin, &f.school, "Counter 1", &counter).await;
     let users = format!("/api/v1/schools/{}/users", f.school);
@@ -6804,4 +6907,261 @@ async fn smtp_sessions_are_reused_and_a_closed_one_is_replaced() {
         ]
     );
     assert_eq!(hanging_up.sessions(), 3);
+}
+
+/// A child of `f`'s school with a sign-in, linked to `f`'s guardian; its access token and id.
+async fn digest_sibling(hub: &Hub, admin: &str, f: &Fixture, name: &str) -> (String, String) {
+    let login_name = format!("{}.{}@school.test", name.to_lowercase(), f.school);
+    let id = expect(
+        post(
+            hub,
+            admin,
+            &format!("/api/v1/schools/{}/users", f.school),
+            json!({"role": "student", "display_name": name, "email": login_name, "password": "student-pass-9"}),
+        )
+        .await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    expect(
+        post(
+            hub,
+            admin,
+            &format!("/api/v1/schools/{}/guardian-links", f.school),
+            json!({"guardian_id": f.guardian, "student_id": id, "relationship": "mother"}),
+        )
+        .await,
+        201,
+    );
+    (token_of(hub, &login_name, "student-pass-9").await, id)
+}
+
+/// Digests that reached `to`.
+fn digests_to(smtp: &SmtpSink, to: &str) -> Vec<Mail> {
+    smtp.messages()
+        .into_iter()
+        .filter(|m| m.to.iter().any(|t| t == to))
+        .filter(|m| {
+            let data = m.unfolded();
+            data.contains("Subject: Lunch at") || data.contains("Subject: Almuerzo en")
+        })
+        .collect()
+}
+
+/// Three emails a lunch no more: a guardian with two children hears nothing by email of
+/// orders placed, ready and picked up; one digest of both children's day arrives at the
+/// school's evening (here due at once: `digest.at` is 00:00), in each guardian's language.
+/// The evening passed while no digest ran (the hub "down"), so the digest goes on start,
+/// once; checks every second and restarts (SIGKILL) do not send it again, nor do two nodes.
+/// A guardian who turned it off and a school with its own later time get none.
+async fn daily_digest(backend: Backend) {
+    use chrono::Utc;
+    let db = TestDb::new(backend).await;
+    let smtp = SmtpSink::start();
+    let mut env = hub_env(&db, Some(&smtp));
+    env.push(("TIFFIN_DIGEST__AT".into(), "00:00".into()));
+    // Digests off for now (hub_env): the school day goes on with no digest run.
+    let hub = Hub::start(env.clone());
+    let admin = hub.admin_token();
+    let zone = noon_zone();
+    let f = fixture_in(&hub, &admin, "digest", &zone).await;
+    let (bo_token, bo) = digest_sibling(&hub, &admin, &f, "Bo").await;
+    // A second guardian of Bo's, who reads Spanish.
+    let users = format!("/api/v1/schools/{}/users", f.school);
+    let gloria_email = "gloria.digest@family.test";
+    let gloria = expect(
+        post(&hub, &admin, &users, json!({"role": "guardian", "display_name": "Gloria", "email": gloria_email, "locale": "es"})).await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // And one of Ada's, who turned the digest off.
+    let otto_email = "otto.digest@family.test";
+    let otto = expect(
+        post(&hub, &admin, &users, json!({"role": "guardian", "display_name": "Otto", "email": otto_email, "password": "guardian-pass-3"})).await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (guardian, student) in [(&gloria, &bo), (&otto, &f.student)] {
+        expect(
+            post(
+                &hub,
+                &admin,
+                &format!("/api/v1/schools/{}/guardian-links", f.school),
+                json!({"guardian_id": guardian, "student_id": student, "relationship": "father"}),
+            )
+            .await,
+            201,
+        );
+    }
+    let otto_token = token_of(&hub, otto_email, "guardian-pass-3").await;
+    let prefs = expect(
+        put(
+            &hub,
+            &otto_token,
+            "/api/v1/me/preferences",
+            json!({"preferences": [{"kind": "daily_digest", "channel": "email", "enabled": false}]}),
+        )
+        .await,
+        200,
+    );
+    let digest = prefs["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "daily_digest")
+        .unwrap()
+        .clone();
+    assert_eq!(digest["channels"], json!({"email": false}));
+    // Another school whose own digest time is late tonight: not due today yet.
+    let later = fixture_in(&hub, &admin, "digest-later", &zone).await;
+    let school_path = format!("/api/v1/schools/{}", later.school);
+    let bad = patch(&hub, &admin, &school_path, json!({"digest_at": "25:00"})).await;
+    assert_eq!((bad.status, bad.code()), (422, "validation_failed"));
+    let set = expect(
+        patch(&hub, &admin, &school_path, json!({"digest_at": "23:59"})).await,
+        200,
+    );
+    assert_eq!(set["digest_at"], "23:59");
+
+    // Lunch: each child orders and collects.
+    let ada_order = expect(place_order(&hub, &f, "digest-ada", 2).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bo_order = expect(
+        send(
+            client()
+                .post(hub.url(&format!("/api/v1/schools/{}/orders", f.school)))
+                .bearer_auth(&bo_token)
+                .insert_header(("Idempotency-Key", "digest-bo")),
+            Some(json!({"items": [{"meal_id": f.meals[1], "quantity": 1}]})),
+        )
+        .await,
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let later_order = expect(place_order(&hub, &later, "digest-later", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let actions = ["confirm", "start", "ready", "pickup"];
+    advance(&hub, &f, &ada_order, &actions).await;
+    advance(&hub, &f, &bo_order, &actions).await;
+    advance(&hub, &later, &later_order, &actions).await;
+    // Every routine message went out (in-app) or was dropped; none by email.
+    for (fixture, order) in [(&f, &ada_order), (&f, &bo_order), (&later, &later_order)] {
+        let rows = statuses_until(
+            &hub,
+            &fixture.kitchen_token,
+            order,
+            Duration::from_secs(20),
+            |rows| rows.iter().all(|r| r["status"] != "pending"),
+        )
+        .await;
+        let kinds: Vec<&str> = rows
+            .iter()
+            .map(|r| r["template"].as_str().unwrap())
+            .collect();
+        for kind in ["order_placed", "order_ready", "order_picked_up"] {
+            assert!(kinds.contains(&kind), "{kind} was news: {rows:#?}");
+        }
+        assert!(
+            rows.iter().all(|r| r["channel"] != "email"),
+            "routine news by email: {rows:#?}"
+        );
+    }
+    assert!(smtp.messages().is_empty(), "{:?}", smtp.messages());
+
+    // The evening came while no digest ran; back with digests on (two nodes on PostgreSQL).
+    let env = with_digests(hub.kill(), 1);
+    let hub = Hub::start(env.clone());
+    let second = (backend == Backend::Postgres).then(|| Hub::start(env.clone()));
+    let grace = smtp
+        .wait_for_containing(
+            &f.guardian_email,
+            "Subject: Lunch at",
+            Duration::from_secs(20),
+        )
+        .await;
+    let today = Utc::now()
+        .with_timezone(&zone.parse::<chrono_tz::Tz>().unwrap())
+        .date_naive();
+    let text = grace.unfolded();
+    assert!(
+        text.contains(&format!(
+            "Subject: Lunch at digest School on {today}: Ada, Bo"
+        )),
+        "{text}"
+    );
+    let (ada_at, bo_at) = (text.find("\r\nAda\r\n"), text.find("\r\nBo\r\n"));
+    assert!(
+        ada_at.is_some() && bo_at.is_some() && ada_at < bo_at,
+        "each child's day, by name: {text}"
+    );
+    assert!(
+        text.contains(": 2 x Tomato soup, 1 x Rice bowl ($10.50)"),
+        "{text}"
+    );
+    assert!(text.contains(": 1 x Rice bowl ($4.50)"), "{text}");
+    assert_eq!(
+        text.matches("collected at ").count(),
+        4,
+        "both children collected, in the text and HTML parts: {text}"
+    );
+    let gloria_mail = smtp
+        .wait_for_containing(
+            gloria_email,
+            "Subject: Almuerzo en",
+            Duration::from_secs(20),
+        )
+        .await;
+    let text = gloria_mail.unfolded();
+    assert!(text.contains(&format!("el {today}: Bo")), "{text}");
+    assert!(text.contains("recogido a las"), "{text}");
+    assert!(
+        !text.contains("Tomato soup"),
+        "only her child's day: {text}"
+    );
+
+    // Checked every second, on every node, and after restarts: still one digest each.
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    drop(second);
+    let env = hub.kill();
+    let hub = Hub::start(env);
+    actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(digests_to(&smtp, &f.guardian_email).len(), 1);
+    assert_eq!(digests_to(&smtp, gloria_email).len(), 1);
+    assert!(digests_to(&smtp, otto_email).is_empty(), "turned off");
+    assert!(
+        digests_to(&smtp, &later.guardian_email).is_empty(),
+        "its school's evening has not come"
+    );
+    let students = ["ada.digest@school.test", "ada.digest-later@school.test"];
+    assert!(
+        smtp.messages()
+            .iter()
+            .all(|m| m.to.iter().all(|t| !students.contains(&t.as_str()))),
+        "the digest is the guardians'"
+    );
+    assert_eq!(smtp.messages().len(), 2, "nothing but the two digests");
+    drop(hub);
+    db.drop_database().await;
+}
+
+#[actix_web::test]
+async fn one_digest_a_day_instead_of_three_emails_a_lunch_on_sqlite() {
+    daily_digest(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn one_digest_a_day_instead_of_three_emails_a_lunch_on_postgres() {
+    daily_digest(Backend::Postgres).await;
 }

@@ -2,7 +2,7 @@
 //! each recipient's preferences, critical overrides, quiet hours and the SMS fallback.
 
 use crate::domain::{Alert, Issuer, OrderState};
-use chrono::{NaiveTime, TimeDelta};
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use serde::{Deserialize, Serialize};
 
 /// Notification channels.
@@ -29,11 +29,6 @@ impl Channel {
 
     pub fn parse(s: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-
-    /// On unless the recipient turns it off. SMS costs the district per message: opt-in.
-    pub fn on_by_default(self) -> bool {
-        !matches!(self, Channel::Sms)
     }
 
     /// Whether a message on this channel interrupts someone (held during quiet hours).
@@ -96,10 +91,12 @@ pub enum Kind {
     AllergyHold,
     /// A one-time code to collect a meal without a card. Secret: never logged.
     PickupCode,
+    /// One email an evening to a guardian: the day's orders and pickups of each child.
+    DailyDigest,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::OrderPlaced,
         Kind::OrderReady,
         Kind::OrderCounterChanged,
@@ -111,6 +108,7 @@ impl Kind {
         Kind::CardInUse,
         Kind::AllergyHold,
         Kind::PickupCode,
+        Kind::DailyDigest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +124,7 @@ impl Kind {
             Kind::CardInUse => "card_in_use",
             Kind::AllergyHold => "allergy_hold",
             Kind::PickupCode => "pickup_code",
+            Kind::DailyDigest => "daily_digest",
         }
     }
 
@@ -136,6 +135,27 @@ impl Kind {
     /// Its text is a secret (a one-time code): providers send it, logs never show it.
     pub fn secret(self) -> bool {
         self == Kind::PickupCode
+    }
+
+    /// Whether this kind can come on `channel` at all: the digest is an email and nothing else.
+    pub fn offers(self, channel: Channel) -> bool {
+        self != Kind::DailyDigest || channel == Channel::Email
+    }
+
+    /// Whether this kind comes on `channel` unless the recipient chose otherwise: the one
+    /// place default channels are decided. Routine news (low and normal) comes in-app and by
+    /// push: by email it would be three messages a lunch per child. Email is for what matters
+    /// (high and critical) and for the evening digest that sums the routine up. SMS costs the
+    /// district per message: opt-in.
+    pub fn on_by_default(self, channel: Channel) -> bool {
+        if !self.offers(channel) {
+            return false;
+        }
+        match channel {
+            Channel::InApp | Channel::Push => true,
+            Channel::Email => self == Kind::DailyDigest || self.rule().priority >= Priority::High,
+            Channel::Sms => false,
+        }
     }
 
     /// The rule for this kind of message.
@@ -166,6 +186,8 @@ impl Kind {
             Kind::AllergyHold => rule(Audience::Guardians, Priority::Critical, HOUR),
             // Useless after five minutes; the student is at the counter now.
             Kind::PickupCode => rule(Audience::Family, Priority::High, 300),
+            // Waits out quiet hours; a digest not sent by the next morning is old news.
+            Kind::DailyDigest => rule(Audience::Guardians, Priority::Low, 12 * HOUR),
         }
     }
 
@@ -184,7 +206,8 @@ impl Kind {
             | Kind::OrderUncollected
             | Kind::CardInUse
             | Kind::AllergyHold
-            | Kind::PickupCode => true,
+            | Kind::PickupCode
+            | Kind::DailyDigest => true,
         }
     }
 }
@@ -254,7 +277,7 @@ impl Recipient {
         self.preferences
             .iter()
             .find(|p| p.kind == kind && p.channel == channel)
-            .map_or(channel.on_by_default(), |p| p.enabled)
+            .map_or(kind.on_by_default(channel), |p| p.enabled)
     }
 
     fn address(&self, channel: Channel) -> Option<String> {
@@ -300,10 +323,10 @@ pub fn intents(kind: Kind, audience: &[&Recipient]) -> Vec<NotificationIntent> {
         };
         let mut sms_chosen = false;
         for channel in Channel::ALL {
-            let Some(address) = r.address(channel) else {
+            let Some(address) = r.address(channel).filter(|_| kind.offers(channel)) else {
                 continue;
             };
-            if r.wants(kind, channel) || (critical && channel.on_by_default()) {
+            if r.wants(kind, channel) || (critical && kind.on_by_default(channel)) {
                 sms_chosen |= channel == Channel::Sms;
                 out.push(intent(channel, address, false));
             }
@@ -316,6 +339,15 @@ pub fn intents(kind: Kind, audience: &[&Recipient]) -> Vec<NotificationIntent> {
         }
     }
     out
+}
+
+/// The school day whose digest is due at school-local time `now`, if any: due from `at` until
+/// the day ends, unless `done` (the last day whose digests were queued) is that day already.
+/// A day whose whole evening the hub missed is not caught up the next day: by then it is old
+/// news, and the next evening's digest comes as usual.
+pub fn digest_due(now: NaiveDateTime, at: NaiveTime, done: Option<NaiveDate>) -> Option<NaiveDate> {
+    let today = now.date();
+    (now.time() >= at && done.is_none_or(|d| d < today)).then_some(today)
 }
 
 /// A school's quiet hours, in its local time; `start > end` spans midnight.
@@ -391,7 +423,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_in_app_push_and_email_where_there_is_an_address() {
+    fn routine_news_comes_in_app_and_by_push_and_email_is_for_what_matters() {
         let g1 = Recipient {
             has_push: true,
             phone: Some("+15550001".into()),
@@ -404,9 +436,100 @@ mod tests {
             [("g1", "g1", false), ("g2", "g2", false)]
         );
         assert_eq!(on(&sent, Channel::Push), [("g1", "g1", false)]);
-        assert_eq!(on(&sent, Channel::Email), [("g1", "g1@example.org", false)]);
+        assert!(on(&sent, Channel::Email).is_empty(), "routine: no email");
         assert!(on(&sent, Channel::Sms).is_empty(), "SMS is opt-in");
         assert!(sent.iter().all(|i| i.priority == Priority::Normal));
+        // The rule over every kind: email by default exactly for high and critical news and
+        // the digest; the digest comes by email only.
+        for kind in Kind::ALL {
+            let priority = kind.rule().priority;
+            let digest = kind == Kind::DailyDigest;
+            assert_eq!(
+                kind.on_by_default(Channel::Email),
+                digest || priority >= Priority::High,
+                "{kind:?}"
+            );
+            assert_eq!(kind.on_by_default(Channel::InApp), !digest, "{kind:?}");
+            assert_eq!(kind.on_by_default(Channel::Push), !digest, "{kind:?}");
+            assert!(!kind.on_by_default(Channel::Sms), "{kind:?}");
+        }
+        for kind in [Kind::OrderPlaced, Kind::OrderReady, Kind::OrderPickedUp] {
+            assert!(
+                on(&intents(kind, &[&g1]), Channel::Email).is_empty(),
+                "{kind:?}"
+            );
+        }
+        for kind in [
+            Kind::OrderCancelled,
+            Kind::OrderUncollected,
+            Kind::CardInUse,
+        ] {
+            assert_eq!(
+                on(&intents(kind, &[&g1]), Channel::Email),
+                [("g1", "g1@example.org", false)],
+                "{kind:?}"
+            );
+        }
+        let digest = intents(Kind::DailyDigest, &[&g1, &g2]);
+        assert_eq!(
+            digest
+                .iter()
+                .map(|i| (i.recipient_id.as_str(), i.channel))
+                .collect::<Vec<_>>(),
+            [("g1", Channel::Email)],
+            "the digest: one email, to whoever has an address"
+        );
+    }
+
+    #[test]
+    fn preferences_turn_routine_email_on_and_the_digest_off() {
+        let choose = |kind, channel, enabled| Preference {
+            kind,
+            channel,
+            enabled,
+        };
+        let g = Recipient {
+            has_push: true,
+            preferences: vec![
+                choose(Kind::OrderPickedUp, Channel::Email, true),
+                choose(Kind::DailyDigest, Channel::Email, false),
+                // The digest has no other channel, whatever is stored.
+                choose(Kind::DailyDigest, Channel::Push, true),
+            ],
+            ..person("g", Some("g@example.org"))
+        };
+        let picked_up = intents(Kind::OrderPickedUp, &[&g]);
+        assert_eq!(
+            on(&picked_up, Channel::Email),
+            [("g", "g@example.org", false)]
+        );
+        assert_eq!(on(&picked_up, Channel::Push).len(), 1);
+        assert!(on(&intents(Kind::OrderReady, &[&g]), Channel::Email).is_empty());
+        assert!(intents(Kind::DailyDigest, &[&g]).is_empty());
+    }
+
+    #[test]
+    fn the_digest_is_due_from_its_time_until_the_day_ends_once_a_day() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+        let at = |d, h, m| day(d).and_time(t(h, m));
+        let evening = t(18, 0);
+        assert_eq!(digest_due(at(7, 17, 59), evening, None), None);
+        assert_eq!(digest_due(at(7, 18, 0), evening, None), Some(day(7)));
+        assert_eq!(
+            digest_due(at(7, 23, 59), evening, Some(day(6))),
+            Some(day(7))
+        );
+        assert_eq!(
+            digest_due(at(7, 19, 0), evening, Some(day(7))),
+            None,
+            "once"
+        );
+        // Down all evening: the next morning it is not sent late, and that evening's is.
+        assert_eq!(digest_due(at(8, 9, 0), evening, Some(day(6))), None);
+        assert_eq!(
+            digest_due(at(8, 18, 0), evening, Some(day(6))),
+            Some(day(8))
+        );
     }
 
     #[test]
@@ -417,23 +540,30 @@ mod tests {
                 Preference {
                     kind: Kind::OrderReady,
                     channel: Channel::Email,
-                    enabled: false,
+                    enabled: true,
                 },
                 Preference {
                     kind: Kind::OrderReady,
                     channel: Channel::Sms,
                     enabled: true,
                 },
+                Preference {
+                    kind: Kind::OrderReady,
+                    channel: Channel::InApp,
+                    enabled: false,
+                },
             ],
             ..person("g", Some("g@example.org"))
         };
         let ready = intents(Kind::OrderReady, &[&g]);
-        assert!(on(&ready, Channel::Email).is_empty());
+        assert_eq!(on(&ready, Channel::Email), [("g", "g@example.org", false)]);
         assert_eq!(on(&ready, Channel::Sms), [("g", "+15550001", false)]);
+        assert!(on(&ready, Channel::InApp).is_empty());
         // Other kinds keep the defaults.
-        let reminder = intents(Kind::OrderPickupReminder, &[&g]);
-        assert_eq!(on(&reminder, Channel::Email).len(), 1);
-        assert!(on(&reminder, Channel::Sms).is_empty());
+        assert!(on(&intents(Kind::OrderPlaced, &[&g]), Channel::Email).is_empty());
+        let cancelled = intents(Kind::OrderCancelled, &[&g]);
+        assert_eq!(on(&cancelled, Channel::Email).len(), 1);
+        assert!(on(&cancelled, Channel::Sms).is_empty());
     }
 
     #[test]
@@ -578,7 +708,6 @@ mod tests {
             [
                 (Channel::InApp, TimeDelta::zero()),
                 (Channel::Push, TimeDelta::hours(9)),
-                (Channel::Email, TimeDelta::hours(9)),
             ]
         );
         assert!(delays(Kind::OrderReady).iter().all(|(_, d)| d.is_zero()));

@@ -235,6 +235,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// Turns up to `limit` committed events into the outbox rows of the notices they make
     /// (one per recipient and channel); returns how many events it took.
     async fn fan_out(&self, limit: i64) -> Result<usize, CommandError>;
+    /// Queues the daily digests due at `now` (each school's own evening, once a school day);
+    /// returns how many messages it queued.
+    async fn queue_digests(&self, now: DateTime<Utc>) -> Result<usize, CommandError>;
     /// Claims up to `limit` due messages for this dispatcher, most urgent first, none on the
     /// channels in `skip` (their providers have enough under way), each with whether it
     /// should still go out; a claim expires if its dispatcher dies.

@@ -195,8 +195,10 @@ struct School {
 }
 
 /// `n` schools, each with a meal, a kitchen-staff member (signed in) and a few students
-/// with a guardian each, so that an order commits the same rows as in a rush.
-async fn seed(target: &Target, n: usize) -> anyhow::Result<Vec<School>> {
+/// with a guardian each, so that an order commits the same rows as in a rush. With
+/// `receipts_by_email` the guardians chose an email receipt for every order (email is not a
+/// default for routine news): the drain's emails.
+async fn seed(target: &Target, n: usize, receipts_by_email: bool) -> anyhow::Result<Vec<School>> {
     let c = client();
     let admin = &target.admin_token;
     let url = |p: &str| format!("{}{p}", target.url);
@@ -229,11 +231,30 @@ async fn seed(target: &Target, n: usize) -> anyhow::Result<Vec<School>> {
             )
             .await?;
             let student = student["id"].as_str().context("student id")?.to_owned();
+            let guardian_login = format!("baseline-{run}-{s}-g{k}@load.test");
+            let mut body = json!({"role": "guardian", "display_name": format!("Guardian {k}"), "email": guardian_login});
+            if receipts_by_email {
+                body["password"] = json!("baseline-pass");
+            }
             let guardian = created(
-                c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
-                json!({"role": "guardian", "display_name": format!("Guardian {k}"), "email": format!("baseline-{run}-{s}-g{k}@load.test")}),
+                c.post(url(&format!("/api/v1/schools/{id}/users")))
+                    .bearer_auth(admin),
+                body,
             )
             .await?;
+            if receipts_by_email {
+                let token = created(
+                    c.post(url("/api/v1/auth/login")),
+                    json!({"login": guardian_login, "password": "baseline-pass"}),
+                )
+                .await?;
+                created(
+                    c.put(url("/api/v1/me/preferences"))
+                        .bearer_auth(token["access_token"].as_str().context("guardian token")?),
+                    json!({"preferences": [{"kind": "order_placed", "channel": "email", "enabled": true}]}),
+                )
+                .await?;
+            }
             created(
                 c.post(url(&format!("/api/v1/schools/{id}/guardian-links")))
                     .bearer_auth(admin),
@@ -807,7 +828,7 @@ async fn drain(
     // The hub gives up on a send after 15 s, waiting for a session included: a longer
     // stall would time the retries' backoff, not the drain.
     let length = Duration::from_secs(options.seconds).min(MAX_STALL);
-    let schools = seed(target, WRITERS).await?;
+    let schools = seed(target, WRITERS, true).await?;
     let all: Vec<&School> = schools.iter().collect();
     let mut s = Series::default();
     let mut duplicated = 0usize;
@@ -896,7 +917,7 @@ async fn idle_sockets(
         eprintln!("tiffin-load: no --hub-pid: hub memory per socket not measured");
         return Ok(None);
     };
-    let school = seed(target, 1).await?;
+    let school = seed(target, 1, false).await?;
     let school = school.first().context("seeded school")?;
     let ws = format!(
         "{}/api/v1/ws?access_token={}",
@@ -944,7 +965,7 @@ async fn measure(
 ) -> anyhow::Result<Value> {
     let length = Duration::from_secs(options.seconds);
     let postgres = options.backend == Backend::Postgres;
-    let schools = seed(target, WRITERS).await?;
+    let schools = seed(target, WRITERS, false).await?;
     let scratch = match options.backend {
         Backend::Sqlite => crate::raw::Scratch::sqlite().await?,
         Backend::Postgres => crate::raw::Scratch::postgres(&options.postgres_url).await?,

@@ -108,6 +108,9 @@ fn hub_env(dir: &Path) -> Vec<(String, String)> {
         ("TIFFIN_LIMITS__PER_READER__PER_MINUTE", "0".into()),
         // Seeded sign-ins last the run: district profiles outlast the 15-minute default.
         ("TIFFIN_ACCESS_TOKEN_TTL_SECS", (24 * 3600).to_string()),
+        // A lunch rush, not an evening: a digest queued mid-run (a run at the schools' evening)
+        // would be an email that no order of the run accounts for.
+        ("TIFFIN_DIGEST__ENABLED", "false".into()),
         ("RUST_LOG", "warn".into()),
     ]
     .into_iter()

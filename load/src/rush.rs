@@ -516,12 +516,14 @@ async fn seed_school(
             json!({"student_id": student_id, "card_uid": card_uid(n, s)}),
         )
         .await?;
-        // Siblings: one guardian for every two students, told by email.
+        // Siblings: one guardian for every two students, with an email address (high and
+        // critical news; routine news is in-app and push, the evening digest is off here).
         if s % 2 == 0 {
             let login = format!("load-{run_id}-{n}-g{s}@load.test");
             let mut body = json!({"role": "guardian", "display_name": format!("Guardian {s}"), "email": login});
             // Only guardians with the app get a password: the hub takes tens of ms to hash one.
-            // They also have a phone and take "ready" by SMS, so every channel is loaded.
+            // They also have a phone and take "ready" by SMS, and chose to have pickups by
+            // email (routine news is not emailed by default), so every channel is loaded.
             let with_app = s / 2 < profile.guardian_apps_per_school;
             if with_app {
                 body["password"] = json!(GUARDIAN_PASSWORD);
@@ -545,7 +547,10 @@ async fn seed_school(
                 .await?;
                 created(
                     c.put(url("/api/v1/me/preferences")).bearer_auth(&token),
-                    json!({"preferences": [{"kind": "order_ready", "channel": "sms", "enabled": true}]}),
+                    json!({"preferences": [
+                        {"kind": "order_ready", "channel": "sms", "enabled": true},
+                        {"kind": "order_picked_up", "channel": "email", "enabled": true},
+                    ]}),
                 )
                 .await?;
                 apps.push(GuardianApp {

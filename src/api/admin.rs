@@ -40,6 +40,9 @@ pub struct School {
     pub quiet_hours: Option<QuietHoursBody>,
     /// ISO 3166-1 country whose numbering plan reads phone numbers written without `+`.
     pub phone_region: String,
+    /// School-local `HH:MM` the guardians' daily digest goes out; absent: the hub's
+    /// `digest.at` (18:00 unless configured).
+    pub digest_at: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -63,6 +66,7 @@ impl From<SchoolRow> for School {
                 .zip(r.quiet_hours_end)
                 .map(|(start, end)| QuietHoursBody { start, end }),
             phone_region: r.phone_region,
+            digest_at: r.digest_at,
             created_at: utc(r.created_at),
             updated_at: utc(r.updated_at),
         }
@@ -87,17 +91,28 @@ pub struct UpdateSchool {
     /// Equal start and end turn quiet hours off.
     pub quiet_hours: Option<QuietHoursBody>,
     pub phone_region: Option<String>,
+    /// School-local `HH:MM` of the daily digest; `null` goes back to the hub's `digest.at`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub digest_at: Option<Option<String>>,
+}
+
+/// A field that is present, even as `null` (`Some(None)`), against one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn time_of_day(field: &str, value: &str) -> Result<String, ApiError> {
+    chrono::NaiveTime::parse_from_str(value, "%H:%M")
+        .map(|t| t.format("%H:%M").to_string())
+        .map_err(|_| ApiError::validation(format!("{field} must be HH:MM, got {value:?}")))
 }
 
 /// `Some(None)` turns quiet hours off.
 fn quiet_hours(body: &QuietHoursBody) -> Result<Option<(String, String)>, ApiError> {
-    let time = |field: &str, value: &str| {
-        chrono::NaiveTime::parse_from_str(value, "%H:%M")
-            .map(|t| t.format("%H:%M").to_string())
-            .map_err(|_| {
-                ApiError::validation(format!("quiet_hours.{field} must be HH:MM, got {value:?}"))
-            })
-    };
+    let time = |field: &str, value: &str| time_of_day(&format!("quiet_hours.{field}"), value);
     let (start, end) = (time("start", &body.start)?, time("end", &body.end)?);
     Ok((start != end).then_some((start, end)))
 }
@@ -154,6 +169,8 @@ pub async fn create_school(
             .phone_region
             .as_deref()
             .map_or(Ok(DEFAULT_PHONE_REGION.to_owned()), phone_region)?,
+        digest_at: None,
+        digest_done_on: None,
     };
     repo::insert_school(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(School::from(row)))
@@ -205,11 +222,17 @@ pub async fn update_school(
     let tz = body.time_zone.as_deref().map(time_zone).transpose()?;
     let quiet = body.quiet_hours.as_ref().map(quiet_hours).transpose()?;
     let region = body.phone_region.as_deref().map(phone_region).transpose()?;
+    let digest_at = match &body.digest_at {
+        Some(Some(at)) => Some(Some(time_of_day("digest_at", at)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     let changes = repo::SchoolChanges {
         name: name.as_deref(),
         time_zone: tz.as_deref(),
         quiet_hours: quiet,
         phone_region: region.as_deref(),
+        digest_at,
     };
     repo::update_school(&state.db, &id, changes).await?;
     Ok(HttpResponse::Ok().json(School::from(existing_school(&state, &id).await?)))

@@ -132,7 +132,9 @@ pub struct KindPreferences {
     /// Critical messages come on the default channels whatever is chosen here, and fall back
     /// from push to SMS.
     pub critical: bool,
-    /// Channel -> on or off, as chosen or by default (SMS is off unless chosen).
+    /// Channel -> on or off, as chosen or by default: in-app and push for everything, email
+    /// for high and critical news and the daily digest (`daily_digest`, email only), SMS only
+    /// if chosen.
     pub channels: BTreeMap<String, bool>,
 }
 
@@ -187,6 +189,7 @@ async fn preferences_view(state: &Data, user_id: &str) -> Result<Preferences, Ap
                 critical: priority == Priority::Critical,
                 channels: Channel::ALL
                     .into_iter()
+                    .filter(|c| kind.offers(*c))
                     .map(|c| (c.as_str().to_owned(), me.wants(kind, c)))
                     .collect(),
             }
@@ -224,6 +227,13 @@ pub async fn set_preferences(
                 .ok_or_else(|| ApiError::validation(format!("unknown kind {:?}", p.kind)))?;
             let channel = Channel::parse(&p.channel)
                 .ok_or_else(|| ApiError::validation(format!("unknown channel {:?}", p.channel)))?;
+            if !kind.offers(channel) {
+                return Err(ApiError::validation(format!(
+                    "{} does not come by {}",
+                    kind.as_str(),
+                    channel.as_str()
+                )));
+            }
             Ok(PreferenceRow {
                 user_id: who.user_id.clone(),
                 event_kind: kind.as_str().to_owned(),

@@ -18,6 +18,10 @@ pub struct SchoolRow {
     pub notice_seq: i64,
     /// Phone numbers written without a country code are read as this country's.
     pub phone_region: String,
+    /// The daily digest's school-local "HH:MM"; `None`: the hub's `digest.at`.
+    pub digest_at: Option<String>,
+    /// The last school day whose digests were queued.
+    pub digest_done_on: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -172,6 +176,8 @@ pub struct OutboxRow {
     pub priority: i32,
     pub expires_at: Option<NaiveDateTime>,
     pub fallback_for: Option<String>,
+    /// Set where a message must exist once whoever queues it (the daily digest).
+    pub dedup_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

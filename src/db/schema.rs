@@ -12,6 +12,8 @@ diesel::table! {
         quiet_hours_end -> Nullable<Text>,
         notice_seq -> BigInt,
         phone_region -> Text,
+        digest_at -> Nullable<Text>,
+        digest_done_on -> Nullable<Text>,
     }
 }
 
@@ -239,6 +241,7 @@ diesel::table! {
         priority -> Integer,
         expires_at -> Nullable<Timestamp>,
         fallback_for -> Nullable<Text>,
+        dedup_key -> Nullable<Text>,
     }
 }
 

@@ -224,6 +224,9 @@ pub fn hub_env(db: &TestDb, smtp: Option<&SmtpSink>) -> Vec<(String, String)> {
         ("TIFFIN_SEED_DEMO".into(), "false".into()),
         ("TIFFIN_DISPATCH_POLL_MS".into(), "200".into()),
         ("RUST_LOG".into(), "warn".into()),
+        // The daily digest goes out at the school's evening, whenever a test happens to run:
+        // off unless a test turns it on (`with_digests`).
+        ("TIFFIN_DIGEST__ENABLED".into(), "false".into()),
     ];
     if let Some(smtp) = smtp {
         env.push(("TIFFIN_SMTP__HOST".into(), "127.0.0.1".into()));
@@ -234,6 +237,14 @@ pub fn hub_env(db: &TestDb, smtp: Option<&SmtpSink>) -> Vec<(String, String)> {
             "Tiffin <tiffin@school.test>".into(),
         ));
     }
+    env
+}
+
+/// `env` with the daily digest on, checked every `check_secs`.
+pub fn with_digests(mut env: Vec<(String, String)>, check_secs: u64) -> Vec<(String, String)> {
+    env.retain(|(k, _)| k != "TIFFIN_DIGEST__ENABLED" && k != "TIFFIN_DIGEST__CHECK_SECS");
+    env.push(("TIFFIN_DIGEST__ENABLED".into(), "true".into()));
+    env.push(("TIFFIN_DIGEST__CHECK_SECS".into(), check_secs.to_string()));
     env
 }
 
@@ -480,6 +491,38 @@ pub async fn put(hub: &Hub, token: &str, path: &str, body: Value) -> Reply {
 
 pub async fn patch(hub: &Hub, token: &str, path: &str, body: Value) -> Reply {
     send(client().patch(hub.url(path)).bearer_auth(token), Some(body)).await
+}
+
+/// Signs `login` in and turns email on for these kinds of message (routine news is not
+/// emailed by default); returns the access token.
+pub async fn choose_email(hub: &Hub, login: &str, password: &str, kinds: &[&str]) -> String {
+    let signed_in = expect(
+        send(
+            client().post(hub.url("/api/v1/auth/login")),
+            Some(serde_json::json!({"login": login, "password": password})),
+        )
+        .await,
+        200,
+    );
+    let token = signed_in["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let preferences: Vec<Value> = kinds
+        .iter()
+        .map(|kind| serde_json::json!({"kind": kind, "channel": "email", "enabled": true}))
+        .collect();
+    expect(
+        put(
+            hub,
+            &token,
+            "/api/v1/me/preferences",
+            serde_json::json!({ "preferences": preferences }),
+        )
+        .await,
+        200,
+    );
+    token
 }
 
 /// Asserts the status and returns the body.

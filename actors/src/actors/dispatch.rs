@@ -280,6 +280,9 @@ pub struct Dispatcher {
     poll: Duration,
     busy: bool,
     again: bool,
+    /// How often to look for daily digests that are due; `None`: never.
+    digests_every: Option<Duration>,
+    digesting: bool,
 }
 
 impl Dispatcher {
@@ -312,7 +315,39 @@ impl Dispatcher {
             poll,
             busy: false,
             again: false,
+            digests_every: None,
+            digesting: false,
         }
+    }
+
+    /// Queues the daily digests that are due every `every`, and once at start: the schedule
+    /// is each school's stored time and last day done, so a digest due while the hub was down
+    /// is queued on start (that same school day), once.
+    pub fn with_digests(mut self, every: Duration) -> Dispatcher {
+        self.digests_every = Some(every);
+        self
+    }
+
+    fn queue_digests(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::replace(&mut self.digesting, true) {
+            return;
+        }
+        let outbox = self.shared.outbox.clone();
+        ctx.spawn(
+            async move { outbox.queue_digests(chrono::Utc::now()).await }
+                .into_actor(self)
+                .map(|queued, act, ctx| {
+                    act.digesting = false;
+                    match queued {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            metrics::counter!("notify_digests_queued_total").increment(n as u64);
+                            act.drain(ctx);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "daily digests failed; will retry"),
+                    }
+                }),
+        );
     }
 
     /// Fans committed events out into the outbox, then claims due messages of the channels
@@ -538,6 +573,10 @@ impl Actor for Dispatcher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(self.poll, |act, ctx| act.drain(ctx));
         ctx.run_interval(STATS_EVERY, |act, ctx| act.refresh_gauges(ctx));
+        if let Some(every) = self.digests_every {
+            ctx.run_interval(every, |act, ctx| act.queue_digests(ctx));
+            self.queue_digests(ctx);
+        }
         for (channel, provider) in &self.shared.providers {
             provider.with_breaker(channel, |_| ());
         }
