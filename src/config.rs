@@ -64,6 +64,36 @@ pub struct Config {
     pub dashboard_age_warning_secs: i64,
     /// Order timers: the confirm deadline and what it does, the pickup reminder.
     pub timers: TimerPolicy,
+    /// For the crash tests only: the process aborts (as if killed) at this point. Off unless
+    /// set; never set it in production.
+    pub test_crash_at: Option<CrashPoint>,
+}
+
+/// Where `test_crash_at` kills the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashPoint {
+    /// A scan is claimed, nothing decided yet.
+    ScanClaimed,
+    /// A scan's hand-over is committed, the reader not yet answered.
+    ScanHandedOver,
+    /// The SMTP server accepted an email, its outbox row not yet marked sent.
+    EmailAccepted,
+}
+
+impl Config {
+    /// Aborts the process here when `test_crash_at` names this point.
+    pub fn crash_point(&self, here: CrashPoint) {
+        crash_if(self.test_crash_at == Some(here), here);
+    }
+}
+
+/// Aborts the process (no clean-up, like SIGKILL) when `armed`: fault injection for tests.
+pub fn crash_if(armed: bool, here: CrashPoint) {
+    if armed {
+        tracing::error!(point = ?here, "test_crash_at: aborting");
+        std::process::abort();
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +268,7 @@ impl Default for Config {
             ws_idle_timeout_secs: 30,
             dashboard_age_warning_secs: 600,
             timers: TimerPolicy::default(),
+            test_crash_at: None,
         }
     }
 }

@@ -327,6 +327,9 @@ async fn decide_scan(
         // Abandoned by a node that died mid-decision: take it over.
         break existing;
     };
+    state
+        .config
+        .crash_point(crate::config::CrashPoint::ScanClaimed);
     let window = TimeDelta::milliseconds(state.config.rfid.debounce_ms);
     if let Some(first) =
         repo::first_scan_near(&state.db, &reader.id, &uid, read_at, window, &claim.id).await?
@@ -350,6 +353,11 @@ async fn decide_scan(
     }
     let (verdict, order_id, student_id) =
         decide_and_hand_over(state, reader, &uid, &claim.id).await?;
+    if matches!(verdict, Verdict::Accepted { .. }) {
+        state
+            .config
+            .crash_point(crate::config::CrashPoint::ScanHandedOver);
+    }
     repo::finish_scan(
         &state.db,
         &claim.id,

@@ -130,7 +130,12 @@ fn senders(
     let timeout = Duration::from_secs(config.delivery.provider_timeout_secs);
     let email: Arc<dyn Sender> = match &config.smtp {
         Some(smtp) => {
-            Arc::new(SmtpSender::new(smtp, timeout, templates.clone()).map_err(|e| anyhow!(e))?)
+            let crash = config.test_crash_at == Some(crate::config::CrashPoint::EmailAccepted);
+            Arc::new(
+                SmtpSender::new(smtp, timeout, templates.clone())
+                    .map_err(|e| anyhow!(e))?
+                    .crash_when_accepted(crash),
+            )
         }
         None => Arc::new(LogSender::new(templates.clone())),
     };
