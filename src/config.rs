@@ -64,6 +64,9 @@ pub struct Config {
     pub dashboard_age_warning_secs: i64,
     /// Order timers: the confirm deadline and what it does, the pickup reminder.
     pub timers: TimerPolicy,
+    /// This node's name in the claims it holds; a restart under the same name takes them back
+    /// at once. Unset: `{hostname}:{port}` of the bound address. Distinct for every node.
+    pub node_id: Option<String>,
     /// For the crash tests only: the process aborts (as if killed) at this point. Off unless
     /// set; never set it in production.
     pub test_crash_at: Option<CrashPoint>,
@@ -268,6 +271,7 @@ impl Default for Config {
             ws_idle_timeout_secs: 30,
             dashboard_age_warning_secs: 600,
             timers: TimerPolicy::default(),
+            node_id: None,
             test_crash_at: None,
         }
     }
@@ -377,6 +381,12 @@ impl Config {
             (
                 (0..=24 * 3600).contains(&self.timers.pickup_reminder_after_secs),
                 "timers.pickup_reminder_after_secs must be between 0 (off) and 86400",
+            ),
+            (
+                self.node_id
+                    .as_ref()
+                    .is_none_or(|id| !id.trim().is_empty() && id.len() <= 128),
+                "node_id must be 1 to 128 characters",
             ),
             (
                 self.smtp

@@ -176,10 +176,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let metrics = metrics::install().map_err(|e| anyhow!(e))?;
 
-    let store = Arc::new(DieselStore::new(
-        db.clone(),
-        config.delivery.sms_fallback_after_secs,
-    ));
+    // Listening first: while this process holds the address, no other process on this host
+    // runs as this node, so what the node's name holds from before is a dead process's.
+    let listeners = crate::node::listen(&config.bind)?;
+    let addr = listeners
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?
+        .ok_or_else(|| anyhow!("bound no address"))?;
+    let node = crate::node::Node::new(config.node_id.as_deref(), addr);
+    let store = Arc::new(
+        DieselStore::new(db.clone(), config.delivery.sms_fallback_after_secs)
+            .with_node(node.clone()),
+    );
     let local = Arc::new(LocalBus::new());
     let (bus, cluster): (Arc<dyn Bus>, _) = match &config.redis_url {
         Some(url) => {
@@ -211,7 +220,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let bind = config.bind.clone();
     let limits = config.limits.clone();
     let state = web::Data::new(AppState {
         config,
@@ -238,7 +246,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let app_state = state.clone();
     let drain = Duration::from_secs(state.config.shutdown_timeout_secs);
-    let server = HttpServer::new(move || app::build(app_state.clone()))
+    let mut server = HttpServer::new(move || app::build(app_state.clone()))
         .shutdown_timeout(drain.as_secs())
         // A client that trickles its request head (slowloris) is cut off, not waited for.
         .client_request_timeout(Duration::from_secs(state.config.http_header_timeout_secs))
@@ -246,15 +254,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Frames and replies go out at once: with Nagle's algorithm a small frame sent while
         // the previous one is unacknowledged waits for the client's delayed ACK (~40 ms).
         .tcp_nodelay(true)
-        .disable_signals()
-        .bind(&bind)
-        .with_context(|| format!("binding {bind}"))?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow!("bound no address"))?;
-    tracing::info!(database = %url.redacted(), %addr, "tiffin started");
+        .disable_signals();
+    for listener in listeners {
+        server = server.listen(listener).context("listening")?;
+    }
+    tracing::info!(database = %url.redacted(), %addr, node = %node.id, "tiffin started");
 
     let base = format!("http://{addr}");
     let mut out = std::io::stdout().lock();

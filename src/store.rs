@@ -55,6 +55,8 @@ pub struct DieselStore {
     transitions: Arc<GroupCommit<TransitionCommit, transitions::TransitionCommitted>>,
     /// Each order's school and student, which never change once it is placed.
     owners: Arc<OrderOwners>,
+    /// Whose name its outbox claims carry.
+    node: Arc<crate::node::Node>,
 }
 
 /// Order owners seen on this node: filled by intake and by reads, emptied when it grows
@@ -505,7 +507,36 @@ impl DieselStore {
                 "transition_commit_batch_size",
             )),
             owners: Arc::default(),
+            node: Arc::new(crate::node::Node::unique()),
         }
+    }
+
+    /// Claims outbox rows as `node`.
+    pub fn with_node(mut self, node: crate::node::Node) -> DieselStore {
+        self.node = Arc::new(node);
+        self
+    }
+
+    pub fn node(&self) -> &crate::node::Node {
+        &self.node
+    }
+
+    /// Outbox claims this node's previous process left when it died are due again at once,
+    /// not when their lease runs out; each is sent again (its outcome is unknown). Call it
+    /// before this process claims anything. Returns how many.
+    pub async fn take_back_own_claims(&self) -> Result<usize, DbError> {
+        let (node, started) = (self.node.id.as_str(), self.node.started_at);
+        // Still a lease (not NULL), and already over: the next claim takes them as resends.
+        let over = started - Duration::seconds(1);
+        Ok(with_conn!(&self.db, |conn| diesel::update(
+            outbox::table
+                .filter(outbox::claimed_by.eq(node))
+                .filter(outbox::status.eq("pending"))
+                .filter(outbox::claimed_until.gt(over))
+        )
+        .set(outbox::claimed_until.eq(over))
+        .execute(conn)
+        .await)?)
     }
 
     /// Queues a notice about a student that is not a kitchen event (a lost card in use, a

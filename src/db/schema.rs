@@ -150,6 +150,9 @@ diesel::table! {
         read_at -> Timestamp,
         received_at -> Timestamp,
         took_us -> Nullable<BigInt>,
+        claimed_by -> Nullable<Text>,
+        claimed_at -> Nullable<Timestamp>,
+        attempt -> Integer,
     }
 }
 
@@ -238,6 +241,8 @@ diesel::table! {
         priority -> Integer,
         expires_at -> Nullable<Timestamp>,
         fallback_for -> Nullable<Text>,
+        claimed_by -> Nullable<Text>,
+        resend -> Bool,
     }
 }
 
