@@ -189,6 +189,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         DieselStore::new(db.clone(), config.delivery.sms_fallback_after_secs)
             .with_node(node.clone()),
     );
+    // Before any scan arrives.
+    let (decided, abandoned) = crate::rfid::sweep_claims(&db, &node)
+        .await
+        .map_err(|e| anyhow!("settling scan claims: {e:?}"))?;
+    if decided + abandoned > 0 {
+        tracing::info!(
+            node = %node.id,
+            scans_decided = decided,
+            scans_abandoned = abandoned,
+            "took back the claims of this node's previous process"
+        );
+    }
     let local = Arc::new(LocalBus::new());
     let (bus, cluster): (Arc<dyn Bus>, _) = match &config.redis_url {
         Some(url) => {
@@ -242,6 +254,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         loop {
             every.tick().await;
             pruned.limits.shrink();
+        }
+    });
+    // Scan claims of nodes that died settle within their lease, retried or not.
+    let sweeping = state.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = actix_web::rt::time::interval(crate::rfid::SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            let node = sweeping.store.node();
+            match crate::rfid::sweep_claims(&sweeping.db, node).await {
+                Ok((0, 0)) => {}
+                Ok((decided, abandoned)) => {
+                    tracing::info!(decided, abandoned, "settled scan claims of a dead node")
+                }
+                Err(e) => tracing::warn!(error = ?e, "could not settle scan claims"),
+            }
         }
     });
     let app_state = state.clone();

@@ -39,6 +39,10 @@ pub enum CommandError {
     InvalidItem(String),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// The scan this hand-over was decided for is no longer this decider's: taken over or
+    /// abandoned after its lease, or decided already. Nothing was committed.
+    #[error("the scan's claim was lost: it is decided or taken over elsewhere")]
+    ScanClaimLost,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -93,6 +97,18 @@ pub struct TransitionCommit {
     pub issuer: Issuer,
     pub actor_id: Option<String>,
     pub reason: Option<String>,
+    /// A pickup decided by this scan: the scan's decision commits with it, and the pickup
+    /// only while the scan's claim is still this one.
+    pub scan: Option<ScanClaim>,
+}
+
+/// A scan being decided: its row and which claim of it (a take-over counts up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanClaim {
+    pub scan_id: String,
+    pub attempt: i32,
+    /// When the scan arrived, for the time it took.
+    pub received_at: DateTime<Utc>,
 }
 
 /// A timer's alert to record on an order, guarded by the version it was seen at.
