@@ -189,13 +189,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         DieselStore::new(db.clone(), config.delivery.sms_fallback_after_secs)
             .with_node(node.clone()),
     );
-    // Before any scan arrives.
+    // Before dispatch claims anything and before any scan arrives.
+    let taken_back = store.take_back_own_claims().await?;
     let (decided, abandoned) = crate::rfid::sweep_claims(&db, &node)
         .await
         .map_err(|e| anyhow!("settling scan claims: {e:?}"))?;
-    if decided + abandoned > 0 {
+    if taken_back + decided + abandoned > 0 {
         tracing::info!(
             node = %node.id,
+            outbox = taken_back,
             scans_decided = decided,
             scans_abandoned = abandoned,
             "took back the claims of this node's previous process"
