@@ -6444,9 +6444,12 @@ async fn scan_into_a_crash(hub: &mut Hub, reader: &ReaderKey, seq: i64, uid: &st
     let body = json!({"seq": seq, "card_uid": uid}).to_string();
     let at = chrono::Utc::now().timestamp_millis();
     let signature = reader_signature(&reader.secret, at, path, body.as_bytes());
-    let answered = try_send_raw(signed_request(&hub.url(path), &reader.id, at, &signature), body)
-        .await
-        .filter(|r| r.status == 200);
+    let answered = try_send_raw(
+        signed_request(&hub.url(path), &reader.id, at, &signature),
+        body,
+    )
+    .await
+    .filter(|r| r.status == 200);
     assert!(answered.is_none(), "answered before the crash");
     assert!(
         hub.wait_exit(Duration::from_secs(10)).is_some(),
@@ -6540,7 +6543,11 @@ async fn scan_handed_over_before_a_crash(backend: Backend) {
     assert_eq!(rows[0]["order_id"], first.as_str(), "{rows:#?}");
     let retry = scan_card(&hub, &reader, 7, &uid).await;
     assert_eq!(retry["verdict"], "accepted", "{retry}");
-    assert_eq!(retry["order_id"], first.as_str(), "the first decision: {retry}");
+    assert_eq!(
+        retry["order_id"],
+        first.as_str(),
+        "the first decision: {retry}"
+    );
     assert_eq!(retry["replayed"], true, "{retry}");
     assert_eq!(pickups_of(&hub, &f, &first).await, 1);
     assert_eq!(pickups_of(&hub, &f, &second).await, 0, "one meal a scan");
