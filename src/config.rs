@@ -72,6 +72,12 @@ pub struct Config {
     pub timers: TimerPolicy,
     /// The guardians' daily digest email.
     pub digest: DigestConfig,
+    /// This node's name in the claims it holds; a restart under the same name takes them back
+    /// at once. Unset: `{hostname}:{port}` of the bound address. Distinct for every node.
+    pub node_id: Option<String>,
+    /// For the crash tests only: the process aborts (as if killed) at this point. Off unless
+    /// set; never set it in production.
+    pub test_crash_at: Option<CrashPoint>,
 }
 
 /// The daily digest: one email an evening per guardian with the day's orders of each child.
@@ -100,6 +106,33 @@ impl DigestConfig {
     /// `at` as a time of day (checked when the configuration is loaded).
     pub fn time(&self) -> Option<chrono::NaiveTime> {
         chrono::NaiveTime::parse_from_str(&self.at, "%H:%M").ok()
+    }
+}
+
+/// Where `test_crash_at` kills the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashPoint {
+    /// A scan is claimed, nothing decided yet.
+    ScanClaimed,
+    /// A scan's hand-over is committed, the reader not yet answered.
+    ScanHandedOver,
+    /// The SMTP server accepted an email, its outbox row not yet marked sent.
+    EmailAccepted,
+}
+
+impl Config {
+    /// Aborts the process here when `test_crash_at` names this point.
+    pub fn crash_point(&self, here: CrashPoint) {
+        crash_if(self.test_crash_at == Some(here), here);
+    }
+}
+
+/// Aborts the process (no clean-up, like SIGKILL) when `armed`: fault injection for tests.
+pub fn crash_if(armed: bool, here: CrashPoint) {
+    if armed {
+        tracing::error!(point = ?here, "test_crash_at: aborting");
+        std::process::abort();
     }
 }
 
@@ -277,6 +310,8 @@ impl Default for Config {
             dashboard_age_warning_secs: 600,
             timers: TimerPolicy::default(),
             digest: DigestConfig::default(),
+            node_id: None,
+            test_crash_at: None,
         }
     }
 }
@@ -390,6 +425,12 @@ impl Config {
             (
                 (1..=3600).contains(&self.digest.check_secs),
                 "digest.check_secs must be between 1 and 3600",
+            ),
+            (
+                self.node_id
+                    .as_ref()
+                    .is_none_or(|id| !id.trim().is_empty() && id.len() <= 128),
+                "node_id must be 1 to 128 characters",
             ),
             (
                 self.smtp

@@ -282,7 +282,9 @@ impl From<CommandError> for ApiError {
             | CommandError::SchoolNotFound
             | CommandError::StudentNotFound => ErrorCode::NotFound,
             CommandError::PlacerInactive => ErrorCode::Forbidden,
-            CommandError::VersionConflict => ErrorCode::VersionConflict,
+            CommandError::VersionConflict | CommandError::ScanClaimLost => {
+                ErrorCode::VersionConflict
+            }
             CommandError::RecallWindowPassed(_) => ErrorCode::RecallWindowPassed,
             CommandError::Wave(WaveError::UnknownWave(_)) => ErrorCode::UnknownWindow,
             CommandError::Wave(_) => ErrorCode::OrderingClosed,

@@ -14,6 +14,7 @@ pub mod group_commit;
 pub mod inbox;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod pages;
 pub mod passwords;

@@ -349,6 +349,8 @@ pub struct SmtpSender {
     sessions: usize,
     from: Mailbox,
     templates: Arc<Templates>,
+    /// `test_crash_at = "email_accepted"`.
+    crash_when_accepted: bool,
 }
 
 impl SmtpSender {
@@ -366,7 +368,14 @@ impl SmtpSender {
             sessions: config.connections,
             from,
             templates,
+            crash_when_accepted: false,
         })
+    }
+
+    /// Fault injection for tests: abort once the server has accepted a message.
+    pub fn crash_when_accepted(mut self, crash: bool) -> SmtpSender {
+        self.crash_when_accepted = crash;
+        self
     }
 }
 
@@ -401,7 +410,12 @@ impl Sender for SmtpSender {
             } else {
                 SendError::Transient(e.to_string())
             }
-        })
+        })?;
+        crate::config::crash_if(
+            self.crash_when_accepted,
+            crate::config::CrashPoint::EmailAccepted,
+        );
+        Ok(())
     }
 
     fn parallel(&self) -> usize {

@@ -12,6 +12,7 @@ use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
+use std::collections::HashMap;
 
 pub async fn insert_school(db: &Db, row: &SchoolRow) -> Result<(), DbError> {
     with_conn!(db, |conn| diesel::insert_into(schools::table)
@@ -860,6 +861,11 @@ pub async fn scan_by_seq(db: &Db, reader_id: &str, seq: i64) -> Result<Option<Sc
         .optional())?)
 }
 
+/// A scan being decided.
+pub const SCAN_PENDING: &str = "pending";
+/// A claim its node left undecided (it died), nothing handed over: a retry decides afresh.
+pub const SCAN_ABANDONED: &str = "abandoned";
+
 /// Records a scan as being decided; false if its (reader, seq) is already taken.
 pub async fn claim_scan(db: &Db, row: &ScanRow) -> Result<bool, DbError> {
     let inserted = with_conn!(db, |conn| diesel::insert_into(scans::table)
@@ -868,6 +874,31 @@ pub async fn claim_scan(db: &Db, row: &ScanRow) -> Result<bool, DbError> {
         .execute(conn)
         .await)?;
     Ok(inserted == 1)
+}
+
+/// Takes over an abandoned scan as the next claim of it; `None` if someone else did first.
+pub async fn take_over_scan(
+    db: &Db,
+    seen: &ScanRow,
+    node: &str,
+    at: NaiveDateTime,
+) -> Result<Option<ScanRow>, DbError> {
+    Ok(with_conn!(db, |conn| diesel::update(
+        scans::table
+            .filter(scans::id.eq(&seen.id))
+            .filter(scans::verdict.eq(SCAN_ABANDONED))
+            .filter(scans::attempt.eq(seen.attempt))
+    )
+    .set((
+        scans::verdict.eq(SCAN_PENDING),
+        scans::attempt.eq(seen.attempt + 1),
+        scans::claimed_by.eq(node),
+        scans::claimed_at.eq(at),
+    ))
+    .returning(ScanRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional())?)
 }
 
 /// The first decided scan of this card on this reader within `window` of `read_at`.
@@ -884,7 +915,7 @@ pub async fn first_scan_near(
         .filter(scans::reader_id.eq(reader_id))
         .filter(scans::card_uid.eq(card_uid))
         .filter(scans::read_at.between(from, to))
-        .filter(scans::verdict.ne("pending"))
+        .filter(scans::verdict.ne_all([SCAN_PENDING, SCAN_ABANDONED]))
         .filter(scans::id.ne(except))
         .order((scans::received_at.asc(), scans::id.asc()))
         .select(ScanRow::as_select())
@@ -893,29 +924,137 @@ pub async fn first_scan_near(
         .optional())?)
 }
 
-/// Records a scan's verdict.
+/// A scan's decision.
+pub struct ScanDecision<'a> {
+    pub verdict: &'a tiffin_actors::rfid::Verdict,
+    pub order_id: Option<&'a str>,
+    pub student_id: Option<&'a str>,
+    pub first_scan_id: Option<&'a str>,
+    pub took: Option<std::time::Duration>,
+}
+
+/// Records a scan's verdict, if `attempt` is still its claim and it is undecided; false if
+/// not (decided, abandoned or taken over meanwhile).
 pub async fn finish_scan(
     db: &Db,
     id: &str,
-    verdict: &tiffin_actors::rfid::Verdict,
-    order_id: Option<&str>,
-    student_id: Option<&str>,
-    first_scan_id: Option<&str>,
-    took: std::time::Duration,
-) -> Result<(), DbError> {
-    let answer = serde_json::to_string(verdict).map_err(|e| DbError::Other(e.to_string()))?;
-    with_conn!(db, |conn| diesel::update(scans::table.find(id))
-        .set((
-            scans::verdict.eq(verdict.code()),
-            scans::answer.eq(Some(answer)),
-            scans::order_id.eq(order_id),
-            scans::student_id.eq(student_id),
-            scans::first_scan_id.eq(first_scan_id),
-            scans::took_us.eq(Some(took.as_micros() as i64)),
-        ))
-        .execute(conn)
-        .await)?;
-    Ok(())
+    attempt: i32,
+    decision: ScanDecision<'_>,
+) -> Result<bool, DbError> {
+    let answer =
+        serde_json::to_string(decision.verdict).map_err(|e| DbError::Other(e.to_string()))?;
+    let took = decision.took.map(|t| t.as_micros() as i64);
+    let n = with_conn!(db, |conn| diesel::update(
+        scans::table
+            .filter(scans::id.eq(id))
+            .filter(scans::verdict.eq(SCAN_PENDING))
+            .filter(scans::attempt.eq(attempt))
+    )
+    .set((
+        scans::verdict.eq(decision.verdict.code()),
+        scans::answer.eq(Some(answer)),
+        scans::order_id.eq(decision.order_id),
+        scans::student_id.eq(decision.student_id),
+        scans::first_scan_id.eq(decision.first_scan_id),
+        scans::took_us.eq(took),
+    ))
+    .execute(conn)
+    .await)?;
+    Ok(n > 0)
+}
+
+/// A scan claim past `stale_before`, or `node`'s from before `started` (its previous process).
+/// A claim an earlier version took has no `claimed_at`: its arrival counts.
+macro_rules! dead_claim {
+    ($node:expr, $started:expr, $stale_before:expr) => {
+        scans::claimed_at
+            .lt($stale_before)
+            .or(scans::claimed_at
+                .is_null()
+                .and(scans::received_at.lt($stale_before)))
+            .or(scans::claimed_by
+                .eq($node)
+                .and(scans::claimed_at.lt($started)))
+    };
+}
+
+/// Undecided scans whose claim is dead: past `stale_before`, or this node's from before
+/// `started` (its previous process). Oldest first, at most `limit`.
+pub async fn dead_scan_claims(
+    db: &Db,
+    node: &str,
+    started: NaiveDateTime,
+    stale_before: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<ScanRow>, DbError> {
+    Ok(with_conn!(db, |conn| scans::table
+        .filter(scans::verdict.eq(SCAN_PENDING))
+        .filter(dead_claim!(node, started, stale_before))
+        .order(scans::claimed_at.asc())
+        .limit(limit)
+        .select(ScanRow::as_select())
+        .load(conn)
+        .await)?)
+}
+
+/// Abandons these undecided scans if their claims are still dead (as `dead_scan_claims`
+/// found them): a decider that finished meanwhile keeps its decision.
+pub async fn abandon_scans(
+    db: &Db,
+    ids: &[&str],
+    node: &str,
+    started: NaiveDateTime,
+    stale_before: NaiveDateTime,
+) -> Result<usize, DbError> {
+    Ok(with_conn!(db, |conn| diesel::update(
+        scans::table
+            .filter(scans::id.eq_any(ids))
+            .filter(scans::verdict.eq(SCAN_PENDING))
+            .filter(dead_claim!(node, started, stale_before))
+    )
+    .set(scans::verdict.eq(SCAN_ABANDONED))
+    .execute(conn)
+    .await)?)
+}
+
+/// Pickups recorded with one of `reasons` among the orders of the students holding these
+/// cards: (reason, the order's snapshot after it). What scans of an earlier version handed
+/// over before their node died, their decision unrecorded.
+pub async fn pickups_by_reason(
+    db: &Db,
+    card_uids: &[&str],
+    reasons: &[String],
+) -> Result<Vec<(String, String)>, DbError> {
+    let rows: Vec<(Option<String>, String)> = with_conn!(db, |conn| {
+        let students: Vec<String> = rfid_cards::table
+            .filter(rfid_cards::card_uid.eq_any(card_uids))
+            .select(rfid_cards::student_id)
+            .load(conn)
+            .await?;
+        order_events::table
+            .inner_join(orders::table.on(orders::id.eq(order_events::order_id)))
+            .filter(orders::student_id.eq_any(&students))
+            .filter(order_events::to_state.eq("picked_up"))
+            .filter(order_events::reason.eq_any(reasons))
+            .select((order_events::reason, order_events::snapshot))
+            .load(conn)
+            .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(reason, snapshot)| Some((reason?, snapshot)))
+        .collect())
+}
+
+/// Reader names by id.
+pub async fn reader_names(db: &Db, ids: &[&str]) -> Result<HashMap<String, String>, DbError> {
+    Ok(with_conn!(db, |conn| readers::table
+        .filter(readers::id.eq_any(ids))
+        .select((readers::id, readers::name))
+        .load::<(String, String)>(conn)
+        .await)?
+    .into_iter()
+    .collect())
 }
 
 pub async fn recent_scans(db: &Db, school_id: &str, limit: i64) -> Result<Vec<ScanRow>, DbError> {

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tiffin_actors::domain::{Issuer, OrderCommand};
-use tiffin_actors::ports::CommandError;
+use tiffin_actors::ports::{CommandError, ScanClaim};
 use tiffin_actors::rfid::{Card, CardStatus, Decision, Verdict, accepted, decide};
 use tiffin_actors::{KitchenFor, TransitionOrder};
 use utoipa::ToSchema;
@@ -26,8 +26,13 @@ type HmacSha256 = Hmac<Sha256>;
 pub const READER_HEADER: &str = "X-Reader-Id";
 pub const TIMESTAMP_HEADER: &str = "X-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Signature";
-/// A claimed scan not decided within this long was abandoned (its node died): take it over.
-const STALE_CLAIM: TimeDelta = TimeDelta::seconds(10);
+/// A scan's claim not decided within this long is dead (its node died, or hangs): settled by
+/// the sweeper (or a retry), and its decider can no longer commit a hand-over.
+pub const CLAIM_LEASE: TimeDelta = TimeDelta::seconds(10);
+/// How often every node settles dead scan claims.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Dead claims settled at a time.
+const SWEEP_BATCH: i64 = 500;
 /// How fresh a reader's `last_seen_at` is kept (well under the shortest offline threshold).
 const SEEN_GRAIN: TimeDelta = TimeDelta::seconds(5);
 /// Attempts at a hand-over that keep losing version races before giving up.
@@ -287,6 +292,7 @@ async fn decide_scan(
         .map(|t| t.naive_utc())
         .filter(|t| *t <= received + TimeDelta::minutes(1))
         .unwrap_or(received);
+    let node = state.store.node();
     // Claim (reader, seq); whoever holds it decides, everyone else gets its verdict.
     let row = ScanRow {
         id: uuid::Uuid::now_v7().to_string(),
@@ -294,7 +300,7 @@ async fn decide_scan(
         reader_id: reader.id.clone(),
         seq: scan.seq,
         card_uid: uid.clone(),
-        verdict: "pending".into(),
+        verdict: repo::SCAN_PENDING.into(),
         answer: None,
         order_id: None,
         student_id: None,
@@ -302,6 +308,9 @@ async fn decide_scan(
         read_at,
         received_at: received,
         took_us: None,
+        claimed_by: Some(node.id.clone()),
+        claimed_at: Some(received),
+        attempt: 1,
     };
     // Claim first (most scans are new): one statement; a retry or replay reads the claim.
     let claim = loop {
@@ -309,24 +318,37 @@ async fn decide_scan(
             break row;
         }
         let Some(existing) = repo::scan_by_seq(&state.db, &reader.id, scan.seq).await? else {
-            continue;
-        };
-        if existing.verdict != "pending" {
-            return answer_of(&existing, scan.seq, true);
-        }
-        if received - existing.received_at < STALE_CLAIM {
-            actix_web::rt::time::sleep(Duration::from_millis(25)).await;
             if started.elapsed() > Duration::from_secs(5) {
-                return Err(ApiError::new(
-                    ErrorCode::DatabaseUnavailable,
-                    "this scan is still being decided; retry",
-                ));
+                return Err(still_deciding());
             }
             continue;
+        };
+        match existing.verdict.as_str() {
+            repo::SCAN_ABANDONED => {
+                // Its node died before deciding and nothing was handed over: decide afresh.
+                match repo::take_over_scan(&state.db, &existing, &node.id, now()).await? {
+                    Some(taken) => break taken,
+                    None => continue,
+                }
+            }
+            repo::SCAN_PENDING => {
+                let claimed_at = existing.claimed_at.unwrap_or(existing.received_at);
+                if now() - claimed_at >= CLAIM_LEASE {
+                    // Its node died mid-decision: settle it as the sweeper would, now.
+                    settle(&state.db, node, vec![existing]).await?;
+                    continue;
+                }
+                if started.elapsed() > Duration::from_secs(5) {
+                    return Err(still_deciding());
+                }
+                actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+            }
+            _ => return answer_of(&existing, scan.seq, true),
         }
-        // Abandoned by a node that died mid-decision: take it over.
-        break existing;
     };
+    state
+        .config
+        .crash_point(crate::config::CrashPoint::ScanClaimed);
     let window = TimeDelta::milliseconds(state.config.rfid.debounce_ms);
     if let Some(first) =
         repo::first_scan_near(&state.db, &reader.id, &uid, read_at, window, &claim.id).await?
@@ -334,32 +356,46 @@ async fn decide_scan(
         let mut answer = answer_of(&first, scan.seq, false)?;
         answer.scan_id = claim.id.clone();
         answer.debounced = true;
-        repo::finish_scan(
-            &state.db,
-            &claim.id,
-            &answer.verdict,
-            first.order_id.as_deref(),
-            first.student_id.as_deref(),
-            Some(&first.id),
-            started.elapsed(),
-        )
-        .await?;
+        let decision = repo::ScanDecision {
+            verdict: &answer.verdict,
+            order_id: first.order_id.as_deref(),
+            student_id: first.student_id.as_deref(),
+            first_scan_id: Some(&first.id),
+            took: Some(started.elapsed()),
+        };
+        if !repo::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
+            return decided_elsewhere(state, reader, scan.seq).await;
+        }
         metrics::counter!("rfid_scans_total", "verdict" => answer.verdict.code(), "debounced" => "true")
             .increment(1);
         return Ok(answer);
     }
-    let (verdict, order_id, student_id) =
-        decide_and_hand_over(state, reader, &uid, &claim.id).await?;
-    repo::finish_scan(
-        &state.db,
-        &claim.id,
-        &verdict,
-        order_id.as_deref(),
-        student_id.as_deref(),
-        None,
-        started.elapsed(),
-    )
-    .await?;
+    let decided = match decide_and_hand_over(state, reader, &uid, &claim).await? {
+        HandOver::Decided(decided) => decided,
+        HandOver::ClaimLost => return decided_elsewhere(state, reader, scan.seq).await,
+    };
+    let Decided {
+        verdict,
+        order_id,
+        student_id,
+        recorded,
+    } = decided;
+    if recorded {
+        state
+            .config
+            .crash_point(crate::config::CrashPoint::ScanHandedOver);
+    } else {
+        let decision = repo::ScanDecision {
+            verdict: &verdict,
+            order_id: order_id.as_deref(),
+            student_id: student_id.as_deref(),
+            first_scan_id: None,
+            took: Some(started.elapsed()),
+        };
+        if !repo::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
+            return decided_elsewhere(state, reader, scan.seq).await;
+        }
+    }
     metrics::counter!("rfid_scans_total", "verdict" => verdict.code(), "debounced" => "false")
         .increment(1);
     if let Verdict::CardLost { student_id } | Verdict::CardBlocked { student_id } = &verdict {
@@ -378,14 +414,139 @@ async fn decide_scan(
     })
 }
 
-type Decided = (Verdict, Option<String>, Option<String>);
+fn still_deciding() -> ApiError {
+    ApiError::new(
+        ErrorCode::DatabaseUnavailable,
+        "this scan is still being decided; retry",
+    )
+}
+
+/// This decider's claim was taken over (it outlived its lease): the scan's decision, if
+/// there is one yet, is the answer.
+async fn decided_elsewhere(
+    state: &AppState,
+    reader: &ReaderRow,
+    seq: i64,
+) -> Result<ScanAnswer, ApiError> {
+    match repo::scan_by_seq(&state.db, &reader.id, seq).await? {
+        Some(row)
+            if ![repo::SCAN_PENDING, repo::SCAN_ABANDONED].contains(&row.verdict.as_str()) =>
+        {
+            answer_of(&row, seq, true)
+        }
+        _ => Err(still_deciding()),
+    }
+}
+
+/// Settles scan claims whose node died (`repo::dead_scan_claims`), the hub's own work: a
+/// claim whose hand-over committed (an earlier version recorded it apart) gets that decision,
+/// any other is abandoned, so that a retry decides afresh. Yields (decided, abandoned).
+pub async fn settle(
+    db: &crate::db::Db,
+    node: &crate::node::Node,
+    dead: Vec<ScanRow>,
+) -> Result<(usize, usize), ApiError> {
+    if dead.is_empty() {
+        return Ok((0, 0));
+    }
+    let reader_ids: Vec<&str> = dead.iter().map(|r| r.reader_id.as_str()).collect();
+    let names = repo::reader_names(db, &reader_ids).await?;
+    let reasons: HashMap<String, &ScanRow> = dead
+        .iter()
+        .filter_map(|r| Some((handover_reason(&r.id, names.get(&r.reader_id)?), r)))
+        .collect();
+    let uids: Vec<&str> = dead.iter().map(|r| r.card_uid.as_str()).collect();
+    let wanted: Vec<String> = reasons.keys().cloned().collect();
+    let mut decided = std::collections::HashSet::new();
+    for (reason, snapshot) in repo::pickups_by_reason(db, &uids, &wanted).await? {
+        let Some(row) = reasons.get(&reason) else {
+            continue;
+        };
+        let order: tiffin_actors::domain::OrderSummary =
+            serde_json::from_str(&snapshot).map_err(ApiError::internal)?;
+        let verdict = accepted(&order);
+        let decision = repo::ScanDecision {
+            verdict: &verdict,
+            order_id: Some(&order.id),
+            student_id: Some(&order.student_id),
+            first_scan_id: None,
+            took: None,
+        };
+        if repo::finish_scan(db, &row.id, row.attempt, decision).await? {
+            decided.insert(row.id.as_str());
+        }
+    }
+    let rest: Vec<&str> = dead
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| !decided.contains(id))
+        .collect();
+    let stale_before = now() - CLAIM_LEASE;
+    let abandoned = repo::abandon_scans(db, &rest, &node.id, node.started_at, stale_before).await?;
+    metrics::counter!("rfid_claims_settled_total", "outcome" => "decided")
+        .increment(decided.len() as u64);
+    metrics::counter!("rfid_claims_settled_total", "outcome" => "abandoned")
+        .increment(abandoned as u64);
+    Ok((decided.len(), abandoned))
+}
+
+/// Settles every dead scan claim (see `settle`): at start and every `SWEEP_EVERY`.
+pub async fn sweep_claims(
+    db: &crate::db::Db,
+    node: &crate::node::Node,
+) -> Result<(usize, usize), ApiError> {
+    let mut total = (0, 0);
+    loop {
+        let stale_before = now() - CLAIM_LEASE;
+        let dead = repo::dead_scan_claims(db, &node.id, node.started_at, stale_before, SWEEP_BATCH)
+            .await?;
+        let full = dead.len() as i64 == SWEEP_BATCH;
+        let (decided, abandoned) = settle(db, node, dead).await?;
+        total = (total.0 + decided, total.1 + abandoned);
+        if !full || decided + abandoned == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+/// What a scan's pickup is recorded with, naming the scan: how a hand-over a crash left
+/// unrecorded on its scan (an earlier version) is found.
+fn handover_reason(scan_id: &str, reader_name: &str) -> String {
+    format!("rfid scan {scan_id} at {reader_name}")
+}
+
+/// A decided scan: its verdict, the order and student it concerns, and whether the
+/// hand-over recorded it on the scan already (in the pickup's own transaction).
+struct Decided {
+    verdict: Verdict,
+    order_id: Option<String>,
+    student_id: Option<String>,
+    recorded: bool,
+}
+
+impl Decided {
+    fn of(verdict: Verdict, order_id: Option<String>, student_id: Option<String>) -> Decided {
+        Decided {
+            verdict,
+            order_id,
+            student_id,
+            recorded: false,
+        }
+    }
+}
+
+enum HandOver {
+    Decided(Decided),
+    /// The scan's claim is no longer this decider's: nothing was handed over.
+    ClaimLost,
+}
 
 async fn decide_and_hand_over(
     state: &AppState,
     reader: &ReaderRow,
     uid: &str,
-    scan_id: &str,
-) -> Result<Decided, ApiError> {
+    claim: &ScanRow,
+) -> Result<HandOver, ApiError> {
     let card = repo::card_by_uid(&state.db, uid).await?.and_then(|c| {
         Some(Card {
             school_id: c.school_id,
@@ -393,8 +554,21 @@ async fn decide_and_hand_over(
             status: CardStatus::parse(&c.status)?,
         })
     });
-    let reason = format!("rfid scan {scan_id} at {}", reader.name);
-    hand_over(state, &reader.school_id, &reader.counter_id, card, reason).await
+    let reason = handover_reason(&claim.id, &reader.name);
+    let scan = ScanClaim {
+        scan_id: claim.id.clone(),
+        attempt: claim.attempt,
+        received_at: claim.received_at.and_utc(),
+    };
+    hand_over(
+        state,
+        &reader.school_id,
+        &reader.counter_id,
+        card,
+        reason,
+        Some(scan),
+    )
+    .await
 }
 
 /// A student's orders a counter cares about today (see `repo::student_orders_of_day`), as
@@ -415,14 +589,16 @@ async fn orders_of_day(
 }
 
 /// Decides a hand-over at a counter for the holder of `card` (a scanned card, or a verified
-/// one-time code) and commits it as a version-guarded pickup recorded with `reason`.
+/// one-time code) and commits it as a version-guarded pickup recorded with `reason`; a
+/// scan's decision commits with its pickup.
 async fn hand_over(
     state: &AppState,
     school_id: &str,
     counter_id: &str,
     card: Option<Card>,
     reason: String,
-) -> Result<Decided, ApiError> {
+    scan: Option<ScanClaim>,
+) -> Result<HandOver, ApiError> {
     let student_id = card.as_ref().map(|c| c.student_id.clone());
     for _ in 0..HANDOVER_TRIES {
         let orders = match &card {
@@ -443,11 +619,17 @@ async fn hand_over(
                     },
                     accepted,
                 );
-                return Ok((verdict, Some(order_id), student_id));
+                return Ok(HandOver::Decided(Decided::of(
+                    verdict,
+                    Some(order_id),
+                    student_id,
+                )));
             }
             Decision::Final(verdict) => {
                 let order_id = verdict_order(&verdict);
-                return Ok((verdict, order_id, student_id));
+                return Ok(HandOver::Decided(Decided::of(
+                    verdict, order_id, student_id,
+                )));
             }
             Decision::HandOver(order) => *order,
         };
@@ -464,14 +646,21 @@ async fn hand_over(
                 actor_id: None,
                 reason: Some(reason.clone()),
                 expected_version: Some(order.version),
+                scan: scan.clone(),
             })
             .await
             .map_err(|e| ApiError::internal(format!("kitchen: {e}")))?;
         match handed {
             Ok(event) => {
                 state.dispatcher.do_send(tiffin_actors::Nudge);
-                return Ok((accepted(&event.order), Some(order.id), student_id));
+                return Ok(HandOver::Decided(Decided {
+                    verdict: accepted(&event.order),
+                    order_id: Some(order.id),
+                    student_id,
+                    recorded: scan.is_some(),
+                }));
             }
+            Err(CommandError::ScanClaimLost) => return Ok(HandOver::ClaimLost),
             // Someone else moved it first (another reader, the kitchen): look again.
             Err(CommandError::VersionConflict | CommandError::Rule(_)) => continue,
             Err(e) => return Err(e.into()),
@@ -693,9 +882,20 @@ pub async fn verify_code(
         status: CardStatus::Active,
     };
     let reason = format!("one-time code {}", row.id);
-    let (verdict, ..) =
-        hand_over(state, &row.school_id, &row.counter_id, Some(card), reason).await?;
-    Ok(verdict)
+    match hand_over(
+        state,
+        &row.school_id,
+        &row.counter_id,
+        Some(card),
+        reason,
+        None,
+    )
+    .await?
+    {
+        HandOver::Decided(decided) => Ok(decided.verdict),
+        // Only a scan has a claim to lose.
+        HandOver::ClaimLost => Err(ApiError::internal("a code has no scan claim")),
+    }
 }
 
 /// Whether a reader has been heard from recently.

@@ -150,7 +150,12 @@ fn senders(
     let timeout = Duration::from_secs(config.delivery.provider_timeout_secs);
     let email: Arc<dyn Sender> = match &config.smtp {
         Some(smtp) => {
-            Arc::new(SmtpSender::new(smtp, timeout, templates.clone()).map_err(|e| anyhow!(e))?)
+            let crash = config.test_crash_at == Some(crate::config::CrashPoint::EmailAccepted);
+            Arc::new(
+                SmtpSender::new(smtp, timeout, templates.clone())
+                    .map_err(|e| anyhow!(e))?
+                    .crash_when_accepted(crash),
+            )
         }
         None => Arc::new(LogSender::new(templates.clone())),
     };
@@ -191,10 +196,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let metrics = metrics::install().map_err(|e| anyhow!(e))?;
 
+    // Listening first: while this process holds the address, no other process on this host
+    // runs as this node, so what the node's name holds from before is a dead process's.
+    let listeners = crate::node::listen(&config.bind)?;
+    let addr = listeners
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?
+        .ok_or_else(|| anyhow!("bound no address"))?;
+    let node = crate::node::Node::new(config.node_id.as_deref(), addr);
     let store = Arc::new(
         DieselStore::new(db.clone(), config.delivery.sms_fallback_after_secs)
+            .with_node(node.clone())
             .with_digest_at(config.digest.time().unwrap_or(DEFAULT_DIGEST_AT)),
     );
+    // Before dispatch claims anything and before any scan arrives.
+    let taken_back = store.take_back_own_claims().await?;
+    let (decided, abandoned) = crate::rfid::sweep_claims(&db, &node)
+        .await
+        .map_err(|e| anyhow!("settling scan claims: {e:?}"))?;
+    if taken_back + decided + abandoned > 0 {
+        tracing::info!(
+            node = %node.id,
+            outbox = taken_back,
+            scans_decided = decided,
+            scans_abandoned = abandoned,
+            "took back the claims of this node's previous process"
+        );
+    }
     let local = Arc::new(LocalBus::new());
     let (bus, cluster): (Arc<dyn Bus>, _) = match &config.redis_url {
         Some(url) => {
@@ -234,7 +263,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })
     };
 
-    let bind = config.bind.clone();
     let limits = config.limits.clone();
     let state = web::Data::new(AppState {
         config,
@@ -259,9 +287,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             pruned.limits.shrink();
         }
     });
+    // Scan claims of nodes that died settle within their lease, retried or not.
+    let sweeping = state.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = actix_web::rt::time::interval(crate::rfid::SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            let node = sweeping.store.node();
+            match crate::rfid::sweep_claims(&sweeping.db, node).await {
+                Ok((0, 0)) => {}
+                Ok((decided, abandoned)) => {
+                    tracing::info!(decided, abandoned, "settled scan claims of a dead node")
+                }
+                Err(e) => tracing::warn!(error = ?e, "could not settle scan claims"),
+            }
+        }
+    });
     let app_state = state.clone();
     let drain = Duration::from_secs(state.config.shutdown_timeout_secs);
-    let server = HttpServer::new(move || app::build(app_state.clone()))
+    let mut server = HttpServer::new(move || app::build(app_state.clone()))
         .shutdown_timeout(drain.as_secs())
         // A client that trickles its request head (slowloris) is cut off, not waited for.
         .client_request_timeout(Duration::from_secs(state.config.http_header_timeout_secs))
@@ -269,15 +313,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         // Frames and replies go out at once: with Nagle's algorithm a small frame sent while
         // the previous one is unacknowledged waits for the client's delayed ACK (~40 ms).
         .tcp_nodelay(true)
-        .disable_signals()
-        .bind(&bind)
-        .with_context(|| format!("binding {bind}"))?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow!("bound no address"))?;
-    tracing::info!(database = %url.redacted(), %addr, "tiffin started");
+        .disable_signals();
+    for listener in listeners {
+        server = server.listen(listener).context("listening")?;
+    }
+    tracing::info!(database = %url.redacted(), %addr, node = %node.id, "tiffin started");
 
     let base = format!("http://{addr}");
     let mut out = std::io::stdout().lock();

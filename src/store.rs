@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{Duration, NaiveDateTime};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Role, Wave,
@@ -57,6 +57,8 @@ pub struct DieselStore {
     transitions: Arc<GroupCommit<TransitionCommit, transitions::TransitionCommitted>>,
     /// Each order's school and student, which never change once it is placed.
     owners: Arc<OrderOwners>,
+    /// Whose name its outbox claims carry.
+    node: Arc<crate::node::Node>,
 }
 
 /// Order owners seen on this node: filled by intake and by reads, emptied when it grows
@@ -509,6 +511,7 @@ impl DieselStore {
                 "transition_commit_batch_size",
             )),
             owners: Arc::default(),
+            node: Arc::new(crate::node::Node::unique()),
         }
     }
 
@@ -516,6 +519,34 @@ impl DieselStore {
     pub fn with_digest_at(mut self, at: chrono::NaiveTime) -> DieselStore {
         self.digest_at = at;
         self
+    }
+
+    /// Claims outbox rows as `node`.
+    pub fn with_node(mut self, node: crate::node::Node) -> DieselStore {
+        self.node = Arc::new(node);
+        self
+    }
+
+    pub fn node(&self) -> &crate::node::Node {
+        &self.node
+    }
+
+    /// Outbox claims this node's previous process left when it died are due again at once,
+    /// not when their lease runs out; each is sent again (its outcome is unknown). Call it
+    /// before this process claims anything. Returns how many.
+    pub async fn take_back_own_claims(&self) -> Result<usize, DbError> {
+        let (node, started) = (self.node.id.as_str(), self.node.started_at);
+        // Still a lease (not NULL), and already over: the next claim takes them as resends.
+        let over = started - Duration::seconds(1);
+        Ok(with_conn!(&self.db, |conn| diesel::update(
+            outbox::table
+                .filter(outbox::claimed_by.eq(node))
+                .filter(outbox::status.eq("pending"))
+                .filter(outbox::claimed_until.gt(over))
+        )
+        .set(outbox::claimed_until.eq(over))
+        .execute(conn)
+        .await)?)
     }
 
     /// Queues a notice about a student that is not a kitchen event (a lost card in use, a
@@ -966,41 +997,49 @@ fn order_told_of(template: &str, payload: &str) -> Option<(Kind, String)> {
     Some((kind, payload["order"]["id"].as_str()?.to_owned()))
 }
 
-/// Leasing due outbox rows, each backend its own way; the ids leased.
+/// Leasing due outbox rows, each backend its own way, inside the claim's transaction: the
+/// ids leased, each with whether an earlier claim of it was left unfinished (its outcome
+/// unknown), which stays marked until it is sent.
 trait LeaseDue {
-    async fn lease_due(
-        &mut self,
-        at: NaiveDateTime,
-        lease: NaiveDateTime,
-        limit: i64,
-        skip: &[String],
-    ) -> Result<Vec<String>, DbError>;
+    async fn lease_due(&mut self, due: DueRows<'_>, node: &str)
+    -> QueryResult<Vec<(String, bool)>>;
 }
 
-/// PostgreSQL: lock due rows, skipping those another dispatcher holds, and lease them in one
-/// transaction, so dispatchers on any number of nodes never claim one row twice.
+/// What a claim asks for.
+#[derive(Clone, Copy)]
+struct DueRows<'a> {
+    at: NaiveDateTime,
+    lease: NaiveDateTime,
+    limit: i64,
+    skip: &'a [String],
+}
+
+/// PostgreSQL: lock due rows, skipping those another dispatcher holds, and lease them, so
+/// dispatchers on any number of nodes never claim one row twice.
 impl LeaseDue for crate::db::PgConn {
     async fn lease_due(
         &mut self,
-        at: NaiveDateTime,
-        lease: NaiveDateTime,
-        limit: i64,
-        skip: &[String],
-    ) -> Result<Vec<String>, DbError> {
-        Ok(self
-            .transaction(async |conn| {
-                let ids: Vec<String> = due_outbox!(at, limit, skip)
-                    .for_update()
-                    .skip_locked()
-                    .load(conn)
-                    .await?;
-                diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-                    .set(outbox::claimed_until.eq(lease))
-                    .execute(conn)
-                    .await?;
-                Ok::<_, diesel::result::Error>(ids)
-            })
-            .await?)
+        due: DueRows<'_>,
+        node: &str,
+    ) -> QueryResult<Vec<(String, bool)>> {
+        let ids: Vec<String> = due_outbox!(due.at, due.limit, due.skip)
+            .for_update()
+            .skip_locked()
+            .load(self)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SET reads the row as it was: a lease still there was never finished.
+        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
+            .set((
+                outbox::claimed_until.eq(due.lease),
+                outbox::claimed_by.eq(node),
+                outbox::resend.eq(outbox::resend.or(outbox::claimed_until.is_not_null())),
+            ))
+            .returning((outbox::id, outbox::resend))
+            .get_results(self)
+            .await
     }
 }
 
@@ -1011,36 +1050,65 @@ impl LeaseDue for crate::db::PgConn {
 impl LeaseDue for crate::db::SqliteConn {
     async fn lease_due(
         &mut self,
-        at: NaiveDateTime,
-        lease: NaiveDateTime,
-        limit: i64,
-        skip: &[String],
-    ) -> Result<Vec<String>, DbError> {
-        use diesel::sql_types::{BigInt, Text, Timestamp};
+        due: DueRows<'_>,
+        node: &str,
+    ) -> QueryResult<Vec<(String, bool)>> {
+        use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
         #[derive(diesel::QueryableByName)]
-        struct Claimed {
+        struct Leased {
             #[diesel(sql_type = Text)]
             id: String,
+            #[diesel(sql_type = Bool)]
+            resend: bool,
         }
         // SQL, because diesel takes no subquery in an UPDATE's target; the subquery is
-        // `due_outbox!`'s.
-        let claimed: Vec<Claimed> = diesel::sql_query(
-            "UPDATE outbox SET claimed_until = ? WHERE id IN (\
+        // `due_outbox!`'s. SET reads the row as it was: a lease still there was never finished.
+        let leased: Vec<Leased> = diesel::sql_query(
+            "UPDATE outbox SET claimed_until = ?, claimed_by = ?, \
+           resend = (resend OR claimed_until IS NOT NULL) WHERE id IN (\
            SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? \
            AND channel NOT IN (SELECT value FROM json_each(?)) \
            AND (claimed_until IS NULL OR claimed_until < ?) \
            ORDER BY priority DESC, next_attempt_at ASC LIMIT ?) \
-         RETURNING id",
+         RETURNING id, resend",
         )
-        .bind::<Timestamp, _>(lease)
-        .bind::<Timestamp, _>(at)
+        .bind::<Timestamp, _>(due.lease)
+        .bind::<Text, _>(node)
+        .bind::<Timestamp, _>(due.at)
         // One parameter for any number of channels: the list as a JSON array.
-        .bind::<Text, _>(serde_json::Value::from(skip).to_string())
-        .bind::<Timestamp, _>(at)
-        .bind::<BigInt, _>(limit)
+        .bind::<Text, _>(serde_json::Value::from(due.skip).to_string())
+        .bind::<Timestamp, _>(due.at)
+        .bind::<BigInt, _>(due.limit)
         .load(self)
         .await?;
-        Ok(claimed.into_iter().map(|c| c.id).collect())
+        Ok(leased.into_iter().map(|l| (l.id, l.resend)).collect())
+    }
+}
+
+fn outbox_message(r: OutboxRow) -> OutboxMessage {
+    OutboxMessage {
+        id: r.id,
+        recipient_id: r.recipient_id,
+        channel: r.channel,
+        template: r.template,
+        address: r.address,
+        locale: r.locale,
+        payload: r.payload,
+        attempts: r.attempts,
+        priority: Priority::from_rank(r.priority),
+        created_at: r.created_at.and_utc(),
+        expires_at: r.expires_at.map(|t| t.and_utc()),
+        fallback_for: r.fallback_for,
+    }
+}
+
+/// Why a claimed message leaves the queue unsent, as recorded.
+fn dropped_as(needed: Needed) -> Option<(Dropped, &'static str)> {
+    match needed {
+        Needed::Yes => None,
+        Needed::PastExpiry => Some((Dropped::Expired, "past its expiry")),
+        Needed::NoLongerTrue => Some((Dropped::Expired, "no longer true")),
+        Needed::DeliveredOtherwise => Some((Dropped::Skipped, "delivered by push")),
     }
 }
 
@@ -1164,21 +1232,35 @@ impl Outbox for DieselStore {
 
     async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError> {
         let at = now();
-        let lease = at + Duration::seconds(CLAIM_LEASE_SECS);
-        // One turn at the connection for the claim and everything dispatch must know of its
-        // messages: in a rush each turn waits ~20 ms, and messages due meanwhile wait for
-        // the next claim (BENCHMARKS.md).
-        let (mut rows, facts) = with_conn!(&self.db, |conn| {
-            let ids = conn.lease_due(at, lease, limit, skip).await?;
-            if ids.is_empty() {
-                (Vec::new(), ClaimFacts::default())
-            } else {
-                let rows: Vec<OutboxRow> = outbox::table
+        let due = DueRows {
+            at,
+            lease: at + Duration::seconds(CLAIM_LEASE_SECS),
+            limit,
+            skip,
+        };
+        let node = self.node.id.as_str();
+        // One turn at the connection, one transaction, for the claim, everything dispatch
+        // must know of its messages, and taking out those no longer needed: in a rush each
+        // turn waits ~20 ms, and messages due meanwhile wait for the next claim
+        // (BENCHMARKS.md). A claim left behind by a crash thus holds only messages whose send
+        // may have begun.
+        let claimed = with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| {
+                let leased = conn.lease_due(due, node).await?;
+                if leased.is_empty() {
+                    return Ok::<_, diesel::result::Error>(Vec::new());
+                }
+                let ids: Vec<&String> = leased.iter().map(|(id, _)| id).collect();
+                let resend: HashSet<&String> = leased
+                    .iter()
+                    .filter(|(_, resend)| *resend)
+                    .map(|(id, _)| id)
+                    .collect();
+                let mut rows: Vec<OutboxRow> = outbox::table
                     .filter(outbox::id.eq_any(&ids))
                     .select(OutboxRow::as_select())
                     .load(conn)
-                    .await
-                    .map_err(DbError::from)?;
+                    .await?;
                 let firsts: Vec<&String> = rows
                     .iter()
                     .filter_map(|r| r.fallback_for.as_ref())
@@ -1191,8 +1273,7 @@ impl Outbox for DieselStore {
                         .filter(outbox::status.eq("sent"))
                         .select(outbox::id)
                         .load::<String>(conn)
-                        .await
-                        .map_err(DbError::from)?
+                        .await?
                         .into_iter()
                         .collect()
                 };
@@ -1207,36 +1288,56 @@ impl Outbox for DieselStore {
                         .filter(orders::id.eq_any(&order_ids))
                         .select((orders::id, orders::state))
                         .load::<(String, String)>(conn)
-                        .await
-                        .map_err(DbError::from)?
+                        .await?
                         .into_iter()
                         .collect()
                 };
-                (rows, ClaimFacts { delivered, states })
-            }
-        });
-        rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let message = OutboxMessage {
-                    id: r.id,
-                    recipient_id: r.recipient_id,
-                    channel: r.channel,
-                    template: r.template,
-                    address: r.address,
-                    locale: r.locale,
-                    payload: r.payload,
-                    attempts: r.attempts,
-                    priority: Priority::from_rank(r.priority),
-                    created_at: r.created_at.and_utc(),
-                    expires_at: r.expires_at.map(|t| t.and_utc()),
-                    fallback_for: r.fallback_for,
-                };
-                let needed = facts.needed(&message);
-                Claimed { message, needed }
+                let facts = ClaimFacts { delivered, states };
+                rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
+                let claimed: Vec<Claimed> = rows
+                    .into_iter()
+                    .map(|r| {
+                        let resend = resend.contains(&r.id);
+                        let message = outbox_message(r);
+                        let needed = if resend {
+                            Needed::Yes
+                        } else if message.expires_at.is_some_and(|t| t <= at.and_utc()) {
+                            Needed::PastExpiry
+                        } else {
+                            facts.needed(&message)
+                        };
+                        Claimed {
+                            message,
+                            needed,
+                            resend,
+                        }
+                    })
+                    .collect();
+                // Grouped by why: rarely more than a statement or two.
+                let mut dropped: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+                for c in &claimed {
+                    if let Some((how, why)) = dropped_as(c.needed) {
+                        dropped
+                            .entry((how.as_str(), why))
+                            .or_default()
+                            .push(c.message.id.as_str());
+                    }
+                }
+                for ((status, why), ids) in dropped {
+                    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+                        .set((
+                            outbox::status.eq(status),
+                            outbox::last_error.eq(Some(why)),
+                            outbox::claimed_until.eq(None::<NaiveDateTime>),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(claimed)
             })
-            .collect())
+            .await
+            .map_err(DbError::from))?;
+        Ok(claimed)
     }
 
     async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError> {
@@ -1261,19 +1362,6 @@ impl Outbox for DieselStore {
                 }
                 Ok::<_, diesel::result::Error>(())
             })
-            .await
-            .map_err(DbError::from))?;
-        Ok(())
-    }
-
-    async fn mark_dropped(&self, id: &str, how: Dropped, reason: &str) -> Result<(), CommandError> {
-        with_conn!(&self.db, |conn| diesel::update(outbox::table.find(id))
-            .set((
-                outbox::status.eq(how.as_str()),
-                outbox::last_error.eq(Some(reason)),
-                outbox::claimed_until.eq(None::<NaiveDateTime>),
-            ))
-            .execute(conn)
             .await
             .map_err(DbError::from))?;
         Ok(())

@@ -130,6 +130,7 @@ async fn a_failed_kitchen_restarts_from_the_store_and_answers_what_was_sent_mean
         actor_id: None,
         reason: None,
         expected_version: Some(1),
+        scan: None,
     };
     let confirmed = kitchen_a.send(confirm).await.unwrap().unwrap();
     assert_eq!(
@@ -177,6 +178,7 @@ async fn a_failed_order_actor_is_restarted_by_its_kitchen_from_the_store() {
         actor_id: None,
         reason: None,
         expected_version: Some(version),
+        scan: None,
     };
     kitchen
         .send(step(OrderCommand::Confirm, 1))

@@ -39,6 +39,10 @@ pub enum CommandError {
     InvalidItem(String),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// The scan this hand-over was decided for is no longer this decider's: taken over or
+    /// abandoned after its lease, or decided already. Nothing was committed.
+    #[error("the scan's claim was lost: it is decided or taken over elsewhere")]
+    ScanClaimLost,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -93,6 +97,18 @@ pub struct TransitionCommit {
     pub issuer: Issuer,
     pub actor_id: Option<String>,
     pub reason: Option<String>,
+    /// A pickup decided by this scan: the scan's decision commits with it, and the pickup
+    /// only while the scan's claim is still this one.
+    pub scan: Option<ScanClaim>,
+}
+
+/// A scan being decided: its row and which claim of it (a take-over counts up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanClaim {
+    pub scan_id: String,
+    pub attempt: i32,
+    /// When the scan arrived, for the time it took.
+    pub received_at: DateTime<Utc>,
 }
 
 /// A timer's alert to record on an order, guarded by the version it was seen at.
@@ -188,17 +204,22 @@ pub enum SendError {
 pub struct Claimed {
     pub message: OutboxMessage,
     /// Asked when it was claimed; its send follows at once, or after the few ahead of it in
-    /// its channel's lane.
+    /// its channel's lane. A message not needed any more left the queue with the claim.
     pub needed: Needed,
+    /// An earlier attempt's outcome is unknown (its node died before recording it): it may
+    /// have reached the provider, so it goes out again, whatever `needed` would say.
+    pub resend: bool,
 }
 
 /// Whether a claimed message should still go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needed {
     Yes,
-    /// Its news is no longer true (see `notices::Kind::still_true`): expire it.
+    /// Past its `expires_at`: expired.
+    PastExpiry,
+    /// Its news is no longer true (see `notices::Kind::still_true`): expired.
     NoLongerTrue,
-    /// A fallback whose first channel delivered: skip it.
+    /// A fallback whose first channel delivered: skipped.
     DeliveredOtherwise,
 }
 
@@ -240,12 +261,12 @@ pub trait Outbox: Send + Sync + 'static {
     async fn queue_digests(&self, now: DateTime<Utc>) -> Result<usize, CommandError>;
     /// Claims up to `limit` due messages for this dispatcher, most urgent first, none on the
     /// channels in `skip` (their providers have enough under way), each with whether it
-    /// should still go out; a claim expires if its dispatcher dies.
+    /// should still go out. Those that should not are taken out of the queue in the claim
+    /// itself, so that every message left claimed is one whose send may have begun. A claim
+    /// expires if its dispatcher dies (at once if its node restarts).
     async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError>;
     /// Records messages as sent, all in one transaction (dispatch groups them).
     async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError>;
-    /// Takes a message out of the queue unsent, with the reason.
-    async fn mark_dropped(&self, id: &str, how: Dropped, reason: &str) -> Result<(), CommandError>;
     /// Records a failed attempt: retried after `retry_in_ms`, or dead when `None`.
     async fn mark_failed(
         &self,

@@ -478,6 +478,7 @@ async fn decide_transition(
             actor_id: Some(who.user_id.clone()),
             reason,
             expected_version: body.expected_version,
+            scan: None,
         })
         .await?;
     match result {

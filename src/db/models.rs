@@ -247,6 +247,11 @@ pub struct ScanRow {
     pub read_at: NaiveDateTime,
     pub received_at: NaiveDateTime,
     pub took_us: Option<i64>,
+    /// The node deciding it, and since when (its lease).
+    pub claimed_by: Option<String>,
+    pub claimed_at: Option<NaiveDateTime>,
+    /// Which claim of it: a take-over counts up, and fences out the one before.
+    pub attempt: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -153,6 +153,9 @@ diesel::table! {
         read_at -> Timestamp,
         received_at -> Timestamp,
         took_us -> Nullable<BigInt>,
+        claimed_by -> Nullable<Text>,
+        claimed_at -> Nullable<Timestamp>,
+        attempt -> Integer,
     }
 }
 
@@ -242,6 +245,8 @@ diesel::table! {
         expires_at -> Nullable<Timestamp>,
         fallback_for -> Nullable<Text>,
         dedup_key -> Nullable<Text>,
+        claimed_by -> Nullable<Text>,
+        resend -> Bool,
     }
 }
 

@@ -36,6 +36,7 @@ fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
         issuer: Issuer::Staff,
         actor_id: None,
         reason: None,
+        scan: None,
     }
 }
 

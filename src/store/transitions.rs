@@ -10,7 +10,7 @@ use super::{
     DieselStore, EventNote, TxError, event_from_row, event_row, local_day, together_or_each,
 };
 use crate::db::models::now;
-use crate::db::schema::{counters, orders};
+use crate::db::schema::{counters, orders, scans};
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
@@ -23,6 +23,9 @@ use tiffin_actors::domain::{
 };
 use tiffin_actors::notices::kind_of_transition;
 use tiffin_actors::ports::{CommandError, TransitionCommit};
+
+/// A scan's verdict while it is being decided.
+const PENDING: &str = "pending";
 
 /// What committing one transition came to.
 pub(super) type TransitionCommitted = Result<KitchenEvent, TxError>;
@@ -296,6 +299,36 @@ impl DieselStore {
                     };
                     planned.push(plan(t, time_zone, at, &mut pickup));
                 }
+                // A scan's decision commits with its pickup, and the pickup only while the
+                // scan's claim is still its decider's: a claim taken over or abandoned after a
+                // crash can no longer be finished by its first decider.
+                for (t, p) in batch.iter().zip(planned.iter_mut()) {
+                    let (Some(scan), Ok((order, _))) = (&t.scan, &*p) else {
+                        continue;
+                    };
+                    let verdict = tiffin_actors::rfid::accepted(order);
+                    let answer = serde_json::to_string(&verdict)
+                        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+                    let took = (at - scan.received_at.naive_utc()).num_microseconds();
+                    let held = diesel::update(
+                        scans::table
+                            .filter(scans::id.eq(&scan.scan_id))
+                            .filter(scans::verdict.eq(PENDING))
+                            .filter(scans::attempt.eq(scan.attempt)),
+                    )
+                    .set((
+                        scans::verdict.eq(verdict.code()),
+                        scans::answer.eq(Some(answer)),
+                        scans::order_id.eq(Some(&order.id)),
+                        scans::student_id.eq(Some(&order.student_id)),
+                        scans::took_us.eq(took),
+                    ))
+                    .execute(conn)
+                    .await?;
+                    if held == 0 {
+                        *p = Err(CommandError::ScanClaimLost);
+                    }
+                }
                 let updates: Vec<&GuardedUpdate> = planned
                     .iter()
                     .filter_map(|p| p.as_ref().ok())
@@ -306,6 +339,24 @@ impl DieselStore {
                 } else {
                     conn.apply_updates(&updates, at).await?
                 };
+                // A pickup that lost its race leaves its scan undecided (rare: staff or
+                // another reader moved the order first).
+                for (t, p) in batch.iter().zip(&planned) {
+                    if let (Some(scan), Ok((order, _))) = (&t.scan, p)
+                        && !moved.contains(&order.id)
+                    {
+                        diesel::update(scans::table.filter(scans::id.eq(&scan.scan_id)))
+                            .set((
+                                scans::verdict.eq(PENDING),
+                                scans::answer.eq(None::<String>),
+                                scans::order_id.eq(None::<String>),
+                                scans::student_id.eq(None::<String>),
+                                scans::took_us.eq(None::<i64>),
+                            ))
+                            .execute(conn)
+                            .await?;
+                    }
+                }
                 // Numbers for the transitions that held.
                 let mut held: BTreeMap<String, i64> = BTreeMap::new();
                 for t in batch {

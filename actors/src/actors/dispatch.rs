@@ -3,9 +3,7 @@
 //! message; nothing leaves the outbox unaccounted for.
 
 use crate::breaker::Breaker;
-use crate::ports::{
-    Claimed, CommandError, Dropped, Needed, Outbox, OutboxMessage, SendError, Sender,
-};
+use crate::ports::{Claimed, CommandError, Needed, Outbox, OutboxMessage, SendError, Sender};
 use actix::prelude::*;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -388,7 +386,12 @@ impl Dispatcher {
                 let full = batch.len() as i64 == BATCH || more_events;
                 metrics::histogram!("outbox_claim_seconds").record(started.elapsed().as_secs_f64());
                 let claimed_at = chrono::Utc::now();
-                for Claimed { message, needed } in batch {
+                for Claimed {
+                    message,
+                    needed,
+                    resend,
+                } in batch
+                {
                     if message.attempts == 0 {
                         // First tries only: a retry's wait is its backoff.
                         let waited = (claimed_at - message.created_at).num_microseconds();
@@ -400,7 +403,7 @@ impl Dispatcher {
                     }
                     let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
                     actix::spawn(async move {
-                        deliver(&shared, &message, needed).await;
+                        deliver(&shared, &message, needed, resend).await;
                         if shared
                             .lanes
                             .get(&message.channel)
@@ -447,12 +450,33 @@ fn counted(channel: &str, outcome: &'static str) {
         .increment(1);
 }
 
-async fn deliver(shared: &Shared, message: &OutboxMessage, needed: Needed) {
-    let outcome = attempt(shared, message, needed).await;
+async fn deliver(shared: &Shared, message: &OutboxMessage, needed: Needed, resend: bool) {
+    let outcome = attempt(shared, message, needed, resend).await;
     match outcome {
         Ok(outcome) => counted(&message.channel, outcome),
         // The claim expires and the message is tried again: at least once, never lost.
         Err(e) => tracing::warn!(id = %message.id, error = %e, "could not record delivery outcome"),
+    }
+}
+
+/// How long a delivery keeps trying to record that its message was sent (the database
+/// restarting), well inside the claim's 60 s lease: given up, the message goes out again.
+const RECORD_SENT_FOR: Duration = Duration::from_secs(30);
+
+/// The provider has it: say so, through a database outage if need be, rather than leave the
+/// claim to expire and the message to go out twice.
+async fn record_sent(shared: &Shared, id: &str) -> Result<(), CommandError> {
+    let deadline = Instant::now() + RECORD_SENT_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match shared.sent.record(shared.outbox.as_ref(), id).await {
+            Err(e) if Instant::now() + pause < deadline => {
+                tracing::debug!(id, error = %e, "could not record a send yet; retrying");
+                actix::clock::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            recorded => return recorded,
+        }
     }
 }
 
@@ -461,30 +485,19 @@ async fn attempt(
     shared: &Shared,
     message: &OutboxMessage,
     needed: Needed,
+    resend: bool,
 ) -> Result<&'static str, crate::ports::CommandError> {
     let outbox = &shared.outbox;
     let now = chrono::Utc::now();
-    if message.expires_at.is_some_and(|at| now >= at) {
-        outbox
-            .mark_dropped(&message.id, Dropped::Expired, "past its expiry")
-            .await?;
-        return Ok("expired");
-    }
+    // Those not needed left the queue with their claim: only counted here.
     match needed {
         Needed::Yes => {}
+        Needed::PastExpiry => return Ok("expired"),
         Needed::NoLongerTrue => {
             tracing::info!(id = %message.id, template = %message.template, "no longer true; expired");
-            outbox
-                .mark_dropped(&message.id, Dropped::Expired, "no longer true")
-                .await?;
             return Ok("expired");
         }
-        Needed::DeliveredOtherwise => {
-            outbox
-                .mark_dropped(&message.id, Dropped::Skipped, "delivered by push")
-                .await?;
-            return Ok("skipped");
-        }
+        Needed::DeliveredOtherwise => return Ok("skipped"),
     }
     let Some(sender) = shared.senders.get(&message.channel) else {
         let reason = format!("no provider for channel {}", message.channel);
@@ -514,6 +527,11 @@ async fn attempt(
             return Ok("circuit_open");
         }
     }
+    if resend {
+        // Perhaps a duplicate: an earlier attempt may have reached the provider.
+        metrics::counter!("notify_resent_after_crash_total", "channel" => message.channel.clone())
+            .increment(1);
+    }
     let started = Instant::now();
     let result = sender.send(message).await;
     metrics::histogram!("notify_send_seconds", "channel" => message.channel.clone())
@@ -534,7 +552,7 @@ async fn attempt(
     let give_up = attempts >= policy.max_attempts || too_old;
     match result {
         Ok(()) => {
-            shared.sent.record(outbox.as_ref(), &message.id).await?;
+            record_sent(shared, &message.id).await?;
             Ok("sent")
         }
         Err(SendError::Permanent(reason)) => {

@@ -268,6 +268,8 @@ pub struct TransitionOrder {
     pub actor_id: Option<String>,
     pub reason: Option<String>,
     pub expected_version: Option<i64>,
+    /// A pickup a scan decided: it commits with the scan's decision, under the scan's claim.
+    pub scan: Option<crate::ports::ScanClaim>,
 }
 
 impl Handler<TransitionOrder> for Kitchen {
@@ -285,6 +287,7 @@ impl Handler<TransitionOrder> for Kitchen {
             actor_id: msg.actor_id,
             reason: msg.reason,
             expected_version: msg.expected_version,
+            scan: msg.scan,
         };
         let order_id = msg.order_id;
         let Some(order) = self

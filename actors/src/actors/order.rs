@@ -68,6 +68,7 @@ impl OrderActor {
                         actor_id: None,
                         reason: Some(timer_reason(action).to_owned()),
                         expected_version: Some(version),
+                        scan: None,
                     })
                     .await
                     .map(|r| r.map(drop)),
@@ -154,6 +155,7 @@ pub struct Command {
     pub reason: Option<String>,
     /// The version the caller saw; a different current version is a conflict.
     pub expected_version: Option<i64>,
+    pub scan: Option<crate::ports::ScanClaim>,
 }
 
 impl OrderActor {
@@ -192,6 +194,7 @@ impl OrderActor {
             issuer: msg.issuer,
             actor_id: msg.actor_id.clone(),
             reason,
+            scan: msg.scan.clone(),
         })
     }
 }
