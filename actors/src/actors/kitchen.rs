@@ -26,6 +26,8 @@ pub struct Kitchen {
     gone: Option<Recipient<KitchenGone>>,
     timers: TimerPolicy,
     loaded: bool,
+    /// The school does not exist: every message is answered so until the last address goes.
+    missing: bool,
     orders: HashMap<String, Addr<OrderActor>>,
     live: HashMap<String, OrderSummary>,
     /// The next kitchen sequence number to publish.
@@ -49,11 +51,23 @@ impl Kitchen {
             gone,
             timers,
             loaded: false,
+            missing: false,
             orders: HashMap::new(),
             live: HashMap::new(),
             next_seq: 1,
             pending: BTreeMap::new(),
             gap_check: None,
+        }
+    }
+
+    /// Whether the kitchen can take a command: its school exists and its state is loaded.
+    fn serving(&self) -> Result<(), CommandError> {
+        if self.missing {
+            Err(CommandError::SchoolNotFound)
+        } else if self.loaded {
+            Ok(())
+        } else {
+            Err(CommandError::Unavailable("kitchen is loading".into()))
         }
     }
 
@@ -164,11 +178,14 @@ impl Actor for Kitchen {
                         act.loaded = true;
                         tracing::debug!(school = %act.school_id, live = act.live.len(), "kitchen loaded");
                     }
+                    // Not stopped: its supervisor would restart it for as long as a request
+                    // holds its address. Once the registry and every request let go of it,
+                    // the kitchen stops for good.
                     Err(CommandError::SchoolNotFound) => {
+                        act.missing = true;
                         if let Some(gone) = &act.gone {
                             gone.do_send(KitchenGone(act.school_id.clone()));
                         }
-                        ctx.stop();
                     }
                     Err(e) => {
                         tracing::error!(school = %act.school_id, error = %e, "kitchen load failed; restarting");
@@ -238,12 +255,10 @@ impl Handler<PlaceOrder> for Kitchen {
 
     fn handle(&mut self, msg: PlaceOrder, _: &mut Context<Self>) -> Self::Result {
         let store = self.store.clone();
-        let loaded = self.loaded;
+        let serving = self.serving();
         Box::pin(
             async move {
-                if !loaded {
-                    return Err(CommandError::Unavailable("kitchen is loading".into()));
-                }
+                serving?;
                 store.place_order(msg.0).await
             }
             .into_actor(self)
@@ -276,10 +291,8 @@ impl Handler<TransitionOrder> for Kitchen {
     type Result = ResponseActFuture<Self, Result<KitchenEvent, CommandError>>;
 
     fn handle(&mut self, msg: TransitionOrder, _: &mut Context<Self>) -> Self::Result {
-        if !self.loaded {
-            return Box::pin(fut::ready(Err(CommandError::Unavailable(
-                "kitchen is loading".into(),
-            ))));
+        if let Err(e) = self.serving() {
+            return Box::pin(fut::ready(Err(e)));
         }
         let command = Command {
             command: msg.command,
@@ -425,9 +438,7 @@ impl Handler<LiveOrders> for Kitchen {
     type Result = Result<Vec<OrderSummary>, CommandError>;
 
     fn handle(&mut self, _: LiveOrders, _: &mut Context<Self>) -> Self::Result {
-        if !self.loaded {
-            return Err(CommandError::Unavailable("kitchen is loading".into()));
-        }
+        self.serving()?;
         match self.snapshot(SnapshotReason::Fresh) {
             Catchup::Snapshot { orders, .. } => Ok(orders),
             _ => Ok(Vec::new()),
@@ -493,10 +504,8 @@ impl Handler<Subscribe> for Kitchen {
     type Result = ResponseActFuture<Self, Result<(u64, Catchup), CommandError>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
-        if !self.loaded {
-            return Box::pin(fut::ready(Err(CommandError::Unavailable(
-                "kitchen is loading".into(),
-            ))));
+        if let Err(e) = self.serving() {
+            return Box::pin(fut::ready(Err(e)));
         }
         let last = self.next_seq - 1;
         if msg.since.is_none_or(|since| since <= last) {
@@ -559,9 +568,7 @@ impl Handler<TakeSnapshot> for Kitchen {
     type Result = Result<Catchup, CommandError>;
 
     fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
-        if !self.loaded {
-            return Err(CommandError::Unavailable("kitchen is loading".into()));
-        }
+        self.serving()?;
         Ok(self.snapshot(msg.0))
     }
 }
