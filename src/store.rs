@@ -1443,10 +1443,24 @@ impl Outbox for DieselStore {
             .get_result(conn)
             .await
             .map_err(DbError::from))?;
+        // News committed but not yet fanned out is waiting too, and its age counts.
+        let (awaiting_fan_out, oldest_event): (i64, Option<NaiveDateTime>) =
+            with_conn!(&self.db, |conn| order_events::table
+                .filter(order_events::fanned_out.eq(false))
+                .filter(order_events::notice.is_not_null())
+                .select((
+                    diesel::dsl::count_star(),
+                    diesel::dsl::min(order_events::created_at)
+                ))
+                .first(conn)
+                .await
+                .map_err(DbError::from))?;
+        let oldest = oldest_due.into_iter().chain(oldest_event).min();
         Ok(OutboxStats {
             pending,
-            oldest_pending_secs: oldest_due.map_or(0, |t| (at - t).num_seconds().max(0)),
+            oldest_pending_secs: oldest.map_or(0, |t| (at - t).num_seconds().max(0)),
             dead,
+            awaiting_fan_out,
         })
     }
 }

@@ -248,6 +248,8 @@ pub struct OutboxStats {
     /// out quiet hours), in seconds.
     pub oldest_pending_secs: i64,
     pub dead: i64,
+    /// Committed events whose news is not yet in the outbox (dispatch fans them out first).
+    pub awaiting_fan_out: i64,
 }
 
 /// The outbox side of the store, used by notification dispatch. Every attempt is recorded.

@@ -246,7 +246,14 @@ async fn events_are_fanned_out_once(db: Db) {
         .map(committed)
         .collect();
     assert!(outbox_rows(&db).await.is_empty(), "nothing before fan-out");
+    let before = store.stats().await.unwrap();
+    assert_eq!(
+        (before.pending, before.awaiting_fan_out),
+        (0, 2),
+        "news waiting is counted"
+    );
     assert_eq!(store.fan_out(256).await.unwrap(), 2);
+    assert_eq!(store.stats().await.unwrap().awaiting_fan_out, 0);
     let rows = outbox_rows(&db).await;
     // A receipt per order to the guardian (the student placed it: no news of their own act).
     let seqs: Vec<i64> = placed.iter().map(|e| e.seq).collect();

@@ -435,6 +435,8 @@ impl Dispatcher {
                         metrics::gauge!("outbox_oldest_pending_seconds")
                             .set(stats.oldest_pending_secs as f64);
                         metrics::gauge!("outbox_dead").set(stats.dead as f64);
+                        metrics::gauge!("outbox_events_awaiting_fan_out")
+                            .set(stats.awaiting_fan_out as f64);
                         metrics::gauge!("notify_in_flight").set(shared.in_flight() as f64);
                     }
                     Err(e) => tracing::warn!(error = %e, "outbox stats failed"),
