@@ -51,7 +51,7 @@ enum Command {
 pub struct HubArgs {
     /// A running hub, e.g. http://127.0.0.1:8080 (loopback only; run it with
     /// limits.per_ip, per_user and per_reader off). Without it, the tool starts `--hub-bin`
-    /// on a fresh SQLite database of its own.
+    /// on a fresh database of its own (`--backend`).
     #[arg(long)]
     pub url: Option<String>,
     /// An admin access token for `--url` (`tiffin token --role admin`).
