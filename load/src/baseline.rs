@@ -40,11 +40,7 @@ const LATENCY_SOCKETS: usize = 10;
 /// Messages a second when timing publish -> frame.
 const LATENCY_RATE: f64 = 200.0;
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+pub use crate::hub::Backend;
 
 /// The comparisons, to run some alone (e.g. under a profiler).
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -673,8 +669,8 @@ impl Series {
 /// backend (a scratch PostgreSQL database, dropped with it).
 struct Hub {
     target: Target,
+    own: Option<crate::hub::OwnHub>,
     started: Option<StartedHub>,
-    database: Option<String>,
 }
 
 impl Hub {
@@ -682,42 +678,34 @@ impl Hub {
     async fn start(
         hub_args: &crate::HubArgs,
         options: &Options,
-        mut env: Vec<(String, String)>,
+        env: Vec<(String, String)>,
     ) -> anyhow::Result<Hub> {
-        let (target, started, database) = match (&hub_args.url, options.backend) {
-            (Some(_), _) | (None, Backend::Sqlite) => {
-                let (target, started) = hub_args.target(env)?;
-                (target, started, None)
-            }
-            (None, Backend::Postgres) => {
-                let name = format!("tiffin_load_hub_{}", uuid::Uuid::new_v4().simple());
-                crate::raw::create_database(&options.postgres_url, &name).await?;
-                env.push((
-                    "TIFFIN_DATABASE_URL".to_owned(),
-                    crate::raw::database_url(&options.postgres_url, &name),
-                ));
-                // On PostgreSQL the hub wants its signing key given, not made per process.
-                env.push((
-                    "TIFFIN_JWT_SECRET".to_owned(),
-                    format!("load-{}", uuid::Uuid::new_v4().simple()),
-                ));
-                let started = StartedHub::start(&hub_args.hub_bin, env)?;
-                (started.target(), Some(started), Some(name))
-            }
-        };
+        if hub_args.url.is_none() && options.backend == Backend::Postgres {
+            let own = crate::hub::OwnHub::start(
+                &hub_args.hub_bin,
+                options.backend,
+                &options.postgres_url,
+                env,
+            )
+            .await?;
+            return Ok(Hub {
+                target: own.started.target(),
+                own: Some(own),
+                started: None,
+            });
+        }
+        let (target, started) = hub_args.target(env)?;
         Ok(Hub {
             target,
+            own: None,
             started,
-            database,
         })
     }
 
-    async fn stop(self, options: &Options) {
+    async fn stop(self, _options: &Options) {
         drop(self.started);
-        if let Some(name) = self.database
-            && let Err(e) = crate::raw::drop_database(&options.postgres_url, &name).await
-        {
-            eprintln!("tiffin-load: could not drop {name}: {e:#}");
+        if let Some(own) = self.own {
+            own.stop().await;
         }
     }
 }

@@ -31,6 +31,74 @@ pub fn ensure_loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database of a hub the tool starts.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A hub the tool started on `backend`; on PostgreSQL a scratch database on `server` (its
+/// maintenance database), which [`OwnHub::stop`] drops.
+pub struct OwnHub {
+    pub started: StartedHub,
+    database: Option<(String, String)>,
+}
+
+impl OwnHub {
+    pub async fn start(
+        bin: &Path,
+        backend: Backend,
+        server: &str,
+        mut env: Vec<(String, String)>,
+    ) -> anyhow::Result<OwnHub> {
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let name = format!("tiffin_load_hub_{}", uuid::Uuid::new_v4().simple());
+                crate::raw::create_database(server, &name).await?;
+                env.push((
+                    "TIFFIN_DATABASE_URL".to_owned(),
+                    crate::raw::database_url(server, &name),
+                ));
+                // On PostgreSQL the hub wants its signing key given, not made per process.
+                env.push((
+                    "TIFFIN_JWT_SECRET".to_owned(),
+                    format!("load-{}", uuid::Uuid::new_v4().simple()),
+                ));
+                Some((server.to_owned(), name))
+            }
+        };
+        match StartedHub::start(bin, env) {
+            Ok(started) => Ok(OwnHub { started, database }),
+            Err(e) => {
+                if let Some((server, name)) = database {
+                    let _ = crate::raw::drop_database(&server, &name).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A hub already started on its own SQLite file.
+    pub fn sqlite(started: StartedHub) -> OwnHub {
+        OwnHub {
+            started,
+            database: None,
+        }
+    }
+
+    /// Stops the hub, then drops its scratch database.
+    pub async fn stop(self) {
+        drop(self.started);
+        if let Some((server, name)) = self.database
+            && let Err(e) = crate::raw::drop_database(&server, &name).await
+        {
+            eprintln!("tiffin-load: could not drop {name}: {e:#}");
+        }
+    }
+}
+
 /// A hub the tool started, stopped when dropped.
 pub struct StartedHub {
     child: Child,
@@ -224,6 +292,17 @@ pub async fn reader_post(
     path: &str,
     body: &Value,
 ) -> anyhow::Result<(u16, Value)> {
+    reader_post_on(&client(), url, reader, path, body).await
+}
+
+/// [`reader_post`] over a client of the caller's (its pooled connections).
+pub async fn reader_post_on(
+    client: &Client,
+    url: &str,
+    reader: &(String, String),
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, Value)> {
     use hmac::Mac;
     let body = body.to_string();
     let timestamp = chrono::Utc::now().timestamp_millis();
@@ -232,7 +311,7 @@ pub async fn reader_post(
     mac.update(format!("{timestamp}\nPOST\n{path}\n").as_bytes());
     mac.update(body.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
-    let sent = client()
+    let sent = client
         .post(format!("{url}{path}"))
         .insert_header(("X-Reader-Id", reader.0.as_str()))
         .insert_header(("X-Timestamp", timestamp.to_string()))

@@ -4,6 +4,7 @@
 
 mod bare;
 mod baseline;
+mod hasivu;
 mod hub;
 mod pgbench;
 mod profile;
@@ -50,7 +51,7 @@ enum Command {
 pub struct HubArgs {
     /// A running hub, e.g. http://127.0.0.1:8080 (loopback only; run it with
     /// limits.per_ip, per_user and per_reader off). Without it, the tool starts `--hub-bin`
-    /// on a fresh SQLite database of its own.
+    /// on a fresh database of its own (`--backend`).
     #[arg(long)]
     pub url: Option<String>,
     /// An admin access token for `--url` (`tiffin token --role admin`).
@@ -98,17 +99,33 @@ impl HubArgs {
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
-    /// A built-in profile (smoke, district-m, district-l, nation) or a profile TOML file.
+    /// A built-in profile (smoke, district-m, district-l, nation, hasivu) or a profile TOML
+    /// file.
     #[arg(long, default_value = "smoke")]
     pub profile: String,
     #[command(flatten)]
     pub hub: HubArgs,
+    /// The database of a hub the tool starts (without `--url`): a fresh SQLite file, or a
+    /// scratch PostgreSQL database on `--postgres-url`, dropped afterwards.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub backend: hub::Backend,
+    /// The PostgreSQL server (its maintenance database) for `--backend postgres`.
+    #[arg(
+        long,
+        env = "TIFFIN_LOAD_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub postgres_url: String,
     /// Where report.json and report.html go.
     #[arg(long, default_value = "load-report")]
     pub out: PathBuf,
     /// Multiplies the profile's arrival rates (0.5: half load).
     #[arg(long, default_value_t = 1.0)]
     pub rate_scale: f64,
+    /// Multiplies the length of every phase of a phased plan (hasivu), rates unchanged
+    /// (0.05: a CI-sized run).
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
     /// Requests outstanding at once before further arrivals are dropped (and counted): keeps
     /// a hub that stalls from drowning the driver.
     #[arg(long, default_value_t = 4000)]
@@ -157,9 +174,12 @@ fn compare(a: &PathBuf, b: &PathBuf) -> anyhow::Result<()> {
 
 /// Runs the profile; true when nothing was lost, doubled or refused.
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let profile = profile::Profile::load(&args.profile)?;
+    let loaded = profile::load(&args.profile)?;
     if !args.rate_scale.is_finite() || args.rate_scale <= 0.0 {
         bail!("--rate-scale must be positive");
+    }
+    if matches!(loaded, profile::Loaded::Rush(_)) && args.time_scale != 1.0 {
+        bail!("--time-scale is for phased plans (hasivu); a rush takes --rate-scale");
     }
     // A hub the tool starts sends its email, push and SMS to the tool's sinks, which count
     // every delivery.
@@ -173,14 +193,34 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         Some(sinks) => sinks.hub_env(args.smtp_sessions)?,
         None => Vec::new(),
     };
-    let (target, _started) = args.hub.target(env)?;
-    let report = rush::run(&profile, &args, &target, sinks.as_ref()).await?;
+    let (target, own) = match (&args.hub.url, args.backend) {
+        (None, hub::Backend::Postgres) => {
+            let own = hub::OwnHub::start(&args.hub.hub_bin, args.backend, &args.postgres_url, env)
+                .await?;
+            (own.started.target(), Some(own))
+        }
+        _ => {
+            let (target, started) = args.hub.target(env)?;
+            (target, started.map(hub::OwnHub::sqlite))
+        }
+    };
+    let report = match &loaded {
+        profile::Loaded::Rush(profile) => rush::run(profile, &args, &target, sinks.as_ref()).await,
+        profile::Loaded::Phased(plan) => hasivu::run(plan, &args, &target).await,
+    };
+    if let Some(own) = own {
+        own.stop().await;
+    }
+    let report = report?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(args.out.join("report.json"), &json)?;
     std::fs::write(args.out.join("report.html"), report::html(&report))?;
     println!("{json}");
+    if matches!(loaded, profile::Loaded::Phased(_)) {
+        eprint!("{}", hasivu::table(&report));
+    }
     eprintln!(
         "tiffin-load: reports in {}/report.json and report.html",
         args.out.display()

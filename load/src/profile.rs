@@ -44,28 +44,52 @@ pub struct Profile {
     pub reconnect_storm: bool,
 }
 
-const BUILT_IN: [(&str, &str); 4] = [
+const BUILT_IN: [(&str, &str); 5] = [
     ("smoke", include_str!("../profiles/smoke.toml")),
     ("district-m", include_str!("../profiles/district-m.toml")),
     ("district-l", include_str!("../profiles/district-l.toml")),
     ("nation", include_str!("../profiles/nation.toml")),
+    ("hasivu", include_str!("../profiles/hasivu.toml")),
 ];
 
-impl Profile {
-    /// A built-in profile by name, else a TOML file by path.
-    pub fn load(name_or_path: &str) -> anyhow::Result<Profile> {
-        let text = match BUILT_IN.iter().find(|(name, _)| *name == name_or_path) {
-            Some((_, text)) => (*text).to_owned(),
-            None => std::fs::read_to_string(name_or_path).with_context(|| {
-                format!(
-                    "no built-in profile {name_or_path:?} (smoke, district-m, district-l, nation) and no such file"
-                )
-            })?,
-        };
-        let profile: Profile =
+/// What `--profile` names: a rush, or a phased plan (a file with `[[phases]]`).
+pub enum Loaded {
+    Rush(Profile),
+    Phased(crate::hasivu::Plan),
+}
+
+/// A built-in profile by name, else a TOML file by path.
+pub fn load(name_or_path: &str) -> anyhow::Result<Loaded> {
+    let text = match BUILT_IN.iter().find(|(name, _)| *name == name_or_path) {
+        Some((_, text)) => (*text).to_owned(),
+        None => std::fs::read_to_string(name_or_path).with_context(|| {
+            format!(
+                "no built-in profile {name_or_path:?} (smoke, district-m, district-l, nation, hasivu) and no such file"
+            )
+        })?,
+    };
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("profile {name_or_path}"))?;
+    if table.contains_key("phases") {
+        let plan: crate::hasivu::Plan =
             toml::from_str(&text).with_context(|| format!("profile {name_or_path}"))?;
-        profile.check()?;
-        Ok(profile)
+        plan.check()?;
+        return Ok(Loaded::Phased(plan));
+    }
+    let profile: Profile =
+        toml::from_str(&text).with_context(|| format!("profile {name_or_path}"))?;
+    profile.check()?;
+    Ok(Loaded::Rush(profile))
+}
+
+impl Profile {
+    /// A built-in rush profile by name, else a TOML file by path.
+    #[cfg(test)]
+    pub fn load(name_or_path: &str) -> anyhow::Result<Profile> {
+        match load(name_or_path)? {
+            Loaded::Rush(profile) => Ok(profile),
+            Loaded::Phased(_) => bail!("{name_or_path} is a phased plan, not a rush"),
+        }
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -124,9 +148,14 @@ mod tests {
     #[test]
     fn every_built_in_profile_parses() {
         for (name, _) in BUILT_IN {
-            let profile = Profile::load(name).unwrap();
-            assert_eq!(profile.name, name);
+            let loaded_name = match load(name).unwrap() {
+                Loaded::Rush(profile) => profile.name,
+                Loaded::Phased(plan) => plan.name,
+            };
+            assert_eq!(loaded_name, name);
         }
+        assert!(matches!(load("hasivu").unwrap(), Loaded::Phased(_)));
+        assert!(Profile::load("hasivu").is_err());
         let m = Profile::load("district-m").unwrap();
         let orders = m.schools * m.orders_per_school();
         assert!((13_000..15_000).contains(&orders), "{orders}");
@@ -137,7 +166,10 @@ mod tests {
         burst.check().unwrap();
         let mut shipped: Vec<Profile> = BUILT_IN
             .iter()
-            .map(|(name, _)| Profile::load(name).unwrap())
+            .filter_map(|(name, _)| match load(name).unwrap() {
+                Loaded::Rush(profile) => Some(profile),
+                Loaded::Phased(_) => None,
+            })
             .collect();
         shipped.push(burst);
         for p in shipped {

@@ -39,15 +39,20 @@ pub const EVENT_TO_SINK: &str = "event_to_sink";
 
 impl Recorder {
     pub fn new() -> anyhow::Result<Recorder> {
-        let mut hops = BTreeMap::new();
-        for name in [
+        Recorder::with_hops(&[
             ORDER_POST,
             TRANSITION,
             SCAN_VERDICT,
             SCAN_TO_DASHBOARD,
             EVENT_TO_SINK,
-        ] {
-            hops.insert(name, Hop::new()?);
+        ])
+    }
+
+    /// A recorder for these hops (another profile's request types).
+    pub fn with_hops(names: &[&'static str]) -> anyhow::Result<Recorder> {
+        let mut hops = BTreeMap::new();
+        for name in names {
+            hops.insert(*name, Hop::new()?);
         }
         Ok(Recorder {
             hops,
@@ -94,6 +99,7 @@ impl Recorder {
                         "count": h.len(),
                         "p50_ms": ms(h, 0.5),
                         "p90_ms": ms(h, 0.9),
+                        "p95_ms": ms(h, 0.95),
                         "p99_ms": ms(h, 0.99),
                         "p999_ms": ms(h, 0.999),
                         "max_ms": h.max() as f64 / 1000.0,
