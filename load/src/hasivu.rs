@@ -358,7 +358,9 @@ pub async fn run(plan: &Plan, args: &RunArgs, target: &Target) -> anyhow::Result
     let marks = target.pid.map(|pid| {
         actix_web::rt::spawn(mark_cpu(run.clone(), pid, spans.clone(), cpu_marks.clone()))
     });
-    let progress = (!args.quiet).then(|| actix_web::rt::spawn(show_progress(run.clone())));
+    // A live line only on a terminal: into a file it would be thousands of overwritten lines.
+    let live = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = live.then(|| actix_web::rt::spawn(show_progress(run.clone())));
     for (n, arrival) in arrivals.iter().copied().enumerate() {
         let due = run.started.get() + Duration::from_secs_f64(arrival.at);
         let now = Instant::now();

@@ -179,7 +179,9 @@ pub async fn run(
     )
     .await?;
     let apps: RefCell<Vec<Rc<Follower>>> = RefCell::default();
-    let progress = (!args.quiet).then(|| actix_web::rt::spawn(show_progress(run.clone())));
+    // A live line only on a terminal: into a file it would be thousands of overwritten lines.
+    let live = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = live.then(|| actix_web::rt::spawn(show_progress(run.clone())));
 
     let rush = async {
         preorder_wave(&run, &schools, profile, args.rate_scale).await;
