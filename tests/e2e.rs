@@ -7086,21 +7086,28 @@ async fn daily_digest(backend: Backend) {
     advance(&hub, &f, &ada_order, &actions).await;
     advance(&hub, &f, &bo_order, &actions).await;
     advance(&hub, &later, &later_order, &actions).await;
-    // Every routine message went out (in-app) or was dropped; none by email.
+    // Every routine message went out (in-app) or was dropped; none by email. Events are fanned
+    // out after they commit: wait for each kind's rows to exist, not only for none pending.
+    let routine = ["order_placed", "order_ready", "order_picked_up"];
     for (fixture, order) in [(&f, &ada_order), (&f, &bo_order), (&later, &later_order)] {
         let rows = statuses_until(
             &hub,
             &fixture.kitchen_token,
             order,
             Duration::from_secs(20),
-            |rows| rows.iter().all(|r| r["status"] != "pending"),
+            |rows| {
+                routine
+                    .iter()
+                    .all(|kind| rows.iter().any(|r| r["template"] == *kind))
+                    && rows.iter().all(|r| r["status"] != "pending")
+            },
         )
         .await;
         let kinds: Vec<&str> = rows
             .iter()
             .map(|r| r["template"].as_str().unwrap())
             .collect();
-        for kind in ["order_placed", "order_ready", "order_picked_up"] {
+        for kind in routine {
             assert!(kinds.contains(&kind), "{kind} was news: {rows:#?}");
         }
         assert!(
