@@ -105,6 +105,13 @@ fn read(
 /// control character, `invalid_body` for a wrong type or a missing or unknown field, each
 /// naming the field path.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object; serde would also read a struct from an array, by position.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "invalid body: expected a JSON object, got an array",
+        ));
+    }
     if may_hold_controls(body) {
         let value: Value = serde_json::from_slice(body).map_err(malformed)?;
         if let Some(field) = control_text(&value, &mut String::new()) {
@@ -231,6 +238,9 @@ mod tests {
         assert_eq!((code, field), (ErrorCode::MalformedJson, None));
         let (code, _, _) = refusal(r#"{"items":[]} x"#);
         assert_eq!(code, ErrorCode::MalformedJson);
+        // serde reads a struct from an array by position; a body is an object.
+        let (code, _, message) = refusal(r#"[[]]"#);
+        assert_eq!(code, ErrorCode::InvalidBody, "{message}");
     }
 
     #[test]
