@@ -193,6 +193,34 @@ fn event_row(seq: i64, order: &OrderSummary, note: EventNote) -> Result<OrderEve
 
 type RecipientRow = (String, String, Option<String>, Option<String>, String);
 
+/// The columns of a `RecipientRow`.
+const RECIPIENT: (
+    users::id,
+    users::display_name,
+    users::email,
+    users::phone,
+    users::locale,
+) = (
+    users::id,
+    users::display_name,
+    users::email,
+    users::phone,
+    users::locale,
+);
+
+/// The columns of a stored preference: (user, kind, channel, enabled).
+const PREFERENCE: (
+    notification_preferences::user_id,
+    notification_preferences::event_kind,
+    notification_preferences::channel,
+    notification_preferences::enabled,
+) = (
+    notification_preferences::user_id,
+    notification_preferences::event_kind,
+    notification_preferences::channel,
+    notification_preferences::enabled,
+);
+
 /// A user with the channels they can be reached on and their choices.
 fn recipient(
     (user_id, name, email, phone, locale): RecipientRow,
@@ -256,13 +284,7 @@ macro_rules! least_loaded_counter {
 /// addresses, devices and preferences; only active people.
 macro_rules! audience {
     ($conn:expr, $school_id:expr, $student_id:expr, $audience:expr) => {{
-        let person = (
-            users::id,
-            users::display_name,
-            users::email,
-            users::phone,
-            users::locale,
-        );
+        let person = RECIPIENT;
         let mut people: Vec<RecipientRow> = Vec::new();
         if $audience == Audience::Family {
             people.extend(
@@ -309,12 +331,7 @@ macro_rules! audience {
             .collect();
         let choices: Vec<(String, String, String, bool)> = notification_preferences::table
             .filter(notification_preferences::user_id.eq_any(&ids))
-            .select((
-                notification_preferences::user_id,
-                notification_preferences::event_kind,
-                notification_preferences::channel,
-                notification_preferences::enabled,
-            ))
+            .select(PREFERENCE)
             .load($conn)
             .await?;
         people

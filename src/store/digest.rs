@@ -6,7 +6,9 @@
 //! guardian, keyed `digest:<school>:<guardian>:<day>` besides. A crash before the commit leaves
 //! the day to be queued again; after it, dispatch sends the rows like any message, once.
 
-use super::{DieselStore, RecipientRow, SchoolNotice, TxError, outbox_rows, recipient};
+use super::{
+    DieselStore, PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, TxError, outbox_rows, recipient,
+};
 use crate::db::DbError;
 use crate::db::schema::{
     guardian_links, notification_preferences, order_events, orders, outbox, schools, users,
@@ -161,13 +163,7 @@ impl DieselStore {
                     return Ok(0);
                 }
                 let students: Vec<&str> = by_student.keys().map(String::as_str).collect();
-                let person = (
-                    users::id,
-                    users::display_name,
-                    users::email,
-                    users::phone,
-                    users::locale,
-                );
+                let person = RECIPIENT;
                 let links: Vec<(String, RecipientRow)> = guardian_links::table
                     .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
                     .filter(guardian_links::student_id.eq_any(&students))
@@ -188,12 +184,7 @@ impl DieselStore {
                 let choices: Vec<(String, String, String, bool)> = notification_preferences::table
                     .filter(notification_preferences::user_id.eq_any(&ids))
                     .filter(notification_preferences::event_kind.eq(Kind::DailyDigest.as_str()))
-                    .select((
-                        notification_preferences::user_id,
-                        notification_preferences::event_kind,
-                        notification_preferences::channel,
-                        notification_preferences::enabled,
-                    ))
+                    .select(PREFERENCE)
                     .load(conn)
                     .await?;
                 let no_push = HashSet::new();

@@ -6,7 +6,9 @@
 //! schools and audiences set-wise, write every row. Rows are keyed by (event, recipient,
 //! channel), and an event is taken in the transaction that writes its rows: once.
 
-use super::{DieselStore, RecipientRow, SchoolNotice, TxError, outbox_rows, recipient};
+use super::{
+    DieselStore, PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, TxError, outbox_rows, recipient,
+};
 use crate::db::schema::{device_tokens, guardian_links, notification_preferences, schools, users};
 use crate::db::{Db, InsertRows};
 use crate::with_conn;
@@ -164,13 +166,7 @@ impl DieselStore {
                         .filter(|d| d.audience() == Audience::Kitchen)
                         .map(|d| d.event.school_id.as_str()),
                 );
-                let person = (
-                    users::id,
-                    users::display_name,
-                    users::email,
-                    users::phone,
-                    users::locale,
-                );
+                let person = RECIPIENT;
                 let mut people = People::default();
                 if !family.is_empty() {
                     people.students = users::table
@@ -233,12 +229,7 @@ impl DieselStore {
                         .collect();
                     people.choices = notification_preferences::table
                         .filter(notification_preferences::user_id.eq_any(&ids))
-                        .select((
-                            notification_preferences::user_id,
-                            notification_preferences::event_kind,
-                            notification_preferences::channel,
-                            notification_preferences::enabled,
-                        ))
+                        .select(PREFERENCE)
                         .load(conn)
                         .await?;
                 }
