@@ -805,13 +805,22 @@ macro_rules! one_by_one {
 }
 
 /// Sends the reads together on one PostgreSQL connection: diesel-async pipelines futures
-/// polled at once, so they cost one round trip's wait instead of five.
+/// polled at once, so they cost one round trip's wait instead of five. (Made inside the
+/// async block: diesel-async starts a query when its future is made.)
 macro_rules! pipelined {
+    ($a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
+        $crate::db::one_round_trip(async {
+            futures_util::future::try_join5($a, $b, $c, $d, $e).await
+        })
+        .await?
+    };
     ($a:expr, $b:expr, $c:expr, $d:expr $(,)?) => {
-        futures_util::future::try_join4($a, $b, $c, $d).await?
+        $crate::db::one_round_trip(async { futures_util::future::try_join4($a, $b, $c, $d).await })
+            .await?
     };
     ($a:expr, $b:expr, $c:expr $(,)?) => {
-        futures_util::future::try_join3($a, $b, $c).await?
+        $crate::db::one_round_trip(async { futures_util::future::try_join3($a, $b, $c).await })
+            .await?
     };
 }
 

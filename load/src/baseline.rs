@@ -1030,6 +1030,10 @@ async fn measure(
                         "hub_statements_per_order",
                         delta(r#"db_statements_total{op="order"}"#) / orders,
                     );
+                    s.push(
+                        "hub_round_trips_per_order",
+                        delta(r#"db_round_trips_total{op="order"}"#) / orders,
+                    );
                 }
                 let batches = delta("order_commit_batch_size_count");
                 if batches > 0.0 {

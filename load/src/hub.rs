@@ -347,10 +347,18 @@ pub fn memory_kib(pid: u32, field: &str) -> Option<f64> {
         .ok()
 }
 
-/// The hub's statement counts so far, per operation: `op -> (statements, operations)`, read
-/// from `db_statements_total` and `db_operations_total` in `/metrics`. Empty if the hub does
-/// not say.
-pub async fn round_trips(url: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+/// What the hub's operations have cost the database so far, per operation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Trips {
+    pub statements: f64,
+    pub round_trips: f64,
+    pub operations: f64,
+}
+
+/// The hub's statement and round-trip counts so far, per operation, read from
+/// `db_statements_total`, `db_round_trips_total` and `db_operations_total` in `/metrics`.
+/// Empty if the hub does not say.
+pub async fn round_trips(url: &str) -> std::collections::BTreeMap<String, Trips> {
     parse_round_trips(&metrics_page(url).await)
 }
 
@@ -371,8 +379,8 @@ pub fn metric_value(page: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The statement and operation counts of a Prometheus text page, per `op` label.
-fn parse_round_trips(page: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+/// The statement, round-trip and operation counts of a Prometheus text page, per `op` label.
+fn parse_round_trips(page: &str) -> std::collections::BTreeMap<String, Trips> {
     let mut counts = std::collections::BTreeMap::new();
     for line in page.lines() {
         let Some((name, value)) = line.rsplit_once(' ') else {
@@ -381,9 +389,10 @@ fn parse_round_trips(page: &str) -> std::collections::BTreeMap<String, (f64, f64
         let Ok(value) = value.parse::<f64>() else {
             continue;
         };
-        let (field, labels) = match name.split_once('{') {
-            Some(("db_statements_total", labels)) => (0, labels),
-            Some(("db_operations_total", labels)) => (1, labels),
+        let (field, labels): (fn(&mut Trips) -> &mut f64, _) = match name.split_once('{') {
+            Some(("db_statements_total", labels)) => (|t| &mut t.statements, labels),
+            Some(("db_round_trips_total", labels)) => (|t| &mut t.round_trips, labels),
+            Some(("db_operations_total", labels)) => (|t| &mut t.operations, labels),
             _ => continue,
         };
         let Some(op) = labels
@@ -392,32 +401,29 @@ fn parse_round_trips(page: &str) -> std::collections::BTreeMap<String, (f64, f64
         else {
             continue;
         };
-        let entry: &mut (f64, f64) = counts.entry(op.to_owned()).or_default();
-        if field == 0 {
-            entry.0 = value;
-        } else {
-            entry.1 = value;
-        }
+        *field(counts.entry(op.to_owned()).or_default()) = value;
     }
     counts
 }
 
-/// Statements per operation between two readings of [`round_trips`], as the report shows them.
+/// Statements and round trips per operation between two readings of [`round_trips`], as the
+/// report shows them.
 pub fn round_trips_between(
-    before: &std::collections::BTreeMap<String, (f64, f64)>,
-    after: &std::collections::BTreeMap<String, (f64, f64)>,
+    before: &std::collections::BTreeMap<String, Trips>,
+    after: &std::collections::BTreeMap<String, Trips>,
 ) -> Value {
     let per_op: serde_json::Map<String, Value> = after
         .iter()
-        .filter_map(|(op, (sum, count))| {
-            let (sum0, count0) = before.get(op).copied().unwrap_or_default();
-            let ops = count - count0;
+        .filter_map(|(op, now)| {
+            let then = before.get(op).copied().unwrap_or_default();
+            let ops = now.operations - then.operations;
             (ops > 0.0).then(|| {
                 (
                     op.clone(),
                     serde_json::json!({
                         "operations": ops,
-                        "statements_per_operation": (sum - sum0) / ops,
+                        "statements_per_operation": (now.statements - then.statements) / ops,
+                        "round_trips_per_operation": (now.round_trips - then.round_trips) / ops,
                     }),
                 )
             })
@@ -452,18 +458,26 @@ mod tests {
             format!(
                 "# TYPE db_statements_total counter\n\
                  db_statements_total{{op=\"order\"}} {order_sum}\n\
+                 db_round_trips_total{{op=\"order\"}} {}\n\
                  db_operations_total{{op=\"order\"}} {order_count}\n\
                  db_statements_total{{op=\"scan\"}} 40\n\
                  db_operations_total{{op=\"scan\"}} 4\n\
-                 http_requests_total{{route=\"/\"}} 9\n"
+                 http_requests_total{{route=\"/\"}} 9\n",
+                order_sum / 2.0
             )
         };
         let before = parse_round_trips(&page(10.0, 5.0));
-        assert_eq!(before.get("order"), Some(&(10.0, 5.0)));
+        let order = Trips {
+            statements: 10.0,
+            round_trips: 5.0,
+            operations: 5.0,
+        };
+        assert_eq!(before.get("order"), Some(&order));
         let after = parse_round_trips(&page(40.0, 105.0));
         let between = round_trips_between(&before, &after);
         assert_eq!(between["order"]["operations"], 100.0);
         assert_eq!(between["order"]["statements_per_operation"], 0.3);
+        assert_eq!(between["order"]["round_trips_per_operation"], 0.15);
         // No scans between the two: not reported.
         assert!(between.get("scan").is_none(), "{between}");
     }

@@ -202,10 +202,13 @@ impl From<PoolError> for DbError {
 tokio::task_local! {
     /// The operation whose statements this task is sending (see [`counted`]).
     static OPERATION: &'static str;
+    /// Set while this task sends statements pipelined (see [`one_round_trip`]).
+    static PIPELINED: ();
 }
 
 /// Counts every statement a connection sends (BEGIN and COMMIT included) toward the
-/// operation counted on the task that sends it. Each is one round trip unless pipelined.
+/// operation counted on the task that sends it, and the round trips they take: each statement
+/// is one, except those sent together through [`one_round_trip`].
 struct CountRoundTrips;
 
 impl Instrumentation for CountRoundTrips {
@@ -214,17 +217,30 @@ impl Instrumentation for CountRoundTrips {
             // Statements outside a counted operation (dispatch, admin) are not counted.
             if let Ok(op) = OPERATION.try_with(|op| *op) {
                 metrics::counter!("db_statements_total", "op" => op).increment(1);
+                if PIPELINED.try_with(|_| ()).is_err() {
+                    metrics::counter!("db_round_trips_total", "op" => op).increment(1);
+                }
             }
         }
     }
 }
 
 /// Runs work done for operations of kind `op` (order, transition, scan): the statements it
-/// sends count in `db_statements_total{op}`. A request's lookups and the batch that commits
-/// it run on different tasks; each counts its own, and a batch counts in full for the task
-/// that leads it. `db_statements_total / db_operations_total` is the mean per operation.
+/// sends count in `db_statements_total{op}` and their round trips in
+/// `db_round_trips_total{op}`. A request's lookups and the batch that commits it run on
+/// different tasks; each counts its own, and a batch counts in full for the task that leads
+/// it. Divided by `db_operations_total{op}`, the mean per operation.
 pub async fn counted<T>(op: &'static str, work: impl Future<Output = T>) -> T {
     OPERATION.scope(op, work).await
+}
+
+/// Sends statements that are polled together (diesel-async pipelines them on PostgreSQL)
+/// counted as one round trip.
+pub async fn one_round_trip<T>(work: impl Future<Output = T>) -> T {
+    if let Ok(op) = OPERATION.try_with(|op| *op) {
+        metrics::counter!("db_round_trips_total", "op" => op).increment(1);
+    }
+    PIPELINED.scope((), work).await
 }
 
 /// Counts one operation of kind `op` in `db_operations_total{op}`.
