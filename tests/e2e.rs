@@ -2516,27 +2516,49 @@ async fn orders_at_once(backend: Backend) {
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Statements sent per order (`db_statements_total`): a lone order's, then a burst's,
-    // whose orders share their batches' reads and writes.
+    // Statements and round trips per order (`db_statements_total`, `db_round_trips_total`):
+    // a lone order's, then a burst's, whose orders share their batches' reads and writes.
     const SENT: &str = r#"db_statements_total{op="order"}"#;
+    const TRIPS: &str = r#"db_round_trips_total{op="order"}"#;
     const COUNTED: &str = r#"db_operations_total{op="order"}"#;
-    let (sent, counted) = (metric(&hub, SENT).await, metric(&hub, COUNTED).await);
+    let counts = async || {
+        (
+            metric(&hub, SENT).await,
+            metric(&hub, TRIPS).await,
+            metric(&hub, COUNTED).await,
+        )
+    };
+    let (sent, trips, counted) = counts().await;
     expect(place_order(&hub, &a, "lone", 1).await, 201);
-    let lone = metric(&hub, SENT).await - sent;
-    assert_eq!(metric(&hub, COUNTED).await - counted, 1.0);
+    let (sent_after, trips_after, counted_after) = counts().await;
+    let (lone, lone_trips) = (sent_after - sent, trips_after - trips);
+    assert_eq!(counted_after - counted, 1.0);
     assert!(lone >= 3.0, "a lone order sent {lone} statements");
-    let (sent, counted) = (metric(&hub, SENT).await, metric(&hub, COUNTED).await);
+    if backend == Backend::Postgres {
+        // The batch's reads pipelined, then one statement for all its writes.
+        assert_eq!(
+            lone_trips, 2.0,
+            "a lone order took {lone_trips} round trips"
+        );
+    }
+    let (sent, trips, counted) = counts().await;
     let burst: Vec<String> = (0..KEYS).map(|n| format!("burst-{n}")).collect();
     for r in
         futures_util::future::join_all(burst.iter().map(|key| place_order(&hub, &a, key, 1))).await
     {
         assert_eq!(r.status, 201, "{}", r.body);
     }
-    assert_eq!(metric(&hub, COUNTED).await - counted, KEYS as f64);
-    let per_order = (metric(&hub, SENT).await - sent) / KEYS as f64;
+    let (sent_after, trips_after, counted_after) = counts().await;
+    assert_eq!(counted_after - counted, KEYS as f64);
+    let per_order = (sent_after - sent) / KEYS as f64;
+    let trips_per_order = (trips_after - trips) / KEYS as f64;
     assert!(
         per_order < lone,
         "orders at once sent {per_order} statements each, a lone one {lone}"
+    );
+    assert!(
+        trips_per_order < lone_trips,
+        "orders at once took {trips_per_order} round trips each, a lone one {lone_trips}"
     );
     drop(hub);
     db.drop_database().await;

@@ -87,7 +87,7 @@ pub struct MealRow {
     pub updated_at: NaiveDateTime,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct OrderRow {
     pub id: String,
@@ -121,7 +121,7 @@ pub struct ServiceWindowRow {
     pub updated_at: NaiveDateTime,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize)]
 #[diesel(table_name = order_items, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct OrderItemRow {
     pub order_id: String,
@@ -132,7 +132,7 @@ pub struct OrderItemRow {
     pub unit_price_cents: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize)]
 #[diesel(table_name = order_events, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct OrderEventRow {
     pub school_id: String,

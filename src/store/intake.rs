@@ -1,24 +1,29 @@
-//! Intake: new orders of any kitchens committed in batches. A batch locks its schools in
-//! school order (so batches cannot deadlock; the lock yields their time zones), reads what
-//! its orders need set-wise (people, menus, waves, earlier requests with the same keys),
-//! decides each order in memory (a refused one is answered alone and takes no sequence
-//! number, with no savepoint), takes the accepted orders' numbers and writes orders, items
-//! and events in multi-row statements: about seven statements a batch on PostgreSQL,
-//! whatever its size.
+//! Intake: new orders of any kitchens committed in batches. A batch reads what its orders
+//! need set-wise (schools, people, menus, waves, earlier requests with the same keys), decides
+//! each order in memory (a refused one is answered alone and takes no sequence number, with no
+//! savepoint), then takes the accepted orders' numbers and writes orders, items and events.
+//!
+//! PostgreSQL: two round trips a batch, whatever its size: the reads pipelined, then one
+//! statement that locks the batch's schools in school order (so batches cannot deadlock),
+//! takes their numbers and inserts every row (a single statement is atomic; no BEGIN or
+//! COMMIT to wait for). The reads need no lock: a row they saw may change before the write
+//! under READ COMMITTED inside a transaction just as well, and what must be unique (a
+//! request's key, a number) is held by the write. SQLite: one transaction, in process.
 
 use super::sequence::{LockSchools, TakeSeqs};
 use super::{
     DieselStore, EventNote, OrderCommitted, TxError, allergy_check, event_from_row, event_row,
-    order_lines, together_or_each, waves_on_day,
+    json_error, order_lines, together_or_each, waves_on_day,
 };
-use crate::db::models::{MealRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
-use crate::db::schema::{meals, order_events, orders, service_windows, users};
+use crate::db::models::{MealRow, OrderEventRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
+use crate::db::schema::{meals, order_events, orders, schools, service_windows, users};
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tiffin_actors::domain::{OrderState, OrderSummary, Role, choose_wave, event_type};
 use tiffin_actors::notices::Kind;
 use tiffin_actors::ports::{CommandError, NewOrder, Placed};
@@ -46,10 +51,123 @@ enum Decided {
     Refused(CommandError),
 }
 
+/// How a command of the batch will be answered.
+enum Answer {
+    Refused(CommandError),
+    /// With the order an earlier request with the same key made.
+    Existing(String),
+    /// With the accepted order whose event is `events[n]`.
+    New(usize),
+}
+
+/// A batch decided: an answer for each command, and the rows of the accepted orders. Their
+/// events are numbered from 0 within each school until the batch has taken its numbers.
+struct Decisions {
+    answers: Vec<Answer>,
+    /// Accepted orders per school: the numbers each school's kitchen sequence gives up.
+    counts: BTreeMap<String, i64>,
+    orders: Vec<OrderRow>,
+    items: Vec<OrderItemRow>,
+    events: Vec<OrderEventRow>,
+}
+
+impl Decisions {
+    fn new(batch: &[NewOrder], facts: &Facts, at: NaiveDateTime) -> Result<Decisions, TxError> {
+        let mut d = Decisions {
+            answers: Vec::with_capacity(batch.len()),
+            counts: BTreeMap::new(),
+            orders: Vec::new(),
+            items: Vec::new(),
+            events: Vec::new(),
+        };
+        for new in batch {
+            let (order, reason) = match decide(new, facts, at) {
+                Decided::Refused(e) => {
+                    d.answers.push(Answer::Refused(e));
+                    continue;
+                }
+                Decided::Existing(order_id) => {
+                    d.answers.push(Answer::Existing(order_id));
+                    continue;
+                }
+                Decided::Accepted { order, reason } => (*order, reason),
+            };
+            let offset = d.counts.entry(order.school_id.clone()).or_default();
+            let event = event_row(
+                *offset,
+                &order,
+                EventNote {
+                    kind: event_type(order.state),
+                    from: None,
+                    actor_id: Some(new.placed_by.clone()),
+                    reason,
+                    at,
+                    notice: Some(Kind::OrderPlaced),
+                    skip: Some(new.placed_by.clone()),
+                },
+            )?;
+            *offset += 1;
+            d.orders.push(order_row(new, &order, at));
+            d.items.extend(item_rows(&order));
+            d.answers.push(Answer::New(d.events.len()));
+            d.events.push(event);
+        }
+        Ok(d)
+    }
+
+    /// Numbers the events from each school's first number taken.
+    fn number(&mut self, firsts: &HashMap<String, i64>) -> Result<(), TxError> {
+        for event in &mut self.events {
+            let first = firsts.get(&event.school_id).ok_or_else(|| {
+                TxError::Refused(CommandError::Internal("no sequence taken".into()))
+            })?;
+            event.seq += first;
+        }
+        Ok(())
+    }
+
+    /// Each command's answer, once the batch is written.
+    async fn answers(self, conn: &mut impl LatestSnapshot) -> Result<Vec<OrderCommitted>, TxError> {
+        let mut results = Vec::with_capacity(self.answers.len());
+        for answer in self.answers {
+            results.push(match answer {
+                Answer::Refused(e) => Err(TxError::Refused(e)),
+                Answer::Existing(order_id) => {
+                    Ok(Placed::Existing(conn.latest_snapshot(&order_id).await?))
+                }
+                Answer::New(n) => {
+                    let event = self.events.get(n).cloned().ok_or_else(|| {
+                        TxError::Refused(CommandError::Internal("an order lost its event".into()))
+                    })?;
+                    Ok(Placed::New(event_from_row(event)?))
+                }
+            });
+        }
+        Ok(results)
+    }
+}
+
+/// The order an earlier request made, as its last event left it.
+trait LatestSnapshot {
+    async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError>;
+}
+
+macro_rules! latest_snapshot_for {
+    ($conn:ty) => {
+        impl LatestSnapshot for $conn {
+            async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError> {
+                Ok(latest_snapshot!(self, order_id))
+            }
+        }
+    };
+}
+latest_snapshot_for!(PgConn);
+latest_snapshot_for!(SqliteConn);
+
 impl DieselStore {
-    /// Commits a batch of new orders in one transaction, answering each. Should the batch
-    /// itself fail (a key another request just took, the database), each order is tried
-    /// alone and answered for itself.
+    /// Commits a batch of new orders, answering each. Should the batch itself fail (a key
+    /// another request just took, the database), each order is tried alone and answered for
+    /// itself.
     pub(super) async fn insert_orders(&self, batch: Vec<NewOrder>) -> Vec<OrderCommitted> {
         together_or_each(self, "order", &batch, |store, some| {
             Box::pin(store.commit_orders(some))
@@ -58,101 +176,118 @@ impl DieselStore {
     }
 
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let at = now();
-                // The batch's schools, locked in school order before anything else.
-                let schools: Vec<&str> = batch
-                    .iter()
-                    .map(|n| n.school_id.as_str())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let zones = conn.lock_schools(&schools).await?;
-                let facts = conn.facts(batch, zones).await?;
-                let decided: Vec<Decided> =
-                    batch.iter().map(|new| decide(new, &facts, at)).collect();
-                // Sequence numbers for the accepted orders.
-                let mut accepted: BTreeMap<String, i64> = BTreeMap::new();
-                for d in &decided {
-                    if let Decided::Accepted { order, .. } = d {
-                        *accepted.entry(order.school_id.clone()).or_default() += 1;
-                    }
-                }
-                let mut next_seq = if accepted.is_empty() {
-                    HashMap::new()
-                } else {
-                    conn.take_seqs(&accepted).await?
-                };
-                let mut rows = Vec::new();
-                let mut items = Vec::new();
-                let mut events = Vec::new();
-                let mut results = Vec::with_capacity(batch.len());
-                for (new, d) in batch.iter().zip(decided) {
-                    let (order, reason) = match d {
-                        Decided::Refused(e) => {
-                            results.push(Err(TxError::Refused(e)));
-                            continue;
-                        }
-                        Decided::Existing(order_id) => {
-                            results.push(Ok(Placed::Existing(latest_snapshot!(conn, &order_id))));
-                            continue;
-                        }
-                        Decided::Accepted { order, reason } => (order, reason),
-                    };
-                    let seq = next_seq.get_mut(order.school_id.as_str()).ok_or_else(|| {
-                        TxError::Refused(CommandError::Internal("no sequence taken".into()))
-                    })?;
-                    let event = event_row(
-                        *seq,
-                        &order,
-                        EventNote {
-                            kind: event_type(order.state),
-                            from: None,
-                            actor_id: Some(new.placed_by.clone()),
-                            reason,
-                            at,
-                            notice: Some(Kind::OrderPlaced),
-                            skip: Some(new.placed_by.clone()),
-                        },
-                    )?;
-                    *seq += 1;
-                    let order = *order;
-                    rows.push(order_row(new, &order, at));
-                    items.extend(item_rows(&order));
-                    results.push(Ok(Placed::New(event_from_row(event.clone())?)));
-                    events.push(event);
-                }
-                conn.insert_rows(&rows).await?;
-                conn.insert_rows(&items).await?;
-                conn.insert_rows(&events).await?;
-                Ok::<_, TxError>(results)
-            })
-            .await)
+        with_conn!(&self.db, |conn| conn.commit_orders(batch).await)
     }
 }
 
+/// One batch of new orders on each backend.
+trait CommitOrders {
+    async fn commit_orders(&mut self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError>;
+}
+
+impl CommitOrders for PgConn {
+    async fn commit_orders(&mut self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
+        let at = now();
+        let facts = self.facts(batch).await?;
+        let mut decided = Decisions::new(batch, &facts, at)?;
+        if !decided.counts.is_empty() {
+            let firsts = write_orders_pg(self, &decided).await?;
+            decided.number(&firsts)?;
+        }
+        decided.answers(self).await
+    }
+}
+
+impl CommitOrders for SqliteConn {
+    async fn commit_orders(&mut self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
+        self.transaction(async |conn| {
+            let at = now();
+            // A write first: SQLite's lock, taken before the reads.
+            let schools: BTreeSet<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
+            conn.lock_schools(&schools.into_iter().collect::<Vec<_>>())
+                .await?;
+            let facts = conn.facts(batch).await?;
+            let mut decided = Decisions::new(batch, &facts, at)?;
+            if !decided.counts.is_empty() {
+                let firsts = conn.take_seqs(&decided.counts).await?;
+                decided.number(&firsts)?;
+            }
+            conn.insert_rows(&decided.orders).await?;
+            conn.insert_rows(&decided.items).await?;
+            conn.insert_rows(&decided.events).await?;
+            decided.answers(conn).await
+        })
+        .await
+    }
+}
+
+/// The whole write of a PostgreSQL batch as one statement: the schools locked in school
+/// order, their numbers taken, orders, items and events inserted (each event numbered from its
+/// school's first). Rows travel as JSON read into the tables' own row types (an event's
+/// columns are named, to number it).
+const WRITE_ORDERS_PG: &str = "\
+WITH locked AS MATERIALIZED ( \
+    SELECT s.id FROM schools s \
+    WHERE s.id IN (SELECT c.id FROM json_to_recordset($1::json) AS c(id text)) \
+    ORDER BY s.id FOR NO KEY UPDATE), \
+taken AS ( \
+    UPDATE schools AS s SET event_seq = s.event_seq + c.n \
+    FROM locked, json_to_recordset($1::json) AS c(id text, n bigint) \
+    WHERE s.id = locked.id AND s.id = c.id \
+    RETURNING s.id, s.event_seq - c.n + 1 AS first), \
+placed AS ( \
+    INSERT INTO orders SELECT * FROM json_populate_recordset(NULL::orders, $2::json)), \
+lines AS ( \
+    INSERT INTO order_items SELECT * FROM json_populate_recordset(NULL::order_items, $3::json)), \
+numbered AS ( \
+    INSERT INTO order_events (school_id, seq, order_id, version, kind, from_state, to_state, \
+        actor_id, reason, snapshot, created_at, notice, notice_skip, fanned_out) \
+    SELECT e.school_id, e.seq + taken.first, e.order_id, e.version, e.kind, e.from_state, \
+        e.to_state, e.actor_id, e.reason, e.snapshot, e.created_at, e.notice, e.notice_skip, \
+        e.fanned_out \
+    FROM json_populate_recordset(NULL::order_events, $4::json) AS e \
+    JOIN taken ON taken.id = e.school_id) \
+SELECT id, first FROM taken";
+
+#[derive(QueryableByName)]
+struct First {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    first: i64,
+}
+
+/// Writes a decided batch in one statement; yields each school's first number.
+async fn write_orders_pg(
+    conn: &mut PgConn,
+    decided: &Decisions,
+) -> Result<HashMap<String, i64>, TxError> {
+    let counts: Vec<serde_json::Value> = decided
+        .counts
+        .iter()
+        .map(|(id, n)| serde_json::json!({ "id": id, "n": n }))
+        .collect();
+    let taken = diesel::sql_query(WRITE_ORDERS_PG)
+        .bind::<Text, _>(serde_json::Value::Array(counts).to_string())
+        .bind::<Text, _>(serde_json::to_string(&decided.orders).map_err(json_error)?)
+        .bind::<Text, _>(serde_json::to_string(&decided.items).map_err(json_error)?)
+        .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?)
+        .load::<First>(conn)
+        .await?;
+    Ok(taken.into_iter().map(|t| (t.id, t.first)).collect())
+}
 /// The batch's reads, expanded for each backend.
 trait FactsQueries {
-    /// `schools`: the batch's schools (locked) and their time zones.
-    async fn facts(
-        &mut self,
-        batch: &[NewOrder],
-        schools: HashMap<String, String>,
-    ) -> Result<Facts, TxError>;
+    async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError>;
 }
 
 /// A user as the batch needs them: (school, role, name, allergies, active).
 type Person = (Option<String>, String, String, String, bool);
 
 macro_rules! facts_queries {
-    ($conn:ty, $join:ident, |$this:ident| $c1:expr, $c2:expr, $c3:expr, $c4:expr) => {
+    ($conn:ty, $join:ident, |$this:ident| $c0:expr, $c1:expr, $c2:expr, $c3:expr, $c4:expr) => {
         impl FactsQueries for $conn {
-            async fn facts(
-                &mut self,
-                batch: &[NewOrder],
-                schools: HashMap<String, String>,
-            ) -> Result<Facts, TxError> {
+            async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError> {
                 let school_ids: Vec<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
                 let people: Vec<&str> = batch
                     .iter()
@@ -167,7 +302,11 @@ macro_rules! facts_queries {
                     .filter_map(|n| n.idempotency.as_ref().map(|i| i.key.as_str()))
                     .collect();
                 let $this = self;
-                let (people, menu, windows, keyed) = $join!(
+                let (schools, people, menu, windows, keyed) = $join!(
+                    schools::table
+                        .filter(schools::id.eq_any(&school_ids))
+                        .select((schools::id, schools::time_zone))
+                        .load::<(String, String)>($c0),
                     users::table
                         .filter(users::id.eq_any(&people))
                         .select((
@@ -198,7 +337,7 @@ macro_rules! facts_queries {
                         .load::<(String, Option<String>, String, Option<String>)>($c4),
                 );
                 Ok(Facts {
-                    schools,
+                    schools: schools.into_iter().collect(),
                     people: people
                         .into_iter()
                         .map(|(id, school, role, name, allergies, active)| {
@@ -224,12 +363,14 @@ facts_queries!(
     |conn| &mut &*conn,
     &mut &*conn,
     &mut &*conn,
+    &mut &*conn,
     &mut &*conn
 );
 facts_queries!(
     SqliteConn,
     one_by_one,
     |conn| &mut *conn,
+    &mut *conn,
     &mut *conn,
     &mut *conn,
     &mut *conn
