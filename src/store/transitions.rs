@@ -1,21 +1,28 @@
 //! Transitions of any kitchens committed in batches. Each transition arrives decided by its
-//! order's actor, with the order as the actor saw it; a batch locks its schools in school
-//! order, picks counters and pickup codes for the orders becoming ready (one read each of open
-//! counters, waiting orders and the day's codes), applies every version-guarded update (one
-//! statement on PostgreSQL), numbers the ones that held (one statement), and writes their
-//! events multi-row. A transition whose guard fails is refused alone and takes no number.
+//! order's actor, with the order as the actor saw it. A batch picks counters and pickup codes
+//! for the orders becoming ready (open counters, waiting orders and the day's codes, read
+//! set-wise), applies every version-guarded update, numbers the ones that held and writes
+//! their events; a scan's verdict commits with its pickup, while its claim is still the
+//! decider's. A transition whose guard fails is refused alone and takes no number.
+//!
+//! PostgreSQL: one round trip a batch (two when an order becomes ready: the pickup reads
+//! first): a single statement locks the batch's schools in school order, applies the updates,
+//! writes the verdicts, takes the numbers and inserts the events. SQLite: one transaction, a
+//! statement a row, in process. Two batches that read the same free code race to the unique
+//! index on codes; the loser is retried one by one with fresh reads.
 
 use super::sequence::{LockSchools, TakeSeqs};
 use super::{
-    DieselStore, EventNote, TxError, event_from_row, event_row, local_day, together_or_each,
+    DieselStore, EventNote, TxError, event_from_row, event_row, json_error, local_day,
+    together_or_each,
 };
-use crate::db::models::now;
-use crate::db::schema::{counters, orders, scans};
+use crate::db::models::{OrderEventRow, now};
+use crate::db::schema::{counters, orders, scans, schools};
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Text, Timestamp};
+use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tiffin_actors::domain::{
@@ -31,7 +38,8 @@ const PENDING: &str = "pending";
 pub(super) type TransitionCommitted = Result<KitchenEvent, TxError>;
 
 /// One guarded update: the order moves from `from_state` at `version - 1` to `to_state`; a
-/// newly ready order also gets its counter and code.
+/// newly ready order also gets its counter and code; a pickup by a scan records the scan's
+/// verdict, if the scan's claim is still at `attempt`.
 #[derive(serde::Serialize)]
 struct GuardedUpdate {
     id: String,
@@ -43,117 +51,98 @@ struct GuardedUpdate {
     counter_id: Option<String>,
     pickup_code: Option<String>,
     pickup_day: Option<String>,
+    #[serde(flatten)]
+    scan: Option<Verdict>,
 }
 
-/// Applying a batch's guarded updates, each backend its own way; yields the orders moved.
-trait ApplyUpdates {
-    async fn apply_updates(
-        &mut self,
-        updates: &[&GuardedUpdate],
-        at: NaiveDateTime,
-    ) -> QueryResult<HashSet<String>>;
+/// A scan's decision, written with the pickup it hands over.
+#[derive(serde::Serialize)]
+struct Verdict {
+    scan_id: String,
+    attempt: i32,
+    verdict: &'static str,
+    answer: String,
+    student_id: String,
+    took_us: Option<i64>,
 }
 
-#[derive(QueryableByName)]
-struct Moved {
-    #[diesel(sql_type = Text)]
-    id: String,
-}
-
-/// PostgreSQL: one statement for the whole batch.
-const APPLY_PG: &str = "UPDATE orders AS o SET state = v.to_state, version = v.version, \
-     updated_at = $2, \
-     counter_id = CASE WHEN v.assign THEN v.counter_id ELSE o.counter_id END, \
-     pickup_code = CASE WHEN v.assign THEN v.pickup_code ELSE o.pickup_code END, \
-     pickup_day = CASE WHEN v.assign THEN v.pickup_day ELSE o.pickup_day END \
-     FROM json_to_recordset($1::json) AS v(id text, school_id text, from_state text, \
-     to_state text, version bigint, assign boolean, counter_id text, pickup_code text, \
-     pickup_day text) \
-     WHERE o.id = v.id AND o.school_id = v.school_id AND o.version = v.version - 1 \
-     AND o.state = v.from_state RETURNING o.id";
-
-impl ApplyUpdates for PgConn {
-    async fn apply_updates(
-        &mut self,
-        updates: &[&GuardedUpdate],
-        at: NaiveDateTime,
-    ) -> QueryResult<HashSet<String>> {
-        let rows = serde_json::to_string(updates)
-            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-        Ok(diesel::sql_query(APPLY_PG)
-            .bind::<Text, _>(rows)
-            .bind::<Timestamp, _>(at)
-            .load::<Moved>(self)
-            .await?
-            .into_iter()
-            .map(|m| m.id)
-            .collect())
-    }
-}
-
-/// SQLite: a statement per order, each microseconds in process.
-impl ApplyUpdates for SqliteConn {
-    async fn apply_updates(
-        &mut self,
-        updates: &[&GuardedUpdate],
-        at: NaiveDateTime,
-    ) -> QueryResult<HashSet<String>> {
-        let mut moved = HashSet::new();
-        for u in updates {
-            let guarded = orders::table
-                .filter(orders::id.eq(&u.id))
-                .filter(orders::school_id.eq(&u.school_id))
-                .filter(orders::version.eq(u.version - 1))
-                .filter(orders::state.eq(u.from_state));
-            let changed = if u.assign {
-                diesel::update(guarded)
-                    .set((
-                        orders::state.eq(u.to_state),
-                        orders::version.eq(u.version),
-                        orders::updated_at.eq(at),
-                        orders::counter_id.eq(&u.counter_id),
-                        orders::pickup_code.eq(&u.pickup_code),
-                        orders::pickup_day.eq(&u.pickup_day),
-                    ))
-                    .execute(self)
-                    .await?
-            } else {
-                diesel::update(guarded)
-                    .set((
-                        orders::state.eq(u.to_state),
-                        orders::version.eq(u.version),
-                        orders::updated_at.eq(at),
-                    ))
-                    .execute(self)
-                    .await?
-            };
-            if changed > 0 {
-                moved.insert(u.id.clone());
-            }
+/// SQLite's updates: a statement per order, each microseconds in process; yields the orders
+/// moved.
+async fn apply_updates(
+    conn: &mut SqliteConn,
+    updates: &[&GuardedUpdate],
+    at: NaiveDateTime,
+) -> QueryResult<HashSet<String>> {
+    let mut moved = HashSet::new();
+    for u in updates {
+        let guarded = orders::table
+            .filter(orders::id.eq(&u.id))
+            .filter(orders::school_id.eq(&u.school_id))
+            .filter(orders::version.eq(u.version - 1))
+            .filter(orders::state.eq(u.from_state));
+        let changed = if u.assign {
+            diesel::update(guarded)
+                .set((
+                    orders::state.eq(u.to_state),
+                    orders::version.eq(u.version),
+                    orders::updated_at.eq(at),
+                    orders::counter_id.eq(&u.counter_id),
+                    orders::pickup_code.eq(&u.pickup_code),
+                    orders::pickup_day.eq(&u.pickup_day),
+                ))
+                .execute(conn)
+                .await?
+        } else {
+            diesel::update(guarded)
+                .set((
+                    orders::state.eq(u.to_state),
+                    orders::version.eq(u.version),
+                    orders::updated_at.eq(at),
+                ))
+                .execute(conn)
+                .await?
+        };
+        if changed > 0 {
+            moved.insert(u.id.clone());
         }
-        Ok(moved)
     }
+    Ok(moved)
 }
 
-/// Open counters, the orders waiting at each, and the day's taken codes of the schools whose
-/// orders become ready, read set-wise.
+/// What orders becoming ready need, read set-wise for their schools: time zones, open
+/// counters, the orders waiting at each, and the codes taken on the days around now (a
+/// school's day is within one of the UTC day).
 #[derive(Default)]
 struct Pickup {
+    zones: HashMap<String, String>,
     open: HashMap<String, Vec<CounterRef>>,
     waiting: HashMap<String, i64>,
-    taken: HashMap<String, HashSet<String>>,
+    /// (school, local day) -> codes taken.
+    taken: HashMap<(String, String), HashSet<String>>,
 }
 
 trait PickupQueries {
-    async fn pickup(&mut self, schools: &[&str], days: &[String]) -> QueryResult<Pickup>;
+    async fn pickup(&mut self, schools: &[&str], at: NaiveDateTime) -> QueryResult<Pickup>;
 }
 
 macro_rules! pickup_queries {
-    ($conn:ty, $join:ident, |$this:ident| $c1:expr, $c2:expr, $c3:expr) => {
+    ($conn:ty, $join:ident, |$this:ident| $c0:expr, $c1:expr, $c2:expr, $c3:expr) => {
         impl PickupQueries for $conn {
-            async fn pickup(&mut self, schools: &[&str], days: &[String]) -> QueryResult<Pickup> {
+            async fn pickup(&mut self, schools: &[&str], at: NaiveDateTime) -> QueryResult<Pickup> {
+                let days: Vec<String> = [-1, 0, 1]
+                    .into_iter()
+                    .map(|d| {
+                        (at + chrono::Duration::days(d))
+                            .format("%Y-%m-%d")
+                            .to_string()
+                    })
+                    .collect();
                 let $this = self;
-                let (open, waiting, taken) = $join!(
+                let (zones, open, waiting, taken) = $join!(
+                    schools::table
+                        .filter(schools::id.eq_any(schools))
+                        .select((schools::id, schools::time_zone))
+                        .load::<(String, String)>($c0),
                     counters::table
                         .filter(counters::school_id.eq_any(schools))
                         .filter(counters::is_open.eq(true))
@@ -173,11 +162,14 @@ macro_rules! pickup_queries {
                         .load::<(Option<String>, i64)>($c2),
                     orders::table
                         .filter(orders::school_id.eq_any(schools))
-                        .filter(orders::pickup_day.eq_any(days))
-                        .select((orders::school_id, orders::pickup_code))
-                        .load::<(String, Option<String>)>($c3),
+                        .filter(orders::pickup_day.eq_any(&days))
+                        .select((orders::school_id, orders::pickup_day, orders::pickup_code))
+                        .load::<(String, Option<String>, Option<String>)>($c3),
                 );
-                let mut pickup = Pickup::default();
+                let mut pickup = Pickup {
+                    zones: zones.into_iter().collect(),
+                    ..Pickup::default()
+                };
                 for (school, id, number, name) in open {
                     pickup
                         .open
@@ -189,9 +181,9 @@ macro_rules! pickup_queries {
                     .into_iter()
                     .filter_map(|(id, n)| Some((id?, n)))
                     .collect();
-                for (school, code) in taken {
-                    if let Some(code) = code {
-                        pickup.taken.entry(school).or_default().insert(code);
+                for (school, day, code) in taken {
+                    if let (Some(day), Some(code)) = (day, code) {
+                        pickup.taken.entry((school, day)).or_default().insert(code);
                     }
                 }
                 Ok(pickup)
@@ -204,6 +196,7 @@ pickup_queries!(
     pipelined,
     |conn| &mut &*conn,
     &mut &*conn,
+    &mut &*conn,
     &mut &*conn
 );
 pickup_queries!(
@@ -211,13 +204,24 @@ pickup_queries!(
     one_by_one,
     |conn| &mut *conn,
     &mut *conn,
+    &mut *conn,
     &mut *conn
 );
 
 impl Pickup {
     /// The least-loaded open counter and a free code for an order becoming ready, counted
-    /// at once so the batch's next ready order sees it.
-    fn assign(&mut self, school_id: &str) -> Result<(Option<CounterRef>, String), CommandError> {
+    /// at once so the batch's next ready order sees it; with the school's day.
+    fn assign(
+        &mut self,
+        school_id: &str,
+        at: NaiveDateTime,
+    ) -> Result<(Option<CounterRef>, String, String), CommandError> {
+        let day = local_day(
+            self.zones
+                .get(school_id)
+                .ok_or(CommandError::SchoolNotFound)?,
+            at,
+        );
         let open = self
             .open
             .get(school_id)
@@ -228,17 +232,24 @@ impl Pickup {
         if let Some(c) = &counter {
             *self.waiting.entry(c.id.clone()).or_default() += 1;
         }
-        let taken = self.taken.entry(school_id.to_owned()).or_default();
+        let taken = self
+            .taken
+            .entry((school_id.to_owned(), day.clone()))
+            .or_default();
         let code = pickup_code(taken, |n| rand::random_range(0..n))
             .ok_or_else(|| CommandError::Internal("no free pickup code today".into()))?;
         taken.insert(code.clone());
-        Ok((counter, code))
+        Ok((counter, code, day))
     }
 }
 
+/// A batch planned: each transition's order as it will be, with its update and its event
+/// (numbered from 0 until the batch takes numbers), or why it is refused already.
+type Planned = Vec<Result<(OrderSummary, GuardedUpdate, OrderEventRow), CommandError>>;
+
 impl DieselStore {
-    /// Commits a batch of decided transitions in one transaction, answering each. Should the
-    /// batch itself fail, each is tried alone and answered for itself.
+    /// Commits a batch of decided transitions, answering each. Should the batch itself fail,
+    /// each is tried alone and answered for itself.
     pub(super) async fn commit_transitions(
         &self,
         batch: Vec<TransitionCommit>,
@@ -253,164 +264,313 @@ impl DieselStore {
         &self,
         batch: &[TransitionCommit],
     ) -> Result<Vec<TransitionCommitted>, TxError> {
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let at = now();
-                let school_ids: Vec<&str> = batch
-                    .iter()
-                    .map(|t| t.school_id.as_str())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let zones = conn.lock_schools(&school_ids).await?;
-                // The orders as they will be, and the update that makes each so. A second
-                // transition of one order in a batch was decided on the same version as the
-                // first: it can only conflict.
-                let mut seen = HashSet::new();
-                let mut planned: Vec<Result<(OrderSummary, GuardedUpdate), CommandError>> =
-                    Vec::with_capacity(batch.len());
-                let ready: Vec<&str> = batch
-                    .iter()
-                    .filter(|t| needs_pickup(t))
-                    .map(|t| t.school_id.as_str())
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let mut pickup = if ready.is_empty() {
-                    Pickup::default()
-                } else {
-                    let days: Vec<String> = ready
-                        .iter()
-                        .filter_map(|s| zones.get(*s))
-                        .map(|tz| local_day(tz, at))
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect();
-                    conn.pickup(&ready, &days).await?
+        with_conn!(&self.db, |conn| conn.commit_transitions(batch).await)
+    }
+}
+
+/// What a batch's write came to: the orders moved, with their events' numbers, and the
+/// scans whose claims were still their deciders'.
+#[derive(Default)]
+struct Written {
+    numbers: HashMap<String, i64>,
+    claimed: HashSet<String>,
+}
+
+/// One batch of transitions on each backend.
+trait CommitTransitions {
+    async fn commit_transitions(
+        &mut self,
+        batch: &[TransitionCommit],
+    ) -> Result<Vec<TransitionCommitted>, TxError>;
+}
+
+impl CommitTransitions for PgConn {
+    async fn commit_transitions(
+        &mut self,
+        batch: &[TransitionCommit],
+    ) -> Result<Vec<TransitionCommitted>, TxError> {
+        let at = now();
+        let mut pickup = match ready_schools(batch).as_slice() {
+            [] => Pickup::default(),
+            ready => self.pickup(ready, at).await?,
+        };
+        let planned = plan_all(batch, at, &mut pickup)?;
+        let written = write_transitions_pg(self, &planned, at).await?;
+        answers(batch, planned, written)
+    }
+}
+
+impl CommitTransitions for SqliteConn {
+    async fn commit_transitions(
+        &mut self,
+        batch: &[TransitionCommit],
+    ) -> Result<Vec<TransitionCommitted>, TxError> {
+        self.transaction(async |conn| {
+            let at = now();
+            let schools: BTreeSet<&str> = batch.iter().map(|t| t.school_id.as_str()).collect();
+            conn.lock_schools(&schools.into_iter().collect::<Vec<_>>())
+                .await?;
+            let mut pickup = match ready_schools(batch).as_slice() {
+                [] => Pickup::default(),
+                ready => conn.pickup(ready, at).await?,
+            };
+            let mut planned = plan_all(batch, at, &mut pickup)?;
+            let mut written = Written::default();
+            // A scan's decision commits with its pickup, and the pickup only while the
+            // scan's claim is still its decider's: a claim taken over or abandoned after a
+            // crash can no longer be finished by its first decider.
+            for p in &mut planned {
+                let Ok((order, update, _)) = &*p else {
+                    continue;
                 };
-                for t in batch {
-                    if !seen.insert(t.order_id.as_str()) {
-                        planned.push(Err(CommandError::VersionConflict));
-                        continue;
-                    }
-                    let Some(time_zone) = zones.get(&t.school_id) else {
-                        planned.push(Err(CommandError::SchoolNotFound));
-                        continue;
-                    };
-                    planned.push(plan(t, time_zone, at, &mut pickup));
+                let Some(scan) = &update.scan else {
+                    continue;
+                };
+                let held = diesel::update(
+                    scans::table
+                        .filter(scans::id.eq(&scan.scan_id))
+                        .filter(scans::verdict.eq(PENDING))
+                        .filter(scans::attempt.eq(scan.attempt)),
+                )
+                .set((
+                    scans::verdict.eq(scan.verdict),
+                    scans::answer.eq(Some(&scan.answer)),
+                    scans::order_id.eq(Some(&order.id)),
+                    scans::student_id.eq(Some(&scan.student_id)),
+                    scans::took_us.eq(scan.took_us),
+                ))
+                .execute(conn)
+                .await?;
+                if held == 0 {
+                    *p = Err(CommandError::ScanClaimLost);
+                } else {
+                    written.claimed.insert(scan.scan_id.clone());
                 }
-                // A scan's decision commits with its pickup, and the pickup only while the
-                // scan's claim is still its decider's: a claim taken over or abandoned after a
-                // crash can no longer be finished by its first decider.
-                for (t, p) in batch.iter().zip(planned.iter_mut()) {
-                    let (Some(scan), Ok((order, _))) = (&t.scan, &*p) else {
-                        continue;
-                    };
-                    let verdict = tiffin_actors::rfid::accepted(order);
-                    let answer = serde_json::to_string(&verdict)
-                        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-                    let took = (at - scan.received_at.naive_utc()).num_microseconds();
-                    let held = diesel::update(
-                        scans::table
-                            .filter(scans::id.eq(&scan.scan_id))
-                            .filter(scans::verdict.eq(PENDING))
-                            .filter(scans::attempt.eq(scan.attempt)),
-                    )
+            }
+            let updates: Vec<&GuardedUpdate> = planned
+                .iter()
+                .filter_map(|p| p.as_ref().ok())
+                .map(|(_, u, _)| u)
+                .collect();
+            let moved = apply_updates(conn, &updates, at).await?;
+            // A pickup that lost its race leaves its scan undecided (rare: staff or
+            // another reader moved the order first).
+            for scan in updates
+                .iter()
+                .filter(|u| !moved.contains(&u.id))
+                .filter_map(|u| u.scan.as_ref())
+            {
+                diesel::update(scans::table.filter(scans::id.eq(&scan.scan_id)))
                     .set((
-                        scans::verdict.eq(verdict.code()),
-                        scans::answer.eq(Some(answer)),
-                        scans::order_id.eq(Some(&order.id)),
-                        scans::student_id.eq(Some(&order.student_id)),
-                        scans::took_us.eq(took),
+                        scans::verdict.eq(PENDING),
+                        scans::answer.eq(None::<String>),
+                        scans::order_id.eq(None::<String>),
+                        scans::student_id.eq(None::<String>),
+                        scans::took_us.eq(None::<i64>),
                     ))
                     .execute(conn)
                     .await?;
-                    if held == 0 {
-                        *p = Err(CommandError::ScanClaimLost);
-                    }
+            }
+            // Numbers for the transitions that held, in batch order.
+            let mut held: BTreeMap<String, i64> = BTreeMap::new();
+            for (_, update, _) in planned.iter().filter_map(|p| p.as_ref().ok()) {
+                if moved.contains(&update.id) {
+                    *held.entry(update.school_id.clone()).or_default() += 1;
                 }
-                let updates: Vec<&GuardedUpdate> = planned
-                    .iter()
-                    .filter_map(|p| p.as_ref().ok())
-                    .map(|(_, u)| u)
-                    .collect();
-                let moved = if updates.is_empty() {
-                    HashSet::new()
-                } else {
-                    conn.apply_updates(&updates, at).await?
-                };
-                // A pickup that lost its race leaves its scan undecided (rare: staff or
-                // another reader moved the order first).
-                for (t, p) in batch.iter().zip(&planned) {
-                    if let (Some(scan), Ok((order, _))) = (&t.scan, p)
-                        && !moved.contains(&order.id)
-                    {
-                        diesel::update(scans::table.filter(scans::id.eq(&scan.scan_id)))
-                            .set((
-                                scans::verdict.eq(PENDING),
-                                scans::answer.eq(None::<String>),
-                                scans::order_id.eq(None::<String>),
-                                scans::student_id.eq(None::<String>),
-                                scans::took_us.eq(None::<i64>),
-                            ))
-                            .execute(conn)
-                            .await?;
-                    }
-                }
-                // Numbers for the transitions that held.
-                let mut held: BTreeMap<String, i64> = BTreeMap::new();
-                for t in batch {
-                    if moved.contains(&t.order_id) {
-                        *held.entry(t.school_id.clone()).or_default() += 1;
-                    }
-                }
-                let mut next_seq = if held.is_empty() {
-                    HashMap::new()
-                } else {
-                    conn.take_seqs(&held).await?
-                };
-                let mut events = Vec::new();
-                let mut results = Vec::with_capacity(batch.len());
-                for (t, p) in batch.iter().zip(planned) {
-                    let order = match p {
-                        Err(e) => {
-                            results.push(Err(TxError::Refused(e)));
-                            continue;
-                        }
-                        Ok((order, _)) if moved.contains(&order.id) => order,
-                        Ok(_) => {
-                            results.push(Err(TxError::Refused(CommandError::VersionConflict)));
-                            continue;
-                        }
-                    };
-                    let Some(seq) = next_seq.get_mut(&t.school_id) else {
-                        results.push(Err(TxError::Refused(CommandError::Internal(
-                            "no sequence taken".into(),
-                        ))));
-                        continue;
-                    };
-                    let event = event_row(
-                        *seq,
-                        &order,
-                        EventNote {
-                            kind: event_type(order.state),
-                            from: Some(t.transition.from),
-                            actor_id: t.actor_id.clone(),
-                            reason: t.reason.clone(),
-                            at,
-                            notice: kind_of_transition(t.transition.to, t.issuer),
-                            skip: None,
-                        },
-                    )?;
+            }
+            let mut next = if held.is_empty() {
+                HashMap::new()
+            } else {
+                conn.take_seqs(&held).await?
+            };
+            let mut events = Vec::new();
+            for (_, update, event) in planned.iter().filter_map(|p| p.as_ref().ok()) {
+                if let Some(seq) = next
+                    .get_mut(&update.school_id)
+                    .filter(|_| moved.contains(&update.id))
+                {
+                    written.numbers.insert(update.id.clone(), *seq);
+                    events.push(OrderEventRow {
+                        seq: *seq,
+                        ..event.clone()
+                    });
                     *seq += 1;
-                    results.push(Ok(event_from_row(event.clone())?));
-                    events.push(event);
                 }
-                conn.insert_rows(&events).await?;
-                Ok::<_, TxError>(results)
-            })
-            .await)
+            }
+            conn.insert_rows(&events).await?;
+            answers(batch, planned, written)
+        })
+        .await
     }
+}
+
+/// The whole write of a PostgreSQL batch as one statement. The schools are locked in school
+/// order before any order row (each order's update waits for its school's lock), so batches
+/// cannot deadlock; a scan's claim is locked and checked before its pickup moves the order;
+/// verdicts are written only for the orders that moved; each school's numbers are taken for
+/// its moved orders, in batch order. Yields the moved orders with their numbers, and the
+/// scans still claimed.
+const WRITE_TRANSITIONS_PG: &str = "\
+WITH v AS MATERIALIZED ( \
+    SELECT * FROM json_to_recordset($1::json) AS v(pos int, id text, school_id text, \
+        from_state text, to_state text, version bigint, assign boolean, counter_id text, \
+        pickup_code text, pickup_day text, scan_id text, attempt int, verdict text, \
+        answer text, student_id text, took_us bigint)), \
+locked AS MATERIALIZED ( \
+    SELECT s.id FROM schools s WHERE s.id IN (SELECT school_id FROM v) \
+    ORDER BY s.id FOR NO KEY UPDATE), \
+claimed AS MATERIALIZED ( \
+    SELECT sc.id FROM scans sc JOIN v ON sc.id = v.scan_id \
+    WHERE sc.verdict = 'pending' AND sc.attempt = v.attempt \
+    AND v.school_id IN (SELECT id FROM locked) \
+    FOR UPDATE OF sc), \
+moved AS ( \
+    UPDATE orders AS o SET state = v.to_state, version = v.version, updated_at = $2, \
+        counter_id = CASE WHEN v.assign THEN v.counter_id ELSE o.counter_id END, \
+        pickup_code = CASE WHEN v.assign THEN v.pickup_code ELSE o.pickup_code END, \
+        pickup_day = CASE WHEN v.assign THEN v.pickup_day ELSE o.pickup_day END \
+    FROM v WHERE o.id = v.id AND o.school_id = v.school_id AND o.version = v.version - 1 \
+    AND o.state = v.from_state AND v.school_id IN (SELECT id FROM locked) \
+    AND (v.scan_id IS NULL OR v.scan_id IN (SELECT id FROM claimed)) \
+    RETURNING o.id, o.school_id, v.pos), \
+verdicts AS ( \
+    UPDATE scans AS sc SET verdict = v.verdict, answer = v.answer, order_id = v.id, \
+        student_id = v.student_id, took_us = v.took_us \
+    FROM v JOIN moved ON moved.id = v.id WHERE sc.id = v.scan_id), \
+counts AS (SELECT school_id, count(*) AS n FROM moved GROUP BY school_id), \
+taken AS ( \
+    UPDATE schools AS s SET event_seq = s.event_seq + counts.n FROM counts \
+    WHERE s.id = counts.school_id RETURNING s.id, s.event_seq - counts.n + 1 AS first), \
+numbered AS ( \
+    SELECT moved.id, taken.first + row_number() OVER ( \
+        PARTITION BY moved.school_id ORDER BY moved.pos) - 1 AS seq \
+    FROM moved JOIN taken ON taken.id = moved.school_id), \
+events AS ( \
+    INSERT INTO order_events (school_id, seq, order_id, version, kind, from_state, to_state, \
+        actor_id, reason, snapshot, created_at, notice, notice_skip, fanned_out) \
+    SELECT e.school_id, numbered.seq, e.order_id, e.version, e.kind, e.from_state, \
+        e.to_state, e.actor_id, e.reason, e.snapshot, e.created_at, e.notice, e.notice_skip, \
+        e.fanned_out \
+    FROM json_populate_recordset(NULL::order_events, $3::json) AS e \
+    JOIN numbered ON numbered.id = e.order_id) \
+SELECT id, seq FROM numbered \
+UNION ALL SELECT id, -1 FROM claimed";
+
+#[derive(QueryableByName)]
+struct WrittenRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+}
+
+async fn write_transitions_pg(
+    conn: &mut PgConn,
+    planned: &Planned,
+    at: NaiveDateTime,
+) -> Result<Written, TxError> {
+    #[derive(serde::Serialize)]
+    struct At<'a> {
+        pos: usize,
+        #[serde(flatten)]
+        update: &'a GuardedUpdate,
+    }
+    let ok = || planned.iter().filter_map(|p| p.as_ref().ok());
+    let updates: Vec<At> = ok()
+        .enumerate()
+        .map(|(pos, (_, update, _))| At { pos, update })
+        .collect();
+    if updates.is_empty() {
+        return Ok(Written::default());
+    }
+    let events: Vec<&OrderEventRow> = ok().map(|(.., event)| event).collect();
+    let rows = diesel::sql_query(WRITE_TRANSITIONS_PG)
+        .bind::<Text, _>(serde_json::to_string(&updates).map_err(json_error)?)
+        .bind::<Timestamp, _>(at)
+        .bind::<Text, _>(serde_json::to_string(&events).map_err(json_error)?)
+        .load::<WrittenRow>(conn)
+        .await?;
+    let mut written = Written::default();
+    for row in rows {
+        if row.seq < 0 {
+            written.claimed.insert(row.id);
+        } else {
+            written.numbers.insert(row.id, row.seq);
+        }
+    }
+    Ok(written)
+}
+
+/// The schools of the batch's orders that become ready and need a counter and code.
+fn ready_schools(batch: &[TransitionCommit]) -> Vec<&str> {
+    batch
+        .iter()
+        .filter(|t| needs_pickup(t))
+        .map(|t| t.school_id.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Plans every transition of the batch. A second transition of one order in a batch was
+/// decided on the same version as the first: it can only conflict.
+fn plan_all(
+    batch: &[TransitionCommit],
+    at: NaiveDateTime,
+    pickup: &mut Pickup,
+) -> Result<Planned, TxError> {
+    let mut seen = HashSet::new();
+    let mut planned = Vec::with_capacity(batch.len());
+    for t in batch {
+        if !seen.insert(t.order_id.as_str()) {
+            planned.push(Err(CommandError::VersionConflict));
+            continue;
+        }
+        planned.push(match plan(t, at, pickup) {
+            Ok((order, update)) => {
+                let event = event_row(
+                    0,
+                    &order,
+                    EventNote {
+                        kind: event_type(order.state),
+                        from: Some(t.transition.from),
+                        actor_id: t.actor_id.clone(),
+                        reason: t.reason.clone(),
+                        at,
+                        notice: kind_of_transition(t.transition.to, t.issuer),
+                        skip: None,
+                    },
+                )?;
+                Ok((order, update, event))
+            }
+            Err(e) => Err(e),
+        });
+    }
+    Ok(planned)
+}
+
+/// Each transition's answer: its event if its order moved; else why not.
+fn answers(
+    batch: &[TransitionCommit],
+    planned: Planned,
+    written: Written,
+) -> Result<Vec<TransitionCommitted>, TxError> {
+    let mut results = Vec::with_capacity(batch.len());
+    for p in planned {
+        results.push(match p {
+            Err(e) => Err(TxError::Refused(e)),
+            Ok((_, update, event)) => match written.numbers.get(&update.id) {
+                Some(&seq) => Ok(event_from_row(OrderEventRow { seq, ..event })?),
+                None => Err(TxError::Refused(match &update.scan {
+                    Some(scan) if !written.claimed.contains(&scan.scan_id) => {
+                        CommandError::ScanClaimLost
+                    }
+                    _ => CommandError::VersionConflict,
+                })),
+            },
+        });
+    }
+    Ok(results)
 }
 
 /// Whether the transition makes an order ready that has no pickup code yet (a recalled order
@@ -422,7 +582,6 @@ fn needs_pickup(t: &TransitionCommit) -> bool {
 /// The order as the transition leaves it, and the guarded update that makes it so.
 fn plan(
     t: &TransitionCommit,
-    time_zone: &str,
     at: NaiveDateTime,
     pickup: &mut Pickup,
 ) -> Result<(OrderSummary, GuardedUpdate), CommandError> {
@@ -446,15 +605,29 @@ fn plan(
         counter_id: None,
         pickup_code: None,
         pickup_day: None,
+        scan: None,
     };
     if needs_pickup(t) {
-        let (counter, code) = pickup.assign(&t.school_id)?;
+        let (counter, code, day) = pickup.assign(&t.school_id, at)?;
         update.assign = true;
         update.counter_id = counter.as_ref().map(|c| c.id.clone());
         update.pickup_code = Some(code.clone());
-        update.pickup_day = Some(local_day(time_zone, at));
+        update.pickup_day = Some(day);
         order.counter = counter;
         order.pickup_code = Some(code);
+    }
+    if let Some(scan) = &t.scan {
+        let verdict = tiffin_actors::rfid::accepted(&order);
+        update.scan = Some(Verdict {
+            scan_id: scan.scan_id.clone(),
+            attempt: scan.attempt,
+            verdict: verdict.code(),
+            answer: serde_json::to_string(&verdict).map_err(|e| {
+                CommandError::Internal(format!("a verdict could not be written: {e}"))
+            })?,
+            student_id: order.student_id.clone(),
+            took_us: (at - scan.received_at.naive_utc()).num_microseconds(),
+        });
     }
     Ok((order, update))
 }
