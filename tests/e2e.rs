@@ -2529,7 +2529,10 @@ async fn orders_at_once(backend: Backend) {
         )
     };
     let (sent, trips, counted) = counts().await;
-    expect(place_order(&hub, &a, "lone", 1).await, 201);
+    let lone_order = expect(place_order(&hub, &a, "lone", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (sent_after, trips_after, counted_after) = counts().await;
     let (lone, lone_trips) = (sent_after - sent, trips_after - trips);
     assert_eq!(counted_after - counted, 1.0);
