@@ -8,6 +8,7 @@ use crate::db::schema::{
     schools, users,
 };
 use crate::db::{Db, DbError};
+use crate::store::{one_by_one, pipelined};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -1067,6 +1068,39 @@ pub async fn recent_scans(db: &Db, school_id: &str, limit: i64) -> Result<Vec<Sc
         .await)?)
 }
 
+/// An order of the day as read: (snapshot, school time zone, state, pickup day).
+type DayOrderRow = (String, String, String, Option<String>);
+
+/// The orders of the day of the students `$students` (an `eq_any` operand) at a school,
+/// picked up ones on any of `$days`; [`of_today`] keeps today's.
+macro_rules! orders_of_day {
+    ($conn:expr, $school_id:expr, $students:expr, $days:expr) => {
+        order_events::table
+            .inner_join(
+                orders::table.on(orders::id
+                    .eq(order_events::order_id)
+                    .and(orders::version.eq(order_events::version))),
+            )
+            .inner_join(schools::table.on(schools::id.eq(orders::school_id)))
+            .filter(orders::school_id.eq($school_id))
+            .filter(orders::student_id.eq_any($students))
+            .filter(
+                orders::state
+                    .eq_any(["placed", "confirmed", "preparing", "ready"])
+                    .or(orders::state
+                        .eq("picked_up")
+                        .and(orders::pickup_day.eq_any($days))),
+            )
+            .select((
+                order_events::snapshot,
+                schools::time_zone,
+                orders::state,
+                orders::pickup_day,
+            ))
+            .load::<DayOrderRow>($conn)
+    };
+}
+
 /// A student's orders a counter cares about today: the live ones and those picked up today
 /// (school-local), each as its latest event's snapshot (JSON). One statement: the orders with
 /// their current event and their school's time zone.
@@ -1075,40 +1109,30 @@ pub async fn student_orders_of_day(
     school_id: &str,
     student_id: &str,
 ) -> Result<Vec<String>, DbError> {
-    // Today somewhere on Earth is one of these UTC dates; the school's zone picks one below.
+    let days = days_around_today();
+    let rows = with_conn!(db, |conn| orders_of_day!(
+        conn,
+        school_id,
+        [student_id],
+        &days
+    )
+    .await)?;
+    Ok(of_today(rows))
+}
+
+/// Today somewhere on Earth is one of these UTC dates; the school's zone picks one.
+fn days_around_today() -> Vec<String> {
     let utc = chrono::Utc::now().date_naive();
-    let days: Vec<String> = [utc.pred_opt(), Some(utc), utc.succ_opt()]
+    [utc.pred_opt(), Some(utc), utc.succ_opt()]
         .into_iter()
         .flatten()
         .map(|d| d.format("%Y-%m-%d").to_string())
-        .collect();
-    let live = ["placed", "confirmed", "preparing", "ready"];
-    let rows: Vec<(String, String, String, Option<String>)> = with_conn!(db, |conn| {
-        order_events::table
-            .inner_join(
-                orders::table.on(orders::id
-                    .eq(order_events::order_id)
-                    .and(orders::version.eq(order_events::version))),
-            )
-            .inner_join(schools::table.on(schools::id.eq(orders::school_id)))
-            .filter(orders::school_id.eq(school_id))
-            .filter(orders::student_id.eq(student_id))
-            .filter(
-                orders::state.eq_any(live).or(orders::state
-                    .eq("picked_up")
-                    .and(orders::pickup_day.eq_any(&days))),
-            )
-            .select((
-                order_events::snapshot,
-                schools::time_zone,
-                orders::state,
-                orders::pickup_day,
-            ))
-            .load(conn)
-            .await
-    })?;
-    Ok(rows
-        .into_iter()
+        .collect()
+}
+
+/// The snapshots of the orders still live, or picked up on their school's today.
+fn of_today(rows: Vec<DayOrderRow>) -> Vec<String> {
+    rows.into_iter()
         .filter(|(_, time_zone, state, day)| {
             let tz: chrono_tz::Tz = time_zone.parse().unwrap_or(chrono_tz::UTC);
             let today = chrono::Utc::now()
@@ -1118,7 +1142,84 @@ pub async fn student_orders_of_day(
             state != "picked_up" || day.as_deref() == Some(today.as_str())
         })
         .map(|(snapshot, ..)| snapshot)
-        .collect())
+        .collect()
+}
+
+/// A new scan's claim and what deciding it needs.
+pub struct ClaimedScan {
+    /// Whether this request took the claim (else a retry or replay holds it).
+    pub claimed: bool,
+    /// The first decided scan of this card at this reader within the debounce window.
+    pub first: Option<ScanRow>,
+    pub card: Option<CardRow>,
+    /// The card holder's orders of the day at the reader's school (see
+    /// [`student_orders_of_day`]).
+    pub orders: Vec<String>,
+}
+
+/// Claims a scan and reads what deciding it needs, sent together: one round trip on
+/// PostgreSQL. The reads are wasted only when the claim was not taken (a retry).
+pub async fn claim_scan_with_facts(
+    db: &Db,
+    row: &ScanRow,
+    window: chrono::TimeDelta,
+) -> Result<ClaimedScan, DbError> {
+    let (from, to) = (row.read_at - window, row.read_at + window);
+    let days = days_around_today();
+    let holder = rfid_cards::table
+        .filter(rfid_cards::card_uid.eq(&row.card_uid))
+        .select(rfid_cards::student_id);
+    macro_rules! claim_and_read {
+        ($join:ident, $c:expr) => {
+            $join!(
+                diesel::insert_into(scans::table)
+                    .values(row)
+                    .on_conflict_do_nothing()
+                    .execute($c),
+                scans::table
+                    .filter(scans::reader_id.eq(&row.reader_id))
+                    .filter(scans::card_uid.eq(&row.card_uid))
+                    .filter(scans::read_at.between(from, to))
+                    .filter(scans::verdict.ne_all([SCAN_PENDING, SCAN_ABANDONED]))
+                    .filter(scans::id.ne(&row.id))
+                    .order((scans::received_at.asc(), scans::id.asc()))
+                    .limit(1)
+                    .select(ScanRow::as_select())
+                    .load::<ScanRow>($c),
+                rfid_cards::table
+                    .filter(rfid_cards::card_uid.eq(&row.card_uid))
+                    .limit(1)
+                    .select(CardRow::as_select())
+                    .load::<CardRow>($c),
+                orders_of_day!($c, &row.school_id, holder, &days),
+            )
+        };
+    }
+    let asked = std::time::Instant::now();
+    let (inserted, first, card, orders) = match db {
+        Db::Pg(pool) => {
+            let pooled = pool.get().await?;
+            let turn = crate::db::Turn::began(asked);
+            let conn: &diesel_async::AsyncPgConnection = &pooled;
+            let read = async { Ok::<_, DbError>(claim_and_read!(pipelined, &mut &*conn)) }.await;
+            turn.ended();
+            read?
+        }
+        Db::Sqlite(pool) => {
+            let mut pooled = pool.get().await?;
+            let turn = crate::db::Turn::began(asked);
+            let conn = &mut *pooled;
+            let read = async { Ok::<_, DbError>(claim_and_read!(one_by_one, &mut *conn)) }.await;
+            turn.ended();
+            read?
+        }
+    };
+    Ok(ClaimedScan {
+        claimed: inserted == 1,
+        first: first.into_iter().next(),
+        card: card.into_iter().next(),
+        orders: of_today(orders),
+    })
 }
 
 /// Whether the order's pickup was recorded with this reason (a scan that handed it over).

@@ -3,7 +3,7 @@
 //! the first verdict; a hand-over is a version-guarded pickup through the kitchen, so two
 //! readers never hand one meal over twice. Every scan is recorded with how long it took.
 
-use crate::db::models::{ReaderRow, ScanRow, now};
+use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
 use crate::error::{ApiError, ErrorCode};
 use crate::repo;
 use crate::state::AppState;
@@ -312,47 +312,60 @@ async fn decide_scan(
         claimed_at: Some(received),
         attempt: 1,
     };
-    // Claim first (most scans are new): one statement; a retry or replay reads the claim.
-    let claim = loop {
-        if repo::claim_scan(&state.db, &row).await? {
-            break row;
-        }
-        let Some(existing) = repo::scan_by_seq(&state.db, &reader.id, scan.seq).await? else {
-            if started.elapsed() > Duration::from_secs(5) {
-                return Err(still_deciding());
-            }
-            continue;
-        };
-        match existing.verdict.as_str() {
-            repo::SCAN_ABANDONED => {
-                // Its node died before deciding and nothing was handed over: decide afresh.
-                match repo::take_over_scan(&state.db, &existing, &node.id, now()).await? {
-                    Some(taken) => break taken,
-                    None => continue,
-                }
-            }
-            repo::SCAN_PENDING => {
-                let claimed_at = existing.claimed_at.unwrap_or(existing.received_at);
-                if now() - claimed_at >= CLAIM_LEASE {
-                    // Its node died mid-decision: settle it as the sweeper would, now.
-                    settle(&state.db, node, vec![existing]).await?;
-                    continue;
-                }
+    // Claim first (most scans are new), sent with the reads a new scan's decision needs; a
+    // retry or replay reads the claim.
+    let window = TimeDelta::milliseconds(state.config.rfid.debounce_ms);
+    let facts = repo::claim_scan_with_facts(&state.db, &row, window).await?;
+    let (claim, facts) = if facts.claimed {
+        (row, Some(facts))
+    } else {
+        loop {
+            let Some(existing) = repo::scan_by_seq(&state.db, &reader.id, scan.seq).await? else {
                 if started.elapsed() > Duration::from_secs(5) {
                     return Err(still_deciding());
                 }
-                actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+                if repo::claim_scan(&state.db, &row).await? {
+                    break (row, None);
+                }
+                continue;
+            };
+            match existing.verdict.as_str() {
+                repo::SCAN_ABANDONED => {
+                    // Its node died before deciding and nothing was handed over: decide afresh.
+                    match repo::take_over_scan(&state.db, &existing, &node.id, now()).await? {
+                        Some(taken) => break (taken, None),
+                        None => continue,
+                    }
+                }
+                repo::SCAN_PENDING => {
+                    let claimed_at = existing.claimed_at.unwrap_or(existing.received_at);
+                    if now() - claimed_at >= CLAIM_LEASE {
+                        // Its node died mid-decision: settle it as the sweeper would, now.
+                        settle(&state.db, node, vec![existing]).await?;
+                        continue;
+                    }
+                    if started.elapsed() > Duration::from_secs(5) {
+                        return Err(still_deciding());
+                    }
+                    actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+                }
+                _ => return answer_of(&existing, scan.seq, true),
             }
-            _ => return answer_of(&existing, scan.seq, true),
         }
     };
     state
         .config
         .crash_point(crate::config::CrashPoint::ScanClaimed);
-    let window = TimeDelta::milliseconds(state.config.rfid.debounce_ms);
-    if let Some(first) =
-        repo::first_scan_near(&state.db, &reader.id, &uid, read_at, window, &claim.id).await?
-    {
+    // A claim taken over or taken late reads its facts now; its orders, when handing over.
+    let (first, card, orders) = match facts {
+        Some(facts) => (facts.first, facts.card, Some(facts.orders)),
+        None => (
+            repo::first_scan_near(&state.db, &reader.id, &uid, read_at, window, &claim.id).await?,
+            repo::card_by_uid(&state.db, &uid).await?,
+            None,
+        ),
+    };
+    if let Some(first) = first {
         let mut answer = answer_of(&first, scan.seq, false)?;
         answer.scan_id = claim.id.clone();
         answer.debounced = true;
@@ -370,7 +383,7 @@ async fn decide_scan(
             .increment(1);
         return Ok(answer);
     }
-    let decided = match decide_and_hand_over(state, reader, &uid, &claim).await? {
+    let decided = match decide_and_hand_over(state, reader, card, orders, &claim).await? {
         HandOver::Decided(decided) => decided,
         HandOver::ClaimLost => return decided_elsewhere(state, reader, scan.seq).await,
     };
@@ -544,10 +557,11 @@ enum HandOver {
 async fn decide_and_hand_over(
     state: &AppState,
     reader: &ReaderRow,
-    uid: &str,
+    card: Option<CardRow>,
+    orders: Option<Vec<String>>,
     claim: &ScanRow,
 ) -> Result<HandOver, ApiError> {
-    let card = repo::card_by_uid(&state.db, uid).await?.and_then(|c| {
+    let card = card.and_then(|c| {
         Some(Card {
             school_id: c.school_id,
             student_id: c.student_id,
@@ -560,11 +574,13 @@ async fn decide_and_hand_over(
         attempt: claim.attempt,
         received_at: claim.received_at.and_utc(),
     };
+    let orders = orders.map(|o| snapshots(&o)).transpose()?;
     hand_over(
         state,
         &reader.school_id,
         &reader.counter_id,
         card,
+        orders,
         reason,
         Some(scan),
     )
@@ -578,8 +594,11 @@ async fn orders_of_day(
     school_id: &str,
     student_id: &str,
 ) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
-    repo::student_orders_of_day(&state.db, school_id, student_id)
-        .await?
+    snapshots(&repo::student_orders_of_day(&state.db, school_id, student_id).await?)
+}
+
+fn snapshots(stored: &[String]) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
+    stored
         .iter()
         .map(|snapshot| {
             serde_json::from_str(snapshot)
@@ -596,16 +615,18 @@ async fn hand_over(
     school_id: &str,
     counter_id: &str,
     card: Option<Card>,
+    mut read: Option<Vec<tiffin_actors::domain::OrderSummary>>,
     reason: String,
     scan: Option<ScanClaim>,
 ) -> Result<HandOver, ApiError> {
     let student_id = card.as_ref().map(|c| c.student_id.clone());
     for _ in 0..HANDOVER_TRIES {
-        let orders = match &card {
-            Some(card) if card.school_id == school_id => {
-                orders_of_day(state, school_id, &card.student_id).await?
-            }
-            _ => Vec::new(),
+        let orders = match (&card, read.take()) {
+            (Some(card), _) if card.school_id != school_id => Vec::new(),
+            // Read with the scan's claim: the first try needs no read of its own.
+            (Some(_), Some(orders)) => orders,
+            (Some(card), None) => orders_of_day(state, school_id, &card.student_id).await?,
+            (None, _) => Vec::new(),
         };
         let order = match decide(card.as_ref(), school_id, counter_id, &orders) {
             Decision::Final(Verdict::AlreadyPickedUp { order_id })
@@ -887,6 +908,7 @@ pub async fn verify_code(
         &row.school_id,
         &row.counter_id,
         Some(card),
+        None,
         reason,
         None,
     )

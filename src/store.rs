@@ -823,6 +823,7 @@ macro_rules! pipelined {
             .await?
     };
 }
+pub(crate) use {one_by_one, pipelined};
 
 #[cfg(test)]
 mod batch_tests;

@@ -2543,6 +2543,16 @@ async fn orders_at_once(backend: Backend) {
             lone_trips, 2.0,
             "a lone order took {lone_trips} round trips"
         );
+        // A transition: its order's owner read once per node, then one statement a batch;
+        // two when the order becomes ready (its counter and code read first).
+        const MOVES: &str = r#"db_round_trips_total{op="transition"}"#;
+        let before = metric(&hub, MOVES).await;
+        advance(&hub, &a, &lone_order, &["confirm", "start", "ready"]).await;
+        let moves = metric(&hub, MOVES).await - before;
+        assert!(
+            (4.0..=5.0).contains(&moves),
+            "confirm, start and ready took {moves} round trips"
+        );
     }
     let (sent, trips, counted) = counts().await;
     let burst: Vec<String> = (0..KEYS).map(|n| format!("burst-{n}")).collect();
