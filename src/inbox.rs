@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tiffin_actors::bus::{Bus, Frame, inbox_topic};
 use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
 #[diesel(table_name = inbox_messages)]
 pub struct InboxRow {
     pub id: String,
@@ -104,6 +104,9 @@ impl From<diesel::result::Error> for StoreError {
 /// Stores a message once: the next number in the user's inbox, unless this outbox row was
 /// stored before (a retried delivery). Yields the row and whether it is new.
 async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
+    if let Db::Pg(pool) = db {
+        return store_pg(pool, row).await;
+    }
     let stored = with_conn!(db, |conn| conn
         .transaction(async |conn| {
             // Write first: takes SQLite's write lock before any read.
@@ -135,6 +138,49 @@ async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
         Err(StoreError::StoredBefore(row)) => Ok((row, false)),
         Err(StoreError::Db(e)) => Err(e.into()),
     }
+}
+
+/// PostgreSQL: the message stored, or found stored before, in one statement (one round
+/// trip: no BEGIN or COMMIT). The user's number is taken only when the message is new; should
+/// a resend race it, the loser fails on the message's key, takes nothing and is retried.
+const STORE_PG: &str = "\
+WITH r AS (SELECT * FROM json_populate_record(NULL::inbox_messages, $1::json)), \
+earlier AS (SELECT m.seq FROM inbox_messages m JOIN r ON m.id = r.id), \
+taken AS ( \
+    UPDATE users AS u SET inbox_seq = u.inbox_seq + 1 FROM r \
+    WHERE u.id = r.user_id AND NOT EXISTS (SELECT 1 FROM earlier) \
+    RETURNING u.inbox_seq), \
+stored AS ( \
+    INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, order_id, created_at, \
+        read_at, deleted_at) \
+    SELECT r.id, r.user_id, taken.inbox_seq, r.kind, r.title, r.body, r.order_id, \
+        r.created_at, r.read_at, r.deleted_at FROM r, taken \
+    RETURNING seq) \
+SELECT seq, true AS fresh FROM stored UNION ALL SELECT seq, false FROM earlier";
+
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    seq: i64,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    fresh: bool,
+}
+
+async fn store_pg(
+    pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::PgConn>,
+    row: InboxRow,
+) -> Result<(InboxRow, bool), DbError> {
+    let json = serde_json::to_string(&row).map_err(|e| DbError::Other(e.to_string()))?;
+    let asked = std::time::Instant::now();
+    let mut conn = pool.get().await?;
+    let turn = crate::db::Turn::began(asked);
+    let stored = diesel::sql_query(STORE_PG)
+        .bind::<diesel::sql_types::Text, _>(json)
+        .get_result::<Stored>(&mut *conn)
+        .await;
+    turn.ended();
+    let Stored { seq, fresh } = stored?;
+    Ok((InboxRow { seq, ..row }, fresh))
 }
 
 /// The user's latest inbox number.
@@ -275,7 +321,8 @@ impl Sender for InAppSender {
             read_at: None,
             deleted_at: None,
         };
-        let (row, fresh) = store(&self.db, row).await.map_err(|e| match e {
+        let stored = crate::db::counted(crate::store::NOTIFY, store(&self.db, row)).await;
+        let (row, fresh) = stored.map_err(|e| match e {
             DbError::Unavailable(m) => SendError::Transient(m),
             DbError::NotFound => SendError::Permanent("no such user".into()),
             other => SendError::Transient(other.to_string()),
@@ -284,5 +331,69 @@ impl Sender for InAppSender {
             self.bus.publish_frame(row.frame());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch_tests::{database, pg_admin, pg_database};
+    use crate::supervision_tests::school;
+
+    fn message(id: &str, user_id: &str) -> InboxRow {
+        InboxRow {
+            id: id.into(),
+            user_id: user_id.into(),
+            seq: 0,
+            kind: "order_ready".into(),
+            title: "Ready".into(),
+            body: "Your lunch is ready.".into(),
+            order_id: None,
+            created_at: now(),
+            read_at: None,
+            deleted_at: None,
+        }
+    }
+
+    /// New messages take the user's next numbers; a message stored again (a resend after a
+    /// crash) is found, takes no number and is not new; an unknown user stores nothing.
+    async fn numbers_without_gaps(db: Db) {
+        let user = school(&db, "inbox").await.student;
+        let (first, fresh) = store(&db, message("m-1", &user)).await.unwrap();
+        assert_eq!((first.seq, fresh), (1, true));
+        let (again, fresh) = store(&db, message("m-1", &user)).await.unwrap();
+        assert_eq!((again.seq, fresh), (1, false), "stored before, not again");
+        let (second, fresh) = store(&db, message("m-2", &user)).await.unwrap();
+        assert_eq!((second.seq, fresh), (2, true), "the resend took no number");
+        assert_eq!(latest_seq(&db, &user).await.unwrap(), Some(2));
+        let stored = messages_between(&db, &user, 0, 10).await.unwrap();
+        assert_eq!(
+            stored
+                .iter()
+                .map(|m| (m.id.as_str(), m.seq))
+                .collect::<Vec<_>>(),
+            vec![("m-1", 1), ("m-2", 2)]
+        );
+        assert!(store(&db, message("m-3", "no-such-user")).await.is_err());
+        assert!(
+            messages_between(&db, "no-such-user", 0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[actix_web::test]
+    async fn numbers_without_gaps_on_sqlite() {
+        let (_dir, db) = database().await;
+        numbers_without_gaps(db).await;
+    }
+
+    #[actix_web::test]
+    async fn numbers_without_gaps_on_postgres() {
+        let (name, db) = pg_database().await;
+        numbers_without_gaps(db.clone()).await;
+        drop(db);
+        pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
     }
 }

@@ -1244,154 +1244,204 @@ impl Store for DieselStore {
     }
 }
 
+/// PostgreSQL: messages marked sent and their attempts recorded in one statement (one round
+/// trip, whatever their number).
+const MARK_SENT_PG: &str = "\
+WITH sent AS ( \
+    UPDATE outbox SET status = 'sent', sent_at = $3, attempts = attempts + 1, \
+        claimed_until = NULL \
+    WHERE id = ANY($1) RETURNING id, attempts) \
+INSERT INTO delivery_attempts (id, outbox_id, attempt, at, outcome, detail) \
+SELECT a.attempt_id, sent.id, sent.attempts, $3, 'sent', NULL \
+FROM sent JOIN unnest($1::text[], $2::text[]) AS a(outbox_id, attempt_id) \
+    ON a.outbox_id = sent.id";
+
+async fn mark_sent_pg(
+    pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::PgConn>,
+    ids: &[String],
+    at: NaiveDateTime,
+) -> Result<(), CommandError> {
+    use diesel::sql_types::{Array, Text, Timestamp};
+    let attempt_ids: Vec<String> = ids
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    let asked = std::time::Instant::now();
+    let mut conn = pool.get().await.map_err(DbError::from)?;
+    let turn = crate::db::Turn::began(asked);
+    let marked = diesel::sql_query(MARK_SENT_PG)
+        .bind::<Array<Text>, _>(ids)
+        .bind::<Array<Text>, _>(&attempt_ids)
+        .bind::<Timestamp, _>(at)
+        .execute(&mut *conn)
+        .await;
+    turn.ended();
+    marked.map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Dispatch's statements and round trips (fan-out, claims, delivery records) count under
+/// this operation; its operations are the messages marked sent.
+pub(crate) const NOTIFY: &str = "notify";
+
 #[async_trait]
 impl Outbox for DieselStore {
     async fn fan_out(&self, limit: i64) -> Result<usize, CommandError> {
-        self.fan_out_events(limit).await
+        crate::db::counted(NOTIFY, async { self.fan_out_events(limit).await }).await
     }
 
     async fn queue_digests(
         &self,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, CommandError> {
-        self.queue_due_digests(now).await
+        crate::db::counted(NOTIFY, async { self.queue_due_digests(now).await }).await
     }
 
     async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError> {
-        let at = now();
-        let due = DueRows {
-            at,
-            lease: at + Duration::seconds(CLAIM_LEASE_SECS),
-            limit,
-            skip,
-        };
-        let node = self.node.id.as_str();
-        // One turn at the connection, one transaction, for the claim, everything dispatch
-        // must know of its messages, and taking out those no longer needed: in a rush each
-        // turn waits ~20 ms, and messages due meanwhile wait for the next claim
-        // (BENCHMARKS.md). A claim left behind by a crash thus holds only messages whose send
-        // may have begun.
-        let claimed = with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let leased = conn.lease_due(due, node).await?;
-                if leased.is_empty() {
-                    return Ok::<_, diesel::result::Error>(Vec::new());
-                }
-                let ids: Vec<&String> = leased.iter().map(|(id, _)| id).collect();
-                let resend: HashSet<&String> = leased
-                    .iter()
-                    .filter(|(_, resend)| *resend)
-                    .map(|(id, _)| id)
-                    .collect();
-                let mut rows: Vec<OutboxRow> = outbox::table
-                    .filter(outbox::id.eq_any(&ids))
-                    .select(OutboxRow::as_select())
-                    .load(conn)
-                    .await?;
-                let firsts: Vec<&String> = rows
-                    .iter()
-                    .filter_map(|r| r.fallback_for.as_ref())
-                    .collect();
-                let delivered: HashSet<String> = if firsts.is_empty() {
-                    HashSet::new()
-                } else {
-                    outbox::table
-                        .filter(outbox::id.eq_any(&firsts))
-                        .filter(outbox::status.eq("sent"))
-                        .select(outbox::id)
-                        .load::<String>(conn)
-                        .await?
-                        .into_iter()
-                        .collect()
-                };
-                let order_ids: Vec<String> = rows
-                    .iter()
-                    .filter_map(|r| order_told_of(&r.template, &r.payload).map(|(_, id)| id))
-                    .collect();
-                let states: HashMap<String, String> = if order_ids.is_empty() {
-                    HashMap::new()
-                } else {
-                    orders::table
-                        .filter(orders::id.eq_any(&order_ids))
-                        .select((orders::id, orders::state))
-                        .load::<(String, String)>(conn)
-                        .await?
-                        .into_iter()
-                        .collect()
-                };
-                let facts = ClaimFacts { delivered, states };
-                rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
-                let claimed: Vec<Claimed> = rows
-                    .into_iter()
-                    .map(|r| {
-                        let resend = resend.contains(&r.id);
-                        let message = outbox_message(r);
-                        let needed = if resend {
-                            Needed::Yes
-                        } else if message.expires_at.is_some_and(|t| t <= at.and_utc()) {
-                            Needed::PastExpiry
-                        } else {
-                            facts.needed(&message)
-                        };
-                        Claimed {
-                            message,
-                            needed,
-                            resend,
-                        }
-                    })
-                    .collect();
-                // Grouped by why: rarely more than a statement or two.
-                let mut dropped: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
-                for c in &claimed {
-                    if let Some((how, why)) = dropped_as(c.needed) {
-                        dropped
-                            .entry((how.as_str(), why))
-                            .or_default()
-                            .push(c.message.id.as_str());
+        crate::db::counted(NOTIFY, async {
+            let at = now();
+            let due = DueRows {
+                at,
+                lease: at + Duration::seconds(CLAIM_LEASE_SECS),
+                limit,
+                skip,
+            };
+            let node = self.node.id.as_str();
+            // One turn at the connection, one transaction, for the claim, everything dispatch
+            // must know of its messages, and taking out those no longer needed: in a rush each
+            // turn waits ~20 ms, and messages due meanwhile wait for the next claim
+            // (BENCHMARKS.md). A claim left behind by a crash thus holds only messages whose send
+            // may have begun.
+            let claimed = with_conn!(&self.db, |conn| conn
+                .transaction(async |conn| {
+                    let leased = conn.lease_due(due, node).await?;
+                    if leased.is_empty() {
+                        return Ok::<_, diesel::result::Error>(Vec::new());
                     }
-                }
-                for ((status, why), ids) in dropped {
-                    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
-                        .set((
-                            outbox::status.eq(status),
-                            outbox::last_error.eq(Some(why)),
-                            outbox::claimed_until.eq(None::<NaiveDateTime>),
-                        ))
-                        .execute(conn)
+                    let ids: Vec<&String> = leased.iter().map(|(id, _)| id).collect();
+                    let resend: HashSet<&String> = leased
+                        .iter()
+                        .filter(|(_, resend)| *resend)
+                        .map(|(id, _)| id)
+                        .collect();
+                    let mut rows: Vec<OutboxRow> = outbox::table
+                        .filter(outbox::id.eq_any(&ids))
+                        .select(OutboxRow::as_select())
+                        .load(conn)
                         .await?;
-                }
-                Ok(claimed)
-            })
-            .await
-            .map_err(DbError::from))?;
-        Ok(claimed)
+                    let firsts: Vec<&String> = rows
+                        .iter()
+                        .filter_map(|r| r.fallback_for.as_ref())
+                        .collect();
+                    let delivered: HashSet<String> = if firsts.is_empty() {
+                        HashSet::new()
+                    } else {
+                        outbox::table
+                            .filter(outbox::id.eq_any(&firsts))
+                            .filter(outbox::status.eq("sent"))
+                            .select(outbox::id)
+                            .load::<String>(conn)
+                            .await?
+                            .into_iter()
+                            .collect()
+                    };
+                    let order_ids: Vec<String> = rows
+                        .iter()
+                        .filter_map(|r| order_told_of(&r.template, &r.payload).map(|(_, id)| id))
+                        .collect();
+                    let states: HashMap<String, String> = if order_ids.is_empty() {
+                        HashMap::new()
+                    } else {
+                        orders::table
+                            .filter(orders::id.eq_any(&order_ids))
+                            .select((orders::id, orders::state))
+                            .load::<(String, String)>(conn)
+                            .await?
+                            .into_iter()
+                            .collect()
+                    };
+                    let facts = ClaimFacts { delivered, states };
+                    rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
+                    let claimed: Vec<Claimed> = rows
+                        .into_iter()
+                        .map(|r| {
+                            let resend = resend.contains(&r.id);
+                            let message = outbox_message(r);
+                            let needed = if resend {
+                                Needed::Yes
+                            } else if message.expires_at.is_some_and(|t| t <= at.and_utc()) {
+                                Needed::PastExpiry
+                            } else {
+                                facts.needed(&message)
+                            };
+                            Claimed {
+                                message,
+                                needed,
+                                resend,
+                            }
+                        })
+                        .collect();
+                    // Grouped by why: rarely more than a statement or two.
+                    let mut dropped: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+                    for c in &claimed {
+                        if let Some((how, why)) = dropped_as(c.needed) {
+                            dropped
+                                .entry((how.as_str(), why))
+                                .or_default()
+                                .push(c.message.id.as_str());
+                        }
+                    }
+                    for ((status, why), ids) in dropped {
+                        diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+                            .set((
+                                outbox::status.eq(status),
+                                outbox::last_error.eq(Some(why)),
+                                outbox::claimed_until.eq(None::<NaiveDateTime>),
+                            ))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(claimed)
+                })
+                .await
+                .map_err(DbError::from))?;
+            Ok(claimed)
+        })
+        .await
     }
 
     async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError> {
-        let at = now();
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let sent: Vec<(String, i32)> =
-                    diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
-                        .set((
-                            outbox::status.eq("sent"),
-                            outbox::sent_at.eq(Some(at)),
-                            outbox::attempts.eq(outbox::attempts + 1),
-                            outbox::claimed_until.eq(None::<NaiveDateTime>),
-                        ))
-                        .returning((outbox::id, outbox::attempts))
-                        .get_results(conn)
-                        .await?;
-                // Row by row: diesel-async takes no multi-row insert on SQLite. One
-                // transaction either way, so one turn at the write lock.
-                for (id, attempt) in &sent {
-                    record_attempt!(conn, id, *attempt, at, "sent", None::<&str>);
-                }
-                Ok::<_, diesel::result::Error>(())
-            })
-            .await
-            .map_err(DbError::from))?;
-        Ok(())
+        crate::db::operations(NOTIFY, ids.len());
+        crate::db::counted(NOTIFY, async {
+            let at = now();
+            if let Db::Pg(pool) = &self.db {
+                return mark_sent_pg(pool, ids, at).await;
+            }
+            with_conn!(&self.db, |conn| conn
+                .transaction(async |conn| {
+                    let sent: Vec<(String, i32)> =
+                        diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
+                            .set((
+                                outbox::status.eq("sent"),
+                                outbox::sent_at.eq(Some(at)),
+                                outbox::attempts.eq(outbox::attempts + 1),
+                                outbox::claimed_until.eq(None::<NaiveDateTime>),
+                            ))
+                            .returning((outbox::id, outbox::attempts))
+                            .get_results(conn)
+                            .await?;
+                    // Row by row: diesel-async takes no multi-row insert on SQLite. One
+                    // transaction either way, so one turn at the write lock.
+                    for (id, attempt) in &sent {
+                        record_attempt!(conn, id, *attempt, at, "sent", None::<&str>);
+                    }
+                    Ok::<_, diesel::result::Error>(())
+                })
+                .await
+                .map_err(DbError::from))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn mark_failed(
@@ -1400,52 +1450,58 @@ impl Outbox for DieselStore {
         error: &str,
         retry_in_ms: Option<i64>,
     ) -> Result<(), CommandError> {
-        let at = now();
-        let (status, next) = match retry_in_ms {
-            Some(ms) => ("pending", at + Duration::milliseconds(ms)),
-            None => ("dead", at),
-        };
-        let outcome = if retry_in_ms.is_some() {
-            "retry"
-        } else {
-            "dead"
-        };
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let attempt: i32 = diesel::update(outbox::table.find(id))
-                    .set((
-                        outbox::status.eq(status),
-                        outbox::next_attempt_at.eq(next),
-                        outbox::attempts.eq(outbox::attempts + 1),
-                        outbox::last_error.eq(Some(error)),
-                        outbox::claimed_until.eq(None::<NaiveDateTime>),
-                    ))
-                    .returning(outbox::attempts)
-                    .get_result(conn)
-                    .await?;
-                record_attempt!(conn, id, attempt, at, outcome, Some(error));
-                Ok::<_, diesel::result::Error>(())
-            })
-            .await
-            .map_err(DbError::from))?;
-        Ok(())
+        crate::db::counted(NOTIFY, async {
+            let at = now();
+            let (status, next) = match retry_in_ms {
+                Some(ms) => ("pending", at + Duration::milliseconds(ms)),
+                None => ("dead", at),
+            };
+            let outcome = if retry_in_ms.is_some() {
+                "retry"
+            } else {
+                "dead"
+            };
+            with_conn!(&self.db, |conn| conn
+                .transaction(async |conn| {
+                    let attempt: i32 = diesel::update(outbox::table.find(id))
+                        .set((
+                            outbox::status.eq(status),
+                            outbox::next_attempt_at.eq(next),
+                            outbox::attempts.eq(outbox::attempts + 1),
+                            outbox::last_error.eq(Some(error)),
+                            outbox::claimed_until.eq(None::<NaiveDateTime>),
+                        ))
+                        .returning(outbox::attempts)
+                        .get_result(conn)
+                        .await?;
+                    record_attempt!(conn, id, attempt, at, outcome, Some(error));
+                    Ok::<_, diesel::result::Error>(())
+                })
+                .await
+                .map_err(DbError::from))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn defer(&self, id: &str, delay_ms: i64) -> Result<(), CommandError> {
-        let next = now() + Duration::milliseconds(delay_ms);
-        with_conn!(&self.db, |conn| diesel::update(
-            outbox::table
-                .filter(outbox::id.eq(id))
-                .filter(outbox::status.eq("pending"))
-        )
-        .set((
-            outbox::next_attempt_at.eq(next),
-            outbox::claimed_until.eq(None::<NaiveDateTime>),
-        ))
-        .execute(conn)
+        crate::db::counted(NOTIFY, async {
+            let next = now() + Duration::milliseconds(delay_ms);
+            with_conn!(&self.db, |conn| diesel::update(
+                outbox::table
+                    .filter(outbox::id.eq(id))
+                    .filter(outbox::status.eq("pending"))
+            )
+            .set((
+                outbox::next_attempt_at.eq(next),
+                outbox::claimed_until.eq(None::<NaiveDateTime>),
+            ))
+            .execute(conn)
+            .await
+            .map_err(DbError::from))?;
+            Ok(())
+        })
         .await
-        .map_err(DbError::from))?;
-        Ok(())
     }
 
     async fn stats(&self) -> Result<OutboxStats, CommandError> {

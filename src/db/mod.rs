@@ -245,7 +245,12 @@ pub async fn one_round_trip<T>(work: impl Future<Output = T>) -> T {
 
 /// Counts one operation of kind `op` in `db_operations_total{op}`.
 pub fn operation(op: &'static str) {
-    metrics::counter!("db_operations_total", "op" => op).increment(1);
+    operations(op, 1);
+}
+
+/// Counts `n` operations of kind `op`.
+pub fn operations(op: &'static str, n: usize) {
+    metrics::counter!("db_operations_total", "op" => op).increment(n as u64);
 }
 
 /// The connection pool of the configured backend.
