@@ -1580,6 +1580,13 @@ fn notifications_table(n: &Value) -> String {
     };
     let limits = &n["provider_limits"];
     let secs = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2} s"));
+    // The last send may come before the end: the lunches of the last seconds were done.
+    let signed = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:+.2} s"));
+    let relative = |v: &Value| match v.as_f64() {
+        Some(x) if x < 0.0 => format!("{:.2} s before the end", -x),
+        Some(x) => format!("{x:.2} s after the end"),
+        None => "none".to_owned(),
+    };
     let mut out = format!(
         "notifications: sinks answer in {} ms; hub buckets email {} over {} SMTP sessions, push {}, sms {}\n",
         n["sink_delay_ms"],
@@ -1620,16 +1627,16 @@ fn notifications_table(n: &Value) -> String {
             c["received"].to_string(),
             c["duplicates"].to_string(),
             c["sent_not_received"].to_string(),
-            secs(&c["last_sent_after_end_secs"]),
+            signed(&c["last_sent_after_end_secs"]),
         ));
     }
     let v = &n["verdict"];
     let line = if v["met"] == true {
         format!(
-            "MET: everything committed sent or expired by rule {} after the end (within {} s), the last send {} after it; nothing twice or lost",
+            "MET: everything committed sent or expired by rule {} after the end (within {} s), the last send {}; nothing twice or lost",
             secs(&n["settled_after_end_secs"]),
             n["within_secs"],
-            secs(&n["last_sent_after_end_secs"]),
+            relative(&n["last_sent_after_end_secs"]),
         )
     } else {
         let missed: Vec<&str> = v["missed"]
@@ -1963,6 +1970,10 @@ mod tests {
         assert!(t.contains("sms 100/s (burst 100)"), "{t}");
         assert!(t.contains("verdict: MET"), "{t}");
         assert!(t.contains("0.80 s after the end"), "{t}");
+        assert!(t.contains("the last send 0.70 s after the end"), "{t}");
+        n["last_sent_after_end_secs"] = json!(-0.05);
+        let t = notifications_table(&n);
+        assert!(t.contains("the last send 0.05 s before the end"), "{t}");
         n["verdict"] = json!({"met": false, "missed": ["4 sms still pending"]});
         let t = notifications_table(&n);
         assert!(
