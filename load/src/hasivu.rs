@@ -9,6 +9,7 @@
 use crate::RunArgs;
 use crate::hub::{Target, call, code_of, reader_post_on, reply, usage};
 use crate::report::Recorder;
+use crate::sink::{Bucket, ProviderLimits, Sinks};
 use anyhow::{Context, bail};
 use awc::Client;
 use rand::SeedableRng;
@@ -40,6 +41,69 @@ pub struct Plan {
     pub drain_secs: u64,
     pub phases: Vec<Phase>,
     pub mix: Mix,
+    /// What a hub the tool starts sends its notifications to, and how soon they must be out.
+    #[serde(default)]
+    pub notifications: Notifications,
+}
+
+/// The notification side of a run against a hub the tool starts: the tool's sinks answer each
+/// email, push and SMS after `sink_delay_ms`, and the hub's provider buckets are set to what
+/// they allow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notifications {
+    /// How long each sink takes to answer (a provider's latency); `--sink-delay-ms` overrides.
+    pub sink_delay_ms: u64,
+    /// Everything the run committed must be sent, or expired by rule, this long after the end
+    /// of the last phase.
+    pub within_secs: u64,
+    /// The push provider's rate (FCM's quota: 600,000 messages a minute per project).
+    pub push_per_sec: u32,
+    /// The SMS provider's rate (a short code or a messaging service's pool: about 100 a
+    /// second; one long code takes 1).
+    pub sms_per_sec: u32,
+}
+
+impl Default for Notifications {
+    fn default() -> Notifications {
+        Notifications {
+            sink_delay_ms: 50,
+            within_secs: 60,
+            push_per_sec: 10_000,
+            sms_per_sec: 100,
+        }
+    }
+}
+
+impl Notifications {
+    /// The hub's provider buckets against sinks that answer after `delay_ms`: email what the
+    /// SMTP sink allows (each of the hub's `smtp_sessions` carries one message at a time, so
+    /// 1000 / `delay_ms` a second each; a burst of one per session; off when the sink does not
+    /// wait), push and SMS at the providers' rates (the HTTP sinks answer every request
+    /// concurrently, so they allow whatever the provider would), each with a burst of one
+    /// second's worth.
+    pub fn limits(&self, delay_ms: u64, smtp_sessions: usize) -> ProviderLimits {
+        let email = match 1000u64.checked_div(delay_ms) {
+            Some(each) => Bucket {
+                per_sec: u32::try_from(each.saturating_mul(smtp_sessions as u64))
+                    .unwrap_or(u32::MAX),
+                burst: u32::try_from(smtp_sessions.max(1)).unwrap_or(u32::MAX),
+            },
+            None => Bucket {
+                per_sec: 0,
+                burst: 0,
+            },
+        };
+        let second = |per_sec: u32| Bucket {
+            per_sec,
+            burst: per_sec,
+        };
+        ProviderLimits {
+            email,
+            push: second(self.push_per_sec),
+            sms: second(self.sms_per_sec),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +152,9 @@ impl Plan {
         }
         if !positive(self.target_p95_ms) {
             bail!("target_p95_ms must be positive");
+        }
+        if self.notifications.within_secs == 0 {
+            bail!("notifications.within_secs must be at least 1");
         }
         Ok(())
     }
@@ -309,7 +376,22 @@ impl Run {
     }
 }
 
-pub async fn run(plan: &Plan, args: &RunArgs, target: &Target) -> anyhow::Result<Value> {
+/// A hub the tool started for the run: the sinks it sends to, with the settings it was given,
+/// and its database, where what it committed is read.
+pub struct OwnSinks<'a> {
+    pub sinks: &'a Sinks,
+    pub database_url: &'a str,
+    pub delay_ms: u64,
+    pub limits: ProviderLimits,
+    pub smtp_sessions: usize,
+}
+
+pub async fn run(
+    plan: &Plan,
+    args: &RunArgs,
+    target: &Target,
+    own: Option<OwnSinks<'_>>,
+) -> anyhow::Result<Value> {
     if !args.time_scale.is_finite() || args.time_scale <= 0.0 {
         bail!("--time-scale must be positive");
     }
@@ -354,6 +436,7 @@ pub async fn run(plan: &Plan, args: &RunArgs, target: &Target) -> anyhow::Result
     let seed_secs = seeding.elapsed().as_secs_f64();
 
     run.started.set(Instant::now());
+    let started_utc = chrono::Utc::now();
     let cpu_marks = Rc::new(RefCell::new(Vec::new()));
     let marks = target.pid.map(|pid| {
         actix_web::rt::spawn(mark_cpu(run.clone(), pid, spans.clone(), cpu_marks.clone()))
@@ -398,6 +481,27 @@ pub async fn run(plan: &Plan, args: &RunArgs, target: &Target) -> anyhow::Result
         progress.abort();
         eprintln!();
     }
+    // The end of the last phase as planned (the driver may have sent its last arrival a
+    // little after it): the notifications' clock starts there.
+    let planned = spans.last().map_or(0.0, |(start, length)| start + length);
+    let end = run.started.get() + Duration::from_secs_f64(planned);
+    let end_utc = started_utc
+        + chrono::Duration::from_std(Duration::from_secs_f64(planned)).unwrap_or_default();
+    let notifications = match &own {
+        Some(own) => {
+            if live {
+                eprintln!(
+                    "tiffin-load: waiting up to {} s after the end for every notification",
+                    plan.notifications.within_secs
+                );
+            }
+            account_notifications(own, &plan.notifications, end, end_utc).await
+        }
+        None => json!({
+            "accounted": false,
+            "why": "the hub was given by --url: its sinks and database are not the tool's",
+        }),
+    };
     if let Some(marks) = marks {
         marks.abort();
     }
@@ -414,6 +518,7 @@ pub async fn run(plan: &Plan, args: &RunArgs, target: &Target) -> anyhow::Result
             warm_up,
             cpu,
             scheduled: arrivals.len(),
+            notifications,
         },
     ))
 }
@@ -728,6 +833,8 @@ async fn seed(
     client: &Client,
 ) -> anyhow::Result<(Vec<School>, Vec<Student>, Vec<Guardian>)> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
+    // Phone numbers are unique: this run's differ from an earlier run's on the same hub.
+    let phone_salt = u32::from_str_radix(&run_id[..4], 16).unwrap_or_default() % 1000;
     let admin = target.admin_token.as_str();
     let url = |p: String| format!("{}{p}", target.url);
     let mut schools = Vec::new();
@@ -821,7 +928,13 @@ async fn seed(
                 client,
                 url(format!("/api/v1/schools/{id}/users")),
                 admin,
-                json!({"role": "guardian", "display_name": format!("Guardian {g}"), "email": login, "password": PASSWORD}),
+                json!({
+                    "role": "guardian",
+                    "display_name": format!("Guardian {g}"),
+                    "email": login,
+                    "password": PASSWORD,
+                    "phone": crate::rush::phone_number(phone_salt, n * 1000 + g),
+                }),
             )
             .await?;
             let guardian_id = guardian["id"].as_str().context("guardian id")?.to_owned();
@@ -836,6 +949,26 @@ async fn seed(
                 .await?;
             }
             let (token, _) = sign_in(client, &target.url, &login).await?;
+            // As the rush's guardians with the app: a device for push, "ready" by SMS and
+            // pickups by email too (routine news is in-app and push by default), so that
+            // every channel carries the lunch's news.
+            created(
+                client,
+                url("/api/v1/me/devices".to_owned()),
+                &token,
+                json!({"platform": "android", "token": format!("hasivu-{run_id}-{n}-g{g}")}),
+            )
+            .await?;
+            crate::hub::created(
+                client
+                    .put(url("/api/v1/me/preferences".to_owned()))
+                    .bearer_auth(&token),
+                json!({"preferences": [
+                    {"kind": "order_ready", "channel": "sms", "enabled": true},
+                    {"kind": "order_picked_up", "channel": "email", "enabled": true},
+                ]}),
+            )
+            .await?;
             guardians.push(Guardian {
                 token,
                 children,
@@ -867,6 +1000,8 @@ struct Outcome {
     /// The hub's CPU seconds at the start and at each phase's end.
     cpu: Vec<f64>,
     scheduled: usize,
+    /// [`account_notifications`]' report.
+    notifications: Value,
 }
 
 fn report(plan: &Plan, args: &RunArgs, run: &Run, outcome: Outcome) -> Value {
@@ -926,13 +1061,16 @@ fn report(plan: &Plan, args: &RunArgs, run: &Run, outcome: Outcome) -> Value {
     let orders_due = posted as usize + outcome.warm_up;
     let dropped: u64 = counts.iter().map(|c| c.dropped).sum();
     let target_met = phases.iter().all(|p| p["verdict"]["met"] == true);
-    let ok = outcome.finished
+    // Not accounted (a hub given by --url): no verdict, and nothing against the run.
+    let notifications_met = outcome.notifications["verdict"]["met"].as_bool();
+    let orders_accounted = outcome.finished
         && errors == 0
         && dropped == 0
         && accepted.len() == orders_due
         && doubled == 0
         && twice == 0
         && not_handed == 0;
+    let ok = orders_accounted && notifications_met != Some(false);
     json!({
         "profile": plan,
         "kind": "phased",
@@ -944,8 +1082,10 @@ fn report(plan: &Plan, args: &RunArgs, run: &Run, outcome: Outcome) -> Value {
             (None, crate::hub::Backend::Postgres) => "postgres",
         },
         "ok": ok,
+        "orders_accounted": orders_accounted,
         "target_p95_ms": plan.target_p95_ms,
         "target_met_in_every_phase": target_met,
+        "notifications_met": notifications_met,
         "finished_within_drain": outcome.finished,
         "seed_seconds": outcome.seed_secs,
         "arrivals_seconds": outcome.arrivals_secs,
@@ -969,7 +1109,314 @@ fn report(plan: &Plan, args: &RunArgs, run: &Run, outcome: Outcome) -> Value {
             "setup_errors": setup_errors,
             "errors": errors,
         },
+        "notifications": outcome.notifications,
     })
+}
+
+/// The outbox's channels, in the order the report shows them.
+const CHANNELS: [&str; 4] = ["email", "push", "sms", "in_app"];
+
+/// One outbox row, as the hub's database has it.
+#[derive(Debug, Clone, PartialEq, diesel::QueryableByName)]
+struct OutboxRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    channel: String,
+    /// `pending` (waiting, retrying or being sent), `sent`, `expired` (past its expiry, or
+    /// its news no longer true), `skipped` (a fallback whose first channel delivered),
+    /// `dead` (given up on).
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamp>)]
+    sent_at: Option<chrono::NaiveDateTime>,
+}
+
+/// What the hub still has to do: outbox rows waiting, and committed events whose notices are
+/// not in the outbox yet (dispatch fans them out after the commit).
+#[derive(Debug, Clone, Copy, diesel::QueryableByName)]
+struct Waiting {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pending: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    awaiting_fan_out: i64,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
+
+/// The same counts as the hub's own outbox gauges (`outbox_pending`,
+/// `outbox_events_awaiting_fan_out`).
+const WAITING_SQL: &str = "SELECT \
+     (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS pending, \
+     (SELECT COUNT(*) FROM order_events WHERE notice IS NOT NULL AND NOT fanned_out) \
+     AS awaiting_fan_out";
+const OUTBOX_SQL: &str = "SELECT id, channel, status, sent_at FROM outbox";
+/// In-app messages delivered: an inbox row takes its outbox row's id.
+const INBOX_SQL: &str = "SELECT i.id AS id FROM inbox_messages i \
+     JOIN outbox o ON o.id = i.id WHERE o.channel = 'in_app'";
+
+/// The hub's own database, read (never written) for what it committed.
+enum HubDb {
+    Sqlite(diesel_async::sync_connection_wrapper::SyncConnectionWrapper<diesel::SqliteConnection>),
+    Postgres(Box<diesel_async::AsyncPgConnection>),
+}
+
+impl HubDb {
+    async fn open(url: &str) -> anyhow::Result<HubDb> {
+        use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+        Ok(match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn =
+                    diesel_async::sync_connection_wrapper::SyncConnectionWrapper::establish(path)
+                        .await
+                        .with_context(|| format!("opening the hub's database {path}"))?;
+                // The hub writes meanwhile: wait for its lock rather than fail.
+                conn.batch_execute("PRAGMA busy_timeout = 5000;").await?;
+                HubDb::Sqlite(conn)
+            }
+            None => HubDb::Postgres(Box::new(
+                diesel_async::AsyncPgConnection::establish(url)
+                    .await
+                    .context("connecting to the hub's database")?,
+            )),
+        })
+    }
+
+    async fn load<T>(&mut self, sql: &'static str) -> anyhow::Result<Vec<T>>
+    where
+        T: diesel::QueryableByName<diesel::sqlite::Sqlite>
+            + diesel::QueryableByName<diesel::pg::Pg>
+            + Send
+            + 'static,
+    {
+        use diesel_async::RunQueryDsl;
+        Ok(match self {
+            HubDb::Sqlite(conn) => diesel::sql_query(sql).load(conn).await?,
+            HubDb::Postgres(conn) => diesel::sql_query(sql).load(&mut **conn).await?,
+        })
+    }
+
+    async fn waiting(&mut self) -> anyhow::Result<Waiting> {
+        self.load::<Waiting>(WAITING_SQL)
+            .await?
+            .first()
+            .copied()
+            .context("no counts")
+    }
+}
+
+/// What reached the sinks: per channel, arrivals per outbox id (email by Message-ID, push by
+/// the id it carries, in-app by the inbox row, which takes the outbox id); SMS by count
+/// (Twilio's API carries no id of ours).
+#[derive(Debug, Default)]
+struct Received {
+    by_id: HashMap<&'static str, HashMap<String, usize>>,
+    sms: u64,
+}
+
+/// One channel's accounting: what the hub committed, by status at the snapshot, against what
+/// its sink received.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+struct ChannelCount {
+    committed: u64,
+    sent: u64,
+    /// Dropped by rule: past its expiry, or its news no longer true (a meal's "ready" when it
+    /// was handed over first).
+    expired: u64,
+    /// Dropped by rule: an SMS fallback whose push was delivered.
+    skipped: u64,
+    /// Dead-lettered: given up on.
+    dead: u64,
+    /// Still waiting, retrying or being sent at the snapshot.
+    pending: u64,
+    /// A status this tool does not know.
+    other: u64,
+    /// Distinct messages received (SMS: arrivals).
+    received: u64,
+    /// Messages received more than once; SMS, by count only: arrivals beyond those sent and
+    /// pending (a lower bound).
+    duplicates: u64,
+    /// Recorded as sent, never received.
+    sent_not_received: u64,
+    /// Received, never committed (never for SMS: not known by id).
+    received_not_committed: u64,
+    /// The last send the hub recorded, in seconds after the end of the last phase (negative:
+    /// before it).
+    last_sent_after_end_secs: Option<f64>,
+}
+
+/// Every channel's accounting from the outbox's rows and what the sinks received; `end` is
+/// the end of the last phase (UTC, as the hub records its times).
+fn account(
+    rows: &[OutboxRow],
+    received: &Received,
+    end: chrono::NaiveDateTime,
+) -> Vec<(&'static str, ChannelCount)> {
+    CHANNELS
+        .iter()
+        .map(|&channel| {
+            let mut c = ChannelCount::default();
+            let mine: Vec<&OutboxRow> = rows.iter().filter(|r| r.channel == channel).collect();
+            let mut last: Option<chrono::NaiveDateTime> = None;
+            for r in &mine {
+                c.committed += 1;
+                match r.status.as_str() {
+                    "sent" => {
+                        c.sent += 1;
+                        last = last.max(r.sent_at);
+                    }
+                    "expired" => c.expired += 1,
+                    "skipped" => c.skipped += 1,
+                    "dead" => c.dead += 1,
+                    "pending" => c.pending += 1,
+                    _ => c.other += 1,
+                }
+            }
+            c.last_sent_after_end_secs = last.map(|t| {
+                (t - end)
+                    .num_microseconds()
+                    .map_or(f64::INFINITY, |us| us as f64 / 1e6)
+            });
+            match received.by_id.get(channel) {
+                None if channel == "sms" => {
+                    c.received = received.sms;
+                    c.duplicates = received.sms.saturating_sub(c.sent + c.pending);
+                    c.sent_not_received = c.sent.saturating_sub(received.sms);
+                }
+                by_id => {
+                    let empty = HashMap::new();
+                    let by_id = by_id.unwrap_or(&empty);
+                    c.received = by_id.len() as u64;
+                    c.duplicates = by_id.values().filter(|n| **n > 1).count() as u64;
+                    c.sent_not_received = mine
+                        .iter()
+                        .filter(|r| r.status == "sent" && !by_id.contains_key(&r.id))
+                        .count() as u64;
+                    let ids: std::collections::HashSet<&str> =
+                        mine.iter().map(|r| r.id.as_str()).collect();
+                    c.received_not_committed =
+                        by_id.keys().filter(|id| !ids.contains(id.as_str())).count() as u64;
+                }
+            }
+            (channel, c)
+        })
+        .collect()
+}
+
+/// Met when everything committed was sent or dropped by rule (expired, skipped) by the
+/// deadline, with nothing received twice, lost or unaccounted: what missed, if not.
+fn notifications_verdict(channels: &[(&str, ChannelCount)], awaiting_fan_out: u64) -> Value {
+    let mut missed = Vec::new();
+    if awaiting_fan_out > 0 {
+        missed.push(format!(
+            "{awaiting_fan_out} events' notices not yet in the outbox"
+        ));
+    }
+    for (channel, c) in channels {
+        for (n, what) in [
+            (c.pending, "still pending"),
+            (c.other, "in a status unknown to the tool"),
+            (c.dead, "dead-lettered"),
+            (c.duplicates, "received twice"),
+            (c.sent_not_received, "sent but not received"),
+            (c.received_not_committed, "received but never committed"),
+        ] {
+            if n > 0 {
+                missed.push(format!("{n} {channel} {what}"));
+            }
+        }
+    }
+    json!({"met": missed.is_empty(), "missed": missed})
+}
+
+/// Waits until the hub has nothing left to send or `settings.within_secs` after `end` (the end
+/// of the last phase), whichever comes first; then accounts every notification in the hub's
+/// database against what its sinks received, per channel.
+async fn account_notifications(
+    own: &OwnSinks<'_>,
+    settings: &Notifications,
+    end: Instant,
+    end_utc: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let setup = json!({
+        "accounted": true,
+        "sink_delay_ms": own.delay_ms,
+        "smtp_sessions": own.smtp_sessions,
+        "provider_limits": own.limits,
+        "within_secs": settings.within_secs,
+        "end_of_last_phase": end_utc.to_rfc3339(),
+    });
+    let deadline = end + Duration::from_secs(settings.within_secs);
+    let counted = async {
+        let mut db = HubDb::open(own.database_url).await?;
+        let settled = loop {
+            let w = db.waiting().await?;
+            if w.pending == 0 && w.awaiting_fan_out == 0 {
+                break Some(Instant::now());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            actix_web::rt::time::sleep((deadline - now).min(Duration::from_millis(250))).await;
+        };
+        let waiting = db.waiting().await?;
+        let rows = db.load::<OutboxRow>(OUTBOX_SQL).await?;
+        let inbox = db.load::<Id>(INBOX_SQL).await?;
+        anyhow::Ok((settled, waiting, rows, inbox))
+    };
+    let (settled, waiting, rows, inbox) = match counted.await {
+        Ok(counted) => counted,
+        Err(e) => {
+            let mut report = setup;
+            report["error"] = json!(format!("{e:#}"));
+            report["verdict"] = json!({"met": false, "missed": [format!("not accounted: {e:#}")]});
+            return report;
+        }
+    };
+    // After the database: whatever it records as sent had reached its sink before.
+    let times = |d: HashMap<String, Vec<chrono::DateTime<chrono::Utc>>>| {
+        d.into_iter()
+            .map(|(id, at)| (id, at.len()))
+            .collect::<HashMap<_, _>>()
+    };
+    let mut received = Received {
+        sms: own.sinks.providers.sms_count() as u64,
+        ..Received::default()
+    };
+    received
+        .by_id
+        .insert("email", times(own.sinks.smtp.deliveries()));
+    received
+        .by_id
+        .insert("push", times(own.sinks.providers.push_deliveries()));
+    received
+        .by_id
+        .insert("in_app", inbox.into_iter().map(|i| (i.id, 1)).collect());
+    let channels = account(&rows, &received, end_utc.naive_utc());
+    let awaiting = u64::try_from(waiting.awaiting_fan_out).unwrap_or(0);
+    let verdict = notifications_verdict(&channels, awaiting);
+    let last = channels
+        .iter()
+        .filter_map(|(_, c)| c.last_sent_after_end_secs)
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let mut report = setup;
+    report["settled_after_end_secs"] =
+        json!(settled.map(|t| t.saturating_duration_since(end).as_secs_f64()));
+    report["last_sent_after_end_secs"] = json!(last);
+    report["events_awaiting_fan_out"] = json!(awaiting);
+    report["channels"] = Value::Object(
+        channels
+            .iter()
+            .map(|(name, c)| (name.to_string(), json!(c)))
+            .collect(),
+    );
+    report["verdict"] = verdict;
+    report
 }
 
 /// One request type's figures, from the recorder's hop.
@@ -1101,12 +1548,108 @@ pub fn table(report: &Value) -> String {
         c["not_handed_over"],
         c["errors"],
         c["arrivals_dropped"],
-        if report["ok"] == true {
+        if report["orders_accounted"] == true {
             "accounted for"
         } else {
             "FAILED"
         },
     ));
+    out.push_str(&notifications_table(&report["notifications"]));
+    out.push_str(
+        match (report["ok"] == true, report["notifications_met"].as_bool()) {
+            (true, Some(_)) => "run: OK (every order and notification accounted for)\n",
+            (true, None) => "run: OK (every order accounted for; notifications not)\n",
+            (false, _) => "run: FAILED\n",
+        },
+    );
+    out
+}
+
+/// The notifications' part of the table: the settings, each channel's accounting, the
+/// verdict.
+fn notifications_table(n: &Value) -> String {
+    if n["accounted"] != true {
+        return format!(
+            "notifications: not accounted ({})\n",
+            n["why"].as_str().unwrap_or("?")
+        );
+    }
+    let bucket = |b: &Value| match b["per_sec"].as_u64() {
+        Some(0) | None => "off".to_owned(),
+        Some(rate) => format!("{rate}/s (burst {})", b["burst"]),
+    };
+    let limits = &n["provider_limits"];
+    let secs = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2} s"));
+    // The last send may come before the end: the lunches of the last seconds were done.
+    let signed = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:+.2} s"));
+    let relative = |v: &Value| match v.as_f64() {
+        Some(x) if x < 0.0 => format!("{:.2} s before the end", -x),
+        Some(x) => format!("{x:.2} s after the end"),
+        None => "none".to_owned(),
+    };
+    let mut out = format!(
+        "notifications: sinks answer in {} ms; hub buckets email {} over {} SMTP sessions, push {}, sms {}\n",
+        n["sink_delay_ms"],
+        bucket(&limits["email"]),
+        n["smtp_sessions"],
+        bucket(&limits["push"]),
+        bucket(&limits["sms"]),
+    );
+    if let Some(e) = n["error"].as_str() {
+        out.push_str(&format!("  NOT ACCOUNTED: {e}\n"));
+        return out;
+    }
+    out.push_str(&format!(
+        "  {:<8} {:>9} {:>7} {:>7} {:>7} {:>5} {:>7} {:>8} {:>6} {:>5} {:>10}\n",
+        "channel",
+        "committed",
+        "sent",
+        "expired",
+        "skipped",
+        "dead",
+        "pending",
+        "received",
+        "twice",
+        "lost",
+        "last sent"
+    ));
+    for channel in CHANNELS {
+        let c = &n["channels"][channel];
+        out.push_str(&format!(
+            "  {:<8} {:>9} {:>7} {:>7} {:>7} {:>5} {:>7} {:>8} {:>6} {:>5} {:>10}\n",
+            channel,
+            c["committed"].to_string(),
+            c["sent"].to_string(),
+            c["expired"].to_string(),
+            c["skipped"].to_string(),
+            c["dead"].to_string(),
+            c["pending"].to_string(),
+            c["received"].to_string(),
+            c["duplicates"].to_string(),
+            c["sent_not_received"].to_string(),
+            signed(&c["last_sent_after_end_secs"]),
+        ));
+    }
+    let v = &n["verdict"];
+    let line = if v["met"] == true {
+        format!(
+            "MET: everything committed sent or expired by rule {} after the end (within {} s), the last send {}; nothing twice or lost",
+            secs(&n["settled_after_end_secs"]),
+            n["within_secs"],
+            relative(&n["last_sent_after_end_secs"]),
+        )
+    } else {
+        let missed: Vec<&str> = v["missed"]
+            .as_array()
+            .map(|m| m.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        format!(
+            "MISSED at {} s after the end: {}",
+            n["within_secs"],
+            missed.join("; ")
+        )
+    };
+    out.push_str(&format!("  verdict: {line}\n"));
     out
 }
 
@@ -1132,7 +1675,14 @@ mod tests {
         assert_eq!(phases, [(300.0, 10.0), (600.0, 50.0), (300.0, 100.0)]);
         assert_eq!((p.mix.menu, p.mix.order, p.mix.guardian), (60, 30, 10));
         assert_eq!(p.target_p95_ms, 200.0);
+        assert_eq!(
+            (p.notifications.sink_delay_ms, p.notifications.within_secs),
+            (50, 60)
+        );
         let mut bad = p.clone();
+        bad.notifications.within_secs = 0;
+        assert!(bad.check().is_err());
+        bad = p.clone();
         bad.guardians_per_school = p.students_per_school;
         assert!(bad.check().is_err());
         bad = p.clone();
@@ -1237,5 +1787,200 @@ mod tests {
             (v["met"].clone(), v["errors"].clone()),
             (json!(false), json!(1))
         );
+    }
+
+    #[test]
+    fn the_hubs_buckets_are_what_the_sinks_allow() {
+        let n = plan().notifications;
+        let limits = n.limits(50, 32);
+        // 32 SMTP sessions, one message at a time each, 50 ms a message.
+        assert_eq!(
+            limits.email,
+            Bucket {
+                per_sec: 640,
+                burst: 32
+            }
+        );
+        assert_eq!((limits.push.per_sec, limits.push.burst), (10_000, 10_000));
+        assert_eq!((limits.sms.per_sec, limits.sms.burst), (100, 100));
+        assert_eq!(n.limits(100, 4).email.per_sec, 40);
+        // A sink that does not wait bounds nothing: the bucket is off.
+        assert_eq!(n.limits(0, 32).email.per_sec, 0);
+        let env: HashMap<String, String> = limits.hub_env().into_iter().collect();
+        assert_eq!(env["TIFFIN_DELIVERY__EMAIL__PER_SEC"], "640");
+        assert_eq!(env["TIFFIN_DELIVERY__EMAIL__BURST"], "32");
+        assert_eq!(env["TIFFIN_DELIVERY__SMS__PER_SEC"], "100");
+        assert_eq!(env.len(), 6);
+    }
+
+    fn row(id: &str, channel: &str, status: &str, sent_ms: Option<i64>) -> OutboxRow {
+        let end = end();
+        OutboxRow {
+            id: id.to_owned(),
+            channel: channel.to_owned(),
+            status: status.to_owned(),
+            sent_at: sent_ms.map(|ms| end + chrono::Duration::milliseconds(ms)),
+        }
+    }
+
+    fn end() -> chrono::NaiveDateTime {
+        chrono::DateTime::parse_from_rfc3339("2026-12-05T12:00:00Z")
+            .unwrap()
+            .naive_utc()
+    }
+
+    fn received(by_id: &[(&'static str, &[(&str, usize)])], sms: u64) -> Received {
+        Received {
+            by_id: by_id
+                .iter()
+                .map(|(channel, ids)| {
+                    let ids = ids.iter().map(|(id, n)| (id.to_string(), *n)).collect();
+                    (*channel, ids)
+                })
+                .collect(),
+            sms,
+        }
+    }
+
+    #[test]
+    fn each_channel_counts_committed_against_received() {
+        let rows = [
+            row("e1", "email", "sent", Some(-2_000)),
+            row("e2", "email", "sent", Some(1_500)),
+            row("e3", "email", "pending", None),
+            row("e4", "email", "dead", None),
+            row("p1", "push", "sent", Some(250)),
+            row("p2", "push", "expired", None),
+            row("p3", "push", "sent", Some(100)),
+            row("s1", "sms", "sent", Some(-10)),
+            row("s2", "sms", "pending", None),
+            row("s3", "sms", "skipped", None),
+            row("i1", "in_app", "sent", Some(-5_000)),
+            row("i2", "in_app", "odd", None),
+        ];
+        let got = received(
+            &[
+                // e1 twice; e3 on its way (received, not yet recorded sent); x never committed.
+                ("email", &[("e1", 2), ("e2", 1), ("e3", 1), ("x", 1)]),
+                // p3 recorded sent but never received.
+                ("push", &[("p1", 1)]),
+                ("in_app", &[("i1", 1)]),
+            ],
+            // One sent, one pending that may have arrived, one more: a duplicate.
+            3,
+        );
+        let channels: HashMap<&str, ChannelCount> =
+            account(&rows, &got, end()).into_iter().collect();
+        let email = &channels["email"];
+        assert_eq!(
+            (email.committed, email.sent, email.pending, email.dead),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(
+            (
+                email.received,
+                email.duplicates,
+                email.sent_not_received,
+                email.received_not_committed
+            ),
+            (4, 1, 0, 1)
+        );
+        assert_eq!(email.last_sent_after_end_secs, Some(1.5));
+        let push = &channels["push"];
+        assert_eq!((push.sent, push.expired, push.received), (2, 1, 1));
+        assert_eq!((push.sent_not_received, push.duplicates), (1, 0));
+        assert_eq!(push.last_sent_after_end_secs, Some(0.25));
+        let sms = &channels["sms"];
+        assert_eq!(
+            (sms.sent, sms.pending, sms.skipped, sms.received),
+            (1, 1, 1, 3)
+        );
+        assert_eq!((sms.duplicates, sms.sent_not_received), (1, 0));
+        assert_eq!(sms.last_sent_after_end_secs, Some(-0.01));
+        let in_app = &channels["in_app"];
+        assert_eq!((in_app.sent, in_app.other, in_app.received), (1, 1, 1));
+        // Nothing committed on a channel: all zero, no last send.
+        let none = account(&[], &received(&[], 0), end());
+        assert_eq!(none.len(), 4);
+        assert!(none.iter().all(|(_, c)| *c == ChannelCount::default()));
+    }
+
+    #[test]
+    fn notifications_are_met_only_when_nothing_waits_doubles_or_goes_missing() {
+        let clean = ChannelCount {
+            committed: 10,
+            sent: 7,
+            expired: 2,
+            skipped: 1,
+            received: 7,
+            last_sent_after_end_secs: Some(0.4),
+            ..ChannelCount::default()
+        };
+        let all = |c: &ChannelCount| -> Vec<(&str, ChannelCount)> {
+            CHANNELS.iter().map(|ch| (*ch, c.clone())).collect()
+        };
+        // Expired and skipped are by rule: met.
+        assert_eq!(notifications_verdict(&all(&clean), 0)["met"], true);
+        // Events not fanned out yet are news still to send.
+        let v = notifications_verdict(&all(&clean), 3);
+        assert_eq!(v["met"], false);
+        assert_eq!(v["missed"][0], "3 events' notices not yet in the outbox");
+        for change in [
+            |c: &mut ChannelCount| c.pending = 1,
+            |c: &mut ChannelCount| c.duplicates = 1,
+            |c: &mut ChannelCount| c.dead = 1,
+            |c: &mut ChannelCount| c.sent_not_received = 1,
+            |c: &mut ChannelCount| c.received_not_committed = 1,
+            |c: &mut ChannelCount| c.other = 1,
+        ] {
+            let mut bad = clean.clone();
+            change(&mut bad);
+            let mut channels = all(&clean);
+            channels[2].1 = bad;
+            let v = notifications_verdict(&channels, 0);
+            assert_eq!(v["met"], false, "{v}");
+            assert_eq!(v["missed"].as_array().unwrap().len(), 1, "{v}");
+            assert!(v["missed"][0].as_str().unwrap().contains(" sms "), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_table_says_the_notifications_verdict_and_settings() {
+        let limits = plan().notifications.limits(50, 32);
+        let channels: Vec<(&str, ChannelCount)> = CHANNELS
+            .iter()
+            .map(|ch| (*ch, ChannelCount::default()))
+            .collect();
+        let mut n = json!({
+            "accounted": true,
+            "sink_delay_ms": 50,
+            "smtp_sessions": 32,
+            "provider_limits": limits,
+            "within_secs": 60,
+            "settled_after_end_secs": 0.8,
+            "last_sent_after_end_secs": 0.7,
+            "channels": channels.iter().map(|(k, c)| (k.to_string(), json!(c))).collect::<serde_json::Map<_, _>>(),
+            "verdict": notifications_verdict(&channels, 0),
+        });
+        let t = notifications_table(&n);
+        assert!(
+            t.contains("email 640/s (burst 32) over 32 SMTP sessions"),
+            "{t}"
+        );
+        assert!(t.contains("sms 100/s (burst 100)"), "{t}");
+        assert!(t.contains("verdict: MET"), "{t}");
+        assert!(t.contains("0.80 s after the end"), "{t}");
+        assert!(t.contains("the last send 0.70 s after the end"), "{t}");
+        n["last_sent_after_end_secs"] = json!(-0.05);
+        let t = notifications_table(&n);
+        assert!(t.contains("the last send 0.05 s before the end"), "{t}");
+        n["verdict"] = json!({"met": false, "missed": ["4 sms still pending"]});
+        let t = notifications_table(&n);
+        assert!(
+            t.contains("MISSED at 60 s after the end: 4 sms still pending"),
+            "{t}"
+        );
+        let t = notifications_table(&json!({"accounted": false, "why": "given by --url"}));
+        assert_eq!(t, "notifications: not accounted (given by --url)\n");
     }
 }

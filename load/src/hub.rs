@@ -105,6 +105,8 @@ pub struct StartedHub {
     dir: PathBuf,
     url: String,
     token: String,
+    /// Its `TIFFIN_DATABASE_URL`.
+    database_url: String,
 }
 
 impl StartedHub {
@@ -122,6 +124,13 @@ impl StartedHub {
         std::fs::create_dir_all(&dir)?;
         let mut env = hub_env(&dir);
         env.extend(extra_env);
+        // The last one given is the one the hub sees.
+        let database_url = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "TIFFIN_DATABASE_URL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         let mut child = Command::new(&bin)
             .args(["serve", "--bind", "127.0.0.1:0"])
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -150,7 +159,13 @@ impl StartedHub {
             dir,
             url,
             token,
+            database_url,
         })
+    }
+
+    /// Its database (`sqlite://PATH` or `postgres://...`), for reading what it committed.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
     }
 
     pub fn target(&self) -> Target {

@@ -130,10 +130,11 @@ pub struct RunArgs {
     /// a hub that stalls from drowning the driver.
     #[arg(long, default_value_t = 4000)]
     pub max_outstanding: usize,
-    /// How long the tool's SMTP sink takes to accept each email (a slow provider; the
-    /// drain-rate goal uses 50).
-    #[arg(long, default_value_t = 0)]
-    pub sink_delay_ms: u64,
+    /// How long the tool's sinks take to accept each email, push and SMS (a slow provider;
+    /// the drain-rate goal uses 50). Default 0, or a phased plan's `sink_delay_ms` (hasivu:
+    /// 50).
+    #[arg(long)]
+    pub sink_delay_ms: Option<u64>,
     /// SMTP sessions the hub may hold open to the tool's sink (its `smtp.connections`): one
     /// email at a time goes over each, so with a slow sink they bound the email rate.
     #[arg(long, default_value_t = sink::SMTP_SESSIONS)]
@@ -182,15 +183,25 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         bail!("--time-scale is for phased plans (hasivu); a rush takes --rate-scale");
     }
     // A hub the tool starts sends its email, push and SMS to the tool's sinks, which count
-    // every delivery.
+    // every delivery. A rush leaves the hub's provider buckets off (the sinks are not under
+    // test); a phased plan sets them to what its sinks allow.
+    let (delay_ms, limits) = match &loaded {
+        profile::Loaded::Rush(_) => (args.sink_delay_ms.unwrap_or(0), sink::ProviderLimits::NONE),
+        profile::Loaded::Phased(plan) => {
+            let delay = args
+                .sink_delay_ms
+                .unwrap_or(plan.notifications.sink_delay_ms);
+            (delay, plan.notifications.limits(delay, args.smtp_sessions))
+        }
+    };
     let sinks = match args.hub.url {
         Some(_) => None,
         None => Some(sink::Sinks::start(std::time::Duration::from_millis(
-            args.sink_delay_ms,
+            delay_ms,
         ))?),
     };
     let env = match &sinks {
-        Some(sinks) => sinks.hub_env(args.smtp_sessions)?,
+        Some(sinks) => sinks.hub_env(args.smtp_sessions, &limits)?,
         None => Vec::new(),
     };
     let (target, own) = match (&args.hub.url, args.backend) {
@@ -206,7 +217,20 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     let report = match &loaded {
         profile::Loaded::Rush(profile) => rush::run(profile, &args, &target, sinks.as_ref()).await,
-        profile::Loaded::Phased(plan) => hasivu::run(plan, &args, &target).await,
+        profile::Loaded::Phased(plan) => {
+            // What the hub committed is read from its own database, beside what the sinks got.
+            let own_hub = match (&sinks, &own) {
+                (Some(sinks), Some(own)) => Some(hasivu::OwnSinks {
+                    sinks,
+                    database_url: own.started.database_url(),
+                    delay_ms,
+                    limits,
+                    smtp_sessions: args.smtp_sessions,
+                }),
+                _ => None,
+            };
+            hasivu::run(plan, &args, &target, own_hub).await
+        }
     };
     if let Some(own) = own {
         own.stop().await;

@@ -370,9 +370,73 @@ impl Sinks {
         })
     }
 
-    pub fn hub_env(&self, smtp_sessions: usize) -> anyhow::Result<Vec<(String, String)>> {
+    /// The hub's settings to send through these sinks, with `limits` as its provider buckets.
+    pub fn hub_env(
+        &self,
+        smtp_sessions: usize,
+        limits: &ProviderLimits,
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let mut env = self.smtp.hub_env(smtp_sessions);
         env.extend(self.providers.hub_env()?);
+        let buckets = limits.hub_env();
+        env.retain(|(k, _)| !buckets.iter().any(|(b, _)| b == k));
+        env.extend(buckets);
         Ok(env)
+    }
+}
+
+/// One provider's token bucket in the hub (`delivery.<channel>.per_sec` and `burst`); a
+/// `per_sec` of 0 turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Bucket {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// The hub's per-channel provider buckets (`TIFFIN_DELIVERY__{EMAIL,PUSH,SMS}__*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ProviderLimits {
+    pub email: Bucket,
+    pub push: Bucket,
+    pub sms: Bucket,
+}
+
+impl ProviderLimits {
+    /// No buckets: the sinks are not under test, only the hub's own path to them (the rushes).
+    pub const NONE: ProviderLimits = ProviderLimits {
+        email: Bucket {
+            per_sec: 0,
+            burst: 0,
+        },
+        push: Bucket {
+            per_sec: 0,
+            burst: 0,
+        },
+        sms: Bucket {
+            per_sec: 0,
+            burst: 0,
+        },
+    };
+
+    pub fn hub_env(&self) -> Vec<(String, String)> {
+        [
+            ("EMAIL", self.email),
+            ("PUSH", self.push),
+            ("SMS", self.sms),
+        ]
+        .into_iter()
+        .flat_map(|(channel, bucket)| {
+            [
+                (
+                    format!("TIFFIN_DELIVERY__{channel}__PER_SEC"),
+                    bucket.per_sec.to_string(),
+                ),
+                (
+                    format!("TIFFIN_DELIVERY__{channel}__BURST"),
+                    bucket.burst.to_string(),
+                ),
+            ]
+        })
+        .collect()
     }
 }
