@@ -3,10 +3,10 @@
 //! each order in memory (a refused one is answered alone and takes no sequence number, with no
 //! savepoint), then takes the accepted orders' numbers and writes orders, items and events.
 //!
-//! PostgreSQL: two round trips a batch, whatever its size: the reads pipelined, then one
-//! statement that locks the batch's schools in school order (so batches cannot deadlock),
-//! takes their numbers and inserts every row (a single statement is atomic; no BEGIN or
-//! COMMIT to wait for). The reads need no lock: a row they saw may change before the write
+//! PostgreSQL: two round trips a batch, whatever its size: the reads pipelined, then the
+//! write sent together with its transaction (`with_schools_locked`: BEGIN, the batch's
+//! schools locked in school order so batches cannot deadlock, one statement that takes their
+//! numbers and inserts every row, COMMIT). The reads need no lock: a row they saw may change before the write
 //! under READ COMMITTED inside a transaction just as well, and what must be unique (a
 //! request's key, a number) is held by the write. SQLite: one transaction, in process.
 
@@ -221,19 +221,14 @@ impl CommitOrders for SqliteConn {
     }
 }
 
-/// The whole write of a PostgreSQL batch as one statement: the schools locked in school
-/// order, their numbers taken, orders, items and events inserted (each event numbered from its
-/// school's first). Rows travel as JSON read into the tables' own row types (an event's
+/// The whole write of a PostgreSQL batch as one statement, run with the batch's schools
+/// locked (`with_schools_locked`): their numbers taken, orders, items and events inserted
+/// (each event numbered from its school's first). Rows travel as JSON read into the tables' own row types (an event's
 /// columns are named, to number it).
 const WRITE_ORDERS_PG: &str = "\
-WITH locked AS MATERIALIZED ( \
-    SELECT s.id FROM schools s \
-    WHERE s.id IN (SELECT c.id FROM json_to_recordset($1::json) AS c(id text)) \
-    ORDER BY s.id FOR NO KEY UPDATE), \
-taken AS ( \
+WITH taken AS ( \
     UPDATE schools AS s SET event_seq = s.event_seq + c.n \
-    FROM locked, json_to_recordset($1::json) AS c(id text, n bigint) \
-    WHERE s.id = locked.id AND s.id = c.id \
+    FROM json_to_recordset($1::json) AS c(id text, n bigint) WHERE s.id = c.id \
     RETURNING s.id, s.event_seq - c.n + 1 AS first), \
 placed AS ( \
     INSERT INTO orders SELECT * FROM json_populate_recordset(NULL::orders, $2::json)), \
@@ -267,13 +262,13 @@ async fn write_orders_pg(
         .iter()
         .map(|(id, n)| serde_json::json!({ "id": id, "n": n }))
         .collect();
-    let taken = diesel::sql_query(WRITE_ORDERS_PG)
+    let schools: Vec<&str> = decided.counts.keys().map(String::as_str).collect();
+    let write = diesel::sql_query(WRITE_ORDERS_PG)
         .bind::<Text, _>(serde_json::Value::Array(counts).to_string())
         .bind::<Text, _>(serde_json::to_string(&decided.orders).map_err(json_error)?)
         .bind::<Text, _>(serde_json::to_string(&decided.items).map_err(json_error)?)
-        .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?)
-        .load::<First>(conn)
-        .await?;
+        .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?);
+    let taken = with_schools_locked!(&*conn, &schools, |on| write.load::<First>(&mut on))?;
     Ok(taken.into_iter().map(|t| (t.id, t.first)).collect())
 }
 /// The batch's reads, expanded for each backend.

@@ -6,8 +6,9 @@
 //! decider's. A transition whose guard fails is refused alone and takes no number.
 //!
 //! PostgreSQL: one round trip a batch (two when an order becomes ready: the pickup reads
-//! first): a single statement locks the batch's schools in school order, applies the updates,
-//! writes the verdicts, takes the numbers and inserts the events. SQLite: one transaction, a
+//! first): the write sent together with its transaction (`with_schools_locked`: BEGIN, the
+//! schools locked in school order, one statement that applies the updates, writes the
+//! verdicts, takes the numbers and inserts the events, COMMIT). SQLite: one transaction, a
 //! statement a row, in process. Two batches that read the same free code race to the unique
 //! index on codes; the loser is retried one by one with fresh reads.
 
@@ -404,9 +405,9 @@ impl CommitTransitions for SqliteConn {
     }
 }
 
-/// The whole write of a PostgreSQL batch as one statement. The schools are locked in school
-/// order before any order row (each order's update waits for its school's lock), so batches
-/// cannot deadlock; a scan's claim is locked and checked before its pickup moves the order;
+/// The whole write of a PostgreSQL batch as one statement, run with the batch's schools
+/// locked (`with_schools_locked`) before any order row, so batches cannot deadlock; a scan's
+/// claim is locked and checked before its pickup moves the order;
 /// verdicts are written only for the orders that moved; each school's numbers are taken for
 /// its moved orders, in batch order. Yields the moved orders with their numbers, and the
 /// scans still claimed.
@@ -416,13 +417,9 @@ WITH v AS MATERIALIZED ( \
         from_state text, to_state text, version bigint, assign boolean, counter_id text, \
         pickup_code text, pickup_day text, scan_id text, attempt int, verdict text, \
         answer text, student_id text, took_us bigint)), \
-locked AS MATERIALIZED ( \
-    SELECT s.id FROM schools s WHERE s.id IN (SELECT school_id FROM v) \
-    ORDER BY s.id FOR NO KEY UPDATE), \
 claimed AS MATERIALIZED ( \
     SELECT sc.id FROM scans sc JOIN v ON sc.id = v.scan_id \
     WHERE sc.verdict = 'pending' AND sc.attempt = v.attempt \
-    AND v.school_id IN (SELECT id FROM locked) \
     FOR UPDATE OF sc), \
 moved AS ( \
     UPDATE orders AS o SET state = v.to_state, version = v.version, updated_at = $2, \
@@ -430,7 +427,7 @@ moved AS ( \
         pickup_code = CASE WHEN v.assign THEN v.pickup_code ELSE o.pickup_code END, \
         pickup_day = CASE WHEN v.assign THEN v.pickup_day ELSE o.pickup_day END \
     FROM v WHERE o.id = v.id AND o.school_id = v.school_id AND o.version = v.version - 1 \
-    AND o.state = v.from_state AND v.school_id IN (SELECT id FROM locked) \
+    AND o.state = v.from_state \
     AND (v.scan_id IS NULL OR v.scan_id IN (SELECT id FROM claimed)) \
     RETURNING o.id, o.school_id, v.pos), \
 verdicts AS ( \
@@ -484,12 +481,16 @@ async fn write_transitions_pg(
         return Ok(Written::default());
     }
     let events: Vec<&OrderEventRow> = ok().map(|(.., event)| event).collect();
-    let rows = diesel::sql_query(WRITE_TRANSITIONS_PG)
+    let schools: Vec<&str> = ok()
+        .map(|(_, update, _)| update.school_id.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let write = diesel::sql_query(WRITE_TRANSITIONS_PG)
         .bind::<Text, _>(serde_json::to_string(&updates).map_err(json_error)?)
         .bind::<Timestamp, _>(at)
-        .bind::<Text, _>(serde_json::to_string(&events).map_err(json_error)?)
-        .load::<WrittenRow>(conn)
-        .await?;
+        .bind::<Text, _>(serde_json::to_string(&events).map_err(json_error)?);
+    let rows = with_schools_locked!(&*conn, &schools, |on| write.load::<WrittenRow>(&mut on))?;
     let mut written = Written::default();
     for row in rows {
         if row.seq < 0 {
