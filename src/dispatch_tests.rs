@@ -75,12 +75,17 @@ pub(crate) async fn pg_admin(sql: &str) {
     conn.batch_execute(sql).await.unwrap();
 }
 
+/// The address of the database `name` on the test's server.
+pub(crate) fn pg_url(name: &str) -> String {
+    let base = pg_admin_url();
+    format!("{}/{name}", &base[..base.rfind('/').unwrap()])
+}
+
 /// A PostgreSQL database of the test's own, migrated; its name, to drop it after.
 pub(crate) async fn pg_database() -> (String, Db) {
     let name = format!("tiffin_dispatch_{}", uuid::Uuid::new_v4().simple());
     pg_admin(&format!("CREATE DATABASE {name}")).await;
-    let base = pg_admin_url();
-    let url = DatabaseUrl::Postgres(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    let url = DatabaseUrl::Postgres(pg_url(&name));
     db::migrate(&url).await.unwrap();
     (name, Db::connect(&url, 4).unwrap())
 }

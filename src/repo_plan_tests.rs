@@ -1,0 +1,65 @@
+//! The scan's hot query keeps to its index under the plan PostgreSQL caches for a prepared
+//! statement before the tables have statistics (as on a new database, or with autovacuum
+//! off): such a plan once walked every order of the school on each scan.
+
+use super::*;
+use crate::dispatch_tests::{pg_admin, pg_database, pg_url};
+use diesel::sql_types::Text;
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// The generic plan of `query` (diesel's SQL for PostgreSQL) run with `args`.
+async fn generic_plan<Q>(database: &str, query: &Q, args: &str) -> String
+where
+    Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+{
+    use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
+    let sql = diesel::debug_query::<diesel::pg::Pg, _>(query).to_string();
+    let sql = sql.split(" -- binds: ").next().unwrap();
+    let mut conn = AsyncPgConnection::establish(&pg_url(database))
+        .await
+        .unwrap();
+    conn.batch_execute(&format!(
+        "SET plan_cache_mode = force_generic_plan; PREPARE hot AS {sql}"
+    ))
+    .await
+    .unwrap();
+    let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN EXECUTE hot({args})"))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    plan.into_iter()
+        .map(|l| l.line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Both columns of `orders_school_student` bound in one index condition.
+fn reads_school_and_student_by_index(plan: &str) -> bool {
+    plan.lines()
+        .any(|l| l.contains("Index Cond: ((school_id = $1) AND (student_id = $"))
+        && plan.contains("orders_school_student")
+}
+
+#[tokio::test]
+async fn a_card_holders_orders_of_the_day_are_read_by_school_and_student() {
+    let (name, _db) = pg_database().await;
+    let days = days_around_today();
+    let by_card = orders_of_day!("s", holder_of!("CARD"), &days);
+    let plan = generic_plan(&name, &by_card, "'s', 'CARD', 1, '{a}', 'b', '{c}'").await;
+    assert!(
+        reads_school_and_student_by_index(&plan),
+        "a scan's read:\n{plan}"
+    );
+    let by_student = orders_of_day!("s", Some("student"), &days);
+    let plan = generic_plan(&name, &by_student, "'s', 'student', '{a}', 'b', '{c}'").await;
+    assert!(
+        reads_school_and_student_by_index(&plan),
+        "a student's read:\n{plan}"
+    );
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
