@@ -825,6 +825,24 @@ macro_rules! pipelined {
 }
 pub(crate) use {one_by_one, pipelined};
 
+/// How many committed events with news are not yet fanned out, and the oldest's time. `NOT
+/// fanned_out` rather than a bound `false`: a prepared plan then still matches the partial
+/// index `order_events_to_fan_out` (a bound value cannot, and the table was read whole,
+/// 180 ms late in a full-length rush).
+macro_rules! awaiting_fan_out {
+    () => {
+        order_events::table
+            .filter(diesel::dsl::not(order_events::fanned_out))
+            .filter(order_events::notice.is_not_null())
+            .select((
+                diesel::dsl::count_star(),
+                diesel::dsl::min(order_events::created_at),
+            ))
+    };
+}
+#[cfg(test)]
+pub(crate) use awaiting_fan_out;
+
 /// Locks a batch's schools in school order (`FOR NO KEY UPDATE`, as the sequence bump
 /// itself takes; `FOR UPDATE` would also block rows that merely reference a school).
 pub(crate) const LOCK_SCHOOLS_PG: &str =
@@ -1565,13 +1583,7 @@ impl Outbox for DieselStore {
             .map_err(DbError::from))?;
         // News committed but not yet fanned out is waiting too, and its age counts.
         let (awaiting_fan_out, oldest_event): (i64, Option<NaiveDateTime>) =
-            with_conn!(&self.db, |conn| order_events::table
-                .filter(order_events::fanned_out.eq(false))
-                .filter(order_events::notice.is_not_null())
-                .select((
-                    diesel::dsl::count_star(),
-                    diesel::dsl::min(order_events::created_at)
-                ))
+            with_conn!(&self.db, |conn| awaiting_fan_out!()
                 .first(conn)
                 .await
                 .map_err(DbError::from))?;
