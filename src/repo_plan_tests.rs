@@ -84,3 +84,42 @@ async fn the_fan_out_backlog_is_counted_from_its_partial_index() {
     assert!(plan.contains("order_events_to_fan_out"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
+
+/// Where autovacuum is off (as on the machines this project is tested on), the hub's
+/// connections plan every statement afresh; elsewhere they keep the server's setting.
+#[tokio::test]
+async fn without_autovacuum_the_hubs_connections_plan_afresh() {
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = Text)]
+        value: String,
+    }
+    let (name, db) = pg_database().await;
+    let Db::Pg(pool) = &db else {
+        unreachable!("a PostgreSQL database")
+    };
+    let mut conn = pool.get().await.unwrap();
+    let mut show = async |what: &str| -> String {
+        let sql = format!("SELECT current_setting('{what}') AS value");
+        let setting: Setting = diesel::sql_query(sql).get_result(&mut *conn).await.unwrap();
+        setting.value
+    };
+    let autovacuum = show("autovacuum").await;
+    let mode = show("plan_cache_mode").await;
+    if autovacuum == "off" {
+        assert_eq!(mode, "force_custom_plan");
+    } else {
+        let mut fresh = diesel_async::AsyncPgConnection::establish(&pg_url(&name))
+            .await
+            .unwrap();
+        let server: Setting =
+            diesel::sql_query("SELECT current_setting('plan_cache_mode') AS value")
+                .get_result(&mut fresh)
+                .await
+                .unwrap();
+        assert_eq!(mode, server.value, "the server's setting stands");
+    }
+    drop(conn);
+    drop(db);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}

@@ -308,6 +308,40 @@ impl Turn {
     }
 }
 
+/// Where nothing runs `ANALYZE` (autovacuum off), a statement prepared while its tables were
+/// small keeps the plan made then, as they grow: PostgreSQL caches a generic plan after five
+/// executions and, without new statistics, never replaces it. Plans made on empty tables read
+/// them whole (an order looked up by its key did, at 1.5-3 ms a statement by the end of a
+/// 15-second intake run; a scan's orders at 150-300 ms late in a rush). There, the
+/// connection plans each statement for its parameters and the tables' current size
+/// (`force_custom_plan`), and the hub says so once. Elsewhere the server's setting stands.
+async fn plan_afresh_without_autovacuum(conn: &mut PgConn) -> Result<(), diesel::ConnectionError> {
+    use diesel::sql_types::Text;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Mode {
+        #[diesel(sql_type = Text)]
+        mode: String,
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let set: Mode = diesel::sql_query(
+        "SELECT set_config('plan_cache_mode', CASE WHEN current_setting('autovacuum')::bool \
+         THEN current_setting('plan_cache_mode') ELSE 'force_custom_plan' END, false) AS mode",
+    )
+    .get_result(conn)
+    .await
+    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+    if set.mode == "force_custom_plan" {
+        SAID.call_once(|| {
+            tracing::warn!(
+                "PostgreSQL's autovacuum is off: statements are planned afresh each time \
+                 (plan_cache_mode = force_custom_plan); turn autovacuum on"
+            )
+        });
+    }
+    Ok(())
+}
+
 impl Db {
     /// `max_size` connections to PostgreSQL; always one to SQLite, which takes one writer
     /// at a time anyway: writers queue in the pool, in order, instead of sleeping in SQLite's
@@ -326,6 +360,7 @@ impl Db {
                     async move {
                         let mut conn = PgConn::establish(url).await?;
                         conn.set_instrumentation(CountRoundTrips);
+                        plan_afresh_without_autovacuum(&mut conn).await?;
                         Ok(conn)
                     }
                     .boxed()
