@@ -106,7 +106,10 @@ impl From<diesel::result::Error> for StoreError {
 /// stored before (a retried delivery). Yields the row and whether it is new.
 async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
     if let Db::Pg(pool) = db {
-        return store_pg(pool, row).await;
+        // A group of one: one statement, no BEGIN or COMMIT.
+        let mut stored = store_group_pg(pool, std::slice::from_ref(&row)).await?;
+        let (seq, fresh) = stored.remove(&row.id).ok_or(DbError::NotFound)?;
+        return Ok((InboxRow { seq, ..row }, fresh));
     }
     let stored = with_conn!(db, |conn| conn
         .transaction(async |conn| {
@@ -141,52 +144,10 @@ async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
     }
 }
 
-/// PostgreSQL: the message stored, or found stored before, in one statement (one round
-/// trip: no BEGIN or COMMIT). The user's number is taken only when the message is new; should
-/// a resend race it, the loser fails on the message's key, takes nothing and is retried.
-const STORE_PG: &str = "\
-WITH r AS (SELECT * FROM json_populate_record(NULL::inbox_messages, $1::json)), \
-earlier AS (SELECT m.seq FROM inbox_messages m JOIN r ON m.id = r.id), \
-taken AS ( \
-    UPDATE users AS u SET inbox_seq = u.inbox_seq + 1 FROM r \
-    WHERE u.id = r.user_id AND NOT EXISTS (SELECT 1 FROM earlier) \
-    RETURNING u.inbox_seq), \
-stored AS ( \
-    INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, order_id, created_at, \
-        read_at, deleted_at) \
-    SELECT r.id, r.user_id, taken.inbox_seq, r.kind, r.title, r.body, r.order_id, \
-        r.created_at, r.read_at, r.deleted_at FROM r, taken \
-    RETURNING seq) \
-SELECT seq, true AS fresh FROM stored UNION ALL SELECT seq, false FROM earlier";
-
-#[derive(QueryableByName)]
-struct Stored {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    seq: i64,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    fresh: bool,
-}
-
-async fn store_pg(
-    pool: &diesel_async::pooled_connection::deadpool::Pool<crate::db::PgConn>,
-    row: InboxRow,
-) -> Result<(InboxRow, bool), DbError> {
-    let json = serde_json::to_string(&row).map_err(|e| DbError::Other(e.to_string()))?;
-    let asked = std::time::Instant::now();
-    let mut conn = pool.get().await?;
-    let turn = crate::db::Turn::began(asked);
-    let stored = diesel::sql_query(STORE_PG)
-        .bind::<diesel::sql_types::Text, _>(json)
-        .get_result::<Stored>(&mut *conn)
-        .await;
-    turn.ended();
-    let Stored { seq, fresh } = stored?;
-    Ok((InboxRow { seq, ..row }, fresh))
-}
-
 /// PostgreSQL: a group of messages stored, or found stored before, in one statement. Each
 /// user's new messages take that user's next numbers in the group's order; a message stored
-/// before takes none; a message for an unknown user is not stored and gets no row.
+/// before takes none; a message for an unknown user is not stored and gets no row. Should a
+/// resend race it, the loser fails on the message's key, takes nothing and is retried.
 const STORE_GROUP_PG: &str = "\
 WITH r AS ( \
     SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
@@ -226,9 +187,7 @@ type StoreAnswer = Result<(InboxRow, bool), DbError>;
 /// the group fails (a message twice in it, a race with another node); on SQLite one at a time.
 /// One answer per message, in order.
 async fn store_group(db: &Db, rows: Vec<InboxRow>) -> Vec<StoreAnswer> {
-    if let Db::Pg(pool) = db
-        && rows.len() > 1
-    {
+    if let Db::Pg(pool) = db {
         match store_group_pg(pool, &rows).await {
             Ok(mut stored) => {
                 return rows
