@@ -353,12 +353,25 @@ async fn a_stalled_provider_holds_up_only_its_own(db: &Db) {
 
 #[actix_web::test]
 async fn a_claim_says_whether_each_of_its_messages_still_goes_out() {
-    use tiffin_actors::ports::{Needed, Outbox, Placed, Store};
     let (_dir, db) = database().await;
-    let s = school(&db, "Needed").await;
+    a_claim_says_whether_each_still_goes_out(&db).await;
+}
+
+/// On PostgreSQL one statement judges what SQLite's claim decides in Rust.
+#[actix_web::test]
+async fn a_claim_says_whether_each_of_its_messages_still_goes_out_on_postgres() {
+    let (name, db) = pg_database().await;
+    a_claim_says_whether_each_still_goes_out(&db).await;
+    drop(db);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+async fn a_claim_says_whether_each_still_goes_out(db: &Db) {
+    use tiffin_actors::ports::{Needed, Outbox, Placed, Store};
+    let s = school(db, "Needed").await;
     let store = DieselStore::new(db.clone(), 120);
     let placed = match store.place_order(new_order(&s)).await.unwrap() {
-        Placed::New(event) => event.order,
+        Placed::New(event) => event,
         Placed::Existing(_) => panic!("a new order"),
     };
     // The order's own receipts are not under test.
@@ -371,7 +384,7 @@ async fn a_claim_says_whether_each_of_its_messages_still_goes_out() {
         .collect();
     store.mark_sent(&receipts).await.unwrap();
     let later = now() + chrono::Duration::hours(1);
-    let push_sent = queue(&db, &s.id, &s.student, 1, "token-a", |r| {
+    let push_sent = queue(db, &s.id, &s.student, 1, "token-a", |r| {
         r.channel = "push".into();
     })
     .await;
@@ -379,50 +392,101 @@ async fn a_claim_says_whether_each_of_its_messages_still_goes_out() {
         .mark_sent(std::slice::from_ref(&push_sent))
         .await
         .unwrap();
-    let push_pending = queue(&db, &s.id, &s.student, 2, "token-b", |r| {
+    let push_pending = queue(db, &s.id, &s.student, 2, "token-b", |r| {
         r.channel = "push".into();
         r.next_attempt_at = later;
     })
     .await;
 
-    let order = |id: &str| serde_json::json!({"order": {"id": id}}).to_string();
+    // (template, its event, fallback for, expired, claimed before) -> (needed, resend,
+    // status and reason after the claim). The placed order's event: it is placed, not ready.
+    let placed_event = placed.seq;
+    let none = -100;
     let cases = [
+        ("order_ready", none, Some(&push_sent), false, false),
+        ("order_ready", none, Some(&push_pending), false, false),
+        ("order_ready", placed_event, None, false, false),
+        ("order_placed", placed_event, None, false, false),
+        ("order_ready", none, None, false, false),
+        ("order_ready", placed_event, None, true, false),
+        ("order_ready", placed_event, None, false, true),
+    ];
+    let outcomes = [
         (
-            "order_ready",
-            "{}".to_owned(),
-            Some(&push_sent),
             Needed::DeliveredOtherwise,
+            false,
+            "skipped",
+            Some("delivered by push"),
         ),
+        (Needed::Yes, false, "pending", None),
         (
-            "order_ready",
-            "{}".to_owned(),
-            Some(&push_pending),
-            Needed::Yes,
+            Needed::NoLongerTrue,
+            false,
+            "expired",
+            Some("no longer true"),
         ),
-        // Placed, not ready: the news is not (yet, or any longer) true.
-        ("order_ready", order(&placed.id), None, Needed::NoLongerTrue),
-        ("order_placed", order(&placed.id), None, Needed::Yes),
-        ("order_ready", "not json".to_owned(), None, Needed::Yes),
-        ("order_ready", order("no-such-order"), None, Needed::Yes),
+        (Needed::Yes, false, "pending", None),
+        (Needed::Yes, false, "pending", None),
+        (
+            Needed::PastExpiry,
+            false,
+            "expired",
+            Some("past its expiry"),
+        ),
+        // A claim left by a dead node: its send may have begun; it goes again, marked.
+        (Needed::Yes, true, "pending", None),
     ];
     let mut expected = HashMap::new();
-    for (n, (template, payload, fallback_for, needed)) in cases.into_iter().enumerate() {
-        let id = queue(&db, &s.id, &s.student, 10 + n as i64, "+15550000", |r| {
+    for (n, ((template, event, fallback_for, expired, claimed), outcome)) in
+        cases.into_iter().zip(outcomes).enumerate()
+    {
+        let id = queue(db, &s.id, &s.student, 10 + n as i64, "+15550000", |r| {
             r.template = template.into();
-            r.payload = payload;
+            // Several tell of one event: a channel each keeps them apart.
+            r.channel = format!("case-{n}");
+            r.event_seq = if event == none {
+                none - n as i64
+            } else {
+                event
+            };
             r.fallback_for = fallback_for.cloned();
+            if expired {
+                r.expires_at = Some(now() - chrono::Duration::seconds(1));
+            }
+            if claimed {
+                r.claimed_until = Some(now() - chrono::Duration::seconds(1));
+            }
         })
         .await;
-        expected.insert(id, needed);
+        expected.insert(id, outcome);
     }
-    let claimed: HashMap<String, Needed> = store
+    let claimed: HashMap<String, (Needed, bool)> = store
         .claim_due(100, &[])
         .await
         .unwrap()
         .into_iter()
-        .map(|c| (c.message.id, c.needed))
+        .map(|c| (c.message.id, (c.needed, c.resend)))
         .collect();
-    assert_eq!(claimed, expected);
+    let judged: HashMap<String, (Needed, bool)> = expected
+        .iter()
+        .map(|(id, (needed, resend, _, _))| (id.clone(), (*needed, *resend)))
+        .collect();
+    assert_eq!(claimed, judged);
+    let mut rows = Vec::new();
+    for id in expected.keys() {
+        rows.push(repo::outbox_row(db, id).await.unwrap().unwrap());
+    }
+    for row in rows {
+        let (_, _, status, why) = expected[&row.id];
+        assert_eq!(
+            (row.status.as_str(), row.last_error.as_deref()),
+            (status, why),
+            "{}",
+            row.template
+        );
+        // Leased while it goes out; a dropped one holds no claim.
+        assert_eq!(row.claimed_until.is_some(), status == "pending", "{row:?}");
+    }
     assert!(
         store.claim_due(100, &[]).await.unwrap().is_empty(),
         "all leased"

@@ -148,11 +148,11 @@ async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
 /// user's new messages take that user's next numbers in the group's order; a message stored
 /// before takes none; a message for an unknown user is not stored and gets no row. Should a
 /// resend race it, the loser fails on the message's key, takes nothing and is retried.
-const STORE_GROUP_PG: &str = "\
+pub(crate) const STORE_GROUP_PG: &str = "\
 WITH r AS ( \
     SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
         LATERAL json_populate_record(NULL::inbox_messages, e.doc) AS m), \
-earlier AS (SELECT m.id, m.seq FROM inbox_messages m JOIN r ON m.id = r.id), \
+earlier AS (SELECT m.id, m.seq FROM inbox_messages m WHERE m.id = ANY(ARRAY(SELECT id FROM r))), \
 fresh AS (SELECT * FROM r WHERE r.id NOT IN (SELECT id FROM earlier)), \
 counts AS (SELECT user_id, count(*) AS n FROM fresh GROUP BY user_id), \
 taken AS ( \
@@ -215,15 +215,11 @@ async fn store_group_pg(
     rows: &[InboxRow],
 ) -> Result<std::collections::HashMap<String, (i64, bool)>, DbError> {
     let json = serde_json::to_string(rows).map_err(|e| DbError::Other(e.to_string()))?;
-    let asked = std::time::Instant::now();
-    let mut conn = pool.get().await?;
-    let turn = crate::db::Turn::began(asked);
-    let stored = diesel::sql_query(STORE_GROUP_PG)
+    let stored = crate::with_pooled!(pool, |conn| diesel::sql_query(STORE_GROUP_PG)
         .bind::<diesel::sql_types::Text, _>(json)
-        .load::<StoredInGroup>(&mut *conn)
-        .await;
-    turn.ended();
-    Ok(stored?
+        .load::<StoredInGroup>(conn)
+        .await)?;
+    Ok(stored
         .into_iter()
         .map(|s| (s.id, (s.seq, s.fresh)))
         .collect())

@@ -17,9 +17,14 @@ async fn generic_plan<Q>(database: &str, setup: &str, query: &Q, args: &str) -> 
 where
     Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
 {
-    use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
     let sql = diesel::debug_query::<diesel::pg::Pg, _>(query).to_string();
     let sql = sql.split(" -- binds: ").next().unwrap();
+    generic_plan_of_sql(database, setup, sql, args).await
+}
+
+/// The generic plan of the SQL `sql` run with `args`, after `setup`.
+async fn generic_plan_of_sql(database: &str, setup: &str, sql: &str, args: &str) -> String {
+    use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
     let mut conn = AsyncPgConnection::establish(&pg_url(database))
         .await
         .unwrap();
@@ -82,6 +87,56 @@ async fn the_fan_out_backlog_is_counted_from_its_partial_index() {
     let query = crate::store::awaiting_fan_out!();
     let plan = generic_plan(&name, A_DAY_OF_EVENTS, &query, "").await;
     assert!(plan.contains("order_events_to_fan_out"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// A day's messages, all sent but a few, and no statistics.
+const A_DAY_OF_MESSAGES: &str = "SET session_replication_role = replica; \
+    INSERT INTO outbox (id, school_id, event_seq, recipient_id, channel, template, address, \
+        locale, payload, status, attempts, next_attempt_at, created_at, priority, resend) \
+    SELECT 'm' || g, 's', g, 'u', 'push', 'order_placed', 'a', 'en', '{}', \
+        CASE WHEN g % 1000 = 0 THEN 'pending' ELSE 'sent' END, 1, now(), now(), 1, FALSE \
+    FROM generate_series(1, 50000) AS g";
+
+/// The claim walks the pending messages in claim order and stops at its batch; the old walk
+/// visited every entry ever marked pending (sent since, until a vacuum).
+#[tokio::test]
+async fn a_claim_reads_only_pending_messages_in_claim_order() {
+    let (name, _db) = pg_database().await;
+    let plan = generic_plan_of_sql(
+        &name,
+        A_DAY_OF_MESSAGES,
+        crate::store::claim::CLAIM_PG,
+        "now()::timestamp, '{}', 32, now()::timestamp, 'n', '{}', '[]'",
+    )
+    .await;
+    assert!(plan.contains("Index Scan using outbox_pending"), "{plan}");
+    assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// Taking events for fan-out finds the rows it locked by address, not by hashing the day.
+#[tokio::test]
+async fn taking_events_for_fan_out_reads_only_those_taken() {
+    let (name, _db) = pg_database().await;
+    let setup = format!("{A_DAY_OF_EVENTS}; UPDATE order_events SET fanned_out = seq % 100 <> 0");
+    let plan = generic_plan_of_sql(&name, &setup, crate::store::fan_out::TAKE_PG, "256").await;
+    assert!(plan.contains("Tid Scan on order_events"), "{plan}");
+    assert!(!plan.contains("Seq Scan on order_events"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// A group of in-app messages looks for earlier copies of its own messages by key, at any
+/// size of the table (joined, a table of a few thousand was read whole).
+#[tokio::test]
+async fn an_inbox_group_looks_up_only_its_own_messages() {
+    let (name, _db) = pg_database().await;
+    let setup = "SET session_replication_role = replica; \
+        INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, created_at) \
+        SELECT 'm' || g, 'u' || (g % 500), g, 'order_placed', 't', 'b', now() \
+        FROM generate_series(1, 3000) AS g";
+    let plan = generic_plan_of_sql(&name, setup, crate::inbox::STORE_GROUP_PG, "'[]'").await;
+    assert!(!plan.contains("Seq Scan on inbox_messages"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 

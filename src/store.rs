@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{Duration, NaiveDateTime};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tiffin_actors::domain::{
     COUNTER_CHANGED, CounterRef, KitchenEvent, OrderLine, OrderState, OrderSummary, Role, Wave,
@@ -25,8 +25,8 @@ use tiffin_actors::notices::{
     first_attempt_delay, intents, kind_of_alert,
 };
 use tiffin_actors::ports::{
-    AlertCommit, Claimed, CommandError, CounterMove, Dropped, Idempotency, KitchenSnapshot, Needed,
-    NewOrder, Outbox, OutboxMessage, OutboxStats, Placed, Store, TransitionCommit,
+    AlertCommit, Claimed, CommandError, CounterMove, Idempotency, KitchenSnapshot, NewOrder,
+    Outbox, OutboxStats, Placed, Store, TransitionCommit,
 };
 
 /// How long a dispatcher holds a claimed outbox row before another may take it.
@@ -882,9 +882,10 @@ macro_rules! with_schools_locked {
 
 #[cfg(test)]
 mod batch_tests;
+pub(crate) mod claim;
 mod digest;
 pub use digest::DEFAULT_DIGEST_AT;
-mod fan_out;
+pub(crate) mod fan_out;
 mod intake;
 mod sequence;
 mod transitions;
@@ -1021,179 +1022,6 @@ macro_rules! record_attempt {
     };
 }
 
-/// Rows due now and not under a live claim, most urgent first.
-macro_rules! due_outbox {
-    ($at:expr, $limit:expr, $skip:expr) => {
-        outbox::table
-            .filter(outbox::status.eq("pending"))
-            .filter(outbox::next_attempt_at.le($at))
-            .filter(outbox::channel.ne_all($skip))
-            .filter(
-                outbox::claimed_until
-                    .is_null()
-                    .or(outbox::claimed_until.lt($at)),
-            )
-            .order((outbox::priority.desc(), outbox::next_attempt_at.asc()))
-            .limit($limit)
-            .select(outbox::id)
-    };
-}
-
-/// What decides whether claimed messages still go out: the fallbacks' first messages that
-/// were delivered, and the state of each order a message tells of.
-#[derive(Default)]
-struct ClaimFacts {
-    delivered: HashSet<String>,
-    states: HashMap<String, String>,
-}
-
-impl ClaimFacts {
-    fn needed(&self, message: &OutboxMessage) -> Needed {
-        if message
-            .fallback_for
-            .as_ref()
-            .is_some_and(|first| self.delivered.contains(first))
-        {
-            return Needed::DeliveredOtherwise;
-        }
-        let told_of = order_told_of(&message.template, &message.payload);
-        let no_longer_true = told_of.is_some_and(|(kind, order_id)| {
-            self.states
-                .get(&order_id)
-                .and_then(|state| OrderState::parse(state))
-                .is_some_and(|state| !kind.still_true(state))
-        });
-        if no_longer_true {
-            Needed::NoLongerTrue
-        } else {
-            Needed::Yes
-        }
-    }
-}
-
-/// The order a message tells of, if its news can stop being true. A payload that names none
-/// goes out: rendering it decides.
-fn order_told_of(template: &str, payload: &str) -> Option<(Kind, String)> {
-    let kind = Kind::parse(template)?;
-    let payload: serde_json::Value = serde_json::from_str(payload).ok()?;
-    Some((kind, payload["order"]["id"].as_str()?.to_owned()))
-}
-
-/// Leasing due outbox rows, each backend its own way, inside the claim's transaction: the
-/// ids leased, each with whether an earlier claim of it was left unfinished (its outcome
-/// unknown), which stays marked until it is sent.
-trait LeaseDue {
-    async fn lease_due(&mut self, due: DueRows<'_>, node: &str)
-    -> QueryResult<Vec<(String, bool)>>;
-}
-
-/// What a claim asks for.
-#[derive(Clone, Copy)]
-struct DueRows<'a> {
-    at: NaiveDateTime,
-    lease: NaiveDateTime,
-    limit: i64,
-    skip: &'a [String],
-}
-
-/// PostgreSQL: lock due rows, skipping those another dispatcher holds, and lease them, so
-/// dispatchers on any number of nodes never claim one row twice.
-impl LeaseDue for crate::db::PgConn {
-    async fn lease_due(
-        &mut self,
-        due: DueRows<'_>,
-        node: &str,
-    ) -> QueryResult<Vec<(String, bool)>> {
-        let ids: Vec<String> = due_outbox!(due.at, due.limit, due.skip)
-            .for_update()
-            .skip_locked()
-            .load(self)
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // SET reads the row as it was: a lease still there was never finished.
-        diesel::update(outbox::table.filter(outbox::id.eq_any(&ids)))
-            .set((
-                outbox::claimed_until.eq(due.lease),
-                outbox::claimed_by.eq(node),
-                outbox::resend.eq(outbox::resend.or(outbox::claimed_until.is_not_null())),
-            ))
-            .returning((outbox::id, outbox::resend))
-            .get_results(self)
-            .await
-    }
-}
-
-/// SQLite (one writer at a time): one UPDATE leases the due rows its subquery picks. A
-/// statement is atomic, so two dispatchers never both win a row, and a batch is one write:
-/// a compare-and-set per row made 33 writes per batch, each queued behind the rush's
-/// transactions (958 messages pending with none in flight; BENCHMARKS.md).
-impl LeaseDue for crate::db::SqliteConn {
-    async fn lease_due(
-        &mut self,
-        due: DueRows<'_>,
-        node: &str,
-    ) -> QueryResult<Vec<(String, bool)>> {
-        use diesel::sql_types::{BigInt, Bool, Text, Timestamp};
-        #[derive(diesel::QueryableByName)]
-        struct Leased {
-            #[diesel(sql_type = Text)]
-            id: String,
-            #[diesel(sql_type = Bool)]
-            resend: bool,
-        }
-        // SQL, because diesel takes no subquery in an UPDATE's target; the subquery is
-        // `due_outbox!`'s. SET reads the row as it was: a lease still there was never finished.
-        let leased: Vec<Leased> = diesel::sql_query(
-            "UPDATE outbox SET claimed_until = ?, claimed_by = ?, \
-           resend = (resend OR claimed_until IS NOT NULL) WHERE id IN (\
-           SELECT id FROM outbox WHERE status = 'pending' AND next_attempt_at <= ? \
-           AND channel NOT IN (SELECT value FROM json_each(?)) \
-           AND (claimed_until IS NULL OR claimed_until < ?) \
-           ORDER BY priority DESC, next_attempt_at ASC LIMIT ?) \
-         RETURNING id, resend",
-        )
-        .bind::<Timestamp, _>(due.lease)
-        .bind::<Text, _>(node)
-        .bind::<Timestamp, _>(due.at)
-        // One parameter for any number of channels: the list as a JSON array.
-        .bind::<Text, _>(serde_json::Value::from(due.skip).to_string())
-        .bind::<Timestamp, _>(due.at)
-        .bind::<BigInt, _>(due.limit)
-        .load(self)
-        .await?;
-        Ok(leased.into_iter().map(|l| (l.id, l.resend)).collect())
-    }
-}
-
-fn outbox_message(r: OutboxRow) -> OutboxMessage {
-    OutboxMessage {
-        id: r.id,
-        recipient_id: r.recipient_id,
-        channel: r.channel,
-        template: r.template,
-        address: r.address,
-        locale: r.locale,
-        payload: r.payload,
-        attempts: r.attempts,
-        priority: Priority::from_rank(r.priority),
-        created_at: r.created_at.and_utc(),
-        expires_at: r.expires_at.map(|t| t.and_utc()),
-        fallback_for: r.fallback_for,
-    }
-}
-
-/// Why a claimed message leaves the queue unsent, as recorded.
-fn dropped_as(needed: Needed) -> Option<(Dropped, &'static str)> {
-    match needed {
-        Needed::Yes => None,
-        Needed::PastExpiry => Some((Dropped::Expired, "past its expiry")),
-        Needed::NoLongerTrue => Some((Dropped::Expired, "no longer true")),
-        Needed::DeliveredOtherwise => Some((Dropped::Skipped, "delivered by push")),
-    }
-}
-
 impl From<DbError> for CommandError {
     fn from(e: DbError) -> CommandError {
         e.into_command()
@@ -1321,17 +1149,13 @@ async fn mark_sent_pg(
         .iter()
         .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
-    let asked = std::time::Instant::now();
-    let mut conn = pool.get().await.map_err(DbError::from)?;
-    let turn = crate::db::Turn::began(asked);
-    let marked = diesel::sql_query(MARK_SENT_PG)
+    crate::with_pooled!(pool, |conn| diesel::sql_query(MARK_SENT_PG)
         .bind::<Array<Text>, _>(ids)
         .bind::<Array<Text>, _>(&attempt_ids)
         .bind::<Timestamp, _>(at)
-        .execute(&mut *conn)
-        .await;
-    turn.ended();
-    marked.map_err(DbError::from)?;
+        .execute(conn)
+        .await
+        .map_err(DbError::from))?;
     Ok(())
 }
 
@@ -1353,116 +1177,7 @@ impl Outbox for DieselStore {
     }
 
     async fn claim_due(&self, limit: i64, skip: &[String]) -> Result<Vec<Claimed>, CommandError> {
-        crate::db::counted(NOTIFY, async {
-            let at = now();
-            let due = DueRows {
-                at,
-                lease: at + Duration::seconds(CLAIM_LEASE_SECS),
-                limit,
-                skip,
-            };
-            let node = self.node.id.as_str();
-            // One turn at the connection, one transaction, for the claim, everything dispatch
-            // must know of its messages, and taking out those no longer needed: in a rush each
-            // turn waits ~20 ms, and messages due meanwhile wait for the next claim
-            // (BENCHMARKS.md). A claim left behind by a crash thus holds only messages whose send
-            // may have begun.
-            let claimed = with_conn!(&self.db, |conn| conn
-                .transaction(async |conn| {
-                    let leased = conn.lease_due(due, node).await?;
-                    if leased.is_empty() {
-                        return Ok::<_, diesel::result::Error>(Vec::new());
-                    }
-                    let ids: Vec<&String> = leased.iter().map(|(id, _)| id).collect();
-                    let resend: HashSet<&String> = leased
-                        .iter()
-                        .filter(|(_, resend)| *resend)
-                        .map(|(id, _)| id)
-                        .collect();
-                    let mut rows: Vec<OutboxRow> = outbox::table
-                        .filter(outbox::id.eq_any(&ids))
-                        .select(OutboxRow::as_select())
-                        .load(conn)
-                        .await?;
-                    let firsts: Vec<&String> = rows
-                        .iter()
-                        .filter_map(|r| r.fallback_for.as_ref())
-                        .collect();
-                    let delivered: HashSet<String> = if firsts.is_empty() {
-                        HashSet::new()
-                    } else {
-                        outbox::table
-                            .filter(outbox::id.eq_any(&firsts))
-                            .filter(outbox::status.eq("sent"))
-                            .select(outbox::id)
-                            .load::<String>(conn)
-                            .await?
-                            .into_iter()
-                            .collect()
-                    };
-                    let order_ids: Vec<String> = rows
-                        .iter()
-                        .filter_map(|r| order_told_of(&r.template, &r.payload).map(|(_, id)| id))
-                        .collect();
-                    let states: HashMap<String, String> = if order_ids.is_empty() {
-                        HashMap::new()
-                    } else {
-                        orders::table
-                            .filter(orders::id.eq_any(&order_ids))
-                            .select((orders::id, orders::state))
-                            .load::<(String, String)>(conn)
-                            .await?
-                            .into_iter()
-                            .collect()
-                    };
-                    let facts = ClaimFacts { delivered, states };
-                    rows.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.next_attempt_at));
-                    let claimed: Vec<Claimed> = rows
-                        .into_iter()
-                        .map(|r| {
-                            let resend = resend.contains(&r.id);
-                            let message = outbox_message(r);
-                            let needed = if resend {
-                                Needed::Yes
-                            } else if message.expires_at.is_some_and(|t| t <= at.and_utc()) {
-                                Needed::PastExpiry
-                            } else {
-                                facts.needed(&message)
-                            };
-                            Claimed {
-                                message,
-                                needed,
-                                resend,
-                            }
-                        })
-                        .collect();
-                    // Grouped by why: rarely more than a statement or two.
-                    let mut dropped: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
-                    for c in &claimed {
-                        if let Some((how, why)) = dropped_as(c.needed) {
-                            dropped
-                                .entry((how.as_str(), why))
-                                .or_default()
-                                .push(c.message.id.as_str());
-                        }
-                    }
-                    for ((status, why), ids) in dropped {
-                        diesel::update(outbox::table.filter(outbox::id.eq_any(ids)))
-                            .set((
-                                outbox::status.eq(status),
-                                outbox::last_error.eq(Some(why)),
-                                outbox::claimed_until.eq(None::<NaiveDateTime>),
-                            ))
-                            .execute(conn)
-                            .await?;
-                    }
-                    Ok(claimed)
-                })
-                .await
-                .map_err(DbError::from))?;
-            Ok(claimed)
-        })
-        .await
+        crate::db::counted(NOTIFY, self.claim_due_messages(limit, skip)).await
     }
 
     async fn mark_sent(&self, ids: &[String]) -> Result<(), CommandError> {

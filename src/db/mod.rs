@@ -267,26 +267,24 @@ pub enum Db {
 macro_rules! with_conn {
     ($db:expr, |$conn:ident| $body:expr) => {
         match $db {
-            $crate::db::Db::Pg(pool) => {
-                let asked = std::time::Instant::now();
-                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
-                let turn = $crate::db::Turn::began(asked);
-                let $conn = &mut *pooled;
-                let out = $body;
-                turn.ended();
-                out
-            }
-            $crate::db::Db::Sqlite(pool) => {
-                let asked = std::time::Instant::now();
-                let mut pooled = pool.get().await.map_err($crate::db::DbError::from)?;
-                let turn = $crate::db::Turn::began(asked);
-                let $conn = &mut *pooled;
-                let out = $body;
-                turn.ended();
-                out
-            }
+            $crate::db::Db::Pg(pool) => $crate::with_pooled!(pool, |$conn| $body),
+            $crate::db::Db::Sqlite(pool) => $crate::with_pooled!(pool, |$conn| $body),
         }
     };
+}
+
+/// Runs `body` with a connection of one backend's pool, its turn measured as `with_conn!`'s.
+#[macro_export]
+macro_rules! with_pooled {
+    ($pool:expr, |$conn:ident| $body:expr) => {{
+        let asked = std::time::Instant::now();
+        let mut pooled = $pool.get().await.map_err($crate::db::DbError::from)?;
+        let turn = $crate::db::Turn::began(asked);
+        let $conn = &mut *pooled;
+        let out = $body;
+        turn.ended();
+        out
+    }};
 }
 
 /// One turn at a pooled connection: how long it was waited for and held. On SQLite's one
