@@ -11,6 +11,7 @@ mod profile;
 mod raw;
 mod report;
 mod rush;
+mod scans;
 mod sink;
 
 use anyhow::{Context, bail};

@@ -1,0 +1,217 @@
+//! Verified scans a second on one node (issue 21's goal: at least 1,500 with the verdict's
+//! p99 at most 20 ms). `SCHOOLS` schools (a node serves a district's: a counter's reader
+//! reads a card every few seconds, so no one school makes such a rate), each with one open
+//! counter, `READERS` readers at it and students each with a card and an order made ready;
+//! then each reader, closed loop, scans its share of its school's cards, each scan signed,
+//! verified and handing a meal over. Every scan must be accepted: anything else fails the
+//! run.
+
+use crate::hub::{self, Target, client, code_of, created, reader_post_on};
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const SCHOOLS: usize = 8;
+/// Readers at each school's counter, each scanning one card at a time.
+const READERS: usize = 4;
+/// Cards of each school, each with a ready order: together enough for the goal's rate for
+/// a few seconds.
+const STUDENTS: usize = 750;
+/// Requests in flight while seeding.
+const SEEDING: usize = 16;
+
+/// Seeds the school, then measures; the goal's entry for `baseline.json`.
+pub async fn measure(target: &Target, length: Duration) -> anyhow::Result<Value> {
+    let seeded = Instant::now();
+    let mut schools = Vec::with_capacity(SCHOOLS);
+    for n in 0..SCHOOLS {
+        schools.push(seed(target, n).await?);
+    }
+    eprintln!(
+        "tiffin-load: scans: {} ready orders in {SCHOOLS} schools seeded in {:.0} s",
+        SCHOOLS * STUDENTS,
+        seeded.elapsed().as_secs_f64()
+    );
+    let trips_before = hub::round_trips(&target.url).await;
+    let cpu_before = target.pid.and_then(hub::usage).map(|(cpu, _)| cpu);
+    let began = Instant::now();
+    let readers = schools.iter().flat_map(|school| {
+        school.readers.iter().enumerate().map(|(r, reader)| {
+            let cards: Vec<&String> = school.cards.iter().skip(r).step_by(READERS).collect();
+            scan_closed_loop(&target.url, reader, cards, began + length)
+        })
+    });
+    let answers: Vec<Vec<(Duration, anyhow::Result<(u16, Value)>)>> =
+        futures_util::future::join_all(readers).await;
+    let elapsed = began.elapsed().as_secs_f64();
+    let cpu_after = target.pid.and_then(hub::usage).map(|(cpu, _)| cpu);
+    let trips = hub::round_trips_between(&trips_before, &hub::round_trips(&target.url).await);
+    let mut latencies = Vec::new();
+    let mut refused: std::collections::BTreeMap<String, u64> = Default::default();
+    for (latency, outcome) in answers.into_iter().flatten() {
+        match &outcome {
+            Ok((200, body)) if body["verdict"] == "accepted" => latencies.push(latency),
+            Ok((200, body)) => {
+                *refused
+                    .entry(body["verdict"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1
+            }
+            _ => *refused.entry(code_of(&outcome)).or_default() += 1,
+        }
+    }
+    if !refused.is_empty() {
+        bail!("scans not accepted: {refused:?}");
+    }
+    latencies.sort();
+    let ms = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let per_sec = latencies.len() as f64 / elapsed;
+    let (p50, p99) = (ms(0.50), ms(0.99));
+    let busy = cpu_before
+        .zip(cpu_after)
+        .map(|(before, after)| (after - before) / elapsed);
+    eprintln!(
+        "tiffin-load: scans: {per_sec:.0}/s accepted, verdict p50 {p50:.1} ms, p99 {p99:.1} ms \
+         ({} scans by {} readers in {elapsed:.1} s; hub {:.2} cores)",
+        latencies.len(),
+        SCHOOLS * READERS,
+        busy.unwrap_or(0.0)
+    );
+    Ok(json!({
+        "goal": "verified scans >= 1,500/s on one node with the verdict's p99 <= 20 ms",
+        "met": per_sec >= 1500.0 && p99 <= 20.0,
+        "scans_per_sec": per_sec,
+        "verdict_p50_ms": p50,
+        "verdict_p99_ms": p99,
+        "scans": latencies.len(),
+        "schools": SCHOOLS,
+        "readers": SCHOOLS * READERS,
+        "hub_cores_busy": busy,
+        "db_statements": trips,
+    }))
+}
+
+/// The seeded school: its readers (id, secret) and the cards of its ready orders.
+struct School {
+    readers: Vec<(String, String)>,
+    cards: Vec<String>,
+}
+
+fn card_uid(school: usize, n: usize) -> String {
+    format!("5C{school:04X}{n:08X}")
+}
+
+async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
+    let c = client();
+    let admin = &target.admin_token;
+    let url = |p: &str| format!("{}{p}", target.url);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let (id, meal) = hub::school_with_meal(
+        target,
+        format!("Scan school {school} ({})", &run[..8]),
+        "America/Chicago",
+        ("Scan stew", 350),
+    )
+    .await?;
+    let counter = created(
+        c.post(url(&format!("/api/v1/schools/{id}/counters")))
+            .bearer_auth(admin),
+        json!({"number": 1, "is_open": true}),
+    )
+    .await?;
+    let mut readers = Vec::with_capacity(READERS);
+    for r in 0..READERS {
+        let reader = created(
+            c.post(url(&format!("/api/v1/schools/{id}/readers")))
+                .bearer_auth(admin),
+            json!({"name": format!("Scan reader {r}"), "counter_id": counter["id"]}),
+        )
+        .await?;
+        readers.push((
+            reader["id"].as_str().context("reader id")?.to_owned(),
+            reader["secret"]
+                .as_str()
+                .context("reader secret")?
+                .to_owned(),
+        ));
+    }
+    let login = format!("scans-{run}@load.test");
+    created(
+        c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
+        json!({"role": "kitchen_staff", "display_name": "Kitchen", "email": login, "password": "scans-pass"}),
+    )
+    .await?;
+    let signed_in = created(
+        c.post(url("/api/v1/auth/login")),
+        json!({"login": login, "password": "scans-pass"}),
+    )
+    .await?;
+    let staff = signed_in["access_token"]
+        .as_str()
+        .context("staff token")?
+        .to_owned();
+    let (id, meal, staff, run) = (&id, &meal, &staff, &run);
+    let cards: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..STUDENTS)
+        .map(|n| async move {
+            let c = client();
+            let url = |p: &str| format!("{}{p}", target.url);
+            let student = created(
+                c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
+                json!({"role": "student", "display_name": format!("Student {n}"), "email": format!("scans-{run}-{n}@load.test")}),
+            )
+            .await?;
+            let card = card_uid(school, n);
+            created(
+                c.post(url(&format!("/api/v1/schools/{id}/cards"))).bearer_auth(admin),
+                json!({"student_id": student["id"], "card_uid": card}),
+            )
+            .await?;
+            let order = created(
+                c.post(url(&format!("/api/v1/schools/{id}/orders"))).bearer_auth(staff),
+                json!({"student_id": student["id"], "items": [{"meal_id": meal, "quantity": 1}]}),
+            )
+            .await?;
+            let order = order["id"].as_str().context("order id")?;
+            for action in ["confirm", "start", "ready"] {
+                created(
+                    c.post(url(&format!("/api/v1/orders/{order}/{action}"))).bearer_auth(staff),
+                    json!({}),
+                )
+                .await?;
+            }
+            Ok(card)
+        })
+        .buffer_unordered(SEEDING)
+        .collect()
+        .await;
+    Ok(School {
+        readers,
+        cards: cards.into_iter().collect::<anyhow::Result<_>>()?,
+    })
+}
+
+/// One reader scanning `cards` in turn until `until` or the cards run out: each answer with
+/// its latency.
+async fn scan_closed_loop(
+    url: &str,
+    reader: &(String, String),
+    cards: Vec<&String>,
+    until: Instant,
+) -> Vec<(Duration, anyhow::Result<(u16, Value)>)> {
+    let client = client();
+    let mut answers = Vec::new();
+    for (seq, card) in (1..).zip(cards) {
+        if Instant::now() >= until {
+            break;
+        }
+        let body = json!({"seq": seq, "card_uid": card});
+        let sent = Instant::now();
+        let answer = reader_post_on(&client, url, reader, "/api/v1/reader/scans", &body).await;
+        answers.push((sent.elapsed(), answer));
+    }
+    answers
+}
