@@ -23,7 +23,7 @@ fn committed(result: Result<Placed, TxError>) -> KitchenEvent {
 }
 
 /// The next step of an order as its actor would decide it on `event`'s view.
-fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
+pub(super) fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
     TransitionCommit {
         school_id: event.school_id.clone(),
         order_id: event.order_id.clone(),
@@ -40,7 +40,7 @@ fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
     }
 }
 
-async fn counters(db: &Db, s: &School, n: i32) {
+pub(super) async fn counters(db: &Db, s: &School, n: i32) {
     for number in 1..=n {
         repo::insert_counter(
             db,

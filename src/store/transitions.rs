@@ -111,25 +111,71 @@ async fn apply_updates(
 }
 
 /// What orders becoming ready need, read set-wise for their schools: time zones, open
-/// counters, the orders waiting at each, and the codes taken on the days around now (a
-/// school's day is within one of the UTC day).
+/// counters, the orders waiting at each, and fresh codes with those of them already taken on
+/// the days around now (a school's day is within one of the UTC day).
 #[derive(Default)]
 struct Pickup {
     zones: HashMap<String, String>,
     open: HashMap<String, Vec<CounterRef>>,
     waiting: HashMap<String, i64>,
-    /// (school, local day) -> codes taken.
+    /// School -> codes drawn for this batch, each to be checked against `taken`.
+    candidates: HashMap<String, Vec<String>>,
+    /// (school, local day) -> codes taken, of the candidates.
     taken: HashMap<(String, String), HashSet<String>>,
 }
 
+/// Codes drawn per order becoming ready. Only these are looked up, not the day's codes (read
+/// whole, a school's day of codes was read again for every batch: 3 ms a batch and 3,000
+/// rows by mid-lunch, BENCHMARKS.md). With a few thousand of the 456,976 codes taken in a
+/// school's day, all four taken is a chance of about one in 10^8.
+const CANDIDATES_PER_CODE: usize = 4;
+
+/// Fresh codes for each school, `CANDIDATES_PER_CODE` per order of it becoming ready.
+fn draw_candidates(ready: &[&str]) -> HashMap<String, Vec<String>> {
+    let mut drawn: HashMap<String, HashSet<String>> = HashMap::new();
+    for school in ready {
+        let codes = drawn.entry((*school).to_owned()).or_default();
+        let wanted = codes.len() + CANDIDATES_PER_CODE;
+        while codes.len() < wanted {
+            match pickup_code(codes, |n| rand::random_range(0..n)) {
+                Some(code) => codes.insert(code),
+                None => break,
+            };
+        }
+    }
+    drawn
+        .into_iter()
+        .map(|(school, codes)| (school, codes.into_iter().collect()))
+        .collect()
+}
+
 trait PickupQueries {
-    async fn pickup(&mut self, schools: &[&str], at: NaiveDateTime) -> QueryResult<Pickup>;
+    /// `ready`: the school of each order becoming ready; `candidates`: codes drawn for them.
+    async fn pickup(
+        &mut self,
+        ready: &[&str],
+        candidates: HashMap<String, Vec<String>>,
+        at: NaiveDateTime,
+    ) -> QueryResult<Pickup>;
 }
 
 macro_rules! pickup_queries {
     ($conn:ty, $join:ident, |$this:ident| $c0:expr, $c1:expr, $c2:expr, $c3:expr) => {
         impl PickupQueries for $conn {
-            async fn pickup(&mut self, schools: &[&str], at: NaiveDateTime) -> QueryResult<Pickup> {
+            async fn pickup(
+                &mut self,
+                ready: &[&str],
+                candidates: HashMap<String, Vec<String>>,
+                at: NaiveDateTime,
+            ) -> QueryResult<Pickup> {
+                let schools: Vec<&str> = ready
+                    .iter()
+                    .copied()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let schools = schools.as_slice();
+                let codes: Vec<&String> = candidates.values().flatten().collect();
                 let days: Vec<String> = [-1, 0, 1]
                     .into_iter()
                     .map(|d| {
@@ -164,11 +210,13 @@ macro_rules! pickup_queries {
                     orders::table
                         .filter(orders::school_id.eq_any(schools))
                         .filter(orders::pickup_day.eq_any(&days))
+                        .filter(orders::pickup_code.eq_any(&codes))
                         .select((orders::school_id, orders::pickup_day, orders::pickup_code))
                         .load::<(String, Option<String>, Option<String>)>($c3),
                 );
                 let mut pickup = Pickup {
                     zones: zones.into_iter().collect(),
+                    candidates,
                     ..Pickup::default()
                 };
                 for (school, id, number, name) in open {
@@ -237,7 +285,9 @@ impl Pickup {
             .taken
             .entry((school_id.to_owned(), day.clone()))
             .or_default();
-        let code = pickup_code(taken, |n| rand::random_range(0..n))
+        let candidates = self.candidates.entry(school_id.to_owned()).or_default();
+        let code = std::iter::from_fn(|| candidates.pop())
+            .find(|code| !taken.contains(code))
             .ok_or_else(|| CommandError::Internal("no free pickup code today".into()))?;
         taken.insert(code.clone());
         Ok((counter, code, day))
@@ -293,7 +343,7 @@ impl CommitTransitions for PgConn {
         let at = now();
         let mut pickup = match ready_schools(batch).as_slice() {
             [] => Pickup::default(),
-            ready => self.pickup(ready, at).await?,
+            ready => self.pickup(ready, draw_candidates(ready), at).await?,
         };
         let planned = plan_all(batch, at, &mut pickup)?;
         let written = write_transitions_pg(self, &planned, at).await?;
@@ -313,7 +363,7 @@ impl CommitTransitions for SqliteConn {
                 .await?;
             let mut pickup = match ready_schools(batch).as_slice() {
                 [] => Pickup::default(),
-                ready => conn.pickup(ready, at).await?,
+                ready => conn.pickup(ready, draw_candidates(ready), at).await?,
             };
             let mut planned = plan_all(batch, at, &mut pickup)?;
             let mut written = Written::default();
@@ -503,13 +553,12 @@ async fn write_transitions_pg(
 }
 
 /// The schools of the batch's orders that become ready and need a counter and code.
+/// The school of each order becoming ready, once per order.
 fn ready_schools(batch: &[TransitionCommit]) -> Vec<&str> {
     batch
         .iter()
         .filter(|t| needs_pickup(t))
         .map(|t| t.school_id.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
         .collect()
 }
 
@@ -631,4 +680,70 @@ fn plan(
         });
     }
     Ok((order, update))
+}
+
+#[cfg(test)]
+mod pickup_tests {
+    use super::*;
+    use crate::db::Db;
+    use crate::dispatch_tests::{database, pg_admin, pg_database};
+    use crate::store::batch_tests::{counters, step};
+    use crate::supervision_tests::{new_order, school};
+    use tiffin_actors::ports::{Placed, Store};
+
+    /// A drawn code already taken today is passed over; with none left, the order is refused
+    /// rather than given a taken code.
+    async fn a_taken_candidate_is_passed_over(db: Db) {
+        let s = school(&db, "Codes").await;
+        counters(&db, &s, 1).await;
+        let store = DieselStore::new(db.clone(), 120);
+        let mut event = match store.place_order(new_order(&s)).await.unwrap() {
+            Placed::New(event) => event,
+            Placed::Existing(_) => panic!("a new order"),
+        };
+        for to in [
+            OrderState::Confirmed,
+            OrderState::Preparing,
+            OrderState::Ready,
+        ] {
+            event = store.commit_transition(step(&event, to)).await.unwrap();
+        }
+        let taken = event.order.pickup_code.clone().unwrap();
+        let fresh = if taken == "WXYZ" { "XYZW" } else { "WXYZ" };
+        // The taken one is tried first (the last drawn).
+        let candidates = HashMap::from([(s.id.clone(), vec![fresh.to_owned(), taken.clone()])]);
+        let at = now();
+        let read = async {
+            crate::with_conn!(&db, |conn| conn
+                .pickup(&[s.id.as_str()], candidates, at)
+                .await
+                .map_err(crate::db::DbError::from))
+        };
+        let mut pickup: Pickup = read.await.unwrap();
+        let (_, code, _) = pickup.assign(&s.id, at).unwrap();
+        assert_eq!(code, fresh);
+        assert!(pickup.assign(&s.id, at).is_err(), "no code left");
+    }
+
+    #[actix_web::test]
+    async fn a_taken_candidate_is_passed_over_on_sqlite() {
+        let (_dir, db) = database().await;
+        a_taken_candidate_is_passed_over(db).await;
+    }
+
+    #[actix_web::test]
+    async fn a_taken_candidate_is_passed_over_on_postgres() {
+        let (name, db) = pg_database().await;
+        a_taken_candidate_is_passed_over(db).await;
+        pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    }
+
+    #[test]
+    fn each_order_becoming_ready_gets_its_candidates() {
+        let drawn = draw_candidates(&["a", "a", "b"]);
+        assert_eq!(drawn["a"].len(), 2 * CANDIDATES_PER_CODE);
+        assert_eq!(drawn["b"].len(), CANDIDATES_PER_CODE);
+        let distinct: HashSet<&String> = drawn["a"].iter().collect();
+        assert_eq!(distinct.len(), drawn["a"].len());
+    }
 }
