@@ -21,6 +21,9 @@ const STUDENTS: usize = 750;
 /// Requests in flight while seeding.
 const SEEDING: usize = 16;
 
+/// A scan's answer, with how long it took.
+type Answer = (Duration, anyhow::Result<(u16, Value)>);
+
 /// Seeds the school, then measures; the goal's entry for `baseline.json`.
 pub async fn measure(target: &Target, length: Duration) -> anyhow::Result<Value> {
     let seeded = Instant::now();
@@ -42,8 +45,7 @@ pub async fn measure(target: &Target, length: Duration) -> anyhow::Result<Value>
             scan_closed_loop(&target.url, reader, cards, began + length)
         })
     });
-    let answers: Vec<Vec<(Duration, anyhow::Result<(u16, Value)>)>> =
-        futures_util::future::join_all(readers).await;
+    let answers: Vec<Vec<Answer>> = futures_util::future::join_all(readers).await;
     let elapsed = began.elapsed().as_secs_f64();
     let cpu_after = target.pid.and_then(hub::usage).map(|(cpu, _)| cpu);
     let trips = hub::round_trips_between(&trips_before, &hub::round_trips(&target.url).await);
@@ -201,7 +203,7 @@ async fn scan_closed_loop(
     reader: &(String, String),
     cards: Vec<&String>,
     until: Instant,
-) -> Vec<(Duration, anyhow::Result<(u16, Value)>)> {
+) -> Vec<Answer> {
     let client = client();
     let mut answers = Vec::new();
     for (seq, card) in (1..).zip(cards) {
