@@ -190,6 +190,54 @@ async fn batches_refuse_alone_and_number_without_gaps_on_postgres() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// Orders placed and moved at once, through every writer, leave one school's events
+/// numbered 1..=n with nothing skipped, and the school's counter at n: a kitchen that finds a
+/// number missing from the store skips it.
+async fn concurrent_batches_number_without_gaps(db: Db) {
+    use crate::db::schema::{order_events, schools};
+    use tiffin_actors::ports::Store;
+    let s = school(&db, "Busy").await;
+    counters(&db, &s, 2).await;
+    let store = DieselStore::new(db.clone(), 120);
+    let lunches = (0..300).map(|_| async {
+        let mut event = committed(Ok(store.place_order(new_order(&s)).await.unwrap()));
+        for to in [
+            OrderState::Confirmed,
+            OrderState::Preparing,
+            OrderState::Ready,
+        ] {
+            event = store.commit_transition(step(&event, to)).await.unwrap();
+        }
+    });
+    futures_util::future::join_all(lunches).await;
+    let read: Result<(Vec<i64>, i64), DbError> = async {
+        let seqs = with_conn!(&db, |conn| order_events::table
+            .filter(order_events::school_id.eq(&s.id))
+            .order(order_events::seq.asc())
+            .select(order_events::seq)
+            .load::<i64>(conn)
+            .await)?;
+        let last = with_conn!(&db, |conn| schools::table
+            .find(&s.id)
+            .select(schools::event_seq)
+            .first::<i64>(conn)
+            .await)?;
+        Ok((seqs, last))
+    }
+    .await;
+    let (seqs, last) = read.unwrap();
+    assert_eq!(seqs, (1..=1200).collect::<Vec<i64>>());
+    assert_eq!(last, 1200);
+}
+
+#[actix_web::test]
+async fn concurrent_batches_number_without_gaps_on_postgres() {
+    let (name, db) = pg_database().await;
+    concurrent_batches_number_without_gaps(db.clone()).await;
+    drop(db);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 async fn outbox_rows(db: &Db) -> Vec<(i64, String, String)> {
     let rows: Result<Vec<(i64, String, String)>, DbError> = async {
         with_conn!(db, |conn| outbox::table

@@ -93,12 +93,7 @@ impl Kitchen {
             self.bus.publish(&event);
             self.next_seq += 1;
         }
-        if !self.pending.is_empty() && self.gap_check.is_none() {
-            self.gap_check = Some(ctx.run_later(GAP_WAIT, |act, ctx| {
-                act.gap_check = None;
-                act.fill_gap(ctx);
-            }));
-        }
+        self.check_gap_later(ctx);
     }
 
     /// Keeps the live view and the order actors current, whichever node committed the event:
@@ -120,24 +115,33 @@ impl Kitchen {
         }
     }
 
+    /// Reads back the events missing before the pending ones. A number below the highest
+    /// one received before the read, or returned by it, was committed before it (numbers are
+    /// taken under the school's lock, in order), so if the read does not hold it, it was never
+    /// committed and is skipped. A number above it may belong to a commit whose answer is still on its way
+    /// (it may have committed after the read began): it is looked for again, never skipped on
+    /// the word of a read that could not have seen it (a read that took long under load once
+    /// made the kitchen skip an event committed meanwhile, and drop it when it arrived).
     fn fill_gap(&mut self, ctx: &mut Context<Self>) {
         let (store, school, after) = (
             self.store.clone(),
             self.school_id.clone(),
             self.next_seq - 1,
         );
+        let received = self.pending.keys().next_back().copied().unwrap_or(after);
         ctx.spawn(
             async move { store.events_since(&school, after, 1000).await }
                 .into_actor(self)
-                .map(|result, act, ctx| match result {
+                .map(move |result, act, ctx| match result {
                     Ok(events) => {
+                        // The read holds everything committed before the last it returns.
+                        let received = events.iter().map(|e| e.seq).fold(received, i64::max);
                         for event in events {
                             act.accept(event, ctx);
                         }
-                        // The store's sequence is gapless: what is still missing was never
-                        // committed, so waiting longer would only stall the kitchen.
-                        if let Some(&first) = act.pending.keys().next()
+                        while let Some(&first) = act.pending.keys().next()
                             && first > act.next_seq
+                            && act.next_seq < received
                         {
                             tracing::warn!(school = %act.school_id, from = act.next_seq, to = first, "skipping unrecoverable sequence gap");
                             act.next_seq = first;
@@ -145,18 +149,24 @@ impl Kitchen {
                                 act.accept(event, ctx);
                             }
                         }
+                        act.check_gap_later(ctx);
                     }
                     Err(e) => {
                         tracing::warn!(school = %act.school_id, error = %e, "gap fill failed; retrying");
-                        if act.gap_check.is_none() {
-                            act.gap_check = Some(ctx.run_later(GAP_WAIT, |act, ctx| {
-                                act.gap_check = None;
-                                act.fill_gap(ctx);
-                            }));
-                        }
+                        act.check_gap_later(ctx);
                     }
                 }),
         );
+    }
+
+    /// Reads the missing events back after `GAP_WAIT`, while events wait for them.
+    fn check_gap_later(&mut self, ctx: &mut Context<Self>) {
+        if !self.pending.is_empty() && self.gap_check.is_none() {
+            self.gap_check = Some(ctx.run_later(GAP_WAIT, |act, ctx| {
+                act.gap_check = None;
+                act.fill_gap(ctx);
+            }));
+        }
     }
 }
 
@@ -606,5 +616,203 @@ impl Handler<InjectOrderFault> for Kitchen {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+    use crate::bus::LocalBus;
+    use crate::domain::OrderState;
+    use crate::ports::{AlertCommit, CounterMove, KitchenSnapshot, TransitionCommit};
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+
+    /// A store whose reads of events hold what was committed when each began, and answer
+    /// when the test says.
+    #[derive(Default)]
+    struct SlowStore {
+        committed: Mutex<Vec<KitchenEvent>>,
+        reads: Mutex<Vec<Arc<tokio::sync::Semaphore>>>,
+    }
+
+    impl SlowStore {
+        fn commit(&self, event: &KitchenEvent) {
+            self.committed.lock().unwrap().push(event.clone());
+        }
+        fn reads_begun(&self) -> usize {
+            self.reads.lock().unwrap().len()
+        }
+        fn answer(&self, read: usize) {
+            self.reads.lock().unwrap()[read].add_permits(1);
+        }
+    }
+
+    fn not_here() -> CommandError {
+        CommandError::Internal("not in this test".into())
+    }
+
+    #[async_trait]
+    impl Store for SlowStore {
+        async fn load_kitchen(&self, school_id: &str) -> Result<KitchenSnapshot, CommandError> {
+            Ok(KitchenSnapshot {
+                school_id: school_id.into(),
+                last_seq: 0,
+                live_orders: Vec::new(),
+            })
+        }
+        async fn place_order(&self, _: NewOrder) -> Result<Placed, CommandError> {
+            Err(not_here())
+        }
+        async fn commit_transition(
+            &self,
+            _: TransitionCommit,
+        ) -> Result<KitchenEvent, CommandError> {
+            Err(not_here())
+        }
+        async fn move_counter(&self, _: CounterMove) -> Result<KitchenEvent, CommandError> {
+            Err(not_here())
+        }
+        async fn record_alert(&self, _: AlertCommit) -> Result<KitchenEvent, CommandError> {
+            Err(not_here())
+        }
+        async fn load_order(&self, _: &str) -> Result<Option<OrderSummary>, CommandError> {
+            Err(not_here())
+        }
+        async fn events_since(
+            &self,
+            _: &str,
+            after: i64,
+            _: i64,
+        ) -> Result<Vec<KitchenEvent>, CommandError> {
+            let seen: Vec<KitchenEvent> = self
+                .committed
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.seq > after)
+                .cloned()
+                .collect();
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            self.reads.lock().unwrap().push(gate.clone());
+            let _answered = gate.acquire().await;
+            Ok(seen)
+        }
+    }
+
+    fn placed(seq: i64) -> KitchenEvent {
+        let at = chrono::Utc::now();
+        let order = OrderSummary {
+            id: format!("o{seq}"),
+            school_id: "s".into(),
+            student_id: "st".into(),
+            student_name: "Student".into(),
+            state: OrderState::Placed,
+            version: 1,
+            items: Vec::new(),
+            total_cents: 0,
+            placed_at: at,
+            updated_at: at,
+            counter: None,
+            pickup_code: None,
+            wave: None,
+            ready_at: None,
+            alerts: Vec::new(),
+            allergy_override: None,
+        };
+        KitchenEvent {
+            school_id: "s".into(),
+            seq,
+            kind: "order.placed".into(),
+            order_id: order.id.clone(),
+            from: None,
+            to: OrderState::Placed,
+            version: 1,
+            actor_id: None,
+            reason: None,
+            at,
+            order,
+        }
+    }
+
+    async fn until(what: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if what() {
+                return;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("waited 2 s");
+    }
+
+    /// Event 3 commits after a read for an earlier gap began, and its answer comes late: the
+    /// read's answer must not make the kitchen skip it.
+    #[actix::test]
+    async fn a_gap_is_skipped_only_on_the_word_of_a_read_that_could_see_it() {
+        let store = Arc::new(SlowStore::default());
+        let kitchen = Kitchen::new(
+            "s".into(),
+            store.clone(),
+            Arc::new(LocalBus::new()),
+            None,
+            TimerPolicy::default(),
+        )
+        .start();
+        let events: Vec<KitchenEvent> = (1..=4).map(placed).collect();
+        // 1 and 2 commit; 2's answer comes first, and a read for the gap at 1 begins.
+        store.commit(&events[0]);
+        store.commit(&events[1]);
+        kitchen.send(Committed(events[1].clone())).await.unwrap();
+        until(|| store.reads_begun() == 1).await;
+        // 1 arrives; 3 and 4 commit, 4's answer first: a second read begins for the gap at 3.
+        kitchen.send(Committed(events[0].clone())).await.unwrap();
+        store.commit(&events[2]);
+        store.commit(&events[3]);
+        kitchen.send(Committed(events[3].clone())).await.unwrap();
+        until(|| store.reads_begun() == 2).await;
+        // The first read answers (without 3, which committed after it began), then 3 arrives.
+        store.answer(0);
+        actix::clock::sleep(Duration::from_millis(50)).await;
+        kitchen.send(Committed(events[2].clone())).await.unwrap();
+        store.answer(1);
+        let mut live: Vec<String> = kitchen
+            .send(LiveOrders)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        live.sort();
+        assert_eq!(live, ["o1", "o2", "o3", "o4"]);
+    }
+
+    /// A number below one the kitchen already holds, and missing from a read that began after
+    /// it, was never committed: skipped, so the kitchen does not wait for it forever.
+    #[actix::test]
+    async fn a_number_never_committed_is_skipped() {
+        let store = Arc::new(SlowStore::default());
+        let kitchen = Kitchen::new(
+            "s".into(),
+            store.clone(),
+            Arc::new(LocalBus::new()),
+            None,
+            TimerPolicy::default(),
+        )
+        .start();
+        let second = placed(2);
+        store.commit(&second);
+        kitchen.send(Committed(second)).await.unwrap();
+        until(|| store.reads_begun() == 1).await;
+        store.answer(0);
+        let kitchen = &kitchen;
+        let live = async || kitchen.send(LiveOrders).await.unwrap().unwrap().len();
+        for _ in 0..200 {
+            if live().await == 1 {
+                return;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the event after the gap was never published");
     }
 }
