@@ -253,6 +253,24 @@ pub async fn school_with_meal(
     Ok((id, meal_id))
 }
 
+/// Opens counter 1 of the school: its id.
+pub async fn open_counter(target: &Target, school_id: &str) -> anyhow::Result<String> {
+    let counter = created(
+        client()
+            .post(format!(
+                "{}/api/v1/schools/{school_id}/counters",
+                target.url
+            ))
+            .bearer_auth(&target.admin_token),
+        serde_json::json!({"number": 1, "is_open": true}),
+    )
+    .await?;
+    Ok(counter["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("counter id"))?
+        .to_owned())
+}
+
 pub fn client() -> Client {
     Client::builder().timeout(Duration::from_secs(30)).finish()
 }

@@ -463,13 +463,7 @@ async fn seed_school(
         ("Load lasagna", 400),
     )
     .await?;
-    let counter = created(
-        c.post(url(&format!("/api/v1/schools/{id}/counters")))
-            .bearer_auth(admin),
-        json!({"number": 1, "is_open": true}),
-    )
-    .await?;
-    let counter = counter["id"].as_str().context("counter id")?.to_owned();
+    let counter = crate::hub::open_counter(target, &id).await?;
     let mut readers = Vec::new();
     for r in 0..profile.readers_per_school {
         let reader = created(

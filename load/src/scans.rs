@@ -119,18 +119,13 @@ async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
         ("Scan stew", 350),
     )
     .await?;
-    let counter = created(
-        c.post(url(&format!("/api/v1/schools/{id}/counters")))
-            .bearer_auth(admin),
-        json!({"number": 1, "is_open": true}),
-    )
-    .await?;
+    let counter = hub::open_counter(target, &id).await?;
     let mut readers = Vec::with_capacity(READERS);
     for r in 0..READERS {
         let reader = created(
             c.post(url(&format!("/api/v1/schools/{id}/readers")))
                 .bearer_auth(admin),
-            json!({"name": format!("Scan reader {r}"), "counter_id": counter["id"]}),
+            json!({"name": format!("Scan reader {r}"), "counter_id": counter}),
         )
         .await?;
         readers.push((

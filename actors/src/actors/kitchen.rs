@@ -735,6 +735,19 @@ mod gap_tests {
         }
     }
 
+    fn kitchen() -> (Arc<SlowStore>, Addr<Kitchen>) {
+        let store = Arc::new(SlowStore::default());
+        let kitchen = Kitchen::new(
+            "s".into(),
+            store.clone(),
+            Arc::new(LocalBus::new()),
+            None,
+            TimerPolicy::default(),
+        )
+        .start();
+        (store, kitchen)
+    }
+
     async fn until(what: impl Fn() -> bool) {
         for _ in 0..200 {
             if what() {
@@ -749,15 +762,7 @@ mod gap_tests {
     /// read's answer must not make the kitchen skip it.
     #[actix::test]
     async fn a_gap_is_skipped_only_on_the_word_of_a_read_that_could_see_it() {
-        let store = Arc::new(SlowStore::default());
-        let kitchen = Kitchen::new(
-            "s".into(),
-            store.clone(),
-            Arc::new(LocalBus::new()),
-            None,
-            TimerPolicy::default(),
-        )
-        .start();
+        let (store, kitchen) = kitchen();
         let events: Vec<KitchenEvent> = (1..=4).map(placed).collect();
         // 1 and 2 commit; 2's answer comes first, and a read for the gap at 1 begins.
         store.commit(&events[0]);
@@ -791,15 +796,7 @@ mod gap_tests {
     /// it, was never committed: skipped, so the kitchen does not wait for it forever.
     #[actix::test]
     async fn a_number_never_committed_is_skipped() {
-        let store = Arc::new(SlowStore::default());
-        let kitchen = Kitchen::new(
-            "s".into(),
-            store.clone(),
-            Arc::new(LocalBus::new()),
-            None,
-            TimerPolicy::default(),
-        )
-        .start();
+        let (store, kitchen) = kitchen();
         let second = placed(2);
         store.commit(&second);
         kitchen.send(Committed(second)).await.unwrap();
