@@ -271,6 +271,29 @@ pub async fn open_counter(target: &Target, school_id: &str) -> anyhow::Result<St
         .to_owned())
 }
 
+/// Adds a reader at the counter: its (id, secret), as a reader signs with.
+pub async fn add_reader(
+    target: &Target,
+    school_id: &str,
+    counter_id: &str,
+    name: &str,
+) -> anyhow::Result<(String, String)> {
+    let reader = created(
+        client()
+            .post(format!("{}/api/v1/schools/{school_id}/readers", target.url))
+            .bearer_auth(&target.admin_token),
+        serde_json::json!({"name": name, "counter_id": counter_id}),
+    )
+    .await?;
+    let field = |name: &str| {
+        reader[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("reader {name}"))
+    };
+    Ok((field("id")?, field("secret")?))
+}
+
 pub fn client() -> Client {
     Client::builder().timeout(Duration::from_secs(30)).finish()
 }

@@ -466,20 +466,9 @@ async fn seed_school(
     let counter = crate::hub::open_counter(target, &id).await?;
     let mut readers = Vec::new();
     for r in 0..profile.readers_per_school {
-        let reader = created(
-            c.post(url(&format!("/api/v1/schools/{id}/readers")))
-                .bearer_auth(admin),
-            json!({"name": format!("Load reader {r}"), "counter_id": counter}),
-        )
-        .await?;
+        let name = format!("Load reader {r}");
         readers.push((
-            (
-                reader["id"].as_str().context("reader id")?.to_owned(),
-                reader["secret"]
-                    .as_str()
-                    .context("reader secret")?
-                    .to_owned(),
-            ),
+            crate::hub::add_reader(target, &id, &counter, &name).await?,
             Cell::new(1),
         ));
     }

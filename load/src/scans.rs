@@ -122,19 +122,8 @@ async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
     let counter = hub::open_counter(target, &id).await?;
     let mut readers = Vec::with_capacity(READERS);
     for r in 0..READERS {
-        let reader = created(
-            c.post(url(&format!("/api/v1/schools/{id}/readers")))
-                .bearer_auth(admin),
-            json!({"name": format!("Scan reader {r}"), "counter_id": counter}),
-        )
-        .await?;
-        readers.push((
-            reader["id"].as_str().context("reader id")?.to_owned(),
-            reader["secret"]
-                .as_str()
-                .context("reader secret")?
-                .to_owned(),
-        ));
+        let name = format!("Scan reader {r}");
+        readers.push(hub::add_reader(target, &id, &counter, &name).await?);
     }
     let login = format!("scans-{run}@load.test");
     created(
