@@ -90,6 +90,27 @@ pub(crate) async fn pg_database() -> (String, Db) {
     (name, Db::connect(&url, 4).unwrap())
 }
 
+/// Two tests of one body: `$sqlite` on a SQLite file, `$postgres` on a PostgreSQL scratch
+/// database dropped after. The body takes the `Db`.
+macro_rules! on_both_backends {
+    ($sqlite:ident, $postgres:ident, $body:path) => {
+        #[actix_web::test]
+        async fn $sqlite() {
+            let (_dir, db) = $crate::dispatch_tests::database().await;
+            $body(db).await;
+        }
+
+        #[actix_web::test]
+        async fn $postgres() {
+            let (name, db) = $crate::dispatch_tests::pg_database().await;
+            $body(db.clone()).await;
+            drop(db);
+            $crate::dispatch_tests::pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
 async fn queue(
     db: &Db,
     school: &str,
@@ -351,22 +372,15 @@ async fn a_stalled_provider_holds_up_only_its_own(db: &Db) {
     assert_eq!(email.received.lock().unwrap().len(), 600);
 }
 
-#[actix_web::test]
-async fn a_claim_says_whether_each_of_its_messages_still_goes_out() {
-    let (_dir, db) = database().await;
-    a_claim_says_whether_each_still_goes_out(&db).await;
-}
+on_both_backends!(
+    a_claim_says_whether_each_of_its_messages_still_goes_out,
+    // On PostgreSQL one statement judges what SQLite's claim decides in Rust.
+    a_claim_says_whether_each_of_its_messages_still_goes_out_on_postgres,
+    a_claim_says_whether_each_still_goes_out
+);
 
-/// On PostgreSQL one statement judges what SQLite's claim decides in Rust.
-#[actix_web::test]
-async fn a_claim_says_whether_each_of_its_messages_still_goes_out_on_postgres() {
-    let (name, db) = pg_database().await;
-    a_claim_says_whether_each_still_goes_out(&db).await;
-    drop(db);
-    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-}
-
-async fn a_claim_says_whether_each_still_goes_out(db: &Db) {
+async fn a_claim_says_whether_each_still_goes_out(db: Db) {
+    let db = &db;
     use tiffin_actors::ports::{Needed, Outbox, Placed, Store};
     let s = school(db, "Needed").await;
     let store = DieselStore::new(db.clone(), 120);

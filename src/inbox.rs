@@ -519,17 +519,9 @@ mod tests {
         pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
     }
 
-    #[actix_web::test]
-    async fn numbers_without_gaps_on_sqlite() {
-        let (_dir, db) = database().await;
-        numbers_without_gaps(db).await;
-    }
-
-    #[actix_web::test]
-    async fn numbers_without_gaps_on_postgres() {
-        let (name, db) = pg_database().await;
-        numbers_without_gaps(db.clone()).await;
-        drop(db);
-        pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-    }
+    crate::dispatch_tests::on_both_backends!(
+        numbers_without_gaps_on_sqlite,
+        numbers_without_gaps_on_postgres,
+        numbers_without_gaps
+    );
 }

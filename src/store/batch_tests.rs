@@ -6,7 +6,7 @@ use super::{DieselStore, TxError};
 use crate::db::models::{CounterRow, GuardianLinkRow, UserRow, now};
 use crate::db::schema::outbox;
 use crate::db::{Db, DbError};
-use crate::dispatch_tests::{database, pg_admin, pg_database};
+use crate::dispatch_tests::{on_both_backends, pg_admin, pg_database};
 use crate::supervision_tests::{School, new_order, school};
 use crate::{repo, with_conn};
 use diesel::prelude::*;
@@ -176,19 +176,11 @@ async fn store_order(store: &DieselStore, id: &str) -> tiffin_actors::domain::Or
     store.load_order(id).await.unwrap().unwrap()
 }
 
-#[actix_web::test]
-async fn batches_refuse_alone_and_number_without_gaps_on_sqlite() {
-    let (_dir, db) = database().await;
-    batches_refuse_alone_and_number_without_gaps(db).await;
-}
-
-#[actix_web::test]
-async fn batches_refuse_alone_and_number_without_gaps_on_postgres() {
-    let (name, db) = pg_database().await;
-    batches_refuse_alone_and_number_without_gaps(db.clone()).await;
-    drop(db);
-    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-}
+on_both_backends!(
+    batches_refuse_alone_and_number_without_gaps_on_sqlite,
+    batches_refuse_alone_and_number_without_gaps_on_postgres,
+    batches_refuse_alone_and_number_without_gaps
+);
 
 /// Orders placed and moved at once, through every writer, leave one school's events
 /// numbered 1..=n with nothing skipped, and the school's counter at n: a kitchen that finds a
@@ -314,16 +306,8 @@ async fn events_are_fanned_out_once(db: Db) {
     assert_eq!(outbox_rows(&db).await, rows, "written once");
 }
 
-#[actix_web::test]
-async fn events_are_fanned_out_once_on_sqlite() {
-    let (_dir, db) = database().await;
-    events_are_fanned_out_once(db).await;
-}
-
-#[actix_web::test]
-async fn events_are_fanned_out_once_on_postgres() {
-    let (name, db) = pg_database().await;
-    events_are_fanned_out_once(db.clone()).await;
-    drop(db);
-    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-}
+on_both_backends!(
+    events_are_fanned_out_once_on_sqlite,
+    events_are_fanned_out_once_on_postgres,
+    events_are_fanned_out_once
+);

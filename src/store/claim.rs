@@ -73,6 +73,11 @@ fn needed_named(name: &str) -> (Needed, bool) {
     }
 }
 
+/// `CLAIM_PG`'s rules, derived once from Rust's.
+static NO_LONGER_TRUE: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(no_longer_true_pairs);
+static DROPS: std::sync::LazyLock<String> = std::sync::LazyLock::new(drops_json);
+
 /// `CLAIM_PG`'s `$6`: each "template state" pair whose news is no longer true.
 fn no_longer_true_pairs() -> Vec<String> {
     Kind::ALL
@@ -133,8 +138,8 @@ impl DieselStore {
                 .bind::<BigInt, _>(due.limit)
                 .bind::<Timestamp, _>(due.lease)
                 .bind::<Text, _>(node)
-                .bind::<Array<Text>, _>(no_longer_true_pairs())
-                .bind::<Text, _>(drops_json())
+                .bind::<Array<Text>, _>(&*NO_LONGER_TRUE)
+                .bind::<Text, _>(&*DROPS)
                 .load::<JudgedRow>(conn)
                 .await)
             .map_err(DbError::from)?

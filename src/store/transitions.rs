@@ -686,7 +686,7 @@ fn plan(
 mod pickup_tests {
     use super::*;
     use crate::db::Db;
-    use crate::dispatch_tests::{database, pg_admin, pg_database};
+    use crate::dispatch_tests::on_both_backends;
     use crate::store::batch_tests::{counters, step};
     use crate::supervision_tests::{new_order, school};
     use tiffin_actors::ports::{Placed, Store};
@@ -725,18 +725,11 @@ mod pickup_tests {
         assert!(pickup.assign(&s.id, at).is_err(), "no code left");
     }
 
-    #[actix_web::test]
-    async fn a_taken_candidate_is_passed_over_on_sqlite() {
-        let (_dir, db) = database().await;
-        a_taken_candidate_is_passed_over(db).await;
-    }
-
-    #[actix_web::test]
-    async fn a_taken_candidate_is_passed_over_on_postgres() {
-        let (name, db) = pg_database().await;
-        a_taken_candidate_is_passed_over(db).await;
-        pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-    }
+    on_both_backends!(
+        a_taken_candidate_is_passed_over_on_sqlite,
+        a_taken_candidate_is_passed_over_on_postgres,
+        a_taken_candidate_is_passed_over
+    );
 
     #[test]
     fn each_order_becoming_ready_gets_its_candidates() {
