@@ -8,7 +8,6 @@ use crate::db::schema::{
     schools, users,
 };
 use crate::db::{Db, DbError};
-use crate::store::{one_by_one, pipelined};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -741,13 +740,14 @@ pub async fn readers_of(db: &Db, school_id: &str) -> Result<Vec<ReaderRow>, DbEr
         .await)?)
 }
 
-pub async fn reader_seen(db: &Db, id: &str) -> Result<(), DbError> {
+/// Records that the reader was seen now; returns when.
+pub async fn reader_seen(db: &Db, id: &str) -> Result<NaiveDateTime, DbError> {
     let at = now();
     with_conn!(db, |conn| diesel::update(readers::table.find(id))
         .set(readers::last_seen_at.eq(Some(at)))
         .execute(conn)
         .await)?;
-    Ok(())
+    Ok(at)
 }
 
 /// A new key version for a reader (the old secret stops working at once).
@@ -1157,80 +1157,8 @@ fn of_today(rows: Vec<DayOrderRow>) -> Vec<String> {
         .collect()
 }
 
-/// A new scan's claim and what deciding it needs.
-pub struct ClaimedScan {
-    /// Whether this request took the claim (else a retry or replay holds it).
-    pub claimed: bool,
-    /// The first decided scan of this card at this reader within the debounce window.
-    pub first: Option<ScanRow>,
-    pub card: Option<CardRow>,
-    /// The card holder's orders of the day at the reader's school (see
-    /// [`student_orders_of_day`]).
-    pub orders: Vec<String>,
-}
-
-/// Claims a scan and reads what deciding it needs, sent together: one round trip on
-/// PostgreSQL. The reads are wasted only when the claim was not taken (a retry).
-pub async fn claim_scan_with_facts(
-    db: &Db,
-    row: &ScanRow,
-    window: chrono::TimeDelta,
-) -> Result<ClaimedScan, DbError> {
-    let (from, to) = (row.read_at - window, row.read_at + window);
-    let days = days_around_today();
-    macro_rules! claim_and_read {
-        ($join:ident, $c:expr) => {
-            $join!(
-                diesel::insert_into(scans::table)
-                    .values(row)
-                    .on_conflict_do_nothing()
-                    .execute($c),
-                scans::table
-                    .filter(scans::reader_id.eq(&row.reader_id))
-                    .filter(scans::card_uid.eq(&row.card_uid))
-                    .filter(scans::read_at.between(from, to))
-                    .filter(scans::verdict.ne_all([SCAN_PENDING, SCAN_ABANDONED]))
-                    .filter(scans::id.ne(&row.id))
-                    .order((scans::received_at.asc(), scans::id.asc()))
-                    .limit(1)
-                    .select(ScanRow::as_select())
-                    .load::<ScanRow>($c),
-                rfid_cards::table
-                    .filter(rfid_cards::card_uid.eq(&row.card_uid))
-                    .limit(1)
-                    .select(CardRow::as_select())
-                    .load::<CardRow>($c),
-                orders_of_day!(&row.school_id, holder_of!(&row.card_uid), &days)
-                    .load::<DayOrderRow>($c),
-            )
-        };
-    }
-    let asked = std::time::Instant::now();
-    let (inserted, first, card, orders) = match db {
-        Db::Pg(pool) => {
-            let pooled = pool.get().await?;
-            let turn = crate::db::Turn::began(asked);
-            let conn: &diesel_async::AsyncPgConnection = &pooled;
-            let read = async { Ok::<_, DbError>(claim_and_read!(pipelined, &mut &*conn)) }.await;
-            turn.ended();
-            read?
-        }
-        Db::Sqlite(pool) => {
-            let mut pooled = pool.get().await?;
-            let turn = crate::db::Turn::began(asked);
-            let conn = &mut *pooled;
-            let read = async { Ok::<_, DbError>(claim_and_read!(one_by_one, &mut *conn)) }.await;
-            turn.ended();
-            read?
-        }
-    };
-    Ok(ClaimedScan {
-        claimed: inserted == 1,
-        first: first.into_iter().next(),
-        card: card.into_iter().next(),
-        orders: of_today(orders),
-    })
-}
+mod scan_claims;
+pub use scan_claims::{ClaimedScan, ScanToClaim, claim_scans_with_facts};
 
 /// Whether the order's pickup was recorded with this reason (a scan that handed it over).
 pub async fn picked_up_because(db: &Db, order_id: &str, reason: &str) -> Result<bool, DbError> {

@@ -74,6 +74,48 @@ async fn a_card_holders_orders_of_the_day_are_read_by_school_and_student() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A batch of scans probes the indexes once a scan: its holder's orders by school and
+/// student, its earlier scans by reader and card; nothing is read whole or hashed.
+#[tokio::test]
+async fn a_batch_of_scans_probes_its_indexes_once_a_scan() {
+    let (name, _db) = pg_database().await;
+    let plan = generic_plan_of_sql(
+        &name,
+        "",
+        scan_claims::HOLDERS_ORDERS_PG,
+        "'{s,t}', '{CARD1,CARD2}', '{a,b,c}'",
+    )
+    .await;
+    assert!(
+        plan.lines()
+            .any(|l| l.contains("Index Cond: ((school_id = x.school_id) AND (student_id = $")),
+        "{plan}"
+    );
+    assert!(plan.contains("orders_school_student"), "{plan}");
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("Hash"),
+        "{plan}"
+    );
+    let plan = generic_plan_of_sql(
+        &name,
+        "",
+        scan_claims::DECIDED_NEAR_PG,
+        "'{r,q}', '{CARD1,CARD2}', '{2026-12-06,2026-12-06}', '{2026-12-07,2026-12-07}', '{a,b}'",
+    )
+    .await;
+    assert!(
+        plan.lines()
+            .any(|l| l
+                .contains("Index Cond: ((reader_id = x.reader_id) AND (card_uid = x.card_uid)")),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("Hash"),
+        "{plan}"
+    );
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day's events, all fanned out, and no statistics: the size is what the planner sees.
 const A_DAY_OF_EVENTS: &str = "SET session_replication_role = replica; \
     INSERT INTO order_events (school_id, seq, order_id, version, kind, to_state, snapshot, \

@@ -141,7 +141,7 @@ pub async fn authenticate_reader(
         ));
     }
     let reader = match uuid::Uuid::parse_str(reader_id) {
-        Ok(id) => repo::reader(&state.db, &id.to_string()).await?,
+        Ok(id) => state.store.reader(&id.to_string()).await?,
         Err(_) => None,
     };
     let Some(reader) = reader.filter(|r| r.active) else {
@@ -192,7 +192,7 @@ pub async fn authenticate_reader(
         .last_seen_at
         .is_none_or(|seen| now() - seen >= SEEN_GRAIN)
     {
-        repo::reader_seen(&state.db, &reader.id).await?;
+        state.store.reader_seen(&reader.id).await?;
     }
     Ok(reader)
 }
@@ -315,7 +315,13 @@ async fn decide_scan(
     // Claim first (most scans are new), sent with the reads a new scan's decision needs; a
     // retry or replay reads the claim.
     let window = TimeDelta::milliseconds(state.config.rfid.debounce_ms);
-    let facts = repo::claim_scan_with_facts(&state.db, &row, window).await?;
+    let facts = state
+        .store
+        .claim_scan(repo::ScanToClaim {
+            row: row.clone(),
+            window,
+        })
+        .await?;
     let (claim, facts) = if facts.claimed {
         (row, Some(facts))
     } else {

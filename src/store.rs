@@ -59,6 +59,10 @@ pub struct DieselStore {
     owners: Arc<OrderOwners>,
     /// Whose name its outbox claims carry.
     node: Arc<crate::node::Node>,
+    /// New scans' claims, in batches.
+    scan_claims: Arc<scanning::ScanClaims>,
+    /// Readers' rows, remembered briefly: every scan is signed by one.
+    readers: Arc<scanning::ReaderCache>,
 }
 
 /// Order owners seen on this node: filled by intake and by reads, emptied when it grows
@@ -529,6 +533,12 @@ impl DieselStore {
             )),
             owners: Arc::default(),
             node: Arc::new(crate::node::Node::unique()),
+            scan_claims: Arc::new(GroupCommit::new(
+                writers,
+                scanning::CLAIM_BATCH,
+                "scan_claim_batch_size",
+            )),
+            readers: Arc::default(),
         }
     }
 
@@ -887,6 +897,7 @@ mod digest;
 pub use digest::DEFAULT_DIGEST_AT;
 pub(crate) mod fan_out;
 mod intake;
+mod scanning;
 mod sequence;
 mod transitions;
 

@@ -117,7 +117,8 @@ pub async fn list_readers(
     ))
 }
 
-/// A new secret for a reader (the old one stops working at once).
+/// A new secret for a reader. The old one stops working at once on the node that rotates
+/// it, and within a second on the others (they remember a reader's row that long).
 #[utoipa::path(tag = "rfid", responses((status = 200, body = ReaderCredentials), (status = 404, body = crate::error::ErrorBody)))]
 #[post("/schools/{school_id}/readers/{reader_id}/rotate-key")]
 pub async fn rotate_reader_key(
@@ -134,7 +135,10 @@ pub async fn rotate_reader_key(
     row.key_version += 1;
     let secret = rfid::reader_secret(&state.reader_key, &row.id, row.key_version);
     row.secret_hash = rfid::secret_fingerprint(&secret);
-    repo::rotate_reader_key(&state.db, &row.id, row.key_version, &row.secret_hash).await?;
+    state
+        .store
+        .rotate_reader_key(&row.id, row.key_version, &row.secret_hash)
+        .await?;
     let offline = state.config.rfid.reader_offline_after_secs;
     Ok(HttpResponse::Ok().json(ReaderCredentials {
         reader: reader_view(row, offline),

@@ -130,7 +130,7 @@ impl DatabaseUrl {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(String),

@@ -231,7 +231,7 @@ pub struct CardRow {
     pub updated_at: NaiveDateTime,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = scans, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct ScanRow {
     pub id: String,
