@@ -897,6 +897,8 @@ mod digest;
 pub use digest::DEFAULT_DIGEST_AT;
 pub(crate) mod fan_out;
 mod intake;
+#[cfg(test)]
+mod scan_claim_tests;
 mod scanning;
 mod sequence;
 mod transitions;

@@ -1,0 +1,235 @@
+//! Scans claimed together get each its own facts, on both backends: its claim, its first
+//! decided scan near it, its card and its holder's orders, never another scan's. And a
+//! reader's row, remembered briefly, is read afresh once rotated.
+
+use super::DieselStore;
+use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
+use crate::db::schema::{readers, scans};
+use crate::db::{Db, DbError};
+use crate::dispatch_tests::on_both_backends;
+use crate::repo::{self, SCAN_PENDING, ScanToClaim};
+use crate::supervision_tests::{School, new_order, school};
+use crate::with_conn;
+use chrono::{NaiveDateTime, TimeDelta};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use tiffin_actors::ports::Placed;
+
+async fn reader_at(db: &Db, s: &School, counter: &str) -> ReaderRow {
+    let row = ReaderRow {
+        id: crate::api::new_id(),
+        school_id: s.id.clone(),
+        counter_id: counter.into(),
+        name: "Till".into(),
+        secret_hash: "h1".into(),
+        last_seen_at: None,
+        created_at: now(),
+        key_version: 1,
+        active: true,
+    };
+    repo::insert_reader(db, &row).await.unwrap();
+    row
+}
+
+async fn card_of(db: &Db, s: &School, uid: &str) {
+    let row = CardRow {
+        id: crate::api::new_id(),
+        school_id: s.id.clone(),
+        student_id: s.student.clone(),
+        card_uid: uid.into(),
+        status: "active".into(),
+        created_at: now(),
+        updated_at: now(),
+    };
+    repo::insert_card(db, &row).await.unwrap();
+}
+
+fn scan(reader: &ReaderRow, seq: i64, uid: &str, read_at: NaiveDateTime) -> ScanRow {
+    ScanRow {
+        id: crate::api::new_id(),
+        school_id: reader.school_id.clone(),
+        reader_id: reader.id.clone(),
+        seq,
+        card_uid: uid.into(),
+        verdict: SCAN_PENDING.into(),
+        answer: None,
+        order_id: None,
+        student_id: None,
+        first_scan_id: None,
+        read_at,
+        received_at: read_at,
+        took_us: None,
+        claimed_by: Some("node".into()),
+        claimed_at: Some(read_at),
+        attempt: 1,
+    }
+}
+
+async fn insert_scan(db: &Db, row: &ScanRow) -> Result<(), DbError> {
+    with_conn!(db, |conn| diesel::insert_into(scans::table)
+        .values(row)
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+async fn pending(db: &Db) -> Result<i64, DbError> {
+    Ok(with_conn!(db, |conn| scans::table
+        .filter(scans::verdict.eq(SCAN_PENDING))
+        .count()
+        .get_result(conn)
+        .await)?)
+}
+
+async fn deactivate(db: &Db, reader_id: &str) -> Result<(), DbError> {
+    with_conn!(db, |conn| diesel::update(readers::table.find(reader_id))
+        .set(readers::active.eq(false))
+        .execute(conn)
+        .await)?;
+    Ok(())
+}
+
+async fn placed_order(store: &DieselStore, s: &School) -> String {
+    match store.insert_orders(vec![new_order(s)]).await.pop() {
+        Some(Ok(Placed::New(event))) => event.order_id,
+        other => panic!("expected a new order, got {other:?}"),
+    }
+}
+
+async fn a_batch_gives_each_scan_its_own_facts(db: Db) {
+    let (a, b) = (school(&db, "A").await, school(&db, "B").await);
+    crate::store::batch_tests::counters(&db, &a, 1).await;
+    crate::store::batch_tests::counters(&db, &b, 1).await;
+    let counter_of = |s: &School| {
+        let (db, id) = (db.clone(), s.id.clone());
+        async move { repo::counters(&db, &id).await.unwrap()[0].id.clone() }
+    };
+    let (reader_a, reader_b) = (
+        reader_at(&db, &a, &counter_of(&a).await).await,
+        reader_at(&db, &b, &counter_of(&b).await).await,
+    );
+    card_of(&db, &a, "CARD-A").await;
+    card_of(&db, &b, "CARD-B").await;
+    let store = DieselStore::new(db.clone(), 120);
+    let order_a = placed_order(&store, &a).await;
+    let order_b = placed_order(&store, &b).await;
+    let at = now();
+    // Decided a second ago at A's reader; a retry of seq 7 finds its claim taken.
+    let mut decided = scan(&reader_a, 1, "CARD-A", at - TimeDelta::seconds(1));
+    decided.verdict = "accepted".into();
+    let taken = scan(&reader_a, 7, "CARD-A", at - TimeDelta::hours(1));
+    insert_scan(&db, &decided).await.unwrap();
+    insert_scan(&db, &taken).await.unwrap();
+    let window = TimeDelta::seconds(3);
+    let batch = vec![
+        scan(&reader_a, 2, "CARD-A", at),
+        scan(&reader_a, 3, "CARD-A", at + TimeDelta::minutes(5)),
+        scan(&reader_b, 1, "CARD-B", at),
+        scan(&reader_a, 7, "CARD-A", at),
+        scan(&reader_a, 4, "NO-SUCH-CARD", at),
+        // B's card at A's reader: the holder has no orders at A.
+        scan(&reader_a, 5, "CARD-B", at),
+    ]
+    .into_iter()
+    .map(|row| ScanToClaim { row, window })
+    .collect::<Vec<_>>();
+    let claimed = repo::claim_scans_with_facts(&db, &batch).await.unwrap();
+    assert_eq!(claimed.len(), batch.len());
+    let orders_of = |i: usize| -> Vec<String> {
+        claimed[i]
+            .orders
+            .iter()
+            .map(|snapshot| {
+                let order: serde_json::Value = serde_json::from_str(snapshot).unwrap();
+                order["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let claims: Vec<bool> = claimed.iter().map(|c| c.claimed).collect();
+    assert_eq!(claims, [true, true, true, false, true, true]);
+    let firsts: Vec<Option<&str>> = claimed
+        .iter()
+        .map(|c| c.first.as_ref().map(|f| f.id.as_str()))
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            Some(decided.id.as_str()),
+            None,
+            None,
+            Some(decided.id.as_str()),
+            None,
+            None
+        ],
+        "only scans of the decided one's card at its reader within the window are debounced"
+    );
+    let cards: Vec<Option<&str>> = claimed
+        .iter()
+        .map(|c| c.card.as_ref().map(|c| c.card_uid.as_str()))
+        .collect();
+    assert_eq!(
+        cards,
+        [
+            Some("CARD-A"),
+            Some("CARD-A"),
+            Some("CARD-B"),
+            Some("CARD-A"),
+            None,
+            Some("CARD-B")
+        ]
+    );
+    assert_eq!(orders_of(0), [order_a.clone()]);
+    assert_eq!(orders_of(1), [order_a]);
+    assert_eq!(orders_of(2), [order_b]);
+    assert!(orders_of(4).is_empty());
+    assert!(
+        orders_of(5).is_empty(),
+        "another school's orders are not this reader's"
+    );
+    // Claimed means written, pending, once.
+    assert_eq!(
+        pending(&db).await.unwrap(),
+        6,
+        "five claims of the batch and the one taken before"
+    );
+}
+
+on_both_backends!(
+    a_batch_of_scans_gives_each_its_own_facts_on_sqlite,
+    a_batch_of_scans_gives_each_its_own_facts_on_postgres,
+    a_batch_gives_each_scan_its_own_facts
+);
+
+async fn a_rotated_reader_is_read_afresh(db: Db) {
+    let s = school(&db, "A").await;
+    crate::store::batch_tests::counters(&db, &s, 1).await;
+    let counter = repo::counters(&db, &s.id).await.unwrap()[0].id.clone();
+    let reader = reader_at(&db, &s, &counter).await;
+    let store = DieselStore::new(db.clone(), 120);
+    assert_eq!(
+        store.reader(&reader.id).await.unwrap().unwrap().key_version,
+        1
+    );
+    store.rotate_reader_key(&reader.id, 2, "h2").await.unwrap();
+    let now_read = store.reader(&reader.id).await.unwrap().unwrap();
+    assert_eq!(
+        (now_read.key_version, now_read.secret_hash.as_str()),
+        (2, "h2")
+    );
+    // Changed elsewhere (another node): seen here once the remembered row is a second old.
+    deactivate(&db, &reader.id).await.unwrap();
+    let waited = std::time::Instant::now();
+    while store.reader(&reader.id).await.unwrap().unwrap().active {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(3),
+            "a reader deactivated elsewhere is still active here"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+on_both_backends!(
+    a_rotated_reader_is_read_afresh_on_sqlite,
+    a_rotated_reader_is_read_afresh_on_postgres,
+    a_rotated_reader_is_read_afresh
+);
