@@ -178,7 +178,7 @@ async fn a_batch_gives_each_scan_its_own_facts(db: Db) {
             Some("CARD-B")
         ]
     );
-    assert_eq!(orders_of(0), [order_a.clone()]);
+    assert_eq!(orders_of(0), orders_of(1));
     assert_eq!(orders_of(1), [order_a]);
     assert_eq!(orders_of(2), [order_b]);
     assert!(orders_of(4).is_empty());
