@@ -116,6 +116,42 @@ async fn a_batch_of_scans_probes_its_indexes_once_a_scan() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A day of ready orders at one school, and scans that were pending once (each leaves an
+/// entry in `scans_pending` until a vacuum), without statistics.
+const A_DAY_OF_PICKUPS: &str = "SET session_replication_role = replica; \
+    INSERT INTO orders (id, school_id, student_id, placed_by, state, version, created_at, \
+        updated_at, total_cents) \
+    SELECT 'o' || g, 's', 'u' || g, 'u' || g, 'ready', 4, now(), now(), 300 \
+    FROM generate_series(1, 3000) AS g; \
+    INSERT INTO scans (id, school_id, reader_id, seq, card_uid, verdict, read_at, \
+        received_at, attempt) \
+    SELECT 'c' || g, 's', 'r', g, 'CARD' || g, 'accepted', now(), now(), 1 \
+    FROM generate_series(1, 3000) AS g";
+
+/// A batch of transitions finds its orders and its scans' claims by key, not by walking the
+/// school's orders in a state or every scan once pending.
+#[tokio::test]
+async fn a_batch_of_transitions_finds_its_orders_and_claims_by_key() {
+    let (name, _db) = pg_database().await;
+    let plan = generic_plan_of_sql(
+        &name,
+        A_DAY_OF_PICKUPS,
+        crate::store::transitions::WRITE_TRANSITIONS_PG,
+        "'[]', now()::timestamp, '[]'",
+    )
+    .await;
+    assert!(plan.contains("orders_pkey"), "{plan}");
+    assert!(plan.contains("Tid Scan on orders"), "{plan}");
+    assert!(plan.contains("scans_pkey"), "{plan}");
+    assert!(!plan.contains("orders_school_state"), "{plan}");
+    assert!(!plan.contains("scans_pending"), "{plan}");
+    assert!(
+        !plan.contains("Seq Scan on orders") && !plan.contains("Seq Scan on scans"),
+        "{plan}"
+    );
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day's events, all fanned out, and no statistics: the size is what the planner sees.
 const A_DAY_OF_EVENTS: &str = "SET session_replication_role = replica; \
     INSERT INTO order_events (school_id, seq, order_id, version, kind, to_state, snapshot, \

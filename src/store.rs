@@ -901,7 +901,7 @@ mod intake;
 mod scan_claim_tests;
 mod scanning;
 mod sequence;
-mod transitions;
+pub(crate) mod transitions;
 
 /// A time of day as stored: `HH:MM:SS` or `HH:MM`.
 pub fn parse_time_of_day(s: &str) -> Option<chrono::NaiveTime> {

@@ -460,25 +460,33 @@ impl CommitTransitions for SqliteConn {
 /// claim is locked and checked before its pickup moves the order;
 /// verdicts are written only for the orders that moved; each school's numbers are taken for
 /// its moved orders, in batch order. Yields the moved orders with their numbers, and the
-/// scans still claimed.
-const WRITE_TRANSITIONS_PG: &str = "\
+/// scans still claimed. Orders and claims are found by key, one probe a row (the lateral
+/// subqueries): joined, plans made without statistics walked the school's orders in a state
+/// (`orders_school_state`) or every scan ever pending (`scans_pending`, whose entries stay
+/// until a vacuum), growing with the day.
+pub(crate) const WRITE_TRANSITIONS_PG: &str = "\
 WITH v AS MATERIALIZED ( \
     SELECT * FROM json_to_recordset($1::json) AS v(pos int, id text, school_id text, \
         from_state text, to_state text, version bigint, assign boolean, counter_id text, \
         pickup_code text, pickup_day text, scan_id text, attempt int, verdict text, \
         answer text, student_id text, took_us bigint)), \
 claimed AS MATERIALIZED ( \
-    SELECT sc.id FROM scans sc JOIN v ON sc.id = v.scan_id \
-    WHERE sc.verdict = 'pending' AND sc.attempt = v.attempt \
-    FOR UPDATE OF sc), \
+    SELECT sc.id FROM v CROSS JOIN LATERAL ( \
+        SELECT id FROM scans \
+        WHERE id = v.scan_id AND verdict = 'pending' AND attempt = v.attempt \
+        FOR UPDATE) sc), \
+targets AS MATERIALIZED ( \
+    SELECT v.*, o.ctid AS at FROM v CROSS JOIN LATERAL ( \
+        SELECT ctid FROM orders WHERE id = v.id OFFSET 0) o \
+    WHERE v.scan_id IS NULL OR v.scan_id IN (SELECT id FROM claimed)), \
 moved AS ( \
     UPDATE orders AS o SET state = v.to_state, version = v.version, updated_at = $2, \
         counter_id = CASE WHEN v.assign THEN v.counter_id ELSE o.counter_id END, \
         pickup_code = CASE WHEN v.assign THEN v.pickup_code ELSE o.pickup_code END, \
         pickup_day = CASE WHEN v.assign THEN v.pickup_day ELSE o.pickup_day END \
-    FROM v WHERE o.id = v.id AND o.school_id = v.school_id AND o.version = v.version - 1 \
+    FROM targets v WHERE o.ctid = ANY (ARRAY(SELECT at FROM targets)) AND o.ctid = v.at \
+    AND o.id = v.id AND o.school_id = v.school_id AND o.version = v.version - 1 \
     AND o.state = v.from_state \
-    AND (v.scan_id IS NULL OR v.scan_id IN (SELECT id FROM claimed)) \
     RETURNING o.id, o.school_id, v.pos), \
 verdicts AS ( \
     UPDATE scans AS sc SET verdict = v.verdict, answer = v.answer, order_id = v.id, \
