@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "e2e/nodes.rs"]
+mod nodes;
 mod support;
 
 use awc::ws;

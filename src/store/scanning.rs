@@ -65,6 +65,11 @@ impl DieselStore {
         if let Some(row) = self.readers.fresh(id) {
             return Ok(Some(row));
         }
+        self.reader_afresh(id).await
+    }
+
+    /// The reader `id` as stored now, remembered from here on.
+    pub async fn reader_afresh(&self, id: &str) -> Result<Option<ReaderRow>, DbError> {
         // Stamped before the read: a change committed during it is read again sooner.
         let asked = Instant::now();
         let row = repo::reader(&self.db, id).await?;
