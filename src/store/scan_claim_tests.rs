@@ -15,11 +15,15 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use tiffin_actors::ports::Placed;
 
-async fn reader_at(db: &Db, s: &School, counter: &str) -> ReaderRow {
+/// A school with a counter and a reader at it.
+async fn school_with_reader(db: &Db, name: &str) -> (School, ReaderRow) {
+    let s = school(db, name).await;
+    crate::store::batch_tests::counters(db, &s, 1).await;
+    let counter = repo::counters(db, &s.id).await.unwrap()[0].id.clone();
     let row = ReaderRow {
         id: crate::api::new_id(),
         school_id: s.id.clone(),
-        counter_id: counter.into(),
+        counter_id: counter,
         name: "Till".into(),
         secret_hash: "h1".into(),
         last_seen_at: None,
@@ -28,7 +32,7 @@ async fn reader_at(db: &Db, s: &School, counter: &str) -> ReaderRow {
         active: true,
     };
     repo::insert_reader(db, &row).await.unwrap();
-    row
+    (s, row)
 }
 
 async fn card_of(db: &Db, s: &School, uid: &str) {
@@ -97,17 +101,8 @@ async fn placed_order(store: &DieselStore, s: &School) -> String {
 }
 
 async fn a_batch_gives_each_scan_its_own_facts(db: Db) {
-    let (a, b) = (school(&db, "A").await, school(&db, "B").await);
-    crate::store::batch_tests::counters(&db, &a, 1).await;
-    crate::store::batch_tests::counters(&db, &b, 1).await;
-    let counter_of = |s: &School| {
-        let (db, id) = (db.clone(), s.id.clone());
-        async move { repo::counters(&db, &id).await.unwrap()[0].id.clone() }
-    };
-    let (reader_a, reader_b) = (
-        reader_at(&db, &a, &counter_of(&a).await).await,
-        reader_at(&db, &b, &counter_of(&b).await).await,
-    );
+    let (a, reader_a) = school_with_reader(&db, "A").await;
+    let (b, reader_b) = school_with_reader(&db, "B").await;
     card_of(&db, &a, "CARD-A").await;
     card_of(&db, &b, "CARD-B").await;
     let store = DieselStore::new(db.clone(), 120);
@@ -201,10 +196,7 @@ on_both_backends!(
 );
 
 async fn a_rotated_reader_is_read_afresh(db: Db) {
-    let s = school(&db, "A").await;
-    crate::store::batch_tests::counters(&db, &s, 1).await;
-    let counter = repo::counters(&db, &s.id).await.unwrap()[0].id.clone();
-    let reader = reader_at(&db, &s, &counter).await;
+    let (_, reader) = school_with_reader(&db, "A").await;
     let store = DieselStore::new(db.clone(), 120);
     assert_eq!(
         store.reader(&reader.id).await.unwrap().unwrap().key_version,
