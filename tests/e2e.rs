@@ -3486,19 +3486,19 @@ async fn command_line() {
 /// Both migration folders hold the same versions, and each runs up, down and up again.
 #[actix_web::test]
 async fn migrations_run_up_down_up_on_both_backends() {
-    let names = |backend: &str| {
-        let mut v: Vec<String> = std::fs::read_dir(format!(
-            "{}/migrations/{backend}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    // One copy of the migrations serves both backends.
+    let mut names: Vec<String> =
+        std::fs::read_dir(format!("{}/migrations", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+    names.sort();
+    assert!(!names.is_empty());
+    // diesel's version of `2026-11-23-000001_people` is `20261123000001`.
+    let versions: Vec<String> = names
+        .iter()
+        .map(|n| n.split('_').next().unwrap().replace('-', ""))
         .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(names("postgres"), names("sqlite"));
-    assert!(!names("sqlite").is_empty());
 
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = TestDb::new(backend).await;
@@ -3512,7 +3512,7 @@ async fn migrations_run_up_down_up_on_both_backends() {
         })
         .await
         .unwrap();
-        assert_eq!(up.len(), names("sqlite").len(), "{backend:?}");
+        assert_eq!(up, versions, "{backend:?}");
         assert_eq!(down.len(), up.len(), "{backend:?}");
         assert_eq!(again, up, "{backend:?}");
         db.drop_database().await;

@@ -46,8 +46,9 @@ impl SpawnBlocking for OnCallingThread {
     }
 }
 
-pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+/// One copy for both backends: every migration is written in SQL that PostgreSQL and SQLite
+/// both accept (the up-down-up test runs them on each).
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Per-connection SQLite settings: the busy timeout first, so nothing after it fails with an
 /// immediate SQLITE_BUSY; durable commits in WAL mode; enforced foreign keys.
@@ -480,13 +481,13 @@ impl MigrationConnection {
             MigrationConnection::Pg(c) => {
                 let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
                 diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &lock)?;
-                let applied = c.run_pending_migrations(PG_MIGRATIONS).map(names);
+                let applied = c.run_pending_migrations(MIGRATIONS).map(names);
                 let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
                 diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &unlock)?;
                 applied.map_err(failed)
             }
             MigrationConnection::Sqlite(c) => c
-                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .run_pending_migrations(MIGRATIONS)
                 .map(names)
                 .map_err(failed),
         }
@@ -495,8 +496,8 @@ impl MigrationConnection {
     /// Reverts every applied migration, newest first; returns the versions reverted.
     pub fn revert_all(&mut self) -> Result<Vec<String>, DbError> {
         let reverted = match self {
-            MigrationConnection::Pg(c) => c.revert_all_migrations(PG_MIGRATIONS),
-            MigrationConnection::Sqlite(c) => c.revert_all_migrations(SQLITE_MIGRATIONS),
+            MigrationConnection::Pg(c) => c.revert_all_migrations(MIGRATIONS),
+            MigrationConnection::Sqlite(c) => c.revert_all_migrations(MIGRATIONS),
         }
         .map_err(|e| DbError::Other(format!("revert failed: {e}")))?;
         Ok(reverted.iter().map(|v| v.to_string()).collect())

@@ -1,3 +1,0 @@
-DROP TABLE notification_preferences;
-DROP TABLE device_tokens;
-DROP TABLE outbox;

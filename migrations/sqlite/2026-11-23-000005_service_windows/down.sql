@@ -1,2 +1,0 @@
-ALTER TABLE orders DROP COLUMN window_id;
-DROP TABLE service_windows;

@@ -1,2 +1,0 @@
-DROP TABLE inbox_messages;
-ALTER TABLE users DROP COLUMN inbox_seq;

@@ -1,2 +1,0 @@
-DROP INDEX pickup_codes_student;
-DROP TABLE pickup_codes;

@@ -1,1 +1,0 @@
-ALTER TABLE schools DROP COLUMN phone_region;
