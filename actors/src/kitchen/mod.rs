@@ -1,7 +1,7 @@
 //! One actor per school kitchen: owns its live orders and publishes committed events in
 //! kitchen-sequence order.
 
-use super::order::{Command, MoveFromCounter, OrderActor, Seen};
+use crate::order::{Command, MoveFromCounter, OrderActor, Seen};
 use crate::bus::{Bus, Subscriber, kitchen_topic};
 use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary, TimerPolicy, decide};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
@@ -611,7 +611,7 @@ impl Handler<InjectOrderFault> for Kitchen {
     fn handle(&mut self, msg: InjectOrderFault, _: &mut Context<Self>) -> bool {
         match self.orders.get(&msg.0) {
             Some(order) => {
-                order.do_send(super::order::InjectFault);
+                order.do_send(crate::order::InjectFault);
                 true
             }
             None => false,

@@ -1,6 +1,6 @@
 //! Starts one supervised kitchen actor per school on first use.
 
-use super::kitchen::{CatchUp, Kitchen, KitchenGone, Observed};
+use crate::kitchen::{CatchUp, Kitchen, KitchenGone, Observed};
 use crate::bus::Bus;
 use crate::domain::KitchenEvent;
 use crate::domain::TimerPolicy;

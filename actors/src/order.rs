@@ -1,6 +1,6 @@
 //! One actor per live order: decides its transitions one at a time and commits them.
 
-use super::kitchen::Committed;
+use crate::kitchen::Committed;
 use crate::domain::{
     Alert, Issuer, KitchenEvent, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS,
     TimerAction, TimerPolicy, cancel_allowed, decide, next_timer, recall_allowed,
