@@ -1,10 +1,10 @@
 //! One actor per live order: decides its transitions one at a time and commits them.
 
-use crate::kitchen::Committed;
 use crate::domain::{
     Alert, Issuer, KitchenEvent, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS,
     TimerAction, TimerPolicy, cancel_allowed, decide, next_timer, recall_allowed,
 };
+use crate::kitchen::Committed;
 use crate::ports::{AlertCommit, CommandError, CounterMove, Store, TransitionCommit};
 use actix::prelude::*;
 use chrono::Utc;
