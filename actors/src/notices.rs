@@ -1,7 +1,8 @@
 //! Who hears what, on which channel, how urgently: the one table of notification rules,
 //! each recipient's preferences, critical overrides, quiet hours and the SMS fallback.
 
-use crate::domain::{Alert, Issuer, OrderState};
+use crate::domain::machine::{Issuer, OrderState};
+use crate::domain::orders::Alert;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use serde::{Deserialize, Serialize};
 

@@ -1,9 +1,11 @@
 //! One actor per live order: decides its transitions one at a time and commits them.
 
-use crate::domain::{
-    Alert, Issuer, KitchenEvent, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS,
-    TimerAction, TimerPolicy, cancel_allowed, decide, next_timer, recall_allowed,
+use crate::domain::machine::{
+    Issuer, OrderCommand, OrderState, RECALL_WINDOW_SECS, decide, recall_allowed,
 };
+use crate::domain::orders::{Alert, KitchenEvent, OrderSummary};
+use crate::domain::timers::{TimerAction, TimerPolicy, next_timer};
+use crate::domain::waves::cancel_allowed;
 use crate::kitchen::Committed;
 use crate::ports::{AlertCommit, CommandError, CounterMove, Store, TransitionCommit};
 use actix::prelude::*;

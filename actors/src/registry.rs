@@ -1,8 +1,8 @@
 //! Starts one supervised kitchen actor per school on first use.
 
 use crate::bus::Bus;
-use crate::domain::KitchenEvent;
-use crate::domain::TimerPolicy;
+use crate::domain::orders::KitchenEvent;
+use crate::domain::timers::TimerPolicy;
 use crate::kitchen::{CatchUp, Kitchen, KitchenGone, Observed};
 use crate::ports::Store;
 use actix::prelude::*;

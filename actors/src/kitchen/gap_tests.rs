@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::bus::LocalBus;
-use crate::domain::OrderState;
+use crate::domain::machine::OrderState;
 use crate::ports::{AlertCommit, CounterMove, KitchenSnapshot, TransitionCommit};
 use crate::ports::{NewOrder, Placed};
 use async_trait::async_trait;

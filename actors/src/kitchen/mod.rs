@@ -3,7 +3,8 @@
 //! counter, list) and `subscribers` (where a subscriber starts).
 
 use crate::bus::Bus;
-use crate::domain::{KitchenEvent, OrderSummary, TimerPolicy};
+use crate::domain::orders::{KitchenEvent, OrderSummary};
+use crate::domain::timers::TimerPolicy;
 use crate::order::{OrderActor, Seen};
 use crate::ports::{CommandError, Store};
 use actix::prelude::*;

@@ -2,7 +2,8 @@
 //! a closed counter, and the live list.
 
 use super::{Catchup, Kitchen, SnapshotReason};
-use crate::domain::{Issuer, KitchenEvent, OrderCommand, OrderSummary, decide};
+use crate::domain::machine::{Issuer, OrderCommand, decide};
+use crate::domain::orders::{KitchenEvent, OrderSummary};
 use crate::order::{Command, MoveFromCounter, OrderActor};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
 use actix::prelude::*;

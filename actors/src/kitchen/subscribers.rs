@@ -2,7 +2,7 @@
 
 use super::Kitchen;
 use crate::bus::{Subscriber, kitchen_topic};
-use crate::domain::OrderSummary;
+use crate::domain::orders::OrderSummary;
 use crate::ports::CommandError;
 use actix::prelude::*;
 
