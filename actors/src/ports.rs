@@ -3,7 +3,7 @@
 
 use crate::domain::machine::{Issuer, Transition, TransitionError};
 use crate::domain::orders::{Alert, KitchenEvent, OrderSummary};
-use crate::notices::Priority;
+use crate::notices::rules::Priority;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
