@@ -6,7 +6,6 @@ use crate::domain::machine::{
 use crate::domain::orders::{Alert, KitchenEvent, OrderSummary};
 use crate::domain::timers::{TimerAction, TimerPolicy, next_timer};
 use crate::domain::waves::cancel_allowed;
-use crate::kitchen::Committed;
 use crate::ports::{AlertCommit, CommandError, CounterMove, Store, TransitionCommit};
 use actix::prelude::*;
 use chrono::Utc;
@@ -247,6 +246,12 @@ impl Handler<Command> for OrderActor {
         ))
     }
 }
+
+/// An order event an order actor committed, for its kitchen to publish: defined here, so the
+/// order actor needs nothing from the kitchen but a recipient.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed(pub KitchenEvent);
 
 /// The order as committed, possibly by another node: a newer version replaces what this
 /// actor knows (and its timers); a finished order's actor stops.

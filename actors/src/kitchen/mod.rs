@@ -5,7 +5,7 @@
 use crate::bus::Bus;
 use crate::domain::orders::{KitchenEvent, OrderSummary};
 use crate::domain::timers::TimerPolicy;
-use crate::order::{OrderActor, Seen};
+use crate::order::{Committed, OrderActor, Seen};
 use crate::ports::{CommandError, Store};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -223,11 +223,6 @@ impl Supervised for Kitchen {
         self.gap_check = None;
     }
 }
-
-/// An order event committed by one of this kitchen's order actors.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Committed(pub KitchenEvent);
 
 impl Handler<Committed> for Kitchen {
     type Result = ();
