@@ -2,16 +2,21 @@
 //! actors that own kitchen and order state. The world is reached only through the traits
 //! in [`ports`] and [`bus`].
 
+// The rules: plain data and pure functions.
 pub mod breaker;
-pub mod bus;
-pub mod dispatch;
 pub mod domain;
-pub mod kitchen;
 pub mod notices;
-pub mod order;
-pub mod ports;
-pub mod registry;
 pub mod rfid;
+
+// The actors, each with its messages beside it.
+pub mod dispatch;
+pub mod kitchen;
+pub mod order;
+pub mod registry;
+
+// How the actors reach the world.
+pub mod bus;
+pub mod ports;
 
 pub use dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit, StopDispatch};
 pub use kitchen::{
