@@ -7,9 +7,9 @@ use crate::repo;
 use crate::store::DieselStore;
 use actix::Actor;
 use std::sync::Arc;
-use tiffin_actors::actors::kitchen::{InjectFault, InjectOrderFault};
 use tiffin_actors::bus::LocalBus;
 use tiffin_actors::domain::{Issuer, OrderCommand, OrderState, TimerPolicy};
+use tiffin_actors::kitchen::{InjectFault, InjectOrderFault};
 use tiffin_actors::ports::{NewOrder, NewOrderItem, Placed};
 use tiffin_actors::{KitchenFor, LiveOrders, PlaceOrder, Registry, TransitionOrder};
 

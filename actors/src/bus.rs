@@ -1,6 +1,6 @@
 //! The event bus: committed kitchen events out to subscribers (sockets, other nodes).
 
-use crate::domain::KitchenEvent;
+use crate::domain::orders::KitchenEvent;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -2,17 +2,25 @@
 //! actors that own kitchen and order state. The world is reached only through the traits
 //! in [`ports`] and [`bus`].
 
-pub mod actors;
+// The rules: plain data and pure functions.
 pub mod breaker;
-pub mod bus;
 pub mod domain;
 pub mod notices;
-pub mod ports;
 pub mod rfid;
 
-pub use actors::dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit, StopDispatch};
-pub use actors::kitchen::{
+// The actors, each with its messages beside it.
+pub mod dispatch;
+pub mod kitchen;
+pub mod order;
+pub mod registry;
+
+// How the actors reach the world.
+pub mod bus;
+pub mod ports;
+
+pub use dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit, StopDispatch};
+pub use kitchen::{
     CatchUp, Catchup, CounterClosed, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe,
     TakeSnapshot, TransitionOrder,
 };
-pub use actors::registry::{CatchUpAll, KitchenFor, Observe, Registry};
+pub use registry::{CatchUpAll, KitchenFor, Observe, Registry};

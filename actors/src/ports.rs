@@ -1,8 +1,9 @@
 //! The small traits through which the actors reach the world. The server crate supplies
 //! the adapters (diesel store, SMTP sender, Redis bus).
 
-use crate::domain::{Alert, Issuer, KitchenEvent, OrderSummary, Transition, TransitionError};
-use crate::notices::Priority;
+use crate::domain::machine::{Issuer, Transition, TransitionError};
+use crate::domain::orders::{Alert, KitchenEvent, OrderSummary};
+use crate::notices::rules::Priority;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -24,7 +25,7 @@ pub enum CommandError {
     #[error("too late to recall: the last step was more than {0} seconds ago")]
     RecallWindowPassed(i64),
     #[error(transparent)]
-    Wave(#[from] crate::domain::WaveError),
+    Wave(#[from] crate::domain::waves::WaveError),
     #[error("too late to cancel: the wave's cancel deadline has passed; ask the kitchen")]
     CancelDeadlinePassed,
     #[error("meal {0} is not on this school's menu")]

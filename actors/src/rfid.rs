@@ -2,7 +2,9 @@
 //! the reader and the student's orders of the day. Committing a hand-over is the kitchen's job
 //! (a version-guarded pickup), so two readers never hand one meal over twice.
 
-use crate::domain::{CounterRef, OrderState, OrderSummary};
+use crate::domain::counters::CounterRef;
+use crate::domain::machine::OrderState;
+use crate::domain::orders::OrderSummary;
 use serde::{Deserialize, Serialize};
 
 /// A card as the hub knows it.

@@ -1,10 +1,11 @@
 //! One actor per live order: decides its transitions one at a time and commits them.
 
-use super::kitchen::Committed;
-use crate::domain::{
-    Alert, Issuer, KitchenEvent, OrderCommand, OrderState, OrderSummary, RECALL_WINDOW_SECS,
-    TimerAction, TimerPolicy, cancel_allowed, decide, next_timer, recall_allowed,
+use crate::domain::machine::{
+    Issuer, OrderCommand, OrderState, RECALL_WINDOW_SECS, decide, recall_allowed,
 };
+use crate::domain::orders::{Alert, KitchenEvent, OrderSummary};
+use crate::domain::timers::{TimerAction, TimerPolicy, next_timer};
+use crate::domain::waves::cancel_allowed;
 use crate::ports::{AlertCommit, CommandError, CounterMove, Store, TransitionCommit};
 use actix::prelude::*;
 use chrono::Utc;
@@ -245,6 +246,12 @@ impl Handler<Command> for OrderActor {
         ))
     }
 }
+
+/// An order event an order actor committed, for its kitchen to publish: defined here, so the
+/// order actor needs nothing from the kitchen but a recipient.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed(pub KitchenEvent);
 
 /// The order as committed, possibly by another node: a newer version replaces what this
 /// actor knows (and its timers); a finished order's actor stops.

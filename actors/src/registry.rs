@@ -1,9 +1,9 @@
 //! Starts one supervised kitchen actor per school on first use.
 
-use super::kitchen::{CatchUp, Kitchen, KitchenGone, Observed};
 use crate::bus::Bus;
-use crate::domain::KitchenEvent;
-use crate::domain::TimerPolicy;
+use crate::domain::orders::KitchenEvent;
+use crate::domain::timers::TimerPolicy;
+use crate::kitchen::{CatchUp, Kitchen, KitchenGone, Observed};
 use crate::ports::Store;
 use actix::prelude::*;
 use std::collections::HashMap;

@@ -1,4 +1,0 @@
-pub mod dispatch;
-pub mod kitchen;
-pub mod order;
-pub mod registry;
