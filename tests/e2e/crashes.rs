@@ -208,17 +208,8 @@ async fn a_taken_over_scan_never_hands_over_a_second_meal_on_postgres() {
 fn copies_by_message_id(smtp: &SmtpSink) -> std::collections::HashMap<String, usize> {
     let mut copies = std::collections::HashMap::new();
     for mail in smtp.messages() {
-        let id = mail
-            .data
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("message-id").then(|| {
-                    let id = value.trim().trim_start_matches('<');
-                    id.split('@').next().unwrap().to_owned()
-                })
-            })
-            .expect("every email has a Message-ID");
+        let id =
+            tiffin_harness::smtp::message_id(&mail.data).expect("every email has a Message-ID");
         *copies.entry(id).or_default() += 1;
     }
     copies

@@ -360,22 +360,8 @@ async fn rush_with_kills(backend: Backend) {
     }
     let mut received = std::collections::HashMap::<String, usize>::new();
     for mail in smtp.messages() {
-        let id = mail
-            .data
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("message-id").then(|| {
-                    value
-                        .trim()
-                        .trim_start_matches('<')
-                        .split('@')
-                        .next()
-                        .unwrap()
-                        .to_owned()
-                })
-            })
-            .expect("every email has a Message-ID");
+        let id =
+            tiffin_harness::smtp::message_id(&mail.data).expect("every email has a Message-ID");
         *received.entry(id).or_default() += 1;
     }
     let received_ids: std::collections::HashSet<String> = received.keys().cloned().collect();

@@ -1,16 +1,16 @@
-//! A hub process started from the built binary, and its settings.
+//! A hub process started from the built binary (through the harness), and its settings.
 
 use super::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tiffin_harness::hub::HubProcess;
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 
 /// A hub process started from the built binary.
 pub struct Hub {
-    child: Child,
+    process: HubProcess,
     pub base: String,
     env: Vec<(String, String)>,
 }
@@ -27,13 +27,7 @@ pub fn hub_env(db: &TestDb, smtp: Option<&SmtpSink>) -> Vec<(String, String)> {
         ("TIFFIN_DIGEST__ENABLED".into(), "false".into()),
     ];
     if let Some(smtp) = smtp {
-        env.push(("TIFFIN_SMTP__HOST".into(), "127.0.0.1".into()));
-        env.push(("TIFFIN_SMTP__PORT".into(), smtp.port.to_string()));
-        env.push(("TIFFIN_SMTP__TLS".into(), "none".into()));
-        env.push((
-            "TIFFIN_SMTP__FROM".into(),
-            "Tiffin <tiffin@school.test>".into(),
-        ));
+        env.extend(smtp.hub_env());
     }
     env
 }
@@ -94,30 +88,10 @@ impl Hub {
             .iter()
             .find(|(k, _)| k == "TIFFIN_BIND")
             .map_or("127.0.0.1:0", |(_, v)| v.as_str());
-        let mut child = cmd
-            .args(["serve", "--bind", bind])
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn tiffin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                printed.lock().unwrap().push(line.clone());
-                if let Some(url) = line.strip_prefix("Tiffin listening on ")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(url.to_owned());
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("hub did not print its address");
-        Hub { child, base, env }
+        cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let process = HubProcess::serve(cmd, bind, stderr, printed).expect("hub did not start");
+        let base = process.url().to_owned();
+        Hub { process, base, env }
     }
 
     /// Runs a `tiffin` subcommand with this hub's settings; returns stdout.
@@ -144,7 +118,7 @@ impl Hub {
 
     /// Sends SIGTERM (a service manager stopping the hub).
     pub fn sigterm(&self) {
-        let pid = self.child.id().to_string();
+        let pid = self.process.pid().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
     }
@@ -153,7 +127,7 @@ impl Hub {
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.try_wait() {
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -162,14 +136,16 @@ impl Hub {
     }
 
     /// SIGKILL: nothing gets a chance to flush.
-    pub fn kill(mut self) -> Vec<(String, String)> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::take(&mut self.env)
+    pub fn kill(self) -> Vec<(String, String)> {
+        let Hub {
+            mut process, env, ..
+        } = self;
+        process.kill();
+        env
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -212,11 +188,4 @@ pub async fn tight_socket(
         String::from_utf8_lossy(&head)
     );
     actix_codec::Framed::new(stream, awc::ws::Codec::new().client_mode())
-}
-
-impl Drop for Hub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -11,11 +11,7 @@ pub struct ReaderKey {
 
 /// The reader's signature: hex HMAC-SHA256 of `{timestamp}\n{METHOD}\n{path}\n{body}`.
 pub fn reader_signature(secret: &str, timestamp: i64, path: &str, body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}\nPOST\n{path}\n").as_bytes());
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    tiffin_harness::reader::signature(secret, timestamp, path, body).unwrap()
 }
 
 /// A signed reader request, with the reader's clock `skew_secs` off the hub's.
@@ -36,7 +32,6 @@ pub async fn reader_post(hub: &Hub, reader: &ReaderKey, path: &str, body: &Value
     reader_post_at(hub, reader, path, body, 0).await
 }
 
-/// Sends exactly these headers and body (to replay or forge a request).
 /// A reader's request to `url`, signed with `signature` over `timestamp`.
 pub fn signed_request(
     url: &str,
@@ -44,14 +39,10 @@ pub fn signed_request(
     timestamp: i64,
     signature: &str,
 ) -> awc::ClientRequest {
-    client()
-        .post(url)
-        .insert_header(("X-Reader-Id", reader_id))
-        .insert_header(("X-Timestamp", timestamp.to_string()))
-        .insert_header(("X-Signature", signature))
-        .insert_header(("Content-Type", "application/json"))
+    tiffin_harness::reader::signed_request(&client(), url, reader_id, timestamp, signature)
 }
 
+/// Sends exactly these headers and body (to replay or forge a request).
 pub async fn signed_send(
     hub: &Hub,
     reader_id: &str,

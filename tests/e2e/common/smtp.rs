@@ -1,10 +1,9 @@
-//! A real SMTP server (mailin) on a loopback port that keeps what it receives.
+//! The harness's SMTP server on a loopback port, keeping every email it receives.
 
 use super::*;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tiffin_harness::smtp::{SmtpOptions, SmtpServer};
 
 /// A received email: envelope recipients and the raw message.
 #[derive(Clone, Debug)]
@@ -20,39 +19,11 @@ impl Mail {
     }
 }
 
-#[derive(Clone, Default)]
-struct Collector {
-    inbox: Arc<Mutex<Vec<Mail>>>,
-    to: Vec<String>,
-    data: Vec<u8>,
-}
-
-impl mailin::Handler for Collector {
-    fn data_start(&mut self, _: &str, _: &str, _: bool, to: &[String]) -> mailin::Response {
-        self.to = to.to_vec();
-        self.data.clear();
-        mailin::response::OK
-    }
-
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.data.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn data_end(&mut self) -> mailin::Response {
-        self.inbox.lock().unwrap().push(Mail {
-            to: std::mem::take(&mut self.to),
-            data: String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned(),
-        });
-        mailin::response::OK
-    }
-}
-
-/// A real SMTP server (mailin) on a loopback port, collecting what it receives.
+/// A real SMTP server (the harness's) on a loopback port, collecting what it receives.
 pub struct SmtpSink {
     pub port: u16,
+    server: SmtpServer,
     inbox: Arc<Mutex<Vec<Mail>>>,
-    sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -68,29 +39,37 @@ impl SmtpSink {
     }
 
     fn serve(hang_up_after_each: bool) -> SmtpSink {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind smtp");
-        let port = listener.local_addr().unwrap().port();
-        let collector = Collector::default();
-        let inbox = collector.inbox.clone();
-        let sessions = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let opened = sessions.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let handler = collector.clone();
-                std::thread::spawn(move || smtp_session(stream, handler, hang_up_after_each));
-            }
-        });
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let kept = inbox.clone();
+        let options = SmtpOptions {
+            hang_up_after_each,
+            ..SmtpOptions::default()
+        };
+        let server = SmtpServer::start(
+            options,
+            Arc::new(move |to: Vec<String>, data: &[u8]| {
+                kept.lock().unwrap().push(Mail {
+                    to,
+                    data: String::from_utf8_lossy(data).into_owned(),
+                });
+            }),
+        )
+        .expect("bind smtp");
         SmtpSink {
-            port,
+            port: server.port,
+            server,
             inbox,
-            sessions,
         }
+    }
+
+    /// The hub's settings to send email through this sink.
+    pub fn hub_env(&self) -> Vec<(String, String)> {
+        self.server.hub_env("Tiffin <tiffin@school.test>")
     }
 
     /// SMTP sessions opened so far.
     pub fn sessions(&self) -> usize {
-        self.sessions.load(std::sync::atomic::Ordering::SeqCst)
+        self.server.sessions()
     }
 
     pub fn messages(&self) -> Vec<Mail> {
@@ -118,43 +97,6 @@ impl SmtpSink {
                 "no email to {to} containing {text:?} within {within:?}"
             );
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn smtp_session(stream: std::net::TcpStream, handler: Collector, hang_up_after_each: bool) {
-    use std::io::Write;
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or([127, 0, 0, 1].into());
-    let mut writer = stream.try_clone().expect("clone stream");
-    let mut reader = BufReader::new(stream);
-    let mut session = mailin::SessionBuilder::new("sink.test").build(peer, handler);
-    let _ = session.greeting().write_to(&mut writer);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let response = session.process(&line);
-        let message_taken = line == b".\r\n" && response.code == 250;
-        match response.action {
-            mailin::response::Action::NoReply => {}
-            mailin::response::Action::Reply => {
-                let _ = response.write_to(&mut writer);
-                let _ = writer.flush();
-                if hang_up_after_each && message_taken {
-                    return;
-                }
-            }
-            _ => {
-                let _ = response.write_to(&mut writer);
-                let _ = writer.flush();
-                return;
-            }
         }
     }
 }
