@@ -4,10 +4,13 @@
 use anyhow::{Context, bail};
 use awc::Client;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+use tiffin_harness::hub::HubProcess;
+pub use tiffin_harness::hub::announced;
+use tiffin_harness::reader;
 
 pub struct Target {
     pub url: String,
@@ -101,7 +104,7 @@ impl OwnHub {
 
 /// A hub the tool started, stopped when dropped.
 pub struct StartedHub {
-    child: Child,
+    process: HubProcess,
     dir: PathBuf,
     url: String,
     token: String,
@@ -131,17 +134,12 @@ impl StartedHub {
             .find(|(k, _)| k == "TIFFIN_DATABASE_URL")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        let mut child = Command::new(&bin)
-            .args(["serve", "--bind", "127.0.0.1:0"])
+        let mut command = Command::new(&bin);
+        command
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("hub stdout")?;
-        let url = announced(stdout, "Tiffin listening on ", Duration::from_secs(60))
-            .context("the hub did not start within 60 s")?;
+            .current_dir(&dir);
+        let process = HubProcess::serve(command, "127.0.0.1:0", Stdio::inherit(), Arc::default())?;
+        let url = process.url().to_owned();
         let out = Command::new(&bin)
             .args(["token", "--role", "admin", "--ttl", "86400"])
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -155,7 +153,7 @@ impl StartedHub {
         }
         let token = String::from_utf8(out.stdout)?.trim().to_owned();
         Ok(StartedHub {
-            child,
+            process,
             dir,
             url,
             token,
@@ -172,7 +170,7 @@ impl StartedHub {
         Target {
             url: self.url.clone(),
             admin_token: self.token.clone(),
-            pid: Some(self.child.id()),
+            pid: Some(self.process.pid()),
         }
     }
 }
@@ -203,28 +201,9 @@ fn hub_env(dir: &Path) -> Vec<(String, String)> {
 
 impl Drop for StartedHub {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// What a child process prints after `prefix` on its first such line (where it listens),
-/// waiting at most `within`; the rest of its output is read and dropped.
-pub fn announced(
-    stdout: std::process::ChildStdout,
-    prefix: &'static str,
-    within: Duration,
-) -> anyhow::Result<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(prefix) {
-                let _ = tx.send(rest.to_owned());
-            }
-        }
-    });
-    Ok(rx.recv_timeout(within)?)
 }
 
 /// A school in `time_zone` with one meal on its menu: (school id, meal id).
@@ -359,20 +338,12 @@ pub async fn reader_post_on(
     path: &str,
     body: &Value,
 ) -> anyhow::Result<(u16, Value)> {
-    use hmac::Mac;
     let body = body.to_string();
     let timestamp = chrono::Utc::now().timestamp_millis();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(reader.1.as_bytes())
+    let signature = reader::signature(&reader.1, timestamp, path, body.as_bytes())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    mac.update(format!("{timestamp}\nPOST\n{path}\n").as_bytes());
-    mac.update(body.as_bytes());
-    let signature = hex::encode(mac.finalize().into_bytes());
-    let sent = client
-        .post(format!("{url}{path}"))
-        .insert_header(("X-Reader-Id", reader.0.as_str()))
-        .insert_header(("X-Timestamp", timestamp.to_string()))
-        .insert_header(("X-Signature", signature))
-        .insert_header(("Content-Type", "application/json"))
+    let url = format!("{url}{path}");
+    let sent = reader::signed_request(client, &url, &reader.0, timestamp, &signature)
         .send_body(body)
         .await;
     reply(sent).await

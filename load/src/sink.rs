@@ -1,13 +1,11 @@
-//! A loopback SMTP server (mailin's protocol implementation) that counts every email the hub
-//! delivers, by Message-ID (the hub's outbox message id), with when it arrived.
+//! Loopback sinks for the hub's email, push and SMS: they count every message it delivers (email
+//! by Message-ID, the hub's outbox message id), with when it arrived.
 
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tiffin_harness::smtp::{SmtpOptions, SmtpServer, message_id};
 
 /// SMTP sessions a hub the tool starts holds to the sink unless told otherwise.
 pub const SMTP_SESSIONS: usize = 32;
@@ -15,97 +13,41 @@ pub const SMTP_SESSIONS: usize = 32;
 /// Outbox message id -> arrival times (more than one: delivered twice).
 pub type Deliveries = Arc<Mutex<HashMap<String, Vec<DateTime<Utc>>>>>;
 
+/// The harness's SMTP server, counting what arrives.
 pub struct SmtpSink {
-    pub port: u16,
+    server: SmtpServer,
     deliveries: Deliveries,
-    paused: Arc<AtomicBool>,
-}
-
-#[derive(Clone)]
-struct Counter {
-    deliveries: Deliveries,
-    data: Vec<u8>,
-    /// How long the sink takes to accept each message (a slow provider).
-    delay: Duration,
-    /// While set, messages are held before their reply (a provider that stalls).
-    paused: Arc<AtomicBool>,
-}
-
-impl mailin::Handler for Counter {
-    fn data_start(&mut self, _: &str, _: &str, _: bool, _: &[String]) -> mailin::Response {
-        self.data.clear();
-        mailin::response::OK
-    }
-
-    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.data.extend_from_slice(buf);
-        Ok(())
-    }
-
-    fn data_end(&mut self) -> mailin::Response {
-        // Each session is its own thread: sleeping holds up only this connection.
-        while self.paused.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(self.delay);
-        let at = Utc::now();
-        let raw = String::from_utf8_lossy(&self.data);
-        let id = raw
-            .lines()
-            .take_while(|l| !l.is_empty())
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("message-id").then(|| {
-                    value
-                        .trim()
-                        .trim_start_matches('<')
-                        .split('@')
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-            })
-            .unwrap_or_default();
-        self.deliveries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id)
-            .or_default()
-            .push(at);
-        mailin::response::OK
-    }
 }
 
 impl SmtpSink {
     /// A sink that takes `delay` to accept each message.
     pub fn start(delay: Duration) -> anyhow::Result<SmtpSink> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        let counter = Counter {
-            deliveries: Deliveries::default(),
-            data: Vec::new(),
+        let deliveries = Deliveries::default();
+        let counted = deliveries.clone();
+        let options = SmtpOptions {
             delay,
-            paused: Arc::default(),
+            hang_up_after_each: false,
         };
-        let deliveries = counter.deliveries.clone();
-        let paused = counter.paused.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let counter = counter.clone();
-                std::thread::spawn(move || session(stream, counter));
-            }
-        });
-        Ok(SmtpSink {
-            port,
-            deliveries,
-            paused,
-        })
+        let server = SmtpServer::start(
+            options,
+            Arc::new(move |_to: Vec<String>, data: &[u8]| {
+                let at = Utc::now();
+                let id = message_id(&String::from_utf8_lossy(data)).unwrap_or_default();
+                counted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(id)
+                    .or_default()
+                    .push(at);
+            }),
+        )?;
+        Ok(SmtpSink { server, deliveries })
     }
 
     /// Holds every message before its reply until resumed: the hub's sends wait, and what it
     /// commits meanwhile stays in its outbox.
     pub fn pause(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Release);
+        self.server.pause(paused);
     }
 
     pub fn deliveries(&self) -> HashMap<String, Vec<DateTime<Utc>>> {
@@ -125,57 +67,19 @@ impl SmtpSink {
 
     /// The hub's settings to send through this sink over `sessions` SMTP sessions.
     pub fn hub_env(&self, sessions: usize) -> Vec<(String, String)> {
-        [
-            ("TIFFIN_SMTP__HOST", "127.0.0.1".to_owned()),
-            ("TIFFIN_SMTP__PORT", self.port.to_string()),
-            ("TIFFIN_SMTP__TLS", "none".to_owned()),
-            ("TIFFIN_SMTP__FROM", "Tiffin <tiffin@load.test>".to_owned()),
-            // One message at a time per session: against a sink slowed to 50 ms, each session
-            // carries up to 20 emails a second.
-            ("TIFFIN_SMTP__CONNECTIONS", sessions.to_string()),
-            // One sink, as fast as loopback allows: the hub's own bucket is not under test.
-            ("TIFFIN_DELIVERY__EMAIL__PER_SEC", "0".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-    }
-}
-
-fn session(stream: TcpStream, counter: Counter) {
-    // Replies are small writes: without this, Nagle's algorithm against the client's delayed
-    // ACKs adds tens of milliseconds per SMTP round trip, and the sink would time itself.
-    let _ = stream.set_nodelay(true);
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or([127, 0, 0, 1].into());
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    let mut session = mailin::SessionBuilder::new("sink.load.test").build(peer, counter);
-    let _ = session.greeting().write_to(&mut writer);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let response = session.process(&line);
-        match response.action {
-            mailin::response::Action::NoReply => {}
-            mailin::response::Action::Reply => {
-                let _ = response.write_to(&mut writer);
-                let _ = writer.flush();
-            }
-            _ => {
-                let _ = response.write_to(&mut writer);
-                let _ = writer.flush();
-                return;
-            }
-        }
+        let mut env = self.server.hub_env("Tiffin <tiffin@load.test>");
+        env.extend(
+            [
+                // One message at a time per session: against a sink slowed to 50 ms, each
+                // session carries up to 20 emails a second.
+                ("TIFFIN_SMTP__CONNECTIONS", sessions.to_string()),
+                // One sink, as fast as loopback allows: the hub's own bucket is not under test.
+                ("TIFFIN_DELIVERY__EMAIL__PER_SEC", "0".to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        env
     }
 }
 
@@ -281,17 +185,12 @@ impl ProviderSinks {
     /// The hub's settings for both providers: a service account whose key is the test key in
     /// tests/fixtures (it grants nothing) and whose token endpoint is this sink.
     pub fn hub_env(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let account = serde_json::json!({
-            "type": "service_account",
-            "project_id": FCM_PROJECT,
-            "private_key_id": "load",
-            "private_key": include_str!("../../tests/fixtures/fcm-test-key.pem"),
-            "client_email": "load@tiffin-load.iam.gserviceaccount.com",
-            "client_id": "1",
-            "token_uri": format!("{}/token", self.base),
-        });
-        let path = self.dir.join("fcm-service-account.json");
-        std::fs::write(&path, account.to_string())?;
+        let path = tiffin_harness::fcm::write_service_account(
+            &self.dir,
+            FCM_PROJECT,
+            "load@tiffin-load.iam.gserviceaccount.com",
+            &format!("{}/token", self.base),
+        )?;
         Ok([
             (
                 "TIFFIN_PUSH__SERVICE_ACCOUNT_FILE",

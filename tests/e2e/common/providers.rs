@@ -83,23 +83,11 @@ impl FakeFcm {
 
     /// Writes a service-account JSON file for the hub, as the Firebase console hands out.
     pub fn service_account(&self, dir: &std::path::Path) -> String {
-        let key = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/fcm-test-key.pem"
-        ))
-        .expect("test key");
-        let account = json!({
-            "type": "service_account",
-            "project_id": FCM_PROJECT,
-            "private_key_id": "test",
-            "private_key": key,
-            "client_email": FCM_CLIENT_EMAIL,
-            "client_id": "1",
-            "token_uri": format!("{}/token", self.base()),
-        });
-        let path = dir.join("fcm-service-account.json");
-        std::fs::write(&path, account.to_string()).expect("write service account");
-        path.to_string_lossy().into_owned()
+        let token_uri = format!("{}/token", self.base());
+        tiffin_harness::fcm::write_service_account(dir, FCM_PROJECT, FCM_CLIENT_EMAIL, &token_uri)
+            .expect("write service account")
+            .to_string_lossy()
+            .into_owned()
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&mut FcmState) -> T) -> T {

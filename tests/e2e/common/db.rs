@@ -1,0 +1,79 @@
+//! A database of its own for each test, on SQLite or the shared PostgreSQL.
+
+/// PostgreSQL for tests; the test command checks it is up before anything runs.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TIFFIN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+async fn pg_admin(sql: &str) {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+    let url = postgres_admin_url();
+    let mut conn = AsyncPgConnection::establish(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for these tests: {e}"));
+    conn.batch_execute(sql).await.expect("admin SQL");
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.path().join("tiffin.db").display()),
+                backend,
+                pg_name: None,
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let name = format!("tiffin_test_{}", uuid::Uuid::new_v4().simple());
+                pg_admin(&format!("CREATE DATABASE {name}")).await;
+                let base = postgres_admin_url();
+                let url = match base.rfind('/') {
+                    Some(i) => format!("{}/{name}", &base[..i]),
+                    None => panic!("bad TIFFIN_TEST_POSTGRES_URL"),
+                };
+                TestDb {
+                    url,
+                    backend,
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// Cuts every session on this PostgreSQL database, as a failover or a server restart does.
+    pub async fn terminate_connections(&self) {
+        if let Some(name) = &self.pg_name {
+            pg_admin(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .await;
+        }
+    }
+
+    pub async fn drop_database(self) {
+        if let Some(name) = &self.pg_name {
+            pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        }
+    }
+}
