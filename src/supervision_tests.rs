@@ -3,7 +3,7 @@
 
 use crate::db::models::*;
 use crate::db::{self, DatabaseUrl, Db};
-use crate::repo;
+use crate::store;
 use crate::store::DieselStore;
 use actix::Actor;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub(crate) struct School {
 pub(crate) async fn school(db: &Db, name: &str) -> School {
     let at = now();
     let id = crate::api::new_id();
-    repo::insert_school(
+    store::schools::insert_school(
         db,
         &SchoolRow {
             id: id.clone(),
@@ -42,7 +42,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
     .await
     .unwrap();
     let student = crate::api::new_id();
-    repo::insert_user(
+    store::people::insert_user(
         db,
         &UserRow {
             id: student.clone(),
@@ -62,7 +62,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
     .await
     .unwrap();
     let meal = crate::api::new_id();
-    repo::insert_meal(
+    store::schools::insert_meal(
         db,
         &MealRow {
             id: meal.clone(),
