@@ -167,6 +167,15 @@ impl DbError {
     }
 }
 
+/// `NotFound` unless a write changed a row.
+fn changed_any(rows: usize) -> Result<(), DbError> {
+    if rows == 0 {
+        Err(DbError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
 fn json_error(e: serde_json::Error) -> TxError {
     TxError::Db(DbError::Other(format!("stored JSON: {e}")))
 }

@@ -273,6 +273,17 @@ macro_rules! with_conn {
     };
 }
 
+/// Implements a trait for both connection types with one body: diesel's query traits hold
+/// per backend, and the bounds that would let one generic function run a query on either
+/// connection are longer than the queries, so the body is written once and compiled twice.
+#[macro_export]
+macro_rules! on_both_connections {
+    (impl $trait:path { $($body:tt)* }) => {
+        impl $trait for $crate::db::PgConn { $($body)* }
+        impl $trait for $crate::db::SqliteConn { $($body)* }
+    };
+}
+
 /// Runs `body` with a connection of one backend's pool, its turn measured as `with_conn!`'s.
 #[macro_export]
 macro_rules! with_pooled {

@@ -10,7 +10,7 @@
 //! under READ COMMITTED inside a transaction just as well, and what must be unique (a
 //! request's key, a number) is held by the write. SQLite: one transaction, in process.
 
-use super::amend::latest_snapshot;
+use super::amend::AmendOrder;
 use super::batch::{one_by_one, pipelined, together_or_each};
 use super::order_checks::{allergy_check, order_lines};
 use super::orders::{EventNote, event_from_row, event_row};
@@ -20,7 +20,7 @@ use super::sequence::{LockSchools, TakeSeqs};
 use super::{DieselStore, OrderCommitted, TxError, json_error};
 use crate::db::DbError;
 use crate::db::models::{MealRow, OrderEventRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
-use crate::db::schema::{meals, order_events, orders, schools, service_windows, users};
+use crate::db::schema::{meals, orders, schools, service_windows, users};
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
@@ -132,7 +132,7 @@ impl Decisions {
     }
 
     /// Each command's answer, once the batch is written.
-    async fn answers(self, conn: &mut impl LatestSnapshot) -> Result<Vec<OrderCommitted>, TxError> {
+    async fn answers(self, conn: &mut impl AmendOrder) -> Result<Vec<OrderCommitted>, TxError> {
         let mut results = Vec::with_capacity(self.answers.len());
         for answer in self.answers {
             results.push(match answer {
@@ -151,23 +151,6 @@ impl Decisions {
         Ok(results)
     }
 }
-
-/// The order an earlier request made, as its last event left it.
-trait LatestSnapshot {
-    async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError>;
-}
-
-macro_rules! latest_snapshot_for {
-    ($conn:ty) => {
-        impl LatestSnapshot for $conn {
-            async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError> {
-                Ok(latest_snapshot!(self, order_id))
-            }
-        }
-    };
-}
-latest_snapshot_for!(PgConn);
-latest_snapshot_for!(SqliteConn);
 
 impl DieselStore {
     /// Commits a batch of new orders, answering each. Should the batch itself fail (a key

@@ -6,7 +6,7 @@ use super::schools::parse_time_of_day;
 use super::{DieselStore, TxError};
 use crate::db::models::*;
 use crate::db::schema::*;
-use crate::with_conn;
+use crate::{on_both_connections, with_conn};
 use chrono::Duration;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -77,43 +77,64 @@ pub(super) fn recipient(
     }
 }
 
-/// Who a notice about a student of a school goes to (`notices::Audience`), with their
-/// addresses, devices and preferences; only active people.
-macro_rules! audience {
-    ($conn:expr, $school_id:expr, $student_id:expr, $audience:expr) => {{
+/// A school's name, time zone and quiet hours: what a notice needs of it.
+pub(super) type SchoolNotice = (String, String, Option<String>, Option<String>);
+
+/// What a notice about a student reads, inside a transaction on either backend.
+trait NoticeReads {
+    /// Who a notice about a student of a school goes to (`notices::Audience`), with their
+    /// addresses, devices and preferences; only active people.
+    async fn audience(
+        &mut self,
+        school_id: &str,
+        student_id: &str,
+        audience: Audience,
+    ) -> QueryResult<Vec<Recipient>>;
+
+    /// A school's `SchoolNotice`.
+    async fn school_notice(&mut self, school_id: &str) -> QueryResult<SchoolNotice>;
+}
+
+on_both_connections!(impl NoticeReads {
+    async fn audience(
+        &mut self,
+        school_id: &str,
+        student_id: &str,
+        audience: Audience,
+    ) -> QueryResult<Vec<Recipient>> {
         let person = RECIPIENT;
         let mut people: Vec<RecipientRow> = Vec::new();
-        if $audience == Audience::Family {
+        if audience == Audience::Family {
             people.extend(
                 users::table
-                    .find($student_id)
+                    .find(student_id)
                     .filter(users::active.eq(true))
                     .select(person)
-                    .load::<RecipientRow>($conn)
+                    .load::<RecipientRow>(&mut *self)
                     .await?,
             );
         }
-        if matches!($audience, Audience::Family | Audience::Guardians) {
+        if matches!(audience, Audience::Family | Audience::Guardians) {
             people.extend(
                 guardian_links::table
                     .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
-                    .filter(guardian_links::student_id.eq($student_id))
+                    .filter(guardian_links::student_id.eq(student_id))
                     .filter(users::active.eq(true))
                     .order(users::id.asc())
                     .select(person)
-                    .load::<RecipientRow>($conn)
+                    .load::<RecipientRow>(&mut *self)
                     .await?,
             );
         }
-        if $audience == Audience::Kitchen {
+        if audience == Audience::Kitchen {
             people.extend(
                 users::table
-                    .filter(users::school_id.eq($school_id))
+                    .filter(users::school_id.eq(school_id))
                     .filter(users::role.eq(Role::KitchenStaff.as_str()))
                     .filter(users::active.eq(true))
                     .order(users::id.asc())
                     .select(person)
-                    .load::<RecipientRow>($conn)
+                    .load::<RecipientRow>(&mut *self)
                     .await?,
             );
         }
@@ -122,41 +143,34 @@ macro_rules! audience {
             .filter(device_tokens::user_id.eq_any(&ids))
             .filter(device_tokens::active.eq(true))
             .select(device_tokens::user_id)
-            .load::<String>($conn)
+            .load::<String>(&mut *self)
             .await?
             .into_iter()
             .collect();
         let choices: Vec<(String, String, String, bool)> = notification_preferences::table
             .filter(notification_preferences::user_id.eq_any(&ids))
             .select(PREFERENCE)
-            .load($conn)
+            .load(&mut *self)
             .await?;
-        people
+        Ok(people
             .into_iter()
             .map(|p| recipient(p, &with_push, &choices))
-            .collect::<Vec<Recipient>>()
-    }};
-}
+            .collect())
+    }
 
-/// A school's name, time zone and quiet hours: what a notice needs of it.
-pub(super) type SchoolNotice = (String, String, Option<String>, Option<String>);
-
-/// Loads a school's `SchoolNotice` inside a transaction on either backend.
-macro_rules! school_notice {
-    ($conn:expr, $school_id:expr) => {{
-        let school: SchoolNotice = schools::table
-            .find($school_id)
+    async fn school_notice(&mut self, school_id: &str) -> QueryResult<SchoolNotice> {
+        schools::table
+            .find(school_id)
             .select((
                 schools::name,
                 schools::time_zone,
                 schools::quiet_hours_start,
                 schools::quiet_hours_end,
             ))
-            .first($conn)
-            .await?;
-        school
-    }};
-}
+            .first(self)
+            .await
+    }
+});
 
 /// One outbox row per intent, keyed by (event, recipient, channel) in the table; the payload is
 /// `data` with the school, its time zone and the recipient's name. Low-priority rows wait out
@@ -254,8 +268,10 @@ impl DieselStore {
                     .returning(schools::notice_seq)
                     .get_result(conn)
                     .await?;
-                let school = school_notice!(conn, school_id);
-                let people = audience!(conn, school_id, student_id, kind.rule().audience);
+                let school = conn.school_notice(school_id).await?;
+                let people = conn
+                    .audience(school_id, student_id, kind.rule().audience)
+                    .await?;
                 let audience: Vec<&Recipient> = people.iter().collect();
                 for row in outbox_rows(
                     kind,

@@ -5,7 +5,7 @@ use super::DieselStore;
 use crate::db::models::*;
 use crate::db::schema::*;
 use crate::db::{Db, DbError};
-use crate::with_conn;
+use crate::{on_both_connections, with_conn};
 use async_trait::async_trait;
 use chrono::Duration;
 use chrono::NaiveDateTime;
@@ -14,22 +14,41 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use tiffin_actors::notices::Priority;
 use tiffin_actors::ports::{Claimed, CommandError, Outbox, OutboxStats};
 
-/// Records one delivery attempt of an outbox row, inside the transaction that updates it.
-macro_rules! record_attempt {
-    ($conn:expr, $id:expr, $attempt:expr, $at:expr, $outcome:expr, $detail:expr) => {
+/// Records one delivery attempt of an outbox row, inside the transaction that updates it,
+/// on either backend.
+trait RecordAttempt {
+    async fn record_attempt(
+        &mut self,
+        outbox_id: &str,
+        attempt: i32,
+        at: NaiveDateTime,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> QueryResult<usize>;
+}
+
+on_both_connections!(impl RecordAttempt {
+    async fn record_attempt(
+        &mut self,
+        outbox_id: &str,
+        attempt: i32,
+        at: NaiveDateTime,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> QueryResult<usize> {
         diesel::insert_into(delivery_attempts::table)
             .values((
                 delivery_attempts::id.eq(uuid::Uuid::now_v7().to_string()),
-                delivery_attempts::outbox_id.eq($id),
-                delivery_attempts::attempt.eq($attempt),
-                delivery_attempts::at.eq($at),
-                delivery_attempts::outcome.eq($outcome),
-                delivery_attempts::detail.eq($detail),
+                delivery_attempts::outbox_id.eq(outbox_id),
+                delivery_attempts::attempt.eq(attempt),
+                delivery_attempts::at.eq(at),
+                delivery_attempts::outcome.eq(outcome),
+                delivery_attempts::detail.eq(detail),
             ))
-            .execute($conn)
-            .await?
-    };
-}
+            .execute(self)
+            .await
+    }
+});
 
 /// PostgreSQL: messages marked sent and their attempts recorded in one statement (one round
 /// trip, whatever their number).
@@ -146,7 +165,7 @@ impl Outbox for DieselStore {
                     // Row by row: diesel-async takes no multi-row insert on SQLite. One
                     // transaction either way, so one turn at the write lock.
                     for (id, attempt) in &sent {
-                        record_attempt!(conn, id, *attempt, at, "sent", None::<&str>);
+                        conn.record_attempt(id, *attempt, at, "sent", None).await?;
                     }
                     Ok::<_, diesel::result::Error>(())
                 })
@@ -187,7 +206,8 @@ impl Outbox for DieselStore {
                         .returning(outbox::attempts)
                         .get_result(conn)
                         .await?;
-                    record_attempt!(conn, id, attempt, at, outcome, Some(error));
+                    conn.record_attempt(id, attempt, at, outcome, Some(error))
+                        .await?;
                     Ok::<_, diesel::result::Error>(())
                 })
                 .await

@@ -1,6 +1,7 @@
 //! People (students, guardians, staff; their allergies and sign-in names) and the links
 //! between guardians and students.
 
+use super::changed_any;
 use crate::db::models::*;
 use crate::db::schema::*;
 use crate::db::{Db, DbError};
@@ -98,11 +99,7 @@ pub async fn set_password(db: &Db, user_id: &str, hash: &str) -> Result<(), DbEr
         ))
         .execute(conn)
         .await)?;
-    if n == 0 {
-        Err(DbError::NotFound)
-    } else {
-        Ok(())
-    }
+    changed_any(n)
 }
 
 pub async fn insert_link(db: &Db, row: &GuardianLinkRow) -> Result<(), DbError> {
@@ -121,11 +118,7 @@ pub async fn delete_link(db: &Db, guardian_id: &str, student_id: &str) -> Result
     )
     .execute(conn)
     .await)?;
-    if n == 0 {
-        Err(DbError::NotFound)
-    } else {
-        Ok(())
-    }
+    changed_any(n)
 }
 
 pub async fn links_of_student(db: &Db, student_id: &str) -> Result<Vec<GuardianLinkRow>, DbError> {

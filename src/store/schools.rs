@@ -1,5 +1,6 @@
 //! Schools, their menus (meals) and lunch waves (service windows): rows and reads.
 
+use super::changed_any;
 use crate::db::models::*;
 use crate::db::schema::*;
 use crate::db::{Db, DbError};
@@ -82,11 +83,7 @@ pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Res
         ))
         .execute(conn)
         .await)?;
-    if n == 0 {
-        Err(DbError::NotFound)
-    } else {
-        Ok(())
-    }
+    changed_any(n)
 }
 
 pub async fn insert_meal(db: &Db, row: &MealRow) -> Result<(), DbError> {
