@@ -138,14 +138,39 @@ on_both_connections!(impl AmendOrder {
     }
 });
 
-impl DieselStore {
-    pub(super) async fn counter_move(&self, m: &CounterMove) -> Result<KitchenEvent, TxError> {
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let at = now();
-                let (seq, mut order) = conn
-                    .amend_order(&m.school_id, &m.order_id, m.expected_version, at)
-                    .await?;
+/// A change to one order outside the batches.
+#[derive(Clone, Copy)]
+pub(super) enum Amendment<'a> {
+    /// A ready order moved off its closed counter to the least-loaded open one.
+    CounterMove(&'a CounterMove),
+    /// An alert recorded on an order (once per alert).
+    Alert(&'a AlertCommit),
+}
+
+impl Amendment<'_> {
+    fn target(&self) -> (&str, &str, i64) {
+        match self {
+            Amendment::CounterMove(m) => (&m.school_id, &m.order_id, m.expected_version),
+            Amendment::Alert(a) => (&a.school_id, &a.order_id, a.expected_version),
+        }
+    }
+}
+
+/// An amendment's transaction on either backend.
+trait Amend {
+    async fn amend(&mut self, amendment: Amendment<'_>) -> Result<KitchenEvent, TxError>;
+}
+
+on_both_connections!(impl Amend {
+    async fn amend(&mut self, amendment: Amendment<'_>) -> Result<KitchenEvent, TxError> {
+        let at = now();
+        let (school_id, order_id, expected_version) = amendment.target();
+        let (seq, mut order) = self
+            .amend_order(school_id, order_id, expected_version, at)
+            .await?;
+        // What the event records: its kind, the state it leaves, who, why, and its notice.
+        let (kind, from, actor_id, reason, notice) = match amendment {
+            Amendment::CounterMove(m) => {
                 let still_there = order.state == OrderState::Ready
                     && order.counter.as_ref().map(|c| c.id.as_str())
                         == Some(m.from_counter_id.as_str());
@@ -155,59 +180,44 @@ impl DieselStore {
                 let closed: String = counters::table
                     .find(&m.from_counter_id)
                     .select(counters::name)
-                    .first(conn)
+                    .first(self)
                     .await?;
-                let counter = conn.least_loaded_counter(&m.school_id).await?;
-                diesel::update(orders::table.find(&m.order_id))
+                let counter = self.least_loaded_counter(school_id).await?;
+                diesel::update(orders::table.find(order_id))
                     .set(orders::counter_id.eq(counter.as_ref().map(|c| c.id.clone())))
-                    .execute(conn)
+                    .execute(self)
                     .await?;
                 order.counter = counter;
-                conn.record_event(
-                    seq,
-                    &order,
-                    EventNote {
-                        kind: COUNTER_CHANGED,
-                        from: Some(OrderState::Ready),
-                        actor_id: m.actor_id.clone(),
-                        reason: Some(format!("{closed} closed")),
-                        at,
-                        notice: Some(Kind::OrderCounterChanged),
-                        skip: None,
-                    },
-                )
-                .await
-            })
-            .await)
-    }
-
-    pub(super) async fn alert(&self, a: &AlertCommit) -> Result<KitchenEvent, TxError> {
-        with_conn!(&self.db, |conn| conn
-            .transaction(async |conn| {
-                let at = now();
-                let (seq, mut order) = conn
-                    .amend_order(&a.school_id, &a.order_id, a.expected_version, at)
-                    .await?;
+                let reason = format!("{closed} closed");
+                let notice = Some(Kind::OrderCounterChanged);
+                (COUNTER_CHANGED, Some(OrderState::Ready), m.actor_id.clone(), reason, notice)
+            }
+            Amendment::Alert(a) => {
                 if order.alerts.contains(&a.alert) {
                     return Err(TxError::Refused(CommandError::VersionConflict));
                 }
                 order.alerts.push(a.alert);
-                let from = Some(order.state);
-                conn.record_event(
-                    seq,
-                    &order,
-                    EventNote {
-                        kind: a.alert.event_type(),
-                        from,
-                        actor_id: None,
-                        reason: Some(a.reason.clone()),
-                        at,
-                        notice: kind_of_alert(a.alert),
-                        skip: None,
-                    },
-                )
-                .await
-            })
+                let notice = kind_of_alert(a.alert);
+                (a.alert.event_type(), Some(order.state), None, a.reason.clone(), notice)
+            }
+        };
+        let note = EventNote {
+            kind,
+            from,
+            actor_id,
+            reason: Some(reason),
+            at,
+            notice,
+            skip: None,
+        };
+        self.record_event(seq, &order, note).await
+    }
+});
+
+impl DieselStore {
+    pub(super) async fn amend(&self, amendment: Amendment<'_>) -> Result<KitchenEvent, TxError> {
+        with_conn!(&self.db, |conn| conn
+            .transaction(async |conn| conn.amend(amendment).await)
             .await)
     }
 }

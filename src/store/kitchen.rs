@@ -2,6 +2,7 @@
 //! to their batches (`intake`, `transitions`) or made alone (`amend`).
 
 use super::DieselStore;
+use super::amend::Amendment;
 use super::orders::{LIVE_STATES, event_from_row};
 use crate::db::DbError;
 use crate::db::models::OrderEventRow;
@@ -70,11 +71,15 @@ impl Store for DieselStore {
     }
 
     async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError> {
-        self.counter_move(&m).await.map_err(CommandError::from)
+        self.amend(Amendment::CounterMove(&m))
+            .await
+            .map_err(CommandError::from)
     }
 
     async fn record_alert(&self, a: AlertCommit) -> Result<KitchenEvent, CommandError> {
-        self.alert(&a).await.map_err(CommandError::from)
+        self.amend(Amendment::Alert(&a))
+            .await
+            .map_err(CommandError::from)
     }
 
     async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError> {

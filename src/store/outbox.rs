@@ -14,36 +14,30 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use tiffin_actors::notices::Priority;
 use tiffin_actors::ports::{Claimed, CommandError, Outbox, OutboxStats};
 
-/// Records one delivery attempt of an outbox row, inside the transaction that updates it,
-/// on either backend.
+/// One delivery attempt of an outbox row.
+struct Attempt<'a> {
+    outbox_id: &'a str,
+    attempt: i32,
+    at: NaiveDateTime,
+    outcome: &'a str,
+    detail: Option<&'a str>,
+}
+
+/// Records a delivery attempt, inside the transaction that updates its row, on either backend.
 trait RecordAttempt {
-    async fn record_attempt(
-        &mut self,
-        outbox_id: &str,
-        attempt: i32,
-        at: NaiveDateTime,
-        outcome: &str,
-        detail: Option<&str>,
-    ) -> QueryResult<usize>;
+    async fn record_attempt(&mut self, attempt: Attempt<'_>) -> QueryResult<usize>;
 }
 
 on_both_connections!(impl RecordAttempt {
-    async fn record_attempt(
-        &mut self,
-        outbox_id: &str,
-        attempt: i32,
-        at: NaiveDateTime,
-        outcome: &str,
-        detail: Option<&str>,
-    ) -> QueryResult<usize> {
+    async fn record_attempt(&mut self, a: Attempt<'_>) -> QueryResult<usize> {
         diesel::insert_into(delivery_attempts::table)
             .values((
                 delivery_attempts::id.eq(uuid::Uuid::now_v7().to_string()),
-                delivery_attempts::outbox_id.eq(outbox_id),
-                delivery_attempts::attempt.eq(attempt),
-                delivery_attempts::at.eq(at),
-                delivery_attempts::outcome.eq(outcome),
-                delivery_attempts::detail.eq(detail),
+                delivery_attempts::outbox_id.eq(a.outbox_id),
+                delivery_attempts::attempt.eq(a.attempt),
+                delivery_attempts::at.eq(a.at),
+                delivery_attempts::outcome.eq(a.outcome),
+                delivery_attempts::detail.eq(a.detail),
             ))
             .execute(self)
             .await
@@ -165,7 +159,14 @@ impl Outbox for DieselStore {
                     // Row by row: diesel-async takes no multi-row insert on SQLite. One
                     // transaction either way, so one turn at the write lock.
                     for (id, attempt) in &sent {
-                        conn.record_attempt(id, *attempt, at, "sent", None).await?;
+                        let sent = Attempt {
+                            outbox_id: id,
+                            attempt: *attempt,
+                            at,
+                            outcome: "sent",
+                            detail: None,
+                        };
+                        conn.record_attempt(sent).await?;
                     }
                     Ok::<_, diesel::result::Error>(())
                 })
@@ -206,8 +207,14 @@ impl Outbox for DieselStore {
                         .returning(outbox::attempts)
                         .get_result(conn)
                         .await?;
-                    conn.record_attempt(id, attempt, at, outcome, Some(error))
-                        .await?;
+                    let failed = Attempt {
+                        outbox_id: id,
+                        attempt,
+                        at,
+                        outcome,
+                        detail: Some(error),
+                    };
+                    conn.record_attempt(failed).await?;
                     Ok::<_, diesel::result::Error>(())
                 })
                 .await
