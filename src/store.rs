@@ -8,10 +8,11 @@
 //!   `counters` (counters, pickup codes), `cards`, `readers`, `scans`, `orders` (orders, items,
 //!   events), `outbox` (messages, delivery attempts), `devices` (push devices, preferences),
 //!   `inbox` (in-app messages).
-//! - The adapter's batches: `intake` (new orders, checked by `order_checks`), `transitions`
-//!   (with `pickup`), `scanning` (with `scan_claims`), `fan_out`, `digest` and `claim`
-//!   (dispatch), `amend` (one order at a time), `notices` (notices to outbox rows); what they
-//!   share in `batch` and `sequence`.
+//! - The adapter: `kitchen` (the `Store` port) and `outbox` (the `Outbox` port) hand writes to
+//!   the batches: `intake` (new orders, checked by `order_checks`), `transitions` (with
+//!   `pickup`), `scanning` (with `scan_claims`), `fan_out`, `digest` and `claim` (dispatch);
+//!   `amend` commits one order at a time; `notices` makes outbox rows of notices; what the
+//!   batches share is in `batch` and `sequence`.
 //!
 //! Every write that makes an event bumps the school's event sequence first: that takes the
 //! write lock at once on SQLite and serialises a kitchen's commits on PostgreSQL, so sequence

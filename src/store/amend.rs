@@ -6,7 +6,6 @@ use super::{DieselStore, TxError, json_error};
 use crate::db::models::now;
 use crate::db::schema::{counters, order_events, orders, schools};
 use crate::{on_both_connections, with_conn};
-use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use tiffin_actors::domain::{
@@ -19,18 +18,6 @@ use tiffin_actors::ports::{AlertCommit, CommandError, CounterMove};
 pub(super) trait AmendOrder {
     /// The order as its last event left it.
     async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError>;
-
-    /// Starts an event that changes an order but not its state: takes the school's next
-    /// kitchen sequence number, locking its row until the transaction ends (so a kitchen's
-    /// events are numbered without gaps), and the next version, guarded by the version the
-    /// caller saw. Yields `(seq, order)` with the order at its new version.
-    async fn amend_order(
-        &mut self,
-        school_id: &str,
-        order_id: &str,
-        expected_version: i64,
-        at: NaiveDateTime,
-    ) -> Result<(i64, OrderSummary), TxError>;
 
     /// Writes an event (an `EventNote` about `order` at kitchen sequence `seq`); yields the
     /// committed event. Its notice reaches the outbox later, through `DieselStore::fan_out`.
@@ -57,39 +44,6 @@ on_both_connections!(impl AmendOrder {
             .first(self)
             .await?;
         serde_json::from_str::<OrderSummary>(&previous).map_err(json_error)
-    }
-
-    async fn amend_order(
-        &mut self,
-        school_id: &str,
-        order_id: &str,
-        expected_version: i64,
-        at: NaiveDateTime,
-    ) -> Result<(i64, OrderSummary), TxError> {
-        let bumped: Option<(i64, String)> = diesel::update(schools::table.find(school_id))
-            .set(schools::event_seq.eq(schools::event_seq + 1))
-            .returning((schools::event_seq, schools::time_zone))
-            .get_result(self)
-            .await
-            .optional()?;
-        let (seq, _) = bumped.ok_or(CommandError::SchoolNotFound)?;
-        let version = expected_version + 1;
-        let changed = diesel::update(
-            orders::table
-                .filter(orders::id.eq(order_id))
-                .filter(orders::school_id.eq(school_id))
-                .filter(orders::version.eq(expected_version)),
-        )
-        .set((orders::version.eq(version), orders::updated_at.eq(at)))
-        .execute(self)
-        .await?;
-        if changed == 0 {
-            return Err(TxError::Refused(CommandError::VersionConflict));
-        }
-        let mut order = self.latest_snapshot(order_id).await?;
-        order.version = version;
-        order.updated_at = at.and_utc();
-        Ok((seq, order))
     }
 
     async fn record_event(
@@ -165,9 +119,32 @@ on_both_connections!(impl Amend {
     async fn amend(&mut self, amendment: Amendment<'_>) -> Result<KitchenEvent, TxError> {
         let at = now();
         let (school_id, order_id, expected_version) = amendment.target();
-        let (seq, mut order) = self
-            .amend_order(school_id, order_id, expected_version, at)
-            .await?;
+        // The school's next kitchen sequence number, its row locked until the transaction
+        // ends (so a kitchen's events are numbered without gaps), and the order's next
+        // version, guarded by the version the caller saw.
+        let bumped: Option<(i64, String)> = diesel::update(schools::table.find(school_id))
+            .set(schools::event_seq.eq(schools::event_seq + 1))
+            .returning((schools::event_seq, schools::time_zone))
+            .get_result(self)
+            .await
+            .optional()?;
+        let (seq, _) = bumped.ok_or(CommandError::SchoolNotFound)?;
+        let version = expected_version + 1;
+        let changed = diesel::update(
+            orders::table
+                .filter(orders::id.eq(order_id))
+                .filter(orders::school_id.eq(school_id))
+                .filter(orders::version.eq(expected_version)),
+        )
+        .set((orders::version.eq(version), orders::updated_at.eq(at)))
+        .execute(self)
+        .await?;
+        if changed == 0 {
+            return Err(TxError::Refused(CommandError::VersionConflict));
+        }
+        let mut order = self.latest_snapshot(order_id).await?;
+        order.version = version;
+        order.updated_at = at.and_utc();
         // What the event records: its kind, the state it leaves, who, why, and its notice.
         let (kind, from, actor_id, reason, notice) = match amendment {
             Amendment::CounterMove(m) => {

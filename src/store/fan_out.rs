@@ -89,7 +89,7 @@ struct People {
 }
 
 impl People {
-    /// Who hears of `due`, as `store::audience!` chose for a single notice.
+    /// Who hears of `due`, as `NoticeReads::audience` (`notices.rs`) chooses for a single notice.
     fn of(&self, due: &Due) -> Vec<Recipient> {
         let mut rows: Vec<&RecipientRow> = Vec::new();
         let audience = due.audience();

@@ -1,6 +1,6 @@
 //! A school's kitchen sequence on SQLite: taken in blocks by batches, under the schools'
 //! locks, so a kitchen's events are numbered without gaps. On PostgreSQL the batches lock their
-//! schools in school order with `with_schools_locked!` (`src/store.rs`) and take their numbers
+//! schools in school order with `with_schools_locked!` (below) and take their numbers
 //! inside their write statements.
 
 use crate::db::SqliteConn;
