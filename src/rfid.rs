@@ -868,7 +868,7 @@ pub async fn issue_code(
         expires_at: at + TimeDelta::seconds(state.config.rfid.code_ttl_secs),
         used_at: None,
     };
-    store::counters::insert_pickup_code(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     let data = serde_json::json!({
         "student_name": student.display_name,
         "code": code,

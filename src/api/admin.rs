@@ -172,7 +172,7 @@ pub async fn create_school(
         digest_at: None,
         digest_done_on: None,
     };
-    store::schools::insert_school(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(School::from(row)))
 }
 
@@ -304,7 +304,7 @@ pub async fn create_counter(
         created_at: at,
         updated_at: at,
     };
-    store::counters::insert_counter(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(Counter::from(row)))
 }
 
@@ -554,7 +554,7 @@ pub async fn create_user(
         created_at: at,
         updated_at: at,
     };
-    store::people::insert_user(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(User::from(row)))
 }
 
@@ -683,7 +683,7 @@ pub async fn create_guardian_link(
         relationship: required_text("relationship", &body.relationship, 40)?,
         created_at: now(),
     };
-    store::people::insert_link(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(body.into_inner()))
 }
 
@@ -807,7 +807,7 @@ pub async fn create_meal(
         created_at: at,
         updated_at: at,
     };
-    store::schools::insert_meal(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(Meal::from(row)))
 }
 
@@ -946,7 +946,7 @@ pub async fn create_service_window(
         created_at: at,
         updated_at: at,
     };
-    store::schools::insert_service_window(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(ServiceWindow::from(row)))
 }
 

@@ -64,7 +64,7 @@ async fn issue(
             revoked_at: None,
             created_at: at,
         };
-        store::sessions::insert_refresh_token(&state.db, &row).await?;
+        crate::db::insert(&state.db, &row).await?;
     }
     Ok(Tokens {
         access_token,

@@ -90,7 +90,7 @@ pub async fn register_reader(
         key_version: 1,
         active: true,
     };
-    store::readers::insert_reader(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     let offline = state.config.rfid.reader_offline_after_secs;
     Ok(HttpResponse::Created().json(ReaderCredentials {
         reader: reader_view(row, offline),
@@ -222,7 +222,7 @@ pub async fn register_card(
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
     let row = new_card(&state, &school_id, &body.student_id, &body.card_uid).await?;
-    store::cards::insert_card(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(CardView::from(row)))
 }
 

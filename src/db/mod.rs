@@ -558,3 +558,23 @@ insert_rows!(models::OutboxRow, schema::outbox::table);
 insert_rows!(models::OrderRow, schema::orders::table);
 insert_rows!(models::OrderItemRow, schema::order_items::table);
 insert_rows!(models::OrderEventRow, schema::order_events::table);
+insert_rows!(models::SchoolRow, schema::schools::table);
+insert_rows!(models::CounterRow, schema::counters::table);
+insert_rows!(models::UserRow, schema::users::table);
+insert_rows!(models::GuardianLinkRow, schema::guardian_links::table);
+insert_rows!(models::MealRow, schema::meals::table);
+insert_rows!(models::RefreshTokenRow, schema::refresh_tokens::table);
+insert_rows!(models::ServiceWindowRow, schema::service_windows::table);
+insert_rows!(models::ReaderRow, schema::readers::table);
+insert_rows!(models::CardRow, schema::rfid_cards::table);
+insert_rows!(models::PickupCodeRow, schema::pickup_codes::table);
+
+/// Inserts one row of any table above.
+pub(crate) async fn insert<Row>(db: &Db, row: &Row) -> Result<(), DbError>
+where
+    PgConn: InsertRows<Row>,
+    SqliteConn: InsertRows<Row>,
+{
+    with_conn!(db, |conn| conn.insert_rows(std::slice::from_ref(row)).await)?;
+    Ok(())
+}

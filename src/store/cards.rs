@@ -7,14 +7,6 @@ use crate::with_conn;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-pub async fn insert_card(db: &Db, row: &CardRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(rfid_cards::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
-}
-
 pub async fn card(db: &Db, id: &str) -> Result<Option<CardRow>, DbError> {
     Ok(with_conn!(db, |conn| rfid_cards::table
         .find(id)

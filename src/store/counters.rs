@@ -7,14 +7,6 @@ use crate::with_conn;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-pub async fn insert_counter(db: &Db, row: &CounterRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(counters::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
-}
-
 pub async fn counters(db: &Db, school_id: &str) -> Result<Vec<CounterRow>, DbError> {
     Ok(with_conn!(db, |conn| counters::table
         .filter(counters::school_id.eq(school_id))
@@ -45,14 +37,6 @@ pub async fn update_counter(
     .returning(CounterRow::as_returning())
     .get_result(conn)
     .await)?)
-}
-
-pub async fn insert_pickup_code(db: &Db, row: &PickupCodeRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(pickup_codes::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
 }
 
 pub async fn pickup_code(db: &Db, id: &str) -> Result<Option<PickupCodeRow>, DbError> {

@@ -9,14 +9,6 @@ use crate::with_conn;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-pub async fn insert_user(db: &Db, row: &UserRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(users::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
-}
-
 pub async fn user(db: &Db, id: &str) -> Result<Option<UserRow>, DbError> {
     Ok(with_conn!(db, |conn| users::table
         .find(id)
@@ -100,14 +92,6 @@ pub async fn set_password(db: &Db, user_id: &str, hash: &str) -> Result<(), DbEr
         .execute(conn)
         .await)?;
     changed_any(n)
-}
-
-pub async fn insert_link(db: &Db, row: &GuardianLinkRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(guardian_links::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
 }
 
 pub async fn delete_link(db: &Db, guardian_id: &str, student_id: &str) -> Result<(), DbError> {

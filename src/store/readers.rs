@@ -9,14 +9,6 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use std::collections::HashMap;
 
-pub async fn insert_reader(db: &Db, row: &ReaderRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(readers::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
-}
-
 pub async fn reader(db: &Db, id: &str) -> Result<Option<ReaderRow>, DbError> {
     Ok(with_conn!(db, |conn| readers::table
         .find(id)

@@ -34,7 +34,7 @@ async fn school_with_reader(db: &Db, name: &str) -> (School, ReaderRow) {
         key_version: 1,
         active: true,
     };
-    super::readers::insert_reader(db, &row).await.unwrap();
+    crate::db::insert(db, &row).await.unwrap();
     (s, row)
 }
 
@@ -48,7 +48,7 @@ async fn card_of(db: &Db, s: &School, uid: &str) {
         created_at: now(),
         updated_at: now(),
     };
-    super::cards::insert_card(db, &row).await.unwrap();
+    crate::db::insert(db, &row).await.unwrap();
 }
 
 fn scan(reader: &ReaderRow, seq: i64, uid: &str, read_at: NaiveDateTime) -> ScanRow {

@@ -10,14 +10,6 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use tiffin_actors::domain::Wave;
 
-pub async fn insert_school(db: &Db, row: &SchoolRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(schools::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
-}
-
 pub async fn school(db: &Db, id: &str) -> Result<Option<SchoolRow>, DbError> {
     Ok(with_conn!(db, |conn| schools::table
         .find(id)
@@ -86,14 +78,6 @@ pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Res
     changed_any(n)
 }
 
-pub async fn insert_meal(db: &Db, row: &MealRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(meals::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
-}
-
 pub async fn meals(db: &Db, school_id: &str) -> Result<Vec<MealRow>, DbError> {
     Ok(with_conn!(db, |conn| meals::table
         .filter(meals::school_id.eq(school_id))
@@ -132,15 +116,6 @@ pub async fn update_meal(
     .returning(MealRow::as_returning())
     .get_result(conn)
     .await)?)
-}
-
-pub async fn insert_service_window(db: &Db, row: &ServiceWindowRow) -> Result<(), DbError> {
-    use crate::db::schema::service_windows;
-    with_conn!(db, |conn| diesel::insert_into(service_windows::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
 }
 
 pub async fn service_windows(db: &Db, school_id: &str) -> Result<Vec<ServiceWindowRow>, DbError> {

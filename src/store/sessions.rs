@@ -8,14 +8,6 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-pub async fn insert_refresh_token(db: &Db, row: &RefreshTokenRow) -> Result<(), DbError> {
-    with_conn!(db, |conn| diesel::insert_into(refresh_tokens::table)
-        .values(row)
-        .execute(conn)
-        .await)?;
-    Ok(())
-}
-
 /// What became of a presented refresh token.
 pub enum Rotation {
     /// Valid: it is now revoked and `new` replaces it in the same family.
