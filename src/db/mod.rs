@@ -569,7 +569,44 @@ insert_rows!(models::ReaderRow, schema::readers::table);
 insert_rows!(models::CardRow, schema::rfid_cards::table);
 insert_rows!(models::PickupCodeRow, schema::pickup_codes::table);
 
-/// Inserts one row of any table above.
+/// Finding one row of a table by its key, on either backend.
+pub(crate) trait FindRow<Row> {
+    async fn find_row(&mut self, key: &str) -> diesel::QueryResult<Option<Row>>;
+}
+
+macro_rules! find_rows {
+    ($row:ty, $table:path) => {
+        $crate::on_both_connections!(impl FindRow<$row> {
+            async fn find_row(&mut self, key: &str) -> diesel::QueryResult<Option<$row>> {
+                use diesel::{OptionalExtension, QueryDsl, SelectableHelper};
+                $table
+                    .find(key)
+                    .select(<$row>::as_select())
+                    .first(self)
+                    .await
+                    .optional()
+            }
+        });
+    };
+}
+
+find_rows!(models::SchoolRow, schema::schools::table);
+find_rows!(models::UserRow, schema::users::table);
+find_rows!(models::ReaderRow, schema::readers::table);
+find_rows!(models::CardRow, schema::rfid_cards::table);
+find_rows!(models::PickupCodeRow, schema::pickup_codes::table);
+find_rows!(models::OutboxRow, schema::outbox::table);
+
+/// One row of any table above by its key.
+pub(crate) async fn find<Row>(db: &Db, key: &str) -> Result<Option<Row>, DbError>
+where
+    PgConn: FindRow<Row>,
+    SqliteConn: FindRow<Row>,
+{
+    Ok(with_conn!(db, |conn| conn.find_row(key).await)?)
+}
+
+/// Inserts one row of any table given `insert_rows!` above.
 pub(crate) async fn insert<Row>(db: &Db, row: &Row) -> Result<(), DbError>
 where
     PgConn: InsertRows<Row>,

@@ -8,12 +8,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 pub async fn card(db: &Db, id: &str) -> Result<Option<CardRow>, DbError> {
-    Ok(with_conn!(db, |conn| rfid_cards::table
-        .find(id)
-        .select(CardRow::as_select())
-        .first(conn)
-        .await
-        .optional())?)
+    crate::db::find(db, id).await
 }
 
 pub async fn card_by_uid(db: &Db, uid: &str) -> Result<Option<CardRow>, DbError> {

@@ -40,12 +40,7 @@ pub async fn update_counter(
 }
 
 pub async fn pickup_code(db: &Db, id: &str) -> Result<Option<PickupCodeRow>, DbError> {
-    Ok(with_conn!(db, |conn| pickup_codes::table
-        .find(id)
-        .select(PickupCodeRow::as_select())
-        .first(conn)
-        .await
-        .optional())?)
+    crate::db::find(db, id).await
 }
 
 /// Counts one attempt at an active code; `None` if it is not active (used or locked) or has no

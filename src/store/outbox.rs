@@ -303,12 +303,7 @@ pub async fn dead_letters(
 }
 
 pub async fn outbox_row(db: &Db, id: &str) -> Result<Option<OutboxRow>, DbError> {
-    Ok(with_conn!(db, |conn| outbox::table
-        .find(id)
-        .select(OutboxRow::as_select())
-        .first(conn)
-        .await
-        .optional())?)
+    crate::db::find(db, id).await
 }
 
 /// Puts a dead letter back in the queue as new: due now, attempts from zero, a fresh expiry.

@@ -10,12 +10,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 pub async fn user(db: &Db, id: &str) -> Result<Option<UserRow>, DbError> {
-    Ok(with_conn!(db, |conn| users::table
-        .find(id)
-        .select(UserRow::as_select())
-        .first(conn)
-        .await
-        .optional())?)
+    crate::db::find(db, id).await
 }
 
 /// A user by sign-in name: an email address or a phone number.

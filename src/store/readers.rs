@@ -10,12 +10,7 @@ use diesel_async::RunQueryDsl;
 use std::collections::HashMap;
 
 pub async fn reader(db: &Db, id: &str) -> Result<Option<ReaderRow>, DbError> {
-    Ok(with_conn!(db, |conn| readers::table
-        .find(id)
-        .select(ReaderRow::as_select())
-        .first(conn)
-        .await
-        .optional())?)
+    crate::db::find(db, id).await
 }
 
 pub async fn readers_of(db: &Db, school_id: &str) -> Result<Vec<ReaderRow>, DbError> {

@@ -11,12 +11,7 @@ use diesel_async::RunQueryDsl;
 use tiffin_actors::domain::Wave;
 
 pub async fn school(db: &Db, id: &str) -> Result<Option<SchoolRow>, DbError> {
-    Ok(with_conn!(db, |conn| schools::table
-        .find(id)
-        .select(SchoolRow::as_select())
-        .first(conn)
-        .await
-        .optional())?)
+    crate::db::find(db, id).await
 }
 
 pub async fn schools(db: &Db, only: Option<&str>) -> Result<Vec<SchoolRow>, DbError> {
