@@ -4,7 +4,7 @@
 use crate::db::models::{OutboxRow, now};
 use crate::db::schema::outbox;
 use crate::db::{self, DatabaseUrl, Db};
-use crate::repo;
+use crate::store;
 use crate::store::DieselStore;
 use crate::supervision_tests::{new_order, school};
 use actix::Actor;
@@ -160,7 +160,7 @@ async fn settled(db: &Db, ids: &[String]) -> Vec<OutboxRow> {
     loop {
         let mut rows = Vec::new();
         for id in ids {
-            rows.push(repo::outbox_row(db, id).await.unwrap().unwrap());
+            rows.push(store::outbox::outbox_row(db, id).await.unwrap().unwrap());
         }
         if rows.iter().all(|r| r.status != "pending") {
             return rows;
@@ -239,7 +239,9 @@ async fn expired_and_too_old_messages_are_never_sent_late() {
         !received.contains(&"+1999".to_owned()),
         "the expired one never reached the provider"
     );
-    let attempts = repo::delivery_attempts_of(&db, &[fine]).await.unwrap();
+    let attempts = store::outbox::delivery_attempts_of(&db, &[fine])
+        .await
+        .unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!((attempts[0].1, attempts[0].3.as_str()), (1, "sent"));
 }
@@ -345,11 +347,12 @@ async fn a_stalled_provider_holds_up_only_its_own(db: &Db) {
     let rows = settled(&db, &texts).await;
     assert!(rows.iter().all(|r| r.status == "sent"), "{rows:?}");
     assert!(email.received.lock().unwrap().is_empty());
-    let pending = futures_util::future::join_all(emails.iter().map(|id| repo::outbox_row(&db, id)))
-        .await
-        .into_iter()
-        .filter(|row| row.as_ref().unwrap().as_ref().unwrap().status == "pending")
-        .count();
+    let pending =
+        futures_util::future::join_all(emails.iter().map(|id| store::outbox::outbox_row(&db, id)))
+            .await
+            .into_iter()
+            .filter(|row| row.as_ref().unwrap().as_ref().unwrap().status == "pending")
+            .count();
     assert_eq!(pending, 600, "the emails wait for their provider");
 
     gate.add_permits(1);
@@ -488,7 +491,7 @@ async fn a_claim_says_whether_each_still_goes_out(db: Db) {
     assert_eq!(claimed, judged);
     let mut rows = Vec::new();
     for id in expected.keys() {
-        rows.push(repo::outbox_row(db, id).await.unwrap().unwrap());
+        rows.push(store::outbox::outbox_row(db, id).await.unwrap().unwrap());
     }
     for row in rows {
         let (_, _, status, why) = expected[&row.id];

@@ -19,7 +19,6 @@ pub mod notify;
 pub mod pages;
 pub mod passwords;
 pub mod push;
-pub mod repo;
 pub mod rfid;
 pub mod seed;
 pub mod server;

@@ -112,14 +112,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Password { login } => {
             let (_, db) = server::prepare_database(&config).await?;
             let login = login.trim().to_lowercase();
-            let user = tiffin::repo::user_by_login(&db, &login)
+            let user = tiffin::store::people::user_by_login(&db, &login)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no one signs in as {login}"))?;
             let password = tiffin::seed::random_password();
             let hash = tiffin::passwords::hash_password(password.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!(e.message))?;
-            tiffin::repo::set_password(&db, &user.id, &hash).await?;
+            tiffin::store::people::set_password(&db, &user.id, &hash).await?;
             println!("{password}");
             Ok(())
         }

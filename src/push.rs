@@ -6,7 +6,7 @@
 use crate::config::PushConfig;
 use crate::db::Db;
 use crate::notify::{Templates, http_client, retry_after, transport_error};
-use crate::repo;
+use crate::store;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -250,7 +250,7 @@ fn truncate(body: &str) -> &str {
 #[async_trait]
 impl Sender for FcmSender {
     async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
-        let devices = repo::active_device_tokens(&self.db, &message.recipient_id)
+        let devices = store::devices::active_device_tokens(&self.db, &message.recipient_id)
             .await
             .map_err(|e| SendError::Transient(format!("device tokens: {e}")))?;
         if devices.is_empty() {
@@ -271,7 +271,9 @@ impl Sender for FcmSender {
                 DeviceOutcome::Delivered => delivered = true,
                 DeviceOutcome::Gone(reason) => {
                     tracing::info!(device = %device.id, project = %self.project_id, reason = %reason, "device token deactivated");
-                    if let Err(e) = repo::deactivate_device_token(&self.db, &device.id).await {
+                    if let Err(e) =
+                        store::devices::deactivate_device_token(&self.db, &device.id).await
+                    {
                         tracing::warn!(device = %device.id, error = %e, "could not deactivate device token");
                     }
                     failure.get_or_insert(SendError::Permanent(reason));

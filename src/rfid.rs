@@ -5,8 +5,8 @@
 
 use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
 use crate::error::{ApiError, ErrorCode};
-use crate::repo;
 use crate::state::AppState;
+use crate::store;
 use actix_web::HttpRequest;
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use hmac::{Hmac, Mac};
@@ -313,7 +313,7 @@ async fn decide_scan(
         reader_id: reader.id.clone(),
         seq: scan.seq,
         card_uid: uid.clone(),
-        verdict: repo::SCAN_PENDING.into(),
+        verdict: store::scans::SCAN_PENDING.into(),
         answer: None,
         order_id: None,
         student_id: None,
@@ -330,7 +330,7 @@ async fn decide_scan(
     let window = TimeDelta::milliseconds(state.config.rfid.debounce_ms);
     let facts = state
         .store
-        .claim_scan(repo::ScanToClaim {
+        .claim_scan(store::scan_claims::ScanToClaim {
             row: row.clone(),
             window,
         })
@@ -339,24 +339,27 @@ async fn decide_scan(
         (row, Some(facts))
     } else {
         loop {
-            let Some(existing) = repo::scan_by_seq(&state.db, &reader.id, scan.seq).await? else {
+            let Some(existing) = store::scans::scan_by_seq(&state.db, &reader.id, scan.seq).await?
+            else {
                 if started.elapsed() > Duration::from_secs(5) {
                     return Err(still_deciding());
                 }
-                if repo::claim_scan(&state.db, &row).await? {
+                if store::scans::claim_scan(&state.db, &row).await? {
                     break (row, None);
                 }
                 continue;
             };
             match existing.verdict.as_str() {
-                repo::SCAN_ABANDONED => {
+                store::scans::SCAN_ABANDONED => {
                     // Its node died before deciding and nothing was handed over: decide afresh.
-                    match repo::take_over_scan(&state.db, &existing, &node.id, now()).await? {
+                    match store::scans::take_over_scan(&state.db, &existing, &node.id, now())
+                        .await?
+                    {
                         Some(taken) => break (taken, None),
                         None => continue,
                     }
                 }
-                repo::SCAN_PENDING => {
+                store::scans::SCAN_PENDING => {
                     let claimed_at = existing.claimed_at.unwrap_or(existing.received_at);
                     if now() - claimed_at >= CLAIM_LEASE {
                         // Its node died mid-decision: settle it as the sweeper would, now.
@@ -379,8 +382,9 @@ async fn decide_scan(
     let (first, card, orders) = match facts {
         Some(facts) => (facts.first, facts.card, Some(facts.orders)),
         None => (
-            repo::first_scan_near(&state.db, &reader.id, &uid, read_at, window, &claim.id).await?,
-            repo::card_by_uid(&state.db, &uid).await?,
+            store::scans::first_scan_near(&state.db, &reader.id, &uid, read_at, window, &claim.id)
+                .await?,
+            store::cards::card_by_uid(&state.db, &uid).await?,
             None,
         ),
     };
@@ -388,14 +392,14 @@ async fn decide_scan(
         let mut answer = answer_of(&first, scan.seq, false)?;
         answer.scan_id = claim.id.clone();
         answer.debounced = true;
-        let decision = repo::ScanDecision {
+        let decision = store::scans::ScanDecision {
             verdict: &answer.verdict,
             order_id: first.order_id.as_deref(),
             student_id: first.student_id.as_deref(),
             first_scan_id: Some(&first.id),
             took: Some(started.elapsed()),
         };
-        if !repo::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
+        if !store::scans::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
             return decided_elsewhere(state, reader, scan.seq).await;
         }
         metrics::counter!("rfid_scans_total", "verdict" => answer.verdict.code(), "debounced" => "true")
@@ -417,14 +421,14 @@ async fn decide_scan(
             .config
             .crash_point(crate::config::CrashPoint::ScanHandedOver);
     } else {
-        let decision = repo::ScanDecision {
+        let decision = store::scans::ScanDecision {
             verdict: &verdict,
             order_id: order_id.as_deref(),
             student_id: student_id.as_deref(),
             first_scan_id: None,
             took: Some(started.elapsed()),
         };
-        if !repo::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
+        if !store::scans::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
             return decided_elsewhere(state, reader, scan.seq).await;
         }
     }
@@ -460,9 +464,10 @@ async fn decided_elsewhere(
     reader: &ReaderRow,
     seq: i64,
 ) -> Result<ScanAnswer, ApiError> {
-    match repo::scan_by_seq(&state.db, &reader.id, seq).await? {
+    match store::scans::scan_by_seq(&state.db, &reader.id, seq).await? {
         Some(row)
-            if ![repo::SCAN_PENDING, repo::SCAN_ABANDONED].contains(&row.verdict.as_str()) =>
+            if ![store::scans::SCAN_PENDING, store::scans::SCAN_ABANDONED]
+                .contains(&row.verdict.as_str()) =>
         {
             answer_of(&row, seq, true)
         }
@@ -470,7 +475,7 @@ async fn decided_elsewhere(
     }
 }
 
-/// Settles scan claims whose node died (`repo::dead_scan_claims`), the hub's own work: a
+/// Settles scan claims whose node died (`store::scans::dead_scan_claims`), the hub's own work: a
 /// claim whose hand-over committed (an earlier version recorded it apart) gets that decision,
 /// any other is abandoned, so that a retry decides afresh. Yields (decided, abandoned).
 pub async fn settle(
@@ -482,7 +487,7 @@ pub async fn settle(
         return Ok((0, 0));
     }
     let reader_ids: Vec<&str> = dead.iter().map(|r| r.reader_id.as_str()).collect();
-    let names = repo::reader_names(db, &reader_ids).await?;
+    let names = store::readers::reader_names(db, &reader_ids).await?;
     let reasons: HashMap<String, &ScanRow> = dead
         .iter()
         .filter_map(|r| Some((handover_reason(&r.id, names.get(&r.reader_id)?), r)))
@@ -490,21 +495,21 @@ pub async fn settle(
     let uids: Vec<&str> = dead.iter().map(|r| r.card_uid.as_str()).collect();
     let wanted: Vec<String> = reasons.keys().cloned().collect();
     let mut decided = std::collections::HashSet::new();
-    for (reason, snapshot) in repo::pickups_by_reason(db, &uids, &wanted).await? {
+    for (reason, snapshot) in store::orders::pickups_by_reason(db, &uids, &wanted).await? {
         let Some(row) = reasons.get(&reason) else {
             continue;
         };
         let order: tiffin_actors::domain::OrderSummary =
             serde_json::from_str(&snapshot).map_err(ApiError::internal)?;
         let verdict = accepted(&order);
-        let decision = repo::ScanDecision {
+        let decision = store::scans::ScanDecision {
             verdict: &verdict,
             order_id: Some(&order.id),
             student_id: Some(&order.student_id),
             first_scan_id: None,
             took: None,
         };
-        if repo::finish_scan(db, &row.id, row.attempt, decision).await? {
+        if store::scans::finish_scan(db, &row.id, row.attempt, decision).await? {
             decided.insert(row.id.as_str());
         }
     }
@@ -514,7 +519,8 @@ pub async fn settle(
         .filter(|id| !decided.contains(id))
         .collect();
     let stale_before = now() - CLAIM_LEASE;
-    let abandoned = repo::abandon_scans(db, &rest, &node.id, node.started_at, stale_before).await?;
+    let abandoned =
+        store::scans::abandon_scans(db, &rest, &node.id, node.started_at, stale_before).await?;
     metrics::counter!("rfid_claims_settled_total", "outcome" => "decided")
         .increment(decided.len() as u64);
     metrics::counter!("rfid_claims_settled_total", "outcome" => "abandoned")
@@ -530,8 +536,14 @@ pub async fn sweep_claims(
     let mut total = (0, 0);
     loop {
         let stale_before = now() - CLAIM_LEASE;
-        let dead = repo::dead_scan_claims(db, &node.id, node.started_at, stale_before, SWEEP_BATCH)
-            .await?;
+        let dead = store::scans::dead_scan_claims(
+            db,
+            &node.id,
+            node.started_at,
+            stale_before,
+            SWEEP_BATCH,
+        )
+        .await?;
         let full = dead.len() as i64 == SWEEP_BATCH;
         let (decided, abandoned) = settle(db, node, dead).await?;
         total = (total.0 + decided, total.1 + abandoned);
@@ -606,14 +618,14 @@ async fn decide_and_hand_over(
     .await
 }
 
-/// A student's orders a counter cares about today (see `repo::student_orders_of_day`), as
+/// A student's orders a counter cares about today (see `store::orders::student_orders_of_day`), as
 /// their latest committed views.
 async fn orders_of_day(
     state: &AppState,
     school_id: &str,
     student_id: &str,
 ) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
-    snapshots(&repo::student_orders_of_day(&state.db, school_id, student_id).await?)
+    snapshots(&store::orders::student_orders_of_day(&state.db, school_id, student_id).await?)
 }
 
 fn snapshots(stored: &[String]) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
@@ -649,7 +661,7 @@ async fn hand_over(
         };
         let order = match decide(card.as_ref(), school_id, counter_id, &orders) {
             Decision::Final(Verdict::AlreadyPickedUp { order_id })
-                if repo::picked_up_because(&state.db, &order_id, &reason).await? =>
+                if store::orders::picked_up_because(&state.db, &order_id, &reason).await? =>
             {
                 // This very scan handed it over before its node died: same verdict again.
                 let order = orders.iter().find(|o| o.id == order_id);
@@ -756,7 +768,7 @@ async fn allergy_hold(
     order_id: &str,
     note: &str,
 ) {
-    match repo::scans_with_verdict(&state.db, order_id, "allergy_hold").await {
+    match store::scans::scans_with_verdict(&state.db, order_id, "allergy_hold").await {
         Ok(1) => {}
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, "could not count allergy holds"),
@@ -775,7 +787,7 @@ async fn raise_alert(
     kind: tiffin_actors::notices::Kind,
     mut details: serde_json::Value,
 ) {
-    let student_name = match repo::user(&state.db, student_id).await {
+    let student_name = match store::people::user(&state.db, student_id).await {
         Ok(Some(user)) => user.display_name,
         _ => String::new(),
     };
@@ -821,11 +833,11 @@ pub async fn issue_code(
         .limits
         .check(crate::limits::Bucket::Codes, student_id)
         .await?;
-    let student = repo::user(&state.db, student_id)
+    let student = store::people::user(&state.db, student_id)
         .await?
         .filter(|u| u.role == "student" && u.school_id.as_deref() == Some(school_id))
         .ok_or_else(|| ApiError::validation("student_id is not a student of this school"))?;
-    let counter = repo::counters(&state.db, school_id)
+    let counter = store::counters::counters(&state.db, school_id)
         .await?
         .into_iter()
         .find(|c| c.id == counter_id)
@@ -856,7 +868,7 @@ pub async fn issue_code(
         expires_at: at + TimeDelta::seconds(state.config.rfid.code_ttl_secs),
         used_at: None,
     };
-    repo::insert_pickup_code(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     let data = serde_json::json!({
         "student_name": student.display_name,
         "code": code,
@@ -897,7 +909,9 @@ pub async fn verify_code(
             "this code has expired: ask for a new one",
         ));
     }
-    let Some(attempts) = repo::count_code_attempt(&state.db, &row.id, CODE_ATTEMPTS).await? else {
+    let Some(attempts) =
+        store::counters::count_code_attempt(&state.db, &row.id, CODE_ATTEMPTS).await?
+    else {
         return Err(locked());
     };
     let stored = hex::decode(&row.code_mac).map_err(ApiError::internal)?;
@@ -905,7 +919,7 @@ pub async fn verify_code(
     mac.update(&code_message(&row.id, code.trim()));
     if mac.verify_slice(&stored).is_err() {
         if attempts >= CODE_ATTEMPTS {
-            repo::close_code(&state.db, &row.id, "locked").await?;
+            store::counters::close_code(&state.db, &row.id, "locked").await?;
             return Err(locked());
         }
         return Err(ApiError::new(
@@ -913,7 +927,7 @@ pub async fn verify_code(
             format!("wrong code; {} attempts left", CODE_ATTEMPTS - attempts),
         ));
     }
-    if !repo::close_code(&state.db, &row.id, "used").await? {
+    if !store::counters::close_code(&state.db, &row.id, "used").await? {
         return Err(used());
     }
     let card = Card {

@@ -9,10 +9,10 @@ use crate::inbox::InAppSender;
 use crate::metrics;
 use crate::notify::{LogSender, SmtpSender, Templates};
 use crate::push::FcmSender;
-use crate::repo;
 use crate::seed::{self, DEMO_LOGINS};
 use crate::sms::SmsSender;
 use crate::state::AppState;
+use crate::store;
 use crate::store::{DEFAULT_DIGEST_AT, DieselStore};
 use actix::Actor;
 use actix_web::{HttpServer, web};
@@ -109,7 +109,7 @@ pub struct Demo {
 pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
     let mut people = Vec::new();
     for (_, login) in DEMO_LOGINS {
-        if let Some(user) = repo::user_by_login(db, login).await?
+        if let Some(user) = store::people::user_by_login(db, login).await?
             && let Some(role) = Role::parse(&user.role)
         {
             people.push((role, user.id, user.school_id));
@@ -118,7 +118,7 @@ pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
     let fresh = people.is_empty();
     let mut sign_ins = Vec::new();
     if fresh {
-        if repo::school_count(db).await? > 0 {
+        if store::schools::school_count(db).await? > 0 {
             return Ok(None);
         }
         let seeded = seed::seed_demo(db).await?;
@@ -240,7 +240,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tasks.start(cluster.clone(), registry.clone(), local);
         cluster
     });
-    for school in repo::schools_with_live_orders(&db).await? {
+    for school in store::orders::schools_with_live_orders(&db).await? {
         registry.do_send(KitchenFor(school));
     }
     // On a thread of its own: rendering and sending (and, on SQLite, the statements, which

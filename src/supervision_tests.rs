@@ -3,7 +3,6 @@
 
 use crate::db::models::*;
 use crate::db::{self, DatabaseUrl, Db};
-use crate::repo;
 use crate::store::DieselStore;
 use actix::Actor;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ pub(crate) struct School {
 pub(crate) async fn school(db: &Db, name: &str) -> School {
     let at = now();
     let id = crate::api::new_id();
-    repo::insert_school(
+    crate::db::insert(
         db,
         &SchoolRow {
             id: id.clone(),
@@ -42,7 +41,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
     .await
     .unwrap();
     let student = crate::api::new_id();
-    repo::insert_user(
+    crate::db::insert(
         db,
         &UserRow {
             id: student.clone(),
@@ -62,7 +61,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
     .await
     .unwrap();
     let meal = crate::api::new_id();
-    repo::insert_meal(
+    crate::db::insert(
         db,
         &MealRow {
             id: meal.clone(),

@@ -5,8 +5,8 @@
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
-use crate::repo;
 use crate::state::AppState;
+use crate::store;
 use crate::store::event_from_row;
 use actix::prelude::*;
 use actix_web::{HttpRequest, HttpResponse, get, web};
@@ -241,16 +241,19 @@ async fn replay(
             Frame::from_event,
         ),
         Source::Inbox(user_id) => {
-            let rows = crate::inbox::messages_between(&state.db, user_id, after, upto).await?;
+            let rows =
+                crate::store::inbox::messages_between(&state.db, user_id, after, upto).await?;
             return complete(
-                rows.iter().map(crate::inbox::InboxRow::frame).collect(),
+                rows.iter()
+                    .map(crate::store::inbox::InboxRow::frame)
+                    .collect(),
                 after,
                 upto,
             );
         }
         Source::Order(order_id) => {
             let mut events = Vec::new();
-            for row in repo::order_history(&state.db, order_id).await? {
+            for row in store::orders::order_history(&state.db, order_id).await? {
                 if row.version > after && row.version <= upto {
                     events.push(event_from_row(row)?);
                 }
@@ -306,7 +309,10 @@ async fn catch_up(
             return catch_up_inbox(&state, &topic, user_id, since, subscriber).await;
         }
     };
-    if repo::school(&state.db, &school_id).await?.is_none() {
+    if store::schools::school(&state.db, &school_id)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::not_found("school"));
     }
     let kitchen = state.registry.send(KitchenFor(school_id.clone())).await?;
@@ -383,14 +389,18 @@ async fn catch_up_inbox(
     const SNAPSHOT_MESSAGES: i64 = 50;
     let bus_id = state.bus.subscribe(topic, subscriber);
     let result = async {
-        let last = crate::inbox::latest_seq(&state.db, user_id)
+        let last = crate::store::inbox::latest_seq(&state.db, user_id)
             .await?
             .ok_or_else(|| ApiError::not_found("user"))?;
         let source = Source::Inbox(user_id.to_owned());
         resume_or_snapshot(state, topic, &source, since, last, bus_id, async || {
-            let recent =
-                crate::inbox::messages_between(&state.db, user_id, last - SNAPSHOT_MESSAGES, last)
-                    .await?;
+            let recent = crate::store::inbox::messages_between(
+                &state.db,
+                user_id,
+                last - SNAPSHOT_MESSAGES,
+                last,
+            )
+            .await?;
             let messages: Vec<serde_json::Value> = recent
                 .iter()
                 .rev()

@@ -6,8 +6,8 @@ use crate::auth::Principal;
 use crate::db::models::*;
 use crate::error::ApiError;
 use crate::passwords::hash_password;
-use crate::repo;
 use crate::state::AppState;
+use crate::store;
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -140,7 +140,7 @@ fn time_zone(tz: &str) -> Result<String, ApiError> {
 
 /// The school must exist; 404 otherwise (after the caller's scope was checked).
 pub async fn existing_school(state: &AppState, id: &str) -> Result<SchoolRow, ApiError> {
-    repo::school(&state.db, id)
+    store::schools::school(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::not_found("school"))
 }
@@ -172,7 +172,7 @@ pub async fn create_school(
         digest_at: None,
         digest_done_on: None,
     };
-    repo::insert_school(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(School::from(row)))
 }
 
@@ -188,7 +188,7 @@ pub async fn list_schools(state: Data, who: Principal) -> Result<HttpResponse, A
                 .ok_or_else(|| ApiError::forbidden("no school on this token"))?,
         )
     };
-    let rows = repo::schools(&state.db, only.as_deref()).await?;
+    let rows = store::schools::schools(&state.db, only.as_deref()).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(School::from).collect::<Vec<_>>()))
 }
 
@@ -227,14 +227,14 @@ pub async fn update_school(
         Some(None) => Some(None),
         None => None,
     };
-    let changes = repo::SchoolChanges {
+    let changes = store::schools::SchoolChanges {
         name: name.as_deref(),
         time_zone: tz.as_deref(),
         quiet_hours: quiet,
         phone_region: region.as_deref(),
         digest_at,
     };
-    repo::update_school(&state.db, &id, changes).await?;
+    store::schools::update_school(&state.db, &id, changes).await?;
     Ok(HttpResponse::Ok().json(School::from(existing_school(&state, &id).await?)))
 }
 
@@ -304,7 +304,7 @@ pub async fn create_counter(
         created_at: at,
         updated_at: at,
     };
-    repo::insert_counter(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(Counter::from(row)))
 }
 
@@ -318,7 +318,7 @@ pub async fn list_counters(
     let school_id = path.to_string();
     who.require_school(&school_id)?;
     existing_school(&state, &school_id).await?;
-    let rows = repo::counters(&state.db, &school_id).await?;
+    let rows = store::counters::counters(&state.db, &school_id).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(Counter::from).collect::<Vec<_>>()))
 }
 
@@ -342,7 +342,7 @@ pub async fn update_counter(
         .as_deref()
         .map(|n| required_text("name", n, 80))
         .transpose()?;
-    let row = repo::update_counter(
+    let row = store::counters::update_counter(
         &state.db,
         &school_id,
         &counter_id,
@@ -554,7 +554,7 @@ pub async fn create_user(
         created_at: at,
         updated_at: at,
     };
-    repo::insert_user(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(User::from(row)))
 }
 
@@ -569,7 +569,8 @@ pub async fn list_users(
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
     existing_school(&state, &school_id).await?;
-    let rows = repo::users_of_school(&state.db, &school_id, filter.role.map(Role::as_str)).await?;
+    let rows = store::people::users_of_school(&state.db, &school_id, filter.role.map(Role::as_str))
+        .await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(User::from).collect::<Vec<_>>()))
 }
 
@@ -584,7 +585,7 @@ pub async fn update_user(
     let (school_id, user_id) = (path.0.to_string(), path.1.to_string());
     who.require_school_admin(&school_id)?;
     // School admins manage their school's people, not each other.
-    let target = repo::user(&state.db, &user_id)
+    let target = store::people::user(&state.db, &user_id)
         .await?
         .filter(|u| u.school_id.as_deref() == Some(school_id.as_str()))
         .ok_or_else(|| ApiError::not_found("user"))?;
@@ -612,7 +613,7 @@ pub async fn update_user(
     };
     let allergies = body.allergies.as_deref().map(allergen_list).transpose()?;
     let locale = body.locale.as_deref().map(locale).transpose()?;
-    let changes = repo::UserChanges {
+    let changes = store::people::UserChanges {
         display_name: display_name.as_deref(),
         email: email.as_deref(),
         phone: phone.as_deref(),
@@ -621,7 +622,7 @@ pub async fn update_user(
         locale: locale.as_deref(),
         active: body.active,
     };
-    let row = repo::update_user(&state.db, &school_id, &user_id, &changes)
+    let row = store::people::update_user(&state.db, &school_id, &user_id, &changes)
         .await
         .map_err(|e| match e {
             crate::db::DbError::NotFound => ApiError::not_found("user"),
@@ -646,8 +647,8 @@ async fn check_pair(
     guardian_id: &str,
     student_id: &str,
 ) -> Result<(), ApiError> {
-    let guardian = repo::user(&state.db, guardian_id).await?;
-    let student = repo::user(&state.db, student_id).await?;
+    let guardian = store::people::user(&state.db, guardian_id).await?;
+    let student = store::people::user(&state.db, student_id).await?;
     match (guardian, student) {
         (Some(g), Some(s))
             if g.role == "guardian"
@@ -682,7 +683,7 @@ pub async fn create_guardian_link(
         relationship: required_text("relationship", &body.relationship, 40)?,
         created_at: now(),
     };
-    repo::insert_link(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(body.into_inner()))
 }
 
@@ -697,7 +698,7 @@ pub async fn delete_guardian_link(
         (path.0.to_string(), path.1.to_string(), path.2.to_string());
     who.require_school_admin(&school_id)?;
     check_pair(&state, &school_id, &guardian_id, &student_id).await?;
-    repo::delete_link(&state.db, &guardian_id, &student_id)
+    store::people::delete_link(&state.db, &guardian_id, &student_id)
         .await
         .map_err(|e| match e {
             crate::db::DbError::NotFound => ApiError::not_found("guardian link"),
@@ -715,11 +716,11 @@ pub async fn list_guardians(
 ) -> Result<HttpResponse, ApiError> {
     let (school_id, student_id) = (path.0.to_string(), path.1.to_string());
     who.require_school_admin(&school_id)?;
-    let student = repo::user(&state.db, &student_id).await?;
+    let student = store::people::user(&state.db, &student_id).await?;
     if student.and_then(|s| s.school_id).as_deref() != Some(school_id.as_str()) {
         return Err(ApiError::not_found("student"));
     }
-    let links = repo::links_of_student(&state.db, &student_id).await?;
+    let links = store::people::links_of_student(&state.db, &student_id).await?;
     let body: Vec<serde_json::Value> = links
         .into_iter()
         .map(|l| serde_json::json!({"guardian_id": l.guardian_id, "student_id": l.student_id, "relationship": l.relationship}))
@@ -806,7 +807,7 @@ pub async fn create_meal(
         created_at: at,
         updated_at: at,
     };
-    repo::insert_meal(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(Meal::from(row)))
 }
 
@@ -820,7 +821,7 @@ pub async fn list_meals(
     let school_id = path.to_string();
     who.require_school(&school_id)?;
     existing_school(&state, &school_id).await?;
-    let rows = repo::meals(&state.db, &school_id).await?;
+    let rows = store::schools::meals(&state.db, &school_id).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(Meal::from).collect::<Vec<_>>()))
 }
 
@@ -845,13 +846,13 @@ pub async fn update_meal(
         .map(|n| required_text("name", n, 120))
         .transpose()?;
     let allergens = body.allergens.as_deref().map(allergen_list).transpose()?;
-    let changes = repo::MealChanges {
+    let changes = store::schools::MealChanges {
         name: name.as_deref(),
         price_cents: body.price_cents.map(price).transpose()?,
         allergens: allergens.as_deref(),
         available: body.available,
     };
-    let row = repo::update_meal(&state.db, &school_id, &meal_id, &changes)
+    let row = store::schools::update_meal(&state.db, &school_id, &meal_id, &changes)
         .await
         .map_err(|e| match e {
             crate::db::DbError::NotFound => ApiError::not_found("meal"),
@@ -945,7 +946,7 @@ pub async fn create_service_window(
         created_at: at,
         updated_at: at,
     };
-    repo::insert_service_window(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(ServiceWindow::from(row)))
 }
 
@@ -959,7 +960,7 @@ pub async fn list_service_windows(
     let school_id = path.to_string();
     who.require_school(&school_id)?;
     existing_school(&state, &school_id).await?;
-    let rows = repo::service_windows(&state.db, &school_id).await?;
+    let rows = store::schools::service_windows(&state.db, &school_id).await?;
     Ok(HttpResponse::Ok().json(
         rows.into_iter()
             .map(ServiceWindow::from)

@@ -7,8 +7,8 @@ use crate::auth::{Principal, random_token, token_hash};
 use crate::db::models::{RefreshTokenRow, UserRow, now};
 use crate::error::{ApiError, ErrorCode};
 use crate::passwords::verify_password;
-use crate::repo::{self, Rotation};
 use crate::state::AppState;
+use crate::store::{self, sessions::Rotation};
 use actix_web::{HttpResponse, get, post, web};
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
@@ -64,7 +64,7 @@ async fn issue(
             revoked_at: None,
             created_at: at,
         };
-        repo::insert_refresh_token(&state.db, &row).await?;
+        crate::db::insert(&state.db, &row).await?;
     }
     Ok(Tokens {
         access_token,
@@ -102,7 +102,7 @@ pub async fn login(state: Data, body: Json<Login>) -> Result<HttpResponse, ApiEr
         .limits
         .check(crate::limits::Bucket::SignIn, &login)
         .await?;
-    let user = repo::user_by_login(&state.db, &login)
+    let user = store::people::user_by_login(&state.db, &login)
         .await?
         .filter(|u| u.active && u.password_hash.is_some());
     // Unknown accounts cost the same argon2 work: timing does not tell who exists.
@@ -144,9 +144,11 @@ pub async fn refresh(state: Data, body: Json<RefreshRequest>) -> Result<HttpResp
             "refresh token invalid, expired or already used; sign in again",
         )
     };
-    match repo::rotate_refresh_token(&state.db, &token_hash(&body.refresh_token), &row).await? {
+    match store::sessions::rotate_refresh_token(&state.db, &token_hash(&body.refresh_token), &row)
+        .await?
+    {
         Rotation::Rotated { user_id } => {
-            let user = repo::user(&state.db, &user_id)
+            let user = store::people::user(&state.db, &user_id)
                 .await?
                 .filter(|u| u.active)
                 .ok_or_else(invalid)?;
@@ -165,7 +167,7 @@ pub async fn refresh(state: Data, body: Json<RefreshRequest>) -> Result<HttpResp
 #[utoipa::path(tag = "auth", request_body = RefreshRequest, responses((status = 204)))]
 #[post("/auth/logout")]
 pub async fn logout(state: Data, body: Json<RefreshRequest>) -> Result<HttpResponse, ApiError> {
-    repo::revoke_family_of(&state.db, &token_hash(&body.refresh_token)).await?;
+    store::sessions::revoke_family_of(&state.db, &token_hash(&body.refresh_token)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -175,7 +177,7 @@ pub async fn me(state: Data, who: Principal) -> Result<HttpResponse, ApiError> {
     if who.user_id == crate::auth::OPERATOR && who.is_admin() {
         return Ok(HttpResponse::Ok().json(User::operator(&who)));
     }
-    let user = repo::user(&state.db, &who.user_id)
+    let user = store::people::user(&state.db, &who.user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
     Ok(HttpResponse::Ok().json(User::from(user)))

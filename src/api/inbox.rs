@@ -2,7 +2,8 @@
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::inbox::{self, InboxMessage};
+use crate::inbox::InboxMessage;
+use crate::store::inbox;
 use actix_web::{HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use uuid::Uuid;

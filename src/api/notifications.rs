@@ -6,7 +6,7 @@ use super::utc;
 use crate::auth::Principal;
 use crate::db::models::{OutboxRow, PreferenceRow, now};
 use crate::error::{ApiError, ErrorCode};
-use crate::repo;
+use crate::store;
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,8 @@ pub async fn register_device(
         )));
     }
     let (row, created) =
-        repo::register_device_token(&state.db, &who.user_id, &body.platform, token).await?;
+        store::devices::register_device_token(&state.db, &who.user_id, &body.platform, token)
+            .await?;
     let mut reply = if created {
         HttpResponse::Created()
     } else {
@@ -106,7 +107,7 @@ pub async fn register_device(
 #[utoipa::path(tag = "notifications", responses((status = 200, body = [Device])))]
 #[get("/me/devices")]
 pub async fn list_devices(state: Data, who: Principal) -> Result<HttpResponse, ApiError> {
-    let rows = repo::device_tokens_of(&state.db, &who.user_id).await?;
+    let rows = store::devices::device_tokens_of(&state.db, &who.user_id).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(Device::from).collect::<Vec<_>>()))
 }
 
@@ -117,7 +118,7 @@ pub async fn remove_device(
     who: Principal,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    if repo::delete_device_token(&state.db, &who.user_id, &path.to_string()).await? {
+    if store::devices::delete_device_token(&state.db, &who.user_id, &path.to_string()).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found("device"))
@@ -160,7 +161,7 @@ pub struct PreferenceChanges {
 }
 
 async fn preferences_view(state: &Data, user_id: &str) -> Result<Preferences, ApiError> {
-    let rows = repo::preferences_of(&state.db, user_id).await?;
+    let rows = store::devices::preferences_of(&state.db, user_id).await?;
     let me = Recipient {
         user_id: user_id.to_owned(),
         name: String::new(),
@@ -243,7 +244,7 @@ pub async fn set_preferences(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    repo::set_preferences(&state.db, &rows).await?;
+    store::devices::set_preferences(&state.db, &rows).await?;
     Ok(HttpResponse::Ok().json(preferences_view(&state, &who.user_id).await?))
 }
 
@@ -314,7 +315,7 @@ pub async fn list_dead_letters(
             "limit must be between 1 and 500",
         ));
     }
-    let rows = repo::dead_letters(&state.db, school.as_deref(), limit).await?;
+    let rows = store::outbox::dead_letters(&state.db, school.as_deref(), limit).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(DeadLetter::from).collect::<Vec<_>>()))
 }
 
@@ -330,13 +331,13 @@ pub async fn requeue_dead_letter(
 ) -> Result<HttpResponse, ApiError> {
     who.require_role(&[Role::Admin, Role::SchoolAdmin])?;
     let id = path.to_string();
-    let row = repo::outbox_row(&state.db, &id)
+    let row = store::outbox::outbox_row(&state.db, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("notification"))?;
     who.require_school(&row.school_id)?;
     let expires_at = Kind::parse(&row.template)
         .map(|k| now() + chrono::Duration::seconds(k.rule().expires_after_secs));
-    if !repo::requeue_dead_letter(&state.db, &id, expires_at).await? {
+    if !store::outbox::requeue_dead_letter(&state.db, &id, expires_at).await? {
         return Err(ApiError::new(
             ErrorCode::NotDead,
             format!("notification {id} is {}, not dead", row.status),

@@ -1,8 +1,8 @@
 //! Operations: liveness, readiness, metrics and the OpenAPI document.
 
 use crate::error::{ApiError, ErrorCode};
-use crate::repo;
 use crate::state::AppState;
+use crate::store;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -58,7 +58,7 @@ pub async fn metrics(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiE
         }
     }
     state.metrics.run_upkeep();
-    if let Ok(counts) = repo::orders_by_state(&state.db).await {
+    if let Ok(counts) = store::orders::orders_by_state(&state.db).await {
         for state_name in tiffin_actors::domain::OrderState::ALL {
             let n = counts
                 .iter()

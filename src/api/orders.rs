@@ -5,8 +5,8 @@ use super::OptionalJson;
 use super::admin::existing_school;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
-use crate::repo;
 use crate::state::AppState;
+use crate::store;
 use crate::store::event_from_row;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
@@ -210,7 +210,7 @@ pub(crate) async fn issuer_for(
         }
         Role::Guardian => {
             who.require_school(school_id)?;
-            if repo::is_guardian_of(&state.db, &who.user_id, student_id).await? {
+            if store::people::is_guardian_of(&state.db, &who.user_id, student_id).await? {
                 Ok(Issuer::Guardian)
             } else {
                 Err(ApiError::forbidden("not a guardian of this student"))
@@ -352,9 +352,9 @@ pub async fn order_notifications(
 ) -> Result<HttpResponse, ApiError> {
     let order_id = path.to_string();
     authorised_order(&state, &who, &order_id).await?;
-    let rows = repo::order_notifications(&state.db, &order_id).await?;
+    let rows = store::outbox::order_notifications(&state.db, &order_id).await?;
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-    let attempts = repo::delivery_attempts_of(&state.db, &ids).await?;
+    let attempts = store::outbox::delivery_attempts_of(&state.db, &ids).await?;
     let statuses: Vec<DeliveryStatus> = rows
         .into_iter()
         .map(|r| DeliveryStatus {
@@ -397,7 +397,7 @@ pub async fn get_order(
 ) -> Result<HttpResponse, ApiError> {
     let order_id = path.to_string();
     authorised_order(&state, &who, &order_id).await?;
-    let rows = repo::order_history(&state.db, &order_id).await?;
+    let rows = store::orders::order_history(&state.db, &order_id).await?;
     let mut history = Vec::with_capacity(rows.len());
     let mut latest = None;
     for row in rows {
@@ -679,7 +679,7 @@ pub async fn kitchen_summary(
         .iter()
         .filter(|o| o.state == OrderState::Ready)
         .collect();
-    let counters = repo::counters(&state.db, &school_id)
+    let counters = store::counters::counters(&state.db, &school_id)
         .await?
         .into_iter()
         .map(|c| CounterQueue {
@@ -703,8 +703,8 @@ pub async fn kitchen_summary(
     };
     let from = start_of(local_today)?;
     let until = start_of(local_today + chrono::Days::new(1))?;
-    let waves = repo::service_windows(&state.db, &school_id).await?;
-    let items = repo::item_counts(&state.db, &school_id, from, until)
+    let waves = store::schools::service_windows(&state.db, &school_id).await?;
+    let items = store::orders::item_counts(&state.db, &school_id, from, until)
         .await?
         .into_iter()
         .map(|(wave, meal_id, name, quantity)| ItemCount {
@@ -722,7 +722,7 @@ pub async fn kitchen_summary(
         counters,
         day: local_today.to_string(),
         items,
-        readers: repo::readers_of(&state.db, &school_id)
+        readers: store::readers::readers_of(&state.db, &school_id)
             .await?
             .into_iter()
             .map(|r| super::readers::reader_view(r, state.config.rfid.reader_offline_after_secs))

@@ -8,8 +8,8 @@ use super::{new_id, required_text, utc};
 use crate::auth::Principal;
 use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
 use crate::error::{ApiError, ErrorCode};
-use crate::repo;
 use crate::rfid::{self, ScanAnswer, ScanIn};
+use crate::store;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,7 @@ pub async fn register_reader(
 ) -> Result<HttpResponse, ApiError> {
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
-    let counters = repo::counters(&state.db, &school_id).await?;
+    let counters = store::counters::counters(&state.db, &school_id).await?;
     if !counters.iter().any(|c| c.id == body.counter_id) {
         return Err(ApiError::validation(
             "counter_id is not a counter of this school",
@@ -90,7 +90,7 @@ pub async fn register_reader(
         key_version: 1,
         active: true,
     };
-    repo::insert_reader(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     let offline = state.config.rfid.reader_offline_after_secs;
     Ok(HttpResponse::Created().json(ReaderCredentials {
         reader: reader_view(row, offline),
@@ -109,7 +109,7 @@ pub async fn list_readers(
     who.require_kitchen(&school_id)?;
     existing_school(&state, &school_id).await?;
     let offline = state.config.rfid.reader_offline_after_secs;
-    let rows = repo::readers_of(&state.db, &school_id).await?;
+    let rows = store::readers::readers_of(&state.db, &school_id).await?;
     Ok(HttpResponse::Ok().json(
         rows.into_iter()
             .map(|r| reader_view(r, offline))
@@ -128,7 +128,7 @@ pub async fn rotate_reader_key(
 ) -> Result<HttpResponse, ApiError> {
     let (school_id, reader_id) = (path.0.to_string(), path.1.to_string());
     who.require_school_admin(&school_id)?;
-    let mut row = repo::reader(&state.db, &reader_id)
+    let mut row = store::readers::reader(&state.db, &reader_id)
         .await?
         .filter(|r| r.school_id == school_id)
         .ok_or_else(|| ApiError::not_found("reader"))?;
@@ -194,7 +194,7 @@ async fn new_card(
     student_id: &str,
     raw_uid: &str,
 ) -> Result<CardRow, ApiError> {
-    let student = repo::user(&state.db, student_id)
+    let student = store::people::user(&state.db, student_id)
         .await?
         .filter(|u| u.role == "student" && u.school_id.as_deref() == Some(school_id))
         .ok_or_else(|| ApiError::validation("student_id is not a student of this school"))?;
@@ -222,7 +222,7 @@ pub async fn register_card(
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
     let row = new_card(&state, &school_id, &body.student_id, &body.card_uid).await?;
-    repo::insert_card(&state.db, &row).await?;
+    crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(CardView::from(row)))
 }
 
@@ -244,13 +244,13 @@ pub async fn list_cards(
     who.require_kitchen(&school_id)?;
     existing_school(&state, &school_id).await?;
     let student = query.student_id.map(|s| s.to_string());
-    let rows = repo::cards_of(&state.db, &school_id, student.as_deref()).await?;
+    let rows = store::cards::cards_of(&state.db, &school_id, student.as_deref()).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(CardView::from).collect::<Vec<_>>()))
 }
 
 /// The card, once the caller may manage it (a school admin of its school).
 async fn managed_card(state: &Data, who: &Principal, id: &Uuid) -> Result<CardRow, ApiError> {
-    let card = repo::card(&state.db, &id.to_string())
+    let card = store::cards::card(&state.db, &id.to_string())
         .await?
         .ok_or_else(|| ApiError::not_found("card"))?;
     who.require_school_admin(&card.school_id)?;
@@ -263,13 +263,13 @@ async fn change_status(
     from: &[&str],
     to: &str,
 ) -> Result<HttpResponse, ApiError> {
-    if !repo::set_card_status(&state.db, &card.id, from, to).await? {
+    if !store::cards::set_card_status(&state.db, &card.id, from, to).await? {
         return Err(ApiError::new(
             ErrorCode::InvalidTransition,
             format!("a {} card cannot become {to}", card.status),
         ));
     }
-    let card = repo::card(&state.db, &card.id)
+    let card = store::cards::card(&state.db, &card.id)
         .await?
         .ok_or_else(|| ApiError::not_found("card"))?;
     Ok(HttpResponse::Ok().json(CardView::from(card)))
@@ -305,13 +305,15 @@ pub async fn report_card_lost(
     who: Principal,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let card = repo::card(&state.db, &path.to_string())
+    let card = store::cards::card(&state.db, &path.to_string())
         .await?
         .ok_or_else(|| ApiError::not_found("card"))?;
     who.require_school(&card.school_id)?;
     let allowed = match who.role {
         Role::SchoolAdmin | Role::Admin => true,
-        Role::Guardian => repo::is_guardian_of(&state.db, &who.user_id, &card.student_id).await?,
+        Role::Guardian => {
+            store::people::is_guardian_of(&state.db, &who.user_id, &card.student_id).await?
+        }
         _ => false,
     };
     if !allowed {
@@ -340,7 +342,7 @@ pub async fn replace_card(
 ) -> Result<HttpResponse, ApiError> {
     let old = managed_card(&state, &who, &path).await?;
     let new = new_card(&state, &old.school_id, &old.student_id, &body.card_uid).await?;
-    if !repo::replace_card(&state.db, &old.id, &new).await? {
+    if !store::cards::replace_card(&state.db, &old.id, &new).await? {
         return Err(ApiError::new(
             ErrorCode::InvalidTransition,
             "this card was already replaced",
@@ -411,7 +413,7 @@ pub async fn list_scans(
             "limit must be between 1 and 1000",
         ));
     }
-    let rows = repo::recent_scans(&state.db, &school_id, limit).await?;
+    let rows = store::scans::recent_scans(&state.db, &school_id, limit).await?;
     Ok(HttpResponse::Ok().json(rows.into_iter().map(ScanRecord::from).collect::<Vec<_>>()))
 }
 
@@ -561,7 +563,7 @@ pub async fn verify_code(
     path: web::Path<Uuid>,
     body: Json<CodeEntry>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = repo::pickup_code(&state.db, &path.to_string())
+    let row = store::counters::pickup_code(&state.db, &path.to_string())
         .await?
         .ok_or_else(|| ApiError::not_found("pickup code"))?;
     who.require_kitchen(&row.school_id)?;

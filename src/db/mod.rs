@@ -1,10 +1,15 @@
 //! Persistence: one diesel DSL over PostgreSQL (production) and SQLite (embedded default).
 //!
 //! diesel-async has no released async `MultiConnection`, so [`Db`] is an enum over the two
-//! pools and [`with_conn!`](crate::with_conn) expands one query body into both arms.
+//! pools and [`with_conn!`](crate::with_conn) expands one query body into both arms;
+//! [`on_both_connections!`](crate::on_both_connections) implements a trait for both connection
+//! types with one body. This is the backend switch: the queries live in `crate::store`.
 
 pub mod models;
+mod rows;
 pub mod schema;
+
+pub(crate) use rows::{InsertRows, find, insert};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::{Connection, SqliteConnection};
@@ -274,6 +279,17 @@ macro_rules! with_conn {
     };
 }
 
+/// Implements a trait for both connection types with one body: diesel's query traits hold
+/// per backend, and the bounds that would let one generic function run a query on either
+/// connection are longer than the queries, so the body is written once and compiled twice.
+#[macro_export]
+macro_rules! on_both_connections {
+    (impl $trait:path { $($body:tt)* }) => {
+        impl $trait for $crate::db::PgConn { $($body)* }
+        impl $trait for $crate::db::SqliteConn { $($body)* }
+    };
+}
+
 /// Runs `body` with a connection of one backend's pool, its turn measured as `with_conn!`'s.
 #[macro_export]
 macro_rules! with_pooled {
@@ -503,48 +519,3 @@ impl MigrationConnection {
         Ok(reverted.iter().map(|v| v.to_string()).collect())
     }
 }
-
-/// Rows per multi-row statement: PostgreSQL takes at most 65,535 parameters, and no row
-/// written this way has more than 30 columns.
-const ROWS_PER_INSERT: usize = 2000;
-
-/// Inserting many rows of one table, each backend its own way: PostgreSQL in multi-row
-/// statements; SQLite through diesel-async has no multi-row insert, and there a statement
-/// costs microseconds in process, not a round trip.
-pub(crate) trait InsertRows<Row> {
-    async fn insert_rows(&mut self, rows: &[Row]) -> diesel::QueryResult<()>;
-}
-
-macro_rules! insert_rows {
-    ($row:ty, $table:path) => {
-        impl InsertRows<$row> for PgConn {
-            async fn insert_rows(&mut self, rows: &[$row]) -> diesel::QueryResult<()> {
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    diesel::insert_into($table)
-                        .values(chunk)
-                        .execute(self)
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-
-        impl InsertRows<$row> for SqliteConn {
-            async fn insert_rows(&mut self, rows: &[$row]) -> diesel::QueryResult<()> {
-                for row in rows {
-                    diesel::insert_into($table)
-                        .values(row)
-                        .execute(self)
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-    };
-}
-
-use diesel_async::RunQueryDsl as _;
-insert_rows!(models::OutboxRow, schema::outbox::table);
-insert_rows!(models::OrderRow, schema::orders::table);
-insert_rows!(models::OrderItemRow, schema::order_items::table);
-insert_rows!(models::OrderEventRow, schema::order_events::table);

@@ -8,7 +8,7 @@ use crate::db::schema::outbox;
 use crate::db::{Db, DbError};
 use crate::dispatch_tests::{on_both_backends, pg_admin, pg_database};
 use crate::supervision_tests::{School, new_order, school};
-use crate::{repo, with_conn};
+use crate::with_conn;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use std::collections::HashSet;
@@ -42,7 +42,7 @@ pub(super) fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
 
 pub(super) async fn counters(db: &Db, s: &School, n: i32) {
     for number in 1..=n {
-        repo::insert_counter(
+        crate::db::insert(
             db,
             &CounterRow {
                 id: crate::api::new_id(),
@@ -248,7 +248,7 @@ async fn events_are_fanned_out_once(db: Db) {
     use tiffin_actors::ports::Outbox;
     let a = school(&db, "A").await;
     let guardian = crate::api::new_id();
-    repo::insert_user(
+    crate::db::insert(
         &db,
         &UserRow {
             id: guardian.clone(),
@@ -267,7 +267,7 @@ async fn events_are_fanned_out_once(db: Db) {
     )
     .await
     .unwrap();
-    repo::insert_link(
+    crate::db::insert(
         &db,
         &GuardianLinkRow {
             guardian_id: guardian.clone(),

@@ -8,7 +8,7 @@
 //! news is no longer true of its order (`notices::Kind::still_true`, the order found through
 //! the message's event) expires.
 
-use super::{CLAIM_LEASE_SECS, DieselStore};
+use super::DieselStore;
 use crate::db::models::{OutboxRow, now};
 use crate::db::schema::{order_events, orders, outbox};
 use crate::db::{Db, DbError};
@@ -21,6 +21,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use tiffin_actors::domain::OrderState;
 use tiffin_actors::notices::{Kind, Priority};
 use tiffin_actors::ports::{Claimed, CommandError, Dropped, Needed, OutboxMessage};
+
+/// How long a dispatcher holds a claimed outbox row before another may take it.
+const CLAIM_LEASE_SECS: i64 = 60;
 
 /// PostgreSQL: the whole claim in one statement, one round trip: due rows locked (skipping
 /// those another node holds) in the order of the partial index `outbox_pending`, each judged,

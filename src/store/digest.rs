@@ -6,9 +6,8 @@
 //! guardian, keyed `digest:<school>:<guardian>:<day>` besides. A crash before the commit leaves
 //! the day to be queued again; after it, dispatch sends the rows like any message, once.
 
-use super::{
-    DieselStore, PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, TxError, outbox_rows, recipient,
-};
+use super::notices::{PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient};
+use super::{DieselStore, TxError};
 use crate::db::DbError;
 use crate::db::schema::{
     guardian_links, notification_preferences, order_events, orders, outbox, schools, users,

@@ -6,9 +6,8 @@
 //! schools and audiences set-wise, write every row. Rows are keyed by (event, recipient,
 //! channel), and an event is taken in the transaction that writes its rows: once.
 
-use super::{
-    DieselStore, PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, TxError, outbox_rows, recipient,
-};
+use super::notices::{PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient};
+use super::{DieselStore, TxError};
 use crate::db::schema::{device_tokens, guardian_links, notification_preferences, schools, users};
 use crate::db::{Db, InsertRows};
 use crate::with_conn;
@@ -90,7 +89,7 @@ struct People {
 }
 
 impl People {
-    /// Who hears of `due`, as `store::audience!` chose for a single notice.
+    /// Who hears of `due`, as `NoticeReads::audience` (`notices.rs`) chooses for a single notice.
     fn of(&self, due: &Due) -> Vec<Recipient> {
         let mut rows: Vec<&RecipientRow> = Vec::new();
         let audience = due.audience();

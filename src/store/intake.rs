@@ -10,13 +10,17 @@
 //! under READ COMMITTED inside a transaction just as well, and what must be unique (a
 //! request's key, a number) is held by the write. SQLite: one transaction, in process.
 
+use super::amend::AmendOrder;
+use super::batch::{one_by_one, pipelined, together_or_each};
+use super::order_checks::{allergy_check, order_lines};
+use super::orders::{EventNote, event_from_row, event_row};
+use super::schools::waves_on_day;
+use super::sequence::with_schools_locked;
 use super::sequence::{LockSchools, TakeSeqs};
-use super::{
-    DieselStore, EventNote, OrderCommitted, TxError, allergy_check, event_from_row, event_row,
-    json_error, order_lines, together_or_each, waves_on_day,
-};
+use super::{DieselStore, OrderCommitted, TxError, json_error};
+use crate::db::DbError;
 use crate::db::models::{MealRow, OrderEventRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
-use crate::db::schema::{meals, order_events, orders, schools, service_windows, users};
+use crate::db::schema::{meals, orders, schools, service_windows, users};
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
@@ -27,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tiffin_actors::domain::{OrderState, OrderSummary, Role, choose_wave, event_type};
 use tiffin_actors::notices::Kind;
 use tiffin_actors::ports::{CommandError, NewOrder, Placed};
+use tiffin_actors::ports::{Idempotency, Store};
 
 /// What a batch's orders need, read in a handful of statements.
 struct Facts {
@@ -127,7 +132,7 @@ impl Decisions {
     }
 
     /// Each command's answer, once the batch is written.
-    async fn answers(self, conn: &mut impl LatestSnapshot) -> Result<Vec<OrderCommitted>, TxError> {
+    async fn answers(self, conn: &mut impl AmendOrder) -> Result<Vec<OrderCommitted>, TxError> {
         let mut results = Vec::with_capacity(self.answers.len());
         for answer in self.answers {
             results.push(match answer {
@@ -146,23 +151,6 @@ impl Decisions {
         Ok(results)
     }
 }
-
-/// The order an earlier request made, as its last event left it.
-trait LatestSnapshot {
-    async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError>;
-}
-
-macro_rules! latest_snapshot_for {
-    ($conn:ty) => {
-        impl LatestSnapshot for $conn {
-            async fn latest_snapshot(&mut self, order_id: &str) -> Result<OrderSummary, TxError> {
-                Ok(latest_snapshot!(self, order_id))
-            }
-        }
-    };
-}
-latest_snapshot_for!(PgConn);
-latest_snapshot_for!(SqliteConn);
 
 impl DieselStore {
     /// Commits a batch of new orders, answering each. Should the batch itself fail (a key
@@ -486,4 +474,69 @@ fn item_rows(order: &OrderSummary) -> impl Iterator<Item = OrderItemRow> + '_ {
         quantity: l.quantity,
         unit_price_cents: l.unit_price_cents,
     })
+}
+
+impl DieselStore {
+    /// The order an earlier request with this key made, if any.
+    async fn find_idempotent(
+        &self,
+        placed_by: &str,
+        idempotency: &Idempotency,
+    ) -> Result<Option<Placed>, CommandError> {
+        let found: Option<(String, Option<String>)> = self
+            .run(async |db| {
+                with_conn!(db, |conn| orders::table
+                    .filter(orders::placed_by.eq(placed_by))
+                    .filter(orders::idempotency_key.eq(&idempotency.key))
+                    .select((orders::id, orders::request_fingerprint))
+                    .first(conn)
+                    .await
+                    .optional()
+                    .map_err(DbError::from))
+            })
+            .await?;
+        let Some((order_id, fingerprint)) = found else {
+            return Ok(None);
+        };
+        if fingerprint.as_deref() != Some(idempotency.fingerprint.as_str()) {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        let order = self
+            .load_order(&order_id)
+            .await?
+            .ok_or(CommandError::OrderNotFound)?;
+        Ok(Some(Placed::Existing(order)))
+    }
+
+    pub(super) async fn place(&self, order: NewOrder) -> Result<Placed, CommandError> {
+        let (placed_by, idempotency) = (order.placed_by.clone(), order.idempotency.clone());
+        let committed = self
+            .intake
+            .submit(order, |batch| self.insert_orders(batch))
+            .await
+            .ok_or_else(|| CommandError::Unavailable("the order's batch was abandoned".into()))?;
+        match committed {
+            Ok(placed) => {
+                if let Placed::New(event) = &placed {
+                    self.owners.remember(
+                        &event.order_id,
+                        &event.school_id,
+                        &event.order.student_id,
+                    );
+                }
+                Ok(placed)
+            }
+            // A concurrent request with the same key won the insert: answer as it did.
+            Err(TxError::Db(DbError::Duplicate(_))) if idempotency.is_some() => {
+                match &idempotency {
+                    Some(i) => self
+                        .find_idempotent(&placed_by, i)
+                        .await?
+                        .ok_or(CommandError::IdempotencyKeyReused),
+                    None => Err(CommandError::IdempotencyKeyReused),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }

@@ -3,11 +3,12 @@
 //! reader's row, remembered briefly, is read afresh once rotated.
 
 use super::DieselStore;
+use super::scan_claims::ScanToClaim;
+use super::scans::SCAN_PENDING;
 use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
 use crate::db::schema::{readers, scans};
 use crate::db::{Db, DbError};
 use crate::dispatch_tests::on_both_backends;
-use crate::repo::{self, SCAN_PENDING, ScanToClaim};
 use crate::supervision_tests::{School, new_order, school};
 use crate::with_conn;
 use chrono::{NaiveDateTime, TimeDelta};
@@ -19,7 +20,9 @@ use tiffin_actors::ports::Placed;
 async fn school_with_reader(db: &Db, name: &str) -> (School, ReaderRow) {
     let s = school(db, name).await;
     crate::store::batch_tests::counters(db, &s, 1).await;
-    let counter = repo::counters(db, &s.id).await.unwrap()[0].id.clone();
+    let counter = super::counters::counters(db, &s.id).await.unwrap()[0]
+        .id
+        .clone();
     let row = ReaderRow {
         id: crate::api::new_id(),
         school_id: s.id.clone(),
@@ -31,7 +34,7 @@ async fn school_with_reader(db: &Db, name: &str) -> (School, ReaderRow) {
         key_version: 1,
         active: true,
     };
-    repo::insert_reader(db, &row).await.unwrap();
+    crate::db::insert(db, &row).await.unwrap();
     (s, row)
 }
 
@@ -45,7 +48,7 @@ async fn card_of(db: &Db, s: &School, uid: &str) {
         created_at: now(),
         updated_at: now(),
     };
-    repo::insert_card(db, &row).await.unwrap();
+    crate::db::insert(db, &row).await.unwrap();
 }
 
 fn scan(reader: &ReaderRow, seq: i64, uid: &str, read_at: NaiveDateTime) -> ScanRow {
@@ -128,7 +131,9 @@ async fn a_batch_gives_each_scan_its_own_facts(db: Db) {
     .into_iter()
     .map(|row| ScanToClaim { row, window })
     .collect::<Vec<_>>();
-    let claimed = repo::claim_scans_with_facts(&db, &batch).await.unwrap();
+    let claimed = super::scan_claims::claim_scans_with_facts(&db, &batch)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), batch.len());
     let orders_of = |i: usize| -> Vec<String> {
         claimed[i]

@@ -3,10 +3,10 @@
 //! PostgreSQL).
 
 use super::DieselStore;
+use super::scan_claims::{ClaimedScan, ScanToClaim};
 use crate::db::DbError;
 use crate::db::models::ReaderRow;
 use crate::group_commit::GroupCommit;
-use crate::repo::{self, ClaimedScan, ScanToClaim};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -72,7 +72,7 @@ impl DieselStore {
     pub async fn reader_afresh(&self, id: &str) -> Result<Option<ReaderRow>, DbError> {
         // Stamped before the read: a change committed during it is read again sooner.
         let asked = Instant::now();
-        let row = repo::reader(&self.db, id).await?;
+        let row = super::readers::reader(&self.db, id).await?;
         if let Some(row) = &row {
             self.readers.keep(row, asked);
         }
@@ -81,7 +81,7 @@ impl DieselStore {
 
     /// Records that the reader was seen now.
     pub async fn reader_seen(&self, id: &str) -> Result<(), DbError> {
-        let at = repo::reader_seen(&self.db, id).await?;
+        let at = super::readers::reader_seen(&self.db, id).await?;
         self.readers.seen(id, at);
         Ok(())
     }
@@ -93,7 +93,8 @@ impl DieselStore {
         key_version: i32,
         secret_hash: &str,
     ) -> Result<(), DbError> {
-        let rotated = repo::rotate_reader_key(&self.db, id, key_version, secret_hash).await;
+        let rotated =
+            super::readers::rotate_reader_key(&self.db, id, key_version, secret_hash).await;
         self.readers.forget(id);
         rotated
     }
@@ -104,7 +105,7 @@ impl DieselStore {
         let db = &self.db;
         self.scan_claims
             .submit(scan, |batch| async move {
-                match repo::claim_scans_with_facts(db, &batch).await {
+                match super::scan_claims::claim_scans_with_facts(db, &batch).await {
                     Ok(claimed) => claimed.into_iter().map(Ok).collect(),
                     Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
                 }

@@ -12,13 +12,13 @@
 //! statement a row, in process. Two batches that read the same free code race to the unique
 //! index on codes; the loser is retried one by one with fresh reads.
 
-use super::sequence::{LockSchools, TakeSeqs};
-use super::{
-    DieselStore, EventNote, TxError, event_from_row, event_row, json_error, local_day,
-    together_or_each,
-};
+use super::batch::together_or_each;
+use super::orders::{EventNote, event_from_row, event_row};
+use super::pickup::{Pickup, PickupQueries, draw_candidates};
+use super::sequence::{LockSchools, TakeSeqs, with_schools_locked};
+use super::{DieselStore, TxError, json_error};
 use crate::db::models::{OrderEventRow, now};
-use crate::db::schema::{counters, orders, scans, schools};
+use crate::db::schema::{orders, scans};
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
@@ -26,9 +26,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use tiffin_actors::domain::{
-    CounterRef, KitchenEvent, OrderState, OrderSummary, assign_counter, event_type, pickup_code,
-};
+use tiffin_actors::domain::{KitchenEvent, OrderState, OrderSummary, event_type};
 use tiffin_actors::notices::kind_of_transition;
 use tiffin_actors::ports::{CommandError, TransitionCommit};
 
@@ -108,190 +106,6 @@ async fn apply_updates(
         }
     }
     Ok(moved)
-}
-
-/// What orders becoming ready need, read set-wise for their schools: time zones, open
-/// counters, the orders waiting at each, and fresh codes with those of them already taken on
-/// the days around now (a school's day is within one of the UTC day).
-#[derive(Default)]
-struct Pickup {
-    zones: HashMap<String, String>,
-    open: HashMap<String, Vec<CounterRef>>,
-    waiting: HashMap<String, i64>,
-    /// School -> codes drawn for this batch, each to be checked against `taken`.
-    candidates: HashMap<String, Vec<String>>,
-    /// (school, local day) -> codes taken, of the candidates.
-    taken: HashMap<(String, String), HashSet<String>>,
-}
-
-/// Codes drawn per order becoming ready. Only these are looked up, not the day's codes (read
-/// whole, a school's day of codes was read again for every batch: 3 ms a batch and 3,000
-/// rows by mid-lunch, BENCHMARKS.md). With a few thousand of the 456,976 codes taken in a
-/// school's day, all four taken is a chance of about one in 10^8.
-const CANDIDATES_PER_CODE: usize = 4;
-
-/// Fresh codes for each school, `CANDIDATES_PER_CODE` per order of it becoming ready.
-fn draw_candidates(ready: &[&str]) -> HashMap<String, Vec<String>> {
-    let mut drawn: HashMap<String, HashSet<String>> = HashMap::new();
-    for school in ready {
-        let codes = drawn.entry((*school).to_owned()).or_default();
-        let wanted = codes.len() + CANDIDATES_PER_CODE;
-        while codes.len() < wanted {
-            match pickup_code(codes, |n| rand::random_range(0..n)) {
-                Some(code) => codes.insert(code),
-                None => break,
-            };
-        }
-    }
-    drawn
-        .into_iter()
-        .map(|(school, codes)| (school, codes.into_iter().collect()))
-        .collect()
-}
-
-trait PickupQueries {
-    /// `ready`: the school of each order becoming ready; `candidates`: codes drawn for them.
-    async fn pickup(
-        &mut self,
-        ready: &[&str],
-        candidates: HashMap<String, Vec<String>>,
-        at: NaiveDateTime,
-    ) -> QueryResult<Pickup>;
-}
-
-macro_rules! pickup_queries {
-    ($conn:ty, $join:ident, |$this:ident| $c0:expr, $c1:expr, $c2:expr, $c3:expr) => {
-        impl PickupQueries for $conn {
-            async fn pickup(
-                &mut self,
-                ready: &[&str],
-                candidates: HashMap<String, Vec<String>>,
-                at: NaiveDateTime,
-            ) -> QueryResult<Pickup> {
-                let schools: Vec<&str> = ready
-                    .iter()
-                    .copied()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                let schools = schools.as_slice();
-                let codes: Vec<&String> = candidates.values().flatten().collect();
-                let days: Vec<String> = [-1, 0, 1]
-                    .into_iter()
-                    .map(|d| {
-                        (at + chrono::Duration::days(d))
-                            .format("%Y-%m-%d")
-                            .to_string()
-                    })
-                    .collect();
-                let $this = self;
-                let (zones, open, waiting, taken) = $join!(
-                    schools::table
-                        .filter(schools::id.eq_any(schools))
-                        .select((schools::id, schools::time_zone))
-                        .load::<(String, String)>($c0),
-                    counters::table
-                        .filter(counters::school_id.eq_any(schools))
-                        .filter(counters::is_open.eq(true))
-                        .select((
-                            counters::school_id,
-                            counters::id,
-                            counters::number,
-                            counters::name
-                        ))
-                        .load::<(String, String, i32, String)>($c1),
-                    orders::table
-                        .filter(orders::school_id.eq_any(schools))
-                        .filter(orders::state.eq(OrderState::Ready.as_str()))
-                        .filter(orders::counter_id.is_not_null())
-                        .group_by(orders::counter_id)
-                        .select((orders::counter_id, diesel::dsl::count_star()))
-                        .load::<(Option<String>, i64)>($c2),
-                    orders::table
-                        .filter(orders::school_id.eq_any(schools))
-                        .filter(orders::pickup_day.eq_any(&days))
-                        .filter(orders::pickup_code.eq_any(&codes))
-                        .select((orders::school_id, orders::pickup_day, orders::pickup_code))
-                        .load::<(String, Option<String>, Option<String>)>($c3),
-                );
-                let mut pickup = Pickup {
-                    zones: zones.into_iter().collect(),
-                    candidates,
-                    ..Pickup::default()
-                };
-                for (school, id, number, name) in open {
-                    pickup
-                        .open
-                        .entry(school)
-                        .or_default()
-                        .push(CounterRef { id, number, name });
-                }
-                pickup.waiting = waiting
-                    .into_iter()
-                    .filter_map(|(id, n)| Some((id?, n)))
-                    .collect();
-                for (school, day, code) in taken {
-                    if let (Some(day), Some(code)) = (day, code) {
-                        pickup.taken.entry((school, day)).or_default().insert(code);
-                    }
-                }
-                Ok(pickup)
-            }
-        }
-    };
-}
-pickup_queries!(
-    PgConn,
-    pipelined,
-    |conn| &mut &*conn,
-    &mut &*conn,
-    &mut &*conn,
-    &mut &*conn
-);
-pickup_queries!(
-    SqliteConn,
-    one_by_one,
-    |conn| &mut *conn,
-    &mut *conn,
-    &mut *conn,
-    &mut *conn
-);
-
-impl Pickup {
-    /// The least-loaded open counter and a free code for an order becoming ready, counted
-    /// at once so the batch's next ready order sees it; with the school's day.
-    fn assign(
-        &mut self,
-        school_id: &str,
-        at: NaiveDateTime,
-    ) -> Result<(Option<CounterRef>, String, String), CommandError> {
-        let day = local_day(
-            self.zones
-                .get(school_id)
-                .ok_or(CommandError::SchoolNotFound)?,
-            at,
-        );
-        let open = self
-            .open
-            .get(school_id)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let counter =
-            assign_counter(open, |c| self.waiting.get(&c.id).copied().unwrap_or(0)).cloned();
-        if let Some(c) = &counter {
-            *self.waiting.entry(c.id.clone()).or_default() += 1;
-        }
-        let taken = self
-            .taken
-            .entry((school_id.to_owned(), day.clone()))
-            .or_default();
-        let candidates = self.candidates.entry(school_id.to_owned()).or_default();
-        let code = std::iter::from_fn(|| candidates.pop())
-            .find(|code| !taken.contains(code))
-            .ok_or_else(|| CommandError::Internal("no free pickup code today".into()))?;
-        taken.insert(code.clone());
-        Ok((counter, code, day))
-    }
 }
 
 /// A batch planned: each transition's order as it will be, with its update and its event
@@ -688,63 +502,4 @@ fn plan(
         });
     }
     Ok((order, update))
-}
-
-#[cfg(test)]
-mod pickup_tests {
-    use super::*;
-    use crate::db::Db;
-    use crate::dispatch_tests::on_both_backends;
-    use crate::store::batch_tests::{counters, step};
-    use crate::supervision_tests::{new_order, school};
-    use tiffin_actors::ports::{Placed, Store};
-
-    /// A drawn code already taken today is passed over; with none left, the order is refused
-    /// rather than given a taken code.
-    async fn a_taken_candidate_is_passed_over(db: Db) {
-        let s = school(&db, "Codes").await;
-        counters(&db, &s, 1).await;
-        let store = DieselStore::new(db.clone(), 120);
-        let mut event = match store.place_order(new_order(&s)).await.unwrap() {
-            Placed::New(event) => event,
-            Placed::Existing(_) => panic!("a new order"),
-        };
-        for to in [
-            OrderState::Confirmed,
-            OrderState::Preparing,
-            OrderState::Ready,
-        ] {
-            event = store.commit_transition(step(&event, to)).await.unwrap();
-        }
-        let taken = event.order.pickup_code.clone().unwrap();
-        let fresh = if taken == "WXYZ" { "XYZW" } else { "WXYZ" };
-        // The taken one is tried first (the last drawn).
-        let candidates = HashMap::from([(s.id.clone(), vec![fresh.to_owned(), taken.clone()])]);
-        let at = now();
-        let read = async {
-            crate::with_conn!(&db, |conn| conn
-                .pickup(&[s.id.as_str()], candidates, at)
-                .await
-                .map_err(crate::db::DbError::from))
-        };
-        let mut pickup: Pickup = read.await.unwrap();
-        let (_, code, _) = pickup.assign(&s.id, at).unwrap();
-        assert_eq!(code, fresh);
-        assert!(pickup.assign(&s.id, at).is_err(), "no code left");
-    }
-
-    on_both_backends!(
-        a_taken_candidate_is_passed_over_on_sqlite,
-        a_taken_candidate_is_passed_over_on_postgres,
-        a_taken_candidate_is_passed_over
-    );
-
-    #[test]
-    fn each_order_becoming_ready_gets_its_candidates() {
-        let drawn = draw_candidates(&["a", "a", "b"]);
-        assert_eq!(drawn["a"].len(), 2 * CANDIDATES_PER_CODE);
-        assert_eq!(drawn["b"].len(), CANDIDATES_PER_CODE);
-        let distinct: HashSet<&String> = drawn["a"].iter().collect();
-        assert_eq!(distinct.len(), drawn["a"].len());
-    }
 }

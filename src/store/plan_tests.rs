@@ -2,9 +2,15 @@
 //! before the tables have statistics (as on a new database, or with autovacuum off): such
 //! plans once walked every order of the school on each scan, and every event for a gauge.
 
-use super::*;
+use super::cards::holder_of;
+use super::orders::{days_around_today, orders_of_day};
+use super::scan_claims;
+use crate::db::Db;
+use crate::db::schema::{order_events, orders, rfid_cards, schools};
 use crate::dispatch_tests::{pg_admin, pg_database, pg_url};
+use diesel::prelude::*;
 use diesel::sql_types::Text;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 
 #[derive(QueryableByName)]
 struct PlanLine {
@@ -162,7 +168,7 @@ const A_DAY_OF_EVENTS: &str = "SET session_replication_role = replica; \
 #[tokio::test]
 async fn the_fan_out_backlog_is_counted_from_its_partial_index() {
     let (name, _db) = pg_database().await;
-    let query = crate::store::awaiting_fan_out!();
+    let query = super::outbox::awaiting_fan_out!();
     let plan = generic_plan(&name, A_DAY_OF_EVENTS, &query, "").await;
     assert!(plan.contains("order_events_to_fan_out"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
@@ -213,7 +219,7 @@ async fn an_inbox_group_looks_up_only_its_own_messages() {
         INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, created_at) \
         SELECT 'm' || g, 'u' || (g % 500), g, 'order_placed', 't', 'b', now() \
         FROM generate_series(1, 3000) AS g";
-    let plan = generic_plan_of_sql(&name, setup, crate::inbox::STORE_GROUP_PG, "'[]'").await;
+    let plan = generic_plan_of_sql(&name, setup, super::inbox::STORE_GROUP_PG, "'[]'").await;
     assert!(!plan.contains("Seq Scan on inbox_messages"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }

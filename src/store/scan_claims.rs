@@ -3,11 +3,13 @@
 //! orders of the day), whatever the batch's size. Each scan's facts are then picked out of
 //! the batch's rows in memory.
 
-use super::{DayOrderRow, SCAN_ABANDONED, SCAN_PENDING, days_around_today, of_today};
+use super::batch::{one_by_one, pipelined};
+use super::cards::holder_of;
+use super::orders::{DayOrderRow, days_around_today, of_today, orders_of_day};
+use super::scans::{SCAN_ABANDONED, SCAN_PENDING};
 use crate::db::models::{CardRow, ScanRow};
 use crate::db::schema::{order_events, orders, rfid_cards, scans, schools};
 use crate::db::{Db, DbError};
-use crate::store::{one_by_one, pipelined};
 use chrono::NaiveDateTime;
 use chrono::TimeDelta;
 use diesel::prelude::*;
