@@ -834,7 +834,7 @@ async fn seed(
 ) -> anyhow::Result<(Vec<School>, Vec<Student>, Vec<Guardian>)> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     // Phone numbers are unique: this run's differ from an earlier run's on the same hub.
-    let phone_salt = u32::from_str_radix(&run_id[..4], 16).unwrap_or_default() % 1000;
+    let phone_salt = crate::people::phone_salt(&run_id);
     let admin = target.admin_token.as_str();
     let url = |p: String| format!("{}{p}", target.url);
     let mut schools = Vec::new();
@@ -933,7 +933,7 @@ async fn seed(
                     "display_name": format!("Guardian {g}"),
                     "email": login,
                     "password": PASSWORD,
-                    "phone": crate::rush::phone_number(phone_salt, n * 1000 + g),
+                    "phone": crate::people::phone_number(phone_salt, n * 1000 + g),
                 }),
             )
             .await?;
