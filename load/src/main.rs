@@ -12,7 +12,6 @@ mod profile;
 mod raw;
 mod report;
 mod rush;
-mod scans;
 mod sink;
 mod stats;
 

@@ -7,6 +7,8 @@
 //! run.
 
 use crate::hub::{self, Target, client, code_of, created, reader_post_on};
+use crate::people::sign_in;
+use crate::stats::server_cpu;
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -37,7 +39,7 @@ pub async fn measure(target: &Target, length: Duration) -> anyhow::Result<Value>
         seeded.elapsed().as_secs_f64()
     );
     let trips_before = hub::round_trips(&target.url).await;
-    let cpu_before = target.pid.and_then(hub::usage).map(|(cpu, _)| cpu);
+    let cpu_before = server_cpu(target.pid);
     let began = Instant::now();
     let readers = schools.iter().flat_map(|school| {
         school.readers.iter().enumerate().map(|(r, reader)| {
@@ -47,7 +49,7 @@ pub async fn measure(target: &Target, length: Duration) -> anyhow::Result<Value>
     });
     let answers: Vec<Vec<Answer>> = futures_util::future::join_all(readers).await;
     let elapsed = began.elapsed().as_secs_f64();
-    let cpu_after = target.pid.and_then(hub::usage).map(|(cpu, _)| cpu);
+    let cpu_after = server_cpu(target.pid);
     let trips = hub::round_trips_between(&trips_before, &hub::round_trips(&target.url).await);
     let mut latencies = Vec::new();
     let mut refused: std::collections::BTreeMap<String, u64> = Default::default();
@@ -131,15 +133,10 @@ async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
         json!({"role": "kitchen_staff", "display_name": "Kitchen", "email": login, "password": "scans-pass"}),
     )
     .await?;
-    let signed_in = created(
-        c.post(url("/api/v1/auth/login")),
-        json!({"login": login, "password": "scans-pass"}),
-    )
-    .await?;
-    let staff = signed_in["access_token"]
-        .as_str()
+    let staff = sign_in(&c, &target.url, &login, "scans-pass")
+        .await
         .context("staff token")?
-        .to_owned();
+        .access;
     let (id, meal, staff, run) = (&id, &meal, &staff, &run);
     let cards: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..STUDENTS)
         .map(|n| async move {
