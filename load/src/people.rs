@@ -1,7 +1,7 @@
 //! The people a run seeds: signing them in, and phone numbers the hub accepts, unique per
 //! run.
 
-use crate::hub::call;
+use crate::hub::{Target, call, client, created};
 use anyhow::{Context, bail};
 use awc::Client;
 use serde_json::json;
@@ -32,6 +32,27 @@ pub async fn sign_in(
         access: token("access_token")?,
         refresh: token("refresh_token")?,
     })
+}
+
+/// A member of a school's kitchen staff, created by the admin and signed in: their access
+/// token.
+pub async fn kitchen_staff(
+    target: &Target,
+    school: &str,
+    display_name: &str,
+    (login, password): (&str, &str),
+) -> anyhow::Result<String> {
+    let c = client();
+    created(
+        c.post(format!("{}/api/v1/schools/{school}/users", target.url))
+            .bearer_auth(&target.admin_token),
+        json!({"role": "kitchen_staff", "display_name": display_name, "email": login, "password": password}),
+    )
+    .await?;
+    Ok(sign_in(&c, &target.url, login, password)
+        .await
+        .context("staff token")?
+        .access)
 }
 
 /// Keeps one run's phone numbers apart from an earlier run's on the same hub (numbers are

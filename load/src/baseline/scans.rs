@@ -7,7 +7,7 @@
 //! run.
 
 use crate::hub::{self, Target, client, code_of, created, reader_post_on};
-use crate::people::sign_in;
+use crate::people::kitchen_staff;
 use crate::stats::server_cpu;
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
@@ -110,9 +110,7 @@ fn card_uid(school: usize, n: usize) -> String {
 }
 
 async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
-    let c = client();
     let admin = &target.admin_token;
-    let url = |p: &str| format!("{}{p}", target.url);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (id, meal) = hub::school_with_meal(
         target,
@@ -128,15 +126,7 @@ async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
         readers.push(hub::add_reader(target, &id, &counter, &name).await?);
     }
     let login = format!("scans-{run}@load.test");
-    created(
-        c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
-        json!({"role": "kitchen_staff", "display_name": "Kitchen", "email": login, "password": "scans-pass"}),
-    )
-    .await?;
-    let staff = sign_in(&c, &target.url, &login, "scans-pass")
-        .await
-        .context("staff token")?
-        .access;
+    let staff = kitchen_staff(target, &id, "Kitchen", (&login, "scans-pass")).await?;
     let (id, meal, staff, run) = (&id, &meal, &staff, &run);
     let cards: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..STUDENTS)
         .map(|n| async move {

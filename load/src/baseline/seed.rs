@@ -2,7 +2,7 @@
 //! that place their orders.
 
 use crate::hub::{self, Target, client, created};
-use crate::people::sign_in;
+use crate::people::{kitchen_staff, sign_in};
 use anyhow::Context;
 use serde_json::json;
 use std::cell::Cell;
@@ -40,15 +40,7 @@ pub(super) async fn seed(
         )
         .await?;
         let login = format!("baseline-{run}-{s}@load.test");
-        created(
-            c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
-            json!({"role": "kitchen_staff", "display_name": "Kitchen", "email": login, "password": "baseline-pass"}),
-        )
-        .await?;
-        let staff = sign_in(&c, &target.url, &login, "baseline-pass")
-            .await
-            .context("staff token")?
-            .access;
+        let staff = kitchen_staff(target, &id, "Kitchen", (&login, "baseline-pass")).await?;
         let mut students = Vec::new();
         for k in 0..4 {
             let student = created(

@@ -4,7 +4,7 @@
 use super::plan::Plan;
 use super::{Guardian, PASSWORD, SEED_AT_ONCE, School, Student};
 use crate::hub::Target;
-use crate::people::{phone_number, phone_salt, sign_in};
+use crate::people::{kitchen_staff, phone_number, phone_salt, sign_in};
 use anyhow::Context;
 use awc::Client;
 use serde_json::{Value, json};
@@ -58,16 +58,7 @@ pub(super) async fn seed(
             readers.push(((secret("id")?, secret("secret")?), Cell::new(1)));
         }
         let staff_login = format!("hasivu-{run_id}-{n}-kitchen@load.test");
-        created(
-            client,
-            url(format!("/api/v1/schools/{id}/users")),
-            admin,
-            json!({"role": "kitchen_staff", "display_name": "Hasivu kitchen", "email": staff_login, "password": PASSWORD}),
-        )
-        .await?;
-        let staff = sign_in(client, &target.url, &staff_login, PASSWORD)
-            .await?
-            .access;
+        let staff = kitchen_staff(target, &id, "Hasivu kitchen", (&staff_login, PASSWORD)).await?;
         // Students: created with a password (a hash on the hub), a card, signed in.
         let first = students.len();
         let numbers: Vec<usize> = (0..plan.students_per_school).collect();

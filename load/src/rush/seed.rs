@@ -4,7 +4,7 @@
 use super::waves::TIME_ZONE;
 use super::{GUARDIAN_PASSWORD, GuardianApp, KITCHEN_PASSWORD, School};
 use crate::hub::{Target, client, created};
-use crate::people::{phone_number, phone_salt, sign_in};
+use crate::people::{kitchen_staff, phone_number, phone_salt, sign_in};
 use crate::profile::Profile;
 use anyhow::Context;
 use serde_json::json;
@@ -60,15 +60,8 @@ async fn seed_school(
         ));
     }
     let staff_login = format!("load-{run_id}-{n}-kitchen@load.test");
-    created(
-        c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
-        json!({"role": "kitchen_staff", "display_name": "Load kitchen", "email": staff_login, "password": KITCHEN_PASSWORD}),
-    )
-    .await?;
-    let staff = sign_in(&c, &target.url, &staff_login, KITCHEN_PASSWORD)
-        .await
-        .context("staff token")?
-        .access;
+    let credentials = (staff_login.as_str(), KITCHEN_PASSWORD);
+    let staff = kitchen_staff(target, &id, "Load kitchen", credentials).await?;
     let mut students = Vec::with_capacity(profile.students_per_school);
     let mut apps = Vec::new();
     let mut guardian_id = String::new();

@@ -70,21 +70,6 @@ impl Tally {
 
 /// The report: the hops, the throughput and the accounting of what the rush left.
 pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushed) -> Value {
-    let Rushed {
-        finished,
-        seed_secs,
-        rush_secs,
-        waves,
-        dashboards,
-        boards,
-        apps,
-        storms,
-        per_school,
-        expected_frames,
-        notifications,
-        hub,
-        trips,
-    } = rushed;
     // Accounting.
     let accepted = run.accepted.borrow().clone();
     let ordered = profile.schools * profile.orders_per_school();
@@ -98,15 +83,15 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
     unique.sort();
     unique.dedup();
     let doubled_orders = accepted.len() - unique.len();
-    let screens = Tally::of(&dashboards, storms);
+    let screens = Tally::of(&rushed.dashboards, rushed.storms);
     let mut missing_frames = 0;
     let mut replayed_frames = 0;
     {
         let mut recorder = run.recorder.borrow_mut();
         let scanned = run.scanned_at.borrow();
-        for d in &dashboards {
+        for d in &rushed.dashboards {
             let seen = d.picked_up.borrow();
-            missing_frames += per_school[d.school].saturating_sub(seen.len());
+            missing_frames += rushed.per_school[d.school].saturating_sub(seen.len());
             for (order, first) in seen.iter() {
                 // Replays wait out the reconnect: counted, not timed as fan-out.
                 if first.replayed {
@@ -121,24 +106,26 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
             }
         }
     }
-    let board_tally = Tally::of(&boards, storms);
+    let board_tally = Tally::of(&rushed.boards, rushed.storms);
     // Every meal left its school's board once (replays after the storm included).
-    let boards_missing: usize = boards
+    let boards_missing: usize = rushed
+        .boards
         .iter()
-        .map(|b| per_school[b.school].saturating_sub(b.gone.get() as usize))
+        .map(|b| rushed.per_school[b.school].saturating_sub(b.gone.get() as usize))
         .sum();
-    let boards_extra: usize = boards
+    let boards_extra: usize = rushed
+        .boards
         .iter()
-        .map(|b| (b.gone.get() as usize).saturating_sub(per_school[b.school]))
+        .map(|b| (b.gone.get() as usize).saturating_sub(rushed.per_school[b.school]))
         .sum();
     let boards_ok = board_tally.clean() && boards_missing == 0 && boards_extra == 0;
-    let app_tally = Tally::of(&apps, 0);
-    let app_orders: usize = apps.iter().map(|a| a.orders().count()).sum();
-    let app_missing: usize = apps.iter().map(|a| a.missing_orders()).sum();
+    let app_tally = Tally::of(&rushed.apps, 0);
+    let app_orders: usize = rushed.apps.iter().map(|a| a.orders().count()).sum();
+    let app_missing: usize = rushed.apps.iter().map(|a| a.missing_orders()).sum();
     let apps_ok = app_missing == 0 && app_tally.clean();
     let recorder = run.recorder.borrow();
     let errors = recorder.errors();
-    let ok = finished
+    let ok = rushed.finished
         && errors == 0
         && accepted.len() == ordered
         && doubled_orders == 0
@@ -149,10 +136,10 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
         && apps_ok
         && boards_ok
         && run.dropped.get() == 0
-        && (notifications.is_null() || notifications["ok"] == true);
+        && (rushed.notifications.is_null() || rushed.notifications["ok"] == true);
     let counter_boards = json!({
         "ok": boards_ok,
-        "boards": boards.len(),
+        "boards": rushed.boards.len(),
         "frames": board_tally.frames,
         "out_of_order": board_tally.gaps,
         "meals_gone_missing": boards_missing,
@@ -164,7 +151,7 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
     // Apart: one json! this size passes the macro recursion limit.
     let guardian_apps = json!({
         "ok": apps_ok,
-        "apps": apps.len(),
+        "apps": rushed.apps.len(),
         "orders_followed": app_orders,
         "frames": app_tally.frames,
         "picked_up_seen": app_orders - app_missing,
@@ -179,12 +166,12 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
         "profile": profile,
         "rate_scale": args.rate_scale,
         "ok": ok,
-        "finished_within_deadline": finished,
-        "seed_seconds": seed_secs,
-        "rush_seconds": rush_secs,
+        "finished_within_deadline": rushed.finished,
+        "seed_seconds": rushed.seed_secs,
+        "rush_seconds": rushed.rush_secs,
         "throughput": {
-            "orders_per_sec": run.answered_orders.get() as f64 / rush_secs.max(1e-9),
-            "scans_per_sec": run.answered_scans.get() as f64 / rush_secs.max(1e-9),
+            "orders_per_sec": run.answered_orders.get() as f64 / rushed.rush_secs.max(1e-9),
+            "scans_per_sec": run.answered_scans.get() as f64 / rushed.rush_secs.max(1e-9),
         },
         "hops": recorder.hops_json(),
         "timeline": recorder.timeline_json(),
@@ -196,17 +183,17 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
             "handed_over_twice": twice,
             "not_handed_over": not_handed,
             "repeat_reads_debounced": run.repeats_debounced.get(),
-            "waves": waves,
+            "waves": rushed.waves,
             "offline_readers": profile.offline_readers,
             "offline_batches": run.offline_batches.get(),
             "offline_batch_scans": run.offline_batch_scans.get(),
             "offline_batch_slowest_ms": run.offline_batch_slowest.get().as_secs_f64() * 1000.0,
-            "dashboards": dashboards.len(),
+            "dashboards": rushed.dashboards.len(),
             "dashboard_gaps": screens.gaps,
-            "dashboard_frames_expected": expected_frames * profile.dashboards_per_kitchen,
+            "dashboard_frames_expected": rushed.expected_frames * profile.dashboards_per_kitchen,
             "dashboard_frames_missing": missing_frames,
             "dashboard_frames_replayed": replayed_frames,
-            "dashboard_storms": storms,
+            "dashboard_storms": rushed.storms,
             "dashboard_reconnects": screens.reconnects,
             "dashboards_not_reconnected": screens.not_reconnected,
             "dashboard_resets": screens.resets,
@@ -216,9 +203,9 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
             "counter_boards": counter_boards,
             "sends_dropped": run.dropped.get(),
             "errors": errors,
-            "notifications": notifications,
+            "notifications": rushed.notifications,
         },
-        "hub": hub,
-        "db_statements": trips,
+        "hub": rushed.hub,
+        "db_statements": rushed.trips,
     })
 }
