@@ -3,7 +3,7 @@
 //! and a WebSocket broadcast server (`GET /ws` joins, `POST /publish` sends the body to every
 //! socket), and the raw inserts (`POST /raw`, see raw.rs). Nothing else: no auth, no topics, no sequence numbers, no queues of our own.
 
-use crate::baseline::{RawAnswer, RawRequest};
+use crate::baseline::intake::{RawAnswer, RawRequest};
 use crate::raw::{Scratch, measure};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;

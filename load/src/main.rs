@@ -6,13 +6,14 @@ mod bare;
 mod baseline;
 mod hasivu;
 mod hub;
+mod people;
 mod pgbench;
 mod profile;
 mod raw;
 mod report;
 mod rush;
-mod scans;
 mod sink;
+mod stats;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};

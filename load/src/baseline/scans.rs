@@ -7,6 +7,8 @@
 //! run.
 
 use crate::hub::{self, Target, client, code_of, created, reader_post_on};
+use crate::people::kitchen_staff;
+use crate::stats::server_cpu;
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -37,7 +39,7 @@ pub async fn measure(target: &Target, length: Duration) -> anyhow::Result<Value>
         seeded.elapsed().as_secs_f64()
     );
     let trips_before = hub::round_trips(&target.url).await;
-    let cpu_before = target.pid.and_then(hub::usage).map(|(cpu, _)| cpu);
+    let cpu_before = server_cpu(target.pid);
     let began = Instant::now();
     let readers = schools.iter().flat_map(|school| {
         school.readers.iter().enumerate().map(|(r, reader)| {
@@ -47,7 +49,7 @@ pub async fn measure(target: &Target, length: Duration) -> anyhow::Result<Value>
     });
     let answers: Vec<Vec<Answer>> = futures_util::future::join_all(readers).await;
     let elapsed = began.elapsed().as_secs_f64();
-    let cpu_after = target.pid.and_then(hub::usage).map(|(cpu, _)| cpu);
+    let cpu_after = server_cpu(target.pid);
     let trips = hub::round_trips_between(&trips_before, &hub::round_trips(&target.url).await);
     let mut latencies = Vec::new();
     let mut refused: std::collections::BTreeMap<String, u64> = Default::default();
@@ -108,9 +110,7 @@ fn card_uid(school: usize, n: usize) -> String {
 }
 
 async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
-    let c = client();
     let admin = &target.admin_token;
-    let url = |p: &str| format!("{}{p}", target.url);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (id, meal) = hub::school_with_meal(
         target,
@@ -126,20 +126,7 @@ async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
         readers.push(hub::add_reader(target, &id, &counter, &name).await?);
     }
     let login = format!("scans-{run}@load.test");
-    created(
-        c.post(url(&format!("/api/v1/schools/{id}/users"))).bearer_auth(admin),
-        json!({"role": "kitchen_staff", "display_name": "Kitchen", "email": login, "password": "scans-pass"}),
-    )
-    .await?;
-    let signed_in = created(
-        c.post(url("/api/v1/auth/login")),
-        json!({"login": login, "password": "scans-pass"}),
-    )
-    .await?;
-    let staff = signed_in["access_token"]
-        .as_str()
-        .context("staff token")?
-        .to_owned();
+    let staff = kitchen_staff(target, &id, "Kitchen", (&login, "scans-pass")).await?;
     let (id, meal, staff, run) = (&id, &meal, &staff, &run);
     let cards: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..STUDENTS)
         .map(|n| async move {
