@@ -1,10 +1,10 @@
 //! Push through FCM HTTP v1, one send per active device of the recipient; a device FCM no
 //! longer knows is deactivated and not retried.
 
-use crate::config::PushConfig;
-use crate::db::Db;
 use super::templates::Templates;
 use super::{http_client, retry_after, transport_error};
+use crate::config::PushConfig;
+use crate::db::Db;
 use crate::store;
 use async_trait::async_trait;
 use serde::Deserialize;

@@ -1,9 +1,9 @@
 //! SMS through a Twilio-compatible REST API; errors about the number itself are permanent
 //! and never retried.
 
-use crate::config::SmsConfig;
 use super::templates::Templates;
 use super::{http_client, retry_after, transport_error};
+use crate::config::SmsConfig;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;

@@ -287,7 +287,6 @@ fn money(cents: i64) -> String {
     format!("{sign}${}.{:02}", cents.abs() / 100, cents.abs() % 100)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,7 +71,6 @@ impl Socket {
             ctx,
         );
     }
-
 }
 
 impl Actor for Socket {

@@ -75,4 +75,3 @@ async fn finish(session: actix_ws::Session, reason: Option<CloseReason>) {
     // A client that never reads never makes room: drop the connection after the grace.
     let _ = tokio::time::timeout(CLOSE_GRACE, session.close(reason)).await;
 }
-

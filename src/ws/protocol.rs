@@ -51,7 +51,6 @@ impl Source {
     }
 }
 
-
 /// Who may subscribe to what: a kitchen topic needs kitchen staff of that school; a
 /// board, anyone of that school; an order topic is checked against the order once loaded.
 pub(super) fn authorise(who: &Principal, topic: &str) -> Result<Source, ApiError> {

@@ -18,7 +18,6 @@ pub(super) enum Phase {
     },
 }
 
-
 pub(super) struct TopicState {
     source: Source,
     /// Where its frames come from on the bus; kept so delivery need not rebuild it per frame.
@@ -200,4 +199,3 @@ impl Socket {
         }
     }
 }
-
