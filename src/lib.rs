@@ -16,7 +16,6 @@ pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod pages;
-pub mod passwords;
 pub mod rfid;
 pub mod seed;
 pub mod server;
