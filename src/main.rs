@@ -116,7 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no one signs in as {login}"))?;
             let password = tiffin::seed::random_password();
-            let hash = tiffin::passwords::hash_password(password.clone())
+            let hash = tiffin::auth::passwords::hash_password(password.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             tiffin::store::people::set_password(&db, &user.id, &hash).await?;

@@ -1,10 +1,10 @@
 //! The demo school seeded on first start of the embedded default (and by `tiffin demo`).
 
 use crate::api::new_id;
+use crate::auth::passwords::hash_password;
 use crate::db::models::*;
 use crate::db::schema::{counters, guardian_links, meals, schools, users};
 use crate::db::{Db, DbError};
-use crate::passwords::hash_password;
 use crate::with_conn;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 

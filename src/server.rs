@@ -5,12 +5,10 @@ use crate::auth::JwtKeys;
 use crate::cluster::{Cluster, ClusterBus};
 use crate::config::Config;
 use crate::db::{self, DatabaseUrl, Db};
-use crate::inbox::InAppSender;
 use crate::metrics;
-use crate::notify::{LogSender, SmtpSender, Templates};
-use crate::push::FcmSender;
+use crate::notify::senders;
+use crate::notify::templates::Templates;
 use crate::seed::{self, DEMO_LOGINS};
-use crate::sms::SmsSender;
 use crate::state::AppState;
 use crate::store;
 use crate::store::{DEFAULT_DIGEST_AT, DieselStore};
@@ -19,14 +17,11 @@ use actix_web::{HttpServer, web};
 use anyhow::{Context, anyhow, bail};
 use base64::Engine;
 use secrecy::ExposeSecret;
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use tiffin_actors::bus::{Bus, LocalBus};
 use tiffin_actors::domain::Role;
-use tiffin_actors::notices::Channel;
-use tiffin_actors::ports::Sender;
 use tiffin_actors::{Dispatcher, KitchenFor, Registry};
 
 const MIN_SECRET_BYTES: usize = 32;
@@ -139,45 +134,6 @@ pub async fn ensure_demo(db: &Db) -> anyhow::Result<Option<Demo>> {
         fresh,
         sign_ins,
     }))
-}
-
-fn senders(
-    config: &Config,
-    templates: Arc<Templates>,
-    db: &Db,
-    bus: Arc<dyn Bus>,
-) -> anyhow::Result<HashMap<String, Arc<dyn Sender>>> {
-    let timeout = Duration::from_secs(config.delivery.provider_timeout_secs);
-    let email: Arc<dyn Sender> = match &config.smtp {
-        Some(smtp) => {
-            let crash = config.test_crash_at == Some(crate::config::CrashPoint::EmailAccepted);
-            Arc::new(
-                SmtpSender::new(smtp, timeout, templates.clone())
-                    .map_err(|e| anyhow!(e))?
-                    .crash_when_accepted(crash),
-            )
-        }
-        None => Arc::new(LogSender::new(templates.clone())),
-    };
-    let push: Arc<dyn Sender> = match &config.push {
-        Some(push) => Arc::new(
-            FcmSender::new(push, timeout, db.clone(), templates.clone()).map_err(|e| anyhow!(e))?,
-        ),
-        None => Arc::new(LogSender::new(templates.clone())),
-    };
-    let sms: Arc<dyn Sender> = match &config.sms {
-        Some(sms) => {
-            Arc::new(SmsSender::new(sms, timeout, templates.clone()).map_err(|e| anyhow!(e))?)
-        }
-        None => Arc::new(LogSender::new(templates.clone())),
-    };
-    let in_app: Arc<dyn Sender> = Arc::new(InAppSender::new(db.clone(), templates, bus));
-    Ok(HashMap::from([
-        (Channel::Email.as_str().to_owned(), email),
-        (Channel::Push.as_str().to_owned(), push),
-        (Channel::Sms.as_str().to_owned(), sms),
-        (Channel::InApp.as_str().to_owned(), in_app),
-    ]))
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {

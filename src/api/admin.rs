@@ -3,9 +3,9 @@
 use super::Json;
 use super::{allergen_list, new_id, required_text, split_list, utc};
 use crate::auth::Principal;
+use crate::auth::passwords::hash_password;
 use crate::db::models::*;
 use crate::error::ApiError;
-use crate::passwords::hash_password;
 use crate::state::AppState;
 use crate::store;
 use actix_web::{HttpResponse, delete, get, patch, post, web};

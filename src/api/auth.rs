@@ -3,10 +3,10 @@
 use super::Json;
 use super::admin::User;
 use super::new_id;
+use crate::auth::passwords::verify_password;
 use crate::auth::{Principal, random_token, token_hash};
 use crate::db::models::{RefreshTokenRow, UserRow, now};
 use crate::error::{ApiError, ErrorCode};
-use crate::passwords::verify_password;
 use crate::state::AppState;
 use crate::store::{self, sessions::Rotation};
 use actix_web::{HttpResponse, get, post, web};
@@ -78,7 +78,9 @@ async fn issue(
 async fn dummy_hash() -> Result<String, ApiError> {
     static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
     DUMMY
-        .get_or_try_init(|| crate::passwords::hash_password("not a password of anyone".into()))
+        .get_or_try_init(|| {
+            crate::auth::passwords::hash_password("not a password of anyone".into())
+        })
         .await
         .cloned()
 }

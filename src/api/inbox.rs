@@ -2,7 +2,7 @@
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::inbox::InboxMessage;
+use crate::notify::in_app::InboxMessage;
 use crate::store::inbox;
 use actix_web::{HttpResponse, delete, get, post, web};
 use serde::Deserialize;

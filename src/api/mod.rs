@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+mod caller;
 pub mod inbox;
 pub mod notifications;
 pub mod ops;

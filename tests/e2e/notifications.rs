@@ -442,7 +442,7 @@ async fn provider_connection_resets_are_retried_and_the_backlog_drains_once() {
     }
 }
 
-fn smtp_connections(sink: &SmtpSink, sessions: usize) -> tiffin::smtp::SmtpConnections {
+fn smtp_connections(sink: &SmtpSink, sessions: usize) -> tiffin::notify::email::SmtpConnections {
     let config = tiffin::config::SmtpConfig {
         host: "127.0.0.1".into(),
         port: Some(sink.port),
@@ -452,7 +452,7 @@ fn smtp_connections(sink: &SmtpSink, sessions: usize) -> tiffin::smtp::SmtpConne
         from: "Tiffin <tiffin@school.test>".into(),
         connections: sessions,
     };
-    tiffin::smtp::SmtpConnections::new(&config, Duration::from_secs(5)).unwrap()
+    tiffin::notify::email::SmtpConnections::new(&config, Duration::from_secs(5)).unwrap()
 }
 
 fn numbered_mail(n: usize) -> lettre::Message {

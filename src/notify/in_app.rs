@@ -1,9 +1,9 @@
 //! In-app messages: the outbox's `in_app` channel stores each message in its user's inbox,
 //! numbered per user, and publishes it on the `inbox:<user>` topic once stored.
 
+use super::templates::Templates;
 use crate::db::{Db, DbError, models::now};
 use crate::group_commit::GroupCommit;
-use crate::notify::Templates;
 use crate::store::inbox::{InboxRow, StoreAnswer, store_group};
 use async_trait::async_trait;
 use serde::Serialize;

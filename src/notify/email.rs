@@ -1,19 +1,99 @@
-//! SMTP connections of our own, pooled, for lettre to speak over.
-//!
-//! lettre's transport opens its sockets without `TCP_NODELAY` and writes a message and its
-//! end-of-data line as two sends: the second waits for the server's delayed ACK, about 40 ms
-//! per email (measured with strace, BENCHMARKS.md). Here the plain and STARTTLS sockets are
-//! ours, with `TCP_NODELAY` set. Implicit TLS (port 465) connections are still opened by
-//! lettre, which wraps its own socket.
+//! Email: the `email` channel's sender, over SMTP connections of our own, pooled, for
+//! lettre to speak over.
 
+use super::templates::Templates;
 use crate::config::{SmtpConfig, SmtpTls};
+use async_trait::async_trait;
 use deadpool::managed::{Manager, Metrics, Object, Pool, RecycleError, RecycleResult};
 use lettre::Message;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use secrecy::ExposeSecret;
+use std::sync::Arc;
 use std::time::Duration;
+use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
+
+pub struct SmtpSender {
+    connections: SmtpConnections,
+    /// Sessions open at once, one message on each.
+    sessions: usize,
+    from: Mailbox,
+    templates: Arc<Templates>,
+    /// `test_crash_at = "email_accepted"`.
+    crash_when_accepted: bool,
+}
+
+impl SmtpSender {
+    pub fn new(
+        config: &SmtpConfig,
+        timeout: std::time::Duration,
+        templates: Arc<Templates>,
+    ) -> Result<SmtpSender, String> {
+        let from = config
+            .from
+            .parse()
+            .map_err(|e| format!("smtp from address {:?}: {e}", config.from))?;
+        Ok(SmtpSender {
+            connections: SmtpConnections::new(config, timeout)?,
+            sessions: config.connections,
+            from,
+            templates,
+            crash_when_accepted: false,
+        })
+    }
+
+    /// Fault injection for tests: abort once the server has accepted a message.
+    pub fn crash_when_accepted(mut self, crash: bool) -> SmtpSender {
+        self.crash_when_accepted = crash;
+        self
+    }
+}
+
+#[async_trait]
+impl Sender for SmtpSender {
+    async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
+        let email = self
+            .templates
+            .render_email(message)
+            .map_err(SendError::Permanent)?;
+        let to: Mailbox = message
+            .address
+            .parse()
+            .map_err(|e| SendError::Permanent(format!("address: {e}")))?;
+        // One Message-ID per outbox message: a resend after a crash (sent, then killed
+        // before it was marked) is the same message to every mail system on its way.
+        let message_id = format!("<{}@{}>", message.id, self.from.email.domain());
+        let mail = Message::builder()
+            .message_id(Some(message_id))
+            .from(self.from.clone())
+            .to(to)
+            .subject(email.subject)
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(SinglePart::plain(email.text))
+                    .singlepart(SinglePart::html(email.html)),
+            )
+            .map_err(|e| SendError::Permanent(format!("message: {e}")))?;
+        self.connections.send(&mail).await.map_err(|e| {
+            if e.is_permanent() {
+                SendError::Permanent(e.to_string())
+            } else {
+                SendError::Transient(e.to_string())
+            }
+        })?;
+        crate::config::crash_if(
+            self.crash_when_accepted,
+            crate::config::CrashPoint::EmailAccepted,
+        );
+        Ok(())
+    }
+
+    fn parallel(&self) -> usize {
+        self.sessions
+    }
+}
 
 /// A pooled connection not used for this long is checked with NOOP before it is used again:
 /// servers drop idle sessions.
@@ -115,6 +195,12 @@ impl Manager for Connector {
 }
 
 /// Sends whole messages over pooled SMTP sessions.
+///
+/// lettre's transport opens its sockets without `TCP_NODELAY` and writes a message and its
+/// end-of-data line as two sends: the second waits for the server's delayed ACK, about 40 ms
+/// per email (measured with strace, BENCHMARKS.md). Here the plain and STARTTLS sockets are
+/// ours, with `TCP_NODELAY` set. Implicit TLS (port 465) connections are still opened by
+/// lettre, which wraps its own socket.
 pub struct SmtpConnections {
     pool: Pool<Connector>,
     timeout: Duration,

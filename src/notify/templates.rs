@@ -1,21 +1,14 @@
-//! Notification templates (embedded from `templates/` at build time), email over our SMTP
-//! sessions (`smtp`), the log provider of the embedded default, and what the HTTP providers
-//! share.
+//! Notification templates, embedded from `templates/` at build time and checked at start:
+//! an email's subject, text and HTML, and the short text of SMS and push.
 
-use crate::config::SmtpConfig;
-use crate::smtp::SmtpConnections;
-use async_trait::async_trait;
-use lettre::Message;
-use lettre::message::{Mailbox, MultiPart, SinglePart};
 use minijinja::Environment;
-use std::sync::Arc;
 use tiffin_actors::notices::{Channel, Kind};
-use tiffin_actors::ports::{OutboxMessage, SendError, Sender};
+use tiffin_actors::ports::OutboxMessage;
 
 /// Embeds each file of `templates/` under its path there.
 macro_rules! templates {
     ($($path:literal),* $(,)?) => {
-        &[$(($path, include_str!(concat!("../templates/", $path)))),*]
+        &[$(($path, include_str!(concat!("../../templates/", $path)))),*]
     };
 }
 
@@ -292,178 +285,6 @@ fn local_time(instant: String, time_zone: String) -> Result<String, minijinja::E
 fn money(cents: i64) -> String {
     let sign = if cents < 0 { "-" } else { "" };
     format!("{sign}${}.{:02}", cents.abs() / 100, cents.abs() % 100)
-}
-
-/// The HTTP client of the push and SMS providers: bounded timeouts, so a provider that
-/// accepts a connection and never answers costs a retry, not a stuck dispatcher.
-pub fn http_client(timeout: std::time::Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
-        .timeout(timeout)
-        .user_agent(concat!("tiffin/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))
-}
-
-/// A transport failure in words an operator can act on (reqwest's own message hides the cause).
-pub fn transport_error(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out waiting for the provider".into()
-    } else if e.is_connect() {
-        format!("could not connect: {}", source_chain(e))
-    } else {
-        source_chain(e)
-    }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
-/// A `Retry-After` header: seconds, or an HTTP date.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(std::time::Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
-}
-
-pub struct SmtpSender {
-    connections: SmtpConnections,
-    /// Sessions open at once, one message on each.
-    sessions: usize,
-    from: Mailbox,
-    templates: Arc<Templates>,
-    /// `test_crash_at = "email_accepted"`.
-    crash_when_accepted: bool,
-}
-
-impl SmtpSender {
-    pub fn new(
-        config: &SmtpConfig,
-        timeout: std::time::Duration,
-        templates: Arc<Templates>,
-    ) -> Result<SmtpSender, String> {
-        let from = config
-            .from
-            .parse()
-            .map_err(|e| format!("smtp from address {:?}: {e}", config.from))?;
-        Ok(SmtpSender {
-            connections: SmtpConnections::new(config, timeout)?,
-            sessions: config.connections,
-            from,
-            templates,
-            crash_when_accepted: false,
-        })
-    }
-
-    /// Fault injection for tests: abort once the server has accepted a message.
-    pub fn crash_when_accepted(mut self, crash: bool) -> SmtpSender {
-        self.crash_when_accepted = crash;
-        self
-    }
-}
-
-#[async_trait]
-impl Sender for SmtpSender {
-    async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
-        let email = self
-            .templates
-            .render_email(message)
-            .map_err(SendError::Permanent)?;
-        let to: Mailbox = message
-            .address
-            .parse()
-            .map_err(|e| SendError::Permanent(format!("address: {e}")))?;
-        // One Message-ID per outbox message: a resend after a crash (sent, then killed
-        // before it was marked) is the same message to every mail system on its way.
-        let message_id = format!("<{}@{}>", message.id, self.from.email.domain());
-        let mail = Message::builder()
-            .message_id(Some(message_id))
-            .from(self.from.clone())
-            .to(to)
-            .subject(email.subject)
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(SinglePart::plain(email.text))
-                    .singlepart(SinglePart::html(email.html)),
-            )
-            .map_err(|e| SendError::Permanent(format!("message: {e}")))?;
-        self.connections.send(&mail).await.map_err(|e| {
-            if e.is_permanent() {
-                SendError::Permanent(e.to_string())
-            } else {
-                SendError::Transient(e.to_string())
-            }
-        })?;
-        crate::config::crash_if(
-            self.crash_when_accepted,
-            crate::config::CrashPoint::EmailAccepted,
-        );
-        Ok(())
-    }
-
-    fn parallel(&self) -> usize {
-        self.sessions
-    }
-}
-
-/// The embedded default: renders the message and writes it to the log instead of sending.
-pub struct LogSender {
-    templates: Arc<Templates>,
-}
-
-impl LogSender {
-    pub fn new(templates: Arc<Templates>) -> LogSender {
-        LogSender { templates }
-    }
-}
-
-#[async_trait]
-impl Sender for LogSender {
-    async fn send(&self, message: &OutboxMessage) -> Result<(), SendError> {
-        let (title, body) = if message.channel == "email" {
-            let email = self
-                .templates
-                .render_email(message)
-                .map_err(SendError::Permanent)?;
-            (email.subject, String::new())
-        } else {
-            self.templates
-                .render_short(message)
-                .map_err(SendError::Permanent)?
-        };
-        let secret = Kind::parse(&message.template).is_some_and(Kind::secret);
-        let body = if secret {
-            "[secret: not logged]".to_owned()
-        } else {
-            body
-        };
-        tracing::info!(
-            provider = "log",
-            channel = %message.channel,
-            to = %message.address,
-            title = %title,
-            body = %body,
-            "notification recorded (no provider configured)"
-        );
-        Ok(())
-    }
 }
 
 #[cfg(test)]

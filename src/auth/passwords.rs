@@ -1,8 +1,5 @@
 //! Password hashing (Argon2id, the crate's defaults: 19 MiB, 2 passes) on a few threads of
-//! its own, each with its memory allocated once and kept. Hashing on the request or blocking
-//! threads allocated and freed 19 MiB a time, which raised glibc's mmap threshold so that
-//! every thread kept what it had freed: a rush's sign-ins took the hub from 33 MiB to
-//! 0.8-1.1 GiB (73 MiB with the threshold fixed; BENCHMARKS.md).
+//! its own, each with its memory allocated once and kept.
 
 use crate::error::ApiError;
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
@@ -14,6 +11,10 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 type Job = Box<dyn FnOnce(&mut [Block]) + Send>;
 
 /// Threads that hash: as many as cores, at most four. Requests beyond that wait their turn.
+///
+/// Hashing on the request or blocking threads allocated and freed 19 MiB a time, which raised
+/// glibc's mmap threshold so that every thread kept what it had freed: a rush's sign-ins took
+/// the hub from 33 MiB to 0.8-1.1 GiB (73 MiB with the threshold fixed; BENCHMARKS.md).
 fn workers() -> &'static mpsc::Sender<Job> {
     static WORKERS: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
     WORKERS.get_or_init(|| {

@@ -1,11 +1,10 @@
-//! Push through FCM HTTP v1: a service account's RS256-signed JWT is exchanged for an OAuth2
-//! access token (cached until shortly before it expires), then each of the recipient's active
-//! devices gets `POST {base}/v1/projects/{project}/messages:send`. A device FCM no longer
-//! knows is deactivated and not retried.
+//! Push through FCM HTTP v1, one send per active device of the recipient; a device FCM no
+//! longer knows is deactivated and not retried.
 
+use super::templates::Templates;
+use super::{http_client, retry_after, transport_error};
 use crate::config::PushConfig;
 use crate::db::Db;
-use crate::notify::{Templates, http_client, retry_after, transport_error};
 use crate::store;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -49,6 +48,9 @@ struct CachedToken {
     renew_at: Instant,
 }
 
+/// A service account's RS256-signed JWT is exchanged for an OAuth2 access token (cached until
+/// shortly before it expires), then each of the recipient's active devices gets
+/// `POST {base}/v1/projects/{project}/messages:send`.
 pub struct FcmSender {
     http: reqwest::Client,
     project_id: String,

@@ -1,10 +1,9 @@
-//! SMS through a Twilio-compatible REST API:
-//! `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, HTTP basic auth with the account
-//! SID and auth token, a form body (`To`, `From`, `Body`). Errors about the number itself are
-//! permanent and never retried.
+//! SMS through a Twilio-compatible REST API; errors about the number itself are permanent
+//! and never retried.
 
+use super::templates::Templates;
+use super::{http_client, retry_after, transport_error};
 use crate::config::SmsConfig;
-use crate::notify::{Templates, http_client, retry_after, transport_error};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
@@ -17,6 +16,8 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// recipient, unreachable region, message refused as spam.
 const PERMANENT_CODES: [i64; 7] = [21211, 21214, 21408, 21610, 21612, 21614, 30007];
 
+/// `POST {base}/2010-04-01/Accounts/{sid}/Messages.json`, HTTP basic auth with the account
+/// SID and auth token, a form body (`To`, `From`, `Body`).
 pub struct SmsSender {
     http: reqwest::Client,
     url: String,
