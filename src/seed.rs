@@ -1,7 +1,7 @@
 //! The demo school seeded on first start of the embedded default (and by `tiffin demo`).
 
-use crate::api::new_id;
 use crate::db::models::*;
+use crate::db::new_id;
 use crate::db::schema::{counters, guardian_links, meals, schools, users};
 use crate::db::{Db, DbError};
 use crate::passwords::hash_password;

@@ -2,11 +2,12 @@
 //! their scans and heartbeats, and the cards they read.
 
 use super::Json;
-use super::admin::existing_school;
 use super::body::decode;
-use super::{new_id, required_text, utc};
+use super::schools::existing_school;
+use super::{required_text, utc};
 use crate::auth::Principal;
 use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
+use crate::db::new_id;
 use crate::error::{ApiError, ErrorCode};
 use crate::rfid::{self, ScanAnswer, ScanIn};
 use crate::store;

@@ -45,7 +45,7 @@ pub(super) async fn counters(db: &Db, s: &School, n: i32) {
         crate::db::insert(
             db,
             &CounterRow {
-                id: crate::api::new_id(),
+                id: crate::db::new_id(),
                 school_id: s.id.clone(),
                 number,
                 name: format!("Counter {number}"),
@@ -247,7 +247,7 @@ async fn outbox_rows(db: &Db) -> Vec<(i64, String, String)> {
 async fn events_are_fanned_out_once(db: Db) {
     use tiffin_actors::ports::Outbox;
     let a = school(&db, "A").await;
-    let guardian = crate::api::new_id();
+    let guardian = crate::db::new_id();
     crate::db::insert(
         &db,
         &UserRow {
