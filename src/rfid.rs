@@ -704,7 +704,6 @@ async fn hand_over(
             .map_err(|e| ApiError::internal(format!("kitchen: {e}")))?;
         match handed {
             Ok(event) => {
-                state.dispatcher.do_send(tiffin_actors::Nudge);
                 return Ok(HandOver::Decided(Decided {
                     verdict: accepted(&event.order),
                     order_id: Some(order.id),
@@ -807,7 +806,7 @@ async fn raise_alert(
         .record_notice(&reader.school_id, student_id, kind, details)
         .await
     {
-        Ok(()) => state.dispatcher.do_send(tiffin_actors::Nudge),
+        Ok(()) => {}
         Err(e) => tracing::warn!(error = %e, reader = %reader.id, "could not queue the alert"),
     }
 }
@@ -880,7 +879,6 @@ pub async fn issue_code(
         .store
         .record_notice(school_id, student_id, kind, data)
         .await?;
-    state.dispatcher.do_send(tiffin_actors::Nudge);
     Ok(row)
 }
 

@@ -138,15 +138,13 @@ pub async fn update_counter(
             .registry
             .send(tiffin_actors::KitchenFor(school_id.clone()))
             .await?;
-        let moved = kitchen
+        // Each move's commit wakes dispatch (`DieselStore::amend`).
+        kitchen
             .send(tiffin_actors::CounterClosed {
                 counter_id: counter_id.clone(),
                 actor_id: Some(who.user_id.clone()),
             })
             .await??;
-        if moved > 0 {
-            state.dispatcher.do_send(tiffin_actors::Nudge);
-        }
     }
     Ok(HttpResponse::Ok().json(Counter::from(row)))
 }

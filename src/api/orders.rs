@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tiffin_actors::domain::{Issuer, OrderSummary, Role};
 use tiffin_actors::ports::{CommandError, Idempotency, NewOrder, NewOrderItem, Placed};
-use tiffin_actors::{KitchenFor, Nudge, PlaceOrder};
+use tiffin_actors::{KitchenFor, PlaceOrder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -251,11 +251,7 @@ async fn place(
     };
     let kitchen = state.registry.send(KitchenFor(school_id)).await?;
     match kitchen.send(PlaceOrder(order)).await?? {
-        Placed::New(event) => {
-            // Its receipt goes out now, not at the next poll.
-            state.dispatcher.do_send(Nudge);
-            Ok(HttpResponse::Created().json(OrderView::from(event.order)))
-        }
+        Placed::New(event) => Ok(HttpResponse::Created().json(OrderView::from(event.order))),
         Placed::Existing(order) => Ok(HttpResponse::Ok().json(OrderView::from(order))),
     }
 }

@@ -8,7 +8,7 @@ use crate::state::AppState;
 use actix_web::{HttpResponse, post, web};
 use serde::Deserialize;
 use tiffin_actors::domain::{OrderCommand, OrderState, bump};
-use tiffin_actors::{KitchenFor, Nudge, TransitionOrder};
+use tiffin_actors::{KitchenFor, TransitionOrder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -64,10 +64,7 @@ async fn decide_transition(
         })
         .await?;
     match result {
-        Ok(event) => {
-            state.dispatcher.do_send(Nudge);
-            Ok(HttpResponse::Ok().json(OrderView::from(event.order)))
-        }
+        Ok(event) => Ok(HttpResponse::Ok().json(OrderView::from(event.order))),
         Err(e) => Err(e.into()),
     }
 }
