@@ -36,7 +36,7 @@ pub(super) async fn allergy_hold(
     order_id: &str,
     note: &str,
 ) {
-    match store::scans::scans_with_verdict(&state.db, order_id, "allergy_hold").await {
+    match store::scans::scans_with_verdict(state.db, order_id, "allergy_hold").await {
         Ok(1) => {}
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, "could not count allergy holds"),
@@ -55,7 +55,7 @@ async fn raise_alert(
     kind: tiffin_actors::notices::Kind,
     mut details: serde_json::Value,
 ) {
-    let student_name = match store::people::user(&state.db, student_id).await {
+    let student_name = match store::people::user(state.db, student_id).await {
         Ok(Some(user)) => user.display_name,
         _ => String::new(),
     };

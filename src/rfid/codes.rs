@@ -32,11 +32,11 @@ pub async fn issue_code(
         .limits
         .check(crate::limits::Bucket::Codes, student_id)
         .await?;
-    let student = store::people::user(&state.db, student_id)
+    let student = store::people::user(state.db, student_id)
         .await?
         .filter(|u| u.role == "student" && u.school_id.as_deref() == Some(school_id))
         .ok_or_else(|| ApiError::validation("student_id is not a student of this school"))?;
-    let counter = store::counters::counters(&state.db, school_id)
+    let counter = store::counters::counters(state.db, school_id)
         .await?
         .into_iter()
         .find(|c| c.id == counter_id)
@@ -55,7 +55,7 @@ pub async fn issue_code(
     let code = format!("{:06}", rand::random_range(0..1_000_000));
     let at = now();
     let row = crate::db::models::PickupCodeRow {
-        code_mac: hex::encode(hmac_bytes(&state.reader_key, &code_message(&id, &code))),
+        code_mac: hex::encode(hmac_bytes(state.reader_key, &code_message(&id, &code))),
         id,
         school_id: school_id.to_owned(),
         student_id: student_id.to_owned(),
@@ -67,7 +67,7 @@ pub async fn issue_code(
         expires_at: at + TimeDelta::seconds(state.config.rfid.code_ttl_secs),
         used_at: None,
     };
-    crate::db::insert(&state.db, &row).await?;
+    crate::db::insert(state.db, &row).await?;
     let data = serde_json::json!({
         "student_name": student.display_name,
         "code": code,
@@ -108,16 +108,16 @@ pub async fn verify_code(
         ));
     }
     let Some(attempts) =
-        store::counters::count_code_attempt(&state.db, &row.id, CODE_ATTEMPTS).await?
+        store::counters::count_code_attempt(state.db, &row.id, CODE_ATTEMPTS).await?
     else {
         return Err(locked());
     };
     let stored = hex::decode(&row.code_mac).map_err(ApiError::internal)?;
-    let mut mac = HmacSha256::new_from_slice(&state.reader_key).map_err(ApiError::internal)?;
+    let mut mac = HmacSha256::new_from_slice(state.reader_key).map_err(ApiError::internal)?;
     mac.update(&code_message(&row.id, code.trim()));
     if mac.verify_slice(&stored).is_err() {
         if attempts >= CODE_ATTEMPTS {
-            store::counters::close_code(&state.db, &row.id, "locked").await?;
+            store::counters::close_code(state.db, &row.id, "locked").await?;
             return Err(locked());
         }
         return Err(ApiError::new(
@@ -125,7 +125,7 @@ pub async fn verify_code(
             format!("wrong code; {} attempts left", CODE_ATTEMPTS - attempts),
         ));
     }
-    if !store::counters::close_code(&state.db, &row.id, "used").await? {
+    if !store::counters::close_code(state.db, &row.id, "used").await? {
         return Err(used());
     }
     let card = Card {

@@ -85,7 +85,7 @@ pub(super) async fn orders_of_day(
     school_id: &str,
     student_id: &str,
 ) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
-    snapshots(&store::orders::student_orders_of_day(&state.db, school_id, student_id).await?)
+    snapshots(&store::orders::student_orders_of_day(state.db, school_id, student_id).await?)
 }
 
 fn snapshots(stored: &[String]) -> Result<Vec<tiffin_actors::domain::OrderSummary>, ApiError> {
@@ -121,7 +121,7 @@ pub(super) async fn hand_over(
         };
         let order = match decide(card.as_ref(), school_id, counter_id, &orders) {
             Decision::Final(Verdict::AlreadyPickedUp { order_id })
-                if store::orders::picked_up_because(&state.db, &order_id, &reason).await? =>
+                if store::orders::picked_up_because(state.db, &order_id, &reason).await? =>
             {
                 // This very scan handed it over before its node died: same verdict again.
                 let order = orders.iter().find(|o| o.id == order_id);

@@ -143,12 +143,12 @@ async fn decide_scan(
         (row, Some(facts))
     } else {
         loop {
-            let Some(existing) = store::scans::scan_by_seq(&state.db, &reader.id, scan.seq).await?
+            let Some(existing) = store::scans::scan_by_seq(state.db, &reader.id, scan.seq).await?
             else {
                 if started.elapsed() > Duration::from_secs(5) {
                     return Err(still_deciding());
                 }
-                if store::scans::claim_scan(&state.db, &row).await? {
+                if store::scans::claim_scan(state.db, &row).await? {
                     break (row, None);
                 }
                 continue;
@@ -156,8 +156,7 @@ async fn decide_scan(
             match existing.verdict.as_str() {
                 store::scans::SCAN_ABANDONED => {
                     // Its node died before deciding and nothing was handed over: decide afresh.
-                    match store::scans::take_over_scan(&state.db, &existing, &node.id, now())
-                        .await?
+                    match store::scans::take_over_scan(state.db, &existing, &node.id, now()).await?
                     {
                         Some(taken) => break (taken, None),
                         None => continue,
@@ -167,7 +166,7 @@ async fn decide_scan(
                     let claimed_at = existing.claimed_at.unwrap_or(existing.received_at);
                     if now() - claimed_at >= CLAIM_LEASE {
                         // Its node died mid-decision: settle it as the sweeper would, now.
-                        settle(&state.db, node, vec![existing]).await?;
+                        settle(state.db, node, vec![existing]).await?;
                         continue;
                     }
                     if started.elapsed() > Duration::from_secs(5) {
@@ -186,9 +185,9 @@ async fn decide_scan(
     let (first, card, orders) = match facts {
         Some(facts) => (facts.first, facts.card, Some(facts.orders)),
         None => (
-            store::scans::first_scan_near(&state.db, &reader.id, &uid, read_at, window, &claim.id)
+            store::scans::first_scan_near(state.db, &reader.id, &uid, read_at, window, &claim.id)
                 .await?,
-            store::cards::card_by_uid(&state.db, &uid).await?,
+            store::cards::card_by_uid(state.db, &uid).await?,
             None,
         ),
     };
@@ -203,7 +202,7 @@ async fn decide_scan(
             first_scan_id: Some(&first.id),
             took: Some(started.elapsed()),
         };
-        if !store::scans::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
+        if !store::scans::finish_scan(state.db, &claim.id, claim.attempt, decision).await? {
             return decided_elsewhere(state, reader, scan.seq).await;
         }
         metrics::counter!("rfid_scans_total", "verdict" => answer.verdict.code(), "debounced" => "true")
@@ -232,7 +231,7 @@ async fn decide_scan(
             first_scan_id: None,
             took: Some(started.elapsed()),
         };
-        if !store::scans::finish_scan(&state.db, &claim.id, claim.attempt, decision).await? {
+        if !store::scans::finish_scan(state.db, &claim.id, claim.attempt, decision).await? {
             return decided_elsewhere(state, reader, scan.seq).await;
         }
     }
@@ -268,7 +267,7 @@ async fn decided_elsewhere(
     reader: &ReaderRow,
     seq: i64,
 ) -> Result<ScanAnswer, ApiError> {
-    match store::scans::scan_by_seq(&state.db, &reader.id, seq).await? {
+    match store::scans::scan_by_seq(state.db, &reader.id, seq).await? {
         Some(row)
             if ![store::scans::SCAN_PENDING, store::scans::SCAN_ABANDONED]
                 .contains(&row.verdict.as_str()) =>

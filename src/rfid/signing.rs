@@ -126,7 +126,7 @@ pub async fn authenticate_reader(
         return Err(unauthenticated());
     };
     let signed = |reader: &ReaderRow| -> Result<bool, ApiError> {
-        let secret = reader_secret(&state.reader_key, &reader.id, reader.key_version);
+        let secret = reader_secret(state.reader_key, &reader.id, reader.key_version);
         let mut mac = HmacSha256::new_from_slice(secret.as_bytes())
             .map_err(|_| ApiError::internal("reader key"))?;
         mac.update(&signed_bytes(
