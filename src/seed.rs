@@ -1,8 +1,8 @@
 //! The demo school seeded on first start of the embedded default (and by `tiffin demo`).
 
-use crate::api::new_id;
 use crate::auth::passwords::hash_password;
 use crate::db::models::*;
+use crate::db::new_id;
 use crate::db::schema::{counters, guardian_links, meals, schools, users};
 use crate::db::{Db, DbError};
 use crate::with_conn;

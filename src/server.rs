@@ -218,6 +218,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let woken = dispatcher.clone();
+    store.wake_dispatch_with(move || woken.do_send(tiffin_actors::Nudge));
 
     let limits = config.limits.clone();
     let state = web::Data::new(AppState {

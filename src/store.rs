@@ -92,7 +92,13 @@ pub struct DieselStore {
     scan_claims: Arc<scanning::ScanClaims>,
     /// Readers' rows, remembered briefly: every scan is signed by one.
     readers: Arc<scanning::ReaderCache>,
+    /// Wakes dispatch after a commit that leaves it work (events, outbox rows); set once
+    /// the dispatcher runs, so no handler has to.
+    wake: Arc<std::sync::OnceLock<WakeDispatch>>,
 }
+
+/// What wakes dispatch (in the hub, a `Nudge` to the dispatcher).
+pub type WakeDispatch = Box<dyn Fn() + Send + Sync>;
 
 /// Order owners seen on this node: filled by intake and by reads, emptied when it grows
 /// past `MAX_OWNERS` (a day's orders of a large district fit).
@@ -213,6 +219,22 @@ impl DieselStore {
                 "scan_claim_batch_size",
             )),
             readers: Arc::default(),
+            wake: Arc::default(),
+        }
+    }
+
+    /// From now on every commit that leaves dispatch work calls `wake`; the first hook set
+    /// stays.
+    pub fn wake_dispatch_with(&self, wake: impl Fn() + Send + Sync + 'static) {
+        if self.wake.set(Box::new(wake)).is_err() {
+            tracing::warn!("dispatch's wake hook was set already");
+        }
+    }
+
+    /// Called only after a commit returned Ok: dispatch finds what it committed.
+    fn wake_dispatch(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake();
         }
     }
 

@@ -20,7 +20,7 @@ pub(crate) struct School {
 
 pub(crate) async fn school(db: &Db, name: &str) -> School {
     let at = now();
-    let id = crate::api::new_id();
+    let id = crate::db::new_id();
     crate::db::insert(
         db,
         &SchoolRow {
@@ -40,7 +40,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
     )
     .await
     .unwrap();
-    let student = crate::api::new_id();
+    let student = crate::db::new_id();
     crate::db::insert(
         db,
         &UserRow {
@@ -60,7 +60,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
     )
     .await
     .unwrap();
-    let meal = crate::api::new_id();
+    let meal = crate::db::new_id();
     crate::db::insert(
         db,
         &MealRow {

@@ -1,11 +1,11 @@
 //! Sign-in, token refresh and sign-out.
 
 use super::Json;
-use super::admin::User;
-use super::new_id;
+use super::users::User;
 use crate::auth::passwords::verify_password;
 use crate::auth::{Principal, random_token, token_hash};
 use crate::db::models::{RefreshTokenRow, UserRow, now};
+use crate::db::new_id;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::store::{self, sessions::Rotation};
@@ -97,7 +97,7 @@ pub async fn login(state: Data, body: Json<Login>) -> Result<HttpResponse, ApiEr
     let login = if login.contains('@') {
         login.to_lowercase()
     } else {
-        super::admin::phone(login, None).unwrap_or_else(|_| login.to_owned())
+        super::users::phone(login, None).unwrap_or_else(|_| login.to_owned())
     };
     // Per login name: guessing one account's password from many addresses is slow too.
     state

@@ -1,14 +1,21 @@
 //! REST handlers, one per action. The URL map is in `app.rs`.
 
-pub mod admin;
 pub mod auth;
 pub mod body;
 mod caller;
+pub mod counters;
+pub mod guardians;
 pub mod inbox;
+pub mod meals;
 pub mod notifications;
 pub mod ops;
+pub mod order_reads;
 pub mod orders;
 pub mod readers;
+pub mod schools;
+pub mod transitions;
+pub mod users;
+pub mod waves;
 
 pub use body::{Json, OptionalJson};
 
@@ -17,10 +24,6 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 
 pub fn utc(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
-}
-
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
 }
 
 /// Trims and requires a non-empty string of at most `max` characters.

@@ -11,7 +11,6 @@ use actix_web::{HttpResponse, delete, get, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tiffin_actors::Nudge;
 use tiffin_actors::domain::Role;
 use tiffin_actors::notices::{Channel, Kind, Preference, Priority, Recipient};
 use utoipa::ToSchema;
@@ -337,12 +336,11 @@ pub async fn requeue_dead_letter(
     who.require_school(&row.school_id)?;
     let expires_at = Kind::parse(&row.template)
         .map(|k| now() + chrono::Duration::seconds(k.rule().expires_after_secs));
-    if !store::outbox::requeue_dead_letter(&state.db, &id, expires_at).await? {
+    if !state.store.requeue_dead_letter(&id, expires_at).await? {
         return Err(ApiError::new(
             ErrorCode::NotDead,
             format!("notification {id} is {}, not dead", row.status),
         ));
     }
-    state.dispatcher.do_send(Nudge);
     Ok(HttpResponse::Accepted().finish())
 }

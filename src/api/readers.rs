@@ -2,11 +2,12 @@
 //! their scans and heartbeats, and the cards they read.
 
 use super::Json;
-use super::admin::existing_school;
 use super::body::decode;
-use super::{new_id, required_text, utc};
+use super::schools::existing_school;
+use super::{required_text, utc};
 use crate::auth::Principal;
 use crate::db::models::{CardRow, ReaderRow, ScanRow, now};
+use crate::db::new_id;
 use crate::error::{ApiError, ErrorCode};
 use crate::rfid::{self, ScanAnswer, ScanIn};
 use crate::store;
@@ -18,6 +19,21 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 type Data = web::Data<crate::state::AppState>;
+
+/// What RFID works with, lent from the app's state.
+fn rfid_hub(state: &crate::state::AppState) -> rfid::Hub<'_> {
+    rfid::Hub {
+        config: &state.config,
+        db: &state.db,
+        store: &state.store,
+        registry: &state.registry,
+        bus: state.bus.as_ref(),
+        cluster: state.cluster.as_deref(),
+        limits: &state.limits,
+        reader_key: &state.reader_key,
+        seen_signatures: &state.seen_signatures,
+    }
+}
 
 const MAX_BATCH: usize = 500;
 
@@ -429,10 +445,14 @@ pub async fn post_scan(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     // The reader's look-up counts as the scan's; `rfid::scan` counts the rest.
-    let reader = crate::db::counted("scan", rfid::authenticate_reader(&state, &req, &body)).await?;
+    let reader = crate::db::counted(
+        "scan",
+        rfid::authenticate_reader(&rfid_hub(&state), &req, &body),
+    )
+    .await?;
     let scan: ScanIn = decode(&body)?;
     rfid::validate_scan(&scan)?;
-    Ok(HttpResponse::Ok().json(rfid::scan(&state, &reader, &scan).await?))
+    Ok(HttpResponse::Ok().json(rfid::scan(&rfid_hub(&state), &reader, &scan).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -456,7 +476,11 @@ pub async fn post_scan_batch(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let reader = crate::db::counted("scan", rfid::authenticate_reader(&state, &req, &body)).await?;
+    let reader = crate::db::counted(
+        "scan",
+        rfid::authenticate_reader(&rfid_hub(&state), &req, &body),
+    )
+    .await?;
     let mut batch: ScanBatch = decode(&body)?;
     if batch.scans.is_empty() || batch.scans.len() > MAX_BATCH {
         return Err(ApiError::validation(format!(
@@ -469,7 +493,7 @@ pub async fn post_scan_batch(
     batch.scans.sort_by_key(|s| s.seq);
     let mut results = Vec::with_capacity(batch.scans.len());
     for scan in &batch.scans {
-        results.push(rfid::scan(&state, &reader, scan).await?);
+        results.push(rfid::scan(&rfid_hub(&state), &reader, scan).await?);
     }
     Ok(HttpResponse::Ok().json(ScanBatchAnswer { results }))
 }
@@ -490,7 +514,7 @@ pub async fn heartbeat(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let reader = rfid::authenticate_reader(&state, &req, &body).await?;
+    let reader = rfid::authenticate_reader(&rfid_hub(&state), &req, &body).await?;
     Ok(HttpResponse::Ok().json(Heartbeat {
         reader_id: reader.id,
         counter_id: reader.counter_id,
@@ -530,7 +554,7 @@ pub async fn request_code(
     let school_id = path.to_string();
     who.require_kitchen(&school_id)?;
     let row = rfid::issue_code(
-        &state,
+        &rfid_hub(&state),
         &school_id,
         &body.student_id,
         &body.counter_id,
@@ -571,6 +595,6 @@ pub async fn verify_code(
         .limits
         .check(crate::limits::Bucket::Codes, &who.user_id)
         .await?;
-    let verdict = rfid::verify_code(&state, &row, &body.code).await?;
+    let verdict = rfid::verify_code(&rfid_hub(&state), &row, &body.code).await?;
     Ok(HttpResponse::Ok().json(verdict))
 }

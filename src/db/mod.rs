@@ -9,6 +9,7 @@ pub mod models;
 mod rows;
 pub mod schema;
 
+pub use rows::new_id;
 pub(crate) use rows::{InsertRows, find, insert};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};

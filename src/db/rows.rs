@@ -5,6 +5,11 @@ use super::{Db, DbError, PgConn, SqliteConn, models, schema};
 use crate::with_conn;
 use diesel_async::RunQueryDsl as _;
 
+/// A new row's id: a UUIDv7, so ids sort by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// Rows per multi-row statement: PostgreSQL takes at most 65,535 parameters, and no row
 /// written this way has more than 30 columns.
 const ROWS_PER_INSERT: usize = 2000;

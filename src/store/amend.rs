@@ -193,8 +193,10 @@ on_both_connections!(impl Amend {
 
 impl DieselStore {
     pub(super) async fn amend(&self, amendment: Amendment<'_>) -> Result<KitchenEvent, TxError> {
-        with_conn!(&self.db, |conn| conn
+        let event = with_conn!(&self.db, |conn| conn
             .transaction(async |conn| conn.amend(amendment).await)
-            .await)
+            .await)?;
+        self.wake_dispatch();
+        Ok(event)
     }
 }

@@ -45,7 +45,7 @@ pub(super) async fn counters(db: &Db, s: &School, n: i32) {
         crate::db::insert(
             db,
             &CounterRow {
-                id: crate::api::new_id(),
+                id: crate::db::new_id(),
                 school_id: s.id.clone(),
                 number,
                 name: format!("Counter {number}"),
@@ -63,6 +63,14 @@ async fn batches_refuse_alone_and_number_without_gaps(db: Db) {
     let (a, b) = (school(&db, "A").await, school(&db, "B").await);
     counters(&db, &a, 2).await;
     let store = DieselStore::new(db.clone(), 120);
+    let wakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let woken = wakes.clone();
+    store.wake_dispatch_with(move || {
+        woken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    // `AtomicUsize::load`, not diesel's `load`.
+    let wakes =
+        move || std::sync::atomic::AtomicUsize::load(&wakes, std::sync::atomic::Ordering::SeqCst);
     let mut unknown_meal = new_order(&a);
     unknown_meal.items = vec![NewOrderItem {
         meal_id: "no-such-meal".into(),
@@ -81,6 +89,7 @@ async fn batches_refuse_alone_and_number_without_gaps(db: Db) {
         results.remove(1),
         Err(TxError::Refused(CommandError::UnknownMeal(_)))
     ));
+    assert_eq!(wakes(), 1, "the committed batch woke dispatch once");
     let placed: Vec<KitchenEvent> = results.into_iter().map(committed).collect();
     let seqs: Vec<(String, i64)> = placed
         .iter()
@@ -104,6 +113,7 @@ async fn batches_refuse_alone_and_number_without_gaps(db: Db) {
         .await;
     let second_now = alone.into_iter().next().unwrap().unwrap();
     assert_eq!(second_now.seq, 4);
+    assert_eq!(wakes(), 2, "a committed transition wakes dispatch");
     let mut results = store
         .commit_transitions(vec![
             step(first, OrderState::Confirmed),
@@ -247,7 +257,7 @@ async fn outbox_rows(db: &Db) -> Vec<(i64, String, String)> {
 async fn events_are_fanned_out_once(db: Db) {
     use tiffin_actors::ports::Outbox;
     let a = school(&db, "A").await;
-    let guardian = crate::api::new_id();
+    let guardian = crate::db::new_id();
     crate::db::insert(
         &db,
         &UserRow {

@@ -157,10 +157,15 @@ impl DieselStore {
     /// another request just took, the database), each order is tried alone and answered for
     /// itself.
     pub(super) async fn insert_orders(&self, batch: Vec<NewOrder>) -> Vec<OrderCommitted> {
-        together_or_each(self, "order", &batch, |store, some| {
+        let answers = together_or_each(self, "order", &batch, |store, some| {
             Box::pin(store.commit_orders(some))
         })
-        .await
+        .await;
+        // A new order's event makes its receipt.
+        if answers.iter().any(|a| matches!(a, Ok(Placed::New(_)))) {
+            self.wake_dispatch();
+        }
+        answers
     }
 
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {

@@ -291,6 +291,7 @@ impl DieselStore {
                 Ok::<_, TxError>(())
             })
             .await)?;
+        self.wake_dispatch();
         Ok(())
     }
 }

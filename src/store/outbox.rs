@@ -306,29 +306,34 @@ pub async fn outbox_row(db: &Db, id: &str) -> Result<Option<OutboxRow>, DbError>
     crate::db::find(db, id).await
 }
 
-/// Puts a dead letter back in the queue as new: due now, attempts from zero, a fresh expiry.
-/// False if it is not (or no longer) dead.
-pub async fn requeue_dead_letter(
-    db: &Db,
-    id: &str,
-    expires_at: Option<NaiveDateTime>,
-) -> Result<bool, DbError> {
-    let at = now();
-    let n = with_conn!(db, |conn| diesel::update(
-        outbox::table
-            .filter(outbox::id.eq(id))
-            .filter(outbox::status.eq("dead"))
-    )
-    .set((
-        outbox::status.eq("pending"),
-        outbox::attempts.eq(0),
-        outbox::next_attempt_at.eq(at),
-        outbox::claimed_until.eq(None::<NaiveDateTime>),
-        outbox::expires_at.eq(expires_at),
-    ))
-    .execute(conn)
-    .await)?;
-    Ok(n > 0)
+impl DieselStore {
+    /// Puts a dead letter back in the queue as new: due now, attempts from zero, a fresh
+    /// expiry; dispatch is woken. False if it is not (or no longer) dead.
+    pub async fn requeue_dead_letter(
+        &self,
+        id: &str,
+        expires_at: Option<NaiveDateTime>,
+    ) -> Result<bool, DbError> {
+        let at = now();
+        let n = with_conn!(&self.db, |conn| diesel::update(
+            outbox::table
+                .filter(outbox::id.eq(id))
+                .filter(outbox::status.eq("dead"))
+        )
+        .set((
+            outbox::status.eq("pending"),
+            outbox::attempts.eq(0),
+            outbox::next_attempt_at.eq(at),
+            outbox::claimed_until.eq(None::<NaiveDateTime>),
+            outbox::expires_at.eq(expires_at),
+        ))
+        .execute(conn)
+        .await)?;
+        if n > 0 {
+            self.wake_dispatch();
+        }
+        Ok(n > 0)
+    }
 }
 
 /// Every recorded delivery attempt of these outbox rows, oldest first.

@@ -24,7 +24,7 @@ async fn school_with_reader(db: &Db, name: &str) -> (School, ReaderRow) {
         .id
         .clone();
     let row = ReaderRow {
-        id: crate::api::new_id(),
+        id: crate::db::new_id(),
         school_id: s.id.clone(),
         counter_id: counter,
         name: "Till".into(),
@@ -40,7 +40,7 @@ async fn school_with_reader(db: &Db, name: &str) -> (School, ReaderRow) {
 
 async fn card_of(db: &Db, s: &School, uid: &str) {
     let row = CardRow {
-        id: crate::api::new_id(),
+        id: crate::db::new_id(),
         school_id: s.id.clone(),
         student_id: s.student.clone(),
         card_uid: uid.into(),
@@ -53,7 +53,7 @@ async fn card_of(db: &Db, s: &School, uid: &str) {
 
 fn scan(reader: &ReaderRow, seq: i64, uid: &str, read_at: NaiveDateTime) -> ScanRow {
     ScanRow {
-        id: crate::api::new_id(),
+        id: crate::db::new_id(),
         school_id: reader.school_id.clone(),
         reader_id: reader.id.clone(),
         seq,

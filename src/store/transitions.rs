@@ -119,10 +119,14 @@ impl DieselStore {
         &self,
         batch: Vec<TransitionCommit>,
     ) -> Vec<TransitionCommitted> {
-        together_or_each(self, "transition", &batch, |store, some| {
+        let answers = together_or_each(self, "transition", &batch, |store, some| {
             Box::pin(store.transitions_together(some))
         })
-        .await
+        .await;
+        if answers.iter().any(Result::is_ok) {
+            self.wake_dispatch();
+        }
+        answers
     }
 
     async fn transitions_together(
