@@ -11,6 +11,7 @@ mod concurrency;
 mod crashes;
 mod digest;
 mod edge;
+mod layout;
 mod nodes;
 mod notifications;
 mod orders;
