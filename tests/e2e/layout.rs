@@ -239,7 +239,7 @@ fn import_cycles(root: &Path) -> Vec<String> {
             if common >= from.len() || common >= to.len() {
                 continue; // a module using its own children, or its ancestors
             }
-            if !modules.contains(&to[..=common].to_vec()) {
+            if !modules.contains(&to[..=common]) {
                 continue; // an item of the common parent, not a sibling module
             }
             graph
