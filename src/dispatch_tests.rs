@@ -3,10 +3,12 @@
 
 use crate::db::models::{OutboxRow, now};
 use crate::db::schema::outbox;
-use crate::db::{self, DatabaseUrl, Db};
+use crate::db::test_support::{
+    database, new_order, on_both_backends, pg_admin, pg_database, school,
+};
+use crate::db::{self, Db};
 use crate::store;
 use crate::store::DieselStore;
-use crate::supervision_tests::{new_order, school};
 use actix::Actor;
 use async_trait::async_trait;
 use diesel_async::RunQueryDsl;
@@ -54,62 +56,6 @@ impl Sender for Shared {
         }
     }
 }
-
-pub(crate) async fn database() -> (tempfile::TempDir, Db) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = DatabaseUrl::Sqlite(dir.path().join("t.db").display().to_string());
-    db::migrate(&url).await.unwrap();
-    let db = Db::connect(&url, 4).unwrap();
-    (dir, db)
-}
-
-/// The server the test command makes sure of.
-fn pg_admin_url() -> String {
-    std::env::var("TIFFIN_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-pub(crate) async fn pg_admin(sql: &str) {
-    use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-    let mut conn = AsyncPgConnection::establish(&pg_admin_url()).await.unwrap();
-    conn.batch_execute(sql).await.unwrap();
-}
-
-/// The address of the database `name` on the test's server.
-pub(crate) fn pg_url(name: &str) -> String {
-    let base = pg_admin_url();
-    format!("{}/{name}", &base[..base.rfind('/').unwrap()])
-}
-
-/// A PostgreSQL database of the test's own, migrated; its name, to drop it after.
-pub(crate) async fn pg_database() -> (String, Db) {
-    let name = format!("tiffin_dispatch_{}", uuid::Uuid::new_v4().simple());
-    pg_admin(&format!("CREATE DATABASE {name}")).await;
-    let url = DatabaseUrl::Postgres(pg_url(&name));
-    db::migrate(&url).await.unwrap();
-    (name, Db::connect(&url, 4).unwrap())
-}
-
-/// Two tests of one body: `$sqlite` on a SQLite file, `$postgres` on a PostgreSQL scratch
-/// database dropped after. The body takes the `Db`.
-macro_rules! on_both_backends {
-    ($sqlite:ident, $postgres:ident, $body:path) => {
-        #[actix_web::test]
-        async fn $sqlite() {
-            let (_dir, db) = $crate::dispatch_tests::database().await;
-            $body(db).await;
-        }
-
-        #[actix_web::test]
-        async fn $postgres() {
-            let (name, db) = $crate::dispatch_tests::pg_database().await;
-            $body(db.clone()).await;
-            drop(db);
-            $crate::dispatch_tests::pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-        }
-    };
-}
-pub(crate) use on_both_backends;
 
 async fn queue(
     db: &Db,

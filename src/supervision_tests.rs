@@ -1,7 +1,7 @@
 //! Supervision with the real store: a kitchen that fails is restarted from what was committed,
 //! commands sent meanwhile are answered, and other kitchens do not notice.
 
-use crate::db::models::*;
+use crate::db::test_support::{School, new_order, school};
 use crate::db::{self, DatabaseUrl, Db};
 use crate::store::DieselStore;
 use actix::Actor;
@@ -9,91 +9,8 @@ use std::sync::Arc;
 use tiffin_actors::bus::LocalBus;
 use tiffin_actors::domain::{Issuer, OrderCommand, OrderState, TimerPolicy};
 use tiffin_actors::kitchen::{InjectFault, InjectOrderFault};
-use tiffin_actors::ports::{NewOrder, NewOrderItem, Placed};
+use tiffin_actors::ports::Placed;
 use tiffin_actors::{KitchenFor, LiveOrders, PlaceOrder, Registry, TransitionOrder};
-
-pub(crate) struct School {
-    pub(crate) id: String,
-    pub(crate) student: String,
-    pub(crate) meal: String,
-}
-
-pub(crate) async fn school(db: &Db, name: &str) -> School {
-    let at = now();
-    let id = crate::db::new_id();
-    crate::db::insert(
-        db,
-        &SchoolRow {
-            id: id.clone(),
-            name: name.into(),
-            time_zone: "UTC".into(),
-            event_seq: 0,
-            created_at: at,
-            updated_at: at,
-            quiet_hours_start: None,
-            quiet_hours_end: None,
-            notice_seq: 0,
-            phone_region: "US".into(),
-            digest_at: None,
-            digest_done_on: None,
-        },
-    )
-    .await
-    .unwrap();
-    let student = crate::db::new_id();
-    crate::db::insert(
-        db,
-        &UserRow {
-            id: student.clone(),
-            school_id: Some(id.clone()),
-            role: "student".into(),
-            display_name: format!("{name} student"),
-            email: None,
-            phone: None,
-            password_hash: None,
-            allergies: String::new(),
-            locale: "en".into(),
-            active: true,
-            created_at: at,
-            updated_at: at,
-        },
-    )
-    .await
-    .unwrap();
-    let meal = crate::db::new_id();
-    crate::db::insert(
-        db,
-        &MealRow {
-            id: meal.clone(),
-            school_id: id.clone(),
-            name: "Soup".into(),
-            price_cents: 300,
-            allergens: String::new(),
-            available: true,
-            created_at: at,
-            updated_at: at,
-        },
-    )
-    .await
-    .unwrap();
-    School { id, student, meal }
-}
-
-/// One meal for the school's student, placed by the student.
-pub(crate) fn new_order(s: &School) -> NewOrder {
-    NewOrder {
-        school_id: s.id.clone(),
-        student_id: s.student.clone(),
-        placed_by: s.student.clone(),
-        items: vec![NewOrderItem {
-            meal_id: s.meal.clone(),
-            quantity: 1,
-        }],
-        idempotency: None,
-        allergy_override: None,
-        window_id: None,
-    }
-}
 
 fn order(s: &School) -> PlaceOrder {
     PlaceOrder(new_order(s))

@@ -8,6 +8,8 @@
 pub mod models;
 mod rows;
 pub mod schema;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use rows::new_id;
 pub(crate) use rows::{InsertRows, find, insert};

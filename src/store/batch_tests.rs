@@ -5,9 +5,9 @@
 use super::{DieselStore, TxError};
 use crate::db::models::{CounterRow, GuardianLinkRow, UserRow, now};
 use crate::db::schema::outbox;
+use crate::db::test_support::{School, new_order, school};
+use crate::db::test_support::{on_both_backends, pg_admin, pg_database};
 use crate::db::{Db, DbError};
-use crate::dispatch_tests::{on_both_backends, pg_admin, pg_database};
-use crate::supervision_tests::{School, new_order, school};
 use crate::with_conn;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

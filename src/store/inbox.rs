@@ -265,8 +265,8 @@ pub async fn delete(db: &Db, user_id: &str, id: &str) -> Result<Option<InboxRow>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch_tests::{database, pg_admin, pg_database};
-    use crate::supervision_tests::school;
+    use crate::db::test_support::school;
+    use crate::db::test_support::{database, pg_admin, pg_database};
 
     fn message(id: &str, user_id: &str) -> InboxRow {
         InboxRow {
@@ -389,7 +389,7 @@ mod tests {
         pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
     }
 
-    crate::dispatch_tests::on_both_backends!(
+    crate::db::test_support::on_both_backends!(
         numbers_without_gaps_on_sqlite,
         numbers_without_gaps_on_postgres,
         numbers_without_gaps

@@ -202,10 +202,10 @@ mod pickup_tests {
     use super::*;
     use crate::db::Db;
     use crate::db::models::now;
-    use crate::dispatch_tests::on_both_backends;
+    use crate::db::test_support::on_both_backends;
+    use crate::db::test_support::{new_order, school};
     use crate::store::DieselStore;
     use crate::store::batch_tests::{counters, step};
-    use crate::supervision_tests::{new_order, school};
     use tiffin_actors::ports::{Placed, Store};
 
     /// A drawn code already taken today is passed over; with none left, the order is refused

@@ -7,7 +7,7 @@ use super::orders::{days_around_today, orders_of_day};
 use super::scan_claims;
 use crate::db::Db;
 use crate::db::schema::{order_events, orders, rfid_cards, schools};
-use crate::dispatch_tests::{pg_admin, pg_database, pg_url};
+use crate::db::test_support::{pg_admin, pg_database, pg_url};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, RunQueryDsl};

@@ -231,11 +231,11 @@ pub(super) mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// The built-in plan, read as `--profile hasivu` reads it (`profile` tests that it does).
     pub(crate) fn plan() -> Plan {
-        match crate::profile::load("hasivu").unwrap() {
-            crate::profile::Loaded::Phased(plan) => plan,
-            crate::profile::Loaded::Rush(_) => panic!("hasivu is a phased plan"),
-        }
+        let plan: Plan = toml::from_str(include_str!("../../profiles/hasivu.toml")).unwrap();
+        plan.check().unwrap();
+        plan
     }
 
     #[test]
