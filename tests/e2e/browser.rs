@@ -2,69 +2,6 @@
 
 use crate::common::*;
 
-/// chromedriver on a free loopback port, stopped when dropped.
-struct ChromeDriver {
-    child: std::process::Child,
-    url: String,
-}
-
-impl ChromeDriver {
-    async fn start() -> ChromeDriver {
-        for needed in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-            assert!(
-                std::path::Path::new(needed).exists(),
-                "the browser test needs {needed}: apt-get install chromium chromium-driver \
-                 (scripts/test installs them when it can)"
-            );
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while client().get(format!("{url}/status")).send().await.is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "chromedriver did not start"
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
-        ChromeDriver { child, url }
-    }
-
-    async fn browser(&self) -> fantoccini::Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"binary": "/usr/bin/chromium",
-                   // The network is closed: keep Chromium from trying to reach outside hosts.
-                   "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                            "--no-first-run", "--disable-background-networking",
-                            "--disable-component-update", "--disable-sync"]}),
-        );
-        fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .expect("a headless Chromium session")
-    }
-}
-
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The kitchen dashboard in a real browser: it shows an order placed through the API, a bump
 /// click moves it, and after a hub restart it resumes with `since` and misses nothing.
 #[actix_web::test]

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+mod chrome;
 mod db;
 mod fixture;
 mod http;
@@ -15,6 +16,7 @@ mod smtp;
 mod sockets;
 
 pub use awc::ws;
+pub use chrome::*;
 pub use db::*;
 pub use fixture::*;
 pub use futures_util::{SinkExt, StreamExt};
