@@ -191,9 +191,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => (local.clone(), None),
     };
+    // Alone, every change to a reader goes through this node's store.
+    store.hear_reader_changes(config.redis_url.is_none());
     let registry = Registry::new(store.clone(), bus.clone(), config.timers).start();
     let cluster = cluster.map(|(cluster, tasks)| {
-        tasks.start(cluster.clone(), registry.clone(), local);
+        tasks.start(cluster.clone(), registry.clone(), local, store.clone());
         cluster
     });
     for school in store::orders::schools_with_live_orders(&db).await? {

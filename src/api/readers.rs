@@ -134,7 +134,7 @@ pub async fn list_readers(
 }
 
 /// A new secret for a reader. The old one stops working at once on the node that rotates
-/// it, and within a second on the others (they remember a reader's row that long).
+/// it and, told over the node bus, on the others (within a second while the bus is away).
 #[utoipa::path(tag = "rfid", responses((status = 200, body = ReaderCredentials), (status = 404, body = crate::error::ErrorBody)))]
 #[post("/schools/{school_id}/readers/{reader_id}/rotate-key")]
 pub async fn rotate_reader_key(
@@ -155,6 +155,9 @@ pub async fn rotate_reader_key(
         .store
         .rotate_reader_key(&row.id, row.key_version, &row.secret_hash)
         .await?;
+    if let Some(cluster) = &state.cluster {
+        cluster.tell_reader_changed(&row.id);
+    }
     let offline = state.config.rfid.reader_offline_after_secs;
     Ok(HttpResponse::Ok().json(ReaderCredentials {
         reader: reader_view(row, offline),

@@ -2,6 +2,7 @@
 //! among several.
 
 use super::{COMMAND_TIMEOUT, Cluster, OUTGOING_MAX_AGE, RETRY_EVERY};
+use crate::store::DieselStore;
 use actix::Addr;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,8 @@ enum Wire {
         frame: Box<Frame>,
         transient: bool,
     },
+    /// A reader's key or state changed: the others read its row afresh.
+    ReaderChanged { node: String, reader_id: String },
 }
 
 impl Cluster {
@@ -38,15 +41,37 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Tells the other nodes that a reader changed (after the change is committed).
+    pub fn tell_reader_changed(&self, reader_id: &str) {
+        self.send(&Wire::ReaderChanged {
+            node: self.node.clone(),
+            reader_id: reader_id.to_owned(),
+        });
+    }
+}
+
 /// The node's background work with Redis, started once the registry exists.
 pub struct ClusterTasks {
     pub(super) queued: mpsc::Receiver<(Instant, String)>,
 }
 
 impl ClusterTasks {
-    pub fn start(self, cluster: Arc<Cluster>, registry: Addr<Registry>, local: Arc<LocalBus>) {
+    pub fn start(
+        self,
+        cluster: Arc<Cluster>,
+        registry: Addr<Registry>,
+        local: Arc<LocalBus>,
+        store: Arc<DieselStore>,
+    ) {
         actix_web::rt::spawn(publish_loop(cluster.clone(), self.queued));
-        actix_web::rt::spawn(subscribe_loop(cluster.clone(), registry.clone(), local));
+        let node = Node {
+            cluster: cluster.clone(),
+            registry: registry.clone(),
+            local,
+            store,
+        };
+        actix_web::rt::spawn(subscribe_loop(node));
         actix_web::rt::spawn(catch_up_while_away(cluster, registry));
     }
 }
@@ -83,11 +108,24 @@ async fn publish_loop(cluster: Arc<Cluster>, mut queued: mpsc::Receiver<(Instant
     }
 }
 
+/// What a message from another node reaches on this one.
+struct Node {
+    cluster: Arc<Cluster>,
+    registry: Addr<Registry>,
+    local: Arc<LocalBus>,
+    store: Arc<DieselStore>,
+}
+
 /// Keeps one subscription open, reconnecting forever. Every (re)connection is followed by a
 /// catch-up from the store, for what was published while this node was not listening.
-async fn subscribe_loop(cluster: Arc<Cluster>, registry: Addr<Registry>, local: Arc<LocalBus>) {
+async fn subscribe_loop(node: Node) {
+    let Node {
+        cluster, registry, ..
+    } = &node;
     let channel = cluster.channel();
     loop {
+        // Not listening: other nodes' reader changes would go unheard.
+        node.store.hear_reader_changes(false);
         let connected = tokio::time::timeout(RETRY_EVERY, async {
             let mut pubsub = cluster.client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -107,6 +145,7 @@ async fn subscribe_loop(cluster: Arc<Cluster>, registry: Addr<Registry>, local: 
             }
         };
         cluster.set_up(true, "subscribed");
+        node.store.hear_reader_changes(true);
         registry.do_send(CatchUpAll);
         let mut messages = pubsub.into_on_message();
         let mut health = tokio::time::interval(RETRY_EVERY);
@@ -114,7 +153,7 @@ async fn subscribe_loop(cluster: Arc<Cluster>, registry: Addr<Registry>, local: 
         loop {
             tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => receive(&cluster, &registry, &local, message.get_payload_bytes()),
+                    Some(message) => receive(&node, message.get_payload_bytes()),
                     None => {
                         cluster.set_up(false, "subscription closed");
                         break;
@@ -146,7 +185,13 @@ async fn subscribe_loop(cluster: Arc<Cluster>, registry: Addr<Registry>, local: 
     }
 }
 
-fn receive(cluster: &Cluster, registry: &Addr<Registry>, local: &LocalBus, payload: &[u8]) {
+fn receive(node: &Node, payload: &[u8]) {
+    let Node {
+        cluster,
+        registry,
+        local,
+        store,
+    } = node;
     match serde_json::from_slice::<Wire>(payload) {
         Ok(Wire::Event { node, event }) if node != cluster.node => {
             metrics::counter!("cluster_relayed_total", "direction" => "in").increment(1);
@@ -162,6 +207,10 @@ fn receive(cluster: &Cluster, registry: &Addr<Registry>, local: &LocalBus, paylo
                 transient,
                 ..*frame
             });
+        }
+        Ok(Wire::ReaderChanged { node, reader_id }) if node != cluster.node => {
+            metrics::counter!("cluster_relayed_total", "direction" => "in").increment(1);
+            store.reader_changed(&reader_id);
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "unreadable message on the node bus; ignored"),

@@ -89,8 +89,12 @@ async fn pending(db: &Db) -> Result<i64, DbError> {
 }
 
 async fn deactivate(db: &Db, reader_id: &str) -> Result<(), DbError> {
+    activate(db, reader_id, false).await
+}
+
+async fn activate(db: &Db, reader_id: &str, active: bool) -> Result<(), DbError> {
     with_conn!(db, |conn| diesel::update(readers::table.find(reader_id))
-        .set(readers::active.eq(false))
+        .set(readers::active.eq(active))
         .execute(conn)
         .await)?;
     Ok(())
@@ -213,7 +217,8 @@ async fn a_rotated_reader_is_read_afresh(db: Db) {
         (now_read.key_version, now_read.secret_hash.as_str()),
         (2, "h2")
     );
-    // Changed elsewhere (another node): seen here once the remembered row is a second old.
+    // Changed elsewhere (another node) while this node is not told of reader changes (the
+    // bus away): seen here once the remembered row is a second old.
     deactivate(&db, &reader.id).await.unwrap();
     let waited = std::time::Instant::now();
     while store.reader(&reader.id).await.unwrap().unwrap().active {
@@ -223,6 +228,24 @@ async fn a_rotated_reader_is_read_afresh(db: Db) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // Told of changes: the row is remembered past a second, until a change is told.
+    activate(&db, &reader.id, true).await.unwrap();
+    store.hear_reader_changes(true);
+    assert!(
+        store.reader(&reader.id).await.unwrap().unwrap().active,
+        "hearing begins with every remembered row read afresh"
+    );
+    deactivate(&db, &reader.id).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert!(
+        store.reader(&reader.id).await.unwrap().unwrap().active,
+        "while changes are told, an untold change is not read a second later"
+    );
+    store.reader_changed(&reader.id);
+    assert!(
+        !store.reader(&reader.id).await.unwrap().unwrap().active,
+        "a told change is read at once"
+    );
 }
 
 on_both_backends!(

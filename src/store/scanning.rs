@@ -1,5 +1,5 @@
 //! What a scan needs from the store on its hot path: the reader that signed it (remembered
-//! for a second) and its claim with its facts (claimed in batches, one round trip a batch on
+//! while this node hears of reader changes) and its claim with its facts (claimed in batches, one round trip a batch on
 //! PostgreSQL).
 
 use super::DieselStore;
@@ -8,15 +8,21 @@ use crate::db::DbError;
 use crate::db::models::ReaderRow;
 use crate::group_commit::GroupCommit;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Scans claimed in one batch at most.
 pub(super) const CLAIM_BATCH: usize = 64;
 
-/// How long a reader's row is trusted without reading it again. A reader signs every scan,
-/// so reading its row each time cost a round trip a scan; a key rotated or a reader
-/// deactivated through another node is seen here within this long (at once through this one).
+/// How long a reader's row is trusted without reading it again while this node hears of
+/// every reader change (alone, or subscribed to the node bus). A reader signs every scan, and
+/// at a quiet counter's pace (a scan every second or two) a shorter memory cost a round trip
+/// a scan. The bound covers a change whose message was lost: a key rotated through another
+/// node stops working here within this long (at once through this one).
+const READER_TRUSTED_FOR: Duration = Duration::from_secs(15);
+
+/// The memory while changes may go unheard (the node bus away).
 const READER_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Rows of readers kept at most (a district's readers fit many times over).
@@ -24,28 +30,49 @@ const MAX_READERS: usize = 20_000;
 
 pub(super) type ScanClaims = GroupCommit<ScanToClaim, Result<ClaimedScan, DbError>>;
 
-/// Readers' rows as last read on this node, with when.
+/// Readers' rows as last read on this node, with when, and whether changes made through
+/// other nodes are heard.
 #[derive(Default)]
-pub(super) struct ReaderCache(Mutex<HashMap<String, (Instant, ReaderRow)>>);
+pub(super) struct ReaderCache {
+    rows: Mutex<HashMap<String, (Instant, ReaderRow)>>,
+    changes_heard: AtomicBool,
+}
 
 impl ReaderCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, ReaderRow)>> {
         // Only whole rows go in or out: a panic elsewhere cannot leave one torn.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.rows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn memory(&self) -> Duration {
+        if self.changes_heard.load(Ordering::Acquire) {
+            READER_TRUSTED_FOR
+        } else {
+            READER_FRESH_FOR
+        }
     }
 
     fn fresh(&self, id: &str) -> Option<ReaderRow> {
+        let memory = self.memory();
         let cached = self.lock();
         let (read_at, row) = cached.get(id)?;
-        (read_at.elapsed() < READER_FRESH_FOR).then(|| row.clone())
+        (read_at.elapsed() < memory).then(|| row.clone())
     }
 
     fn keep(&self, row: &ReaderRow, read_at: Instant) {
+        let memory = self.memory();
         let mut cached = self.lock();
         if cached.len() >= MAX_READERS {
-            cached.retain(|_, (at, _)| at.elapsed() < READER_FRESH_FOR);
+            cached.retain(|_, (at, _)| at.elapsed() < memory);
         }
         cached.insert(row.id.clone(), (read_at, row.clone()));
+    }
+
+    fn hear_changes(&self, heard: bool) {
+        // Rows read before hearing began may have missed a change told meanwhile.
+        if !self.changes_heard.swap(heard, Ordering::AcqRel) && heard {
+            self.lock().clear();
+        }
     }
 
     fn forget(&self, id: &str) {
@@ -60,7 +87,18 @@ impl ReaderCache {
 }
 
 impl DieselStore {
-    /// The reader `id`, as read at most `READER_FRESH_FOR` ago.
+    /// Whether every change to a reader made through another node reaches this node (it runs
+    /// alone, or the node bus is up): its readers' rows are then trusted for longer.
+    pub fn hear_reader_changes(&self, heard: bool) {
+        self.readers.hear_changes(heard);
+    }
+
+    /// A reader changed through another node: read it afresh on its next request.
+    pub fn reader_changed(&self, id: &str) {
+        self.readers.forget(id);
+    }
+
+    /// The reader `id`, as remembered (see `READER_TRUSTED_FOR`) or read now.
     pub async fn reader(&self, id: &str) -> Result<Option<ReaderRow>, DbError> {
         if let Some(row) = self.readers.fresh(id) {
             return Ok(Some(row));
