@@ -263,6 +263,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
+    let noting = state.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = actix_web::rt::time::interval(crate::rfid::SEEN_SAVED_EVERY);
+        loop {
+            every.tick().await;
+            if let Err(e) = noting.store.save_readers_seen().await {
+                tracing::warn!(error = ?e, "could not store when readers were last seen");
+            }
+        }
+    });
     let app_state = state.clone();
     let drain = Duration::from_secs(state.config.shutdown_timeout_secs);
     let mut server = HttpServer::new(move || app::build(app_state.clone()))

@@ -13,8 +13,8 @@ mod sweep;
 pub use codes::{CODE_ATTEMPTS, issue_code, verify_code};
 pub use scan::{ScanAnswer, ScanIn, normalise_uid, scan, validate_scan};
 pub use signing::{
-    READER_HEADER, SIGNATURE_HEADER, SeenSignatures, TIMESTAMP_HEADER, authenticate_reader,
-    reader_master_key, reader_secret, secret_fingerprint,
+    READER_HEADER, SEEN_SAVED_EVERY, SIGNATURE_HEADER, SeenSignatures, TIMESTAMP_HEADER,
+    authenticate_reader, reader_master_key, reader_secret, secret_fingerprint,
 };
 pub use sweep::{SWEEP_EVERY, settle, sweep_claims};
 

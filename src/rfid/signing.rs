@@ -17,8 +17,12 @@ pub const READER_HEADER: &str = "X-Reader-Id";
 pub const TIMESTAMP_HEADER: &str = "X-Timestamp";
 pub const SIGNATURE_HEADER: &str = "X-Signature";
 
-/// How fresh a reader's `last_seen_at` is kept (well under the shortest offline threshold).
+/// How fresh a reader's `last_seen_at` is kept: this, plus up to `SEEN_SAVED_EVERY` for an
+/// online reader's sightings, stays well under the shortest offline threshold (10 s).
 const SEEN_GRAIN: TimeDelta = TimeDelta::seconds(5);
+
+/// How often the online readers' noted sightings are stored.
+pub const SEEN_SAVED_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The key reader secrets derive from: the hub's signing key, narrowed to this one purpose.
 pub fn reader_master_key(jwt_secret: &[u8]) -> Vec<u8> {
@@ -182,12 +186,14 @@ pub async fn authenticate_reader(
         .limits
         .check(crate::limits::Bucket::Reader, &reader.id)
         .await?;
-    // Online status needs no finer grain: spare busy readers a write per scan.
-    if reader
-        .last_seen_at
-        .is_none_or(|seen| now() - seen >= SEEN_GRAIN)
-    {
-        state.store.reader_seen(&reader.id).await?;
+    // Online status needs no finer grain: spare busy readers a write per scan, and an
+    // online reader's sightings a round trip on the request path.
+    let since_seen = reader.last_seen_at.map(|seen| now() - seen);
+    let offline_after = TimeDelta::seconds(state.config.rfid.reader_offline_after_secs);
+    match since_seen {
+        Some(since) if since < SEEN_GRAIN => {}
+        Some(since) if since < offline_after => state.store.note_reader_seen(&reader.id),
+        _ => state.store.reader_seen(&reader.id).await?,
     }
     Ok(reader)
 }

@@ -32,6 +32,21 @@ pub async fn reader_seen(db: &Db, id: &str) -> Result<NaiveDateTime, DbError> {
     Ok(at)
 }
 
+/// Records that the readers were seen at `at` (a later sighting stored meanwhile stays).
+pub async fn readers_seen(db: &Db, ids: &[&str], at: NaiveDateTime) -> Result<(), DbError> {
+    with_conn!(db, |conn| diesel::update(
+        readers::table.filter(readers::id.eq_any(ids)).filter(
+            readers::last_seen_at
+                .is_null()
+                .or(readers::last_seen_at.lt(at))
+        )
+    )
+    .set(readers::last_seen_at.eq(Some(at)))
+    .execute(conn)
+    .await)?;
+    Ok(())
+}
+
 /// A new key version for a reader (the old secret stops working at once).
 pub async fn rotate_reader_key(
     db: &Db,

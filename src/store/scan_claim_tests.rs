@@ -1,6 +1,7 @@
 //! Scans claimed together get each its own facts, on both backends: its claim, its first
 //! decided scan near it, its card and its holder's orders, never another scan's. And a
-//! reader's row, remembered briefly, is read afresh once rotated.
+//! reader's row, remembered briefly, is read afresh once rotated; its sightings are stored
+//! together.
 
 use super::DieselStore;
 use super::scan_claims::ScanToClaim;
@@ -252,4 +253,55 @@ on_both_backends!(
     a_rotated_reader_is_read_afresh_on_sqlite,
     a_rotated_reader_is_read_afresh_on_postgres,
     a_rotated_reader_is_read_afresh
+);
+
+/// An online reader's sightings wait in memory and are stored together, never as earlier
+/// than they were and never over a later sighting stored meanwhile.
+async fn sightings_are_stored_together(db: Db) {
+    let (_, one) = school_with_reader(&db, "A").await;
+    let (_, two) = school_with_reader(&db, "B").await;
+    let store = DieselStore::new(db.clone(), 120);
+    let stored = |id: String| {
+        let db = db.clone();
+        async move {
+            super::readers::reader(&db, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seen_at
+        }
+    };
+    let before = now();
+    store.reader(&one.id).await.unwrap();
+    store.note_reader_seen(&one.id);
+    store.note_reader_seen(&two.id);
+    assert_eq!(stored(one.id.clone()).await, None, "noted, not yet stored");
+    assert!(
+        store.reader(&one.id).await.unwrap().unwrap().last_seen_at >= Some(before),
+        "this node's remembered row has the sighting at once"
+    );
+    assert_eq!(store.save_readers_seen().await.unwrap(), 2);
+    for id in [&one.id, &two.id] {
+        let at = stored(id.clone()).await.expect("stored by the save");
+        assert!(
+            at >= before && at <= now(),
+            "{at} outside the sightings' time"
+        );
+    }
+    assert_eq!(store.save_readers_seen().await.unwrap(), 0, "nothing left");
+
+    // A sighting noted, then the reader seen and stored at once (another request, another
+    // node): the save does not move it back.
+    store.note_reader_seen(&one.id);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store.reader_seen(&one.id).await.unwrap();
+    let latest = stored(one.id.clone()).await;
+    store.save_readers_seen().await.unwrap();
+    assert_eq!(stored(one.id.clone()).await, latest);
+}
+
+on_both_backends!(
+    sightings_are_stored_together_on_sqlite,
+    sightings_are_stored_together_on_postgres,
+    sightings_are_stored_together
 );

@@ -7,6 +7,7 @@ use super::scan_claims::{ClaimedScan, ScanToClaim};
 use crate::db::DbError;
 use crate::db::models::ReaderRow;
 use crate::group_commit::GroupCommit;
+use chrono::NaiveDateTime;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -36,6 +37,8 @@ pub(super) type ScanClaims = GroupCommit<ScanToClaim, Result<ClaimedScan, DbErro
 pub(super) struct ReaderCache {
     rows: Mutex<HashMap<String, (Instant, ReaderRow)>>,
     changes_heard: AtomicBool,
+    /// Sightings of online readers not yet stored, with the first of each.
+    unsaved_sightings: Mutex<HashMap<String, NaiveDateTime>>,
 }
 
 impl ReaderCache {
@@ -79,10 +82,16 @@ impl ReaderCache {
         self.lock().remove(id);
     }
 
-    fn seen(&self, id: &str, at: chrono::NaiveDateTime) {
+    fn seen(&self, id: &str, at: NaiveDateTime) {
         if let Some((_, row)) = self.lock().get_mut(id) {
             row.last_seen_at = Some(at);
         }
+    }
+
+    fn sightings(&self) -> std::sync::MutexGuard<'_, HashMap<String, NaiveDateTime>> {
+        self.unsaved_sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -117,11 +126,38 @@ impl DieselStore {
         Ok(row)
     }
 
-    /// Records that the reader was seen now.
+    /// Records that the reader was seen now, at once (a reader coming online shows so on
+    /// the screens without waiting for the next save).
     pub async fn reader_seen(&self, id: &str) -> Result<(), DbError> {
         let at = super::readers::reader_seen(&self.db, id).await?;
         self.readers.seen(id, at);
         Ok(())
+    }
+
+    /// Notes that an online reader was seen now; stored by the next `save_readers_seen`.
+    pub fn note_reader_seen(&self, id: &str) {
+        let at = crate::db::models::now();
+        self.readers.seen(id, at);
+        self.readers.sightings().entry(id.to_owned()).or_insert(at);
+    }
+
+    /// Stores the noted sightings in one statement, each reader seen at its first noted
+    /// sighting's time or later (never earlier than it was). Returns how many readers.
+    pub async fn save_readers_seen(&self) -> Result<usize, DbError> {
+        let noted = std::mem::take(&mut *self.readers.sightings());
+        let Some(earliest) = noted.values().min().copied() else {
+            return Ok(0);
+        };
+        let ids: Vec<&str> = noted.keys().map(String::as_str).collect();
+        if let Err(e) = super::readers::readers_seen(&self.db, &ids, earliest).await {
+            // Kept for the next save, behind any sighting noted meanwhile.
+            let mut sightings = self.readers.sightings();
+            for (id, at) in noted {
+                sightings.entry(id).or_insert(at);
+            }
+            return Err(e);
+        }
+        Ok(ids.len())
     }
 
     /// A new key version for a reader: the old secret stops working at once on this node.
