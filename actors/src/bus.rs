@@ -1,12 +1,11 @@
 //! The event bus: committed kitchen events out to subscribers (sockets, other nodes).
 
 use crate::domain::orders::KitchenEvent;
-use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// One frame on a topic, serialised once and shared by every subscriber.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,24 +74,33 @@ pub fn inbox_topic(user_id: &str) -> String {
     format!("inbox:{user_id}")
 }
 
-/// A frame delivered to a subscriber.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Deliver {
-    pub frame: Arc<Frame>,
+/// A frame on its way to subscribers: serialised once for all of them. `view` holds one
+/// derived rendering (the pickup board's), made by the first subscriber that needs it and
+/// shared by the rest.
+pub struct Published {
+    pub frame: Frame,
     pub json: Arc<str>,
+    pub view: OnceLock<Option<Arc<str>>>,
 }
 
-/// Told to a subscriber whose mailbox was full: it missed frames and must resume.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Overflowed {
-    pub topic: String,
+impl Published {
+    pub fn new(frame: Frame) -> Arc<Published> {
+        let json = Arc::from(frame.to_json());
+        Arc::new(Published {
+            frame,
+            json,
+            view: OnceLock::new(),
+        })
+    }
 }
 
-pub struct Subscriber {
-    pub frames: Recipient<Deliver>,
-    pub overflow: Recipient<Overflowed>,
+/// Where the bus hands a topic's frames: a socket's subscription writes them straight into
+/// the socket's send queue.
+pub trait Subscriber: Send + Sync + 'static {
+    /// Takes the next frame of its topic. Called in publish order under the bus's lock, so it
+    /// must not block; `false` ends the subscription (the socket is gone, or closed itself as
+    /// a slow consumer).
+    fn offer(&self, frame: &Arc<Published>) -> bool;
 }
 
 pub trait Bus: Send + Sync + 'static {
@@ -104,14 +112,16 @@ pub trait Bus: Send + Sync + 'static {
     /// Tells the other nodes of an event committed on this one (their kitchens publish it to
     /// their own subscribers, in order). The in-process bus has no other nodes.
     fn announce(&self, _event: &KitchenEvent) {}
-    fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64;
+    fn subscribe(&self, topic: &str, subscriber: Arc<dyn Subscriber>) -> u64;
     fn unsubscribe(&self, topic: &str, id: u64);
 }
+
+type Topics = HashMap<String, Vec<(u64, Arc<dyn Subscriber>)>>;
 
 /// The in-process bus: the embedded default, and each node's local fan-out.
 #[derive(Default)]
 pub struct LocalBus {
-    topics: Mutex<HashMap<String, Vec<(u64, Subscriber)>>>,
+    topics: Mutex<Topics>,
     next_id: AtomicU64,
 }
 
@@ -120,7 +130,7 @@ impl LocalBus {
         LocalBus::default()
     }
 
-    fn topics(&self) -> MutexGuard<'_, HashMap<String, Vec<(u64, Subscriber)>>> {
+    fn topics(&self) -> MutexGuard<'_, Topics> {
         // A panic elsewhere while holding the lock leaves the map itself consistent.
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -133,8 +143,12 @@ impl LocalBus {
 impl Bus for LocalBus {
     fn publish(&self, event: &KitchenEvent) {
         let mut topics = self.topics();
-        for frame in [Frame::from_event(event), Frame::for_order(event)] {
-            deliver(&mut topics, frame);
+        // A frame is made only for a topic someone follows.
+        if topics.contains_key(&kitchen_topic(&event.school_id)) {
+            deliver(&mut topics, Frame::from_event(event));
+        }
+        if topics.contains_key(&order_topic(&event.order_id)) {
+            deliver(&mut topics, Frame::for_order(event));
         }
     }
 
@@ -142,7 +156,7 @@ impl Bus for LocalBus {
         deliver(&mut self.topics(), frame);
     }
 
-    fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64 {
+    fn subscribe(&self, topic: &str, subscriber: Arc<dyn Subscriber>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.topics()
             .entry(topic.to_owned())
@@ -162,29 +176,14 @@ impl Bus for LocalBus {
     }
 }
 
-/// Hands one frame to every subscriber of its topic; a full mailbox is a slow consumer.
-fn deliver(topics: &mut HashMap<String, Vec<(u64, Subscriber)>>, frame: Frame) {
+/// Hands one frame, serialised once, to every subscriber of its topic.
+fn deliver(topics: &mut Topics, frame: Frame) {
     let Some(subs) = topics.get_mut(&frame.topic) else {
         return;
     };
-    let frame = Arc::new(frame);
-    let json: Arc<str> = Arc::from(frame.to_json());
-    subs.retain(|(_, sub)| {
-        match sub.frames.try_send(Deliver {
-            frame: frame.clone(),
-            json: json.clone(),
-        }) {
-            Ok(()) => true,
-            Err(SendError::Full(_)) => {
-                sub.overflow.do_send(Overflowed {
-                    topic: frame.topic.clone(),
-                });
-                false
-            }
-            Err(SendError::Closed(_)) => false,
-        }
-    });
+    let published = Published::new(frame);
+    subs.retain(|(_, sub)| sub.offer(&published));
     if subs.is_empty() {
-        topics.remove(&frame.topic);
+        topics.remove(&published.frame.topic);
     }
 }

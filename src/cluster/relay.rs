@@ -261,7 +261,7 @@ impl Bus for ClusterBus {
         });
     }
 
-    fn subscribe(&self, topic: &str, subscriber: Subscriber) -> u64 {
+    fn subscribe(&self, topic: &str, subscriber: Arc<dyn Subscriber>) -> u64 {
         self.local.subscribe(topic, subscriber)
     }
 

@@ -10,6 +10,7 @@ use crate::store::event_from_row;
 use actix::prelude::*;
 use actix_web::web;
 use chrono::Utc;
+use std::sync::Arc;
 use tiffin_actors::bus::{Frame, Subscriber};
 use tiffin_actors::domain::KitchenEvent;
 use tiffin_actors::ports::Store;
@@ -94,7 +95,7 @@ pub(super) async fn catch_up(
     topic: String,
     source: Source,
     since: Option<i64>,
-    subscriber: Subscriber,
+    subscriber: Arc<dyn Subscriber>,
 ) -> Result<CaughtUp, ApiError> {
     let school_id = match &source {
         Source::Kitchen(school_id) | Source::Board(school_id) => school_id.clone(),
@@ -180,7 +181,7 @@ async fn catch_up_inbox(
     topic: &str,
     user_id: &str,
     since: Option<i64>,
-    subscriber: Subscriber,
+    subscriber: Arc<dyn Subscriber>,
 ) -> Result<CaughtUp, ApiError> {
     const SNAPSHOT_MESSAGES: i64 = 50;
     let bus_id = state.bus.subscribe(topic, subscriber);
@@ -222,7 +223,7 @@ async fn catch_up_order(
     topic: &str,
     order_id: &str,
     since: Option<i64>,
-    subscriber: Subscriber,
+    subscriber: Arc<dyn Subscriber>,
 ) -> Result<CaughtUp, ApiError> {
     let (school_id, student_id) = state
         .store

@@ -1,8 +1,10 @@
 //! The WebSocket edge: one thin actor per connection, which authenticates once, subscribes to
-//! the topics the caller may see, catches up, then writes the bus's frames out in order.
+//! the topics the caller may see and catches up; then each subscription's feed takes the
+//! bus's frames straight into the socket's send queue, in order.
 
 mod board;
 mod catch_up;
+mod feed;
 mod outbound;
 mod protocol;
 mod subscriptions;
@@ -11,19 +13,21 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use actix::prelude::*;
+use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use chrono::Utc;
-use outbound::{Out, Outbound, write_out};
+use feed::SlowConsumer;
+use outbound::{Out, Outgoing, Refused, SendQueue};
 use protocol::ClientFrame;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subscriptions::TopicState;
-use tiffin_actors::bus::{Deliver, Overflowed};
 
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// Frames a socket actor may have waiting in its mailbox before it counts as a slow consumer.
+/// Messages a socket actor may have waiting in its mailbox (frames do not pass through it).
 const MAILBOX: usize = 1024;
 const MAX_FRAME: usize = 16 * 1024;
 
@@ -32,22 +36,37 @@ pub struct Socket {
     state: web::Data<AppState>,
     topics: HashMap<String, TopicState>,
     last_heard: Instant,
-    out: Outbound,
+    /// The send queue, shared with the subscriptions' feeds.
+    out: Arc<SendQueue>,
+}
+
+/// How a slow consumer is closed: it resumes with `since`.
+fn slow_consumer_close() -> CloseReason {
+    CloseReason {
+        code: CloseCode::Again,
+        description: Some("slow consumer: resume with since".to_owned()),
+    }
 }
 
 impl Socket {
     /// Queues a frame; a full queue is a slow consumer, closed so it resumes with `since`.
     fn send(&mut self, out: Out, ctx: &mut Context<Self>) {
-        match self.out.queue.try_send(out) {
+        match self.out.push(out) {
             Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!(user = %self.who.user_id, "slow consumer disconnected");
-                metrics::counter!("ws_slow_consumers_dropped_total").increment(1);
-                self.close(CloseCode::Again, "slow consumer: resume with since", ctx);
+            Err(Refused::Full) => {
+                if self.out.close(Some(slow_consumer_close())) {
+                    self.slow_consumer_dropped();
+                }
+                ctx.stop();
             }
-            // The writer is gone: the connection is over.
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+            // Closing, or the connection is over.
+            Err(Refused::Ended) => ctx.stop(),
         }
+    }
+
+    fn slow_consumer_dropped(&self) {
+        tracing::info!(user = %self.who.user_id, "slow consumer disconnected");
+        metrics::counter!("ws_slow_consumers_dropped_total").increment(1);
     }
 
     fn text(&mut self, text: impl Into<String>, ctx: &mut Context<Self>) {
@@ -56,12 +75,10 @@ impl Socket {
 
     /// Closes with a code and reason, ahead of anything still queued, and stops.
     fn close(&mut self, code: CloseCode, description: &str, ctx: &mut Context<Self>) {
-        if let Some(close) = self.out.close.take() {
-            let _ = close.send(CloseReason {
-                code,
-                description: Some(description.to_owned()),
-            });
-        }
+        self.out.close(Some(CloseReason {
+            code,
+            description: Some(description.to_owned()),
+        }));
         ctx.stop();
     }
 
@@ -116,22 +133,17 @@ impl Actor for Socket {
         for (_, entry) in std::mem::take(&mut self.topics) {
             self.end_subscription(entry);
         }
+        // Whatever stopped it, the client gets a close frame (no-op if one is on its way).
+        self.out.close(None);
     }
 }
 
-impl Handler<Deliver> for Socket {
+impl Handler<SlowConsumer> for Socket {
     type Result = ();
-    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.deliver(msg, ctx);
-    }
-}
-
-impl Handler<Overflowed> for Socket {
-    type Result = ();
-    fn handle(&mut self, msg: Overflowed, ctx: &mut Self::Context) {
-        tracing::info!(topic = %msg.topic, user = %self.who.user_id, "slow consumer disconnected");
-        metrics::counter!("ws_slow_consumers_dropped_total").increment(1);
-        self.close(CloseCode::Again, "slow consumer: resume with since", ctx);
+    /// A feed found the queue full and closed the socket with `1013`.
+    fn handle(&mut self, _: SlowConsumer, ctx: &mut Self::Context) {
+        self.slow_consumer_dropped();
+        ctx.stop();
     }
 }
 
@@ -160,9 +172,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for Socket {
             }
             Ok(Message::Close(reason)) => {
                 // Echo the client's close.
-                if let (Some(reason), Some(close)) = (reason, self.out.close.take()) {
-                    let _ = close.send(reason);
-                }
+                self.out.close(reason);
                 ctx.stop();
             }
             Ok(Message::Continuation(_)) | Ok(Message::Nop) => {}
@@ -191,15 +201,19 @@ pub async fn connect(
         ApiError::new(ErrorCode::Unauthenticated, "pass access_token in the query")
     })?;
     let who = Principal::from_claims(state.keys.verify(token)?);
-    let (response, session, inbound) = actix_ws::handle(&req, stream).map_err(|e| {
+    let upgrade_required = |e: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorCode::WebsocketUpgradeRequired,
             format!("expected a WebSocket upgrade: {e}"),
         )
-    })?;
-    let (queue, queued) = tokio::sync::mpsc::channel(state.config.ws_send_queue);
-    let (close, closing) = tokio::sync::oneshot::channel();
-    actix_web::rt::spawn(write_out(session, queued, closing));
+    };
+    // actix-ws reads the client's frames; what goes out is written by the socket's own
+    // response body straight from its send queue (no session channel, no writer task).
+    let (_, _, inbound) = actix_ws::handle(&req, stream).map_err(|e| upgrade_required(&e))?;
+    let queue = SendQueue::new(state.config.ws_send_queue);
+    let response = actix_http::ws::handshake(req.head())
+        .map_err(|e| upgrade_required(&e))?
+        .message_body(BodyStream::new(Outgoing::new(queue.clone())).boxed())?;
     Socket::create(|ctx| {
         ctx.add_stream(inbound.max_frame_size(MAX_FRAME));
         Socket {
@@ -207,11 +221,8 @@ pub async fn connect(
             state,
             topics: HashMap::new(),
             last_heard: Instant::now(),
-            out: Outbound {
-                queue,
-                close: Some(close),
-            },
+            out: queue,
         }
     });
-    Ok(response)
+    Ok(response.into())
 }

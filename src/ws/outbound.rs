@@ -1,77 +1,193 @@
-//! The socket's write side: a bounded queue to a writer task of its own.
+//! The socket's write side: a bounded send queue that the bus (live frames) and the socket
+//! actor (replies, catch-ups, pings) fill, and that the connection's response body drains,
+//! everything queued since its last write encoded into one.
 
-use actix_ws::CloseReason;
-use std::time::Duration;
+use actix_http::ws::{CloseReason, OpCode, Parser};
+use actix_web::web::{Bytes, BytesMut};
+use futures_util::Stream;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-/// How long a closing socket waits for room to write its close frame before it gives up.
-const CLOSE_GRACE: Duration = Duration::from_secs(10);
-
-/// What the socket actor hands its writer.
+/// What goes out on a socket.
 pub(super) enum Out {
+    /// A bus frame, serialised once and shared by every socket of its topic.
+    Shared(Arc<str>),
     Text(String),
     /// A catch-up (snapshot or replay): one slot in the queue however long, so a resume
     /// after a long absence is not mistaken for a slow consumer.
     Batch(Vec<String>),
     Ping,
-    Pong(actix_web::web::Bytes),
+    Pong(Bytes),
 }
 
-/// The write side: a bounded queue to a writer task, so a client that stops reading fills
-/// the queue instead of the hub's memory, and never stalls the actor or the kitchen.
-pub(super) struct Outbound {
-    pub(super) queue: tokio::sync::mpsc::Sender<Out>,
-    pub(super) close: Option<tokio::sync::oneshot::Sender<CloseReason>>,
+/// Why a frame was not queued.
+pub(super) enum Refused {
+    /// The queue is full: the client is not reading (a slow consumer).
+    Full,
+    /// The socket is closing or gone.
+    Ended,
 }
 
-/// Writes queued frames until told to close (the close frame jumps the queue) or the actor
-/// goes away.
-pub(super) async fn write_out(
-    mut session: actix_ws::Session,
-    mut queue: tokio::sync::mpsc::Receiver<Out>,
-    mut close: tokio::sync::oneshot::Receiver<CloseReason>,
-) {
-    enum Step {
-        Close(Option<CloseReason>),
-        Next(Option<Out>),
+/// A socket's bounded send queue: a client that stops reading fills it instead of the hub's
+/// memory, and never stalls the bus, the kitchen or the actor.
+pub(super) struct SendQueue {
+    capacity: usize,
+    state: Mutex<Queued>,
+}
+
+#[derive(Default)]
+struct Queued {
+    items: VecDeque<Out>,
+    /// A close frame to write ahead of anything still queued (without a reason: `None`).
+    closing: Option<Option<CloseReason>>,
+    /// Nothing more goes out: closed, or the connection is gone.
+    ended: bool,
+    writer: Option<Waker>,
+}
+
+impl SendQueue {
+    pub(super) fn new(capacity: usize) -> Arc<SendQueue> {
+        Arc::new(SendQueue {
+            capacity,
+            state: Mutex::new(Queued::default()),
+        })
     }
-    loop {
-        let step = tokio::select! {
-            biased;
-            reason = &mut close => Step::Close(reason.ok()),
-            next = queue.recv() => Step::Next(next),
-        };
-        let out = match step {
-            Step::Next(Some(out)) => out,
-            Step::Next(None) | Step::Close(None) => break finish(session, None).await,
-            Step::Close(reason) => break finish(session, reason).await,
-        };
-        let step = {
-            let sent = async {
-                match out {
-                    Out::Text(text) => session.text(text).await,
-                    Out::Batch(texts) => {
-                        for text in texts {
-                            session.text(text).await?;
-                        }
-                        Ok(())
-                    }
-                    Out::Ping => session.ping(b"").await,
-                    Out::Pong(bytes) => session.pong(&bytes).await,
-                }
-            };
-            tokio::select! {
-                biased;
-                reason = &mut close => Some(reason.ok()),
-                sent = sent => sent.is_err().then_some(None),
-            }
-        };
-        if let Some(reason) = step {
-            break finish(session, reason).await;
+
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        // The state is consistent after every statement: a panic elsewhere leaves it usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn push(&self, out: Out) -> Result<(), Refused> {
+        let mut queued = self.lock();
+        if queued.ended || queued.closing.is_some() {
+            return Err(Refused::Ended);
+        }
+        if queued.items.len() >= self.capacity {
+            return Err(Refused::Full);
+        }
+        queued.items.push_back(out);
+        let writer = queued.writer.take();
+        drop(queued);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(())
+    }
+
+    /// Closes with a reason, ahead of anything still queued. False if the socket was already
+    /// closing or gone (someone else closed it).
+    pub(super) fn close(&self, reason: Option<CloseReason>) -> bool {
+        let mut queued = self.lock();
+        if queued.ended || queued.closing.is_some() {
+            return false;
+        }
+        queued.items.clear();
+        queued.closing = Some(reason);
+        let writer = queued.writer.take();
+        drop(queued);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        true
+    }
+}
+
+/// The connection's response body: writes what the queue holds, then the close frame.
+pub(super) struct Outgoing {
+    queue: Arc<SendQueue>,
+    /// What is being encoded, swapped with the queue's so neither reallocates.
+    taken: VecDeque<Out>,
+    finished: bool,
+}
+
+impl Outgoing {
+    pub(super) fn new(queue: Arc<SendQueue>) -> Outgoing {
+        Outgoing {
+            queue,
+            taken: VecDeque::new(),
+            finished: false,
         }
     }
 }
 
-async fn finish(session: actix_ws::Session, reason: Option<CloseReason>) {
-    // A client that never reads never makes room: drop the connection after the grace.
-    let _ = tokio::time::timeout(CLOSE_GRACE, session.close(reason)).await;
+fn encode(out: Out, buf: &mut BytesMut) {
+    let text = |buf: &mut BytesMut, text: &str| {
+        Parser::write_message(buf, text.as_bytes(), OpCode::Text, true, false);
+    };
+    match out {
+        Out::Shared(json) => text(buf, &json),
+        Out::Text(t) => text(buf, &t),
+        Out::Batch(texts) => texts.iter().for_each(|t| text(buf, t)),
+        Out::Ping => Parser::write_message(buf, b"", OpCode::Ping, true, false),
+        Out::Pong(bytes) => Parser::write_message(buf, &bytes[..], OpCode::Pong, true, false),
+    }
+}
+
+fn size(out: &Out) -> usize {
+    // A frame's header is at most 10 bytes from the server.
+    10 + match out {
+        Out::Shared(json) => json.len(),
+        Out::Text(t) => t.len(),
+        Out::Batch(texts) => texts.iter().map(|t| t.len() + 10).sum(),
+        Out::Ping => 0,
+        Out::Pong(bytes) => bytes.len(),
+    }
+}
+
+impl Stream for Outgoing {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let mut queued = this.queue.lock();
+        if let Some(reason) = queued.closing.take() {
+            queued.items.clear();
+            queued.ended = true;
+            drop(queued);
+            this.finished = true;
+            let mut buf = BytesMut::with_capacity(128);
+            Parser::write_close(&mut buf, reason, false);
+            return Poll::Ready(Some(Ok(buf.freeze())));
+        }
+        if queued.items.is_empty() {
+            if queued.ended {
+                drop(queued);
+                this.finished = true;
+                return Poll::Ready(None);
+            }
+            if !queued
+                .writer
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                queued.writer = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        std::mem::swap(&mut queued.items, &mut this.taken);
+        drop(queued);
+        // Everything queued since the last write goes out as one.
+        let mut buf = BytesMut::with_capacity(this.taken.iter().map(size).sum());
+        for out in this.taken.drain(..) {
+            encode(out, &mut buf);
+        }
+        Poll::Ready(Some(Ok(buf.freeze())))
+    }
+}
+
+impl Drop for Outgoing {
+    /// The connection is gone: nothing more is queued for it.
+    fn drop(&mut self) {
+        let mut queued = self.queue.lock();
+        queued.ended = true;
+        queued.items.clear();
+        queued.writer = None;
+    }
 }

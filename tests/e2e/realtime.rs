@@ -1,4 +1,7 @@
-//! Dashboards over WebSocket: a slow consumer, a reconnect storm, resuming without a gap, the inbox topic.
+//! Dashboards over WebSocket: a slow consumer, a reconnect storm, resuming without a gap, the
+//! inbox topic; fan-out to a thousand screens in `fanout`.
+
+mod fanout;
 
 use crate::common::*;
 

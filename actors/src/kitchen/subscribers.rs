@@ -5,6 +5,7 @@ use crate::bus::{Subscriber, kitchen_topic};
 use crate::domain::orders::OrderSummary;
 use crate::ports::CommandError;
 use actix::prelude::*;
+use std::sync::Arc;
 
 /// How far behind a resuming subscriber may be before it gets a fresh snapshot instead.
 pub const MAX_REPLAY: i64 = 10_000;
@@ -53,7 +54,7 @@ pub enum Catchup {
 #[derive(Message)]
 #[rtype(result = "Result<(u64, Catchup), CommandError>")]
 pub struct Subscribe {
-    pub subscriber: Subscriber,
+    pub subscriber: Arc<dyn Subscriber>,
     /// The last kitchen sequence number the subscriber has.
     pub since: Option<i64>,
 }
