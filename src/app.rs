@@ -2,7 +2,7 @@
 
 use crate::api::{
     auth, counters, guardians, inbox, meals, notifications, ops, order_reads, orders, readers,
-    schools, transitions, users, waves,
+    schools, stations, transitions, users, waves,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -179,13 +179,16 @@ async fn limit_by_ip(
 
 /// Operations a client calls without a bearer token (pages, probes, sign-in, the socket
 /// with its token in the query, readers with their signatures).
-const WITHOUT_BEARER: [&str; 10] = [
+const WITHOUT_BEARER: [&str; 13] = [
     "/",
     "/healthz",
     "/readyz",
     "/metrics",
     "/board/",
     "/dashboard/",
+    "/expo/",
+    "/station/",
+    "/pages/",
     "/api/v1/auth/",
     "/api/v1/ws",
     "/api/v1/reader/",
@@ -267,6 +270,9 @@ pub fn build(
         .service(pages::index)
         .service(pages::dashboard)
         .service(pages::board)
+        .service(pages::expo)
+        .service(pages::station)
+        .service(pages::script)
         .service(
             scope("/api/v1")
                 .service(auth::login)
@@ -299,6 +305,9 @@ pub fn build(
                 .service(meals::create_meal)
                 .service(meals::list_meals)
                 .service(meals::update_meal)
+                .service(stations::create_station)
+                .service(stations::list_stations)
+                .service(stations::mark_item_done)
                 .service(waves::create_service_window)
                 .service(waves::list_service_windows)
                 .service(readers::register_reader)

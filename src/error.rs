@@ -5,7 +5,7 @@ use crate::db::DbError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
-use tiffin_actors::domain::{TransitionError, WaveError};
+use tiffin_actors::domain::{ItemError, TransitionError, WaveError};
 use tiffin_actors::ports::CommandError;
 use utoipa::ToSchema;
 
@@ -52,6 +52,9 @@ pub enum ErrorCode {
     CodeExpired,
     CodeLocked,
     CodeUsed,
+    UnknownStation,
+    ItemAlreadyDone,
+    OrderNotInKitchen,
     RateLimited,
     ReaderUnauthenticated,
     SignatureInvalid,
@@ -62,7 +65,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 46] = [
+    pub const ALL: [ErrorCode; 49] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -102,6 +105,9 @@ impl ErrorCode {
         ErrorCode::CodeExpired,
         ErrorCode::CodeLocked,
         ErrorCode::CodeUsed,
+        ErrorCode::UnknownStation,
+        ErrorCode::ItemAlreadyDone,
+        ErrorCode::OrderNotInKitchen,
         ErrorCode::RateLimited,
         ErrorCode::ReaderUnauthenticated,
         ErrorCode::SignatureInvalid,
@@ -120,9 +126,8 @@ impl ErrorCode {
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
-            | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid
+            | UnknownStation => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated
@@ -138,7 +143,9 @@ impl ErrorCode {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
             | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead | NoReadyOrder
-            | CodeExpired | CodeLocked | CodeUsed => StatusCode::CONFLICT,
+            | CodeExpired | CodeLocked | CodeUsed | ItemAlreadyDone | OrderNotInKitchen => {
+                StatusCode::CONFLICT
+            }
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -295,6 +302,9 @@ impl From<CommandError> for ApiError {
             CommandError::EmptyOrder => ErrorCode::EmptyOrder,
             CommandError::InvalidItem(_) => ErrorCode::ValidationFailed,
             CommandError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            CommandError::Item(ItemError::NoSuchLine(_)) => ErrorCode::NotFound,
+            CommandError::Item(ItemError::AlreadyDone(_)) => ErrorCode::ItemAlreadyDone,
+            CommandError::Item(ItemError::NotInKitchen(_)) => ErrorCode::OrderNotInKitchen,
             CommandError::Unavailable(m) => {
                 return DbError::Unavailable(m).into();
             }

@@ -81,6 +81,7 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         phone_region: "US".into(),
         digest_at: None,
         digest_done_on: None,
+        ready_when_stations_done: false,
     };
     let counters: Vec<CounterRow> = (1..=2)
         .map(|number| CounterRow {
@@ -107,6 +108,7 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
         price_cents: cents,
         allergens: allergens.into(),
         available: true,
+        station_id: None,
         created_at: at,
         updated_at: at,
     })

@@ -36,6 +36,7 @@ pub mod readers;
 pub mod scans;
 pub mod schools;
 pub mod sessions;
+pub mod stations;
 
 mod amend;
 mod batch;

@@ -20,7 +20,7 @@ pub mod ports;
 
 pub use dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit, StopDispatch};
 pub use kitchen::{
-    CatchUp, Catchup, CounterClosed, Kitchen, LiveOrders, PlaceOrder, SnapshotReason, Subscribe,
-    TakeSnapshot, TransitionOrder,
+    CatchUp, Catchup, CounterClosed, ItemDoneOrder, Kitchen, LiveOrders, PlaceOrder,
+    SnapshotReason, Subscribe, TakeSnapshot, TransitionOrder,
 };
 pub use registry::{CatchUpAll, KitchenFor, Observe, Registry};

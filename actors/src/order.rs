@@ -4,9 +4,12 @@ use crate::domain::machine::{
     Issuer, OrderCommand, OrderState, RECALL_WINDOW_SECS, decide, recall_allowed,
 };
 use crate::domain::orders::{Alert, KitchenEvent, OrderSummary};
+use crate::domain::stations::{mark_done, steps_to_ready};
 use crate::domain::timers::{TimerAction, TimerPolicy, next_timer};
 use crate::domain::waves::cancel_allowed;
-use crate::ports::{AlertCommit, CommandError, CounterMove, Store, TransitionCommit};
+use crate::ports::{
+    AlertCommit, CommandError, CounterMove, ItemDoneCommit, Store, TransitionCommit,
+};
 use actix::prelude::*;
 use chrono::Utc;
 use std::sync::Arc;
@@ -360,6 +363,110 @@ impl Handler<MoveFromCounter> for OrderActor {
                     _ => {}
                 }
                 result
+            }),
+        ))
+    }
+}
+
+/// An item (line `line`) marked done at its station. Where the school says so, an order
+/// whose stations are then all done is made ready by the hub, through the usual transitions.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<KitchenEvent, CommandError>")]
+pub struct MarkItemDone {
+    pub line: usize,
+    pub actor_id: Option<String>,
+}
+
+impl OrderActor {
+    fn decide_item(&self, msg: &MarkItemDone) -> Result<ItemDoneCommit, CommandError> {
+        mark_done(&mut self.order.clone(), msg.line)?;
+        Ok(ItemDoneCommit {
+            school_id: self.order.school_id.clone(),
+            order_id: self.order.id.clone(),
+            expected_version: self.order.version,
+            line: msg.line,
+            actor_id: msg.actor_id.clone(),
+        })
+    }
+
+    /// Every station is done and the school readies such orders: start (if need be) and
+    /// ready, as the system, each step decided on the order as it then is.
+    fn ready_by_itself(&mut self, ctx: &mut Context<Self>) {
+        let steps = steps_to_ready(&self.order);
+        if steps.is_empty() {
+            return;
+        }
+        let me = ctx.address();
+        let id = self.order.id.clone();
+        ctx.spawn(
+            async move {
+                for &command in steps {
+                    let step = me.send(Command {
+                        command,
+                        issuer: Issuer::System,
+                        actor_id: None,
+                        reason: Some("every station done".to_owned()),
+                        expected_version: None,
+                        scan: None,
+                    });
+                    let refused = match step.await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    // Staff moved it first, or the store is away: the expo's bump remains.
+                    tracing::info!(order = %id, error = %refused, "stations done; not readied by the hub");
+                    return;
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<MarkItemDone> for OrderActor {
+    type Result = AtomicResponse<Self, Result<KitchenEvent, CommandError>>;
+
+    fn handle(&mut self, msg: MarkItemDone, _: &mut Context<Self>) -> Self::Result {
+        // As for commands: a refusal may come from a view another node has moved past.
+        let first = self.decide_item(&msg);
+        let refused = first.is_err();
+        let (store, id) = (self.store.clone(), self.order.id.clone());
+        AtomicResponse::new(Box::pin(
+            async move {
+                if refused {
+                    store.load_order(&id).await.ok().flatten()
+                } else {
+                    None
+                }
+            }
+            .into_actor(self)
+            .then(move |fresh, act, ctx| {
+                let decided = match fresh.filter(|o| o.version > act.order.version) {
+                    Some(order) => {
+                        act.order = order;
+                        act.arm_timers(ctx);
+                        act.decide_item(&msg)
+                    }
+                    None => first,
+                };
+                let store = act.store.clone();
+                async move { store.mark_item_done(decided?).await }.into_actor(act)
+            })
+            .map(|result, act, ctx| match result {
+                Ok(done) => {
+                    act.apply(&done.event, ctx);
+                    if done.ready_when_stations_done {
+                        act.ready_by_itself(ctx);
+                    }
+                    Ok(done.event)
+                }
+                Err(e) => {
+                    if e == CommandError::VersionConflict {
+                        act.refresh(ctx);
+                    }
+                    Err(e)
+                }
             }),
         ))
     }

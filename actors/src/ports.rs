@@ -42,6 +42,8 @@ pub enum CommandError {
     IdempotencyKeyReused,
     /// The scan this hand-over was decided for is no longer this decider's: taken over or
     /// abandoned after its lease, or decided already. Nothing was committed.
+    #[error(transparent)]
+    Item(#[from] crate::domain::stations::ItemError),
     #[error("the scan's claim was lost: it is decided or taken over elsewhere")]
     ScanClaimLost,
     #[error("storage unavailable: {0}")]
@@ -132,6 +134,25 @@ pub struct CounterMove {
     pub actor_id: Option<String>,
 }
 
+/// An item (line `line`) of an order marked done at its station, guarded by the version
+/// it was decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemDoneCommit {
+    pub school_id: String,
+    pub order_id: String,
+    pub expected_version: i64,
+    pub line: usize,
+    pub actor_id: Option<String>,
+}
+
+/// An item's committed event, and whether the school readies an order by itself once every
+/// station is done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemDone {
+    pub event: KitchenEvent,
+    pub ready_when_stations_done: bool,
+}
+
 /// What a kitchen needs to come back after a start or restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KitchenSnapshot {
@@ -152,6 +173,8 @@ pub trait Store: Send + Sync + 'static {
     async fn move_counter(&self, m: CounterMove) -> Result<KitchenEvent, CommandError>;
     /// Records a timer's alert as an event (the state stays) and queues who hears of it.
     async fn record_alert(&self, a: AlertCommit) -> Result<KitchenEvent, CommandError>;
+    /// Records an item done at its station as an event (the state stays).
+    async fn mark_item_done(&self, d: ItemDoneCommit) -> Result<ItemDone, CommandError>;
     /// The latest committed view of one order, live or not.
     async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError>;
     /// Committed events of a kitchen with `seq > after`, oldest first, at most `limit`.

@@ -1,7 +1,8 @@
-//! The menu: a school's meals, their prices and allergens.
+//! The menu: a school's meals, their prices, allergens and stations.
 
 use super::Json;
 use super::schools::existing_school;
+use super::stations::station_of_school;
 use super::{allergen_list, required_text, split_list};
 use crate::auth::Principal;
 use crate::db::models::*;
@@ -24,6 +25,8 @@ pub struct Meal {
     pub price_cents: i64,
     pub allergens: Vec<String>,
     pub available: bool,
+    /// The station that makes it (`/schools/{id}/stations`); null: none.
+    pub station_id: Option<String>,
 }
 
 impl From<MealRow> for Meal {
@@ -35,6 +38,7 @@ impl From<MealRow> for Meal {
             name: r.name,
             price_cents: r.price_cents,
             available: r.available,
+            station_id: r.station_id,
         }
     }
 }
@@ -48,6 +52,8 @@ pub struct CreateMeal {
     pub allergens: Vec<String>,
     #[serde(default = "yes")]
     pub available: bool,
+    /// One of the school's stations.
+    pub station_id: Option<Uuid>,
 }
 
 fn yes() -> bool {
@@ -61,6 +67,17 @@ pub struct UpdateMeal {
     pub price_cents: Option<i64>,
     pub allergens: Option<Vec<String>>,
     pub available: Option<bool>,
+    /// One of the school's stations; `null` takes the meal off its station.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Uuid>)]
+    pub station_id: Option<Option<Uuid>>,
+}
+
+/// A field that is present, even as `null` (`Some(None)`), against one left out (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 fn price(cents: i64) -> Result<i64, ApiError> {
@@ -84,6 +101,10 @@ pub async fn create_meal(
     let school_id = path.to_string();
     who.require_school_admin(&school_id)?;
     existing_school(&state, &school_id).await?;
+    let station_id = match body.station_id {
+        Some(id) => Some(station_of_school(&state, &school_id, id).await?),
+        None => None,
+    };
     let at = now();
     let row = MealRow {
         id: new_id(),
@@ -92,6 +113,7 @@ pub async fn create_meal(
         price_cents: price(body.price_cents)?,
         allergens: allergen_list(&body.allergens)?,
         available: body.available,
+        station_id,
         created_at: at,
         updated_at: at,
     };
@@ -123,7 +145,11 @@ pub async fn update_meal(
 ) -> Result<HttpResponse, ApiError> {
     let (school_id, meal_id) = (path.0.to_string(), path.1.to_string());
     // Kitchen staff mark meals sold out; the rest is set-up.
-    if body.name.is_some() || body.price_cents.is_some() || body.allergens.is_some() {
+    if body.name.is_some()
+        || body.price_cents.is_some()
+        || body.allergens.is_some()
+        || body.station_id.is_some()
+    {
         who.require_school_admin(&school_id)?;
     } else {
         who.require_kitchen(&school_id)?;
@@ -134,11 +160,17 @@ pub async fn update_meal(
         .map(|n| required_text("name", n, 120))
         .transpose()?;
     let allergens = body.allergens.as_deref().map(allergen_list).transpose()?;
+    let station_id = match body.station_id {
+        Some(Some(id)) => Some(Some(station_of_school(&state, &school_id, id).await?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     let changes = store::schools::MealChanges {
         name: name.as_deref(),
         price_cents: body.price_cents.map(price).transpose()?,
         allergens: allergens.as_deref(),
         available: body.available,
+        station_id: station_id.as_ref().map(Option::as_deref),
     };
     let row = store::schools::update_meal(&state.db, &school_id, &meal_id, &changes)
         .await

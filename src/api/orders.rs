@@ -85,6 +85,10 @@ pub struct OrderItemView {
     pub name: String,
     pub quantity: i32,
     pub unit_price_cents: i64,
+    /// The station that makes it, if its meal has one.
+    pub station_id: Option<String>,
+    /// Marked done at its station.
+    pub done: bool,
 }
 
 impl From<OrderSummary> for OrderView {
@@ -105,6 +109,8 @@ impl From<OrderSummary> for OrderView {
                     name: l.name,
                     quantity: l.quantity,
                     unit_price_cents: l.unit_price_cents,
+                    station_id: l.station_id,
+                    done: l.done,
                 })
                 .collect(),
             placed_at: o.placed_at,

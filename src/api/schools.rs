@@ -28,6 +28,9 @@ pub struct School {
     /// School-local `HH:MM` the guardians' daily digest goes out; absent: the hub's
     /// `digest.at` (18:00 unless configured).
     pub digest_at: Option<String>,
+    /// An order becomes ready by itself once every station has done its items (otherwise
+    /// staff bump it on the expo screen).
+    pub ready_when_stations_done: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -52,6 +55,7 @@ impl From<SchoolRow> for School {
                 .map(|(start, end)| QuietHoursBody { start, end }),
             phone_region: r.phone_region,
             digest_at: r.digest_at,
+            ready_when_stations_done: r.ready_when_stations_done,
             created_at: utc(r.created_at),
             updated_at: utc(r.updated_at),
         }
@@ -80,6 +84,8 @@ pub struct UpdateSchool {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub digest_at: Option<Option<String>>,
+    /// Ready an order by itself once every station is done.
+    pub ready_when_stations_done: Option<bool>,
 }
 
 /// A field that is present, even as `null` (`Some(None)`), against one left out (`None`).
@@ -156,6 +162,7 @@ pub async fn create_school(
             .map_or(Ok(DEFAULT_PHONE_REGION.to_owned()), phone_region)?,
         digest_at: None,
         digest_done_on: None,
+        ready_when_stations_done: false,
     };
     crate::db::insert(&state.db, &row).await?;
     Ok(HttpResponse::Created().json(School::from(row)))
@@ -218,6 +225,7 @@ pub async fn update_school(
         quiet_hours: quiet,
         phone_region: region.as_deref(),
         digest_at,
+        ready_when_stations_done: body.ready_when_stations_done,
     };
     store::schools::update_school(&state.db, &id, changes).await?;
     Ok(HttpResponse::Ok().json(School::from(existing_school(&state, &id).await?)))

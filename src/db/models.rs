@@ -22,6 +22,8 @@ pub struct SchoolRow {
     pub digest_at: Option<String>,
     /// The last school day whose digests were queued.
     pub digest_done_on: Option<String>,
+    /// An order becomes ready by itself once every station has done its items.
+    pub ready_when_stations_done: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -85,6 +87,17 @@ pub struct MealRow {
     pub available: bool,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// Where it is made; its items show on that station's screen.
+    pub station_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = stations, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct StationRow {
+    pub id: String,
+    pub school_id: String,
+    pub name: String,
+    pub created_at: NaiveDateTime,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize)]

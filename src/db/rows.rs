@@ -58,6 +58,7 @@ insert_rows!(models::CounterRow, schema::counters::table);
 insert_rows!(models::UserRow, schema::users::table);
 insert_rows!(models::GuardianLinkRow, schema::guardian_links::table);
 insert_rows!(models::MealRow, schema::meals::table);
+insert_rows!(models::StationRow, schema::stations::table);
 insert_rows!(models::RefreshTokenRow, schema::refresh_tokens::table);
 insert_rows!(models::ServiceWindowRow, schema::service_windows::table);
 insert_rows!(models::ReaderRow, schema::readers::table);

@@ -14,6 +14,7 @@ diesel::table! {
         phone_region -> Text,
         digest_at -> Nullable<Text>,
         digest_done_on -> Nullable<Text>,
+        ready_when_stations_done -> Bool,
     }
 }
 
@@ -93,6 +94,16 @@ diesel::table! {
         available -> Bool,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        station_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    stations (id) {
+        id -> Text,
+        school_id -> Text,
+        name -> Text,
+        created_at -> Timestamp,
     }
 }
 
@@ -285,6 +296,8 @@ diesel::table! {
 
 diesel::joinable!(counters -> schools (school_id));
 diesel::joinable!(meals -> schools (school_id));
+diesel::joinable!(stations -> schools (school_id));
+diesel::joinable!(meals -> stations (station_id));
 diesel::joinable!(orders -> schools (school_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
@@ -299,6 +312,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     guardian_links,
     refresh_tokens,
     meals,
+    stations,
     rfid_cards,
     readers,
     orders,

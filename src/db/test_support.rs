@@ -85,6 +85,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
             phone_region: "US".into(),
             digest_at: None,
             digest_done_on: None,
+            ready_when_stations_done: false,
         },
     )
     .await
@@ -119,6 +120,7 @@ pub(crate) async fn school(db: &Db, name: &str) -> School {
             price_cents: 300,
             allergens: String::new(),
             available: true,
+            station_id: None,
             created_at: at,
             updated_at: at,
         },

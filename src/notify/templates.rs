@@ -228,6 +228,8 @@ fn sample_payload() -> serde_json::Value {
             name: "Sample meal".into(),
             quantity: 1,
             unit_price_cents: 100,
+            station_id: None,
+            done: false,
         }],
         total_cents: 100,
         placed_at: at,

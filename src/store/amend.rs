@@ -1,5 +1,5 @@
 //! Orders amended one at a time, outside the batches: an order moved off a closed counter,
-//! an alert recorded on an order.
+//! an alert recorded on an order, an item marked done at its station.
 
 use super::orders::{EventNote, event_from_row, event_row};
 use super::{DieselStore, TxError, json_error};
@@ -9,10 +9,11 @@ use crate::{on_both_connections, with_conn};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use tiffin_actors::domain::{
-    COUNTER_CHANGED, CounterRef, KitchenEvent, OrderState, OrderSummary, assign_counter,
+    COUNTER_CHANGED, CounterRef, ITEM_DONE, KitchenEvent, OrderState, OrderSummary, assign_counter,
+    mark_done,
 };
 use tiffin_actors::notices::{Kind, kind_of_alert};
-use tiffin_actors::ports::{AlertCommit, CommandError, CounterMove};
+use tiffin_actors::ports::{AlertCommit, CommandError, CounterMove, ItemDoneCommit};
 
 /// The steps of amending an order, inside a transaction on either backend.
 pub(super) trait AmendOrder {
@@ -99,6 +100,8 @@ pub(super) enum Amendment<'a> {
     CounterMove(&'a CounterMove),
     /// An alert recorded on an order (once per alert).
     Alert(&'a AlertCommit),
+    /// An item marked done at its station (once per item).
+    ItemDone(&'a ItemDoneCommit),
 }
 
 impl Amendment<'_> {
@@ -106,6 +109,7 @@ impl Amendment<'_> {
         match self {
             Amendment::CounterMove(m) => (&m.school_id, &m.order_id, m.expected_version),
             Amendment::Alert(a) => (&a.school_id, &a.order_id, a.expected_version),
+            Amendment::ItemDone(d) => (&d.school_id, &d.order_id, d.expected_version),
         }
     }
 }
@@ -176,6 +180,12 @@ on_both_connections!(impl Amend {
                 order.alerts.push(a.alert);
                 let notice = kind_of_alert(a.alert);
                 (a.alert.event_type(), Some(order.state), None, a.reason.clone(), notice)
+            }
+            Amendment::ItemDone(d) => {
+                mark_done(&mut order, d.line).map_err(|e| TxError::Refused(e.into()))?;
+                let item = order.items.get(d.line).map_or("an item", |i| i.name.as_str());
+                let reason = format!("{item} done");
+                (ITEM_DONE, Some(order.state), d.actor_id.clone(), reason, None)
             }
         };
         let note = EventNote {

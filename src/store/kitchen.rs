@@ -13,8 +13,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use tiffin_actors::domain::{KitchenEvent, OrderSummary};
 use tiffin_actors::ports::{
-    AlertCommit, CommandError, CounterMove, KitchenSnapshot, NewOrder, Placed, Store,
-    TransitionCommit,
+    AlertCommit, CommandError, CounterMove, ItemDone, ItemDoneCommit, KitchenSnapshot, NewOrder,
+    Placed, Store, TransitionCommit,
 };
 
 #[async_trait]
@@ -80,6 +80,29 @@ impl Store for DieselStore {
         self.amend(Amendment::Alert(&a))
             .await
             .map_err(CommandError::from)
+    }
+
+    async fn mark_item_done(&self, d: ItemDoneCommit) -> Result<ItemDone, CommandError> {
+        let event = self
+            .amend(Amendment::ItemDone(&d))
+            .await
+            .map_err(CommandError::from)?;
+        // Read after the commit, which stands whatever this read says: a setting changed
+        // meanwhile counts from the next item, and a read that fails leaves the ready to staff.
+        let setting: Result<bool, DbError> = with_conn!(&self.db, |conn| schools::table
+            .find(&d.school_id)
+            .select(schools::ready_when_stations_done)
+            .first(conn)
+            .await
+            .map_err(DbError::from));
+        let ready_when_stations_done = setting.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the school's stations setting could not be read");
+            false
+        });
+        Ok(ItemDone {
+            event,
+            ready_when_stations_done,
+        })
     }
 
     async fn load_order(&self, order_id: &str) -> Result<Option<OrderSummary>, CommandError> {

@@ -75,6 +75,8 @@ pub(super) fn order_lines(
                 name: meal.name.clone(),
                 quantity: item.quantity,
                 unit_price_cents: meal.price_cents,
+                station_id: meal.station_id.clone(),
+                done: false,
             })
         })
         .collect()

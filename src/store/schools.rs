@@ -40,6 +40,7 @@ pub struct SchoolChanges<'a> {
     pub phone_region: Option<&'a str>,
     /// `Some(None)` goes back to the hub's digest time.
     pub digest_at: Option<Option<String>>,
+    pub ready_when_stations_done: Option<bool>,
 }
 
 pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Result<(), DbError> {
@@ -49,6 +50,7 @@ pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Res
         quiet_hours,
         phone_region,
         digest_at,
+        ready_when_stations_done,
     } = changes;
     let at = now();
     let (quiet_start, quiet_end) = match quiet_hours {
@@ -66,6 +68,7 @@ pub async fn update_school(db: &Db, id: &str, changes: SchoolChanges<'_>) -> Res
             quiet_end.clone().map(|t| schools::quiet_hours_end.eq(t)),
             phone_region.map(|r| schools::phone_region.eq(r)),
             digest_at.clone().map(|t| schools::digest_at.eq(t)),
+            ready_when_stations_done.map(|r| schools::ready_when_stations_done.eq(r)),
             schools::updated_at.eq(at),
         ))
         .execute(conn)
@@ -87,6 +90,8 @@ pub struct MealChanges<'a> {
     pub price_cents: Option<i64>,
     pub allergens: Option<&'a str>,
     pub available: Option<bool>,
+    /// `Some(None)` takes the meal off its station.
+    pub station_id: Option<Option<&'a str>>,
 }
 
 pub async fn update_meal(
@@ -106,6 +111,7 @@ pub async fn update_meal(
         c.price_cents.map(|v| meals::price_cents.eq(v)),
         c.allergens.map(|v| meals::allergens.eq(v)),
         c.available.map(|v| meals::available.eq(v)),
+        c.station_id.map(|v| meals::station_id.eq(v)),
         meals::updated_at.eq(at),
     ))
     .returning(MealRow::as_returning())

@@ -127,13 +127,15 @@ pub const TRANSITIONS: &[(OrderCommand, OrderState, OrderState, &[Issuer])] = &[
         OrderCommand::Start,
         OrderState::Confirmed,
         OrderState::Preparing,
-        &[Issuer::Staff],
+        // The system starts and readies an order whose stations are all done, where the
+        // school says so.
+        &[Issuer::Staff, Issuer::System],
     ),
     (
         OrderCommand::Ready,
         OrderState::Preparing,
         OrderState::Ready,
-        &[Issuer::Staff],
+        &[Issuer::Staff, Issuer::System],
     ),
     (
         OrderCommand::Cancel,
@@ -283,8 +285,8 @@ mod tests {
         use OrderState as S;
         match (cmd, from, who) {
             (C::Confirm, S::Placed, Staff) => Some(S::Confirmed),
-            (C::Start, S::Confirmed, Staff) => Some(S::Preparing),
-            (C::Ready, S::Preparing, Staff) => Some(S::Ready),
+            (C::Start, S::Confirmed, Staff | System) => Some(S::Preparing),
+            (C::Ready, S::Preparing, Staff | System) => Some(S::Ready),
             (C::Cancel, S::Placed, Student | Guardian | Staff | System) => Some(S::Cancelled),
             (C::Cancel, S::Confirmed, Student | Guardian | Staff) => Some(S::Cancelled),
             (C::Cancel, S::Preparing, Staff) => Some(S::Cancelled),

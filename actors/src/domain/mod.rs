@@ -6,6 +6,7 @@ pub mod counters;
 pub mod machine;
 pub mod orders;
 pub mod roles;
+pub mod stations;
 pub mod timers;
 pub mod waves;
 
@@ -17,6 +18,7 @@ pub use machine::{
 };
 pub use orders::{Alert, COUNTER_CHANGED, KitchenEvent, OrderLine, OrderSummary, event_type};
 pub use roles::Role;
+pub use stations::{ITEM_DONE, ItemError, mark_done, stations_done, steps_to_ready};
 pub use timers::{ConfirmOverdue, TimerAction, TimerPolicy, next_timer};
 pub use waves::{Wave, WaveError, cancel_allowed, choose_wave};
 

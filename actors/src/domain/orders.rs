@@ -91,6 +91,12 @@ pub struct OrderLine {
     pub name: String,
     pub quantity: i32,
     pub unit_price_cents: i64,
+    /// The station that makes it (the meal's when the order was placed).
+    #[serde(default)]
+    pub station_id: Option<String>,
+    /// Marked done at its station.
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// A committed kitchen event: what the store wrote and the bus carries.

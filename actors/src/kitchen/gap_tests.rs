@@ -3,7 +3,8 @@
 use super::*;
 use crate::bus::LocalBus;
 use crate::domain::machine::OrderState;
-use crate::ports::{AlertCommit, CounterMove, KitchenSnapshot, TransitionCommit};
+use crate::ports::TransitionCommit;
+use crate::ports::{AlertCommit, CounterMove, ItemDone, ItemDoneCommit, KitchenSnapshot};
 use crate::ports::{NewOrder, Placed};
 use async_trait::async_trait;
 use std::sync::Mutex;
@@ -51,6 +52,9 @@ impl Store for SlowStore {
         Err(not_here())
     }
     async fn record_alert(&self, _: AlertCommit) -> Result<KitchenEvent, CommandError> {
+        Err(not_here())
+    }
+    async fn mark_item_done(&self, _: ItemDoneCommit) -> Result<ItemDone, CommandError> {
         Err(not_here())
     }
     async fn load_order(&self, _: &str) -> Result<Option<OrderSummary>, CommandError> {

@@ -23,7 +23,7 @@ mod gap_tests;
 mod orders;
 mod subscribers;
 
-pub use orders::{CounterClosed, LiveOrders, PlaceOrder, TransitionOrder};
+pub use orders::{CounterClosed, ItemDoneOrder, LiveOrders, PlaceOrder, TransitionOrder};
 pub use subscribers::{Catchup, MAX_REPLAY, SnapshotReason, Subscribe, TakeSnapshot};
 
 pub struct Kitchen {

@@ -4,7 +4,7 @@
 use super::{Catchup, Kitchen, SnapshotReason};
 use crate::domain::machine::{Issuer, OrderCommand, decide};
 use crate::domain::orders::{KitchenEvent, OrderSummary};
-use crate::order::{Command, MoveFromCounter, OrderActor};
+use crate::order::{Command, MarkItemDone, MoveFromCounter, OrderActor};
 use crate::ports::{CommandError, NewOrder, Placed, Store};
 use actix::prelude::*;
 use std::sync::Arc;
@@ -150,6 +150,70 @@ async fn forward(
             }
             None => Err(CommandError::OrderNotFound),
         },
+    }
+}
+
+/// An item of a live order marked done at its station, handed to the order's actor.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<KitchenEvent, CommandError>")]
+pub struct ItemDoneOrder {
+    pub order_id: String,
+    pub line: usize,
+    pub actor_id: Option<String>,
+}
+
+impl Handler<ItemDoneOrder> for Kitchen {
+    type Result = ResponseActFuture<Self, Result<KitchenEvent, CommandError>>;
+
+    fn handle(&mut self, msg: ItemDoneOrder, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.serving() {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        let item = MarkItemDone {
+            line: msg.line,
+            actor_id: msg.actor_id,
+        };
+        if let Some(order) = self.orders.get(&msg.order_id).filter(|a| a.connected()) {
+            let send = order.send(item);
+            return Box::pin(fut::wrap_future::<_, Self>(async move {
+                send.await
+                    .map_err(|e| CommandError::Internal(e.to_string()))?
+            }));
+        }
+        // No running actor (placed through another node, or finished): the store knows.
+        let store = self.store.clone();
+        let order_id = msg.order_id;
+        Box::pin(
+            async move { store.load_order(&order_id).await }
+                .into_actor(self)
+                .map(move |loaded, act, ctx| {
+                    let order = match loaded? {
+                        Some(order) if order.school_id == act.school_id => order,
+                        _ => return Err(CommandError::OrderNotFound),
+                    };
+                    if order.state.is_terminal() {
+                        let mut done = order;
+                        crate::domain::stations::mark_done(&mut done, item.line)?;
+                        return Err(CommandError::VersionConflict);
+                    }
+                    if !act.orders.get(&order.id).is_some_and(Addr::connected) {
+                        act.start_order(order.clone(), ctx);
+                    }
+                    let addr = act
+                        .orders
+                        .get(&order.id)
+                        .cloned()
+                        .ok_or(CommandError::OrderNotFound)?;
+                    Ok(addr.send(item))
+                })
+                .then(|send, _, _| {
+                    fut::wrap_future::<_, Self>(async move {
+                        send?
+                            .await
+                            .map_err(|e| CommandError::Internal(e.to_string()))?
+                    })
+                }),
+        )
     }
 }
 

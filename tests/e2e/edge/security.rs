@@ -59,6 +59,7 @@ async fn security_matrix() {
             ("{student_id}", a.student.as_str()),
             ("{guardian_id}", a.guardian.as_str()),
             ("{meal_id}", a.meals[0].as_str()),
+            ("{line}", "0"),
         ] {
             out = out.replace(param, value);
         }
@@ -138,6 +139,7 @@ async fn security_matrix() {
         school.clone(),
         format!("{school}/counters"),
         format!("{school}/meals"),
+        format!("{school}/stations"),
         format!("{school}/service-windows"),
         format!("/api/v1/orders/{order}"),
         format!("/api/v1/orders/{order}/notifications"),
@@ -200,6 +202,42 @@ async fn security_matrix() {
     )
     .await;
     assert_eq!(r.status, 403, "a student confirmed");
+    // Stations: the school admin makes them; the school's kitchen staff mark items done.
+    let stations = format!("{school}/stations");
+    for (who, token) in [
+        ("kitchen staff", &a.kitchen_token),
+        ("a student", &a.student_token),
+        ("school B's staff", &b.kitchen_token),
+    ] {
+        let r = post(&hub, token, &stations, json!({"name": "Grill"})).await;
+        assert_eq!(r.status, 403, "{who} made a station: {:?}", r.body);
+    }
+    let grill = expect(
+        post(&hub, &admin, &stations, json!({"name": "Grill"})).await,
+        201,
+    );
+    assert_eq!(grill["school_id"], json!(a.school));
+    expect(
+        post(
+            &hub,
+            &a.kitchen_token,
+            &format!("/api/v1/orders/{order}/confirm"),
+            json!({}),
+        )
+        .await,
+        200,
+    );
+    let done = format!("/api/v1/orders/{order}/items/0/done");
+    for (who, token) in [
+        ("the student", &a.student_token),
+        ("another student", &bo),
+        ("a guardian", &b_guardian),
+        ("school B's staff", &b.kitchen_token),
+    ] {
+        let r = post(&hub, token, &done, json!({})).await;
+        assert_eq!(r.status, 403, "{who} marked an item done: {:?}", r.body);
+    }
+    expect(post(&hub, &a.kitchen_token, &done, json!({})).await, 200);
     let r = post(
         &hub,
         &b_guardian,
