@@ -131,21 +131,36 @@ async fn request_id(
     let id = req
         .headers()
         .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let span = tracing::info_span!("request", request_id = %id);
+        .filter(|v| sane_request_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(fresh_request_id);
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
     let mut response = next.call(req).instrument(span).await?;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
+    response.headers_mut().insert(REQUEST_ID, id);
     Ok(response)
+}
+
+fn sane_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+}
+
+/// 32 hex digits: this process's random prefix and a counter, unique across nodes and
+/// restarts without a call for randomness (a syscall) per request.
+fn fresh_request_id() -> HeaderValue {
+    static PREFIX: std::sync::LazyLock<u64> = std::sync::LazyLock::new(rand::random);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        let word = if i < 16 { *PREFIX } else { n };
+        let nibble = (word >> (4 * (15 - i % 16))) & 0xf;
+        *digit = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -244,6 +259,25 @@ fn document_refusals(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
+/// Takes the paths under its prefix, for a group of routes: `scope("").guard(Under(prefix))`
+/// with the routes' paths written in full. actix tries the entries of a map in turn, each
+/// route's pattern a regex: a group is one cheap look at the path, so a request tries only its
+/// own group's patterns (all ~70 before, BENCHMARKS.md "HTTP path"). A new route goes in the
+/// group of its path: a group claims every path under its prefix, so a route beside it with
+/// such a path is never reached (the security matrix would find it refused as not found). A
+/// path no route of its group takes is answered by `route_not_found` like any other.
+struct Under(&'static str);
+
+impl actix_web::guard::Guard for Under {
+    fn check(&self, ctx: &actix_web::guard::GuardContext<'_>) -> bool {
+        ctx.head()
+            .uri
+            .path()
+            .strip_prefix(self.0)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
 /// Every route of the hub, registered once for actix and for the OpenAPI document.
 pub fn build(
     state: web::Data<AppState>,
@@ -264,6 +298,106 @@ pub fn build(
         .app_data(web::PayloadConfig::default().limit(limit))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
+        // The API first: every API request would otherwise try the pages' patterns too.
+        .service(
+            scope("/api/v1")
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/schools"))
+                        .service(orders::create_order)
+                        .service(order_reads::live_orders)
+                        .service(order_reads::kitchen_summary)
+                        .service(schools::create_school)
+                        .service(schools::list_schools)
+                        .service(schools::get_school)
+                        .service(schools::update_school)
+                        .service(counters::create_counter)
+                        .service(counters::list_counters)
+                        .service(counters::update_counter)
+                        .service(users::create_user)
+                        .service(users::list_users)
+                        .service(users::update_user)
+                        .service(guardians::create_guardian_link)
+                        .service(guardians::delete_guardian_link)
+                        .service(guardians::list_guardians)
+                        .service(meals::create_meal)
+                        .service(meals::list_meals)
+                        .service(meals::update_meal)
+                        .service(stations::create_station)
+                        .service(stations::list_stations)
+                        .service(waves::create_service_window)
+                        .service(waves::list_service_windows)
+                        .service(readers::register_reader)
+                        .service(readers::list_readers)
+                        .service(readers::rotate_reader_key)
+                        .service(readers::register_card)
+                        .service(readers::list_cards)
+                        .service(readers::list_scans)
+                        .service(readers::request_code),
+                )
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/orders"))
+                        .service(order_reads::get_order)
+                        .service(transitions::confirm_order)
+                        .service(transitions::start_order)
+                        .service(transitions::ready_order)
+                        .service(transitions::pickup_order)
+                        .service(transitions::cancel_order)
+                        .service(transitions::recall_order)
+                        .service(transitions::bump_order)
+                        .service(stations::mark_item_done)
+                        .service(order_reads::order_notifications),
+                )
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/reader"))
+                        .service(readers::post_scan)
+                        .service(readers::post_scan_batch)
+                        .service(readers::heartbeat),
+                )
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/cards"))
+                        .service(readers::block_card)
+                        .service(readers::unblock_card)
+                        .service(readers::report_card_lost)
+                        .service(readers::replace_card),
+                )
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/pickup-codes"))
+                        .service(readers::verify_code),
+                )
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/me"))
+                        .service(auth::me)
+                        .service(inbox::list_inbox)
+                        .service(inbox::mark_inbox_read)
+                        .service(inbox::delete_inbox_message)
+                        .service(notifications::register_device)
+                        .service(notifications::list_devices)
+                        .service(notifications::remove_device)
+                        .service(notifications::get_preferences)
+                        .service(notifications::set_preferences),
+                )
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/auth"))
+                        .service(auth::login)
+                        .service(auth::refresh)
+                        .service(auth::logout),
+                )
+                .service(
+                    scope("")
+                        .guard(Under("/api/v1/admin"))
+                        .service(notifications::list_dead_letters)
+                        .service(notifications::requeue_dead_letter),
+                )
+                .service(ws::connect)
+                .service(ops::openapi),
+        )
         .service(ops::healthz)
         .service(ops::readyz)
         .service(ops::metrics)
@@ -273,73 +407,6 @@ pub fn build(
         .service(pages::expo)
         .service(pages::station)
         .service(pages::script)
-        .service(
-            scope("/api/v1")
-                .service(auth::login)
-                .service(auth::refresh)
-                .service(auth::logout)
-                .service(auth::me)
-                .service(inbox::list_inbox)
-                .service(inbox::mark_inbox_read)
-                .service(inbox::delete_inbox_message)
-                .service(notifications::register_device)
-                .service(notifications::list_devices)
-                .service(notifications::remove_device)
-                .service(notifications::get_preferences)
-                .service(notifications::set_preferences)
-                .service(notifications::list_dead_letters)
-                .service(notifications::requeue_dead_letter)
-                .service(schools::create_school)
-                .service(schools::list_schools)
-                .service(schools::get_school)
-                .service(schools::update_school)
-                .service(counters::create_counter)
-                .service(counters::list_counters)
-                .service(counters::update_counter)
-                .service(users::create_user)
-                .service(users::list_users)
-                .service(users::update_user)
-                .service(guardians::create_guardian_link)
-                .service(guardians::delete_guardian_link)
-                .service(guardians::list_guardians)
-                .service(meals::create_meal)
-                .service(meals::list_meals)
-                .service(meals::update_meal)
-                .service(stations::create_station)
-                .service(stations::list_stations)
-                .service(stations::mark_item_done)
-                .service(waves::create_service_window)
-                .service(waves::list_service_windows)
-                .service(readers::register_reader)
-                .service(readers::list_readers)
-                .service(readers::rotate_reader_key)
-                .service(readers::register_card)
-                .service(readers::list_cards)
-                .service(readers::block_card)
-                .service(readers::unblock_card)
-                .service(readers::report_card_lost)
-                .service(readers::replace_card)
-                .service(readers::list_scans)
-                .service(readers::post_scan)
-                .service(readers::post_scan_batch)
-                .service(readers::heartbeat)
-                .service(readers::request_code)
-                .service(readers::verify_code)
-                .service(order_reads::live_orders)
-                .service(order_reads::kitchen_summary)
-                .service(orders::create_order)
-                .service(order_reads::get_order)
-                .service(order_reads::order_notifications)
-                .service(transitions::confirm_order)
-                .service(transitions::start_order)
-                .service(transitions::ready_order)
-                .service(transitions::cancel_order)
-                .service(transitions::pickup_order)
-                .service(transitions::recall_order)
-                .service(transitions::bump_order)
-                .service(ws::connect)
-                .service(ops::openapi),
-        )
         .split_for_parts();
     let mut doc = doc;
     document_refusals(&mut doc);
