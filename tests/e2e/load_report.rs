@@ -4,7 +4,8 @@
 use crate::common::*;
 
 /// Set to write the page's screenshot to docs/load-report.png (the README shows it).
-const UPDATE_SCREENSHOT: &str = "TIFFIN_UPDATE_SCREENSHOTS";
+/// (Not `TIFFIN_`: the hub takes every such variable as its configuration.)
+const UPDATE_SCREENSHOT: &str = "UPDATE_SCREENSHOTS";
 
 /// The smoke run passes, and its page opens with the verdict and the summary table, then
 /// charts that the browser draws (lines with a size on screen), fetching nothing.
