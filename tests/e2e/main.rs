@@ -12,6 +12,7 @@ mod crashes;
 mod digest;
 mod edge;
 mod layout;
+mod load_report;
 mod nodes;
 mod notifications;
 mod orders;

@@ -18,7 +18,8 @@ mod seed;
 
 use crate::RunArgs;
 use crate::hub::Target;
-use crate::report::Recorder;
+use crate::progress::Progress;
+use crate::report::{HubSampler, Recorder};
 use crate::sink::{ProviderLimits, Sinks};
 use crate::stats::server_cpu;
 use anyhow::bail;
@@ -207,7 +208,7 @@ pub async fn run(
         started: Cell::new(Instant::now()),
         phases: RefCell::new(
             (0..=plan.phases.len())
-                .map(|_| Recorder::with_hops(&hops))
+                .map(|_| Recorder::with_hops(&hops).map(Recorder::without_series))
                 .collect::<anyhow::Result<_>>()?,
         ),
         counts: RefCell::new(vec![PhaseCounts::default(); plan.phases.len()]),
@@ -233,13 +234,24 @@ pub async fn run(
 
     run.started.set(Instant::now());
     let started_utc = chrono::Utc::now();
+    let hub_sampler = HubSampler::start(target.pid);
+    {
+        let mut whole = run.whole.borrow_mut();
+        whole.start_clock();
+        for (phase, (start, _)) in plan.phases.iter().zip(&spans) {
+            whole.phase(&phase.name, Some(*start));
+        }
+    }
+    // The end of the last phase as planned (the driver may send its last arrival a little
+    // after it): the notifications' clock starts there.
+    let planned = spans.last().map_or(0.0, |(start, length)| start + length);
     let cpu_marks = Rc::new(RefCell::new(Vec::new()));
     let marks = target.pid.map(|pid| {
         actix_web::rt::spawn(mark_cpu(run.clone(), pid, spans.clone(), cpu_marks.clone()))
     });
-    // A live line only on a terminal: into a file it would be thousands of overwritten lines.
-    let live = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = live.then(|| actix_web::rt::spawn(show_progress(run.clone())));
+    let progress = Progress::new(args.quiet, Some(planned));
+    let live = progress.is_shown();
+    let ticker = live.then(|| actix_web::rt::spawn(show_progress(run.clone(), progress.clone())));
     for (n, arrival) in arrivals.iter().copied().enumerate() {
         let due = run.started.get() + Duration::from_secs_f64(arrival.at);
         let now = Instant::now();
@@ -273,13 +285,10 @@ pub async fn run(
     }
     let finished = run.outstanding.get() == 0;
     let run_secs = run.started.get().elapsed().as_secs_f64();
-    if let Some(progress) = progress {
-        progress.abort();
-        eprintln!();
+    if let Some(ticker) = ticker {
+        ticker.abort();
     }
-    // The end of the last phase as planned (the driver may have sent its last arrival a
-    // little after it): the notifications' clock starts there.
-    let planned = spans.last().map_or(0.0, |(start, length)| start + length);
+    progress.finish();
     let end = run.started.get() + Duration::from_secs_f64(planned);
     let end_utc = started_utc
         + chrono::Duration::from_std(Duration::from_secs_f64(planned)).unwrap_or_default();
@@ -302,6 +311,7 @@ pub async fn run(
         marks.abort();
     }
     let cpu = cpu_marks.borrow().clone();
+    let hub_series = hub_sampler.stop();
     Ok(report(
         plan,
         args,
@@ -315,6 +325,7 @@ pub async fn run(
             cpu,
             scheduled: arrivals.len(),
             notifications,
+            hub_series,
         },
     ))
 }
@@ -332,7 +343,8 @@ async fn mark_cpu(run: Rc<Run>, pid: u32, spans: Vec<(f64, f64)>, marks: Rc<RefC
     }
 }
 
-async fn show_progress(run: Rc<Run>) {
+/// The progress bar, redrawn every second.
+async fn show_progress(run: Rc<Run>, progress: Progress) {
     loop {
         actix_web::rt::time::sleep(Duration::from_secs(1)).await;
         let counts = run.counts.borrow();
@@ -341,14 +353,18 @@ async fn show_progress(run: Rc<Run>) {
             .iter()
             .rposition(|c| c.menu + c.order + c.guardian > 0)
             .map_or(1, |p| p + 1);
-        eprint!(
-            "\r[{:>5}s] phase {phase}/{}, arrivals {arrived:>7}, orders {:>6}, handed over {:>6}, in flight {:>5}, errors {:>4}",
+        let whole = run.whole.borrow();
+        progress.update(
+            &format!("phase {phase}/{}", counts.len()),
             run.started.get().elapsed().as_secs(),
-            counts.len(),
-            run.accepted.borrow().len(),
-            run.handed_over.borrow().len(),
-            run.outstanding.get(),
-            run.whole.borrow().errors(),
+            whole.answered(),
+            whole.errors(),
+            &format!(
+                "arrivals {arrived} | orders {} | handed over {} | in flight {}",
+                run.accepted.borrow().len(),
+                run.handed_over.borrow().len(),
+                run.outstanding.get(),
+            ),
         );
     }
 }

@@ -19,6 +19,8 @@ pub(super) struct Outcome {
     pub(super) scheduled: usize,
     /// The notifications' accounting (`notifications::account_notifications`).
     pub(super) notifications: Value,
+    /// The hub's CPU and memory every second (`HubSampler::stop`).
+    pub(super) hub_series: Value,
 }
 
 pub(super) fn report(plan: &Plan, args: &RunArgs, run: &Run, outcome: Outcome) -> Value {
@@ -110,6 +112,7 @@ pub(super) fn report(plan: &Plan, args: &RunArgs, run: &Run, outcome: Outcome) -
         "phases": phases,
         "hops": whole.hops_json(),
         "timeline": whole.timeline_json(),
+        "series": whole.series_json(outcome.hub_series),
         "correctness": {
             "arrivals_scheduled": outcome.scheduled,
             "arrivals_dropped": dropped,

@@ -24,7 +24,8 @@ mod waves;
 use crate::RunArgs;
 use crate::hub::{Target, round_trips, round_trips_between, usage};
 use crate::profile::Profile;
-use crate::report::Recorder;
+use crate::progress::Progress;
+use crate::report::{HubSampler, Recorder};
 use crate::sink::Sinks;
 use chrono::{DateTime, Utc};
 use followers::{Follower, open_apps, open_dashboards};
@@ -132,6 +133,8 @@ pub async fn run(
         offline_batch_scans: Cell::new(0),
         offline_batch_slowest: Cell::new(Duration::ZERO),
     });
+    let hub_sampler = HubSampler::start(target.pid);
+    run.recorder.borrow_mut().phase("screens open", Some(0.0));
     let schools = Rc::new(schools);
     let deadline = Duration::from_secs(profile.deadline_secs);
     let storm = Rc::new(Storm::default());
@@ -153,18 +156,25 @@ pub async fn run(
     )
     .await?;
     let apps: RefCell<Vec<Rc<Follower>>> = RefCell::default();
-    // A live line only on a terminal: into a file it would be thousands of overwritten lines.
-    let live = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = live.then(|| actix_web::rt::spawn(show_progress(run.clone())));
+    let progress = Progress::new(args.quiet, None);
+    let ticker = progress
+        .is_shown()
+        .then(|| actix_web::rt::spawn(show_progress(run.clone(), progress.clone())));
+    let phase = |name: &str| run.recorder.borrow_mut().phase(name, None);
 
     let rush = async {
+        phase("pre-orders");
         preorder_wave(&run, &schools, profile, args.rate_scale).await;
         // What an app does once its orders are placed: follow them, before the kitchen moves.
+        phase("apps open");
         let opened = open_apps(&run, &schools, &apps_end).await;
         *apps.borrow_mut() = opened;
+        phase("kitchen");
         kitchen_bots(&run, &schools, profile.staff_batch).await;
         let in_storm = profile.reconnect_storm.then_some(&*storm);
+        phase("pickup");
         pickup_wave(&run, &schools, profile, args.rate_scale, in_storm).await;
+        phase("offline batches");
         replay_offline(&run, &schools).await;
     };
     let finished = actix_web::rt::time::timeout(deadline, rush).await.is_ok();
@@ -177,6 +187,7 @@ pub async fn run(
     for (school, _, _) in run.accepted.borrow().iter() {
         per_school[*school] += 1;
     }
+    phase("settle");
     let settle = Instant::now();
     while settle.elapsed() < Duration::from_secs(10)
         && (dashboards
@@ -193,15 +204,16 @@ pub async fn run(
     }
     storm.end();
     apps_end.end();
-    if let Some(progress) = progress {
-        progress.abort();
-        eprintln!();
+    if let Some(ticker) = ticker {
+        ticker.abort();
     }
+    progress.finish();
     let notifications = match sinks {
         Some(sinks) => account_notifications(&run, &schools, sinks).await,
         None => Value::Null,
     };
     let after = target.pid.and_then(usage);
+    let hub_series = hub_sampler.stop();
     let trips = round_trips_between(&trips_before, &round_trips(&target.url).await);
     let hub = match (before, after) {
         (Some((cpu0, _)), Some((cpu1, peak))) => json!({
@@ -229,6 +241,7 @@ pub async fn run(
             expected_frames,
             notifications,
             hub,
+            hub_series,
             trips,
         },
     ))
@@ -256,18 +269,23 @@ fn admit(run: &Run) -> bool {
     true
 }
 
-/// One line on stderr, rewritten every second.
-async fn show_progress(run: Rc<Run>) {
+/// The progress bar, redrawn every second.
+async fn show_progress(run: Rc<Run>, progress: Progress) {
     loop {
         actix_web::rt::time::sleep(Duration::from_secs(1)).await;
-        eprint!(
-            "\r[{:>5}s] orders answered {:>7}, scans answered {:>7}, in flight {:>5}, errors {:>4}, dropped {:>4}",
+        let recorder = run.recorder.borrow();
+        progress.update(
+            recorder.current_phase().unwrap_or("starting"),
             run.started.elapsed().as_secs(),
-            run.answered_orders.get(),
-            run.answered_scans.get(),
-            run.outstanding.get(),
-            run.recorder.borrow().errors(),
-            run.dropped.get(),
+            recorder.answered(),
+            recorder.errors(),
+            &format!(
+                "orders {} | scans {} | in flight {} | dropped {}",
+                run.answered_orders.get(),
+                run.answered_scans.get(),
+                run.outstanding.get(),
+                run.dropped.get(),
+            ),
         );
     }
 }

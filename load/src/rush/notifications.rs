@@ -124,7 +124,7 @@ fn account_channel(
     for (id, arrivals) in delivered {
         if let (Some(Some(created)), Some(first)) = (committed.get(id), arrivals.first()) {
             let latency = (*first - *created).to_std().unwrap_or_default();
-            recorder.ok(EVENT_TO_SINK, latency, false);
+            recorder.ok_at_utc(EVENT_TO_SINK, latency, *first);
             if let Some(own) = own.as_mut() {
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 let _ = own.record(us.max(1));

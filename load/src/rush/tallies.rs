@@ -28,6 +28,8 @@ pub(super) struct Rushed {
     pub notifications: Value,
     /// The hub's CPU and memory, when its process is known.
     pub hub: Value,
+    /// The same every second (`HubSampler::stop`).
+    pub hub_series: Value,
     /// Database statements per operation.
     pub trips: Value,
 }
@@ -97,10 +99,11 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
                 if first.replayed {
                     replayed_frames += 1;
                 } else if let Some(sent) = scanned.get(order) {
-                    recorder.ok(
+                    recorder.ok_at(
                         SCAN_TO_DASHBOARD,
                         first.at.saturating_duration_since(*sent),
                         false,
+                        first.at,
                     );
                 }
             }
@@ -175,6 +178,7 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
         },
         "hops": recorder.hops_json(),
         "timeline": recorder.timeline_json(),
+        "series": recorder.series_json(rushed.hub_series),
         "correctness": {
             "orders_due": ordered,
             "orders_accepted": accepted.len(),
