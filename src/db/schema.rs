@@ -14,6 +14,7 @@ diesel::table! {
         phone_region -> Text,
         digest_at -> Nullable<Text>,
         digest_done_on -> Nullable<Text>,
+        sourced_id -> Nullable<Text>,
     }
 }
 
@@ -44,6 +45,7 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         inbox_seq -> BigInt,
+        sourced_id -> Nullable<Text>,
     }
 }
 
