@@ -2,7 +2,7 @@
 
 use crate::api::{
     auth, counters, guardians, inbox, meals, notifications, ops, order_reads, orders, readers,
-    schools, transitions, users, waves,
+    rosters, schools, transitions, users, waves,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -296,6 +296,7 @@ pub fn build(
                 .service(guardians::create_guardian_link)
                 .service(guardians::delete_guardian_link)
                 .service(guardians::list_guardians)
+                .service(rosters::import_roster)
                 .service(meals::create_meal)
                 .service(meals::list_meals)
                 .service(meals::update_meal)

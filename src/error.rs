@@ -57,12 +57,14 @@ pub enum ErrorCode {
     SignatureInvalid,
     SignatureExpired,
     SignatureReplayed,
+    RosterUnreadable,
+    RosterInvalid,
     DatabaseUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 46] = [
+    pub const ALL: [ErrorCode; 48] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -107,6 +109,8 @@ impl ErrorCode {
         ErrorCode::SignatureInvalid,
         ErrorCode::SignatureExpired,
         ErrorCode::SignatureReplayed,
+        ErrorCode::RosterUnreadable,
+        ErrorCode::RosterInvalid,
         ErrorCode::DatabaseUnavailable,
         ErrorCode::Internal,
     ];
@@ -120,9 +124,8 @@ impl ErrorCode {
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
-            | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid
+            | RosterUnreadable | RosterInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated

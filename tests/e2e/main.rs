@@ -20,5 +20,6 @@ mod providers;
 mod realtime;
 mod resilience;
 mod rfid;
+mod roster;
 mod rush_kills;
 mod waves;
