@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(u.email.as_deref(), Some("ana@example.test"));
         assert_eq!(u.relationship.as_deref(), Some("parent"));
         assert!(u.problem.is_none());
-        let bad = UserFields { phone: "12", ..f };
+        let bad = UserFields { sms: "12", ..f };
         let u = user(3, &bad, &regions, "GB").unwrap();
         assert!(u.problem.unwrap().contains("phone number"));
         let nobody = UserFields {
