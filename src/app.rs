@@ -2,7 +2,7 @@
 
 use crate::api::{
     auth, counters, guardians, inbox, meals, notifications, ops, order_reads, orders, readers,
-    schools, stations, transitions, users, waves,
+    rosters, schools, stations, transitions, users, waves,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -392,6 +392,7 @@ pub fn build(
                 .service(
                     scope("")
                         .guard(Under("/api/v1/admin"))
+                        .service(rosters::import_roster)
                         .service(notifications::list_dead_letters)
                         .service(notifications::requeue_dead_letter),
                 )

@@ -60,12 +60,14 @@ pub enum ErrorCode {
     SignatureInvalid,
     SignatureExpired,
     SignatureReplayed,
+    RosterUnreadable,
+    RosterInvalid,
     DatabaseUnavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 49] = [
+    pub const ALL: [ErrorCode; 51] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -113,6 +115,8 @@ impl ErrorCode {
         ErrorCode::SignatureInvalid,
         ErrorCode::SignatureExpired,
         ErrorCode::SignatureReplayed,
+        ErrorCode::RosterUnreadable,
+        ErrorCode::RosterInvalid,
         ErrorCode::DatabaseUnavailable,
         ErrorCode::Internal,
     ];
@@ -127,7 +131,7 @@ impl ErrorCode {
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
             | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid
-            | UnknownStation => StatusCode::UNPROCESSABLE_ENTITY,
+            | UnknownStation | RosterUnreadable | RosterInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated

@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod contact;
 pub mod db;
 #[cfg(test)]
 mod dispatch_tests;
@@ -17,6 +18,7 @@ pub mod node;
 pub mod notify;
 pub mod pages;
 pub mod rfid;
+pub mod roster;
 pub mod seed;
 pub mod server;
 pub mod state;

@@ -39,6 +39,11 @@ enum Command {
         /// The person's email or phone number.
         login: String,
     },
+    /// Import a district's roster (OneRoster 1.1 or 1.2 CSV bundle).
+    Roster {
+        #[command(subcommand)]
+        command: RosterCommand,
+    },
     /// Print a signed access token for the configured secret.
     Token {
         /// student, guardian, teacher, kitchen_staff, school_admin or admin.
@@ -53,6 +58,31 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 900, allow_negative_numbers = true)]
         ttl: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RosterCommand {
+    /// Import a bundle: a folder or a .zip of manifest.csv, orgs.csv, users.csv (roles.csv in
+    /// 1.2), and Tiffin's cards.csv and allergies.csv. All or nothing.
+    Import {
+        /// The bundle: a folder or a .zip.
+        path: PathBuf,
+        /// Count what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this school (its id or sourcedId), imported before.
+        #[arg(long)]
+        school: Option<String>,
+        /// Time zone of schools the bundle creates (OneRoster has none).
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        /// Country whose numbering plan reads phone numbers of new schools written without +.
+        #[arg(long, default_value = "US")]
+        phone_region: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -122,6 +152,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tiffin::store::people::set_password(&db, &user.id, &hash).await?;
             println!("{password}");
             Ok(())
+        }
+        Command::Roster {
+            command:
+                RosterCommand::Import {
+                    path,
+                    dry_run,
+                    school,
+                    time_zone,
+                    phone_region,
+                    json,
+                },
+        } => {
+            let (_, db) = server::prepare_database(&config).await?;
+            let options = tiffin::roster::Options {
+                dry_run,
+                school,
+                time_zone,
+                phone_region,
+            };
+            tiffin::roster::cli::import(&db, &path, &options, json).await
         }
         Command::Token {
             role,

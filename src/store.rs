@@ -33,6 +33,8 @@ pub mod orders;
 pub mod outbox;
 pub mod people;
 pub mod readers;
+pub mod roster;
+mod roster_sql;
 pub mod scans;
 pub mod schools;
 pub mod sessions;

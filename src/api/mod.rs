@@ -12,6 +12,7 @@ pub mod ops;
 pub mod order_reads;
 pub mod orders;
 pub mod readers;
+pub mod rosters;
 pub mod schools;
 pub mod stations;
 pub mod transitions;

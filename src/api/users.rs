@@ -119,33 +119,12 @@ pub struct UserFilter {
 }
 
 fn email(v: &str) -> Result<String, ApiError> {
-    let v = v.trim().to_lowercase();
-    let valid = v.len() <= 254
-        && v.split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.'));
-    if valid {
-        Ok(v)
-    } else {
-        Err(ApiError::validation("invalid email address"))
-    }
+    crate::contact::email(v).map_err(|_| ApiError::validation("invalid email address"))
 }
 
-/// Phone numbers are stored in E.164 (`+` and digits), so sign-in and SMS match however they
-/// were written. Written without `+`, a number is read in `region`'s numbering plan; one that
-/// plan says cannot be dialled is refused.
+/// A phone number in E.164 (see [`crate::contact::phone`]).
 pub fn phone(v: &str, region: Option<&str>) -> Result<String, ApiError> {
-    let region = region.and_then(|r| r.parse::<phonenumber::country::Id>().ok());
-    phonenumber::parse(region, v.trim())
-        .ok()
-        .filter(phonenumber::PhoneNumber::is_valid)
-        .map(|n| n.format().mode(phonenumber::Mode::E164).to_string())
-        .ok_or_else(|| {
-            ApiError::validation(format!(
-                "{v:?} is not a phone number that can be dialled: write +<country><number>, or a \
-                 number of the school's phone_region"
-            ))
-            .with_field("phone")
-        })
+    crate::contact::phone(v, region).map_err(|m| ApiError::validation(m).with_field("phone"))
 }
 
 fn locale(v: &str) -> Result<String, ApiError> {

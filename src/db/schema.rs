@@ -15,6 +15,7 @@ diesel::table! {
         digest_at -> Nullable<Text>,
         digest_done_on -> Nullable<Text>,
         ready_when_stations_done -> Bool,
+        sourced_id -> Nullable<Text>,
     }
 }
 
@@ -45,6 +46,7 @@ diesel::table! {
         created_at -> Timestamp,
         updated_at -> Timestamp,
         inbox_seq -> BigInt,
+        sourced_id -> Nullable<Text>,
     }
 }
 

@@ -21,6 +21,7 @@ mod providers;
 mod realtime;
 mod resilience;
 mod rfid;
+mod roster;
 mod rush_kills;
 mod stations;
 mod waves;

@@ -166,6 +166,75 @@ async fn security_matrix() {
     }
     let r = get(&hub, &a.kitchen_token, "/api/v1/admin/dead-letters").await;
     assert_eq!(r.status, 403, "staff are not admins");
+    // Roster imports: a district admin for the district, a school admin for their school only.
+    expect(
+        post(&hub, &admin, &format!("/api/v1/schools/{}/users", b.school), json!({"role": "school_admin", "display_name": "B Head", "email": "head.b@school.test", "password": "head-pass-123"})).await,
+        201,
+    );
+    let b_head = token_of(&hub, "head.b@school.test", "head-pass-123").await;
+    let roster = |token: &str, query: String| {
+        client()
+            .post(hub.url(&format!("/api/v1/admin/rosters{query}")))
+            .bearer_auth(token)
+            .insert_header(("content-type", "application/zip"))
+    };
+    for (who, token, query, status, code) in [
+        (
+            "school B's head, for the district",
+            &b_head,
+            String::new(),
+            403,
+            "forbidden",
+        ),
+        (
+            "school B's head, for school A",
+            &b_head,
+            format!("?school={}", a.school),
+            403,
+            "wrong_school",
+        ),
+        (
+            "school A's staff",
+            &a.kitchen_token,
+            format!("?school={}", a.school),
+            403,
+            "forbidden",
+        ),
+        (
+            "school A's guardian",
+            &token_of(&hub, &a.guardian_email, "guardian-pass-1").await,
+            format!("?school={}", a.school),
+            403,
+            "forbidden",
+        ),
+        (
+            "school A's student",
+            &a.student_token,
+            String::new(),
+            403,
+            "forbidden",
+        ),
+        // Let through, then refused for the body: school B was never imported from a roster.
+        (
+            "school B's head, for school B",
+            &b_head,
+            format!("?school={}", b.school),
+            422,
+            "roster_unreadable",
+        ),
+        (
+            "the district admin",
+            &admin,
+            String::new(),
+            422,
+            "roster_unreadable",
+        ),
+    ] {
+        let r = try_send_raw(roster(token, query), "not a zip".into())
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.code()), (status, code), "{who}: {:?}", r.body);
+    }
     // Another student of the same school, and a guardian who is not theirs.
     let users = format!("{school}/users");
     let other_student = expect(

@@ -1,0 +1,454 @@
+//! The roster import's statements: staging tables, cross-file checks (each answers the bad
+//! lines of one file) and the set-wise writes. One text for both backends: PostgreSQL and the
+//! bundled SQLite (3.39 or later) both take `UPDATE ... FROM`, `IS DISTINCT FROM` and
+//! temporary tables. Values spliced into the text are ours (ids, times, roles), quoted by
+//! [`quote`]; nothing from a bundle is.
+
+/// The one difference between the backends these statements meet.
+pub trait Dialect {
+    const PG: bool;
+}
+
+impl Dialect for crate::db::PgConn {
+    const PG: bool = true;
+}
+
+impl Dialect for crate::db::SqliteConn {
+    const PG: bool = false;
+}
+
+/// A string literal.
+pub fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// The import's time as a literal of a `TIMESTAMP` column: PostgreSQL needs the type said
+/// (a text does not convert on its own), SQLite stores the text diesel writes.
+pub struct Stamp(String);
+
+impl Stamp {
+    pub fn now(pg: bool) -> Stamp {
+        let text = quote(
+            &crate::db::models::now()
+                .format("%Y-%m-%d %H:%M:%S%.6f")
+                .to_string(),
+        );
+        Stamp(if pg {
+            format!("CAST({text} AS TIMESTAMP)")
+        } else {
+            text
+        })
+    }
+}
+
+pub const CREATE_STAGING: &str = "
+DROP TABLE IF EXISTS roster_orgs; DROP TABLE IF EXISTS roster_users;
+DROP TABLE IF EXISTS roster_agents; DROP TABLE IF EXISTS roster_roles;
+DROP TABLE IF EXISTS roster_cards; DROP TABLE IF EXISTS roster_allergies;
+DROP TABLE IF EXISTS roster_ends; DROP TABLE IF EXISTS roster_pairs;
+CREATE TEMP TABLE roster_orgs (line BIGINT NOT NULL, sourced_id TEXT NOT NULL,
+    name TEXT NOT NULL, school_id TEXT NOT NULL, phone_region TEXT NOT NULL);
+CREATE TEMP TABLE roster_users (line BIGINT NOT NULL, sourced_id TEXT NOT NULL, role TEXT,
+    relationship TEXT, display_name TEXT NOT NULL, email TEXT, phone TEXT, org TEXT,
+    active BOOLEAN NOT NULL, deleted BOOLEAN NOT NULL, problem TEXT, new_id TEXT NOT NULL,
+    school_id TEXT, allergies TEXT);
+CREATE TEMP TABLE roster_agents (n BIGINT NOT NULL, line BIGINT NOT NULL,
+    from_sid TEXT NOT NULL, to_sid TEXT NOT NULL);
+CREATE TEMP TABLE roster_roles (line BIGINT NOT NULL, user_sid TEXT NOT NULL,
+    role TEXT NOT NULL, relationship TEXT, org TEXT, is_primary BOOLEAN NOT NULL);
+CREATE TEMP TABLE roster_cards (line BIGINT NOT NULL, sourced_id TEXT NOT NULL,
+    card_uid TEXT NOT NULL, new_id TEXT NOT NULL);
+CREATE TEMP TABLE roster_allergies (line BIGINT NOT NULL, sourced_id TEXT NOT NULL,
+    allergies TEXT NOT NULL);
+CREATE TEMP TABLE roster_ends (sourced_id TEXT NOT NULL, kind TEXT NOT NULL,
+    relationship TEXT);
+CREATE TEMP TABLE roster_pairs (guardian_sid TEXT NOT NULL, student_sid TEXT NOT NULL,
+    relationship TEXT);
+";
+
+pub const DROP_STAGING: &str = "
+DROP TABLE roster_orgs; DROP TABLE roster_users; DROP TABLE roster_agents;
+DROP TABLE roster_roles; DROP TABLE roster_cards; DROP TABLE roster_allergies;
+DROP TABLE roster_ends; DROP TABLE roster_pairs;
+";
+
+/// After staging: indexes (built once, not row by row), then each person's role, school and
+/// links resolved from what the files say together.
+pub fn index_and_resolve(pg: bool, bulk: bool, has_allergies: bool) -> String {
+    let mut s = String::from(
+        "
+CREATE INDEX roster_users_sid ON roster_users (sourced_id);
+CREATE INDEX roster_roles_user ON roster_roles (user_sid);
+CREATE INDEX roster_agents_to ON roster_agents (to_sid);
+CREATE INDEX roster_cards_sid ON roster_cards (sourced_id);
+CREATE INDEX roster_allergies_sid ON roster_allergies (sourced_id);
+",
+    );
+    if pg {
+        // Temporary tables are never analysed by autovacuum.
+        s.push_str("ANALYZE roster_orgs, roster_users, roster_agents, roster_roles, roster_cards, roster_allergies;\n");
+    }
+    s.push_str(
+        "
+UPDATE roster_users SET
+    role = (SELECT r.role FROM roster_roles r WHERE r.user_sid = roster_users.sourced_id
+            ORDER BY r.is_primary DESC, r.line LIMIT 1),
+    relationship = (SELECT r.relationship FROM roster_roles r
+            WHERE r.user_sid = roster_users.sourced_id ORDER BY r.is_primary DESC, r.line LIMIT 1),
+    org = COALESCE(org, (SELECT r.org FROM roster_roles r
+            WHERE r.user_sid = roster_users.sourced_id ORDER BY r.is_primary DESC, r.line LIMIT 1))
+WHERE role IS NULL;
+UPDATE roster_users SET role = 'other' WHERE role IS NULL;
+UPDATE roster_users SET school_id = COALESCE(
+    (SELECT o.school_id FROM roster_orgs o WHERE o.sourced_id = roster_users.org),
+    (SELECT s.id FROM schools s WHERE s.sourced_id = roster_users.org))
+WHERE role <> 'other' AND org IS NOT NULL;
+INSERT INTO roster_ends (sourced_id, kind, relationship)
+    SELECT sourced_id, role, relationship FROM roster_users WHERE role <> 'other' AND NOT deleted;
+",
+    );
+    if !bulk {
+        // A delta's links may name people imported before.
+        s.push_str(
+            "
+INSERT INTO roster_ends (sourced_id, kind, relationship)
+    SELECT u.sourced_id, u.role, NULL FROM users u
+    WHERE u.sourced_id IN (SELECT to_sid FROM roster_agents) AND u.active
+      AND u.role IN ('student', 'guardian')
+      AND NOT EXISTS (SELECT 1 FROM roster_users s WHERE s.sourced_id = u.sourced_id);
+",
+        );
+    }
+    s.push_str(
+        "
+CREATE INDEX roster_ends_sid ON roster_ends (sourced_id);
+INSERT INTO roster_pairs (guardian_sid, student_sid, relationship)
+    SELECT DISTINCT
+        CASE WHEN f.kind = 'guardian' THEN f.sourced_id ELSE t.sourced_id END,
+        CASE WHEN f.kind = 'student' THEN f.sourced_id ELSE t.sourced_id END,
+        CASE WHEN f.kind = 'guardian' THEN f.relationship ELSE t.relationship END
+    FROM roster_agents a
+    JOIN roster_ends f ON f.sourced_id = a.from_sid
+    JOIN roster_ends t ON t.sourced_id = a.to_sid
+    WHERE f.kind <> t.kind;
+CREATE INDEX roster_pairs_guardian ON roster_pairs (guardian_sid);
+UPDATE roster_users SET school_id = COALESCE(
+    (SELECT st.school_id FROM roster_pairs p JOIN roster_users st ON st.sourced_id = p.student_sid
+     WHERE p.guardian_sid = roster_users.sourced_id AND st.school_id IS NOT NULL
+     ORDER BY st.line LIMIT 1),
+    (SELECT u.school_id FROM users u WHERE u.sourced_id = roster_users.sourced_id))
+WHERE role = 'guardian' AND school_id IS NULL;
+",
+    );
+    let allergies_unlisted = if bulk && has_allergies { "''" } else { "NULL" };
+    s.push_str(&format!(
+        "UPDATE roster_users SET allergies = COALESCE((SELECT a.allergies FROM roster_allergies a \
+         WHERE a.sourced_id = roster_users.sourced_id), {allergies_unlisted});\n"
+    ));
+    s
+}
+
+const IMPORTED: &str = "role IN ('student', 'guardian') AND NOT deleted";
+
+/// The cross-file checks: (file, query answering `line` and `reason`), each listing at most
+/// `limit` lines. A delta's rows may name people imported before.
+pub fn checks(bulk: bool, limit: usize) -> Vec<(&'static str, String)> {
+    let known_before = |sid: &str, extra: &str| {
+        if bulk {
+            "FALSE".to_owned()
+        } else {
+            format!(
+                "EXISTS (SELECT 1 FROM users u WHERE u.sourced_id = {sid} AND u.active {extra})"
+            )
+        }
+    };
+    let taken = |column: &str| {
+        format!(
+            "SELECT s.line AS line, '{column} ' || s.{column} || ' belongs to someone else' AS reason \
+             FROM roster_users s JOIN users u ON u.{column} = s.{column} \
+             WHERE s.{IMPORTED} AND u.sourced_id IS DISTINCT FROM s.sourced_id"
+        )
+    };
+    let twice = |column: &str, filter: &str| {
+        format!(
+            "SELECT line AS line, '{column} ' || {column} || ' is on more than one line' AS reason \
+             FROM roster_users WHERE {filter} AND {column} IN (SELECT {column} FROM roster_users \
+             WHERE {filter} GROUP BY {column} HAVING COUNT(*) > 1)"
+        )
+    };
+    let imported_with = |column: &str| format!("{IMPORTED} AND {column} IS NOT NULL");
+    let mut out = vec![
+        (
+            "orgs.csv",
+            "SELECT line AS line, 'sourcedId ' || sourced_id || ' is on more than one line' AS reason \
+             FROM roster_orgs WHERE sourced_id IN (SELECT sourced_id FROM roster_orgs \
+             GROUP BY sourced_id HAVING COUNT(*) > 1)"
+                .to_owned(),
+        ),
+        ("users.csv", twice("sourced_id", "TRUE").replace("'sourced_id ", "'sourcedId ")),
+        (
+            "users.csv",
+            format!("SELECT line AS line, problem AS reason FROM roster_users WHERE {IMPORTED} AND problem IS NOT NULL"),
+        ),
+        ("users.csv", twice("email", &imported_with("email"))),
+        ("users.csv", twice("phone", &imported_with("phone"))),
+        ("users.csv", taken("email")),
+        ("users.csv", taken("phone")),
+        (
+            "users.csv",
+            format!(
+                "SELECT line AS line, 'a ' || role || ' of no school: ' || CASE WHEN role = 'student' \
+                 THEN 'name a school of orgs.csv (or imported before) in its orgs' ELSE 'name a school \
+                 in its orgs or link a student' END AS reason FROM roster_users \
+                 WHERE {IMPORTED} AND school_id IS NULL"
+            ),
+        ),
+        (
+            "users.csv",
+            "SELECT a.line AS line, 'agentSourcedIds names ' || a.to_sid || ', who is not in the bundle' \
+             AS reason FROM roster_agents a JOIN roster_ends f ON f.sourced_id = a.from_sid \
+             WHERE NOT EXISTS (SELECT 1 FROM roster_users s WHERE s.sourced_id = a.to_sid) \
+             AND NOT EXISTS (SELECT 1 FROM roster_ends e WHERE e.sourced_id = a.to_sid)"
+                .to_owned(),
+        ),
+        (
+            "users.csv",
+            "SELECT a.line AS line, 'agentSourcedIds names ' || a.to_sid || ', also a ' || t.kind \
+             AS reason FROM roster_agents a JOIN roster_ends f ON f.sourced_id = a.from_sid \
+             JOIN roster_ends t ON t.sourced_id = a.to_sid WHERE f.kind = t.kind"
+                .to_owned(),
+        ),
+        (
+            "roles.csv",
+            format!(
+                "SELECT r.line AS line, 'userSourcedId ' || r.user_sid || ' is not in users.csv' AS reason \
+                 FROM roster_roles r WHERE NOT EXISTS (SELECT 1 FROM roster_users s \
+                 WHERE s.sourced_id = r.user_sid) AND NOT {}",
+                known_before("r.user_sid", "")
+            ),
+        ),
+        (
+            "cards.csv",
+            format!(
+                "SELECT c.line AS line, 'sourcedId ' || c.sourced_id || ' is not a student of the bundle' \
+                 AS reason FROM roster_cards c WHERE NOT EXISTS (SELECT 1 FROM roster_users s \
+                 WHERE s.sourced_id = c.sourced_id AND s.role = 'student' AND NOT s.deleted) AND NOT {}",
+                known_before("c.sourced_id", "AND u.role = 'student'")
+            ),
+        ),
+        (
+            "cards.csv",
+            "SELECT line AS line, 'cardUid ' || card_uid || ' is on more than one line' AS reason \
+             FROM roster_cards WHERE card_uid IN (SELECT card_uid FROM roster_cards \
+             GROUP BY card_uid HAVING COUNT(*) > 1)"
+                .to_owned(),
+        ),
+        (
+            "cards.csv",
+            "SELECT c.line AS line, 'cardUid ' || c.card_uid || ' is another student''s card' AS reason \
+             FROM roster_cards c JOIN rfid_cards r ON r.card_uid = c.card_uid \
+             JOIN users u ON u.id = r.student_id WHERE u.sourced_id IS DISTINCT FROM c.sourced_id"
+                .to_owned(),
+        ),
+        (
+            "allergies.csv",
+            format!(
+                "SELECT a.line AS line, 'sourcedId ' || a.sourced_id || ' is not a person of the bundle' \
+                 AS reason FROM roster_allergies a WHERE NOT EXISTS (SELECT 1 FROM roster_users s \
+                 WHERE s.sourced_id = a.sourced_id AND s.{IMPORTED}) AND NOT {}",
+                known_before("a.sourced_id", "")
+            ),
+        ),
+        (
+            "allergies.csv",
+            "SELECT line AS line, 'sourcedId ' || sourced_id || ' is on more than one line' AS reason \
+             FROM roster_allergies WHERE sourced_id IN (SELECT sourced_id FROM roster_allergies \
+             GROUP BY sourced_id HAVING COUNT(*) > 1)"
+                .to_owned(),
+        ),
+    ];
+    for (_, query) in &mut out {
+        query.push_str(&format!(" ORDER BY 1 LIMIT {limit}"));
+    }
+    out
+}
+
+/// An import for one school: everything of other schools set aside; each statement with
+/// whether what it removes counts as skipped people.
+pub fn narrow_to_school(school: &str) -> Vec<(String, bool)> {
+    let s = quote(school);
+    let in_scope = |sid: &str| {
+        format!(
+            "(EXISTS (SELECT 1 FROM roster_users s WHERE s.sourced_id = {sid}) OR EXISTS \
+             (SELECT 1 FROM users u WHERE u.sourced_id = {sid} AND u.school_id = {s}))"
+        )
+    };
+    vec![
+        (
+            format!(
+                "DELETE FROM roster_users WHERE role <> 'other' AND school_id IS DISTINCT FROM {s}"
+            ),
+            true,
+        ),
+        (
+            format!("DELETE FROM roster_orgs WHERE school_id <> {s}"),
+            false,
+        ),
+        (
+            format!(
+                "DELETE FROM roster_pairs WHERE NOT {} OR NOT {}",
+                in_scope("roster_pairs.student_sid"),
+                in_scope("roster_pairs.guardian_sid")
+            ),
+            false,
+        ),
+        (
+            format!(
+                "DELETE FROM roster_cards WHERE NOT {}",
+                in_scope("roster_cards.sourced_id")
+            ),
+            false,
+        ),
+    ]
+}
+
+pub const DROP_OTHERS: &str = "DELETE FROM roster_users WHERE role = 'other'";
+
+pub const STAGED_ORGS: &str = "SELECT COUNT(*) AS n FROM roster_orgs";
+
+pub fn create_schools(at: &Stamp, time_zone: &str) -> String {
+    format!(
+        "INSERT INTO schools (id, name, time_zone, event_seq, created_at, updated_at, notice_seq, \
+         phone_region, sourced_id) SELECT o.school_id, o.name, {tz}, 0, {at}, {at}, 0, o.phone_region, \
+         o.sourced_id FROM roster_orgs o WHERE NOT EXISTS (SELECT 1 FROM schools s \
+         WHERE s.sourced_id = o.sourced_id)",
+        tz = quote(time_zone),
+        at = at.0
+    )
+}
+
+pub fn update_schools(at: &Stamp) -> String {
+    format!(
+        "UPDATE schools SET name = o.name, updated_at = {at} FROM roster_orgs o \
+         WHERE schools.sourced_id = o.sourced_id AND schools.name IS DISTINCT FROM o.name",
+        at = at.0
+    )
+}
+
+pub fn staged_people(kind: &str) -> String {
+    format!(
+        "SELECT COUNT(*) AS n FROM roster_users WHERE role = {} AND NOT deleted",
+        quote(kind)
+    )
+}
+
+pub fn create_people(at: &Stamp, kind: &str) -> String {
+    format!(
+        "INSERT INTO users (id, school_id, role, display_name, email, phone, password_hash, \
+         allergies, locale, active, created_at, updated_at, inbox_seq, sourced_id) \
+         SELECT s.new_id, s.school_id, s.role, s.display_name, s.email, s.phone, NULL, \
+         COALESCE(s.allergies, ''), 'en', s.active, {at}, {at}, 0, s.sourced_id \
+         FROM roster_users s WHERE s.role = {kind} AND NOT s.deleted \
+         AND NOT EXISTS (SELECT 1 FROM users u WHERE u.sourced_id = s.sourced_id)",
+        at = at.0,
+        kind = quote(kind)
+    )
+}
+
+pub fn update_people(at: &Stamp, kind: &str) -> String {
+    format!(
+        "UPDATE users SET school_id = s.school_id, role = s.role, display_name = s.display_name, \
+         email = s.email, phone = s.phone, allergies = COALESCE(s.allergies, users.allergies), \
+         active = s.active, updated_at = {at} FROM roster_users s \
+         WHERE users.sourced_id = s.sourced_id AND s.role = {kind} AND NOT s.deleted AND ( \
+         users.school_id IS DISTINCT FROM s.school_id OR users.role IS DISTINCT FROM s.role \
+         OR users.display_name IS DISTINCT FROM s.display_name \
+         OR users.email IS DISTINCT FROM s.email OR users.phone IS DISTINCT FROM s.phone \
+         OR users.active IS DISTINCT FROM s.active \
+         OR (s.allergies IS NOT NULL AND users.allergies IS DISTINCT FROM s.allergies))",
+        at = at.0,
+        kind = quote(kind)
+    )
+}
+
+/// A delta's `tobedeleted` rows.
+pub fn delete_people(at: &Stamp, kind: &str) -> String {
+    format!(
+        "UPDATE users SET active = FALSE, updated_at = {at} FROM roster_users s \
+         WHERE users.sourced_id = s.sourced_id AND s.deleted AND users.role = {kind} AND users.active",
+        at = at.0,
+        kind = quote(kind)
+    )
+}
+
+/// A bulk bundle's missing people (imported before, not made by hand): deactivated, so their
+/// orders keep their history.
+pub fn deactivate_missing(at: &Stamp, kind: &str, school: Option<&str>) -> String {
+    let school = school
+        .map(|s| format!(" AND users.school_id = {}", quote(s)))
+        .unwrap_or_default();
+    format!(
+        "UPDATE users SET active = FALSE, updated_at = {at} WHERE users.sourced_id IS NOT NULL \
+         AND users.role = {kind} AND users.active{school} \
+         AND NOT EXISTS (SELECT 1 FROM roster_users s WHERE s.sourced_id = users.sourced_id)",
+        at = at.0,
+        kind = quote(kind)
+    )
+}
+
+pub const STAGED_PAIRS: &str = "SELECT COUNT(*) AS n FROM roster_pairs";
+
+/// Links between imported people whose student is in the bundle that the bundle no longer
+/// has: a student's row (or, in a bulk bundle, everyone's) says who their guardians are now.
+/// A delta's guardian row alone removes nothing.
+pub const UNLINK_MISSING: &str = "
+DELETE FROM guardian_links
+WHERE student_id IN (SELECT u.id FROM users u JOIN roster_users s ON s.sourced_id = u.sourced_id
+                     WHERE s.role = 'student' AND NOT s.deleted)
+  AND guardian_id IN (SELECT id FROM users WHERE sourced_id IS NOT NULL)
+  AND NOT EXISTS (SELECT 1 FROM roster_pairs p
+                  JOIN users g ON g.sourced_id = p.guardian_sid
+                  JOIN users st ON st.sourced_id = p.student_sid
+                  WHERE g.id = guardian_links.guardian_id AND st.id = guardian_links.student_id)";
+
+pub const RELINK: &str = "
+UPDATE guardian_links SET relationship = p.relationship
+FROM roster_pairs p
+JOIN users g ON g.sourced_id = p.guardian_sid
+JOIN users st ON st.sourced_id = p.student_sid
+WHERE guardian_links.guardian_id = g.id AND guardian_links.student_id = st.id
+  AND p.relationship IS NOT NULL AND guardian_links.relationship IS DISTINCT FROM p.relationship";
+
+pub fn link(at: &Stamp) -> String {
+    format!(
+        "INSERT INTO guardian_links (guardian_id, student_id, relationship, created_at) \
+         SELECT g.id, st.id, COALESCE(p.relationship, 'guardian'), {at} FROM roster_pairs p \
+         JOIN users g ON g.sourced_id = p.guardian_sid JOIN users st ON st.sourced_id = p.student_sid \
+         WHERE NOT EXISTS (SELECT 1 FROM guardian_links l WHERE l.guardian_id = g.id \
+         AND l.student_id = st.id)",
+        at = at.0
+    )
+}
+
+pub const STAGED_CARDS: &str = "SELECT COUNT(*) AS n FROM roster_cards";
+
+/// A student's active cards cards.csv no longer lists are replaced.
+pub fn replace_cards(at: &Stamp) -> String {
+    format!(
+        "UPDATE rfid_cards SET status = 'replaced', updated_at = {at} WHERE status = 'active' \
+         AND student_id IN (SELECT u.id FROM users u JOIN roster_cards c ON c.sourced_id = u.sourced_id) \
+         AND NOT EXISTS (SELECT 1 FROM roster_cards c JOIN users u ON u.sourced_id = c.sourced_id \
+         WHERE u.id = rfid_cards.student_id AND c.card_uid = rfid_cards.card_uid)",
+        at = at.0
+    )
+}
+
+pub fn create_cards(at: &Stamp) -> String {
+    format!(
+        "INSERT INTO rfid_cards (id, school_id, student_id, card_uid, status, created_at, updated_at) \
+         SELECT c.new_id, u.school_id, u.id, c.card_uid, 'active', {at}, {at} FROM roster_cards c \
+         JOIN users u ON u.sourced_id = c.sourced_id \
+         WHERE NOT EXISTS (SELECT 1 FROM rfid_cards r WHERE r.card_uid = c.card_uid)",
+        at = at.0
+    )
+}
