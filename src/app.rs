@@ -2,7 +2,7 @@
 
 use crate::api::{
     auth, counters, guardians, inbox, meals, notifications, ops, order_reads, orders, readers,
-    schools, transitions, users, waves,
+    schools, screens, transitions, users, waves,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -179,13 +179,15 @@ async fn limit_by_ip(
 
 /// Operations a client calls without a bearer token (pages, probes, sign-in, the socket
 /// with its token in the query, readers with their signatures).
-const WITHOUT_BEARER: [&str; 10] = [
+const WITHOUT_BEARER: [&str; 12] = [
     "/",
     "/healthz",
     "/readyz",
     "/metrics",
     "/board/",
     "/dashboard/",
+    "/screens/pair",
+    "/screens/screen.js",
     "/api/v1/auth/",
     "/api/v1/ws",
     "/api/v1/reader/",
@@ -267,12 +269,20 @@ pub fn build(
         .service(pages::index)
         .service(pages::dashboard)
         .service(pages::board)
+        .service(pages::pair)
+        .service(pages::screen_script)
         .service(
             scope("/api/v1")
                 .service(auth::login)
                 .service(auth::refresh)
                 .service(auth::logout)
                 .service(auth::me)
+                .service(screens::start_pairing)
+                .service(screens::claim_pairing)
+                .service(screens::refresh_screen)
+                .service(screens::pair_screen)
+                .service(screens::list_screens)
+                .service(screens::revoke_screen)
                 .service(inbox::list_inbox)
                 .service(inbox::mark_inbox_read)
                 .service(inbox::delete_inbox_message)

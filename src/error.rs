@@ -52,6 +52,10 @@ pub enum ErrorCode {
     CodeExpired,
     CodeLocked,
     CodeUsed,
+    PairingCodeInvalid,
+    PairingCodeExpired,
+    PairingCodeUsed,
+    ScreenRevoked,
     RateLimited,
     ReaderUnauthenticated,
     SignatureInvalid,
@@ -62,7 +66,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 46] = [
+    pub const ALL: [ErrorCode; 50] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -102,6 +106,10 @@ impl ErrorCode {
         ErrorCode::CodeExpired,
         ErrorCode::CodeLocked,
         ErrorCode::CodeUsed,
+        ErrorCode::PairingCodeInvalid,
+        ErrorCode::PairingCodeExpired,
+        ErrorCode::PairingCodeUsed,
+        ErrorCode::ScreenRevoked,
         ErrorCode::RateLimited,
         ErrorCode::ReaderUnauthenticated,
         ErrorCode::SignatureInvalid,
@@ -120,9 +128,8 @@ impl ErrorCode {
             | IdempotencyKeyInvalid
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
-            | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid
+            | PairingCodeInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated
@@ -132,13 +139,16 @@ impl ErrorCode {
             | ReaderUnauthenticated
             | SignatureInvalid
             | SignatureExpired
-            | SignatureReplayed => StatusCode::UNAUTHORIZED,
+            | SignatureReplayed
+            | ScreenRevoked => StatusCode::UNAUTHORIZED,
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
             | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead | NoReadyOrder
-            | CodeExpired | CodeLocked | CodeUsed => StatusCode::CONFLICT,
+            | CodeExpired | CodeLocked | CodeUsed | PairingCodeExpired | PairingCodeUsed => {
+                StatusCode::CONFLICT
+            }
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -17,6 +17,7 @@ pub mod node;
 pub mod notify;
 pub mod pages;
 pub mod rfid;
+pub mod screen_sockets;
 pub mod seed;
 pub mod server;
 pub mod state;

@@ -13,6 +13,7 @@ pub mod order_reads;
 pub mod orders;
 pub mod readers;
 pub mod schools;
+pub mod screens;
 pub mod transitions;
 pub mod users;
 pub mod waves;

@@ -5,6 +5,7 @@ mod board;
 mod catch_up;
 mod outbound;
 mod protocol;
+mod screens;
 mod subscriptions;
 
 use crate::auth::Principal;
@@ -191,6 +192,16 @@ pub async fn connect(
         ApiError::new(ErrorCode::Unauthenticated, "pass access_token in the query")
     })?;
     let who = Principal::from_claims(state.keys.verify(token)?);
+    let screen_id = who.screen.map(|_| who.user_id.clone());
+    if let Some(id) = &screen_id {
+        let active = crate::store::screens::is_active(&state.db, id).await;
+        if !active.map_err(ApiError::from)? {
+            return Err(ApiError::new(ErrorCode::ScreenRevoked, "this screen was revoked").into());
+        }
+        crate::store::screens::screen_seen(&state.db, id)
+            .await
+            .map_err(ApiError::from)?;
+    }
     let (response, session, inbound) = actix_ws::handle(&req, stream).map_err(|e| {
         ApiError::new(
             ErrorCode::WebsocketUpgradeRequired,
@@ -200,7 +211,8 @@ pub async fn connect(
     let (queue, queued) = tokio::sync::mpsc::channel(state.config.ws_send_queue);
     let (close, closing) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(write_out(session, queued, closing));
-    Socket::create(|ctx| {
+    let sockets = state.clone();
+    let socket = Socket::create(|ctx| {
         ctx.add_stream(inbound.max_frame_size(MAX_FRAME));
         Socket {
             who,
@@ -213,5 +225,8 @@ pub async fn connect(
             },
         }
     });
+    if let Some(id) = &screen_id {
+        sockets.screen_sockets.add(id, socket.recipient());
+    }
     Ok(response)
 }
