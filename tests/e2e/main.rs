@@ -21,4 +21,5 @@ mod realtime;
 mod resilience;
 mod rfid;
 mod rush_kills;
+mod screens;
 mod waves;
