@@ -1,8 +1,8 @@
 //! The one URL map, and the request-level error handling every route shares.
 
 use crate::api::{
-    auth, counters, guardians, inbox, meals, notifications, ops, order_reads, orders, readers,
-    rosters, schools, stations, transitions, users, waves,
+    auth, cards, counters, guardians, inbox, meals, notifications, ops, order_reads, orders,
+    readers, rosters, schools, screens, stations, transitions, users, waves,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -194,7 +194,7 @@ async fn limit_by_ip(
 
 /// Operations a client calls without a bearer token (pages, probes, sign-in, the socket
 /// with its token in the query, readers with their signatures).
-const WITHOUT_BEARER: [&str; 13] = [
+const WITHOUT_BEARER: [&str; 14] = [
     "/",
     "/healthz",
     "/readyz",
@@ -204,6 +204,7 @@ const WITHOUT_BEARER: [&str; 13] = [
     "/expo/",
     "/station/",
     "/pages/",
+    "/screens/pair",
     "/api/v1/auth/",
     "/api/v1/ws",
     "/api/v1/reader/",
@@ -325,13 +326,16 @@ pub fn build(
                         .service(meals::update_meal)
                         .service(stations::create_station)
                         .service(stations::list_stations)
+                        .service(screens::pair_screen)
+                        .service(screens::list_screens)
+                        .service(screens::revoke_screen)
                         .service(waves::create_service_window)
                         .service(waves::list_service_windows)
                         .service(readers::register_reader)
                         .service(readers::list_readers)
                         .service(readers::rotate_reader_key)
-                        .service(readers::register_card)
-                        .service(readers::list_cards)
+                        .service(cards::register_card)
+                        .service(cards::list_cards)
                         .service(readers::list_scans)
                         .service(readers::request_code),
                 )
@@ -359,10 +363,10 @@ pub fn build(
                 .service(
                     scope("")
                         .guard(Under("/api/v1/cards"))
-                        .service(readers::block_card)
-                        .service(readers::unblock_card)
-                        .service(readers::report_card_lost)
-                        .service(readers::replace_card),
+                        .service(cards::block_card)
+                        .service(cards::unblock_card)
+                        .service(cards::report_card_lost)
+                        .service(cards::replace_card),
                 )
                 .service(
                     scope("")
@@ -387,7 +391,10 @@ pub fn build(
                         .guard(Under("/api/v1/auth"))
                         .service(auth::login)
                         .service(auth::refresh)
-                        .service(auth::logout),
+                        .service(auth::logout)
+                        .service(screens::start_pairing)
+                        .service(screens::claim_pairing)
+                        .service(screens::refresh_screen),
                 )
                 .service(
                     scope("")
@@ -408,6 +415,7 @@ pub fn build(
         .service(pages::expo)
         .service(pages::station)
         .service(pages::script)
+        .service(pages::pair)
         .split_for_parts();
     let mut doc = doc;
     document_refusals(&mut doc);

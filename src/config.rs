@@ -59,6 +59,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Card readers at the counters.
     pub rfid: RfidConfig,
+    /// Paired kitchen screens: their access tokens and pairing codes.
+    pub screens: crate::auth::ScreensConfig,
     /// Token buckets per client address, user, reader, sign-in and one-time codes.
     pub limits: crate::limits::LimitsConfig,
     /// Frames a WebSocket may have waiting to be written before it counts as a slow consumer
@@ -304,6 +306,7 @@ impl Default for Config {
             http_header_timeout_secs: 5,
             http_keep_alive_secs: 30,
             rfid: RfidConfig::default(),
+            screens: crate::auth::ScreensConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             ws_send_queue: 256,
             ws_idle_timeout_secs: 30,
@@ -408,6 +411,14 @@ impl Config {
             (
                 (10..=3600).contains(&self.rfid.reader_offline_after_secs),
                 "rfid.reader_offline_after_secs must be between 10 and 3600",
+            ),
+            (
+                (5..=86_400).contains(&self.screens.access_token_ttl_secs),
+                "screens.access_token_ttl_secs must be between 5 and 86400",
+            ),
+            (
+                (10..=3600).contains(&self.screens.pairing_code_ttl_secs),
+                "screens.pairing_code_ttl_secs must be between 10 and 3600",
             ),
             (
                 (8..=65_536).contains(&self.ws_send_queue),

@@ -55,6 +55,10 @@ pub enum ErrorCode {
     UnknownStation,
     ItemAlreadyDone,
     OrderNotInKitchen,
+    PairingCodeInvalid,
+    PairingCodeExpired,
+    PairingCodeUsed,
+    ScreenRevoked,
     RateLimited,
     ReaderUnauthenticated,
     SignatureInvalid,
@@ -67,7 +71,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 51] = [
+    pub const ALL: [ErrorCode; 55] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -110,6 +114,10 @@ impl ErrorCode {
         ErrorCode::UnknownStation,
         ErrorCode::ItemAlreadyDone,
         ErrorCode::OrderNotInKitchen,
+        ErrorCode::PairingCodeInvalid,
+        ErrorCode::PairingCodeExpired,
+        ErrorCode::PairingCodeUsed,
+        ErrorCode::ScreenRevoked,
         ErrorCode::RateLimited,
         ErrorCode::ReaderUnauthenticated,
         ErrorCode::SignatureInvalid,
@@ -131,7 +139,9 @@ impl ErrorCode {
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
             | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid
-            | UnknownStation | RosterUnreadable | RosterInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            | UnknownStation | RosterUnreadable | RosterInvalid | PairingCodeInvalid => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated
@@ -141,15 +151,15 @@ impl ErrorCode {
             | ReaderUnauthenticated
             | SignatureInvalid
             | SignatureExpired
-            | SignatureReplayed => StatusCode::UNAUTHORIZED,
+            | SignatureReplayed
+            | ScreenRevoked => StatusCode::UNAUTHORIZED,
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Duplicate | VersionConflict | RecallWindowPassed | InvalidTransition
             | MealUnavailable | OrderingClosed | CancelDeadlinePassed | NotDead | NoReadyOrder
-            | CodeExpired | CodeLocked | CodeUsed | ItemAlreadyDone | OrderNotInKitchen => {
-                StatusCode::CONFLICT
-            }
+            | CodeExpired | CodeLocked | CodeUsed | ItemAlreadyDone | OrderNotInKitchen
+            | PairingCodeExpired | PairingCodeUsed => StatusCode::CONFLICT,
             DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -19,6 +19,7 @@ pub mod notify;
 pub mod pages;
 pub mod rfid;
 pub mod roster;
+pub mod screen_sockets;
 pub mod seed;
 pub mod server;
 pub mod state;

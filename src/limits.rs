@@ -33,6 +33,8 @@ pub struct LimitsConfig {
     pub sign_in: Limit,
     /// One-time codes: issued per student, entered per member of staff.
     pub codes: Limit,
+    /// Screen pairing codes: asked for per client address, entered per member of staff.
+    pub pairing: Limit,
     /// Take the client address from `X-Forwarded-For` (behind a load balancer you trust).
     pub trust_forwarded_for: bool,
 }
@@ -46,6 +48,7 @@ impl Default for LimitsConfig {
             per_reader: limit(1_200, 120),
             sign_in: limit(10, 10),
             codes: limit(10, 5),
+            pairing: limit(30, 10),
             trust_forwarded_for: false,
         }
     }
@@ -59,6 +62,7 @@ pub enum Bucket {
     Reader,
     SignIn,
     Codes,
+    Pairing,
 }
 
 impl Bucket {
@@ -69,6 +73,7 @@ impl Bucket {
             Bucket::Reader => "reader",
             Bucket::SignIn => "sign_in",
             Bucket::Codes => "codes",
+            Bucket::Pairing => "pairing",
         }
     }
 }
@@ -80,6 +85,7 @@ pub struct Limits {
     reader: Option<TokenBucket>,
     sign_in: Option<TokenBucket>,
     codes: Option<TokenBucket>,
+    pairing: Option<TokenBucket>,
     pub trust_forwarded_for: bool,
 }
 
@@ -109,6 +115,7 @@ impl Limits {
             reader: token_bucket(config.per_reader),
             sign_in: token_bucket(config.sign_in),
             codes: token_bucket(config.codes),
+            pairing: token_bucket(config.pairing),
             trust_forwarded_for: config.trust_forwarded_for,
         }
     }
@@ -125,6 +132,7 @@ impl Limits {
             Bucket::Reader => self.reader.as_ref(),
             Bucket::SignIn => self.sign_in.as_ref(),
             Bucket::Codes => self.codes.as_ref(),
+            Bucket::Pairing => self.pairing.as_ref(),
         }
     }
 
@@ -161,6 +169,7 @@ impl Limits {
             &self.reader,
             &self.sign_in,
             &self.codes,
+            &self.pairing,
         ]
         .into_iter()
         .flatten()

@@ -11,6 +11,8 @@ const STATION: &str = include_str!("../templates/pages/station.html");
 const KEYS_JS: &str = include_str!("../templates/pages/keys.js");
 const SOUND_JS: &str = include_str!("../templates/pages/sound.js");
 const STATIONS_JS: &str = include_str!("../templates/pages/stations.js");
+const PAIR: &str = include_str!("../templates/pages/pair.html");
+const SCREEN_JS: &str = include_str!("../templates/pages/screen.js");
 
 fn html(body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
@@ -25,8 +27,9 @@ pub async fn index() -> HttpResponse {
     html(INDEX)
 }
 
-/// The kitchen dashboard. The access token travels in the URL fragment (`#token=…`),
-/// which browsers never send to the server.
+/// The kitchen dashboard. A paired screen signs in with its own credential (kept in the
+/// browser's storage); without one it shows a pairing code. A person's access token may
+/// still come in the URL fragment (`#token=…`, never sent to the server; removed at once).
 #[utoipa::path(tag = "pages", responses((status = 200, description = "kitchen dashboard", content_type = "text/html")))]
 #[get("/dashboard/{school_id}")]
 pub async fn dashboard(_school_id: web::Path<uuid::Uuid>) -> HttpResponse {
@@ -55,8 +58,9 @@ pub async fn station(_ids: web::Path<(uuid::Uuid, uuid::Uuid)>) -> HttpResponse 
     html(STATION)
 }
 
-/// The pages' scripts, shared by the screens: keys (keyboard and bump bars), sound (chimes),
-/// stations (the station and expo screens' feed and drawing).
+/// The pages' scripts, shared by the screens: screen (pairing, renewing its credential,
+/// reconnecting, the header), keys (keyboard and bump bars), sound (chimes), stations (the
+/// station and expo screens' feed and drawing).
 #[utoipa::path(tag = "pages", responses((status = 200, description = "a page's script", content_type = "text/javascript")))]
 #[get("/pages/{file}")]
 pub async fn script(file: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -64,6 +68,7 @@ pub async fn script(file: web::Path<String>) -> Result<HttpResponse, ApiError> {
         "keys.js" => KEYS_JS,
         "sound.js" => SOUND_JS,
         "stations.js" => STATIONS_JS,
+        "screen.js" => SCREEN_JS,
         other => {
             return Err(ApiError::new(
                 ErrorCode::RouteNotFound,
@@ -75,4 +80,12 @@ pub async fn script(file: web::Path<String>) -> Result<HttpResponse, ApiError> {
         .content_type("text/javascript; charset=utf-8")
         .insert_header(("Cache-Control", "no-store"))
         .body(body))
+}
+
+/// A new screen's start: it shows a pairing code, and once staff enter it, opens the page of
+/// the screen's kind.
+#[utoipa::path(tag = "pages", responses((status = 200, description = "screen pairing", content_type = "text/html")))]
+#[get("/screens/pair")]
+pub async fn pair() -> HttpResponse {
+    html(PAIR)
 }

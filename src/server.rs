@@ -238,6 +238,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         limits: crate::limits::Limits::new(&limits, cluster.clone()),
         cluster,
         shutdown: tokio::sync::watch::channel(false).0,
+        screen_sockets: crate::screen_sockets::ScreenSockets::default(),
     });
     let pruned = state.clone();
     actix_web::rt::spawn(async move {

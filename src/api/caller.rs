@@ -1,5 +1,5 @@
 //! The request extractor of `Principal`: the bearer token verified with the hub's key, and
-//! the caller's rate limit taken.
+//! the caller's rate limit taken; a screen's credential narrowed to what its kind may call.
 
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
@@ -41,5 +41,32 @@ async fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         .limits
         .check(crate::limits::Bucket::User, &principal.user_id)
         .await?;
+    if let Some(kind) = principal.screen {
+        narrow_screen(req, state, kind, &principal.user_id).await?;
+    }
     Ok(principal)
+}
+
+/// A screen's credential is taken only on the few operations its kind needs, and only while
+/// the screen is not revoked (its access token may not have expired yet).
+async fn narrow_screen(
+    req: &HttpRequest,
+    state: &AppState,
+    kind: crate::auth::ScreenKind,
+    screen_id: &str,
+) -> Result<(), ApiError> {
+    let pattern = req.match_pattern().unwrap_or_default();
+    if !crate::auth::screen_may_call(kind, req.method().as_str(), &pattern) {
+        return Err(ApiError::forbidden(format!(
+            "a {} screen may not do this",
+            kind.as_str()
+        )));
+    }
+    if !crate::store::screens::is_active(&state.db, screen_id).await? {
+        return Err(ApiError::new(
+            ErrorCode::ScreenRevoked,
+            "this screen was revoked; pair it again",
+        ));
+    }
+    Ok(())
 }

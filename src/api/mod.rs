@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod body;
 mod caller;
+pub mod cards;
 pub mod counters;
 pub mod guardians;
 pub mod inbox;
@@ -14,6 +15,7 @@ pub mod orders;
 pub mod readers;
 pub mod rosters;
 pub mod schools;
+pub mod screens;
 pub mod stations;
 pub mod transitions;
 pub mod users;

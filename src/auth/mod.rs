@@ -2,8 +2,12 @@
 //! handler makes; tokens and passwords in the modules below.
 
 pub mod passwords;
+mod screens;
 mod tokens;
 
+pub use screens::{
+    ScreenKind, ScreensConfig, code_hash, normalise_code, pairing_code, screen_may_call,
+};
 pub use tokens::{Claims, JwtKeys, random_token, token_hash};
 
 use crate::error::{ApiError, ErrorCode};
@@ -19,6 +23,8 @@ pub struct Principal {
     pub expires_at: i64,
     /// When it was signed (Unix seconds).
     pub issued_at: i64,
+    /// A paired screen's credential (`user_id` is the screen's id), and what kind of screen.
+    pub screen: Option<ScreenKind>,
 }
 
 /// The subject of an admin token `tiffin token` signs without naming a user: the operator who
@@ -33,6 +39,7 @@ impl Principal {
             school_id: claims.school,
             expires_at: claims.exp,
             issued_at: claims.iat,
+            screen: claims.screen,
         }
     }
 
@@ -73,6 +80,11 @@ impl Principal {
     }
 
     pub fn require_kitchen(&self, school_id: &str) -> Result<(), ApiError> {
+        if self.screen.is_some_and(|kind| !kind.runs_orders()) {
+            return Err(ApiError::forbidden(
+                "a board screen does not see the kitchen",
+            ));
+        }
         self.require_role(&[Role::KitchenStaff, Role::SchoolAdmin, Role::Admin])?;
         self.require_school(school_id)
     }
@@ -89,6 +101,7 @@ mod tests {
             school_id: Some("a".into()),
             expires_at: i64::MAX,
             issued_at: 0,
+            screen: None,
         };
         assert!(staff.require_kitchen("a").is_ok());
         assert_eq!(
@@ -105,6 +118,7 @@ mod tests {
             school_id: None,
             expires_at: i64::MAX,
             issued_at: 0,
+            screen: None,
         };
         assert!(admin.require_school_admin("b").is_ok());
     }

@@ -19,6 +19,9 @@ pub struct Claims {
     pub school: Option<String>,
     pub iat: i64,
     pub exp: i64,
+    /// Set on a paired screen's token: its kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<super::ScreenKind>,
 }
 
 pub struct JwtKeys {
@@ -64,8 +67,32 @@ impl JwtKeys {
             school: school.map(str::to_owned),
             iat: now,
             exp: now + ttl_secs,
+            screen: None,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        self.sign(&claims)
+    }
+
+    /// A paired screen's access token: kitchen staff of its school, narrowed to its kind.
+    pub fn issue_screen(
+        &self,
+        screen_id: &str,
+        school: &str,
+        kind: super::ScreenKind,
+        ttl_secs: i64,
+    ) -> Result<String, ApiError> {
+        let now = Utc::now().timestamp();
+        self.sign(&Claims {
+            sub: screen_id.to_owned(),
+            role: Role::KitchenStaff,
+            school: Some(school.to_owned()),
+            iat: now,
+            exp: now + ttl_secs,
+            screen: Some(kind),
+        })
+    }
+
+    fn sign(&self, claims: &Claims) -> Result<String, ApiError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .map_err(ApiError::internal)
     }
 

@@ -77,6 +77,33 @@ pub struct RefreshTokenRow {
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = screens, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct ScreenRow {
+    pub id: String,
+    pub school_id: String,
+    pub name: String,
+    pub kind: String,
+    pub refresh_hash: Option<String>,
+    pub previous_refresh_hash: Option<String>,
+    pub refresh_expires_at: NaiveDateTime,
+    pub paired_by: String,
+    pub paired_at: NaiveDateTime,
+    pub last_seen_at: Option<NaiveDateTime>,
+    pub revoked_at: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = screen_pairings, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct PairingRow {
+    pub id: String,
+    pub code_hash: String,
+    pub secret_hash: String,
+    pub expires_at: NaiveDateTime,
+    pub screen_id: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = meals, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct MealRow {
     pub id: String,

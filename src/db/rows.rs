@@ -64,6 +64,8 @@ insert_rows!(models::ServiceWindowRow, schema::service_windows::table);
 insert_rows!(models::ReaderRow, schema::readers::table);
 insert_rows!(models::CardRow, schema::rfid_cards::table);
 insert_rows!(models::PickupCodeRow, schema::pickup_codes::table);
+insert_rows!(models::ScreenRow, schema::screens::table);
+insert_rows!(models::PairingRow, schema::screen_pairings::table);
 
 /// Finding one row of a table by its key, on either backend.
 pub(crate) trait FindRow<Row> {
@@ -92,6 +94,7 @@ find_rows!(models::ReaderRow, schema::readers::table);
 find_rows!(models::CardRow, schema::rfid_cards::table);
 find_rows!(models::PickupCodeRow, schema::pickup_codes::table);
 find_rows!(models::OutboxRow, schema::outbox::table);
+find_rows!(models::ScreenRow, schema::screens::table);
 
 /// One row of any table above by its key.
 pub(crate) async fn find<Row>(db: &Db, key: &str) -> Result<Option<Row>, DbError>

@@ -296,6 +296,33 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    screens (id) {
+        id -> Text,
+        school_id -> Text,
+        name -> Text,
+        kind -> Text,
+        refresh_hash -> Nullable<Text>,
+        previous_refresh_hash -> Nullable<Text>,
+        refresh_expires_at -> Timestamp,
+        paired_by -> Text,
+        paired_at -> Timestamp,
+        last_seen_at -> Nullable<Timestamp>,
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    screen_pairings (id) {
+        id -> Text,
+        code_hash -> Text,
+        secret_hash -> Text,
+        expires_at -> Timestamp,
+        screen_id -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(counters -> schools (school_id));
 diesel::joinable!(meals -> schools (school_id));
 diesel::joinable!(stations -> schools (school_id));
@@ -325,6 +352,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     notification_preferences,
     service_windows,
     inbox_messages,
+    screens,
+    screen_pairings,
 );
 
 diesel::allow_columns_to_appear_in_same_group_by_clause!(

@@ -7,6 +7,7 @@ mod catch_up;
 mod feed;
 mod outbound;
 mod protocol;
+mod screens;
 mod subscriptions;
 
 use crate::auth::Principal;
@@ -201,6 +202,16 @@ pub async fn connect(
         ApiError::new(ErrorCode::Unauthenticated, "pass access_token in the query")
     })?;
     let who = Principal::from_claims(state.keys.verify(token)?);
+    let screen_id = who.screen.map(|_| who.user_id.clone());
+    if let Some(id) = &screen_id {
+        let active = crate::store::screens::is_active(&state.db, id).await;
+        if !active.map_err(ApiError::from)? {
+            return Err(ApiError::new(ErrorCode::ScreenRevoked, "this screen was revoked").into());
+        }
+        crate::store::screens::screen_seen(&state.db, id)
+            .await
+            .map_err(ApiError::from)?;
+    }
     let upgrade_required = |e: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorCode::WebsocketUpgradeRequired,
@@ -214,7 +225,8 @@ pub async fn connect(
     let response = actix_http::ws::handshake(req.head())
         .map_err(|e| upgrade_required(&e))?
         .message_body(BodyStream::new(Outgoing::new(queue.clone())).boxed())?;
-    Socket::create(|ctx| {
+    let sockets = state.clone();
+    let socket = Socket::create(|ctx| {
         ctx.add_stream(inbound.max_frame_size(MAX_FRAME));
         Socket {
             who,
@@ -224,5 +236,8 @@ pub async fn connect(
             out: queue,
         }
     });
+    if let Some(id) = &screen_id {
+        sockets.screen_sockets.add(id, socket.recipient());
+    }
     Ok(response.into())
 }

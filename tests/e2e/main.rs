@@ -23,5 +23,6 @@ mod resilience;
 mod rfid;
 mod roster;
 mod rush_kills;
+mod screens;
 mod stations;
 mod waves;

@@ -191,14 +191,15 @@ async fn runs_with_no_configuration() {
     let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
     let hub = Hub::start_in(dir.path(), env.clone(), printed.clone());
-    // The banner is printed right after the address line.
+    // The banner is printed right after the address line: the tokens, then the sign-ins.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !printed
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.trim_start().starts_with("guardian:"))
-    {
+    let printed_all = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.trim_start().starts_with("guardian:"))
+            && lines.iter().any(|l| l.contains("ada@demo.tiffin.test / "))
+    };
+    while !printed_all(&printed.lock().unwrap()) {
         assert!(
             std::time::Instant::now() < deadline,
             "no demo tokens printed: {:?}",

@@ -6,7 +6,8 @@ use crate::common::*;
 /// token, a tampered or expired token, or a reader's secret as a token (401); reader
 /// operations refuse a user's token. Another school's staff, another student, another
 /// student's guardian and lower roles are refused on every read of a school's data and on
-/// every topic.
+/// every topic. A paired screen's credential is refused on every operation but the few its
+/// kind needs (it places no order), and on every other school's data and topics.
 #[actix_web::test]
 async fn security_matrix() {
     let db = TestDb::new(Backend::Sqlite).await;
@@ -41,6 +42,21 @@ async fn security_matrix() {
         'A'
     });
     let expired = hub.cli(&["token", "--role", "admin", "--ttl", "-120"]);
+    let station = paired_screen(&hub, &a.kitchen_token, &a.school, "Grill", "station").await;
+    let board = paired_screen(&hub, &a.kitchen_token, &a.school, "Board", "board").await;
+    // What a kitchen or station screen may call; everything else refuses screens.
+    let for_screens = [
+        ("get", "/api/v1/schools/{school_id}"),
+        ("get", "/api/v1/schools/{school_id}/kitchen/summary"),
+        ("get", "/api/v1/schools/{school_id}/orders/live"),
+        ("post", "/api/v1/orders/{order_id}/confirm"),
+        ("post", "/api/v1/orders/{order_id}/start"),
+        ("post", "/api/v1/orders/{order_id}/ready"),
+        ("post", "/api/v1/orders/{order_id}/pickup"),
+        ("post", "/api/v1/orders/{order_id}/recall"),
+        ("post", "/api/v1/orders/{order_id}/bump"),
+    ];
+    let mut screen_checked = 0;
 
     // Every operation of the document, with ids of school A filled in.
     let doc = expect(
@@ -60,6 +76,7 @@ async fn security_matrix() {
             ("{guardian_id}", a.guardian.as_str()),
             ("{meal_id}", a.meals[0].as_str()),
             ("{line}", "0"),
+            ("{screen_id}", station.id.as_str()),
         ] {
             out = out.replace(param, value);
         }
@@ -75,6 +92,9 @@ async fn security_matrix() {
             "/api/v1/auth/login",
             "/api/v1/auth/refresh",
             "/api/v1/auth/logout",
+            "/api/v1/auth/screens/pairings",
+            "/api/v1/auth/screens/claim",
+            "/api/v1/auth/screens/refresh",
             "/api/v1/openapi.json",
         ]
         .contains(&path.as_str());
@@ -120,9 +140,35 @@ async fn security_matrix() {
                 assert_eq!(r.status, 401, "{method} {path} with {who}: {:?}", r.body);
             }
             checked += 1;
+            let operation = (method.as_str(), path.as_str());
+            let school_read = operation == ("get", "/api/v1/schools/{school_id}");
+            for (who, token, refused) in [
+                (
+                    "a station screen",
+                    &station.access,
+                    !for_screens.contains(&operation),
+                ),
+                ("a board screen", &board.access, !school_read),
+            ] {
+                if !refused || path == "/api/v1/ws" {
+                    continue;
+                }
+                let r = request(Some(token)).await;
+                assert_eq!(
+                    (r.status, r.code()),
+                    (403, "forbidden"),
+                    "{method} {path} with {who}: {:?}",
+                    r.body
+                );
+                screen_checked += 1;
+            }
         }
     }
     assert!(checked >= 40, "only {checked} operations in the document?");
+    assert!(
+        screen_checked >= 70,
+        "only {screen_checked} refusals of screens?"
+    );
 
     // Reads of school A's data by people who have no business there.
     let school = format!("/api/v1/schools/{}", a.school);
@@ -163,6 +209,26 @@ async fn security_matrix() {
     for path in &staff_only {
         let r = get(&hub, &a.student_token, path).await;
         assert_eq!(r.status, 403, "a student read {path}: {:?}", r.body);
+    }
+    // A screen's few operations, on another school's data.
+    let b_order = expect(place_order(&hub, &b, "sec-b", 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (method, path) in for_screens {
+        let path = path
+            .replace("{school_id}", &b.school)
+            .replace("{order_id}", &b_order);
+        let r = match method {
+            "get" => get(&hub, &station.access, &path).await,
+            _ => post(&hub, &station.access, &path, json!({})).await,
+        };
+        assert!(
+            matches!(r.code(), "wrong_school" | "forbidden"),
+            "a screen of school A: {method} {path}: {} {:?}",
+            r.status,
+            r.body
+        );
     }
     let r = get(&hub, &a.kitchen_token, "/api/v1/admin/dead-letters").await;
     assert_eq!(r.status, 403, "staff are not admins");
@@ -340,6 +406,22 @@ async fn security_matrix() {
         ("another student", &bo, format!("order:{order}")),
         ("school B's guardian", &b_guardian, format!("order:{order}")),
         ("a guardian", &b_guardian, format!("inbox:{}", a.guardian)),
+        (
+            "a station screen",
+            &station.access,
+            format!("kitchen:{}", b.school),
+        ),
+        (
+            "a station screen",
+            &station.access,
+            format!("board:{}", b.school),
+        ),
+        (
+            "a board screen",
+            &board.access,
+            format!("kitchen:{}", a.school),
+        ),
+        ("a board screen", &board.access, format!("order:{order}")),
         (
             "a student",
             &a.student_token,

@@ -1,0 +1,2 @@
+DROP TABLE screen_pairings;
+DROP TABLE screens;

@@ -1,0 +1,559 @@
+//! Kitchen screens: pairing with a short code, the screen's own credential (renewed,
+//! surviving restarts, narrowed to its school and kind), listing and revoking; and the pages
+//! in a real browser through pairing, renewals, a restart, a network cut and a revocation.
+
+use crate::common::*;
+
+#[actix_web::test]
+async fn screens_pair_renew_and_are_revoked_on_sqlite() {
+    screens_pair_renew_and_are_revoked(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn screens_pair_renew_and_are_revoked_on_postgres() {
+    screens_pair_renew_and_are_revoked(Backend::Postgres).await;
+}
+
+fn with_screens(
+    mut env: Vec<(String, String)>,
+    code_ttl: i64,
+    access_ttl: i64,
+) -> Vec<(String, String)> {
+    env.push((
+        "TIFFIN_SCREENS__PAIRING_CODE_TTL_SECS".into(),
+        code_ttl.to_string(),
+    ));
+    env.push((
+        "TIFFIN_SCREENS__ACCESS_TOKEN_TTL_SECS".into(),
+        access_ttl.to_string(),
+    ));
+    env
+}
+
+/// Reads a socket until it closes; the close frame's code and reason.
+async fn closed(socket: &mut Socket) -> (u16, String) {
+    loop {
+        let frame = actix_web::rt::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("the socket stayed open 10 s");
+        match frame {
+            Some(Ok(ws::Frame::Close(Some(reason)))) => {
+                return (
+                    u16::from(reason.code),
+                    reason.description.unwrap_or_default(),
+                );
+            }
+            Some(Ok(ws::Frame::Ping(p))) => {
+                let _ = socket.send(ws::Message::Pong(p)).await;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+async fn screens_pair_renew_and_are_revoked(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let hub = Hub::start(with_screens(hub_env(&db, None), 10, 900));
+    let admin = hub.admin_token();
+    let a = fixture(&hub, &admin, "scra").await;
+    let b = fixture(&hub, &admin, "other").await;
+
+    // A new screen shows a code of 8 unambiguous characters and waits.
+    let (code, secret) = start_pairing(&hub).await;
+    assert_eq!(code.len(), 9, "{code}");
+    assert!(
+        code.chars().enumerate().all(|(i, c)| if i == 4 {
+            c == '-'
+        } else {
+            c.is_ascii_uppercase() || c.is_ascii_digit()
+        }) && !code.contains(['0', 'O', '1', 'I', 'L']),
+        "{code}"
+    );
+    let waiting = claim_screen(&hub, &secret).await;
+    assert_eq!(
+        (waiting.status, &waiting.body["status"]),
+        (202, &json!("waiting"))
+    );
+
+    // Bad codes are refused with clear codes and nothing is written.
+    for bad in ["ABC", "ABCD-EFG0", ""] {
+        let r = enter_code(
+            &hub,
+            &a.kitchen_token,
+            &a.school,
+            bad,
+            "Hot line",
+            "station",
+        )
+        .await;
+        assert_eq!((r.status, r.code()), (422, "pairing_code_invalid"), "{bad}");
+    }
+    let unknown = if code == "ABCD-EFGH" {
+        "HGFE-DCBA"
+    } else {
+        "ABCD-EFGH"
+    };
+    let r = enter_code(
+        &hub,
+        &a.kitchen_token,
+        &a.school,
+        unknown,
+        "Hot line",
+        "station",
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (422, "pairing_code_invalid"));
+    let r = enter_code(&hub, &a.kitchen_token, &a.school, &code, "Hot line", "oven").await;
+    assert_eq!((r.status, r.code()), (422, "invalid_body"));
+    let r = enter_code(
+        &hub,
+        &a.student_token,
+        &a.school,
+        &code,
+        "Hot line",
+        "station",
+    )
+    .await;
+    assert_eq!(r.status, 403, "a student paired a screen");
+    let r = enter_code(
+        &hub,
+        &b.kitchen_token,
+        &a.school,
+        &code,
+        "Hot line",
+        "station",
+    )
+    .await;
+    assert_eq!(r.status, 403, "another school's staff paired a screen");
+    assert_eq!(
+        expect(
+            get(
+                &hub,
+                &admin,
+                &format!("/api/v1/schools/{}/screens", a.school)
+            )
+            .await,
+            200
+        ),
+        json!([])
+    );
+
+    // Staff enter it as typed (any case, spaces); a second entry is refused.
+    let typed = code.to_lowercase().replace('-', " ");
+    let screen = expect(
+        enter_code(
+            &hub,
+            &a.kitchen_token,
+            &a.school,
+            &typed,
+            "Hot line",
+            "station",
+        )
+        .await,
+        201,
+    );
+    assert_eq!(
+        (&screen["name"], &screen["kind"], &screen["school_name"]),
+        (&json!("Hot line"), &json!("station"), &json!("scra School"))
+    );
+    let r = enter_code(&hub, &a.kitchen_token, &a.school, &code, "Again", "board").await;
+    assert_eq!((r.status, r.code()), (409, "pairing_code_used"));
+
+    // The screen collects its credential once.
+    let tokens = expect(claim_screen(&hub, &secret).await, 200);
+    assert_eq!(tokens["screen"]["id"], screen["id"]);
+    let r = claim_screen(&hub, &secret).await;
+    assert_eq!((r.status, r.code()), (422, "pairing_code_invalid"));
+    let screen_id = screen["id"].as_str().unwrap().to_owned();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let first_refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    // It sees its own kitchen, and nothing else.
+    let summary = format!("/api/v1/schools/{}/kitchen/summary", a.school);
+    expect(get(&hub, &access, &summary).await, 200);
+    let other = format!("/api/v1/schools/{}/kitchen/summary", b.school);
+    assert_eq!(get(&hub, &access, &other).await.status, 403);
+    let r = post(
+        &hub,
+        &access,
+        &format!("/api/v1/schools/{}/orders", a.school),
+        json!({"student_id": a.student, "items": [{"meal_id": a.meals[0], "quantity": 1}]}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "forbidden"),
+        "a screen placed an order"
+    );
+
+    // Renewal rotates the refresh token; the one before still works once more (a lost
+    // answer), the one before that does not.
+    let second = expect(renew_screen(&hub, &first_refresh).await, 200);
+    let second_refresh = second["refresh_token"].as_str().unwrap().to_owned();
+    let third = expect(renew_screen(&hub, &second_refresh).await, 200);
+    let r = renew_screen(&hub, &first_refresh).await;
+    assert_eq!((r.status, r.code()), (401, "refresh_token_invalid"));
+    let third_refresh = third["refresh_token"].as_str().unwrap().to_owned();
+    let fourth = expect(renew_screen(&hub, &second_refresh).await, 200);
+    let mut refresh = fourth["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(refresh, third_refresh);
+
+    // The credential survives a hub restart (it is in the database, hashed).
+    let env = hub.kill();
+    let hub = Hub::start(env);
+    let renewed = expect(renew_screen(&hub, &refresh).await, 200);
+    refresh = renewed["refresh_token"].as_str().unwrap().to_owned();
+    let access = renewed["access_token"].as_str().unwrap().to_owned();
+    let listed = expect(
+        get(
+            &hub,
+            &a.kitchen_token,
+            &format!("/api/v1/schools/{}/screens", a.school),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], json!(screen_id));
+    assert!(listed[0]["last_seen_at"].is_string(), "{listed}");
+
+    // Revocation: refused to another school, then the socket closes at once, the credential
+    // and the access token stop working, and the screen leaves the list.
+    let (mut socket, _) = subscribe(&hub, &access, &a.school, None).await;
+    let revoke = |token: &str, school: &str| {
+        let url = hub.url(&format!("/api/v1/schools/{school}/screens/{screen_id}"));
+        let token = token.to_owned();
+        async move { send(client().delete(url).bearer_auth(token), None).await }
+    };
+    // Another school's staff: not their school, and no such screen in theirs.
+    assert_eq!(revoke(&b.kitchen_token, &a.school).await.status, 403);
+    assert_eq!(revoke(&b.kitchen_token, &b.school).await.status, 404);
+    assert_eq!(revoke(&a.kitchen_token, &a.school).await.status, 204);
+    let (close_code, reason) = closed(&mut socket).await;
+    assert_eq!((close_code, reason.as_str()), (1008, "screen revoked"));
+    let r = revoke(&a.kitchen_token, &a.school).await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    let r = renew_screen(&hub, &refresh).await;
+    assert_eq!((r.status, r.code()), (401, "screen_revoked"));
+    let r = get(&hub, &access, &summary).await;
+    assert_eq!((r.status, r.code()), (401, "screen_revoked"));
+    assert!(
+        client().ws(hub.ws_url(&access)).connect().await.is_err(),
+        "a revoked screen's socket was upgraded"
+    );
+    assert_eq!(
+        expect(
+            get(
+                &hub,
+                &admin,
+                &format!("/api/v1/schools/{}/screens", a.school)
+            )
+            .await,
+            200
+        ),
+        json!([])
+    );
+
+    // A code nobody enters expires: staff and the screen are told so.
+    let (code, secret) = start_pairing(&hub).await;
+    actix_web::rt::time::sleep(Duration::from_secs(11)).await;
+    let r = enter_code(&hub, &admin, &a.school, &code, "Late", "board").await;
+    assert_eq!((r.status, r.code()), (409, "pairing_code_expired"));
+    let r = claim_screen(&hub, &secret).await;
+    assert_eq!((r.status, r.code()), (409, "pairing_code_expired"));
+    drop(hub);
+    db.drop_database().await;
+}
+
+/// Where the README's screenshots go.
+fn screenshot_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/screens")
+        .join(name)
+}
+
+async fn screenshot(browser: &fantoccini::Client, name: &str) {
+    let png = browser.screenshot().await.unwrap();
+    let path = screenshot_path(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+}
+
+/// What the page's JavaScript answers to `script`.
+async fn page_value(browser: &fantoccini::Client, script: &str) -> Value {
+    browser.execute(script, vec![]).await.unwrap()
+}
+
+/// Waits until `script` answers true in the page.
+async fn until_page(browser: &fantoccini::Client, script: &str, within: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if page_value(browser, script).await == json!(true) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: never");
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn live() -> &'static str {
+    "return document.body.dataset.live === 'yes'"
+}
+
+fn order_shown(order: &str) -> String {
+    format!("return !!document.querySelector(\"[data-order-id='{order}']\")")
+}
+
+async fn new_order(hub: &Hub, f: &Fixture, key: &str) -> String {
+    expect(place_order(hub, f, key, 1).await, 201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A new screen in a real browser: it shows a code, is paired through the API, shows its
+/// school, name and a clock, stays live across renewals (8 s tokens), a hub restart and a
+/// cut longer than its token, and shows the revoked state when revoked (its socket closed).
+/// Paired again as a board, it opens the board. Screenshots go to docs/screens/.
+#[actix_web::test]
+async fn a_screen_in_a_real_browser_pairs_and_never_dies() {
+    use fantoccini::Locator;
+    let driver = ChromeDriver::start().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let hub = Hub::start(with_screens(hub_env(&db, None), 600, 8));
+    let admin = hub.admin_token();
+    let f = fixture(&hub, &admin, "riverside").await;
+    let school = format!("/api/v1/schools/{}", f.school);
+    expect(
+        patch(&hub, &admin, &school, json!({"name": "Riverside Primary"})).await,
+        200,
+    );
+    let browser = driver.browser().await;
+    browser.set_window_size(1280, 720).await.unwrap();
+    browser
+        .goto(&hub.url(&format!("/dashboard/{}", f.school)))
+        .await
+        .unwrap();
+    let code_of = |browser: fantoccini::Client| async move {
+        browser
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css("#pairing-code"))
+            .await
+            .expect("a pairing code")
+            .text()
+            .await
+            .unwrap()
+    };
+    let code = code_of(browser.clone()).await;
+    screenshot(&browser, "pairing-code.png").await;
+    expect(
+        enter_code(
+            &hub,
+            &f.kitchen_token,
+            &f.school,
+            &code,
+            "Hot line",
+            "kitchen",
+        )
+        .await,
+        201,
+    );
+    until_page(
+        &browser,
+        live(),
+        Duration::from_secs(20),
+        "live after pairing",
+    )
+    .await;
+    assert_eq!(
+        page_value(
+            &browser,
+            "return document.getElementById('screen-name').textContent"
+        )
+        .await,
+        json!("Hot line")
+    );
+    assert_eq!(
+        page_value(
+            &browser,
+            "return document.getElementById('school').textContent"
+        )
+        .await,
+        json!("Riverside Primary")
+    );
+    let clock = page_value(
+        &browser,
+        "return document.getElementById('clock').textContent",
+    )
+    .await;
+    assert!(clock.as_str().is_some_and(|c| c.contains(':')), "{clock}");
+    assert!(
+        !page_value(&browser, "return location.href")
+            .await
+            .as_str()
+            .unwrap()
+            .contains('#'),
+        "a token in the URL"
+    );
+    let first = new_order(&hub, &f, "screen-1").await;
+    until_page(
+        &browser,
+        &order_shown(&first),
+        Duration::from_secs(20),
+        "first order",
+    )
+    .await;
+    screenshot(&browser, "paired-dashboard.png").await;
+
+    // Tokens of 8 s: the page renews them itself and stays live well past their expiry.
+    until_page(
+        &browser,
+        "return Number(document.body.dataset.renewals || 0) >= 3",
+        Duration::from_secs(40),
+        "three renewals",
+    )
+    .await;
+    let second = new_order(&hub, &f, "screen-2").await;
+    until_page(
+        &browser,
+        &order_shown(&second),
+        Duration::from_secs(20),
+        "order after renewals",
+    )
+    .await;
+    until_page(
+        &browser,
+        live(),
+        Duration::from_secs(20),
+        "live after renewals",
+    )
+    .await;
+
+    // A restart on the same address and database: the page comes back by itself.
+    let address = hub.base.trim_start_matches("http://").to_owned();
+    let mut env = hub.kill();
+    until_page(
+        &browser,
+        "return document.body.dataset.live === 'no'",
+        Duration::from_secs(20),
+        "shown as not live",
+    )
+    .await;
+    env.push(("TIFFIN_BIND".into(), address));
+    let hub = Hub::start(env.clone());
+    let third = new_order(&hub, &f, "screen-3").await;
+    until_page(
+        &browser,
+        &order_shown(&third),
+        Duration::from_secs(30),
+        "order after restart",
+    )
+    .await;
+    until_page(
+        &browser,
+        live(),
+        Duration::from_secs(20),
+        "live after restart",
+    )
+    .await;
+
+    // A cut longer than the token: renewals fail meanwhile and succeed once the hub is back.
+    let env = hub.kill();
+    actix_web::rt::time::sleep(Duration::from_secs(12)).await;
+    let hub = Hub::start(env);
+    let fourth = new_order(&hub, &f, "screen-4").await;
+    until_page(
+        &browser,
+        &order_shown(&fourth),
+        Duration::from_secs(40),
+        "order after the cut",
+    )
+    .await;
+    until_page(
+        &browser,
+        live(),
+        Duration::from_secs(20),
+        "live after the cut",
+    )
+    .await;
+
+    // Revoked: the socket closes at once and the page says so.
+    let screens = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/screens", f.school),
+        )
+        .await,
+        200,
+    );
+    let screen_id = screens[0]["id"].as_str().unwrap().to_owned();
+    let url = hub.url(&format!("/api/v1/schools/{}/screens/{screen_id}", f.school));
+    let r = send(client().delete(url).bearer_auth(&f.kitchen_token), None).await;
+    assert_eq!(r.status, 204);
+    until_page(
+        &browser,
+        "return document.getElementById('screen-overlay').className === 'revoked'",
+        Duration::from_secs(10),
+        "the revoked state",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut metrics = client().get(hub.url("/metrics")).send().await.unwrap();
+        let text =
+            String::from_utf8_lossy(&metrics.body().limit(4 << 20).await.unwrap()).to_string();
+        if text.lines().any(|l| l == "ws_sockets 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked screen's socket is still open"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    screenshot(&browser, "revoked.png").await;
+
+    // Paired again, as the now-serving board: the page moves to the board.
+    browser
+        .find(Locator::Css("#pair-again"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let code = code_of(browser.clone()).await;
+    expect(
+        enter_code(
+            &hub,
+            &f.kitchen_token,
+            &f.school,
+            &code,
+            "Counter 1 board",
+            "board",
+        )
+        .await,
+        201,
+    );
+    until_page(
+        &browser,
+        &format!("return location.pathname === '/board/{}'", f.school),
+        Duration::from_secs(20),
+        "the board opened",
+    )
+    .await;
+    until_page(&browser, live(), Duration::from_secs(20), "the board live").await;
+    assert_eq!(
+        page_value(
+            &browser,
+            "return document.getElementById('screen-name').textContent"
+        )
+        .await,
+        json!("Counter 1 board")
+    );
+    browser.close().await.unwrap();
+    drop(hub);
+    db.drop_database().await;
+}
