@@ -39,12 +39,12 @@ impl ScreenKind {
 
 /// The operations (method and route pattern) a screen's credential may call; every other is
 /// refused (`403`) whatever the token's role. The socket is checked by its topics.
-const KITCHEN_SCREEN_ROUTES: [(&str, &str); 11] = [
+/// Not cancel: a cancellation is answered for by a person signed in, not a shared screen.
+const KITCHEN_SCREEN_ROUTES: [(&str, &str); 10] = [
     ("GET", "/api/v1/schools/{school_id}/kitchen/summary"),
     ("GET", "/api/v1/schools/{school_id}/orders/live"),
     ("GET", "/api/v1/schools/{school_id}/stations"),
     ("POST", "/api/v1/orders/{order_id}/items/{line}/done"),
-    ("POST", "/api/v1/orders/{order_id}/cancel"),
     ("POST", "/api/v1/orders/{order_id}/confirm"),
     ("POST", "/api/v1/orders/{order_id}/start"),
     ("POST", "/api/v1/orders/{order_id}/ready"),
@@ -152,5 +152,8 @@ mod tests {
         assert!(!screen_may_call(ScreenKind::Kitchen, "POST", place));
         let cancel = "/api/v1/orders/{order_id}/cancel";
         assert!(!screen_may_call(ScreenKind::Kitchen, "POST", cancel));
+        let done = "/api/v1/orders/{order_id}/items/{line}/done";
+        assert!(screen_may_call(ScreenKind::Station, "POST", done));
+        assert!(!screen_may_call(ScreenKind::Board, "POST", done));
     }
 }

@@ -238,7 +238,7 @@ async fn runs_with_no_configuration() {
         .body()
         .await
         .unwrap();
-    assert!(String::from_utf8_lossy(&html).contains("WebSocket"));
+    assert!(String::from_utf8_lossy(&html).contains("/pages/screen.js"));
 
     for file in ["tiffin.db", "tiffin.db-wal", "tiffin.db.jwt-secret"] {
         assert!(dir.path().join(file).exists(), "{file} missing");

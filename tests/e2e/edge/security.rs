@@ -55,6 +55,8 @@ async fn security_matrix() {
         ("post", "/api/v1/orders/{order_id}/pickup"),
         ("post", "/api/v1/orders/{order_id}/recall"),
         ("post", "/api/v1/orders/{order_id}/bump"),
+        ("get", "/api/v1/schools/{school_id}/stations"),
+        ("post", "/api/v1/orders/{order_id}/items/{line}/done"),
     ];
     let mut screen_checked = 0;
 
@@ -218,7 +220,8 @@ async fn security_matrix() {
     for (method, path) in for_screens {
         let path = path
             .replace("{school_id}", &b.school)
-            .replace("{order_id}", &b_order);
+            .replace("{order_id}", &b_order)
+            .replace("{line}", "0");
         let r = match method {
             "get" => get(&hub, &station.access, &path).await,
             _ => post(&hub, &station.access, &path, json!({})).await,
