@@ -119,6 +119,37 @@ fn timer_reason(action: TimerAction) -> &'static str {
 }
 
 impl OrderActor {
+    /// Decides with `decide`. A refusal may come from a view another node has moved past:
+    /// before saying no, the committed order is read once and, if newer, decided on again.
+    fn decide_afresh_if_refused<T: 'static>(
+        &self,
+        decide: impl Fn(&OrderActor) -> Result<T, CommandError> + 'static,
+    ) -> ResponseActFuture<Self, Result<T, CommandError>> {
+        let first = decide(self);
+        let refused = first.is_err();
+        let (store, id) = (self.store.clone(), self.order.id.clone());
+        Box::pin(
+            async move {
+                if refused {
+                    store.load_order(&id).await.ok().flatten()
+                } else {
+                    None
+                }
+            }
+            .into_actor(self)
+            .map(move |fresh, act, ctx| {
+                match fresh.filter(|o| o.version > act.order.version) {
+                    Some(order) => {
+                        act.order = order;
+                        act.arm_timers(ctx);
+                        decide(act)
+                    }
+                    None => first,
+                }
+            }),
+        )
+    }
+
     fn refresh(&mut self, ctx: &mut Context<Self>) {
         let (store, id) = (self.store.clone(), self.order.id.clone());
         ctx.wait(
@@ -207,45 +238,25 @@ impl Handler<Command> for OrderActor {
     type Result = AtomicResponse<Self, Result<KitchenEvent, CommandError>>;
 
     fn handle(&mut self, msg: Command, _: &mut Context<Self>) -> Self::Result {
-        // A refusal may come from a view another node has moved past: before saying no,
-        // read the committed order once.
-        let first = self.decide_command(&msg);
-        let refused = first.is_err();
-        let (store, id) = (self.store.clone(), self.order.id.clone());
         AtomicResponse::new(Box::pin(
-            async move {
-                if refused {
-                    store.load_order(&id).await.ok().flatten()
-                } else {
-                    None
-                }
-            }
-            .into_actor(self)
-            .then(move |fresh, act, ctx| {
-                let decided = match fresh.filter(|o| o.version > act.order.version) {
-                    Some(order) => {
-                        act.order = order;
-                        act.arm_timers(ctx);
-                        act.decide_command(&msg)
+            self.decide_afresh_if_refused(move |act| act.decide_command(&msg))
+                .then(|decided, act, _| {
+                    let store = act.store.clone();
+                    // Atomic: the next command waits until this one is committed or refused.
+                    async move { store.commit_transition(decided?).await }.into_actor(act)
+                })
+                .map(|result, act, ctx| {
+                    if let Err(CommandError::VersionConflict) = &result {
+                        // Changed elsewhere (another node): pick up the committed state.
+                        act.refresh(ctx);
                     }
-                    None => first,
-                };
-                let store = act.store.clone();
-                // Atomic: the next command waits until this one is committed or refused.
-                async move { store.commit_transition(decided?).await }.into_actor(act)
-            })
-            .map(|result, act, ctx| {
-                if let Err(CommandError::VersionConflict) = &result {
-                    // Changed elsewhere (another node): pick up the committed state.
-                    act.refresh(ctx);
-                }
-                if let Ok(event) = &result {
-                    act.apply(event, ctx);
-                } else if act.order.state.is_terminal() {
-                    ctx.stop();
-                }
-                result
-            }),
+                    if let Ok(event) = &result {
+                        act.apply(event, ctx);
+                    } else if act.order.state.is_terminal() {
+                        ctx.stop();
+                    }
+                    result
+                }),
         ))
     }
 }
@@ -428,46 +439,27 @@ impl Handler<MarkItemDone> for OrderActor {
     type Result = AtomicResponse<Self, Result<KitchenEvent, CommandError>>;
 
     fn handle(&mut self, msg: MarkItemDone, _: &mut Context<Self>) -> Self::Result {
-        // As for commands: a refusal may come from a view another node has moved past.
-        let first = self.decide_item(&msg);
-        let refused = first.is_err();
-        let (store, id) = (self.store.clone(), self.order.id.clone());
         AtomicResponse::new(Box::pin(
-            async move {
-                if refused {
-                    store.load_order(&id).await.ok().flatten()
-                } else {
-                    None
-                }
-            }
-            .into_actor(self)
-            .then(move |fresh, act, ctx| {
-                let decided = match fresh.filter(|o| o.version > act.order.version) {
-                    Some(order) => {
-                        act.order = order;
-                        act.arm_timers(ctx);
-                        act.decide_item(&msg)
+            self.decide_afresh_if_refused(move |act| act.decide_item(&msg))
+                .then(|decided, act, _| {
+                    let store = act.store.clone();
+                    async move { store.mark_item_done(decided?).await }.into_actor(act)
+                })
+                .map(|result, act, ctx| match result {
+                    Ok(done) => {
+                        act.apply(&done.event, ctx);
+                        if done.ready_when_stations_done {
+                            act.ready_by_itself(ctx);
+                        }
+                        Ok(done.event)
                     }
-                    None => first,
-                };
-                let store = act.store.clone();
-                async move { store.mark_item_done(decided?).await }.into_actor(act)
-            })
-            .map(|result, act, ctx| match result {
-                Ok(done) => {
-                    act.apply(&done.event, ctx);
-                    if done.ready_when_stations_done {
-                        act.ready_by_itself(ctx);
+                    Err(e) => {
+                        if e == CommandError::VersionConflict {
+                            act.refresh(ctx);
+                        }
+                        Err(e)
                     }
-                    Ok(done.event)
-                }
-                Err(e) => {
-                    if e == CommandError::VersionConflict {
-                        act.refresh(ctx);
-                    }
-                    Err(e)
-                }
-            }),
+                }),
         ))
     }
 }
