@@ -53,6 +53,7 @@ pub enum ErrorCode {
     CodeLocked,
     CodeUsed,
     UnknownStation,
+    StationRequired,
     ItemAlreadyDone,
     OrderNotInKitchen,
     PairingCodeInvalid,
@@ -71,7 +72,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 55] = [
+    pub const ALL: [ErrorCode; 56] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -112,6 +113,7 @@ impl ErrorCode {
         ErrorCode::CodeLocked,
         ErrorCode::CodeUsed,
         ErrorCode::UnknownStation,
+        ErrorCode::StationRequired,
         ErrorCode::ItemAlreadyDone,
         ErrorCode::OrderNotInKitchen,
         ErrorCode::PairingCodeInvalid,
@@ -139,9 +141,8 @@ impl ErrorCode {
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
             | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid
-            | UnknownStation | RosterUnreadable | RosterInvalid | PairingCodeInvalid => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            | UnknownStation | StationRequired | RosterUnreadable | RosterInvalid
+            | PairingCodeInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated

@@ -100,10 +100,31 @@ async fn screens_pair_renew_and_are_revoked(backend: Backend) {
         &a.school,
         unknown,
         "Hot line",
-        "station",
+        "kitchen",
     )
     .await;
     assert_eq!((r.status, r.code()), (422, "pairing_code_invalid"));
+    // A station screen names one of the school's stations; no other kind names one. (The
+    // admin enters these: staff may enter ten codes a minute.)
+    let hot_line = new_station(&hub, &admin, &a.school, "Hot line").await;
+    let elsewhere = new_station(&hub, &admin, &b.school, "Hot line").await;
+    let r = enter_code(&hub, &admin, &a.school, &code, "Hot", "station").await;
+    assert_eq!(
+        (r.status, r.code(), &r.body["error"]["field"]),
+        (422, "station_required", &json!("station_id"))
+    );
+    let unknown_station = uuid::Uuid::new_v4().to_string();
+    for station in [&elsewhere, &unknown_station] {
+        let r = enter_station_code(&hub, &admin, &a.school, &code, "Hot", station).await;
+        assert_eq!((r.status, r.code()), (422, "unknown_station"), "{station}");
+    }
+    let mut board = json!({"code": code, "name": "Board", "kind": "board"});
+    board["station_id"] = json!(hot_line);
+    let r = enter_pairing(&hub, &admin, &a.school, board.clone()).await;
+    assert_eq!((r.status, r.code()), (422, "validation_failed"));
+    board["station_id"] = json!("not-a-uuid");
+    let r = enter_pairing(&hub, &admin, &a.school, board).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_body"));
     let r = enter_code(&hub, &a.kitchen_token, &a.school, &code, "Hot line", "oven").await;
     assert_eq!((r.status, r.code()), (422, "invalid_body"));
     let r = enter_code(
@@ -142,13 +163,13 @@ async fn screens_pair_renew_and_are_revoked(backend: Backend) {
     // Staff enter it as typed (any case, spaces); a second entry is refused.
     let typed = code.to_lowercase().replace('-', " ");
     let screen = expect(
-        enter_code(
+        enter_station_code(
             &hub,
             &a.kitchen_token,
             &a.school,
             &typed,
             "Hot line",
-            "station",
+            &hot_line,
         )
         .await,
         201,
@@ -157,6 +178,7 @@ async fn screens_pair_renew_and_are_revoked(backend: Backend) {
         (&screen["name"], &screen["kind"], &screen["school_name"]),
         (&json!("Hot line"), &json!("station"), &json!("scra School"))
     );
+    assert_eq!(screen["station_id"], json!(hot_line));
     let r = enter_code(&hub, &a.kitchen_token, &a.school, &code, "Again", "board").await;
     assert_eq!((r.status, r.code()), (409, "pairing_code_used"));
 
@@ -169,11 +191,13 @@ async fn screens_pair_renew_and_are_revoked(backend: Backend) {
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let first_refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
 
-    // It sees its own kitchen, and nothing else.
-    let summary = format!("/api/v1/schools/{}/kitchen/summary", a.school);
-    expect(get(&hub, &access, &summary).await, 200);
-    let other = format!("/api/v1/schools/{}/kitchen/summary", b.school);
+    // It sees its own kitchen's orders and nothing else; it moves no order.
+    let live = format!("/api/v1/schools/{}/orders/live", a.school);
+    expect(get(&hub, &access, &live).await, 200);
+    let other = format!("/api/v1/schools/{}/orders/live", b.school);
     assert_eq!(get(&hub, &access, &other).await.status, 403);
+    let summary = format!("/api/v1/schools/{}/kitchen/summary", a.school);
+    assert_eq!(get(&hub, &access, &summary).await.code(), "forbidden");
     let r = post(
         &hub,
         &access,
@@ -236,7 +260,7 @@ async fn screens_pair_renew_and_are_revoked(backend: Backend) {
     assert_eq!((r.status, r.code()), (404, "not_found"));
     let r = renew_screen(&hub, &refresh).await;
     assert_eq!((r.status, r.code()), (401, "screen_revoked"));
-    let r = get(&hub, &access, &summary).await;
+    let r = get(&hub, &access, &live).await;
     assert_eq!((r.status, r.code()), (401, "screen_revoked"));
     assert!(
         client().ws(hub.ws_url(&access)).connect().await.is_err(),
