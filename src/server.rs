@@ -194,8 +194,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Alone, every change to a reader goes through this node's store.
     store.hear_reader_changes(config.redis_url.is_none());
     let registry = Registry::new(store.clone(), bus.clone(), config.timers).start();
+    let screen_sockets = Arc::new(crate::screen_sockets::ScreenSockets::default());
     let cluster = cluster.map(|(cluster, tasks)| {
-        tasks.start(cluster.clone(), registry.clone(), local, store.clone());
+        let node = crate::cluster::NodeParts {
+            registry: registry.clone(),
+            local,
+            store: store.clone(),
+            screen_sockets: screen_sockets.clone(),
+        };
+        tasks.start(cluster.clone(), node);
         cluster
     });
     for school in store::orders::schools_with_live_orders(&db).await? {
@@ -238,7 +245,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         limits: crate::limits::Limits::new(&limits, cluster.clone()),
         cluster,
         shutdown: tokio::sync::watch::channel(false).0,
-        screen_sockets: crate::screen_sockets::ScreenSockets::default(),
+        screen_sockets,
     });
     let pruned = state.clone();
     actix_web::rt::spawn(async move {

@@ -354,6 +354,10 @@ pub async fn revoke_screen(
         return Err(ApiError::not_found("screen"));
     }
     let closed = state.screen_sockets.revoke(&screen_id);
+    // The screen's sockets on the other nodes close as their nodes hear of it.
+    if let Some(cluster) = &state.cluster {
+        cluster.tell_screen_revoked(&screen_id);
+    }
     tracing::info!(screen = %screen_id, sockets = closed, "screen revoked");
     Ok(HttpResponse::NoContent().finish())
 }

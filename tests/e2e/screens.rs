@@ -4,6 +4,8 @@
 
 use crate::common::*;
 
+mod nodes;
+
 #[actix_web::test]
 async fn screens_pair_renew_and_are_revoked_on_sqlite() {
     screens_pair_renew_and_are_revoked(Backend::Sqlite).await;
