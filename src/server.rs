@@ -90,6 +90,37 @@ pub fn print_sign_ins(
     Ok(())
 }
 
+/// How to pair a kitchen screen with the demo school: no token goes in a screen's URL.
+fn print_pairing(
+    out: &mut impl Write,
+    base: &str,
+    school_id: &str,
+    stations: &[crate::db::models::StationRow],
+    token: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "Pair a kitchen screen: open {base}/screens/pair on it; it shows a code. Enter the code with {token}:"
+    )?;
+    writeln!(
+        out,
+        "  curl -X POST {base}/api/v1/schools/{school_id}/screens -H 'Authorization: Bearer TOKEN' \\"
+    )?;
+    writeln!(
+        out,
+        "    -H 'Content-Type: application/json' -d '{{\"code\": \"CODE\", \"name\": \"Pass\", \"kind\": \"expo\"}}'"
+    )?;
+    let named: Vec<String> = stations
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.id))
+        .collect();
+    writeln!(
+        out,
+        "  kind: kitchen (the dashboard), expo, board, or station with a station_id: {}",
+        named.join(", ")
+    )
+}
+
 /// The demo school and its people (role, user id, school id).
 pub struct Demo {
     pub school_id: String,
@@ -298,6 +329,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(database = %url.redacted(), %addr, node = %node.id, "tiffin started");
 
     let base = format!("http://{addr}");
+    let demo_stations = match &demo {
+        Some(demo) => store::stations::stations(&state.db, &demo.school_id).await?,
+        None => Vec::new(),
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "Tiffin listening on {base}")?;
     match demo {
@@ -308,17 +343,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             fresh: true,
             sign_ins,
         }) => {
-            for (role, id, school) in &people {
-                let token = state
-                    .keys
-                    .issue(id, *role, school.as_deref(), DEMO_TOKEN_TTL_SECS)?;
-                if *role == Role::KitchenStaff {
-                    writeln!(
-                        out,
-                        "Kitchen dashboard: {base}/dashboard/{school_id}#token={token}"
-                    )?;
-                }
-            }
+            let token = "the kitchen_staff token below";
+            print_pairing(&mut out, &base, &school_id, &demo_stations, token)?;
             writeln!(out, "Demo school: {school_id}; demo tokens (valid 12 h):")?;
             for (role, id, school) in &people {
                 let token = state
@@ -329,14 +355,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             print_sign_ins(&mut out, &sign_ins)?;
         }
         Some(Demo { school_id, .. }) => {
-            writeln!(
-                out,
-                "Kitchen dashboard: {base}/dashboard/{school_id}#token=<access token>"
-            )?;
-            writeln!(
-                out,
-                "  (a token: tiffin token --role kitchen_staff --school {school_id}, or sign in)"
-            )?;
+            let token = format!(
+                "a kitchen_staff token (sign in, or tiffin token --role kitchen_staff --school {school_id})"
+            );
+            print_pairing(&mut out, &base, &school_id, &demo_stations, &token)?;
         }
         None => {}
     }
