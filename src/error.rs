@@ -320,6 +320,7 @@ impl From<CommandError> for ApiError {
             CommandError::Item(ItemError::NoSuchLine(_)) => ErrorCode::NotFound,
             CommandError::Item(ItemError::AlreadyDone(_)) => ErrorCode::ItemAlreadyDone,
             CommandError::Item(ItemError::NotInKitchen(_)) => ErrorCode::OrderNotInKitchen,
+            CommandError::Item(ItemError::OtherStation(_)) => ErrorCode::Forbidden,
             CommandError::Unavailable(m) => {
                 return DbError::Unavailable(m).into();
             }

@@ -108,9 +108,13 @@ async fn tokens(
 ) -> Result<ScreenTokens, ApiError> {
     let kind = ScreenKind::parse(&row.kind).ok_or_else(|| ApiError::internal("stored kind"))?;
     let ttl = state.config.screens.access_token_ttl_secs;
-    let access_token = state
-        .keys
-        .issue_screen(&row.id, &row.school_id, kind, ttl)?;
+    let access_token = state.keys.issue_screen(
+        &row.id,
+        &row.school_id,
+        kind,
+        row.station_id.as_deref(),
+        ttl,
+    )?;
     let school = existing_school(state, &row.school_id).await?;
     Ok(ScreenTokens {
         access_token,

@@ -342,7 +342,8 @@ async fn click(browser: &fantoccini::Client, css: &str) {
 /// Station and expo screens paired from `/screens/pair` as a kitchen would: each lands on
 /// its own page (the station screen on its station) with the school, the screen's name and
 /// a clock, and no token in its address. The grill's screen and the salad bar's credential
-/// mark their items done, the expo sees both stations done and bumps the order to ready.
+/// mark their items done (each only its own), the expo sees both stations done and bumps the
+/// order to ready.
 #[actix_web::test]
 async fn paired_station_and_expo_screens_drive_an_order_to_ready() {
     let driver = ChromeDriver::start().await;
@@ -441,6 +442,11 @@ async fn paired_station_and_expo_screens_drive_an_order_to_ready() {
         .iter()
         .position(|i| i["station_id"] == json!(salad))
         .unwrap();
+    // A station screen marks only its own station's items.
+    let grill_line = 1 - line;
+    let grills = format!("/api/v1/orders/{order}/items/{grill_line}/done");
+    let r = post(&hub, &salad_bar.access, &grills, json!({})).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{:?}", r.body);
     let done = format!("/api/v1/orders/{order}/items/{line}/done");
     expect(post(&hub, &salad_bar.access, &done, json!({})).await, 200);
     // A station screen moves no order: only the expo bumps it.
