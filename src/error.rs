@@ -53,6 +53,7 @@ pub enum ErrorCode {
     CodeLocked,
     CodeUsed,
     UnknownStation,
+    StationRequired,
     ItemAlreadyDone,
     OrderNotInKitchen,
     PairingCodeInvalid,
@@ -71,7 +72,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 55] = [
+    pub const ALL: [ErrorCode; 56] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -112,6 +113,7 @@ impl ErrorCode {
         ErrorCode::CodeLocked,
         ErrorCode::CodeUsed,
         ErrorCode::UnknownStation,
+        ErrorCode::StationRequired,
         ErrorCode::ItemAlreadyDone,
         ErrorCode::OrderNotInKitchen,
         ErrorCode::PairingCodeInvalid,
@@ -139,9 +141,8 @@ impl ErrorCode {
             | WebsocketUpgradeRequired => StatusCode::BAD_REQUEST,
             InvalidBody | InvalidText | ValidationFailed | IdempotencyKeyReused | UnknownMeal
             | EmptyOrder | AllergyConflict | UnknownWindow | AllergyAckRequired | CodeInvalid
-            | UnknownStation | RosterUnreadable | RosterInvalid | PairingCodeInvalid => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            | UnknownStation | StationRequired | RosterUnreadable | RosterInvalid
+            | PairingCodeInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Unauthenticated
@@ -319,6 +320,7 @@ impl From<CommandError> for ApiError {
             CommandError::Item(ItemError::NoSuchLine(_)) => ErrorCode::NotFound,
             CommandError::Item(ItemError::AlreadyDone(_)) => ErrorCode::ItemAlreadyDone,
             CommandError::Item(ItemError::NotInKitchen(_)) => ErrorCode::OrderNotInKitchen,
+            CommandError::Item(ItemError::OtherStation(_)) => ErrorCode::Forbidden,
             CommandError::Unavailable(m) => {
                 return DbError::Unavailable(m).into();
             }

@@ -1,6 +1,8 @@
 //! Sockets of paired screens by screen id, so revoking a screen closes its sockets at once.
-//! On several nodes only this node's are closed here; elsewhere the screen's next renewal
-//! or REST call is refused, and its socket closes when its access token expires.
+//! On several nodes the node that revokes tells the others over Redis
+//! (`Cluster::tell_screen_revoked`), and each closes its own. A message lost with Redis
+//! away still leaves the screen's next renewal or REST call refused, and its socket closed
+//! when its access token expires.
 
 use actix::WeakRecipient;
 use actix::prelude::*;

@@ -3,7 +3,7 @@
 use crate::auth::passwords::hash_password;
 use crate::db::models::*;
 use crate::db::new_id;
-use crate::db::schema::{counters, guardian_links, meals, schools, users};
+use crate::db::schema::{counters, guardian_links, meals, schools, stations, users};
 use crate::db::{Db, DbError};
 use crate::with_conn;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -94,21 +94,30 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
             updated_at: at,
         })
         .collect();
+    // Two stations, so the station and expo screens have something to show.
+    let station = |name: &str| StationRow {
+        id: new_id(),
+        school_id: school.id.clone(),
+        name: name.into(),
+        created_at: at,
+    };
+    let demo_stations = [station("Hot line"), station("Cold bar")];
+    let [hot, cold] = [&demo_stations[0].id, &demo_stations[1].id];
     let meals: Vec<MealRow> = [
-        ("Veggie lasagna", 425, "gluten,milk"),
-        ("Chicken rice bowl", 450, ""),
-        ("Bean burrito", 400, "gluten"),
-        ("Fruit cup", 150, ""),
+        ("Veggie lasagna", 425, "gluten,milk", hot),
+        ("Chicken rice bowl", 450, "", hot),
+        ("Bean burrito", 400, "gluten", hot),
+        ("Fruit cup", 150, "", cold),
     ]
     .into_iter()
-    .map(|(name, cents, allergens)| MealRow {
+    .map(|(name, cents, allergens, station)| MealRow {
         id: new_id(),
         school_id: school.id.clone(),
         name: name.into(),
         price_cents: cents,
         allergens: allergens.into(),
         available: true,
-        station_id: None,
+        station_id: Some(station.clone()),
         created_at: at,
         updated_at: at,
     })
@@ -162,6 +171,12 @@ pub async fn seed_demo(db: &Db) -> Result<DemoPeople, DbError> {
                 .await?;
             for row in &counters {
                 diesel::insert_into(counters::table)
+                    .values(row)
+                    .execute(conn)
+                    .await?;
+            }
+            for row in &demo_stations {
+                diesel::insert_into(stations::table)
                     .values(row)
                     .execute(conn)
                     .await?;

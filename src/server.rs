@@ -90,6 +90,37 @@ pub fn print_sign_ins(
     Ok(())
 }
 
+/// How to pair a kitchen screen with the demo school: no token goes in a screen's URL.
+fn print_pairing(
+    out: &mut impl Write,
+    base: &str,
+    school_id: &str,
+    stations: &[crate::db::models::StationRow],
+    token: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "Pair a kitchen screen: open {base}/screens/pair on it; it shows a code. Enter the code with {token}:"
+    )?;
+    writeln!(
+        out,
+        "  curl -X POST {base}/api/v1/schools/{school_id}/screens -H 'Authorization: Bearer TOKEN' \\"
+    )?;
+    writeln!(
+        out,
+        "    -H 'Content-Type: application/json' -d '{{\"code\": \"CODE\", \"name\": \"Pass\", \"kind\": \"expo\"}}'"
+    )?;
+    let named: Vec<String> = stations
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.id))
+        .collect();
+    writeln!(
+        out,
+        "  kind: kitchen (the dashboard), expo, board, or station with a station_id: {}",
+        named.join(", ")
+    )
+}
+
 /// The demo school and its people (role, user id, school id).
 pub struct Demo {
     pub school_id: String,
@@ -194,8 +225,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Alone, every change to a reader goes through this node's store.
     store.hear_reader_changes(config.redis_url.is_none());
     let registry = Registry::new(store.clone(), bus.clone(), config.timers).start();
+    let screen_sockets = Arc::new(crate::screen_sockets::ScreenSockets::default());
     let cluster = cluster.map(|(cluster, tasks)| {
-        tasks.start(cluster.clone(), registry.clone(), local, store.clone());
+        let node = crate::cluster::NodeParts {
+            registry: registry.clone(),
+            local,
+            store: store.clone(),
+            screen_sockets: screen_sockets.clone(),
+        };
+        tasks.start(cluster.clone(), node);
         cluster
     });
     for school in store::orders::schools_with_live_orders(&db).await? {
@@ -238,7 +276,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         limits: crate::limits::Limits::new(&limits, cluster.clone()),
         cluster,
         shutdown: tokio::sync::watch::channel(false).0,
-        screen_sockets: crate::screen_sockets::ScreenSockets::default(),
+        screen_sockets,
     });
     let pruned = state.clone();
     actix_web::rt::spawn(async move {
@@ -291,6 +329,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(database = %url.redacted(), %addr, node = %node.id, "tiffin started");
 
     let base = format!("http://{addr}");
+    let demo_stations = match &demo {
+        Some(demo) => store::stations::stations(&state.db, &demo.school_id).await?,
+        None => Vec::new(),
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "Tiffin listening on {base}")?;
     match demo {
@@ -301,17 +343,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             fresh: true,
             sign_ins,
         }) => {
-            for (role, id, school) in &people {
-                let token = state
-                    .keys
-                    .issue(id, *role, school.as_deref(), DEMO_TOKEN_TTL_SECS)?;
-                if *role == Role::KitchenStaff {
-                    writeln!(
-                        out,
-                        "Kitchen dashboard: {base}/dashboard/{school_id}#token={token}"
-                    )?;
-                }
-            }
+            let token = "the kitchen_staff token below";
+            print_pairing(&mut out, &base, &school_id, &demo_stations, token)?;
             writeln!(out, "Demo school: {school_id}; demo tokens (valid 12 h):")?;
             for (role, id, school) in &people {
                 let token = state
@@ -322,14 +355,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             print_sign_ins(&mut out, &sign_ins)?;
         }
         Some(Demo { school_id, .. }) => {
-            writeln!(
-                out,
-                "Kitchen dashboard: {base}/dashboard/{school_id}#token=<access token>"
-            )?;
-            writeln!(
-                out,
-                "  (a token: tiffin token --role kitchen_staff --school {school_id}, or sign in)"
-            )?;
+            let token = format!(
+                "a kitchen_staff token (sign in, or tiffin token --role kitchen_staff --school {school_id})"
+            );
+            print_pairing(&mut out, &base, &school_id, &demo_stations, &token)?;
         }
         None => {}
     }

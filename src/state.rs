@@ -26,8 +26,9 @@ pub struct AppState {
     pub reader_key: Vec<u8>,
     pub seen_signatures: crate::rfid::SeenSignatures,
     pub limits: crate::limits::Limits,
-    /// Paired screens' sockets on this node, closed when a screen is revoked.
-    pub screen_sockets: crate::screen_sockets::ScreenSockets,
+    /// Paired screens' sockets on this node, closed when a screen is revoked (here, or on
+    /// another node that tells this one).
+    pub screen_sockets: Arc<crate::screen_sockets::ScreenSockets>,
     /// Flips to true when the hub starts draining: sockets close with 1001.
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }

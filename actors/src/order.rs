@@ -386,10 +386,13 @@ impl Handler<MoveFromCounter> for OrderActor {
 pub struct MarkItemDone {
     pub line: usize,
     pub actor_id: Option<String>,
+    /// Set when a station screen marks it: only that station's lines.
+    pub station: Option<String>,
 }
 
 impl OrderActor {
     fn decide_item(&self, msg: &MarkItemDone) -> Result<ItemDoneCommit, CommandError> {
+        crate::domain::stations::made_at(&self.order, msg.line, msg.station.as_deref())?;
         mark_done(&mut self.order.clone(), msg.line)?;
         Ok(ItemDoneCommit {
             school_id: self.order.school_id.clone(),

@@ -3,6 +3,7 @@
 //! list and revoke screens (revoking closes the screen's socket at once).
 
 use super::schools::existing_school;
+use super::stations::station_of_school;
 use super::{Json, required_text, utc};
 use crate::auth::{Principal, ScreenKind, code_hash, random_token, token_hash};
 use crate::db::models::{PairingRow, ScreenRow, now};
@@ -55,6 +56,10 @@ pub struct PairScreen {
     /// What staff call it ("Hot line", "Counter 2 board").
     pub name: String,
     pub kind: ScreenKind,
+    /// The station a `station` screen shows: one of the school's stations. Required for a
+    /// station screen, refused for any other kind.
+    #[serde(default)]
+    pub station_id: Option<Uuid>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -64,6 +69,8 @@ pub struct Screen {
     pub school_name: String,
     pub name: String,
     pub kind: ScreenKind,
+    /// A station screen's station; null for every other kind.
+    pub station_id: Option<String>,
     pub paired_at: DateTime<Utc>,
     /// Its last renewal or socket connection.
     pub last_seen_at: Option<DateTime<Utc>>,
@@ -88,6 +95,7 @@ fn screen_view(row: ScreenRow, school_name: String) -> Result<Screen, ApiError> 
         school_id: row.school_id,
         school_name,
         name: row.name,
+        station_id: row.station_id,
         paired_at: utc(row.paired_at),
         last_seen_at: row.last_seen_at.map(utc),
     })
@@ -100,9 +108,13 @@ async fn tokens(
 ) -> Result<ScreenTokens, ApiError> {
     let kind = ScreenKind::parse(&row.kind).ok_or_else(|| ApiError::internal("stored kind"))?;
     let ttl = state.config.screens.access_token_ttl_secs;
-    let access_token = state
-        .keys
-        .issue_screen(&row.id, &row.school_id, kind, ttl)?;
+    let access_token = state.keys.issue_screen(
+        &row.id,
+        &row.school_id,
+        kind,
+        row.station_id.as_deref(),
+        ttl,
+    )?;
     let school = existing_school(state, &row.school_id).await?;
     Ok(ScreenTokens {
         access_token,
@@ -226,6 +238,32 @@ pub async fn refresh_screen(
     }
 }
 
+/// A station screen shows one of the school's stations; no other kind names a station.
+async fn station_of_screen(
+    state: &AppState,
+    school_id: &str,
+    kind: ScreenKind,
+    station_id: Option<Uuid>,
+) -> Result<Option<String>, ApiError> {
+    match (kind, station_id) {
+        (ScreenKind::Station, Some(id)) => station_of_school(state, school_id, id).await.map(Some),
+        (ScreenKind::Station, None) => Err(ApiError::new(
+            ErrorCode::StationRequired,
+            "a station screen shows one station: send its station_id",
+        )
+        .with_field("station_id")),
+        (_, Some(_)) => Err(ApiError::new(
+            ErrorCode::ValidationFailed,
+            format!(
+                "only a station screen has a station; a {} screen has none",
+                kind.as_str()
+            ),
+        )
+        .with_field("station_id")),
+        (_, None) => Ok(None),
+    }
+}
+
 #[utoipa::path(tag = "screens", request_body = PairScreen,
     responses((status = 201, body = Screen), (status = "4XX", body = crate::error::ErrorBody)))]
 #[post("/schools/{school_id}/screens")]
@@ -253,6 +291,7 @@ pub async fn pair_screen(
         .with_field("code")
     })?;
     let school = existing_school(&state, &school_id).await?;
+    let station_id = station_of_screen(&state, &school_id, body.kind, body.station_id).await?;
     let at = now();
     let row = ScreenRow {
         id: new_id(),
@@ -266,6 +305,7 @@ pub async fn pair_screen(
         paired_at: at,
         last_seen_at: None,
         revoked_at: None,
+        station_id,
     };
     match store::pair(&state.db, &code_hash(&code), &row).await? {
         Ok(()) => Ok(HttpResponse::Created().json(screen_view(row, school.name)?)),
@@ -318,6 +358,10 @@ pub async fn revoke_screen(
         return Err(ApiError::not_found("screen"));
     }
     let closed = state.screen_sockets.revoke(&screen_id);
+    // The screen's sockets on the other nodes close as their nodes hear of it.
+    if let Some(cluster) = &state.cluster {
+        cluster.tell_screen_revoked(&screen_id);
+    }
     tracing::info!(screen = %screen_id, sockets = closed, "screen revoked");
     Ok(HttpResponse::NoContent().finish())
 }

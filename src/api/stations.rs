@@ -125,6 +125,7 @@ pub async fn mark_item_done(
             order_id,
             line: line as usize,
             actor_id: Some(who.user_id.clone()),
+            station: who.station_id.clone(),
         })
         .await??;
     Ok(HttpResponse::Ok().json(OrderView::from(event.order)))

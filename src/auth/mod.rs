@@ -25,6 +25,8 @@ pub struct Principal {
     pub issued_at: i64,
     /// A paired screen's credential (`user_id` is the screen's id), and what kind of screen.
     pub screen: Option<ScreenKind>,
+    /// A station screen's station: it marks only that station's items done.
+    pub station_id: Option<String>,
 }
 
 /// The subject of an admin token `tiffin token` signs without naming a user: the operator who
@@ -40,6 +42,7 @@ impl Principal {
             expires_at: claims.exp,
             issued_at: claims.iat,
             screen: claims.screen,
+            station_id: claims.station,
         }
     }
 
@@ -102,6 +105,7 @@ mod tests {
             expires_at: i64::MAX,
             issued_at: 0,
             screen: None,
+            station_id: None,
         };
         assert!(staff.require_kitchen("a").is_ok());
         assert_eq!(
@@ -119,6 +123,7 @@ mod tests {
             expires_at: i64::MAX,
             issued_at: 0,
             screen: None,
+            station_id: None,
         };
         assert!(admin.require_school_admin("b").is_ok());
     }

@@ -10,8 +10,11 @@ use sha2::{Digest, Sha256};
 pub enum ScreenKind {
     /// The kitchen dashboard: every order of the school, bump and recall.
     Kitchen,
-    /// One station of the kitchen: the same orders and actions as the dashboard.
+    /// One station of the kitchen (paired with its `station_id`): that station's items of
+    /// the live orders, marked done there. It moves no order.
     Station,
+    /// The expo: every live order with each station's progress; orders bumped to ready here.
+    Expo,
     /// The public now-serving board: pickup codes and first names only.
     Board,
 }
@@ -21,25 +24,41 @@ impl ScreenKind {
         match self {
             ScreenKind::Kitchen => "kitchen",
             ScreenKind::Station => "station",
+            ScreenKind::Expo => "expo",
             ScreenKind::Board => "board",
         }
     }
 
     pub fn parse(s: &str) -> Option<ScreenKind> {
-        [ScreenKind::Kitchen, ScreenKind::Station, ScreenKind::Board]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            ScreenKind::Kitchen,
+            ScreenKind::Station,
+            ScreenKind::Expo,
+            ScreenKind::Board,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 
-    /// Whether it shows the kitchen's orders (and may move them).
+    /// Whether it shows the kitchen's orders.
     pub fn runs_orders(self) -> bool {
-        matches!(self, ScreenKind::Kitchen | ScreenKind::Station)
+        !matches!(self, ScreenKind::Board)
+    }
+
+    /// The operations (method and route pattern) it may call besides reading its school.
+    fn routes(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ScreenKind::Kitchen | ScreenKind::Expo => &KITCHEN_SCREEN_ROUTES,
+            ScreenKind::Station => &STATION_SCREEN_ROUTES,
+            ScreenKind::Board => &[],
+        }
     }
 }
 
-/// The operations (method and route pattern) a screen's credential may call; every other is
-/// refused (`403`) whatever the token's role. The socket is checked by its topics.
-/// Not cancel: a cancellation is answered for by a person signed in, not a shared screen.
+/// The operations (method and route pattern) a kitchen or expo screen's credential may call;
+/// every other is refused (`403`) whatever the token's role. The socket is checked by its
+/// topics. Not cancel: a cancellation is answered for by a person signed in, not a shared
+/// screen.
 const KITCHEN_SCREEN_ROUTES: [(&str, &str); 10] = [
     ("GET", "/api/v1/schools/{school_id}/kitchen/summary"),
     ("GET", "/api/v1/schools/{school_id}/orders/live"),
@@ -53,15 +72,20 @@ const KITCHEN_SCREEN_ROUTES: [(&str, &str); 10] = [
     ("POST", "/api/v1/orders/{order_id}/bump"),
 ];
 
+/// A station screen reads the live orders and the stations, and marks items done.
+const STATION_SCREEN_ROUTES: [(&str, &str); 3] = [
+    ("GET", "/api/v1/schools/{school_id}/orders/live"),
+    ("GET", "/api/v1/schools/{school_id}/stations"),
+    ("POST", "/api/v1/orders/{order_id}/items/{line}/done"),
+];
+
 /// Whether a screen of `kind` may call `method` on the route `pattern`. Every screen may read
 /// its school (the name in its header).
 pub fn screen_may_call(kind: ScreenKind, method: &str, pattern: &str) -> bool {
     let school = ("GET", "/api/v1/schools/{school_id}");
-    if (method, pattern) == school {
-        return true;
-    }
-    kind.runs_orders()
-        && KITCHEN_SCREEN_ROUTES
+    (method, pattern) == school
+        || kind
+            .routes()
             .iter()
             .any(|&(m, p)| m == method && p == pattern)
 }
@@ -146,7 +170,9 @@ mod tests {
     #[test]
     fn a_board_screen_calls_almost_nothing() {
         let summary = "/api/v1/schools/{school_id}/kitchen/summary";
-        assert!(screen_may_call(ScreenKind::Station, "GET", summary));
+        assert!(screen_may_call(ScreenKind::Kitchen, "GET", summary));
+        assert!(screen_may_call(ScreenKind::Expo, "GET", summary));
+        assert!(!screen_may_call(ScreenKind::Station, "GET", summary));
         assert!(!screen_may_call(ScreenKind::Board, "GET", summary));
         let place = "/api/v1/schools/{school_id}/orders";
         assert!(!screen_may_call(ScreenKind::Kitchen, "POST", place));
@@ -155,5 +181,10 @@ mod tests {
         let done = "/api/v1/orders/{order_id}/items/{line}/done";
         assert!(screen_may_call(ScreenKind::Station, "POST", done));
         assert!(!screen_may_call(ScreenKind::Board, "POST", done));
+        let bump = "/api/v1/orders/{order_id}/bump";
+        assert!(screen_may_call(ScreenKind::Expo, "POST", bump));
+        assert!(!screen_may_call(ScreenKind::Station, "POST", bump));
+        let school = "/api/v1/schools/{school_id}";
+        assert!(screen_may_call(ScreenKind::Board, "GET", school));
     }
 }

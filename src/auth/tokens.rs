@@ -22,6 +22,9 @@ pub struct Claims {
     /// Set on a paired screen's token: its kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screen: Option<super::ScreenKind>,
+    /// Set on a station screen's token: its station.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
 }
 
 pub struct JwtKeys {
@@ -68,6 +71,7 @@ impl JwtKeys {
             iat: now,
             exp: now + ttl_secs,
             screen: None,
+            station: None,
         };
         self.sign(&claims)
     }
@@ -78,6 +82,7 @@ impl JwtKeys {
         screen_id: &str,
         school: &str,
         kind: super::ScreenKind,
+        station: Option<&str>,
         ttl_secs: i64,
     ) -> Result<String, ApiError> {
         let now = Utc::now().timestamp();
@@ -88,6 +93,7 @@ impl JwtKeys {
             iat: now,
             exp: now + ttl_secs,
             screen: Some(kind),
+            station: station.map(str::to_owned),
         })
     }
 

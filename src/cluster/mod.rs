@@ -4,7 +4,7 @@
 mod relay;
 mod shared_state;
 
-pub use relay::{ClusterBus, ClusterTasks};
+pub use relay::{ClusterBus, ClusterTasks, NodeParts};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;

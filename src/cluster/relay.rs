@@ -2,6 +2,7 @@
 //! among several.
 
 use super::{COMMAND_TIMEOUT, Cluster, OUTGOING_MAX_AGE, RETRY_EVERY};
+use crate::screen_sockets::ScreenSockets;
 use crate::store::DieselStore;
 use actix::Addr;
 use futures_util::StreamExt;
@@ -28,6 +29,8 @@ enum Wire {
     },
     /// A reader's key or state changed: the others read its row afresh.
     ReaderChanged { node: String, reader_id: String },
+    /// A screen was revoked: the others close its sockets.
+    ScreenRevoked { node: String, screen_id: String },
 }
 
 impl Cluster {
@@ -49,6 +52,14 @@ impl Cluster {
             reader_id: reader_id.to_owned(),
         });
     }
+
+    /// Tells the other nodes that a screen was revoked (after the revocation is committed).
+    pub fn tell_screen_revoked(&self, screen_id: &str) {
+        self.send(&Wire::ScreenRevoked {
+            node: self.node.clone(),
+            screen_id: screen_id.to_owned(),
+        });
+    }
 }
 
 /// The node's background work with Redis, started once the registry exists.
@@ -56,20 +67,21 @@ pub struct ClusterTasks {
     pub(super) queued: mpsc::Receiver<(Instant, String)>,
 }
 
+/// What the messages of other nodes reach on this one.
+pub struct NodeParts {
+    pub registry: Addr<Registry>,
+    pub local: Arc<LocalBus>,
+    pub store: Arc<DieselStore>,
+    pub screen_sockets: Arc<ScreenSockets>,
+}
+
 impl ClusterTasks {
-    pub fn start(
-        self,
-        cluster: Arc<Cluster>,
-        registry: Addr<Registry>,
-        local: Arc<LocalBus>,
-        store: Arc<DieselStore>,
-    ) {
+    pub fn start(self, cluster: Arc<Cluster>, parts: NodeParts) {
         actix_web::rt::spawn(publish_loop(cluster.clone(), self.queued));
+        let registry = parts.registry.clone();
         let node = Node {
             cluster: cluster.clone(),
-            registry: registry.clone(),
-            local,
-            store,
+            parts,
         };
         actix_web::rt::spawn(subscribe_loop(node));
         actix_web::rt::spawn(catch_up_while_away(cluster, registry));
@@ -108,24 +120,21 @@ async fn publish_loop(cluster: Arc<Cluster>, mut queued: mpsc::Receiver<(Instant
     }
 }
 
-/// What a message from another node reaches on this one.
+/// This node's link and what a message from another node reaches.
 struct Node {
     cluster: Arc<Cluster>,
-    registry: Addr<Registry>,
-    local: Arc<LocalBus>,
-    store: Arc<DieselStore>,
+    parts: NodeParts,
 }
 
 /// Keeps one subscription open, reconnecting forever. Every (re)connection is followed by a
 /// catch-up from the store, for what was published while this node was not listening.
 async fn subscribe_loop(node: Node) {
-    let Node {
-        cluster, registry, ..
-    } = &node;
+    let Node { cluster, parts } = &node;
+    let registry = &parts.registry;
     let channel = cluster.channel();
     loop {
         // Not listening: other nodes' reader changes would go unheard.
-        node.store.hear_reader_changes(false);
+        parts.store.hear_reader_changes(false);
         let connected = tokio::time::timeout(RETRY_EVERY, async {
             let mut pubsub = cluster.client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
@@ -145,7 +154,7 @@ async fn subscribe_loop(node: Node) {
             }
         };
         cluster.set_up(true, "subscribed");
-        node.store.hear_reader_changes(true);
+        parts.store.hear_reader_changes(true);
         registry.do_send(CatchUpAll);
         let mut messages = pubsub.into_on_message();
         let mut health = tokio::time::interval(RETRY_EVERY);
@@ -186,12 +195,13 @@ async fn subscribe_loop(node: Node) {
 }
 
 fn receive(node: &Node, payload: &[u8]) {
-    let Node {
-        cluster,
+    let Node { cluster, parts } = node;
+    let NodeParts {
         registry,
         local,
         store,
-    } = node;
+        screen_sockets,
+    } = parts;
     match serde_json::from_slice::<Wire>(payload) {
         Ok(Wire::Event { node, event }) if node != cluster.node => {
             metrics::counter!("cluster_relayed_total", "direction" => "in").increment(1);
@@ -211,6 +221,11 @@ fn receive(node: &Node, payload: &[u8]) {
         Ok(Wire::ReaderChanged { node, reader_id }) if node != cluster.node => {
             metrics::counter!("cluster_relayed_total", "direction" => "in").increment(1);
             store.reader_changed(&reader_id);
+        }
+        Ok(Wire::ScreenRevoked { node, screen_id }) if node != cluster.node => {
+            metrics::counter!("cluster_relayed_total", "direction" => "in").increment(1);
+            let closed = screen_sockets.revoke(&screen_id);
+            tracing::info!(screen = %screen_id, sockets = closed, "screen revoked on another node");
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "unreadable message on the node bus; ignored"),

@@ -90,6 +90,8 @@ pub struct ScreenRow {
     pub paired_at: NaiveDateTime,
     pub last_seen_at: Option<NaiveDateTime>,
     pub revoked_at: Option<NaiveDateTime>,
+    /// The station a station screen shows.
+    pub station_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -309,6 +309,7 @@ diesel::table! {
         paired_at -> Timestamp,
         last_seen_at -> Nullable<Timestamp>,
         revoked_at -> Nullable<Timestamp>,
+        station_id -> Nullable<Text>,
     }
 }
 

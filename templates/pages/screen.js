@@ -6,7 +6,13 @@
   'use strict';
   const STORE = 'tiffin.screen'; // a paired screen's refresh token
   const PERSON = 'tiffin.token'; // a person's access token (the older way)
-  const HOME = { kitchen: '/dashboard/', station: '/dashboard/', board: '/board/' };
+  // Where a screen of each kind lands once paired; a station screen on its own station.
+  const HOME = {
+    kitchen: (s) => `/dashboard/${s.school_id}`,
+    station: (s) => `/station/${s.school_id}/${s.station_id}`,
+    expo: (s) => `/expo/${s.school_id}`,
+    board: (s) => `/board/${s.school_id}`,
+  };
   const cred = { access: null, expiresAt: 0, screen: null, person: false };
   let page = null; // the page's { subscribe, onFrame, onSignedIn }
   let socket = null;
@@ -118,7 +124,7 @@
       ['h1', 'Pair this screen'],
       ['div', p.body.code, 'pairing-code'],
       ['p', 'A school admin or kitchen staff enters this code in Tiffin, with a name for the screen ' +
-        'and its kind (kitchen, station or board).'],
+        'and its kind (kitchen, station, expo or board; a station screen also names its station).'],
       ['p', `The code works until ${until.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}; ` +
         'a new one appears after that.'],
     ]);
@@ -140,11 +146,15 @@
     goHomeOrConnect();
   }
 
+  // A page shows a screen of the kinds it lists, of its school (and a station's page a station
+  // screen only of that station); any other goes where its kind lands.
   function goHomeOrConnect() {
     const s = cred.screen;
-    const school = location.pathname.split('/').pop();
-    if (!page.kinds.includes(s.kind) || school !== s.school_id) {
-      location.replace(HOME[s.kind] + s.school_id);
+    const [, , school, station] = location.pathname.split('/');
+    const fits = page.kinds.includes(s.kind) && school === s.school_id &&
+      (s.kind !== 'station' || station === undefined || station === s.station_id);
+    if (!fits) {
+      location.replace(HOME[s.kind](s));
       return;
     }
     overlay('hidden', []);
@@ -271,7 +281,7 @@
   }
 
   function start(options) {
-    page = Object.assign({ kinds: ['kitchen', 'station'] }, options);
+    page = Object.assign({ kinds: ['kitchen'] }, options);
     tick();
     setInterval(tick, 1000);
     const fragment = new URLSearchParams(location.hash.slice(1)).get('token');
@@ -285,7 +295,7 @@
     } else if (person && page.subscribe) {
       cred.person = true;
       cred.access = person;
-      const school = location.pathname.split('/').pop();
+      const school = location.pathname.split('/')[2];
       api(`/api/v1/schools/${school}`).then((r) => r.ok && r.json())
         .then((s) => s && header(s.name, 'signed in by a person'));
       connect();

@@ -208,18 +208,52 @@ async fn runs_with_no_configuration() {
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
     let lines = printed.lock().unwrap().clone();
-    let dashboard = lines
+    // No token in a screen's URL: the demo says how to pair one, and names its stations.
+    let pair_page = lines
         .iter()
-        .find_map(|l| l.strip_prefix("Kitchen dashboard: "))
-        .expect("dashboard address");
-    assert!(dashboard.starts_with(&hub.base), "{dashboard}");
-    let (page, token) = dashboard.split_once("#token=").unwrap();
-    let school = page.rsplit('/').next().unwrap();
+        .find_map(|l| l.strip_prefix("Pair a kitchen screen: open "))
+        .and_then(|l| l.split_once(' '))
+        .map(|(page, _)| page.trim_end_matches(';').to_owned())
+        .expect("how to pair a screen");
+    assert_eq!(pair_page, hub.url("/screens/pair"));
+    assert!(
+        !lines.iter().any(|l| l.contains("#token=")),
+        "a token in a page's address: {lines:?}"
+    );
+    let school = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Demo school: "))
+        .and_then(|l| l.split_once(';'))
+        .map(|(school, _)| school.to_owned())
+        .expect("the demo school");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("/api/v1/schools/{school}/screens"))),
+        "{lines:?}"
+    );
     let kitchen_token = lines
         .iter()
         .find_map(|l| l.trim().strip_prefix("kitchen_staff: "))
         .unwrap();
-    assert_eq!(token, kitchen_token);
+    let stations = expect(
+        get(
+            &hub,
+            kitchen_token,
+            &format!("/api/v1/schools/{school}/stations"),
+        )
+        .await,
+        200,
+    );
+    assert_eq!(stations.as_array().unwrap().len(), 2, "{stations}");
+    let station_line = lines
+        .iter()
+        .find(|l| l.contains("station with a station_id"))
+        .expect("the stations to pair with");
+    assert!(
+        station_line.contains(stations[0]["id"].as_str().unwrap()),
+        "{station_line}"
+    );
     let menu = expect(
         get(
             &hub,
@@ -231,7 +265,7 @@ async fn runs_with_no_configuration() {
     );
     assert!(menu.as_array().unwrap().len() >= 3, "{menu}");
     let html = client()
-        .get(page)
+        .get(&pair_page)
         .send()
         .await
         .unwrap()

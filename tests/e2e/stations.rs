@@ -6,19 +6,10 @@ use crate::common::*;
 
 mod screens;
 
-/// A station created through the API; its id.
-pub async fn station(hub: &Hub, admin: &str, school: &str, name: &str) -> String {
-    let path = format!("/api/v1/schools/{school}/stations");
-    expect(post(hub, admin, &path, json!({"name": name})).await, 201)["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Puts the fixture's two meals at two new stations ("Grill", "Salad bar"); their ids.
 pub async fn two_stations(hub: &Hub, admin: &str, f: &Fixture) -> (String, String) {
-    let grill = station(hub, admin, &f.school, "Grill").await;
-    let salad = station(hub, admin, &f.school, "Salad bar").await;
+    let grill = new_station(hub, admin, &f.school, "Grill").await;
+    let salad = new_station(hub, admin, &f.school, "Salad bar").await;
     for (meal, station) in [(&f.meals[0], &grill), (&f.meals[1], &salad)] {
         let path = format!("/api/v1/schools/{}/meals/{meal}", f.school);
         let meal = expect(
@@ -78,7 +69,7 @@ async fn stations_api(backend: Backend) {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["Grill", "Salad bar"]);
-    let elsewhere = station(&hub, &admin, &other.school, "Grill").await;
+    let elsewhere = new_station(&hub, &admin, &other.school, "Grill").await;
 
     // A meal's station must be the school's; a refused change changes nothing.
     let meal = format!("/api/v1/schools/{}/meals/{}", f.school, f.meals[0]);

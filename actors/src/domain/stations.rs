@@ -16,6 +16,22 @@ pub enum ItemError {
     AlreadyDone(usize),
     #[error("items are marked done while the order is confirmed or preparing, not {0}")]
     NotInKitchen(OrderState),
+    #[error("line {0} is another station's")]
+    OtherStation(usize),
+}
+
+/// Whether line `line` of `order` is made at `station`, where the one marking it is a
+/// station (a station screen); anyone else may mark any line.
+pub fn made_at(order: &OrderSummary, line: usize, station: Option<&str>) -> Result<(), ItemError> {
+    let Some(station) = station else {
+        return Ok(());
+    };
+    match order.items.get(line) {
+        Some(item) if item.station_id.as_deref() != Some(station) => {
+            Err(ItemError::OtherStation(line))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Marks line `line` of `order` done, if the rules allow it.
@@ -121,6 +137,21 @@ mod tests {
             o.items[0].done = true;
             assert_eq!(steps_to_ready(&o), &[] as &[OrderCommand]);
         }
+    }
+
+    #[test]
+    fn a_station_marks_only_its_own_lines() {
+        let o = order(OrderState::Preparing, vec![line(Some("grill")), line(None)]);
+        assert_eq!(made_at(&o, 0, Some("grill")), Ok(()));
+        assert_eq!(made_at(&o, 0, None), Ok(()));
+        assert_eq!(
+            made_at(&o, 0, Some("salad")),
+            Err(ItemError::OtherStation(0))
+        );
+        assert_eq!(
+            made_at(&o, 1, Some("grill")),
+            Err(ItemError::OtherStation(1))
+        );
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub struct ItemDoneOrder {
     pub order_id: String,
     pub line: usize,
     pub actor_id: Option<String>,
+    /// Set when a station screen marks it: only that station's lines.
+    pub station: Option<String>,
 }
 
 impl Handler<ItemDoneOrder> for Kitchen {
@@ -172,6 +174,7 @@ impl Handler<ItemDoneOrder> for Kitchen {
         let item = MarkItemDone {
             line: msg.line,
             actor_id: msg.actor_id,
+            station: msg.station,
         };
         if let Some(order) = self.orders.get(&msg.order_id).filter(|a| a.connected()) {
             let send = order.send(item);

@@ -41,14 +41,27 @@ impl ChromeDriver {
     }
 
     pub async fn browser(&self) -> fantoccini::Client {
+        self.browser_with(&[]).await
+    }
+
+    /// A session with more Chromium switches (`--autoplay-policy=...`).
+    pub async fn browser_with(&self, switches: &[&str]) -> fantoccini::Client {
+        // The network is closed: keep Chromium from trying to reach outside hosts.
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ];
+        args.extend_from_slice(switches);
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
-            json!({"binary": "/usr/bin/chromium",
-                   // The network is closed: keep Chromium from trying to reach outside hosts.
-                   "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                            "--no-first-run", "--disable-background-networking",
-                            "--disable-component-update", "--disable-sync"]}),
+            json!({"binary": "/usr/bin/chromium", "args": args}),
         );
         fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)

@@ -42,22 +42,16 @@ async fn security_matrix() {
         'A'
     });
     let expired = hub.cli(&["token", "--role", "admin", "--ttl", "-120"]);
-    let station = paired_screen(&hub, &a.kitchen_token, &a.school, "Grill", "station").await;
+    let hot_line = new_station(&hub, &admin, &a.school, "Hot line").await;
+    let station = paired_station(&hub, &a.kitchen_token, &a.school, "Hot", &hot_line).await;
+    let expo = paired_screen(&hub, &a.kitchen_token, &a.school, "Pass", "expo").await;
     let board = paired_screen(&hub, &a.kitchen_token, &a.school, "Board", "board").await;
-    // What a kitchen or station screen may call; everything else refuses screens.
-    let for_screens = [
-        ("get", "/api/v1/schools/{school_id}"),
-        ("get", "/api/v1/schools/{school_id}/kitchen/summary"),
-        ("get", "/api/v1/schools/{school_id}/orders/live"),
-        ("post", "/api/v1/orders/{order_id}/confirm"),
-        ("post", "/api/v1/orders/{order_id}/start"),
-        ("post", "/api/v1/orders/{order_id}/ready"),
-        ("post", "/api/v1/orders/{order_id}/pickup"),
-        ("post", "/api/v1/orders/{order_id}/recall"),
-        ("post", "/api/v1/orders/{order_id}/bump"),
-        ("get", "/api/v1/schools/{school_id}/stations"),
-        ("post", "/api/v1/orders/{order_id}/items/{line}/done"),
-    ];
+    // What screens may call (common/screens.rs); everything else refuses screens.
+    let for_stations = STATION_SCREEN_CALLS;
+    let for_screens: Vec<_> = for_stations
+        .into_iter()
+        .chain(KITCHEN_SCREEN_CALLS)
+        .collect();
     let mut screen_checked = 0;
 
     // Every operation of the document, with ids of school A filled in.
@@ -148,6 +142,11 @@ async fn security_matrix() {
                 (
                     "a station screen",
                     &station.access,
+                    !for_stations.contains(&operation),
+                ),
+                (
+                    "an expo screen",
+                    &expo.access,
                     !for_screens.contains(&operation),
                 ),
                 ("a board screen", &board.access, !school_read),
@@ -168,7 +167,7 @@ async fn security_matrix() {
     }
     assert!(checked >= 40, "only {checked} operations in the document?");
     assert!(
-        screen_checked >= 70,
+        screen_checked >= 100,
         "only {screen_checked} refusals of screens?"
     );
 
@@ -217,14 +216,18 @@ async fn security_matrix() {
         .as_str()
         .unwrap()
         .to_owned();
-    for (method, path) in for_screens {
+    let calls = for_screens
+        .iter()
+        .map(|call| (&expo, call))
+        .chain(for_stations.iter().map(|call| (&station, call)));
+    for (screen, &(method, path)) in calls {
         let path = path
             .replace("{school_id}", &b.school)
             .replace("{order_id}", &b_order)
             .replace("{line}", "0");
         let r = match method {
-            "get" => get(&hub, &station.access, &path).await,
-            _ => post(&hub, &station.access, &path, json!({})).await,
+            "get" => get(&hub, &screen.access, &path).await,
+            _ => post(&hub, &screen.access, &path, json!({})).await,
         };
         assert!(
             matches!(r.code(), "wrong_school" | "forbidden"),

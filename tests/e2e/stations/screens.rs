@@ -81,17 +81,6 @@ impl Page {
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    /// Saves the page for the README's pictures, only when asked (`TIFFIN_SAVE_SCREENS=1`):
-    /// a test run leaves the repository as it was.
-    async fn screenshot(&self, path: &str) {
-        if std::env::var_os("TIFFIN_SAVE_SCREENS").is_none() {
-            return;
-        }
-        let png = self.browser.screenshot().await.unwrap();
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-        std::fs::write(file, png).unwrap();
-    }
 }
 
 async fn state_of(hub: &Hub, f: &Fixture, order: &str) -> Value {
@@ -254,8 +243,6 @@ async fn stations_and_expo_drive_orders_to_ready() {
         .await;
     assert_eq!(lines, json!(["2 × Tomato soup"]), "only the grill's item");
     expo.until(&format!("document.querySelector(\"{card} .station[data-station-id='{grill}']\").textContent.includes('0/1')")).await;
-    expo.screenshot("docs/screens/expo.png").await;
-    station.screenshot("docs/screens/station.png").await;
 
     // The grill bumps its item from the keyboard: gone from its screen, done on expo.
     station.press(&[ENTER]).await;
