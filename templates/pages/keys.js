@@ -87,8 +87,11 @@
     }
   }
 
+  // A paired screen may not cancel (a person answers for a cancellation); the page says which.
+  const canCancel = () => K.opts.cancel && (!K.opts.mayCancel || K.opts.mayCancel());
+
   function confirmCancel(id) {
-    if (!K.opts.cancel || !id) return;
+    if (!canCancel() || !id) return;
     const who = K.opts.describe ? K.opts.describe(id) : 'this order';
     const el = overlay('keys-confirm', '<p></p><p><kbd>Y</kbd> or <kbd>Enter</kbd> cancel it · <kbd>N</kbd> or <kbd>Esc</kbd> keep it</p>');
     el.querySelector('p').textContent = `Cancel ${who}?`;
@@ -102,7 +105,7 @@
       ['Enter · Space · B', K.opts.bumpHelp || 'bump: the next step'],
     ];
     if (K.opts.recall) rows.push(['R', 'recall the last bumped order']);
-    if (K.opts.cancel) rows.push(['X · Delete', 'cancel the selected order (asks first)']);
+    if (canCancel()) rows.push(['X · Delete', 'cancel the selected order (asks first)']);
     rows.push(['M', 'sound on or off'], ['?', 'this help'], ['Esc', 'close']);
     const el = overlay('keys-help', '<h2>Keys</h2><table></table>');
     const table = el.querySelector('table');
@@ -164,7 +167,8 @@
 
   window.TiffinKeys = {
     // opts: { cards: CSS selector of the order cards, bump(id), recall(id), cancel(id)
-    //         (each resolves to an error message or nothing), describe(id), bumpHelp }
+    //         (each resolves to an error message or nothing), mayCancel(), describe(id),
+    //         bumpHelp }
     attach(opts) {
       K.opts = opts;
       document.addEventListener('keydown', onKey);

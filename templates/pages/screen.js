@@ -304,5 +304,8 @@
     }
   }
 
-  window.TiffinScreen = { start, api, HOME };
+  // Whether this page may cancel orders: a person signed in may; a paired screen may not.
+  const mayCancel = () => cred.person;
+
+  window.TiffinScreen = { start, api, HOME, mayCancel };
 })();

@@ -401,6 +401,11 @@ async fn paired_station_and_expo_screens_drive_an_order_to_ready() {
         "on expo",
     )
     .await;
+    // A paired screen offers no cancel (its credential may not cancel; a person answers for it).
+    let offered = format!(
+        "return [\"{card} .bump\", \"{card} .cancel\"].map((css) => !!document.querySelector(css))"
+    );
+    assert_eq!(page_value(&expo, &offered).await, json!([true, false]));
     click(&expo, &format!("{card} .bump")).await;
     until_page(
         &station,
