@@ -51,6 +51,19 @@ async fn new_order(hub: &Hub, f: &Fixture, key: &str) -> String {
         .to_owned()
 }
 
+/// A new order reaches the screen within `within`, and the screen says it is live.
+async fn order_reaches_a_live_screen(
+    browser: &fantoccini::Client,
+    order: &str,
+    within: Duration,
+    after: &str,
+) {
+    let what = format!("order after {after}");
+    until_page(browser, &order_shown(order), within, &what).await;
+    let what = format!("live after {after}");
+    until_page(browser, live(), Duration::from_secs(20), &what).await;
+}
+
 /// A new screen in a real browser: it shows a code, is paired through the API, shows its
 /// school, name and a clock, stays live across renewals (8 s tokens), a hub restart and a
 /// cut longer than its token, and shows the revoked state when revoked (its socket closed).
@@ -155,20 +168,7 @@ async fn a_screen_in_a_real_browser_pairs_and_never_dies() {
     )
     .await;
     let second = new_order(&hub, &f, "screen-2").await;
-    until_page(
-        &browser,
-        &order_shown(&second),
-        Duration::from_secs(20),
-        "order after renewals",
-    )
-    .await;
-    until_page(
-        &browser,
-        live(),
-        Duration::from_secs(20),
-        "live after renewals",
-    )
-    .await;
+    order_reaches_a_live_screen(&browser, &second, Duration::from_secs(20), "renewals").await;
 
     // A restart on the same address and database: the page comes back by itself.
     let address = hub.base.trim_start_matches("http://").to_owned();
@@ -183,40 +183,14 @@ async fn a_screen_in_a_real_browser_pairs_and_never_dies() {
     env.push(("TIFFIN_BIND".into(), address));
     let hub = Hub::start(env.clone());
     let third = new_order(&hub, &f, "screen-3").await;
-    until_page(
-        &browser,
-        &order_shown(&third),
-        Duration::from_secs(30),
-        "order after restart",
-    )
-    .await;
-    until_page(
-        &browser,
-        live(),
-        Duration::from_secs(20),
-        "live after restart",
-    )
-    .await;
+    order_reaches_a_live_screen(&browser, &third, Duration::from_secs(30), "restart").await;
 
     // A cut longer than the token: renewals fail meanwhile and succeed once the hub is back.
     let env = hub.kill();
     actix_web::rt::time::sleep(Duration::from_secs(12)).await;
     let hub = Hub::start(env);
     let fourth = new_order(&hub, &f, "screen-4").await;
-    until_page(
-        &browser,
-        &order_shown(&fourth),
-        Duration::from_secs(40),
-        "order after the cut",
-    )
-    .await;
-    until_page(
-        &browser,
-        live(),
-        Duration::from_secs(20),
-        "live after the cut",
-    )
-    .await;
+    order_reaches_a_live_screen(&browser, &fourth, Duration::from_secs(40), "the cut").await;
 
     // Revoked: the socket closes at once and the page says so.
     let screens = expect(
