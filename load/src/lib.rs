@@ -13,6 +13,7 @@ mod profile;
 mod progress;
 mod raw;
 mod report;
+pub mod roster_bundle;
 mod rush;
 mod sink;
 mod stats;
@@ -51,6 +52,13 @@ enum Command {
         /// Where baseline.json goes.
         #[arg(long, default_value = "load-report")]
         out: PathBuf,
+    },
+    /// Writes a OneRoster 1.1 bundle of a district's size for `tiffin roster import` (with
+    /// `--from-seed`, the same district with a share of its people changed), and beside it
+    /// expected.json: what importing it should report.
+    RosterBundle {
+        #[command(flatten)]
+        options: roster_bundle::Options,
     },
     /// The bare servers and raw inserts the baselines measure (started by `baseline`).
     #[command(hide = true)]
@@ -186,6 +194,11 @@ where
     match cli.command {
         Some(Command::Compare { a, b, html }) => compare(&a, &b, html.as_deref()).map(|()| true),
         Some(Command::Baseline { hub, options, out }) => run_baseline(&hub, &options, &out).await,
+        Some(Command::RosterBundle { options }) => {
+            let expected = roster_bundle::write(&options)?;
+            println!("{}", serde_json::to_string_pretty(&expected)?);
+            Ok(true)
+        }
         Some(Command::BareServer) => bare::serve().await.map(|()| true),
         None => run(cli.run).await,
     }

@@ -290,6 +290,12 @@ fn read_files(
         .iter()
         .map(|(sid, (_, region))| (sid.clone(), region.clone()))
         .collect();
+    // Each school's Tiffin id by sourcedId: people are staged with theirs.
+    let mut school_ids: HashMap<String, String> = known
+        .schools
+        .iter()
+        .map(|(sid, (id, _))| (sid.clone(), id.clone()))
+        .collect();
     if present(bundle, "orgs") {
         out = Out::new(tx, "orgs.csv");
         let mut rows = Vec::new();
@@ -312,6 +318,7 @@ fn read_files(
                 ) {
                     Ok(Some(org)) => {
                         regions.insert(org.sourced_id.clone(), org.phone_region.clone());
+                        school_ids.insert(org.sourced_id.clone(), org.school_id.clone());
                         rows.push(org);
                     }
                     Ok(None) => {}
@@ -327,7 +334,7 @@ fn read_files(
     }
     if present(bundle, "users") {
         out = Out::new(tx, "users.csv");
-        let read = read_users(bundle, &out, &regions, &known.default_region)?;
+        let read = read_users(bundle, &out, &regions, &school_ids, &known.default_region)?;
         if let Err(why) = read {
             return Ok(Err(why));
         }
@@ -394,6 +401,7 @@ fn read_users(
     bundle: &mut Bundle,
     out: &Out<'_>,
     regions: &HashMap<String, String>,
+    school_ids: &HashMap<String, String>,
     default_region: &str,
 ) -> Result<Result<(), String>, Gone> {
     let mut people = Vec::new();
@@ -419,10 +427,11 @@ fn read_users(
             sms: c.get(r, "sms"),
             phone: c.get(r, "phone"),
         };
-        let person = match validate::user(line, &fields, regions, default_region) {
+        let mut person = match validate::user(line, &fields, regions, default_region) {
             Ok(p) => p,
             Err(why) => return Ok(Err(why)),
         };
+        person.school_id = person.org.as_ref().and_then(|o| school_ids.get(o)).cloned();
         for to in validate::list(c.get(r, "agentSourcedIds")) {
             if to != person.sourced_id {
                 n += 1;

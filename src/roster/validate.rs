@@ -184,6 +184,7 @@ pub fn user(
         deleted,
         problem,
         new_id: crate::db::new_id(),
+        school_id: None,
     })
 }
 

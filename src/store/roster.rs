@@ -7,6 +7,7 @@ use super::roster_sql::{self as sql, Dialect};
 use crate::db::{Db, DbError};
 use crate::on_both_connections;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -128,6 +129,7 @@ diesel::table! {
         deleted -> Bool,
         problem -> Nullable<Text>,
         new_id -> Text,
+        school_id -> Nullable<Text>,
     }
 }
 
@@ -198,6 +200,9 @@ pub struct UserStage {
     pub deleted: bool,
     pub problem: Option<String>,
     pub new_id: String,
+    /// The Tiffin id of `org` when the reader knows it (a school of orgs.csv or imported
+    /// before); otherwise resolved after staging (1.2's roles.csv, a guardian's students).
+    pub school_id: Option<String>,
 }
 
 /// One sourcedId of a person's agentSourcedIds.
@@ -252,25 +257,39 @@ impl From<diesel::result::Error> for Stop {
     }
 }
 
-/// Rows per multi-row staging statement (PostgreSQL takes at most 65,535 parameters).
-const STAGE_CHUNK: usize = 2000;
-
-/// Stages rows of one table: multi-row statements on PostgreSQL; one statement a row on
-/// SQLite (in process: microseconds, and diesel-async has no multi-row insert there).
+/// Stages rows of one table: on PostgreSQL one statement a chunk with one array per column
+/// (`unnest`), a dozen parameters however long the chunk (a multi-row VALUES has one per
+/// field, and PostgreSQL parses and binds each); on SQLite one statement a row (in process:
+/// microseconds, and diesel-async has no multi-row insert there).
 trait StageRows<Row> {
     async fn stage(&mut self, rows: &[Row]) -> QueryResult<()>;
 }
 
 macro_rules! stage_rows {
-    ($row:ty, $table:path) => {
+    ($row:ty, $table:path, $name:literal, [$($col:ident: $st:ty = $pg:literal),+ $(,)?]) => {
         impl StageRows<$row> for crate::db::PgConn {
             async fn stage(&mut self, rows: &[$row]) -> QueryResult<()> {
-                for chunk in rows.chunks(STAGE_CHUNK) {
-                    diesel::insert_into($table)
-                        .values(chunk)
-                        .execute(self)
-                        .await?;
+                if rows.is_empty() {
+                    return Ok(());
                 }
+                let columns = [$(stringify!($col)),+];
+                let arrays: Vec<String> = [$($pg),+]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("${}::{t}[]", i + 1))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {} ({}) SELECT * FROM unnest({})",
+                    $name,
+                    columns.join(", "),
+                    arrays.join(", ")
+                );
+                diesel::sql_query(sql)
+                    $(.bind::<diesel::sql_types::Array<$st>, _>(
+                        rows.iter().map(|r| &r.$col).collect::<Vec<_>>()
+                    ))+
+                    .execute(self)
+                    .await?;
                 Ok(())
             }
         }
@@ -288,12 +307,32 @@ macro_rules! stage_rows {
     };
 }
 
-stage_rows!(OrgStage, roster_orgs::table);
-stage_rows!(UserStage, roster_users::table);
-stage_rows!(AgentStage, roster_agents::table);
-stage_rows!(RoleStage, roster_roles::table);
-stage_rows!(CardStage, roster_cards::table);
-stage_rows!(AllergyStage, roster_allergies::table);
+stage_rows!(OrgStage, roster_orgs::table, "roster_orgs", [
+    line: BigInt = "bigint", sourced_id: Text = "text", name: Text = "text",
+    school_id: Text = "text", phone_region: Text = "text",
+]);
+stage_rows!(UserStage, roster_users::table, "roster_users", [
+    line: BigInt = "bigint", sourced_id: Text = "text", role: Nullable<Text> = "text",
+    relationship: Nullable<Text> = "text", display_name: Text = "text",
+    email: Nullable<Text> = "text", phone: Nullable<Text> = "text", org: Nullable<Text> = "text",
+    active: Bool = "boolean", deleted: Bool = "boolean", problem: Nullable<Text> = "text",
+    new_id: Text = "text", school_id: Nullable<Text> = "text",
+]);
+stage_rows!(AgentStage, roster_agents::table, "roster_agents", [
+    n: BigInt = "bigint", line: BigInt = "bigint", from_sid: Text = "text", to_sid: Text = "text",
+]);
+stage_rows!(RoleStage, roster_roles::table, "roster_roles", [
+    line: BigInt = "bigint", user_sid: Text = "text", role: Text = "text",
+    relationship: Nullable<Text> = "text", org: Nullable<Text> = "text",
+    is_primary: Bool = "boolean",
+]);
+stage_rows!(CardStage, roster_cards::table, "roster_cards", [
+    line: BigInt = "bigint", sourced_id: Text = "text", card_uid: Text = "text",
+    new_id: Text = "text",
+]);
+stage_rows!(AllergyStage, roster_allergies::table, "roster_allergies", [
+    line: BigInt = "bigint", sourced_id: Text = "text", allergies: Text = "text",
+]);
 
 #[derive(QueryableByName)]
 struct LineReason {
@@ -329,6 +368,9 @@ on_both_connections!(impl RosterImport {
         scope: &Scope,
         progress: &(dyn Fn(&Staged) + Sync),
     ) -> Result<Report, Stop> {
+        if Self::PG {
+            self.batch_execute(sql::PG_SORT_MEMORY).await?;
+        }
         self.batch_execute(sql::CREATE_STAGING).await?;
         let mut manifest = None;
         let mut problems = Vec::new();
@@ -352,7 +394,7 @@ on_both_connections!(impl RosterImport {
         let manifest = manifest.ok_or_else(|| {
             Stop::Refused(Refusal::Unreadable("the bundle has no manifest.csv".into()))
         })?;
-        self.batch_execute(&sql::index_and_resolve(Self::PG, manifest.bulk, manifest.has_allergies)).await?;
+        self.batch_execute(&sql::index_and_resolve(Self::PG, manifest.bulk)).await?;
         self.problems(&manifest, &mut problems).await?;
         if !problems.is_empty() {
             more |= problems.len() > MAX_PROBLEMS;
@@ -414,10 +456,11 @@ on_both_connections!(impl RosterImport {
             self.execute_counted(&sql::update_schools(&at)).await?,
         );
         report.schools = Counts { created, updated, deactivated: 0, unchanged: staged.saturating_sub(created + updated) };
+        let unlisted = sql::unlisted_allergies(manifest.bulk, manifest.has_allergies);
         for kind in ["student", "guardian"] {
             let staged = self.count(&sql::staged_people(kind)).await?;
-            let created = self.execute_counted(&sql::create_people(&at, kind)).await?;
-            let updated = self.execute_counted(&sql::update_people(&at, kind)).await?;
+            let created = self.execute_counted(&sql::create_people(&at, kind, unlisted)).await?;
+            let updated = self.execute_counted(&sql::update_people(&at, kind, unlisted)).await?;
             let mut deactivated = self.execute_counted(&sql::delete_people(&at, kind)).await?;
             if manifest.bulk {
                 let missing = sql::deactivate_missing(&at, kind, scope.school.as_deref());
@@ -425,6 +468,10 @@ on_both_connections!(impl RosterImport {
             }
             let counts = Counts { created, updated, deactivated, unchanged: staged.saturating_sub(created + updated) };
             if kind == "student" { report.students = counts } else { report.guardians = counts }
+        }
+        if Self::PG {
+            // The links and cards join people by sourcedId: plan them on what was written.
+            self.batch_execute("ANALYZE users").await?;
         }
         let staged = self.count(sql::STAGED_PAIRS).await?;
         let deactivated = self.execute_counted(sql::UNLINK_MISSING).await?;
@@ -435,6 +482,10 @@ on_both_connections!(impl RosterImport {
         let deactivated = self.execute_counted(&sql::replace_cards(&at)).await?;
         let created = self.execute_counted(&sql::create_cards(&at)).await?;
         report.cards = Counts { created, updated: 0, deactivated, unchanged: staged.saturating_sub(created) };
+        if Self::PG {
+            // Where autovacuum is off, the hub's own plans would see the tables as before.
+            self.batch_execute("ANALYZE guardian_links, rfid_cards").await?;
+        }
         Ok(report)
     }
 });

@@ -41,6 +41,11 @@ impl Stamp {
     }
 }
 
+/// The import's sorts, hashes and indexes over millions of staged rows in memory rather than
+/// in temporary files; for its transaction only.
+pub const PG_SORT_MEMORY: &str =
+    "SET LOCAL work_mem = '64MB'; SET LOCAL maintenance_work_mem = '256MB';";
+
 pub const CREATE_STAGING: &str = "
 DROP TABLE IF EXISTS roster_orgs; DROP TABLE IF EXISTS roster_users;
 DROP TABLE IF EXISTS roster_agents; DROP TABLE IF EXISTS roster_roles;
@@ -74,9 +79,10 @@ DROP TABLE roster_ends; DROP TABLE roster_pairs;
 
 /// After staging: indexes (built once, not row by row), then each person's role, school and
 /// links resolved from what the files say together.
-pub fn index_and_resolve(pg: bool, bulk: bool, has_allergies: bool) -> String {
+pub fn index_and_resolve(pg: bool, bulk: bool) -> String {
     let mut s = String::from(
         "
+CREATE INDEX roster_orgs_sid ON roster_orgs (sourced_id);
 CREATE INDEX roster_users_sid ON roster_users (sourced_id);
 CREATE INDEX roster_roles_user ON roster_roles (user_sid);
 CREATE INDEX roster_agents_to ON roster_agents (to_sid);
@@ -102,7 +108,7 @@ UPDATE roster_users SET role = 'other' WHERE role IS NULL;
 UPDATE roster_users SET school_id = COALESCE(
     (SELECT o.school_id FROM roster_orgs o WHERE o.sourced_id = roster_users.org),
     (SELECT s.id FROM schools s WHERE s.sourced_id = roster_users.org))
-WHERE role <> 'other' AND org IS NOT NULL;
+WHERE role <> 'other' AND org IS NOT NULL AND school_id IS NULL;
 INSERT INTO roster_ends (sourced_id, kind, relationship)
     SELECT sourced_id, role, relationship FROM roster_users WHERE role <> 'other' AND NOT deleted;
 ",
@@ -140,12 +146,19 @@ UPDATE roster_users SET school_id = COALESCE(
 WHERE role = 'guardian' AND school_id IS NULL;
 ",
     );
-    let allergies_unlisted = if bulk && has_allergies { "''" } else { "NULL" };
-    s.push_str(&format!(
-        "UPDATE roster_users SET allergies = COALESCE((SELECT a.allergies FROM roster_allergies a \
-         WHERE a.sourced_id = roster_users.sourced_id), {allergies_unlisted});\n"
-    ));
+    // Only the people allergies.csv lists: the others' (none, or as they are) is
+    // `unlisted_allergies`, said where the people are written.
+    s.push_str(
+        "UPDATE roster_users SET allergies = a.allergies FROM roster_allergies a \
+         WHERE a.sourced_id = roster_users.sourced_id;\n",
+    );
     s
+}
+
+/// The allergies of people allergies.csv does not list: none in a bulk bundle that has the
+/// file, otherwise as they are (NULL).
+pub fn unlisted_allergies(bulk: bool, has_allergies: bool) -> &'static str {
+    if bulk && has_allergies { "''" } else { "NULL" }
 }
 
 const IMPORTED: &str = "role IN ('student', 'guardian') AND NOT deleted";
@@ -342,12 +355,12 @@ pub fn staged_people(kind: &str) -> String {
     )
 }
 
-pub fn create_people(at: &Stamp, kind: &str) -> String {
+pub fn create_people(at: &Stamp, kind: &str, unlisted_allergies: &str) -> String {
     format!(
         "INSERT INTO users (id, school_id, role, display_name, email, phone, password_hash, \
          allergies, locale, active, created_at, updated_at, inbox_seq, sourced_id) \
          SELECT s.new_id, s.school_id, s.role, s.display_name, s.email, s.phone, NULL, \
-         COALESCE(s.allergies, ''), 'en', s.active, {at}, {at}, 0, s.sourced_id \
+         COALESCE(s.allergies, {unlisted_allergies}, ''), 'en', s.active, {at}, {at}, 0, s.sourced_id \
          FROM roster_users s WHERE s.role = {kind} AND NOT s.deleted \
          AND NOT EXISTS (SELECT 1 FROM users u WHERE u.sourced_id = s.sourced_id)",
         at = at.0,
@@ -355,17 +368,18 @@ pub fn create_people(at: &Stamp, kind: &str) -> String {
     )
 }
 
-pub fn update_people(at: &Stamp, kind: &str) -> String {
+pub fn update_people(at: &Stamp, kind: &str, unlisted_allergies: &str) -> String {
+    let allergies = format!("COALESCE(s.allergies, {unlisted_allergies})");
     format!(
         "UPDATE users SET school_id = s.school_id, role = s.role, display_name = s.display_name, \
-         email = s.email, phone = s.phone, allergies = COALESCE(s.allergies, users.allergies), \
+         email = s.email, phone = s.phone, allergies = COALESCE({allergies}, users.allergies), \
          active = s.active, updated_at = {at} FROM roster_users s \
          WHERE users.sourced_id = s.sourced_id AND s.role = {kind} AND NOT s.deleted AND ( \
          users.school_id IS DISTINCT FROM s.school_id OR users.role IS DISTINCT FROM s.role \
          OR users.display_name IS DISTINCT FROM s.display_name \
          OR users.email IS DISTINCT FROM s.email OR users.phone IS DISTINCT FROM s.phone \
          OR users.active IS DISTINCT FROM s.active \
-         OR (s.allergies IS NOT NULL AND users.allergies IS DISTINCT FROM s.allergies))",
+         OR ({allergies} IS NOT NULL AND users.allergies IS DISTINCT FROM {allergies}))",
         at = at.0,
         kind = quote(kind)
     )
@@ -374,8 +388,9 @@ pub fn update_people(at: &Stamp, kind: &str) -> String {
 /// A delta's `tobedeleted` rows.
 pub fn delete_people(at: &Stamp, kind: &str) -> String {
     format!(
-        "UPDATE users SET active = FALSE, updated_at = {at} FROM roster_users s \
-         WHERE users.sourced_id = s.sourced_id AND s.deleted AND users.role = {kind} AND users.active",
+        "UPDATE users SET active = FALSE, updated_at = {at} WHERE users.sourced_id IN \
+         (SELECT s.sourced_id FROM roster_users s WHERE s.deleted) AND users.role = {kind} \
+         AND users.active",
         at = at.0,
         kind = quote(kind)
     )
@@ -419,13 +434,17 @@ JOIN users st ON st.sourced_id = p.student_sid
 WHERE guardian_links.guardian_id = g.id AND guardian_links.student_id = st.id
   AND p.relationship IS NOT NULL AND guardian_links.relationship IS DISTINCT FROM p.relationship";
 
+/// New links in the order of their guardians' ids (time-ordered, so the order they were
+/// written in): each link's two foreign-key checks then read and lock people's rows page
+/// after page, where the pairs' own order (by sourcedId) sent them all over a table larger
+/// than the buffer cache.
 pub fn link(at: &Stamp) -> String {
     format!(
         "INSERT INTO guardian_links (guardian_id, student_id, relationship, created_at) \
          SELECT g.id, st.id, COALESCE(p.relationship, 'guardian'), {at} FROM roster_pairs p \
          JOIN users g ON g.sourced_id = p.guardian_sid JOIN users st ON st.sourced_id = p.student_sid \
          WHERE NOT EXISTS (SELECT 1 FROM guardian_links l WHERE l.guardian_id = g.id \
-         AND l.student_id = st.id)",
+         AND l.student_id = st.id) ORDER BY g.id, st.id",
         at = at.0
     )
 }
