@@ -122,8 +122,11 @@ impl AllowedMethods {
     }
 }
 
-/// Tags each request with an id (the caller's `X-Request-Id` if it is sane, else a new one):
-/// in the response header, the access log and every log line the request makes.
+/// The request middleware, in one layer (each `from_fn` layer boxes two futures a request):
+/// tags each request with an id (the caller's `X-Request-Id` if it is sane, else a new one),
+/// in the response header, the access log and every log line the request makes; then the
+/// request metrics (`metrics::track`) around the per-address limit (`limit_by_ip`) and the
+/// route.
 async fn request_id(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -135,7 +138,11 @@ async fn request_id(
         .cloned()
         .unwrap_or_else(fresh_request_id);
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
-    let mut response = next.call(req).instrument(span).await?;
+    let routed = metrics::track(req, |req| async move {
+        limit_by_ip(&req).await?;
+        next.call(req).await
+    });
+    let mut response = routed.instrument(span).await?;
     response.headers_mut().insert(REQUEST_ID, id);
     Ok(response)
 }
@@ -166,10 +173,7 @@ fn fresh_request_id() -> HeaderValue {
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every API request draws from its client address's bucket (`429 rate_limited` when empty).
-async fn limit_by_ip(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+async fn limit_by_ip(req: &ServiceRequest) -> Result<(), actix_web::Error> {
     if req.path().starts_with("/api/")
         && let Some(state) = req.app_data::<web::Data<AppState>>()
         && state.limits.is_on(crate::limits::Bucket::Ip)
@@ -189,7 +193,7 @@ async fn limit_by_ip(
                 .await?;
         }
     }
-    next.call(req).await
+    Ok(())
 }
 
 /// Operations a client calls without a bearer token (pages, probes, sign-in, the socket
@@ -423,8 +427,6 @@ pub fn build(
     app.app_data(web::Data::new(doc))
         .app_data(web::Data::new(allowed))
         .default_service(web::to(route_not_found))
-        .wrap(from_fn(limit_by_ip))
-        .wrap(from_fn(metrics::track))
         .wrap(from_fn(request_id))
         // The path without its query: WebSocket access tokens travel in the query string.
         // Only when written: the logger renders its fields (the client's address among them)

@@ -1,9 +1,7 @@
 //! Prometheus metrics: request counts and latency by route, plus gauges read at scrape time.
 
-use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
-use actix_web::middleware::Next;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::cell::RefCell;
@@ -39,14 +37,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 /// Counts every request and times it, labelled by route pattern (never the raw path, so
-/// ids do not explode the label space).
-pub async fn track(
+/// ids do not explode the label space): `route` is the rest of the request's path (the
+/// per-address limit, the router, the handler), called within the one middleware layer.
+pub async fn track<B, Routed>(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    route: impl FnOnce(ServiceRequest) -> Routed,
+) -> Result<ServiceResponse<B>, actix_web::Error>
+where
+    Routed: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+{
     let started = Instant::now();
     let method = req.method().clone();
-    let response = next.call(req).await?;
+    let response = route(req).await?;
     // Asked after routing, the pattern comes from the matched resource; asked before, actix
     // matches the path against the resource map again (BENCHMARKS.md).
     let route = response.request().match_pattern();

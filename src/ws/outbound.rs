@@ -127,14 +127,23 @@ fn encode(out: Out, buf: &mut BytesMut) {
     }
 }
 
+/// The bytes `out` encodes to, exactly: a buffer of that capacity freezes into `Bytes`
+/// without a second allocation (a buffer not filled to capacity is boxed as a shared one).
 fn size(out: &Out) -> usize {
-    // A frame's header is at most 10 bytes from the server.
-    10 + match out {
-        Out::Shared(json) => json.len(),
-        Out::Text(t) => t.len(),
-        Out::Batch(texts) => texts.iter().map(|t| t.len() + 10).sum(),
-        Out::Ping => 0,
-        Out::Pong(bytes) => bytes.len(),
+    // A server's frame is not masked: 2 header bytes, 4 from 126 bytes, 10 from 64 KiB.
+    let framed = |len: usize| {
+        len + match len {
+            0..=125 => 2,
+            126..=65_535 => 4,
+            _ => 10,
+        }
+    };
+    match out {
+        Out::Shared(json) => framed(json.len()),
+        Out::Text(t) => framed(t.len()),
+        Out::Batch(texts) => texts.iter().map(|t| framed(t.len())).sum(),
+        Out::Ping => framed(0),
+        Out::Pong(bytes) => framed(bytes.len()),
     }
 }
 
@@ -189,5 +198,33 @@ impl Drop for Outgoing {
         queued.ended = true;
         queued.items.clear();
         queued.writer = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_encoded_into_exactly_its_size() {
+        let text = |n: usize| "x".repeat(n);
+        let outs = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
+            .into_iter()
+            .flat_map(|n| {
+                [
+                    Out::Shared(Arc::from(text(n))),
+                    Out::Text(text(n)),
+                    Out::Batch(vec![text(n), text(3)]),
+                    Out::Pong(Bytes::from(text(n.min(125)))),
+                ]
+            })
+            .chain([Out::Ping, Out::Batch(Vec::new())]);
+        for out in outs {
+            let expected = size(&out);
+            let mut buf = BytesMut::with_capacity(expected);
+            encode(out, &mut buf);
+            assert_eq!(buf.len(), expected);
+            assert_eq!(buf.capacity(), expected, "the buffer never grew");
+        }
     }
 }
