@@ -348,6 +348,14 @@ struct Number {
     n: i64,
 }
 
+#[derive(QueryableByName)]
+struct PerKind {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    students: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    guardians: i64,
+}
+
 /// The import's transaction, one body for both backends.
 trait RosterImport {
     async fn import(
@@ -395,6 +403,8 @@ on_both_connections!(impl RosterImport {
             Stop::Refused(Refusal::Unreadable("the bundle has no manifest.csv".into()))
         })?;
         self.batch_execute(&sql::index_and_resolve(Self::PG, manifest.bulk)).await?;
+        let unlisted = sql::unlisted_allergies(manifest.bulk, manifest.has_allergies);
+        self.batch_execute(&sql::mark_changed(Self::PG, unlisted)).await?;
         self.problems(&manifest, &mut problems).await?;
         if !problems.is_empty() {
             more |= problems.len() > MAX_PROBLEMS;
@@ -461,18 +471,31 @@ on_both_connections!(impl RosterImport {
             let staged = self.count(&sql::staged_people(kind)).await?;
             let created = self.execute_counted(&sql::create_people(&at, kind, unlisted)).await?;
             let updated = self.execute_counted(&sql::update_people(&at, kind, unlisted)).await?;
-            let mut deactivated = self.execute_counted(&sql::delete_people(&at, kind)).await?;
-            if manifest.bulk {
-                let missing = sql::deactivate_missing(&at, kind, scope.school.as_deref());
-                deactivated += self.execute_counted(&missing).await?;
-            }
+            let deactivated = self.execute_counted(&sql::delete_people(&at, kind)).await?;
             let counts = Counts { created, updated, deactivated, unchanged: staged.saturating_sub(created + updated) };
             if kind == "student" { report.students = counts } else { report.guardians = counts }
+        }
+        if manifest.bulk {
+            let school = scope.school.as_deref();
+            let (students, guardians) = if Self::PG {
+                let gone: PerKind = diesel::sql_query(sql::deactivate_missing_per_kind(&at, school))
+                    .get_result(self)
+                    .await?;
+                (u64::try_from(gone.students).unwrap_or(0), u64::try_from(gone.guardians).unwrap_or(0))
+            } else {
+                (
+                    self.execute_counted(&sql::deactivate_missing(&at, &["student"], school)).await?,
+                    self.execute_counted(&sql::deactivate_missing(&at, &["guardian"], school)).await?,
+                )
+            };
+            report.students.deactivated += students;
+            report.guardians.deactivated += guardians;
         }
         if Self::PG {
             // The links and cards join people by sourcedId: plan them on what was written.
             self.batch_execute("ANALYZE users").await?;
         }
+        self.batch_execute(&sql::resolve_links(Self::PG)).await?;
         let staged = self.count(sql::STAGED_PAIRS).await?;
         let deactivated = self.execute_counted(sql::UNLINK_MISSING).await?;
         let updated = self.execute_counted(sql::RELINK).await?;

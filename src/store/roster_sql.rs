@@ -47,10 +47,11 @@ pub const PG_SORT_MEMORY: &str =
     "SET LOCAL work_mem = '64MB'; SET LOCAL maintenance_work_mem = '256MB';";
 
 pub const CREATE_STAGING: &str = "
-DROP TABLE IF EXISTS roster_orgs; DROP TABLE IF EXISTS roster_users;
+DROP VIEW IF EXISTS roster_ends; DROP TABLE IF EXISTS roster_orgs; DROP TABLE IF EXISTS roster_users;
 DROP TABLE IF EXISTS roster_agents; DROP TABLE IF EXISTS roster_roles;
 DROP TABLE IF EXISTS roster_cards; DROP TABLE IF EXISTS roster_allergies;
-DROP TABLE IF EXISTS roster_ends; DROP TABLE IF EXISTS roster_pairs;
+DROP TABLE IF EXISTS roster_ends_before; DROP TABLE IF EXISTS roster_pairs;
+DROP TABLE IF EXISTS roster_changed; DROP TABLE IF EXISTS roster_links;
 CREATE TEMP TABLE roster_orgs (line BIGINT NOT NULL, sourced_id TEXT NOT NULL,
     name TEXT NOT NULL, school_id TEXT NOT NULL, phone_region TEXT NOT NULL);
 CREATE TEMP TABLE roster_users (line BIGINT NOT NULL, sourced_id TEXT NOT NULL, role TEXT,
@@ -65,16 +66,24 @@ CREATE TEMP TABLE roster_cards (line BIGINT NOT NULL, sourced_id TEXT NOT NULL,
     card_uid TEXT NOT NULL, new_id TEXT NOT NULL);
 CREATE TEMP TABLE roster_allergies (line BIGINT NOT NULL, sourced_id TEXT NOT NULL,
     allergies TEXT NOT NULL);
-CREATE TEMP TABLE roster_ends (sourced_id TEXT NOT NULL, kind TEXT NOT NULL,
+CREATE TEMP TABLE roster_ends_before (sourced_id TEXT NOT NULL, kind TEXT NOT NULL,
     relationship TEXT);
+-- The people links may name: the bundle's (read where they are staged, not copied), and in
+-- a delta people imported before.
+CREATE TEMP VIEW roster_ends AS
+    SELECT sourced_id, role AS kind, relationship FROM roster_users
+    WHERE role <> 'other' AND NOT deleted
+    UNION ALL SELECT sourced_id, kind, relationship FROM roster_ends_before;
 CREATE TEMP TABLE roster_pairs (guardian_sid TEXT NOT NULL, student_sid TEXT NOT NULL,
     relationship TEXT);
 ";
 
 pub const DROP_STAGING: &str = "
+DROP VIEW roster_ends;
 DROP TABLE roster_orgs; DROP TABLE roster_users; DROP TABLE roster_agents;
 DROP TABLE roster_roles; DROP TABLE roster_cards; DROP TABLE roster_allergies;
-DROP TABLE roster_ends; DROP TABLE roster_pairs;
+DROP TABLE roster_ends_before; DROP TABLE roster_pairs;
+DROP TABLE roster_changed; DROP TABLE roster_links;
 ";
 
 /// After staging: indexes (built once, not row by row), then each person's role, school and
@@ -109,15 +118,13 @@ UPDATE roster_users SET school_id = COALESCE(
     (SELECT o.school_id FROM roster_orgs o WHERE o.sourced_id = roster_users.org),
     (SELECT s.id FROM schools s WHERE s.sourced_id = roster_users.org))
 WHERE role <> 'other' AND org IS NOT NULL AND school_id IS NULL;
-INSERT INTO roster_ends (sourced_id, kind, relationship)
-    SELECT sourced_id, role, relationship FROM roster_users WHERE role <> 'other' AND NOT deleted;
 ",
     );
     if !bulk {
         // A delta's links may name people imported before.
         s.push_str(
             "
-INSERT INTO roster_ends (sourced_id, kind, relationship)
+INSERT INTO roster_ends_before (sourced_id, kind, relationship)
     SELECT u.sourced_id, u.role, NULL FROM users u
     WHERE u.sourced_id IN (SELECT to_sid FROM roster_agents) AND u.active
       AND u.role IN ('student', 'guardian')
@@ -127,7 +134,7 @@ INSERT INTO roster_ends (sourced_id, kind, relationship)
     }
     s.push_str(
         "
-CREATE INDEX roster_ends_sid ON roster_ends (sourced_id);
+CREATE INDEX roster_ends_before_sid ON roster_ends_before (sourced_id);
 INSERT INTO roster_pairs (guardian_sid, student_sid, relationship)
     SELECT DISTINCT
         CASE WHEN f.kind = 'guardian' THEN f.sourced_id ELSE t.sourced_id END,
@@ -175,11 +182,13 @@ pub fn checks(bulk: bool, limit: usize) -> Vec<(&'static str, String)> {
             )
         }
     };
+    // A row as its person is now cannot take someone else's email or phone (both unique):
+    // only the changed rows are looked up.
     let taken = |column: &str| {
         format!(
             "SELECT s.line AS line, '{column} ' || s.{column} || ' belongs to someone else' AS reason \
-             FROM roster_users s JOIN users u ON u.{column} = s.{column} \
-             WHERE s.{IMPORTED} AND u.sourced_id IS DISTINCT FROM s.sourced_id"
+             FROM roster_changed c JOIN roster_users s ON s.line = c.line \
+             JOIN users u ON u.{column} = s.{column} WHERE s.{IMPORTED} AND u.sourced_id IS DISTINCT FROM s.sourced_id"
         )
     };
     let twice = |column: &str, filter: &str| {
@@ -368,20 +377,49 @@ pub fn create_people(at: &Stamp, kind: &str, unlisted_allergies: &str) -> String
     )
 }
 
+/// Whether staged row `s` would change its person `users` (`unlisted_allergies` as in
+/// [`unlisted_allergies`]): the one test of both [`mark_changed`] and [`update_people`].
+fn differs(unlisted_allergies: &str) -> String {
+    let allergies = format!("COALESCE(s.allergies, {unlisted_allergies})");
+    format!(
+        "(users.school_id IS DISTINCT FROM s.school_id OR users.role IS DISTINCT FROM s.role \
+         OR users.display_name IS DISTINCT FROM s.display_name \
+         OR users.email IS DISTINCT FROM s.email OR users.phone IS DISTINCT FROM s.phone \
+         OR users.active IS DISTINCT FROM s.active \
+         OR ({allergies} IS NOT NULL AND users.allergies IS DISTINCT FROM {allergies}))"
+    )
+}
+
+/// After resolving: the staged people compared with `users` once. `roster_changed` holds the
+/// lines of people who are new (`user_id` NULL) or would change; the checks and writes of
+/// people read only those, where a re-import of a district would join millions of rows to
+/// `users` again in each.
+pub fn mark_changed(pg: bool, unlisted_allergies: &str) -> String {
+    let mut s = format!(
+        "CREATE TEMP TABLE roster_changed AS SELECT s.line AS line, users.id AS user_id \
+         FROM roster_users s LEFT JOIN users ON users.sourced_id = s.sourced_id \
+         WHERE s.{IMPORTED} AND (users.id IS NULL OR {});\n\
+         CREATE INDEX roster_changed_line ON roster_changed (line);\n",
+        differs(unlisted_allergies)
+    );
+    if pg {
+        s.push_str("ANALYZE roster_changed;\n");
+    }
+    s
+}
+
+/// People of `kind` who change (the test again: `roster_changed` is a filter, not the word).
 pub fn update_people(at: &Stamp, kind: &str, unlisted_allergies: &str) -> String {
     let allergies = format!("COALESCE(s.allergies, {unlisted_allergies})");
     format!(
         "UPDATE users SET school_id = s.school_id, role = s.role, display_name = s.display_name, \
          email = s.email, phone = s.phone, allergies = COALESCE({allergies}, users.allergies), \
-         active = s.active, updated_at = {at} FROM roster_users s \
-         WHERE users.sourced_id = s.sourced_id AND s.role = {kind} AND NOT s.deleted AND ( \
-         users.school_id IS DISTINCT FROM s.school_id OR users.role IS DISTINCT FROM s.role \
-         OR users.display_name IS DISTINCT FROM s.display_name \
-         OR users.email IS DISTINCT FROM s.email OR users.phone IS DISTINCT FROM s.phone \
-         OR users.active IS DISTINCT FROM s.active \
-         OR ({allergies} IS NOT NULL AND users.allergies IS DISTINCT FROM {allergies}))",
+         active = s.active, updated_at = {at} FROM roster_changed c JOIN roster_users s \
+         ON s.line = c.line WHERE users.id = c.user_id AND s.role = {kind} AND NOT s.deleted \
+         AND {differs}",
         at = at.0,
-        kind = quote(kind)
+        kind = quote(kind),
+        differs = differs(unlisted_allergies)
     )
 }
 
@@ -396,22 +434,52 @@ pub fn delete_people(at: &Stamp, kind: &str) -> String {
     )
 }
 
-/// A bulk bundle's missing people (imported before, not made by hand): deactivated, so their
-/// orders keep their history.
-pub fn deactivate_missing(at: &Stamp, kind: &str, school: Option<&str>) -> String {
+/// A bulk bundle's missing people of `kinds` (imported before, not made by hand):
+/// deactivated, so their orders keep their history.
+pub fn deactivate_missing(at: &Stamp, kinds: &[&str], school: Option<&str>) -> String {
     let school = school
         .map(|s| format!(" AND users.school_id = {}", quote(s)))
         .unwrap_or_default();
+    let kinds: Vec<String> = kinds.iter().map(|k| quote(k)).collect();
     format!(
         "UPDATE users SET active = FALSE, updated_at = {at} WHERE users.sourced_id IS NOT NULL \
-         AND users.role = {kind} AND users.active{school} \
+         AND users.role IN ({kinds}) AND users.active{school} \
          AND NOT EXISTS (SELECT 1 FROM roster_users s WHERE s.sourced_id = users.sourced_id)",
         at = at.0,
-        kind = quote(kind)
+        kinds = kinds.join(", ")
+    )
+}
+
+/// PostgreSQL: both kinds' missing people in one pass over `users` (answers `students` and
+/// `guardians`); SQLite has no statement that writes inside `WITH`.
+pub fn deactivate_missing_per_kind(at: &Stamp, school: Option<&str>) -> String {
+    format!(
+        "WITH gone AS ({} RETURNING users.role) SELECT \
+         COUNT(*) FILTER (WHERE role = 'student') AS students, \
+         COUNT(*) FILTER (WHERE role = 'guardian') AS guardians FROM gone",
+        deactivate_missing(at, &["student", "guardian"], school)
     )
 }
 
 pub const STAGED_PAIRS: &str = "SELECT COUNT(*) AS n FROM roster_pairs";
+
+/// After the people are written: each pair's two ids, looked up once for the three
+/// statements of links (each joined the pairs to `users` twice).
+pub fn resolve_links(pg: bool) -> String {
+    let mut s = String::from(
+        "CREATE TEMP TABLE roster_links AS SELECT g.id AS guardian_id, st.id AS student_id, \
+         p.relationship AS relationship FROM roster_pairs p \
+         JOIN users g ON g.sourced_id = p.guardian_sid \
+         JOIN users st ON st.sourced_id = p.student_sid;\n",
+    );
+    if pg {
+        s.push_str("ANALYZE roster_links;\n");
+    } else {
+        // SQLite joins by index or not at all.
+        s.push_str("CREATE INDEX roster_links_ids ON roster_links (guardian_id, student_id);\n");
+    }
+    s
+}
 
 /// Links between imported people whose student is in the bundle that the bundle no longer
 /// has: a student's row (or, in a bulk bundle, everyone's) says who their guardians are now.
@@ -421,18 +489,15 @@ DELETE FROM guardian_links
 WHERE student_id IN (SELECT u.id FROM users u JOIN roster_users s ON s.sourced_id = u.sourced_id
                      WHERE s.role = 'student' AND NOT s.deleted)
   AND guardian_id IN (SELECT id FROM users WHERE sourced_id IS NOT NULL)
-  AND NOT EXISTS (SELECT 1 FROM roster_pairs p
-                  JOIN users g ON g.sourced_id = p.guardian_sid
-                  JOIN users st ON st.sourced_id = p.student_sid
-                  WHERE g.id = guardian_links.guardian_id AND st.id = guardian_links.student_id)";
+  AND NOT EXISTS (SELECT 1 FROM roster_links r
+                  WHERE r.guardian_id = guardian_links.guardian_id
+                    AND r.student_id = guardian_links.student_id)";
 
 pub const RELINK: &str = "
-UPDATE guardian_links SET relationship = p.relationship
-FROM roster_pairs p
-JOIN users g ON g.sourced_id = p.guardian_sid
-JOIN users st ON st.sourced_id = p.student_sid
-WHERE guardian_links.guardian_id = g.id AND guardian_links.student_id = st.id
-  AND p.relationship IS NOT NULL AND guardian_links.relationship IS DISTINCT FROM p.relationship";
+UPDATE guardian_links SET relationship = r.relationship
+FROM roster_links r
+WHERE guardian_links.guardian_id = r.guardian_id AND guardian_links.student_id = r.student_id
+  AND r.relationship IS NOT NULL AND guardian_links.relationship IS DISTINCT FROM r.relationship";
 
 /// New links in the order of their guardians' ids (time-ordered, so the order they were
 /// written in): each link's two foreign-key checks then read and lock people's rows page
@@ -441,10 +506,10 @@ WHERE guardian_links.guardian_id = g.id AND guardian_links.student_id = st.id
 pub fn link(at: &Stamp) -> String {
     format!(
         "INSERT INTO guardian_links (guardian_id, student_id, relationship, created_at) \
-         SELECT g.id, st.id, COALESCE(p.relationship, 'guardian'), {at} FROM roster_pairs p \
-         JOIN users g ON g.sourced_id = p.guardian_sid JOIN users st ON st.sourced_id = p.student_sid \
-         WHERE NOT EXISTS (SELECT 1 FROM guardian_links l WHERE l.guardian_id = g.id \
-         AND l.student_id = st.id) ORDER BY g.id, st.id",
+         SELECT r.guardian_id, r.student_id, COALESCE(r.relationship, 'guardian'), {at} \
+         FROM roster_links r WHERE NOT EXISTS (SELECT 1 FROM guardian_links l \
+         WHERE l.guardian_id = r.guardian_id AND l.student_id = r.student_id) \
+         ORDER BY r.guardian_id, r.student_id",
         at = at.0
     )
 }
