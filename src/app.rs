@@ -177,21 +177,12 @@ async fn limit_by_ip(req: &ServiceRequest) -> Result<(), actix_web::Error> {
     if req.path().starts_with("/api/")
         && let Some(state) = req.app_data::<web::Data<AppState>>()
         && state.limits.is_on(crate::limits::Bucket::Ip)
+        && let Some(client) = state.limits.client_address(req.request())
     {
-        let forwarded = state.limits.trust_forwarded_for;
-        let client = if forwarded {
-            req.connection_info()
-                .realip_remote_addr()
-                .map(str::to_owned)
-        } else {
-            req.peer_addr().map(|a| a.ip().to_string())
-        };
-        if let Some(client) = client {
-            state
-                .limits
-                .check(crate::limits::Bucket::Ip, &client)
-                .await?;
-        }
+        state
+            .limits
+            .check(crate::limits::Bucket::Ip, &client)
+            .await?;
     }
     Ok(())
 }

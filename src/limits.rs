@@ -120,6 +120,18 @@ impl Limits {
         }
     }
 
+    /// The client's address as the per-address limits read it: the forwarded one behind a
+    /// trusted proxy, else the peer's.
+    pub fn client_address(&self, req: &actix_web::HttpRequest) -> Option<String> {
+        if self.trust_forwarded_for {
+            req.connection_info()
+                .realip_remote_addr()
+                .map(str::to_owned)
+        } else {
+            req.peer_addr().map(|a| a.ip().to_string())
+        }
+    }
+
     /// Whether `bucket` is limited at all (a limit of 0 a minute turns it off).
     pub fn is_on(&self, bucket: Bucket) -> bool {
         self.bucket(bucket).is_some()

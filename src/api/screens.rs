@@ -129,23 +129,11 @@ fn refresh_expiry(state: &AppState) -> chrono::NaiveDateTime {
     now() + Duration::seconds(state.config.refresh_token_ttl_secs)
 }
 
-/// The client's address, as the per-address limit reads it.
-fn client_of(req: &HttpRequest, state: &AppState) -> String {
-    let address = if state.limits.trust_forwarded_for {
-        req.connection_info()
-            .realip_remote_addr()
-            .map(str::to_owned)
-    } else {
-        req.peer_addr().map(|a| a.ip().to_string())
-    };
-    address.unwrap_or_default()
-}
-
 #[utoipa::path(tag = "screens",
     responses((status = 201, body = Pairing), (status = 429, body = crate::error::ErrorBody)))]
 #[post("/auth/screens/pairings")]
 pub async fn start_pairing(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let client = client_of(&req, &state);
+    let client = state.limits.client_address(&req).unwrap_or_default();
     state
         .limits
         .check(crate::limits::Bucket::Pairing, &format!("screen:{client}"))
