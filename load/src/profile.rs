@@ -23,8 +23,11 @@ pub struct Profile {
     pub order_peak_per_sec: f64,
     /// Counter visits per second at the top of the pickup wave.
     pub scan_peak_per_sec: f64,
-    /// Orders a kitchen bot moves at once.
-    pub staff_batch: usize,
+    /// Transitions a second at the top of the kitchens' wave (each order confirmed, started
+    /// and readied, open loop); by default three times `order_peak_per_sec`: the kitchens keep
+    /// the pace the orders came at.
+    #[serde(default)]
+    pub transition_peak_per_sec: Option<f64>,
     /// The whole run gives up after this long.
     pub deadline_secs: u64,
     /// Lunch waves (service windows) per school, each student's order in one of them; 0: the
@@ -105,8 +108,8 @@ impl Profile {
         if self.order_peak_per_sec <= 0.0 || self.scan_peak_per_sec <= 0.0 {
             bail!("peak rates must be positive");
         }
-        if self.staff_batch == 0 {
-            bail!("staff_batch must be at least 1");
+        if self.transition_peak_per_sec.is_some_and(|rate| rate <= 0.0) {
+            bail!("transition_peak_per_sec must be positive");
         }
         // Wave starts are a minute apart, all inside the school's day.
         if self.waves_per_school > 12 {
@@ -120,6 +123,12 @@ impl Profile {
             bail!("guardian_apps_per_school must be at most half the students who order");
         }
         Ok(())
+    }
+
+    /// Transitions a second at the top of the kitchens' wave.
+    pub fn transition_peak(&self) -> f64 {
+        self.transition_peak_per_sec
+            .unwrap_or(3.0 * self.order_peak_per_sec)
     }
 
     /// Students who order, per school.
@@ -192,7 +201,6 @@ mod tests {
             dashboards_per_kitchen = 1
             order_peak_per_sec = 10.0
             scan_peak_per_sec = 10.0
-            staff_batch = 5
             deadline_secs = 60
         "#;
         let p: Profile = toml::from_str(old).unwrap();
@@ -206,6 +214,13 @@ mod tests {
             (0, 0, 0)
         );
         assert!(!p.reconnect_storm);
+        // The kitchens keep the orders' pace: three steps an order.
+        assert_eq!(p.transition_peak(), 30.0);
+        let still_kitchen = Profile {
+            transition_peak_per_sec: Some(0.0),
+            ..p.clone()
+        };
+        assert!(still_kitchen.check().is_err());
         let too_many_apps = Profile {
             guardian_apps_per_school: 6,
             ..p.clone()

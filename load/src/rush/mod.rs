@@ -170,7 +170,7 @@ pub async fn run(
         let opened = open_apps(&run, &schools, &apps_end).await;
         *apps.borrow_mut() = opened;
         phase("kitchen");
-        kitchen_bots(&run, &schools, profile.staff_batch).await;
+        kitchen_bots(&run, &schools, profile, args.rate_scale).await;
         let in_storm = profile.reconnect_storm.then_some(&*storm);
         phase("pickup");
         pickup_wave(&run, &schools, profile, args.rate_scale, in_storm).await;

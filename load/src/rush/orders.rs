@@ -1,5 +1,5 @@
-//! The orders: the pre-order wave (each order sent when it is due, timed from then), and one
-//! kitchen bot per school confirming, starting and readying them in batches.
+//! The orders: the pre-order wave (each order sent when it is due, timed from then), and the
+//! kitchens confirming, starting and readying them, open loop too.
 
 use super::waves::{in_wave, wave_of};
 use super::{Run, School, admit, until};
@@ -75,44 +75,64 @@ pub(super) async fn preorder_wave(
     }
 }
 
-/// One bot per kitchen confirms, starts and readies its orders, `batch` at a time.
-pub(super) async fn kitchen_bots(run: &Rc<Run>, schools: &Rc<Vec<School>>, batch: usize) {
-    let bots = (0..schools.len()).map(|school| {
-        let run = run.clone();
-        let staff = schools[school].staff.clone();
-        async move {
-            let orders: Vec<String> = run
-                .accepted
-                .borrow()
-                .iter()
-                .filter(|(s, _, _)| *s == school)
-                .map(|(_, _, id)| id.clone())
-                .collect();
-            for chunk in orders.chunks(batch) {
-                for action in ["confirm", "start", "ready"] {
-                    let moves = chunk.iter().map(|id| {
-                        let (run, staff) = (run.clone(), staff.clone());
-                        async move {
-                            let started = Instant::now();
-                            let outcome = call(
-                                client()
-                                    .post(format!("{}/api/v1/orders/{id}/{action}", run.url))
-                                    .bearer_auth(&staff),
-                                &json!({}),
-                            )
-                            .await;
-                            let mut recorder = run.recorder.borrow_mut();
-                            match &outcome {
-                                Ok((200, _)) => recorder.ok(TRANSITION, started.elapsed(), false),
-                                _ => recorder
-                                    .error(TRANSITION, &format!("{action} {}", code_of(&outcome))),
-                            }
-                        }
-                    });
-                    futures_util::future::join_all(moves).await;
+/// The kitchens confirm, start and ready every accepted order, open loop: orders are begun
+/// in a wave peaking at a third of the profile's transition rate, an order's steps
+/// `STEP_GAP` apart, each timed from when it was due (or from its step before's answer, if
+/// that came later).
+pub(super) async fn kitchen_bots(
+    run: &Rc<Run>,
+    schools: &Rc<Vec<School>>,
+    profile: &Profile,
+    scale: f64,
+) {
+    let orders: Vec<(usize, String)> = run
+        .accepted
+        .borrow()
+        .iter()
+        .map(|(school, _, id)| (*school, id.clone()))
+        .collect();
+    let total = orders.len();
+    let offset = run.started.elapsed();
+    let begun_per_sec = profile.transition_peak() * scale / STEPS.len() as f64;
+    let mut moves = Vec::with_capacity(total);
+    for (i, (school, id)) in orders.into_iter().enumerate() {
+        let due = offset + Duration::from_secs_f64(arrival_at(i, total, begun_per_sec));
+        until(run, due).await;
+        let (run, staff) = (run.clone(), schools[school].staff.clone());
+        moves.push(actix_web::rt::spawn(async move {
+            let mut answered = run.started + due;
+            for (step, action) in STEPS.iter().enumerate() {
+                let step_due = due + STEP_GAP * step as u32;
+                let late = until(&run, step_due).await;
+                let from = answered.max(run.started + step_due);
+                let outcome = call(
+                    client()
+                        .post(format!("{}/api/v1/orders/{id}/{action}", run.url))
+                        .bearer_auth(&staff),
+                    &json!({}),
+                )
+                .await;
+                answered = Instant::now();
+                let mut recorder = run.recorder.borrow_mut();
+                match &outcome {
+                    Ok((200, _)) => {
+                        recorder.ok(TRANSITION, answered.saturating_duration_since(from), late)
+                    }
+                    _ => {
+                        recorder.error(TRANSITION, &format!("{action} {}", code_of(&outcome)));
+                        // The order's later steps would only be refused.
+                        return;
+                    }
                 }
             }
-        }
-    });
-    futures_util::future::join_all(bots).await;
+        }));
+    }
+    for step in moves {
+        let _ = step.await;
+    }
 }
+
+/// An order's steps in the kitchen, in order.
+const STEPS: [&str; 3] = ["confirm", "start", "ready"];
+/// Between an order's steps: a cook's moment, short enough that the wave's steps overlap.
+const STEP_GAP: Duration = Duration::from_millis(500);
