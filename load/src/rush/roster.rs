@@ -297,15 +297,5 @@ async fn seed_school(
             students: vec![s],
         });
     }
-    Ok(School {
-        id,
-        staff: kitchen.staff,
-        staff_login: kitchen.staff_login,
-        meal: kitchen.meal,
-        students,
-        cards: student_cards,
-        readers: kitchen.readers,
-        waves: Vec::new(),
-        apps,
-    })
+    Ok(kitchen.school(id, (students, student_cards), apps))
 }

@@ -78,6 +78,28 @@ pub(super) async fn kitchen(
     })
 }
 
+impl Kitchen {
+    /// The school `id` with this kitchen, its students and their cards, and its apps.
+    pub(super) fn school(
+        self,
+        id: String,
+        (students, cards): (Vec<String>, Vec<String>),
+        apps: Vec<GuardianApp>,
+    ) -> School {
+        School {
+            id,
+            staff: self.staff,
+            staff_login: self.staff_login,
+            meal: self.meal,
+            students,
+            cards,
+            readers: self.readers,
+            waves: Vec::new(),
+            apps,
+        }
+    }
+}
+
 const MEAL: (&str, i64) = ("Load lasagna", 400);
 
 /// A guardian's app, signed in as `login` with the run's guardian password: a device
@@ -181,15 +203,5 @@ async fn seed_school(
         students.push(student_id);
         cards.push(card_uid(n, s));
     }
-    Ok(School {
-        id,
-        staff: kitchen.staff,
-        staff_login: kitchen.staff_login,
-        meal: kitchen.meal,
-        students,
-        cards,
-        readers: kitchen.readers,
-        waves: Vec::new(),
-        apps,
-    })
+    Ok(kitchen.school(id, (students, cards), apps))
 }
