@@ -42,7 +42,7 @@ pub enum Backend {
 }
 
 /// A hub the tool started on `backend`; on PostgreSQL a scratch database on `server` (its
-/// maintenance database), which [`OwnHub::stop`] drops.
+/// maintenance database), empty or a copy of a template, which [`OwnHub::stop`] drops.
 pub struct OwnHub {
     pub started: StartedHub,
     database: Option<(String, String)>,
@@ -52,14 +52,14 @@ impl OwnHub {
     pub async fn start(
         bin: &Path,
         backend: Backend,
-        server: &str,
+        (server, template): (&str, Option<&str>),
         mut env: Vec<(String, String)>,
     ) -> anyhow::Result<OwnHub> {
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
                 let name = format!("tiffin_load_hub_{}", uuid::Uuid::new_v4().simple());
-                crate::raw::create_database(server, &name).await?;
+                crate::raw::copy_database(server, &name, template).await?;
                 env.push((
                     "TIFFIN_DATABASE_URL".to_owned(),
                     crate::raw::database_url(server, &name),
@@ -222,14 +222,38 @@ pub async fn school_with_meal(
     .await
     .context("creating a school (is the admin token right?)")?;
     let id = school["id"].as_str().context("school id")?.to_owned();
+    let meal_id = add_meal(target, &id, meal).await?;
+    Ok((id, meal_id))
+}
+
+/// Puts a meal (name, price in cents) on the school's menu: its id.
+pub async fn add_meal(
+    target: &Target,
+    school_id: &str,
+    meal: (&str, i64),
+) -> anyhow::Result<String> {
     let made = created(
-        c.post(format!("{}/api/v1/schools/{id}/meals", target.url))
+        client()
+            .post(format!("{}/api/v1/schools/{school_id}/meals", target.url))
             .bearer_auth(&target.admin_token),
         serde_json::json!({"name": meal.0, "price_cents": meal.1}),
     )
     .await?;
-    let meal_id = made["id"].as_str().context("meal id")?.to_owned();
-    Ok((id, meal_id))
+    Ok(made["id"].as_str().context("meal id")?.to_owned())
+}
+
+/// A read the set-up needs, as the admin: its JSON body.
+pub async fn admin_get(target: &Target, path: &str) -> anyhow::Result<Value> {
+    let sent = client()
+        .get(format!("{}{path}", target.url))
+        .bearer_auth(&target.admin_token)
+        .send()
+        .await;
+    let (status, value) = reply(sent).await?;
+    if status != 200 {
+        bail!("GET {path} failed with {status}: {value}");
+    }
+    Ok(value)
 }
 
 /// Opens counter 1 of the school: its id.

@@ -135,6 +135,11 @@ pub struct RunArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres_url: String,
+    /// With `--backend postgres`: the scratch database starts as a copy of this database of
+    /// the server (e.g. a district imported once with `tiffin roster import`; with
+    /// `--roster DIR --roster-imported`).
+    #[arg(long)]
+    pub postgres_template: Option<String>,
     /// Where report.json and report.html go.
     #[arg(long, default_value = "load-report")]
     pub out: PathBuf,
@@ -165,6 +170,19 @@ pub struct RunArgs {
     /// written either way).
     #[arg(long)]
     pub json: bool,
+    /// A rush's people come from a OneRoster bundle in this folder instead of the API: the
+    /// profile's district is generated there if the folder has no bundle, imported through
+    /// `POST /api/v1/admin/rosters`, and its schools, students, cards and guardians are found
+    /// through the API. Needs a hub whose database has no other schools of those names.
+    #[arg(long)]
+    pub roster: Option<PathBuf>,
+    /// With `--roster`: the bundle is already imported (`tiffin roster import DIR`).
+    #[arg(long, requires = "roster")]
+    pub roster_imported: bool,
+    /// Overrides the profile's share of students who order (a shorter rush in a district of
+    /// the same size).
+    #[arg(long)]
+    pub order_share: Option<f64>,
 }
 
 /// Runs the tool with these command-line arguments (the program's name first): the exit code.
@@ -222,12 +240,24 @@ fn compare(a: &PathBuf, b: &PathBuf, html: Option<&std::path::Path>) -> anyhow::
 
 /// Runs the profile; true when nothing was lost, doubled or refused.
 async fn run(args: RunArgs) -> anyhow::Result<bool> {
-    let loaded = profile::load(&args.profile)?;
+    let mut loaded = profile::load(&args.profile)?;
     if !args.rate_scale.is_finite() || args.rate_scale <= 0.0 {
         bail!("--rate-scale must be positive");
     }
-    if matches!(loaded, profile::Loaded::Rush(_)) && args.time_scale != 1.0 {
-        bail!("--time-scale is for phased plans (hasivu); a rush takes --rate-scale");
+    match &mut loaded {
+        profile::Loaded::Rush(_) if args.time_scale != 1.0 => {
+            bail!("--time-scale is for phased plans (hasivu); a rush takes --rate-scale")
+        }
+        profile::Loaded::Rush(profile) => {
+            if let Some(share) = args.order_share {
+                profile.order_share = share;
+                profile.check()?;
+            }
+        }
+        profile::Loaded::Phased(_) if args.roster.is_some() || args.order_share.is_some() => {
+            bail!("--roster and --order-share are for a rush, not a phased plan")
+        }
+        profile::Loaded::Phased(_) => {}
     }
     // A hub the tool starts sends its email, push and SMS to the tool's sinks, which count
     // every delivery. A rush leaves the hub's provider buckets off (the sinks are not under
@@ -253,8 +283,11 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     let (target, own) = match (&args.hub.url, args.backend) {
         (None, hub::Backend::Postgres) => {
-            let own = hub::OwnHub::start(&args.hub.hub_bin, args.backend, &args.postgres_url, env)
-                .await?;
+            let server = (
+                args.postgres_url.as_str(),
+                args.postgres_template.as_deref(),
+            );
+            let own = hub::OwnHub::start(&args.hub.hub_bin, args.backend, server, env).await?;
             (own.started.target(), Some(own))
         }
         _ => {

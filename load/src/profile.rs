@@ -95,7 +95,7 @@ impl Profile {
         }
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self) -> anyhow::Result<()> {
         if self.schools == 0 || self.students_per_school == 0 || self.readers_per_school == 0 {
             bail!("schools, students_per_school and readers_per_school must be at least 1");
         }

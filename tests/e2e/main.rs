@@ -13,6 +13,7 @@ mod digest;
 mod edge;
 mod layout;
 mod load_report;
+mod load_roster;
 mod nodes;
 mod notifications;
 mod orders;

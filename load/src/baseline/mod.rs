@@ -185,7 +185,7 @@ impl Hub {
             let own = crate::hub::OwnHub::start(
                 &hub_args.hub_bin,
                 options.backend,
-                &options.postgres_url,
+                (&options.postgres_url, None),
                 env,
             )
             .await?;

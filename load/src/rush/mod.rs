@@ -16,6 +16,7 @@ mod followers;
 mod notifications;
 mod orders;
 mod pickup;
+mod roster;
 mod seed;
 mod storm;
 mod tallies;
@@ -54,6 +55,8 @@ struct School {
     /// Their login: screens whose token expired sign in again.
     staff_login: String,
     students: Vec<String>,
+    /// Each student's card.
+    cards: Vec<String>,
     /// (reader id, secret) and the reader's own scan sequence.
     readers: Vec<((String, String), Cell<i64>)>,
     /// Lunch waves: (window id, when it ends). Empty when the profile has none or they could
@@ -111,7 +114,15 @@ pub async fn run(
     let before = target.pid.and_then(usage);
     let trips_before = round_trips(&target.url).await;
     let seeding = Instant::now();
-    let mut schools = seed(profile, target).await?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let (mut schools, roster) = match &args.roster {
+        Some(dir) => {
+            let imported = roster::prepare(profile, target, dir, args.roster_imported).await?;
+            let schools = roster::seed(profile, target, dir, &run_id).await?;
+            (schools, imported)
+        }
+        None => (seed(profile, target, &run_id).await?, Value::Null),
+    };
     // After the rest of the seed, which can take long: the waves are laid out around the rush.
     let waves = seed_waves(profile, args.rate_scale, target, &mut schools).await?;
     let seed_secs = seeding.elapsed().as_secs_f64();
@@ -233,6 +244,7 @@ pub async fn run(
             seed_secs,
             rush_secs,
             waves,
+            roster,
             dashboards,
             boards,
             apps,

@@ -1,7 +1,6 @@
 //! The pickup wave: students at the counters in their lunch waves' turn, each card read a few
 //! times; the offline readers' kept reads, posted afterwards in batches.
 
-use super::seed::card_uid;
 use super::storm::Storm;
 use super::waves::{wave_arrivals, wave_of};
 use super::{Run, School, admit, until};
@@ -93,7 +92,7 @@ pub(super) async fn pickup_wave(
                     run.offline.borrow_mut().push(OfflineRead {
                         reader: at_reader,
                         seq: n,
-                        card_uid: card_uid(school, student),
+                        card_uid: s.cards[student].clone(),
                         read_at: Utc::now(),
                         order: order.clone(),
                     });
@@ -104,7 +103,7 @@ pub(super) async fn pickup_wave(
                         .borrow_mut()
                         .insert(order.clone(), Instant::now());
                 }
-                let body = json!({"seq": n, "card_uid": card_uid(school, student)});
+                let body = json!({"seq": n, "card_uid": s.cards[student]});
                 let outcome = reader_post(&run.url, reader, "/api/v1/reader/scans", &body).await;
                 let latency = (run.started + read_due).elapsed();
                 run.answered_scans.set(run.answered_scans.get() + 1);

@@ -16,6 +16,8 @@ pub(super) struct Rushed {
     pub rush_secs: f64,
     /// What the seed says about the lunch waves.
     pub waves: Value,
+    /// Where the people came from, with a roster: the bundle and its import's report.
+    pub roster: Value,
     pub dashboards: Vec<Rc<Follower>>,
     pub boards: Vec<Rc<Follower>>,
     pub apps: Vec<Rc<Follower>>,
@@ -171,6 +173,7 @@ pub(super) fn report(profile: &Profile, args: &RunArgs, run: &Run, rushed: Rushe
         "ok": ok,
         "finished_within_deadline": rushed.finished,
         "seed_seconds": rushed.seed_secs,
+        "roster": rushed.roster,
         "rush_seconds": rushed.rush_secs,
         "throughput": {
             "orders_per_sec": run.answered_orders.get() as f64 / rushed.rush_secs.max(1e-9),
