@@ -111,7 +111,6 @@ pub async fn run(
     target: &Target,
     sinks: Option<&Sinks>,
 ) -> anyhow::Result<Value> {
-    let before = target.pid.and_then(usage);
     let trips_before = round_trips(&target.url).await;
     let seeding = Instant::now();
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -126,6 +125,8 @@ pub async fn run(
     // After the rest of the seed, which can take long: the waves are laid out around the rush.
     let waves = seed_waves(profile, args.rate_scale, target, &mut schools).await?;
     let seed_secs = seeding.elapsed().as_secs_f64();
+    // The hub's CPU over the rush alone, as `cpu_cores_busy` divides it by the rush's length.
+    let before = target.pid.and_then(usage);
     let run = Rc::new(Run {
         url: target.url.clone(),
         started: Instant::now(),
