@@ -15,7 +15,6 @@ dashboards_per_kitchen = 1
 boards_per_kitchen = 1
 order_peak_per_sec = 60.0
 scan_peak_per_sec = 30.0
-staff_batch = 10
 deadline_secs = 120
 waves_per_school = 1
 offline_readers = 1
