@@ -191,61 +191,69 @@ async fn claim_set_wise(
         .into_iter()
         .collect();
     let days = days_around_today();
-    // Every statement is kept by the connection, so all go in one round trip, in the order
-    // they are polled (`join` polls in order). A future borrows its own `&mut`.
-    let [mut c1, mut c2, mut c3, mut c4, mut c5, mut c6, mut c7] = [conn; 7];
-    let begin = kept(diesel::sql_query("BEGIN")).execute(&mut c1);
-    let unflushed = kept(diesel::sql_query(CLAIM_UNFLUSHED_PG)).execute(&mut c2);
-    let inserted = kept(
-        diesel::sql_query(INSERT_CLAIMS_PG)
-            .bind::<Array<Text>, _>(&ids)
-            .bind::<Array<Text>, _>(&schools)
-            .bind::<Array<Text>, _>(&readers)
-            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(&uids)
-            .bind::<Array<Text>, _>(column(|r| &r.verdict))
-            .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.answer))
-            .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.order_id))
-            .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.student_id))
-            .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.first_scan_id))
-            .bind::<Array<Timestamp>, _>(rows.iter().map(|r| r.read_at).collect::<Vec<_>>())
-            .bind::<Array<Timestamp>, _>(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
-            .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|r| r.took_us).collect::<Vec<_>>())
-            .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.claimed_by))
-            .bind::<Array<Nullable<Timestamp>>, _>(
-                rows.iter().map(|r| r.claimed_at).collect::<Vec<_>>(),
-            )
-            .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>()),
-    )
-    .load::<ClaimedId>(&mut c3);
-    let decided_near = kept(
-        diesel::sql_query(DECIDED_NEAR_PG)
-            .bind::<Array<Text>, _>(&readers)
-            .bind::<Array<Text>, _>(&uids)
-            .bind::<Array<Timestamp>, _>(&from)
-            .bind::<Array<Timestamp>, _>(&to)
-            .bind::<Array<Text>, _>(&ids),
-    )
-    .load::<DecidedNear>(&mut c4);
-    let cards = rfid_cards::table
-        .filter(rfid_cards::card_uid.eq_any(&distinct_uids))
-        .select(CardRow::as_select())
-        .load::<CardRow>(&mut c5);
-    let orders = kept(
-        diesel::sql_query(HOLDERS_ORDERS_PG)
-            .bind::<Array<Text>, _>(&schools)
-            .bind::<Array<Text>, _>(&uids)
-            .bind::<Array<Text>, _>(&days),
-    )
-    .load::<HolderOrder>(&mut c6);
-    let commit = kept(diesel::sql_query("COMMIT")).execute(&mut c7);
-    // Every answer is read (joined, not tried): COMMIT after a failed statement rolls back,
-    // so the transaction is closed either way.
+    // Made inside `one_round_trip`: a statement counts where its future is made.
     let ((begun, unflushed, inserted, decided_near), (cards, orders, committed)) =
-        crate::db::one_round_trip(futures_util::future::join(
-            futures_util::future::join4(begin, unflushed, inserted, decided_near),
-            futures_util::future::join3(cards, orders, commit),
-        ))
+        crate::db::one_round_trip(async {
+            // Every statement is kept by the connection, so all go in one round trip, in
+            // the order polled (`join` polls in order). A future borrows its own `&mut`.
+            let [mut c1, mut c2, mut c3, mut c4, mut c5, mut c6, mut c7] = [conn; 7];
+            let begin = kept(diesel::sql_query("BEGIN")).execute(&mut c1);
+            let unflushed = kept(diesel::sql_query(CLAIM_UNFLUSHED_PG)).execute(&mut c2);
+            let inserted = kept(
+                diesel::sql_query(INSERT_CLAIMS_PG)
+                    .bind::<Array<Text>, _>(&ids)
+                    .bind::<Array<Text>, _>(&schools)
+                    .bind::<Array<Text>, _>(&readers)
+                    .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.seq).collect::<Vec<_>>())
+                    .bind::<Array<Text>, _>(&uids)
+                    .bind::<Array<Text>, _>(column(|r| &r.verdict))
+                    .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.answer))
+                    .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.order_id))
+                    .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.student_id))
+                    .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.first_scan_id))
+                    .bind::<Array<Timestamp>, _>(rows.iter().map(|r| r.read_at).collect::<Vec<_>>())
+                    .bind::<Array<Timestamp>, _>(
+                        rows.iter().map(|r| r.received_at).collect::<Vec<_>>(),
+                    )
+                    .bind::<Array<Nullable<BigInt>>, _>(
+                        rows.iter().map(|r| r.took_us).collect::<Vec<_>>(),
+                    )
+                    .bind::<Array<Nullable<Text>>, _>(optional(|r| &r.claimed_by))
+                    .bind::<Array<Nullable<Timestamp>>, _>(
+                        rows.iter().map(|r| r.claimed_at).collect::<Vec<_>>(),
+                    )
+                    .bind::<Array<Integer>, _>(rows.iter().map(|r| r.attempt).collect::<Vec<_>>()),
+            )
+            .load::<ClaimedId>(&mut c3);
+            let decided_near = kept(
+                diesel::sql_query(DECIDED_NEAR_PG)
+                    .bind::<Array<Text>, _>(&readers)
+                    .bind::<Array<Text>, _>(&uids)
+                    .bind::<Array<Timestamp>, _>(&from)
+                    .bind::<Array<Timestamp>, _>(&to)
+                    .bind::<Array<Text>, _>(&ids),
+            )
+            .load::<DecidedNear>(&mut c4);
+            let cards = rfid_cards::table
+                .filter(rfid_cards::card_uid.eq_any(&distinct_uids))
+                .select(CardRow::as_select())
+                .load::<CardRow>(&mut c5);
+            let orders = kept(
+                diesel::sql_query(HOLDERS_ORDERS_PG)
+                    .bind::<Array<Text>, _>(&schools)
+                    .bind::<Array<Text>, _>(&uids)
+                    .bind::<Array<Text>, _>(&days),
+            )
+            .load::<HolderOrder>(&mut c6);
+            let commit = kept(diesel::sql_query("COMMIT")).execute(&mut c7);
+            // Every answer is read (joined, not tried): COMMIT after a failed statement rolls
+            // back, so the transaction is closed either way.
+            futures_util::future::join(
+                futures_util::future::join4(begin, unflushed, inserted, decided_near),
+                futures_util::future::join3(cards, orders, commit),
+            )
+            .await
+        })
         .await;
     begun?;
     unflushed?;
