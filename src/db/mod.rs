@@ -6,11 +6,13 @@
 //! types with one body. This is the backend switch: the queries live in `crate::store`.
 
 pub mod models;
+mod prepared;
 mod rows;
 pub mod schema;
 #[cfg(test)]
 pub(crate) mod test_support;
 
+pub use prepared::{Kept, kept};
 pub use rows::new_id;
 pub(crate) use rows::{InsertRows, find, insert};
 

@@ -77,24 +77,27 @@ pub(crate) const LOCK_SCHOOLS_PG: &str =
 
 /// Runs `$write` (one statement on `$c`, a `&mut &PgConn`) in a transaction that first locks
 /// `$schools` in school order, the four statements made in order and sent together: one
-/// round trip. The lock is its own statement so that the write's snapshot is taken once the
-/// locks are held: a write that locked and updated the same school rows in one statement
-/// re-read them through its older snapshot and queued behind other waiters for the row it
-/// held, a deadlock PostgreSQL reported under the lunch rush. COMMIT after a failed statement
-/// rolls back; every answer is read (joined, not tried), so the transaction is closed either
-/// way.
+/// round trip when `$write` is [`crate::db::kept`] (kept by the connection; a statement
+/// prepared afresh waits for its own). The lock is its own statement so that the write's
+/// snapshot is taken once the locks are held: a write that locked and updated the same school
+/// rows in one statement re-read them through its older snapshot and queued behind other
+/// waiters for the row it held, a deadlock PostgreSQL reported under the lunch rush. COMMIT
+/// after a failed statement rolls back; every answer is read (joined, not tried), so the
+/// transaction is closed either way.
 macro_rules! with_schools_locked {
     ($conn:expr, $schools:expr, |$c:ident| $write:expr) => {{
         use diesel::sql_types::{Array, Text};
         let conn: &$crate::db::PgConn = $conn;
         let (mut begin_on, mut lock_on, mut $c, mut commit_on) = (conn, conn, conn, conn);
         $crate::db::one_round_trip(async {
-            let begin = diesel::sql_query("BEGIN").execute(&mut begin_on);
-            let locked = diesel::sql_query($crate::store::sequence::LOCK_SCHOOLS_PG)
-                .bind::<Array<Text>, _>($schools)
-                .execute(&mut lock_on);
+            let begin = $crate::db::kept(diesel::sql_query("BEGIN")).execute(&mut begin_on);
+            let locked = $crate::db::kept(
+                diesel::sql_query($crate::store::sequence::LOCK_SCHOOLS_PG)
+                    .bind::<Array<Text>, _>($schools),
+            )
+            .execute(&mut lock_on);
             let written = $write;
-            let commit = diesel::sql_query("COMMIT").execute(&mut commit_on);
+            let commit = $crate::db::kept(diesel::sql_query("COMMIT")).execute(&mut commit_on);
             let (begin, locked, written, commit) =
                 futures_util::future::join4(begin, locked, written, commit).await;
             begin?;

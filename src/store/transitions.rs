@@ -362,10 +362,12 @@ async fn write_transitions_pg(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let write = diesel::sql_query(WRITE_TRANSITIONS_PG)
-        .bind::<Text, _>(serde_json::to_string(&updates).map_err(json_error)?)
-        .bind::<Timestamp, _>(at)
-        .bind::<Text, _>(serde_json::to_string(&events).map_err(json_error)?);
+    let write = crate::db::kept(
+        diesel::sql_query(WRITE_TRANSITIONS_PG)
+            .bind::<Text, _>(serde_json::to_string(&updates).map_err(json_error)?)
+            .bind::<Timestamp, _>(at)
+            .bind::<Text, _>(serde_json::to_string(&events).map_err(json_error)?),
+    );
     let rows = with_schools_locked!(&*conn, &schools, |on| write.load::<WrittenRow>(&mut on))?;
     let mut written = Written::default();
     for row in rows {
