@@ -377,7 +377,7 @@ on_both_connections!(impl RosterImport {
         progress: &(dyn Fn(&Staged) + Sync),
     ) -> Result<Report, Stop> {
         if Self::PG {
-            self.batch_execute(sql::PG_SORT_MEMORY).await?;
+            self.batch_execute(sql::PG_IMPORT_SETTINGS).await?;
         }
         self.batch_execute(sql::CREATE_STAGING).await?;
         let mut manifest = None;

@@ -226,9 +226,10 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
                 "stu-3,,,true,sch-b,student,cy,,Cy,Li,,,,,,,07,\n",
                 "stu-4,,,true,sch-b,student,dee,,Dee,Ng,,,,,,,07,\n",
             );
+        // Ana's card replaced by a new one.
         let second = write_dir(&bundle_11(
             &changed,
-            "stu-1,04A2BC01\n",
+            "stu-1,04A2BC09\n",
             "stu-1,milk;peanut\n",
         ));
         let report = import_cli(&hub, &second, &[]);
@@ -236,7 +237,7 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
         assert_eq!(counts(&report, "students"), [1, 1, 1, 1], "{report}");
         assert_eq!(counts(&report, "guardians"), [0, 1, 0, 2], "{report}");
         assert_eq!(counts(&report, "links"), [0, 0, 1, 3], "{report}");
-        assert_eq!(counts(&report, "cards"), [0, 0, 0, 1], "{report}");
+        assert_eq!(counts(&report, "cards"), [1, 0, 1, 0], "{report}");
         let in_b = people(&hub, &admin, &b).await;
         assert_eq!(
             named(&in_b, "Cy Li")["active"],
@@ -374,6 +375,7 @@ stu-3,,,true,sch-a,student,,,Cy,Li,,,,,,nobody,,
 stu-1,,,true,sch-a,student,,,Ana,Again,,,,,,,,
 tea-1,,,true,sch-a,teacher,,,Tom,Teach,,,not-an-email,,,,,
 par-1,,,true,sch-a,parent,,,Maria,Ruiz,,,,12,,stu-3,,
+stu-5,,,true,sch-a,student,,,Eve,Li,,,,,,stu-3,,
 ";
         let files = bundle_11(
             users,
@@ -409,6 +411,7 @@ par-1,,,true,sch-a,parent,,,Maria,Ruiz,,,,12,,stu-3,,
             ("users.csv", 4),
             ("users.csv", 5),
             ("users.csv", 7),
+            ("users.csv", 8),
         ]
         .iter()
         .map(|(f, l)| (f.to_string(), *l))
