@@ -13,21 +13,8 @@ const UPDATE_SCREENSHOT: &str = "UPDATE_SCREENSHOTS";
 async fn the_load_report_reads_in_a_browser() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("report");
-    let held = tiffin_load::outcome([
-        "tiffin-load",
-        "--profile",
-        "smoke",
-        "--hub-bin",
-        env!("CARGO_BIN_EXE_tiffin"),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ])
-    .await
-    .expect("the smoke run ran");
+    let (held, report) = load_run(&["--profile", "smoke"], &out).await;
     assert!(held, "the smoke run lost, doubled or refused something");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     let seconds = report["series"]["seconds"].as_u64().unwrap();
     assert!(seconds > 0, "{}", report["series"]);
     let answered: u64 = report["series"]["hops"]["order_post"]["count"]

@@ -32,25 +32,18 @@ async fn a_rush_runs_against_an_imported_roster_on_both_backends() {
         std::fs::write(&profile, PROFILE).unwrap();
         let out = dir.path().join("report");
         let roster = dir.path().join("roster");
-        let held = tiffin_load::outcome([
-            "tiffin-load",
-            "--profile",
-            profile.to_str().unwrap(),
-            "--roster",
-            roster.to_str().unwrap(),
-            "--backend",
-            backend,
-            "--hub-bin",
-            env!("CARGO_BIN_EXE_tiffin"),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ])
-        .await
-        .expect("the run ran");
-        let report: Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
-                .unwrap();
+        let (held, report) = load_run(
+            &[
+                "--profile",
+                profile.to_str().unwrap(),
+                "--roster",
+                roster.to_str().unwrap(),
+                "--backend",
+                backend,
+            ],
+            &out,
+        )
+        .await;
         assert!(held, "{backend}: {}", report["correctness"]);
         let import = &report["roster"]["import"];
         assert_eq!(import["students"]["created"], 48, "{backend}: {import}");

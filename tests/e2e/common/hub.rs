@@ -189,3 +189,21 @@ pub async fn tight_socket(
     );
     actix_codec::Framed::new(stream, awc::ws::Codec::new().client_mode())
 }
+
+/// The load tool run against a hub of this build that it starts: whether the run held, and
+/// its report.
+pub async fn load_run(args: &[&str], out: &std::path::Path) -> (bool, Value) {
+    let out_dir = out.to_str().unwrap();
+    let mut argv = vec!["tiffin-load"];
+    argv.extend_from_slice(args);
+    argv.extend([
+        "--hub-bin",
+        env!("CARGO_BIN_EXE_tiffin"),
+        "--out",
+        out_dir,
+        "--quiet",
+    ]);
+    let held = tiffin_load::outcome(argv).await.expect("the load run ran");
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    (held, serde_json::from_str(&report).unwrap())
+}
