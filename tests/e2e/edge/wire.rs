@@ -117,7 +117,7 @@ async fn garbage_on_the_wire_gets_clear_errors_not_hangs() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::new(Backend::Sqlite).await;
     let mut env = hub_env(&db, None);
-    // Random bytes may read as the start of a long frame: the idle timeout bounds the wait.
+    // Half a frame waits for the idle timeout: the shortest the configuration allows.
     env.push(("TIFFIN_WS_IDLE_TIMEOUT_SECS".into(), "15".into()));
     env.push(("TIFFIN_HTTP_HEADER_TIMEOUT_SECS".into(), "2".into()));
     let hub = Hub::start(env);
@@ -206,38 +206,58 @@ async fn garbage_on_the_wire_gets_clear_errors_not_hangs() {
     .expect("an oversized frame must not hang the socket");
     assert_eq!(closed.map(|r| r.code), Some(awc::ws::CloseCode::Protocol));
 
-    // Raw bytes after a valid upgrade: the hub drops the connection.
+    // Raw bytes after a valid upgrade: a frame the protocol forbids (reserved bits set) is
+    // dropped at once; half a frame is dropped by the idle timeout (checked on the heartbeat,
+    // every 10 s). Fixed bytes: random ones parse as a valid frame now and then.
     let addr = hub.base.trim_start_matches("http://").to_owned();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let upgrade = format!(
-        "GET /api/v1/ws?access_token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        f.kitchen_token
-    );
-    tcp.write_all(upgrade.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let garbage: Vec<u8> = (0..256).map(|_| rand::random::<u8>()).collect();
-    tcp.write_all(&garbage).await.unwrap();
-    let ended = actix_web::rt::time::timeout(Duration::from_secs(25), async {
-        let mut buf = [0u8; 1024];
-        loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+    let upgraded = |addr: String, token: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let upgrade = format!(
+            "GET /api/v1/ws?access_token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
         }
-    })
-    .await;
-    assert!(ended.is_ok(), "the garbage connection was left hanging");
+        assert!(
+            String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        tcp
+    };
+    let ends_within = |mut tcp: tokio::net::TcpStream, bytes: Vec<u8>, within: u64| async move {
+        tcp.write_all(&bytes).await.unwrap();
+        actix_web::rt::time::timeout(Duration::from_secs(within), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    };
+    let mut forbidden = vec![0xf1u8, 0x85, 1, 2, 3, 4];
+    forbidden.extend((0..250).map(|_| rand::random::<u8>()));
+    let tcp = upgraded(addr.clone(), f.kitchen_token.clone()).await;
+    assert!(
+        ends_within(tcp, forbidden, 10).await,
+        "a forbidden frame left the connection open"
+    );
+    // A masked text frame announcing 1,000 bytes, then 10 of them.
+    let mut half = vec![0x81u8, 0xfe, 0x03, 0xe8, 9, 8, 7, 6];
+    half.extend([b'x'; 10]);
+    let tcp = upgraded(addr.clone(), f.kitchen_token.clone()).await;
+    assert!(
+        ends_within(tcp, half, 15 + 10 + 15).await,
+        "half a frame left the connection open past the idle timeout"
+    );
 
     // A client that trickles its request head is cut off after the header timeout.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
