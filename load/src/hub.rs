@@ -301,6 +301,15 @@ pub fn client() -> Client {
     Client::builder().timeout(Duration::from_secs(30)).finish()
 }
 
+/// A client whose at most `connections` connections stay open between requests (a device
+/// that keeps its connection, not one a request).
+pub fn kept_alive_client(connections: usize) -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connector(awc::Connector::new().limit(connections))
+        .finish()
+}
+
 /// A response's status and JSON body (null if it has none).
 pub async fn reply<S>(
     sent: Result<awc::ClientResponse<S>, awc::error::SendRequestError>,

@@ -54,6 +54,9 @@ struct School {
     staff: String,
     /// Their login: screens whose token expired sign in again.
     staff_login: String,
+    /// The kitchen's tablets: one client for the day, its connections kept alive (a client
+    /// a request opened a connection a transition, thousands a second at district-l).
+    kitchen: awc::Client,
     students: Vec<String>,
     /// Each student's card.
     cards: Vec<String>,

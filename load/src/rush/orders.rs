@@ -98,7 +98,12 @@ pub(super) async fn kitchen_bots(
     for (i, (school, id)) in orders.into_iter().enumerate() {
         let due = offset + Duration::from_secs_f64(arrival_at(i, total, begun_per_sec));
         until(run, due).await;
+        // An order's moves count as one request outstanding while they run.
+        if !admit(run) {
+            continue;
+        }
         let (run, staff) = (run.clone(), schools[school].staff.clone());
+        let tablet = schools[school].kitchen.clone();
         moves.push(actix_web::rt::spawn(async move {
             let mut answered = run.started + due;
             for (step, action) in STEPS.iter().enumerate() {
@@ -106,7 +111,7 @@ pub(super) async fn kitchen_bots(
                 let late = until(&run, step_due).await;
                 let from = answered.max(run.started + step_due);
                 let outcome = call(
-                    client()
+                    tablet
                         .post(format!("{}/api/v1/orders/{id}/{action}", run.url))
                         .bearer_auth(&staff),
                     &json!({}),
@@ -121,10 +126,11 @@ pub(super) async fn kitchen_bots(
                     _ => {
                         recorder.error(TRANSITION, &format!("{action} {}", code_of(&outcome)));
                         // The order's later steps would only be refused.
-                        return;
+                        break;
                     }
                 }
             }
+            run.outstanding.set(run.outstanding.get() - 1);
         }));
     }
     for step in moves {

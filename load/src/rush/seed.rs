@@ -78,6 +78,9 @@ pub(super) async fn kitchen(
     })
 }
 
+/// Connections a kitchen keeps open to the hub: its staff's tablets.
+const KITCHEN_TABLETS: usize = 4;
+
 impl Kitchen {
     /// The school `id` with this kitchen, its students and their cards, and its apps.
     pub(super) fn school(
@@ -90,6 +93,7 @@ impl Kitchen {
             id,
             staff: self.staff,
             staff_login: self.staff_login,
+            kitchen: crate::hub::kept_alive_client(KITCHEN_TABLETS),
             meal: self.meal,
             students,
             cards,
