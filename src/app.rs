@@ -385,6 +385,8 @@ pub fn build(
                     scope("")
                         .guard(Under("/api/v1/auth"))
                         .service(auth::login)
+                        .service(auth::request_code)
+                        .service(auth::verify_code)
                         .service(auth::refresh)
                         .service(auth::logout)
                         .service(screens::start_pairing)

@@ -33,6 +33,8 @@ pub struct Config {
     pub metrics_token: Option<SecretString>,
     pub access_token_ttl_secs: i64,
     pub refresh_token_ttl_secs: i64,
+    /// How long a one-time sign-in code sent by email or SMS works.
+    pub sign_in_code_ttl_secs: i64,
     pub database_pool_size: usize,
     /// Seed a demo school when the database has no school yet (embedded SQLite only; on
     /// PostgreSQL run `tiffin demo` deliberately).
@@ -293,6 +295,7 @@ impl Default for Config {
             metrics_token: None,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
+            sign_in_code_ttl_secs: 10 * 60,
             database_pool_size: 8,
             seed_demo: true,
             dispatch_poll_ms: 1000,
@@ -354,6 +357,10 @@ impl Config {
             (
                 (3600..=365 * 24 * 3600).contains(&self.refresh_token_ttl_secs),
                 "refresh_token_ttl_secs must be between 3600 and 31536000",
+            ),
+            (
+                (30..=3600).contains(&self.sign_in_code_ttl_secs),
+                "sign_in_code_ttl_secs must be between 30 and 3600",
             ),
             (
                 (1..=256).contains(&self.database_pool_size),

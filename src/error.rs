@@ -59,6 +59,8 @@ pub enum ErrorCode {
     PairingCodeInvalid,
     PairingCodeExpired,
     PairingCodeUsed,
+    SignInCodeInvalid,
+    SignInCodeExpired,
     ScreenRevoked,
     RateLimited,
     ReaderUnauthenticated,
@@ -72,7 +74,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 56] = [
+    pub const ALL: [ErrorCode; 58] = [
         ErrorCode::MalformedJson,
         ErrorCode::InvalidBody,
         ErrorCode::InvalidText,
@@ -119,6 +121,8 @@ impl ErrorCode {
         ErrorCode::PairingCodeInvalid,
         ErrorCode::PairingCodeExpired,
         ErrorCode::PairingCodeUsed,
+        ErrorCode::SignInCodeInvalid,
+        ErrorCode::SignInCodeExpired,
         ErrorCode::ScreenRevoked,
         ErrorCode::RateLimited,
         ErrorCode::ReaderUnauthenticated,
@@ -153,6 +157,8 @@ impl ErrorCode {
             | SignatureInvalid
             | SignatureExpired
             | SignatureReplayed
+            | SignInCodeInvalid
+            | SignInCodeExpired
             | ScreenRevoked => StatusCode::UNAUTHORIZED,
             Forbidden | WrongSchool | TransitionNotPermitted => StatusCode::FORBIDDEN,
             NotFound | RouteNotFound => StatusCode::NOT_FOUND,

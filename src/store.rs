@@ -7,7 +7,8 @@
 //!   meals, lunch waves), `people` (users, guardian links), `sessions` (refresh tokens),
 //!   `counters` (counters, pickup codes), `cards`, `readers`, `scans`, `orders` (orders, items,
 //!   events), `outbox` (messages, delivery attempts), `devices` (push devices, preferences),
-//!   `inbox` (in-app messages), `screens` (paired kitchen screens, their pairing codes).
+//!   `inbox` (in-app messages), `screens` (paired kitchen screens, their pairing codes),
+//!   `sign_in` (one-time sign-in codes, committed with their message).
 //! - The adapter: `kitchen` (the `Store` port) and `outbox` (the `Outbox` port) hand writes to
 //!   the batches: `intake` (new orders, checked by `order_checks`), `transitions` (with
 //!   `pickup`), `scanning` (with `scan_claims`), `fan_out`, `digest` and `claim` (dispatch);
@@ -39,6 +40,7 @@ pub mod scans;
 pub mod schools;
 pub mod screens;
 pub mod sessions;
+pub mod sign_in;
 pub mod stations;
 
 mod amend;

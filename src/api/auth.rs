@@ -1,4 +1,5 @@
-//! Sign-in, token refresh and sign-out.
+//! Sign-in (a password, or a one-time code sent by email or SMS), token refresh and
+//! sign-out.
 
 use super::Json;
 use super::users::User;
@@ -11,11 +12,15 @@ use crate::state::AppState;
 use crate::store::{self, sessions::Rotation};
 use actix_web::{HttpResponse, get, post, web};
 use chrono::Duration;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tiffin_actors::domain::Role;
+use tiffin_actors::notices::Channel;
 use utoipa::ToSchema;
 
 type Data = web::Data<AppState>;
+type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +28,28 @@ pub struct Login {
     /// Email address or phone number.
     pub login: String,
     pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    /// Email address or phone number: the code goes to it, by email or SMS.
+    pub login: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CodeAccepted {
+    /// The same whether or not anyone signs in with that login.
+    pub message: &'static str,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeSignIn {
+    /// The email address or phone number the code was sent to.
+    pub login: String,
+    /// The six digits received.
+    pub code: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -89,16 +116,21 @@ fn refused() -> ApiError {
     ApiError::new(ErrorCode::InvalidCredentials, "wrong login or password")
 }
 
+/// A login as stored: an email address in lower case, a phone number in E.164.
+fn stored_login(typed: &str) -> String {
+    let typed = typed.trim();
+    if typed.contains('@') {
+        typed.to_lowercase()
+    } else {
+        super::users::phone(typed, None).unwrap_or_else(|_| typed.to_owned())
+    }
+}
+
 #[utoipa::path(tag = "auth", request_body = Login,
     responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
 #[post("/auth/login")]
 pub async fn login(state: Data, body: Json<Login>) -> Result<HttpResponse, ApiError> {
-    let login = body.login.trim();
-    let login = if login.contains('@') {
-        login.to_lowercase()
-    } else {
-        super::users::phone(login, None).unwrap_or_else(|_| login.to_owned())
-    };
+    let login = stored_login(&body.login);
     // Per login name: guessing one account's password from many addresses is slow too.
     state
         .limits
@@ -121,6 +153,117 @@ pub async fn login(state: Data, body: Json<Login>) -> Result<HttpResponse, ApiEr
         Some(user) if ok => user,
         _ => return Err(refused()),
     };
+    let tokens = issue(&state, user, Some(new_id())).await?;
+    Ok(HttpResponse::Ok().json(tokens))
+}
+
+/// Attempts a sign-in code takes, right or wrong; after them it is void.
+pub const SIGN_IN_CODE_ATTEMPTS: i32 = 5;
+
+/// What a sign-in code's MAC covers: whose code it is, and the code.
+fn sign_in_code_mac(key: &[u8], user_id: &str, code: &str) -> Result<HmacSha256, ApiError> {
+    let mut mac = HmacSha256::new_from_slice(key).map_err(ApiError::internal)?;
+    mac.update(format!("sign-in-code:{user_id}:{code}").as_bytes());
+    Ok(mac)
+}
+
+/// Sends a one-time sign-in code to an email address or phone number, if an active person
+/// signs in with it; the answer is the same either way.
+#[utoipa::path(tag = "auth", request_body = CodeRequest,
+    responses((status = 202, body = CodeAccepted), (status = 429, body = crate::error::ErrorBody)))]
+#[post("/auth/code")]
+pub async fn request_code(state: Data, body: Json<CodeRequest>) -> Result<HttpResponse, ApiError> {
+    let asked = stored_login(&body.login);
+    state
+        .limits
+        .check(crate::limits::Bucket::SignIn, &asked)
+        .await?;
+    // Decided after answering: neither the answer nor its time tells whether anyone has
+    // that login.
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        if let Err(e) = send_code(&state, &asked).await {
+            tracing::warn!(error = %e, "a sign-in code was not sent");
+        }
+    });
+    Ok(HttpResponse::Accepted().json(CodeAccepted {
+        message: "if someone signs in with that login, a code is on its way to it",
+    }))
+}
+
+async fn send_code(state: &AppState, asked: &str) -> Result<(), ApiError> {
+    let Some(user) = store::people::user_by_login(&state.db, asked)
+        .await?
+        .filter(|u| u.active)
+    else {
+        return Ok(());
+    };
+    // The outbox keys a message by school: district admins (no school) sign in with a
+    // password.
+    let Some(school_id) = user.school_id.as_deref() else {
+        return Ok(());
+    };
+    let channel = if user.email.as_deref() == Some(asked) {
+        Channel::Email
+    } else {
+        Channel::Sms
+    };
+    // rand's thread generator is a CSPRNG (ChaCha12, seeded from the OS).
+    let code = format!("{:06}", rand::random_range(0..1_000_000));
+    let code_mac = hex::encode(
+        sign_in_code_mac(&state.reader_key, &user.id, &code)?
+            .finalize()
+            .into_bytes(),
+    );
+    let expires_at = now() + Duration::seconds(state.config.sign_in_code_ttl_secs);
+    let new = store::sign_in::NewCode {
+        user_id: &user.id,
+        school_id,
+        name: &user.display_name,
+        locale: &user.locale,
+        channel,
+        address: asked,
+        code: &code,
+        code_mac: &code_mac,
+        expires_at,
+    };
+    state.store.commit_sign_in_code(new).await?;
+    Ok(())
+}
+
+/// Signs in with a one-time code: the same tokens as a password sign-in. A code works once,
+/// for its time and five attempts.
+#[utoipa::path(tag = "auth", request_body = CodeSignIn,
+    responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
+#[post("/auth/code/verify")]
+pub async fn verify_code(state: Data, body: Json<CodeSignIn>) -> Result<HttpResponse, ApiError> {
+    let asked = stored_login(&body.login);
+    state
+        .limits
+        .check(crate::limits::Bucket::SignIn, &asked)
+        .await?;
+    let invalid = || ApiError::new(ErrorCode::SignInCodeInvalid, "wrong login or code");
+    let user = store::people::user_by_login(&state.db, &asked)
+        .await?
+        .filter(|u| u.active)
+        .ok_or_else(invalid)?;
+    let Some(live) = store::sign_in::count_attempt(&state.db, &user.id).await? else {
+        return Err(invalid());
+    };
+    if live.attempts > SIGN_IN_CODE_ATTEMPTS || now() > live.expires_at {
+        return Err(ApiError::new(
+            ErrorCode::SignInCodeExpired,
+            "this code has expired or was tried too often: ask for a new one",
+        ));
+    }
+    let stored = hex::decode(&live.code_mac).map_err(ApiError::internal)?;
+    // `verify_slice` compares in constant time.
+    let right = sign_in_code_mac(&state.reader_key, &user.id, body.code.trim())?
+        .verify_slice(&stored)
+        .is_ok();
+    if !right || !store::sign_in::consume(&state.db, &user.id, &live.code_mac).await? {
+        return Err(invalid());
+    }
     let tokens = issue(&state, user, Some(new_id())).await?;
     Ok(HttpResponse::Ok().json(tokens))
 }

@@ -181,6 +181,7 @@ async fn preferences_view(state: &Data, user_id: &str) -> Result<Preferences, Ap
     };
     let kinds = Kind::ALL
         .into_iter()
+        .filter(|kind| kind.chosen_by_people())
         .map(|kind| {
             let priority = kind.rule().priority;
             KindPreferences {
@@ -224,6 +225,7 @@ pub async fn set_preferences(
         .iter()
         .map(|p| {
             let kind = Kind::parse(&p.kind)
+                .filter(|k| k.chosen_by_people())
                 .ok_or_else(|| ApiError::validation(format!("unknown kind {:?}", p.kind)))?;
             let channel = Channel::parse(&p.channel)
                 .ok_or_else(|| ApiError::validation(format!("unknown channel {:?}", p.channel)))?;

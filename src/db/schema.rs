@@ -324,6 +324,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    sign_in_codes (user_id) {
+        user_id -> Text,
+        code_mac -> Text,
+        attempts -> Integer,
+        expires_at -> Timestamp,
+        created_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(counters -> schools (school_id));
 diesel::joinable!(meals -> schools (school_id));
 diesel::joinable!(stations -> schools (school_id));
@@ -355,6 +365,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     inbox_messages,
     screens,
     screen_pairings,
+    sign_in_codes,
 );
 
 diesel::allow_columns_to_appear_in_same_group_by_clause!(

@@ -87,6 +87,12 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "email/pickup_code.es.html",
     "email/pickup_code.es.subject",
     "email/pickup_code.es.txt",
+    "email/sign_in_code.en.html",
+    "email/sign_in_code.en.subject",
+    "email/sign_in_code.en.txt",
+    "email/sign_in_code.es.html",
+    "email/sign_in_code.es.subject",
+    "email/sign_in_code.es.txt",
     "sms/allergy_hold.en.txt",
     "sms/allergy_hold.es.txt",
     "sms/card_in_use.en.txt",
@@ -109,6 +115,8 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "sms/order_uncollected.es.txt",
     "sms/pickup_code.en.txt",
     "sms/pickup_code.es.txt",
+    "sms/sign_in_code.en.txt",
+    "sms/sign_in_code.es.txt",
 ];
 
 pub struct Templates {

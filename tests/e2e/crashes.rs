@@ -22,23 +22,6 @@ fn crashing_at(env: &[(String, String)], point: &str) -> Vec<(String, String)> {
     env
 }
 
-/// Runs SQL on the test's database directly: what an earlier version of the hub left behind.
-async fn db_execute(db: &TestDb, sql: &str) {
-    match db.backend {
-        Backend::Sqlite => {
-            use diesel::{Connection, RunQueryDsl, sqlite::SqliteConnection};
-            let path = db.url.strip_prefix("sqlite://").unwrap();
-            let mut conn = SqliteConnection::establish(path).unwrap();
-            diesel::sql_query(sql).execute(&mut conn).unwrap();
-        }
-        Backend::Postgres => {
-            use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-            let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
-            conn.batch_execute(sql).await.unwrap();
-        }
-    }
-}
-
 /// A school's scans once none is `pending` any more; fails after `within`.
 async fn scans_settled(hub: &Hub, f: &Fixture, within: Duration) -> Vec<Value> {
     let deadline = std::time::Instant::now() + within;

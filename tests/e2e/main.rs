@@ -25,5 +25,6 @@ mod rfid;
 mod roster;
 mod rush_kills;
 mod screens;
+mod sign_in;
 mod stations;
 mod waves;

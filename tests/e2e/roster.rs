@@ -29,7 +29,7 @@ const USERS_11_HEADER: &str = "sourcedId,status,dateLastModified,enabledUser,org
 /// Every role and link form: a parent listing its students, a guardian linked from the
 /// student's side only (and no org of its own), a relative linked from both sides, a staff
 /// member (skipped), an org list naming the district first, numbers with and without `+`.
-const USERS_11: &str =
+pub(crate) const USERS_11: &str =
     "stu-1,,,true,sch-a,student,ana,,Ana,Ruiz,,,Ana.Ruiz@district.test,,,\"par-1,rel-1\",03,
 stu-2,,,true,\"dist-1,sch-a\",student,ben,,Ben,Ruiz,,,,,,gua-1,05,
 stu-3,,,true,sch-b,student,cy,,Cy,Li,,,,,,,07,
@@ -49,7 +49,7 @@ fn write_dir(files: &[(&str, String)]) -> tempfile::TempDir {
     dir
 }
 
-fn zip_of(files: &[(&str, String)]) -> Vec<u8> {
+pub(crate) fn zip_of(files: &[(&str, String)]) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     let mut zip = zip::ZipWriter::new(&mut out);
     for (name, text) in files {
@@ -61,7 +61,7 @@ fn zip_of(files: &[(&str, String)]) -> Vec<u8> {
     out.into_inner()
 }
 
-fn bundle_11(users: &str, cards: &str, allergies: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn bundle_11(users: &str, cards: &str, allergies: &str) -> Vec<(&'static str, String)> {
     vec![
         ("manifest.csv", MANIFEST_11_BULK.to_owned()),
         ("orgs.csv", ORGS_11.to_owned()),
@@ -79,7 +79,7 @@ fn import_cli(hub: &Hub, dir: &tempfile::TempDir, extra: &[&str]) -> Value {
     serde_json::from_str(&hub.cli(&args)).unwrap()
 }
 
-async fn post_zip(hub: &Hub, token: &str, query: &str, body: Vec<u8>) -> Reply {
+pub(crate) async fn post_zip(hub: &Hub, token: &str, query: &str, body: Vec<u8>) -> Reply {
     let req = client()
         .post(hub.url(&format!("/api/v1/admin/rosters{query}")))
         .bearer_auth(token)

@@ -144,8 +144,17 @@ pub(super) mod tests {
                 digest || priority >= Priority::High,
                 "{kind:?}"
             );
-            assert_eq!(kind.on_by_default(Channel::InApp), !digest, "{kind:?}");
-            assert_eq!(kind.on_by_default(Channel::Push), !digest, "{kind:?}");
+            let sign_in = kind == Kind::SignInCode;
+            assert_eq!(
+                kind.on_by_default(Channel::InApp),
+                !digest && !sign_in,
+                "{kind:?}"
+            );
+            assert_eq!(
+                kind.on_by_default(Channel::Push),
+                !digest && !sign_in,
+                "{kind:?}"
+            );
             assert!(!kind.on_by_default(Channel::Sms), "{kind:?}");
         }
         for kind in [Kind::OrderPlaced, Kind::OrderReady, Kind::OrderPickedUp] {

@@ -93,10 +93,12 @@ pub enum Kind {
     PickupCode,
     /// One email an evening to a guardian: the day's orders and pickups of each child.
     DailyDigest,
+    /// A one-time code to sign in with, sent to the email or phone it was asked for. Secret.
+    SignInCode,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::OrderPlaced,
         Kind::OrderReady,
         Kind::OrderCounterChanged,
@@ -109,6 +111,7 @@ impl Kind {
         Kind::AllergyHold,
         Kind::PickupCode,
         Kind::DailyDigest,
+        Kind::SignInCode,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +128,7 @@ impl Kind {
             Kind::AllergyHold => "allergy_hold",
             Kind::PickupCode => "pickup_code",
             Kind::DailyDigest => "daily_digest",
+            Kind::SignInCode => "sign_in_code",
         }
     }
 
@@ -134,12 +138,23 @@ impl Kind {
 
     /// Its text is a secret (a one-time code): providers send it, logs never show it.
     pub fn secret(self) -> bool {
-        self == Kind::PickupCode
+        matches!(self, Kind::PickupCode | Kind::SignInCode)
     }
 
-    /// Whether this kind can come on `channel` at all: the digest is an email and nothing else.
+    /// Whether this kind can come on `channel` at all: the digest is an email and nothing
+    /// else; a sign-in code comes by the email or SMS it was asked for.
     pub fn offers(self, channel: Channel) -> bool {
-        self != Kind::DailyDigest || channel == Channel::Email
+        match self {
+            Kind::DailyDigest => channel == Channel::Email,
+            Kind::SignInCode => matches!(channel, Channel::Email | Channel::Sms),
+            _ => true,
+        }
+    }
+
+    /// Whether people choose its channels (`/me/preferences`): not a sign-in code, which
+    /// goes to the login it was asked for.
+    pub fn chosen_by_people(self) -> bool {
+        self != Kind::SignInCode
     }
 
     /// Whether this kind comes on `channel` unless the recipient chose otherwise: the one
@@ -188,6 +203,9 @@ impl Kind {
             Kind::PickupCode => rule(Audience::Family, Priority::High, 300),
             // Waits out quiet hours; a digest not sent by the next morning is old news.
             Kind::DailyDigest => rule(Audience::Guardians, Priority::Low, 12 * HOUR),
+            // Someone waits at a sign-in screen. Its audience is not read: it goes to the
+            // person who asked, and its expiry is the code's own.
+            Kind::SignInCode => rule(Audience::Family, Priority::Critical, 600),
         }
     }
 
@@ -207,7 +225,8 @@ impl Kind {
             | Kind::CardInUse
             | Kind::AllergyHold
             | Kind::PickupCode
-            | Kind::DailyDigest => true,
+            | Kind::DailyDigest
+            | Kind::SignInCode => true,
         }
     }
 }

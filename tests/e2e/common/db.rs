@@ -77,3 +77,25 @@ impl TestDb {
         }
     }
 }
+
+/// Runs SQL on the test's database directly: what an earlier version of the hub left
+/// behind, or a time moved past.
+pub async fn db_execute(db: &TestDb, sql: &str) {
+    match db.backend {
+        Backend::Sqlite => {
+            use diesel::{Connection, RunQueryDsl, sqlite::SqliteConnection};
+            let path = db.url.strip_prefix("sqlite://").unwrap();
+            let mut conn = SqliteConnection::establish(path).unwrap();
+            // A hub still running may hold the write lock for a moment.
+            diesel::sql_query("PRAGMA busy_timeout = 10000")
+                .execute(&mut conn)
+                .unwrap();
+            diesel::sql_query(sql).execute(&mut conn).unwrap();
+        }
+        Backend::Postgres => {
+            use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+            let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+            conn.batch_execute(sql).await.unwrap();
+        }
+    }
+}

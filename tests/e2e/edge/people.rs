@@ -288,6 +288,8 @@ async fn rules_at_the_edge_people_tokens_and_sockets() {
         "/readyz",
         "/metrics",
         "/api/v1/auth/login",
+        "/api/v1/auth/code",
+        "/api/v1/auth/code/verify",
         "/api/v1/auth/refresh",
         "/api/v1/schools",
         "/api/v1/schools/{school_id}/orders",

@@ -86,6 +86,8 @@ async fn security_matrix() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         let public = [
             "/api/v1/auth/login",
+            "/api/v1/auth/code",
+            "/api/v1/auth/code/verify",
             "/api/v1/auth/refresh",
             "/api/v1/auth/logout",
             "/api/v1/auth/screens/pairings",
