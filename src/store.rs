@@ -71,7 +71,8 @@ pub use schools::parse_time_of_day;
 const ORDER_BATCH: usize = 64;
 /// Transitions that wait for one commit together.
 const TRANSITION_BATCH: usize = 128;
-/// Batches of each kind that commit side by side on PostgreSQL.
+/// Batches of each kind that commit side by side on PostgreSQL (transitions: as many lanes
+/// of schools, a writer each).
 const PG_WRITERS: usize = 2;
 
 /// What committing one new order came to.
