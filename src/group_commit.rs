@@ -7,7 +7,7 @@
 //! No task of its own: the callers take turns (a fair semaphore), so a batch runs on the
 //! thread of the caller that leads it, and nothing outlives the callers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -77,6 +77,57 @@ impl<T, R> GroupCommit<T, R> {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting<T, R>>> {
         // The queue is only pushed to and drained: a panic elsewhere cannot leave it torn.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Group commits side by side, each with one writer, every key (a school) sent to one lane
+/// for good: batches of different lanes lock different schools, so two writers never queue on
+/// the same school rows (two writers of one group commit both locked every school of a busy
+/// node, and the second waited through the first's commit; BENCHMARKS.md). Keys are dealt
+/// to the lanes in turn as first seen, so a node's schools split evenly whatever their ids.
+pub struct Lanes<T, R> {
+    lanes: Vec<GroupCommit<T, R>>,
+    /// Each key's lane, and the next lane to deal.
+    dealt: Mutex<(HashMap<String, usize>, usize)>,
+}
+
+/// Keys remembered before the deal starts afresh (a district's schools fit many times over).
+const MAX_KEYS: usize = 100_000;
+
+impl<T, R> Lanes<T, R> {
+    /// `lanes` group commits of one writer each, as [`GroupCommit::new`].
+    pub fn new(lanes: usize, max_batch: usize, metric: &'static str) -> Self {
+        Lanes {
+            lanes: (0..lanes.max(1))
+                .map(|_| GroupCommit::new(1, max_batch, metric))
+                .collect(),
+            dealt: Mutex::default(),
+        }
+    }
+
+    /// The lane of `key`'s writes.
+    pub fn of(&self, key: &str) -> &GroupCommit<T, R> {
+        let n = self.lanes.len();
+        let lane = if n == 1 {
+            0
+        } else {
+            // Only inserts and a clear: a panic elsewhere cannot leave the map torn.
+            let mut dealt = self.dealt.lock().unwrap_or_else(PoisonError::into_inner);
+            let (lanes, next) = &mut *dealt;
+            match lanes.get(key) {
+                Some(&lane) => lane,
+                None => {
+                    if lanes.len() >= MAX_KEYS {
+                        lanes.clear();
+                    }
+                    let lane = *next % n;
+                    *next = next.wrapping_add(1);
+                    lanes.insert(key.to_owned(), lane);
+                    lane
+                }
+            }
+        };
+        &self.lanes[lane.min(n - 1)]
     }
 }
 
@@ -173,6 +224,22 @@ mod tests {
         assert_eq!(
             *batches.borrow(),
             vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]
+        );
+    }
+
+    #[test]
+    fn schools_are_dealt_to_lanes_in_turn_and_stay_there() {
+        let lanes: Lanes<u32, u32> = Lanes::new(2, 8, "test_batch_size");
+        let lane = |key: &str| std::ptr::from_ref(lanes.of(key));
+        let (a, b, c, d) = (lane("A"), lane("B"), lane("C"), lane("D"));
+        assert_ne!(a, b, "the first two schools write side by side");
+        assert_eq!((c, d), (a, b), "the next two are dealt in the same turn");
+        assert_eq!(lane("B"), b, "a school keeps its lane");
+        let one: Lanes<u32, u32> = Lanes::new(1, 8, "test_batch_size");
+        assert_eq!(
+            std::ptr::from_ref(one.of("A")),
+            std::ptr::from_ref(one.of("B")),
+            "one lane takes every school"
         );
     }
 

@@ -259,7 +259,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         })
     };
     let woken = dispatcher.clone();
-    store.wake_dispatch_with(move || woken.do_send(tiffin_actors::Nudge));
+    store.wake_dispatch_with(move |what| match what {
+        crate::store::Wake::Events => woken.do_send(tiffin_actors::EventsCommitted),
+        crate::store::Wake::Messages => woken.do_send(tiffin_actors::Nudge),
+    });
 
     let limits = config.limits.clone();
     let state = web::Data::new(AppState {

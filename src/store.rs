@@ -20,7 +20,7 @@
 //! numbers are gapless.
 
 use crate::db::{Db, DbError};
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, Lanes};
 use chrono::Duration;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,7 +73,8 @@ pub use schools::parse_time_of_day;
 const ORDER_BATCH: usize = 64;
 /// Transitions that wait for one commit together.
 const TRANSITION_BATCH: usize = 128;
-/// Batches of each kind that commit side by side on PostgreSQL.
+/// Batches of each kind that commit side by side on PostgreSQL (transitions: as many lanes
+/// of schools, a writer each).
 const PG_WRITERS: usize = 2;
 
 /// What committing one new order came to.
@@ -88,8 +89,8 @@ pub struct DieselStore {
     digest_at: chrono::NaiveTime,
     /// New orders, committed in batches (group commit).
     intake: Arc<GroupCommit<NewOrder, OrderCommitted>>,
-    /// Decided transitions, committed in batches.
-    transitions: Arc<GroupCommit<TransitionCommit, transitions::TransitionCommitted>>,
+    /// Decided transitions, committed in batches, a lane of schools each.
+    transitions: Arc<Lanes<TransitionCommit, transitions::TransitionCommitted>>,
     /// Each order's school and student, which never change once it is placed.
     owners: Arc<OrderOwners>,
     /// Whose name its outbox claims carry.
@@ -103,8 +104,17 @@ pub struct DieselStore {
     wake: Arc<std::sync::OnceLock<WakeDispatch>>,
 }
 
-/// What wakes dispatch (in the hub, a `Nudge` to the dispatcher).
-pub type WakeDispatch = Box<dyn Fn() + Send + Sync>;
+/// What wakes dispatch (in the hub, a message to the dispatcher).
+pub type WakeDispatch = Box<dyn Fn(Wake) + Send + Sync>;
+
+/// What a commit left dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Events to fan out, no outbox rows: a claim is worth it only if the fan-out writes some.
+    Events,
+    /// Outbox rows to claim.
+    Messages,
+}
 
 /// Order owners seen on this node: filled by intake and by reads, emptied when it grows
 /// past `MAX_OWNERS` (a day's orders of a large district fit).
@@ -212,7 +222,7 @@ impl DieselStore {
                 ORDER_BATCH,
                 "order_commit_batch_size",
             )),
-            transitions: Arc::new(GroupCommit::new(
+            transitions: Arc::new(Lanes::new(
                 writers,
                 TRANSITION_BATCH,
                 "transition_commit_batch_size",
@@ -231,16 +241,16 @@ impl DieselStore {
 
     /// From now on every commit that leaves dispatch work calls `wake`; the first hook set
     /// stays.
-    pub fn wake_dispatch_with(&self, wake: impl Fn() + Send + Sync + 'static) {
+    pub fn wake_dispatch_with(&self, wake: impl Fn(Wake) + Send + Sync + 'static) {
         if self.wake.set(Box::new(wake)).is_err() {
             tracing::warn!("dispatch's wake hook was set already");
         }
     }
 
     /// Called only after a commit returned Ok: dispatch finds what it committed.
-    fn wake_dispatch(&self) {
+    fn wake_dispatch(&self, what: Wake) {
         if let Some(wake) = self.wake.get() {
-            wake();
+            wake(what);
         }
     }
 

@@ -18,7 +18,7 @@ pub mod registry;
 pub mod bus;
 pub mod ports;
 
-pub use dispatch::{DeliveryPolicy, Dispatcher, Nudge, RateLimit, StopDispatch};
+pub use dispatch::{DeliveryPolicy, Dispatcher, EventsCommitted, Nudge, RateLimit, StopDispatch};
 pub use kitchen::{
     CatchUp, Catchup, CounterClosed, ItemDoneOrder, Kitchen, LiveOrders, PlaceOrder,
     SnapshotReason, Subscribe, TakeSnapshot, TransitionOrder,

@@ -276,12 +276,21 @@ pub struct OutboxStats {
     pub awaiting_fan_out: i64,
 }
 
+/// What one fan-out came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FannedOut {
+    /// Events taken (fewer than asked: none are left waiting).
+    pub events: usize,
+    /// Outbox rows written for them.
+    pub messages: usize,
+}
+
 /// The outbox side of the store, used by notification dispatch. Every attempt is recorded.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Turns up to `limit` committed events into the outbox rows of the notices they make
-    /// (one per recipient and channel); returns how many events it took.
-    async fn fan_out(&self, limit: i64) -> Result<usize, CommandError>;
+    /// (one per recipient and channel).
+    async fn fan_out(&self, limit: i64) -> Result<FannedOut, CommandError>;
     /// Queues the daily digests due at `now` (each school's own evening, once a school day);
     /// returns how many messages it queued.
     async fn queue_digests(&self, now: DateTime<Utc>) -> Result<usize, CommandError>;

@@ -206,7 +206,7 @@ impl DieselStore {
         let event = with_conn!(&self.db, |conn| conn
             .transaction(async |conn| conn.amend(amendment).await)
             .await)?;
-        self.wake_dispatch();
+        self.wake_dispatch(super::Wake::Events);
         Ok(event)
     }
 }

@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use std::collections::HashSet;
 use tiffin_actors::domain::{Issuer, KitchenEvent, OrderState, Transition};
-use tiffin_actors::ports::{CommandError, NewOrderItem, Placed, TransitionCommit};
+use tiffin_actors::ports::{CommandError, FannedOut, NewOrderItem, Placed, TransitionCommit};
 
 fn committed(result: Result<Placed, TxError>) -> KitchenEvent {
     match result {
@@ -65,7 +65,7 @@ async fn batches_refuse_alone_and_number_without_gaps(db: Db) {
     let store = DieselStore::new(db.clone(), 120);
     let wakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let woken = wakes.clone();
-    store.wake_dispatch_with(move || {
+    store.wake_dispatch_with(move |_| {
         woken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     });
     // `AtomicUsize::load`, not diesel's `load`.
@@ -302,7 +302,7 @@ async fn events_are_fanned_out_once(db: Db) {
         (0, 2),
         "news waiting is counted"
     );
-    assert_eq!(store.fan_out(256).await.unwrap(), 2);
+    assert_eq!(store.fan_out(256).await.unwrap().events, 2);
     assert_eq!(store.stats().await.unwrap().awaiting_fan_out, 0);
     let rows = outbox_rows(&db).await;
     // A receipt per order to the guardian (the student placed it: no news of their own act).
@@ -312,7 +312,7 @@ async fn events_are_fanned_out_once(db: Db) {
         assert!(!to_guardian.is_empty(), "no rows for event {seq}: {rows:?}");
         assert!(to_guardian.iter().all(|r| r.1 == guardian), "{rows:?}");
     }
-    assert_eq!(store.fan_out(256).await.unwrap(), 0);
+    assert_eq!(store.fan_out(256).await.unwrap(), FannedOut::default());
     assert_eq!(outbox_rows(&db).await, rows, "written once");
 }
 

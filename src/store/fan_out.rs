@@ -18,7 +18,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::{HashMap, HashSet};
 use tiffin_actors::domain::Role;
 use tiffin_actors::notices::{Audience, Kind, Recipient, intents};
-use tiffin_actors::ports::CommandError;
+use tiffin_actors::ports::{CommandError, FannedOut};
 
 /// Takes up to `$1` events waiting for fan-out, oldest first, and marks them done; other
 /// nodes skip the rows this one holds. The rows taken are found again by their physical
@@ -110,9 +110,8 @@ impl People {
 }
 
 impl DieselStore {
-    /// Fans out up to `limit` committed events into outbox rows; returns how many events it
-    /// took (fewer than `limit`: none are left waiting).
-    pub(super) async fn fan_out_events(&self, limit: i64) -> Result<usize, CommandError> {
+    /// Fans out up to `limit` committed events into outbox rows.
+    pub(super) async fn fan_out_events(&self, limit: i64) -> Result<FannedOut, CommandError> {
         let take = match &self.db {
             Db::Pg(_) => TAKE_PG,
             Db::Sqlite(_) => TAKE_SQLITE,
@@ -127,7 +126,10 @@ impl DieselStore {
                 let taken = events.len();
                 let mut due: Vec<Due> = events.into_iter().filter_map(Due::of).collect();
                 if due.is_empty() {
-                    return Ok::<_, TxError>(taken);
+                    return Ok::<_, TxError>(FannedOut {
+                        events: taken,
+                        messages: 0,
+                    });
                 }
                 due.sort_by(|a, b| {
                     (a.event.created_at, &a.event.school_id, a.event.seq).cmp(&(
@@ -255,7 +257,10 @@ impl DieselStore {
                 // Taking the events marked them in this transaction: no row can exist yet.
                 conn.insert_rows(&rows).await?;
                 metrics::counter!("notify_fanned_out_total").increment(rows.len() as u64);
-                Ok(taken)
+                Ok(FannedOut {
+                    events: taken,
+                    messages: rows.len(),
+                })
             })
             .await)
         .map_err(CommandError::from)?;

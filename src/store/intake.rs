@@ -163,7 +163,7 @@ impl DieselStore {
         .await;
         // A new order's event makes its receipt.
         if answers.iter().any(|a| matches!(a, Ok(Placed::New(_)))) {
-            self.wake_dispatch();
+            self.wake_dispatch(super::Wake::Events);
         }
         answers
     }

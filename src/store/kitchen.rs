@@ -63,6 +63,7 @@ impl Store for DieselStore {
         let committed = crate::db::counted(
             "transition",
             self.transitions
+                .of(&t.school_id)
                 .submit(t, |batch| self.commit_transitions(batch)),
         )
         .await

@@ -12,7 +12,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use tiffin_actors::notices::Priority;
-use tiffin_actors::ports::{Claimed, CommandError, Outbox, OutboxStats};
+use tiffin_actors::ports::{Claimed, CommandError, FannedOut, Outbox, OutboxStats};
 
 /// One delivery attempt of an outbox row.
 struct Attempt<'a> {
@@ -121,7 +121,7 @@ impl DieselStore {
 
 #[async_trait]
 impl Outbox for DieselStore {
-    async fn fan_out(&self, limit: i64) -> Result<usize, CommandError> {
+    async fn fan_out(&self, limit: i64) -> Result<FannedOut, CommandError> {
         crate::db::counted(NOTIFY, async { self.fan_out_events(limit).await }).await
     }
 
@@ -330,7 +330,7 @@ impl DieselStore {
         .execute(conn)
         .await)?;
         if n > 0 {
-            self.wake_dispatch();
+            self.wake_dispatch(super::Wake::Messages);
         }
         Ok(n > 0)
     }

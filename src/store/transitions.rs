@@ -124,7 +124,7 @@ impl DieselStore {
         })
         .await;
         if answers.iter().any(Result::is_ok) {
-            self.wake_dispatch();
+            self.wake_dispatch(super::Wake::Events);
         }
         answers
     }

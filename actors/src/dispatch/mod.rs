@@ -61,6 +61,9 @@ pub struct Dispatcher {
     poll: Duration,
     busy: bool,
     again: bool,
+    /// Whether the next drain claims due messages whatever its fan-out writes: not when only
+    /// this node's events were committed, whose fan-out writes what there is to claim.
+    claim: bool,
     /// How often to look for daily digests that are due; `None`: never.
     digests_every: Option<Duration>,
     digesting: bool,
@@ -96,6 +99,7 @@ impl Dispatcher {
             poll,
             busy: false,
             again: false,
+            claim: true,
             digests_every: None,
             digesting: false,
         }
@@ -139,6 +143,9 @@ impl Dispatcher {
             self.again = true;
             return;
         }
+        // A wake for events alone claims only if their fan-out wrote messages: a pickup
+        // that notifies no one woke a claim that found nothing (BENCHMARKS.md, scans).
+        let claim = std::mem::take(&mut self.claim);
         let skip = self.shared.full_lanes();
         let all_full = !self.shared.lanes.is_empty() && skip.len() == self.shared.lanes.len();
         self.busy = true;
@@ -147,26 +154,26 @@ impl Dispatcher {
         ctx.spawn(
             async move {
                 let started = Instant::now();
-                let more_events = match shared.outbox.fan_out(FAN_OUT_BATCH).await {
-                    Ok(taken) => taken as i64 == FAN_OUT_BATCH,
+                let (more_events, written) = match shared.outbox.fan_out(FAN_OUT_BATCH).await {
+                    Ok(out) => (out.events as i64 == FAN_OUT_BATCH, out.messages > 0),
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox fan-out failed");
-                        false
+                        (false, true)
                     }
                 };
                 metrics::histogram!("outbox_fan_out_seconds").record(started.elapsed().as_secs_f64());
-                if all_full {
-                    return more_events;
+                if all_full || !(claim || written) {
+                    return (more_events, false);
                 }
                 let started = Instant::now();
                 let batch = match shared.outbox.claim_due(BATCH, &skip).await {
                     Ok(batch) => batch,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox claim failed");
-                        return false;
+                        return (false, false);
                     }
                 };
-                let full = batch.len() as i64 == BATCH || more_events;
+                let full = batch.len() as i64 == BATCH;
                 metrics::histogram!("outbox_claim_seconds").record(started.elapsed().as_secs_f64());
                 let claimed_at = chrono::Utc::now();
                 for Claimed {
@@ -196,11 +203,12 @@ impl Dispatcher {
                         }
                     });
                 }
-                full
+                (full || more_events, full)
             }
             .into_actor(self)
-            .map(|more, act, ctx| {
+            .map(|(more, claim_more), act, ctx| {
                 act.busy = false;
+                act.claim |= claim_more;
                 if more || std::mem::take(&mut act.again) {
                     act.drain(ctx);
                 }
@@ -234,7 +242,10 @@ impl Actor for Dispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(self.poll, |act, ctx| act.drain(ctx));
+        ctx.run_interval(self.poll, |act, ctx| {
+            act.claim = true;
+            act.drain(ctx);
+        });
         ctx.run_interval(STATS_EVERY, |act, ctx| act.refresh_gauges(ctx));
         if let Some(every) = self.digests_every {
             ctx.run_interval(every, |act, ctx| act.queue_digests(ctx));
@@ -256,6 +267,20 @@ pub struct Nudge;
 impl Handler<Nudge> for Dispatcher {
     type Result = ();
     fn handle(&mut self, _: Nudge, ctx: &mut Context<Self>) {
+        self.claim = true;
+        self.drain(ctx);
+    }
+}
+
+/// Events were committed on this node, no outbox rows: fan them out, and claim only what that
+/// wrote.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EventsCommitted;
+
+impl Handler<EventsCommitted> for Dispatcher {
+    type Result = ();
+    fn handle(&mut self, _: EventsCommitted, ctx: &mut Context<Self>) {
         self.drain(ctx);
     }
 }
