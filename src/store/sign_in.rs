@@ -100,7 +100,7 @@ impl DieselStore {
                 Ok::<_, TxError>(())
             })
             .await)?;
-        self.wake_dispatch();
+        self.wake_dispatch(super::Wake::Messages);
         Ok(())
     }
 }
