@@ -193,6 +193,11 @@ fn each_record(
                 Ok(false) => return Ok(Ok(())),
                 Ok(true) => {
                     let line = record.position().map_or(0, csv::Position::line);
+                    // PostgreSQL's text holds no NUL: named here, not as a failed COPY.
+                    if record.as_slice().contains('\0') {
+                        out.problem(line, "a NUL character: no field may hold one")?;
+                        continue;
+                    }
                     if let Err(reason) = row(&columns, &record, line as i64)? {
                         out.problem(line, reason)?;
                     }

@@ -376,6 +376,7 @@ stu-1,,,true,sch-a,student,,,Ana,Again,,,,,,,,
 tea-1,,,true,sch-a,teacher,,,Tom,Teach,,,not-an-email,,,,,
 par-1,,,true,sch-a,parent,,,Maria,Ruiz,,,,12,,stu-3,,
 stu-5,,,true,sch-a,student,,,Eve,Li,,,,,,stu-3,,
+stu-6,,,true,sch-a,student,,,Zo\0e,Li,,,,,,,,
 ";
         let files = bundle_11(
             users,
@@ -412,6 +413,7 @@ stu-5,,,true,sch-a,student,,,Eve,Li,,,,,,stu-3,,
             ("users.csv", 5),
             ("users.csv", 7),
             ("users.csv", 8),
+            ("users.csv", 9),
         ]
         .iter()
         .map(|(f, l)| (f.to_string(), *l))
