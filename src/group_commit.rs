@@ -127,7 +127,7 @@ impl<T, R> Lanes<T, R> {
                 }
             }
         };
-        &self.lanes[lane.min(n - 1)]
+        &self.lanes[lane]
     }
 }
 

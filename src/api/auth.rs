@@ -116,6 +116,17 @@ fn refused() -> ApiError {
     ApiError::new(ErrorCode::InvalidCredentials, "wrong login or password")
 }
 
+/// The login as stored, once its sign-in bucket allows another try: per login name, so
+/// guessing one account from many addresses is slow too.
+async fn limited_login(state: &Data, typed: &str) -> Result<String, ApiError> {
+    let stored = stored_login(typed);
+    state
+        .limits
+        .check(crate::limits::Bucket::SignIn, &stored)
+        .await?;
+    Ok(stored)
+}
+
 /// A login as stored: an email address in lower case, a phone number in E.164.
 fn stored_login(typed: &str) -> String {
     let typed = typed.trim();
@@ -130,12 +141,7 @@ fn stored_login(typed: &str) -> String {
     responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
 #[post("/auth/login")]
 pub async fn login(state: Data, body: Json<Login>) -> Result<HttpResponse, ApiError> {
-    let login = stored_login(&body.login);
-    // Per login name: guessing one account's password from many addresses is slow too.
-    state
-        .limits
-        .check(crate::limits::Bucket::SignIn, &login)
-        .await?;
+    let login = limited_login(&state, &body.login).await?;
     let user = store::people::user_by_login(&state.db, &login)
         .await?
         .filter(|u| u.active && u.password_hash.is_some());
@@ -173,11 +179,7 @@ fn sign_in_code_mac(key: &[u8], user_id: &str, code: &str) -> Result<HmacSha256,
     responses((status = 202, body = CodeAccepted), (status = 429, body = crate::error::ErrorBody)))]
 #[post("/auth/code")]
 pub async fn request_code(state: Data, body: Json<CodeRequest>) -> Result<HttpResponse, ApiError> {
-    let asked = stored_login(&body.login);
-    state
-        .limits
-        .check(crate::limits::Bucket::SignIn, &asked)
-        .await?;
+    let asked = limited_login(&state, &body.login).await?;
     // Decided after answering: neither the answer nor its time tells whether anyone has
     // that login.
     let state = state.into_inner();
@@ -237,11 +239,7 @@ async fn send_code(state: &AppState, asked: &str) -> Result<(), ApiError> {
     responses((status = 200, body = Tokens), (status = 401, body = crate::error::ErrorBody)))]
 #[post("/auth/code/verify")]
 pub async fn verify_code(state: Data, body: Json<CodeSignIn>) -> Result<HttpResponse, ApiError> {
-    let asked = stored_login(&body.login);
-    state
-        .limits
-        .check(crate::limits::Bucket::SignIn, &asked)
-        .await?;
+    let asked = limited_login(&state, &body.login).await?;
     let invalid = || ApiError::new(ErrorCode::SignInCodeInvalid, "wrong login or code");
     let user = store::people::user_by_login(&state.db, &asked)
         .await?
