@@ -403,6 +403,9 @@ on_both_connections!(impl RosterImport {
             Stop::Refused(Refusal::Unreadable("the bundle has no manifest.csv".into()))
         })?;
         self.batch_execute(&sql::index_and_resolve(Self::PG, manifest.bulk)).await?;
+        if self.count(sql::GUARDIANS_WITHOUT_SCHOOL).await? > 0 {
+            self.batch_execute(sql::guardian_schools(Self::PG)).await?;
+        }
         let unlisted = sql::unlisted_allergies(manifest.bulk, manifest.has_allergies);
         self.batch_execute(&sql::mark_changed(Self::PG, unlisted)).await?;
         self.problems(&manifest, &mut problems).await?;

@@ -216,9 +216,11 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
         .await;
         assert_eq!(r.status, 401);
 
-        // Ben renamed, Cy gone (deactivated), Dee new, Maria's email changed, Rosa unlinked.
+        // Ben renamed, Cy gone (deactivated), Dee new, Maria's email changed, Rosa unlinked,
+        // Gil now Ben's parent (the link's relationship changes, not the person).
         let changed = USERS_11
             .replace(",Ben,Ruiz,", ",Benjamin,Ruiz,")
+            .replace("gua-1,,,true,,guardian,", "gua-1,,,true,,parent,")
             .replace("maria@family.test", "maria.ruiz@family.test")
             .replace("\"par-1,rel-1\"", "par-1")
             .replace(",stu-1,,\n", ",,,\n")
@@ -236,7 +238,7 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
         assert_eq!(counts(&report, "schools"), [0, 0, 0, 2], "{report}");
         assert_eq!(counts(&report, "students"), [1, 1, 1, 1], "{report}");
         assert_eq!(counts(&report, "guardians"), [0, 1, 0, 2], "{report}");
-        assert_eq!(counts(&report, "links"), [0, 0, 1, 3], "{report}");
+        assert_eq!(counts(&report, "links"), [0, 1, 1, 2], "{report}");
         assert_eq!(counts(&report, "cards"), [1, 0, 1, 0], "{report}");
         let in_b = people(&hub, &admin, &b).await;
         assert_eq!(
@@ -246,7 +248,27 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
         );
         assert_eq!(named(&in_b, "Dee Ng")["active"], true);
         let in_a = people(&hub, &admin, &a).await;
-        named(&in_a, "Benjamin Ruiz");
+        let ben_id = named(&in_a, "Benjamin Ruiz")["id"].as_str().unwrap();
+        let guardians = expect(
+            get(
+                &hub,
+                &admin,
+                &format!("/api/v1/schools/{a}/students/{ben_id}/guardians"),
+            )
+            .await,
+            200,
+        );
+        let relations: Vec<&str> = guardians
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["relationship"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            relations,
+            ["parent", "parent"],
+            "Maria and Gil: {guardians}"
+        );
         assert_eq!(
             named(&in_a, "Maria Ruiz")["email"],
             "maria.ruiz@family.test"
@@ -270,7 +292,7 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
             (
                 "users.csv",
                 format!(
-                    "{USERS_11_HEADER}stu-4,tobedeleted,,true,sch-b,student,dee,,Dee,Ng,,,,,,,07,\ngua-1,active,,true,,guardian,,,Gil,Ortiz,,,gil@family.test,,+44 20 7946 0959,stu-2,,\n"
+                    "{USERS_11_HEADER}stu-4,tobedeleted,,true,sch-b,student,dee,,Dee,Ng,,,,,,,07,\ngua-1,active,,true,,parent,,,Gil,Ortiz,,,gil@family.test,,+44 20 7946 0959,stu-2,,\n"
                 ),
             ),
         ]);
