@@ -122,6 +122,33 @@ async fn a_batch_of_scans_probes_its_indexes_once_a_scan() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A batch's cards are read through their unique index, and a batch's schools locked one
+/// probe a school, under the generic plans the claim and transition batches use.
+#[tokio::test]
+async fn a_batchs_cards_and_schools_are_found_by_key() {
+    let (name, _db) = pg_database().await;
+    let setup = "SET session_replication_role = replica; \
+        INSERT INTO schools (id, name, time_zone, created_at, updated_at) \
+        SELECT 's' || g, 'School', 'UTC', now(), now() FROM generate_series(1, 2000) AS g; \
+        INSERT INTO rfid_cards (id, school_id, student_id, card_uid, status, created_at, \
+            updated_at) \
+        SELECT 'c' || g, 's1', 'u' || g, 'CARD' || g, 'active', now(), now() \
+        FROM generate_series(1, 20000) AS g";
+    // As `scan_claims::claim_set_wise` reads them.
+    let uids = vec!["CARD1".to_owned()];
+    let cards = rfid_cards::table
+        .filter(rfid_cards::card_uid.eq_any(&uids))
+        .select(crate::db::models::CardRow::as_select());
+    let plan = generic_plan(&name, setup, &cards, "'{CARD1,CARD2}'").await;
+    assert!(plan.contains("rfid_cards_card_uid_key"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    let plan =
+        generic_plan_of_sql(&name, "", super::sequence::LOCK_SCHOOLS_PG, "'{s2,s1,s2}'").await;
+    assert!(plan.contains("Index Scan using schools_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan on schools"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day of ready orders at one school, and scans that were pending once (each leaves an
 /// entry in `scans_pending` until a vacuum), without statistics.
 const A_DAY_OF_PICKUPS: &str = "SET session_replication_role = replica; \

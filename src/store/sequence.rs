@@ -71,12 +71,22 @@ fn firsts(
 }
 
 /// Locks a batch's schools in school order (`FOR NO KEY UPDATE`, as the sequence bump
-/// itself takes; `FOR UPDATE` would also block rows that merely reference a school).
-pub(crate) const LOCK_SCHOOLS_PG: &str =
-    "SELECT id FROM schools WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
+/// itself takes; `FOR UPDATE` would also block rows that merely reference a school). One
+/// index probe a school, in the sorted ids' order: `id = ANY` read the table whole under a
+/// generic plan.
+pub(crate) const LOCK_SCHOOLS_PG: &str = "\
+SELECT s.id FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id) ORDER BY id) x \
+CROSS JOIN LATERAL (SELECT id FROM schools WHERE id = x.id FOR NO KEY UPDATE) s";
+
+/// For the rest of a transaction, statements use their connection's cached generic plan
+/// instead of being planned afresh (`db::plan_afresh_without_autovacuum`), foreign-key
+/// checks included: for transactions whose statements `plan_tests` holds to their indexes
+/// under such plans. Planning was about a quarter of PostgreSQL's time in the scans
+/// benchmark (BENCHMARKS.md).
+pub(crate) const GENERIC_PLANS_PG: &str = "SET LOCAL plan_cache_mode TO force_generic_plan";
 
 /// Runs `$write` (one statement on `$c`, a `&mut &PgConn`) in a transaction that first locks
-/// `$schools` in school order, the four statements made in order and sent together: one
+/// `$schools` in school order, the statements made in order and sent together: one
 /// round trip when `$write` is [`crate::db::kept`] (kept by the connection; a statement
 /// prepared afresh waits for its own). The lock is its own statement so that the write's
 /// snapshot is taken once the locks are held: a write that locked and updated the same school
@@ -85,12 +95,23 @@ pub(crate) const LOCK_SCHOOLS_PG: &str =
 /// after a failed statement rolls back; every answer is read (joined, not tried), so the
 /// transaction is closed either way.
 macro_rules! with_schools_locked {
-    ($conn:expr, $schools:expr, |$c:ident| $write:expr) => {{
+    ($conn:expr, $schools:expr, |$c:ident| $write:expr) => {
+        $crate::store::sequence::with_schools_locked!($conn, $schools, false, |$c| $write)
+    };
+    // `$generic`: the transaction's statements use generic plans (`GENERIC_PLANS_PG`).
+    ($conn:expr, $schools:expr, $generic:expr, |$c:ident| $write:expr) => {{
         use diesel::sql_types::{Array, Text};
         let conn: &$crate::db::PgConn = $conn;
-        let (mut begin_on, mut lock_on, mut $c, mut commit_on) = (conn, conn, conn, conn);
+        let (mut begin_on, mut plans_on, mut lock_on, mut $c, mut commit_on) =
+            (conn, conn, conn, conn, conn);
         $crate::db::one_round_trip(async {
             let begin = $crate::db::kept(diesel::sql_query("BEGIN")).execute(&mut begin_on);
+            let plans: futures_util::future::OptionFuture<_> = ($generic)
+                .then(|| {
+                    $crate::db::kept(diesel::sql_query($crate::store::sequence::GENERIC_PLANS_PG))
+                        .execute(&mut plans_on)
+                })
+                .into();
             let locked = $crate::db::kept(
                 diesel::sql_query($crate::store::sequence::LOCK_SCHOOLS_PG)
                     .bind::<Array<Text>, _>($schools),
@@ -98,9 +119,10 @@ macro_rules! with_schools_locked {
             .execute(&mut lock_on);
             let written = $write;
             let commit = $crate::db::kept(diesel::sql_query("COMMIT")).execute(&mut commit_on);
-            let (begin, locked, written, commit) =
-                futures_util::future::join4(begin, locked, written, commit).await;
+            let (begin, plans, locked, written, commit) =
+                futures_util::future::join5(begin, plans, locked, written, commit).await;
             begin?;
+            plans.transpose()?;
             locked?;
             let written = written?;
             commit?;
