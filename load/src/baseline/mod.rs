@@ -87,6 +87,10 @@ pub struct Options {
     /// each, so they bound its drain (20 emails a second each).
     #[arg(long, default_value_t = crate::sink::SMTP_SESSIONS)]
     pub smtp_sessions: usize,
+    /// Scans a second offered across the scan benchmark's readers (open loop, the goal's
+    /// measure); 0 drives them closed loop instead, for the most a node answers.
+    #[arg(long, default_value_t = 1500)]
+    pub scan_rate: u32,
     /// Only these comparisons (e.g. one under a profiler); all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
@@ -266,7 +270,12 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
         if pinned {
             pinned = hub.target.pid.is_some_and(|pid| pin(pid, 0));
         }
-        let measured = scans::measure(&hub.target, Duration::from_secs(options.seconds)).await;
+        let measured = scans::measure(
+            &hub.target,
+            Duration::from_secs(options.seconds),
+            options.scan_rate,
+        )
+        .await;
         hub.stop(options).await;
         let measured = measured?;
         if let Some(goals) = report["goals"].as_array_mut() {
