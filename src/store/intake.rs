@@ -261,7 +261,7 @@ async fn write_orders_pg(
         .bind::<Text, _>(serde_json::to_string(&decided.orders).map_err(json_error)?)
         .bind::<Text, _>(serde_json::to_string(&decided.items).map_err(json_error)?)
         .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?);
-    let taken = with_schools_locked!(&*conn, &schools, |on| write.load::<First>(&mut on))?;
+    let taken = with_schools_locked!(&*conn, &schools, false, |on| write.load::<First>(&mut on))?;
     Ok(taken.into_iter().map(|t| (t.id, t.first)).collect())
 }
 /// The batch's reads, expanded for each backend.

@@ -43,8 +43,8 @@ impl Stamp {
 
 /// The import's sorts, hashes and indexes over millions of staged rows in memory rather than
 /// in temporary files (the agent ids' two ends, 4M rows joined with the 3M people twice,
-/// spilled in batches at 256 MB), and no JIT: each statement runs once, and compiling it with LLVM's optimizations
-/// cost more than it saved; for its transaction only.
+/// spilled in batches at 256 MB), and no JIT: each statement runs once, and compiling it
+/// with LLVM's optimizations cost more than it saved; for its transaction only.
 pub const PG_IMPORT_SETTINGS: &str = "SET LOCAL work_mem = '384MB'; \
     SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL jit = off;";
 
@@ -547,8 +547,7 @@ UPDATE guardian_links SET relationship = r.relationship
 FROM roster_links r
 WHERE r.linked AND r.relationship IS NOT NULL
   AND r.linked_relationship IS DISTINCT FROM r.relationship
-  AND guardian_links.guardian_id = r.guardian_id AND guardian_links.student_id = r.student_id
-  AND guardian_links.relationship IS DISTINCT FROM r.relationship";
+  AND guardian_links.guardian_id = r.guardian_id AND guardian_links.student_id = r.student_id";
 
 /// New links in the order of their guardians' ids (time-ordered, so the order they were
 /// written in): each link's two foreign-key checks then read and lock people's rows page

@@ -93,12 +93,9 @@ pub(crate) const GENERIC_PLANS_PG: &str = "SET LOCAL plan_cache_mode TO force_ge
 /// rows in one statement re-read them through its older snapshot and queued behind other
 /// waiters for the row it held, a deadlock PostgreSQL reported under the lunch rush. COMMIT
 /// after a failed statement rolls back; every answer is read (joined, not tried), so the
-/// transaction is closed either way.
+/// transaction is closed either way. `$generic`: the transaction's statements use generic
+/// plans (`GENERIC_PLANS_PG`).
 macro_rules! with_schools_locked {
-    ($conn:expr, $schools:expr, |$c:ident| $write:expr) => {
-        $crate::store::sequence::with_schools_locked!($conn, $schools, false, |$c| $write)
-    };
-    // `$generic`: the transaction's statements use generic plans (`GENERIC_PLANS_PG`).
     ($conn:expr, $schools:expr, $generic:expr, |$c:ident| $write:expr) => {{
         use diesel::sql_types::{Array, Text};
         let conn: &$crate::db::PgConn = $conn;
