@@ -53,14 +53,17 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJson<T> {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = read(req, payload);
-        Box::pin(async move {
-            let body = body.await?;
-            if body.iter().all(u8::is_ascii_whitespace) {
-                return Ok(OptionalJson(T::default()));
-            }
-            decode::<Option<T>>(&body).map(|body| OptionalJson(body.unwrap_or_default()))
-        })
+        Box::pin(async move { optional(&body.await?).map(OptionalJson) })
     }
+}
+
+/// An optional body: none at all, or `null`, is `T::default()`; anything else is JSON as
+/// [`decode`] reads it (whitespace alone is not JSON).
+fn optional<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    decode::<Option<T>>(body).map(Option::unwrap_or_default)
 }
 
 fn is_json(req: &HttpRequest) -> bool {
@@ -241,6 +244,16 @@ mod tests {
         // serde reads a struct from an array by position; a body is an object.
         let (code, _, message) = refusal(r#"[[]]"#);
         assert_eq!(code, ErrorCode::InvalidBody, "{message}");
+    }
+
+    #[test]
+    fn an_optional_body_is_none_or_null_or_json_not_whitespace() {
+        type Map = std::collections::BTreeMap<String, i32>;
+        let read = |body: &str| optional::<Map>(body.as_bytes()).map_err(|e| e.code);
+        assert_eq!(read(""), Ok(Map::new()));
+        assert_eq!(read("null"), Ok(Map::new()));
+        assert_eq!(read(r#" {"a":1} "#), Ok(Map::from([("a".to_owned(), 1)])));
+        assert_eq!(read("\n"), Err(ErrorCode::MalformedJson));
     }
 
     #[test]
