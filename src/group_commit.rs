@@ -9,9 +9,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 use tokio::sync::{Semaphore, oneshot};
 
-type Waiting<T, R> = (T, oneshot::Sender<R>);
+type Waiting<T, R> = (T, oneshot::Sender<R>, Instant);
 
 pub struct GroupCommit<T, R> {
     queue: Mutex<VecDeque<Waiting<T, R>>>,
@@ -42,7 +43,7 @@ impl<T, R> GroupCommit<T, R> {
         commit: impl Fn(Vec<T>) -> F,
     ) -> Option<R> {
         let (answer, mut answered) = oneshot::channel();
-        self.lock().push_back((item, answer));
+        self.lock().push_back((item, answer, Instant::now()));
         loop {
             // Answered by the batch this caller just led, or by another while it waited.
             if let Some(answer) = settled(&mut answered) {
@@ -66,8 +67,20 @@ impl<T, R> GroupCommit<T, R> {
                 return answered.await.ok();
             }
             metrics::histogram!(self.metric).record(batch.len() as f64);
-            let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
-            for (answer, result) in answers.into_iter().zip(commit(items).await) {
+            // Where a write's time goes: queued for a turn, then its batch's commit.
+            let waited = metrics::histogram!("group_commit_wait_seconds", "batch" => self.metric);
+            let (items, answers): (Vec<T>, Vec<oneshot::Sender<R>>) = batch
+                .into_iter()
+                .map(|(item, answer, queued)| {
+                    waited.record(queued.elapsed().as_secs_f64());
+                    (item, answer)
+                })
+                .unzip();
+            let began = Instant::now();
+            let results = commit(items).await;
+            metrics::histogram!("group_commit_seconds", "batch" => self.metric)
+                .record(began.elapsed().as_secs_f64());
+            for (answer, result) in answers.into_iter().zip(results) {
                 // A caller that went away needs no answer.
                 let _ = answer.send(result);
             }

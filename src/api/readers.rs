@@ -241,15 +241,19 @@ pub async fn post_scan(
     req: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    let began = std::time::Instant::now();
     // The reader's look-up counts as the scan's; `rfid::scan` counts the rest.
     let reader = crate::db::counted(
         "scan",
         rfid::authenticate_reader(&rfid_hub(&state), &req, &body),
     )
     .await?;
+    rfid::scan_stage("reader", began);
     let scan: ScanIn = decode(&body)?;
     rfid::validate_scan(&scan)?;
-    Ok(HttpResponse::Ok().json(rfid::scan(&rfid_hub(&state), &reader, &scan).await?))
+    let answer = HttpResponse::Ok().json(rfid::scan(&rfid_hub(&state), &reader, &scan).await?);
+    rfid::scan_stage("handler", began);
+    Ok(answer)
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -145,11 +145,13 @@ pub(super) async fn hand_over(
             }
             Decision::HandOver(order) => *order,
         };
+        let asked = std::time::Instant::now();
         let kitchen = state
             .registry
             .send(KitchenFor(school_id.to_owned()))
             .await
             .map_err(|e| ApiError::internal(format!("registry: {e}")))?;
+        super::scan_stage("kitchen_for", asked);
         let handed = kitchen
             .send(TransitionOrder {
                 order_id: order.id.clone(),

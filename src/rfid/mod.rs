@@ -11,7 +11,7 @@ mod signing;
 mod sweep;
 
 pub use codes::{CODE_ATTEMPTS, issue_code, verify_code};
-pub use scan::{ScanAnswer, ScanIn, normalise_uid, scan, validate_scan};
+pub use scan::{ScanAnswer, ScanIn, normalise_uid, scan, scan_stage, validate_scan};
 pub use signing::{
     READER_HEADER, SEEN_SAVED_EVERY, SIGNATURE_HEADER, SeenSignatures, TIMESTAMP_HEADER,
     authenticate_reader, reader_master_key, reader_secret, secret_fingerprint,

@@ -139,6 +139,8 @@ async fn decide_scan(
             window,
         })
         .await?;
+    let claimed = Instant::now();
+    scan_stage("claim", started);
     let (claim, facts) = if facts.claimed {
         (row, Some(facts))
     } else {
@@ -209,10 +211,13 @@ async fn decide_scan(
             .increment(1);
         return Ok(answer);
     }
+    let deciding = Instant::now();
     let decided = match decide_and_hand_over(state, reader, card, orders, &claim).await? {
         HandOver::Decided(decided) => decided,
         HandOver::ClaimLost => return decided_elsewhere(state, reader, scan.seq).await,
     };
+    scan_stage("hand_over", deciding);
+    scan_stage("after_claim", claimed);
     let Decided {
         verdict,
         order_id,
@@ -251,6 +256,12 @@ async fn decide_scan(
         debounced: false,
         replayed: false,
     })
+}
+
+/// How long a part of a scan's path took, in `/metrics` (where a verdict's time goes).
+pub fn scan_stage(name: &'static str, since: Instant) {
+    metrics::histogram!("rfid_scan_stage_seconds", "stage" => name)
+        .record(since.elapsed().as_secs_f64());
 }
 
 fn still_deciding() -> ApiError {

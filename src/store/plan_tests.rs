@@ -162,27 +162,40 @@ const A_DAY_OF_PICKUPS: &str = "SET session_replication_role = replica; \
     FROM generate_series(1, 3000) AS g";
 
 /// A batch of transitions finds its orders and its scans' claims by key, not by walking the
-/// school's orders in a state or every scan once pending.
+/// school's orders in a state or every scan once pending: under the plan its connection
+/// makes on the day's first batch (empty tables) and kept all day, as under one made later.
 #[tokio::test]
 async fn a_batch_of_transitions_finds_its_orders_and_claims_by_key() {
     let (name, _db) = pg_database().await;
-    let plan = generic_plan_of_sql(
-        &name,
-        A_DAY_OF_PICKUPS,
-        crate::store::transitions::WRITE_TRANSITIONS_PG,
-        "'[]', now()::timestamp, '[]'",
-    )
-    .await;
-    assert!(plan.contains("orders_pkey"), "{plan}");
-    assert!(plan.contains("Tid Scan on orders"), "{plan}");
-    assert!(plan.contains("scans_pkey"), "{plan}");
-    assert!(!plan.contains("orders_school_state"), "{plan}");
-    assert!(!plan.contains("scans_pending"), "{plan}");
-    assert!(
-        !plan.contains("Seq Scan on orders") && !plan.contains("Seq Scan on scans"),
-        "{plan}"
-    );
+    for day in ["", A_DAY_OF_PICKUPS] {
+        let plan = batch_plan(
+            &name,
+            day,
+            crate::store::transitions::WRITE_TRANSITIONS_PG,
+            "'[]', now()::timestamp, '[]'",
+        )
+        .await;
+        assert!(plan.contains("orders_pkey"), "{plan}");
+        assert!(plan.contains("Tid Scan on orders"), "{plan}");
+        assert!(plan.contains("scans_pkey"), "{plan}");
+        assert!(!plan.contains("orders_school_state"), "{plan}");
+        assert!(!plan.contains("scans_pending"), "{plan}");
+        assert!(
+            !plan.contains("Seq Scan on orders") && !plan.contains("Seq Scan on scans"),
+            "{plan}"
+        );
+    }
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// The generic plan of `sql` (a statement of the claim or transition batches) with `args`
+/// after `setup`, made under the settings those batches run with.
+async fn batch_plan(database: &str, setup: &str, sql: &str, args: &str) -> String {
+    let setup = format!(
+        "{setup}; BEGIN; {}",
+        crate::store::sequence::GENERIC_PLANS_PG
+    );
+    generic_plan_of_sql(database, &setup, sql, args).await
 }
 
 /// A day's events, all fanned out, and no statistics: the size is what the planner sees.

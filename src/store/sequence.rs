@@ -82,8 +82,13 @@ CROSS JOIN LATERAL (SELECT id FROM schools WHERE id = x.id FOR NO KEY UPDATE) s"
 /// instead of being planned afresh (`db::plan_afresh_without_autovacuum`), foreign-key
 /// checks included: for transactions whose statements `plan_tests` holds to their indexes
 /// under such plans. Planning was about a quarter of PostgreSQL's time in the scans
-/// benchmark (BENCHMARKS.md).
-pub(crate) const GENERIC_PLANS_PG: &str = "SET LOCAL plan_cache_mode TO force_generic_plan";
+/// benchmark (BENCHMARKS.md). A connection makes its generic plan once, at the statement's
+/// first run, often on the day's first few rows, where walking a table is cheapest, and
+/// keeps it all day: so no table walks where a key finds the rows (the transitions' write
+/// walked every order of the day under a plan made on an empty table).
+pub(crate) const GENERIC_PLANS_PG: &str = "SELECT \
+    set_config('plan_cache_mode', 'force_generic_plan', true), \
+    set_config('enable_seqscan', 'off', true)";
 
 /// Runs `$write` (one statement on `$c`, a `&mut &PgConn`) in a transaction that first locks
 /// `$schools` in school order, the statements made in order and sent together: one

@@ -281,7 +281,8 @@ impl CommitTransitions for SqliteConn {
 /// scans still claimed. Orders and claims are found by key, one probe a row (the lateral
 /// subqueries): joined, plans made without statistics walked the school's orders in a state
 /// (`orders_school_state`) or every scan ever pending (`scans_pending`, whose entries stay
-/// until a vacuum), growing with the day.
+/// until a vacuum), growing with the day; the claim's state is tested outside its probe
+/// (`OFFSET 0` keeps it there) so that no plan takes `scans_pending` for it.
 pub(crate) const WRITE_TRANSITIONS_PG: &str = "\
 WITH v AS MATERIALIZED ( \
     SELECT * FROM json_to_recordset($1::json) AS v(pos int, id text, school_id text, \
@@ -290,9 +291,8 @@ WITH v AS MATERIALIZED ( \
         answer text, student_id text, took_us bigint)), \
 claimed AS MATERIALIZED ( \
     SELECT sc.id FROM v CROSS JOIN LATERAL ( \
-        SELECT id FROM scans \
-        WHERE id = v.scan_id AND verdict = 'pending' AND attempt = v.attempt \
-        FOR UPDATE) sc), \
+        SELECT id, verdict, attempt FROM scans WHERE id = v.scan_id OFFSET 0 FOR UPDATE) sc \
+    WHERE sc.verdict = 'pending' AND sc.attempt = v.attempt), \
 targets AS MATERIALIZED ( \
     SELECT v.*, o.ctid AS at FROM v CROSS JOIN LATERAL ( \
         SELECT ctid FROM orders WHERE id = v.id OFFSET 0) o \

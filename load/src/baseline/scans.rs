@@ -15,6 +15,7 @@ use crate::hub::{self, Target, client, code_of, created, reader_post_on};
 use crate::people::kitchen_staff;
 use crate::stats::server_cpu;
 use anyhow::{Context, bail};
+use awc::Client;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -25,61 +26,108 @@ const SCHOOLS: usize = 8;
 const READERS: usize = 16;
 /// Readers a school in the closed loop.
 const CLOSED_LOOP_READERS: usize = 4;
-/// Cards of each school, each with a ready order: together enough for the goal's rate for
-/// a few seconds.
+/// Cards of each school at least, each with a ready order (the open loop seeds enough for
+/// its rate and length).
 const STUDENTS: usize = 750;
 /// Requests in flight while seeding.
 const SEEDING: usize = 16;
 
-/// A scan's answer, with how long it took.
-type Answer = (Duration, anyhow::Result<(u16, Value)>);
+/// A scan's answer, with how long it took and how late the driver sent it (its own delay,
+/// part of the time taken).
+type Answer = (Duration, Duration, anyhow::Result<(u16, Value)>);
 
 /// Seeds the school, then measures; the goal's entry for `baseline.json`.
 /// `rate`: scans a second offered (open loop), or 0 for the closed loop.
 pub async fn measure(target: &Target, length: Duration, rate: u32) -> anyhow::Result<Value> {
     let seeded = Instant::now();
+    // The open loop runs its whole length: a card a scan, and a few to spare.
+    let students = STUDENTS
+        .max((f64::from(rate) * length.as_secs_f64() / SCHOOLS as f64).ceil() as usize + READERS);
     let mut schools = Vec::with_capacity(SCHOOLS);
     for n in 0..SCHOOLS {
-        schools.push(seed(target, n).await?);
+        schools.push(seed(target, n, students).await?);
     }
     eprintln!(
         "tiffin-load: scans: {} ready orders in {SCHOOLS} schools seeded in {:.0} s",
-        SCHOOLS * STUDENTS,
+        SCHOOLS * students,
         seeded.elapsed().as_secs_f64()
     );
+    settle(&target.url).await;
+    // Each reader's connection opened before the measure, as a counter's reader keeps its own.
+    let clients: Vec<Vec<Client>> = schools
+        .iter()
+        .map(|school| school.readers.iter().map(|_| client()).collect())
+        .collect();
+    let heartbeat = json!({});
+    let warm_ups = schools.iter().zip(&clients).flat_map(|(school, clients)| {
+        let heartbeat = &heartbeat;
+        school
+            .readers
+            .iter()
+            .zip(clients)
+            .map(move |(reader, client)| {
+                reader_post_on(
+                    client,
+                    &target.url,
+                    reader,
+                    "/api/v1/reader/heartbeat",
+                    heartbeat,
+                )
+            })
+    });
+    for warmed in futures_util::future::join_all(warm_ups).await {
+        let (status, body) = warmed?;
+        if status != 200 {
+            bail!("a reader's heartbeat answered {status}: {body}");
+        }
+    }
     let trips_before = hub::round_trips(&target.url).await;
     let cpu_before = server_cpu(target.pid);
     let began = Instant::now();
     let until = began + length;
     let answers: Vec<Vec<Answer>> = if rate == 0 {
-        let readers = schools.iter().flat_map(|school| {
+        let readers = schools.iter().zip(&clients).flat_map(|(school, clients)| {
             let readers = &school.readers[..CLOSED_LOOP_READERS];
-            readers.iter().enumerate().map(|(r, reader)| {
-                let cards = school.cards.iter().skip(r).step_by(readers.len()).collect();
-                scan(&target.url, reader, cards, None, until)
-            })
+            readers
+                .iter()
+                .zip(clients)
+                .enumerate()
+                .map(|(r, (reader, client))| {
+                    let cards = school.cards.iter().skip(r).step_by(readers.len()).collect();
+                    scan(client, &target.url, reader, cards, None, until)
+                })
         });
         futures_util::future::join_all(readers).await
     } else {
         // Reader k of all K scans at began + k/rate, then every K/rate.
         let all = SCHOOLS * READERS;
         let gap = Duration::from_secs_f64(1.0 / f64::from(rate));
-        let readers = schools.iter().enumerate().flat_map(|(s, school)| {
-            school.readers.iter().enumerate().map(move |(r, reader)| {
-                let k = s * READERS + r;
-                let cards = school.cards.iter().skip(r).step_by(READERS).collect();
-                let pace = (began + gap * k as u32, gap * all as u32);
-                scan(&target.url, reader, cards, Some(pace), until)
-            })
-        });
+        let readers =
+            schools
+                .iter()
+                .zip(&clients)
+                .enumerate()
+                .flat_map(|(s, (school, clients))| {
+                    school.readers.iter().zip(clients).enumerate().map(
+                        move |(r, (reader, client))| {
+                            let k = s * READERS + r;
+                            let cards = school.cards.iter().skip(r).step_by(READERS).collect();
+                            let pace = (began + gap * k as u32, gap * all as u32);
+                            scan(client, &target.url, reader, cards, Some(pace), until)
+                        },
+                    )
+                });
         futures_util::future::join_all(readers).await
     };
     let elapsed = began.elapsed().as_secs_f64();
     let cpu_after = server_cpu(target.pid);
     let trips = hub::round_trips_between(&trips_before, &hub::round_trips(&target.url).await);
+    let stages = stages(&hub::metrics_page(&target.url).await);
     let mut latencies = Vec::new();
+    let mut sent_late = Vec::new();
     let mut refused: std::collections::BTreeMap<String, u64> = Default::default();
-    for (latency, outcome) in answers.into_iter().flatten() {
+    for (latency, late, outcome) in answers.into_iter().flatten() {
+        sent_late.push(late);
         match &outcome {
             Ok((200, body)) if body["verdict"] == "accepted" => latencies.push(latency),
             Ok((200, body)) => {
@@ -94,11 +142,13 @@ pub async fn measure(target: &Target, length: Duration, rate: u32) -> anyhow::Re
         bail!("scans not accepted: {refused:?}");
     }
     latencies.sort();
-    let ms = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+    sent_late.sort();
+    let ms_of = |sorted: &[Duration], q: f64| {
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
+    let ms = |q: f64| ms_of(&latencies, q);
     // Open loop: the rate offered, held if every scan was answered by the end.
     let per_sec = latencies.len() as f64 / elapsed;
     let readers = if rate == 0 {
@@ -121,6 +171,15 @@ pub async fn measure(target: &Target, length: Duration, rate: u32) -> anyhow::Re
         latencies.len(),
         busy.unwrap_or(0.0)
     );
+    let late = [ms_of(&sent_late, 0.5), ms_of(&sent_late, 0.99)];
+    eprintln!("tiffin-load: scans: where a verdict's time went (p50 / p99 ms):");
+    eprintln!(
+        "  {:<34} {:>6.2} / {:>6.2}",
+        "sent late (the driver)", late[0], late[1]
+    );
+    for (name, [p50, p99]) in &stages {
+        eprintln!("  {name:<34} {p50:>6.2} / {p99:>6.2}");
+    }
     Ok(json!({
         "goal": "verified scans >= 1,500/s on one node with the verdict's p99 <= 20 ms",
         "met": per_sec >= 1500.0 && p99 <= 20.0,
@@ -133,7 +192,89 @@ pub async fn measure(target: &Target, length: Duration, rate: u32) -> anyhow::Re
         "readers": readers,
         "hub_cores_busy": busy,
         "db_statements": trips,
+        "sent_late_ms": late,
+        "stages_ms": stages
+            .iter()
+            .map(|(name, times)| (name.trim().to_owned(), json!(times)))
+            .collect::<serde_json::Map<_, _>>(),
     }))
+}
+
+/// The hub's timings of a scan's parts (its summaries in `/metrics`, over the last minute),
+/// as (p50, p99) in ms: the claim's batch (queued, then committed), the hand-over's
+/// transition batch (the same), and each part as the scan saw it.
+fn stages(page: &str) -> Vec<(&'static str, [f64; 2])> {
+    let parts = [
+        (
+            "handler (from the reader's check)",
+            r#"rfid_scan_stage_seconds{stage="handler""#,
+        ),
+        (
+            "reader's check",
+            r#"rfid_scan_stage_seconds{stage="reader""#,
+        ),
+        ("claim", r#"rfid_scan_stage_seconds{stage="claim""#),
+        (
+            "  claim: queued",
+            r#"group_commit_wait_seconds{batch="scan_claim_batch_size""#,
+        ),
+        (
+            "  claim: batch",
+            r#"group_commit_seconds{batch="scan_claim_batch_size""#,
+        ),
+        ("hand-over", r#"rfid_scan_stage_seconds{stage="hand_over""#),
+        (
+            "  the kitchen's address",
+            r#"rfid_scan_stage_seconds{stage="kitchen_for""#,
+        ),
+        (
+            "  pickup: queued",
+            r#"group_commit_wait_seconds{batch="transition_commit_batch_size""#,
+        ),
+        (
+            "  pickup: batch",
+            r#"group_commit_seconds{batch="transition_commit_batch_size""#,
+        ),
+        (
+            "claim to verdict",
+            r#"rfid_scan_stage_seconds{stage="after_claim""#,
+        ),
+        ("whole scan", r#"rfid_scan_seconds{"#),
+    ];
+    parts
+        .into_iter()
+        .filter_map(|(name, metric)| {
+            let sep = if metric.ends_with('{') { "" } else { "," };
+            let at = |q: &str| {
+                hub::metric_value(page, &format!(r#"{metric}{sep}quantile="{q}"}}"#))
+                    .map(|s| s * 1e3)
+            };
+            Some((name, [at("0.5")?, at("0.99")?]))
+        })
+        .collect()
+}
+
+/// Waits (a minute at most) until the hub has fanned out and sent what seeding queued
+/// (every order placed and made ready notifies): the scans are measured, not the seeding's
+/// notifications. The hub's own outbox gauges say so.
+async fn settle(url: &str) {
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(60) {
+        let page = hub::metrics_page(url).await;
+        let left = ["outbox_pending", "outbox_events_awaiting_fan_out"]
+            .iter()
+            .map(|gauge| hub::metric_value(&page, gauge).unwrap_or(0.0))
+            .sum::<f64>();
+        // The gauges are refreshed every 5 s: one refresh at least after seeding.
+        if left == 0.0 && waited.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "tiffin-load: scans: the hub settled after seeding in {:.1} s",
+        waited.elapsed().as_secs_f64()
+    );
 }
 
 /// The seeded school: its readers (id, secret) and the cards of its ready orders.
@@ -146,7 +287,7 @@ fn card_uid(school: usize, n: usize) -> String {
     format!("5C{school:04X}{n:08X}")
 }
 
-async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
+async fn seed(target: &Target, school: usize, students: usize) -> anyhow::Result<School> {
     let admin = &target.admin_token;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (id, meal) = hub::school_with_meal(
@@ -165,7 +306,7 @@ async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
     let login = format!("scans-{run}@load.test");
     let staff = kitchen_staff(target, &id, "Kitchen", (&login, "scans-pass")).await?;
     let (id, meal, staff, run) = (&id, &meal, &staff, &run);
-    let cards: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..STUDENTS)
+    let cards: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..students)
         .map(|n| async move {
             let c = client();
             let url = |p: &str| format!("{}{p}", target.url);
@@ -209,13 +350,13 @@ async fn seed(target: &Target, school: usize) -> anyhow::Result<School> {
 /// scan is due at its time and timed from then, sent at once if the verdict before it came
 /// late; else each is sent when the one before it is answered.
 async fn scan(
+    client: &Client,
     url: &str,
     reader: &(String, String),
     cards: Vec<&String>,
     pace: Option<(Instant, Duration)>,
     until: Instant,
 ) -> Vec<Answer> {
-    let client = client();
     let mut answers = Vec::new();
     for (seq, card) in (1..).zip(cards) {
         let due = match pace {
@@ -226,9 +367,10 @@ async fn scan(
             break;
         }
         actix_web::rt::time::sleep_until(due.into()).await;
+        let late = due.elapsed();
         let body = json!({"seq": seq, "card_uid": card});
-        let answer = reader_post_on(&client, url, reader, "/api/v1/reader/scans", &body).await;
-        answers.push((due.elapsed(), answer));
+        let answer = reader_post_on(client, url, reader, "/api/v1/reader/scans", &body).await;
+        answers.push((due.elapsed(), late, answer));
     }
     answers
 }
