@@ -224,7 +224,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     // Alone, every change to a reader goes through this node's store.
     store.hear_reader_changes(config.redis_url.is_none());
-    let registry = Registry::new(store.clone(), bus.clone(), config.timers).start();
+    let registry = Registry::new(store.clone(), bus.clone(), config.timers);
+    let kitchens = registry.kitchens();
+    let registry = registry.start();
     let screen_sockets = Arc::new(crate::screen_sockets::ScreenSockets::default());
     let cluster = cluster.map(|(cluster, tasks)| {
         let node = crate::cluster::NodeParts {
@@ -271,6 +273,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         store,
         keys,
         registry,
+        kitchens,
         bus,
         dispatcher,
         metrics,

@@ -8,7 +8,7 @@ use actix::Addr;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use tiffin_actors::bus::Bus;
-use tiffin_actors::{Dispatcher, Registry};
+use tiffin_actors::{Dispatcher, Kitchens, Registry};
 
 pub struct AppState {
     pub config: Config,
@@ -16,6 +16,8 @@ pub struct AppState {
     pub store: Arc<DieselStore>,
     pub keys: JwtKeys,
     pub registry: Addr<Registry>,
+    /// The kitchens the registry has started, found without asking it.
+    pub kitchens: Kitchens,
     /// In-process, or in-process plus Redis to the other nodes.
     pub bus: Arc<dyn Bus>,
     /// This node's link to the others (`redis_url` set).

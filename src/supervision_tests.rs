@@ -31,7 +31,9 @@ async fn a_failed_kitchen_restarts_from_the_store_and_answers_what_was_sent_mean
     let db = Db::connect(&url, 4).unwrap();
     let (a, b) = (school(&db, "A").await, school(&db, "B").await);
     let store = Arc::new(DieselStore::new(db.clone(), 120));
-    let registry = Registry::new(store, Arc::new(LocalBus::new()), TimerPolicy::default()).start();
+    let registry = Registry::new(store, Arc::new(LocalBus::new()), TimerPolicy::default());
+    let kitchens = registry.kitchens();
+    let registry = registry.start();
     let kitchen_a = registry.send(KitchenFor(a.id.clone())).await.unwrap();
     let kitchen_b = registry.send(KitchenFor(b.id.clone())).await.unwrap();
     let in_a = placed(kitchen_a.send(order(&a)).await.unwrap().unwrap());
@@ -67,9 +69,13 @@ async fn a_failed_kitchen_restarts_from_the_store_and_answers_what_was_sent_mean
     assert_eq!(live_b.len(), 1);
     assert_eq!(live_b[0].id, in_b.order_id);
     assert_eq!(live_b[0].state, OrderState::Placed);
-    // The registry still hands out the same, restarted kitchen.
+    // The registry still hands out the same, restarted kitchen, and so do the kitchens
+    // known to handlers without asking it.
     let again = registry.send(KitchenFor(a.id.clone())).await.unwrap();
     assert_eq!(again.send(LiveOrders).await.unwrap().unwrap().len(), 2);
+    let known = kitchens.of(&registry, &a.id).await.unwrap();
+    assert!(known == again, "the kitchen the registry started");
+    assert_eq!(known.send(LiveOrders).await.unwrap().unwrap().len(), 2);
 }
 
 #[actix_web::test]

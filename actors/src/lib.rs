@@ -23,4 +23,4 @@ pub use kitchen::{
     CatchUp, Catchup, CounterClosed, ItemDoneOrder, Kitchen, LiveOrders, PlaceOrder,
     SnapshotReason, Subscribe, TakeSnapshot, TransitionOrder,
 };
-pub use registry::{CatchUpAll, KitchenFor, Observe, Registry};
+pub use registry::{CatchUpAll, KitchenFor, Kitchens, Observe, Registry};

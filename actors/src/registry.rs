@@ -7,13 +7,47 @@ use crate::kitchen::{CatchUp, Kitchen, KitchenGone, Observed};
 use crate::ports::Store;
 use actix::prelude::*;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 pub struct Registry {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     timers: TimerPolicy,
     kitchens: HashMap<String, Addr<Kitchen>>,
+    /// The same kitchens, for handlers on other threads.
+    known: Kitchens,
+}
+
+/// The kitchens a registry has started, read from any thread: a handler finds its school's
+/// kitchen without a message to the registry's thread and back (one hop fewer for every
+/// order, transition and scan).
+#[derive(Clone, Default)]
+pub struct Kitchens(Arc<RwLock<HashMap<String, Addr<Kitchen>>>>);
+
+impl Kitchens {
+    /// The kitchen of `school_id`, started by `registry` if it is not running yet.
+    pub async fn of(
+        &self,
+        registry: &Addr<Registry>,
+        school_id: &str,
+    ) -> Result<Addr<Kitchen>, MailboxError> {
+        let known = self
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(school_id)
+            .filter(|kitchen| kitchen.connected())
+            .cloned();
+        match known {
+            Some(kitchen) => Ok(kitchen),
+            None => registry.send(KitchenFor(school_id.to_owned())).await,
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Addr<Kitchen>>> {
+        // Only whole entries go in or out: a panic elsewhere cannot leave the map torn.
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Registry {
@@ -23,7 +57,13 @@ impl Registry {
             bus,
             timers,
             kitchens: HashMap::new(),
+            known: Kitchens::default(),
         }
+    }
+
+    /// The kitchens this registry starts, as they start and stop.
+    pub fn kitchens(&self) -> Kitchens {
+        self.known.clone()
     }
 }
 
@@ -43,11 +83,17 @@ impl Handler<KitchenFor> for Registry {
         let (store, bus, timers) = (self.store.clone(), self.bus.clone(), self.timers);
         let gone = ctx.address().recipient();
         let school_id = msg.0;
+        let known = &self.known;
         let addr = self
             .kitchens
             .entry(school_id.clone())
             .or_insert_with(|| {
-                Supervisor::start(move |_| Kitchen::new(school_id, store, bus, Some(gone), timers))
+                let key = school_id.clone();
+                let addr = Supervisor::start(move |_| {
+                    Kitchen::new(school_id, store, bus, Some(gone), timers)
+                });
+                known.write().insert(key, addr.clone());
+                addr
             })
             .clone();
         MessageResult(addr)
@@ -60,6 +106,7 @@ impl Handler<KitchenGone> for Registry {
     /// Dropping the address lets the supervisor stop instead of restarting forever.
     fn handle(&mut self, msg: KitchenGone, _: &mut Context<Self>) {
         self.kitchens.remove(&msg.0);
+        self.known.write().remove(&msg.0);
     }
 }
 

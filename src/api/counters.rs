@@ -134,10 +134,7 @@ pub async fn update_counter(
     })?;
     // Closing a counter moves the meals waiting there, and tells their students.
     if body.is_open == Some(false) {
-        let kitchen = state
-            .registry
-            .send(tiffin_actors::KitchenFor(school_id.clone()))
-            .await?;
+        let kitchen = state.kitchens.of(&state.registry, &school_id).await?;
         // Each move's commit wakes dispatch (`DieselStore::amend`).
         kitchen
             .send(tiffin_actors::CounterClosed {

@@ -10,8 +10,8 @@ use crate::store::event_from_row;
 use actix_web::{HttpResponse, get, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tiffin_actors::LiveOrders;
 use tiffin_actors::domain::{OrderState, OrderSummary};
-use tiffin_actors::{KitchenFor, LiveOrders};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -162,7 +162,7 @@ pub async fn live_orders(
     let school_id = path.to_string();
     who.require_kitchen(&school_id)?;
     existing_school(&state, &school_id).await?;
-    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    let kitchen = state.kitchens.of(&state.registry, &school_id).await?;
     let orders = kitchen.send(LiveOrders).await??;
     Ok(HttpResponse::Ok().json(orders.into_iter().map(OrderView::from).collect::<Vec<_>>()))
 }
@@ -222,7 +222,7 @@ pub async fn kitchen_summary(
     let school_id = path.to_string();
     who.require_kitchen(&school_id)?;
     let school = existing_school(&state, &school_id).await?;
-    let kitchen = state.registry.send(KitchenFor(school_id.clone())).await?;
+    let kitchen = state.kitchens.of(&state.registry, &school_id).await?;
     let live = kitchen.send(LiveOrders).await??;
     let now = Utc::now();
     let live_states = [

@@ -9,9 +9,9 @@ use actix_web::{HttpRequest, HttpResponse, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tiffin_actors::PlaceOrder;
 use tiffin_actors::domain::{Issuer, OrderSummary, Role};
 use tiffin_actors::ports::{CommandError, Idempotency, NewOrder, NewOrderItem, Placed};
-use tiffin_actors::{KitchenFor, PlaceOrder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -255,7 +255,7 @@ async fn place(
         allergy_override,
         window_id: body.window_id.map(|w| w.to_string()),
     };
-    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    let kitchen = state.kitchens.of(&state.registry, &school_id).await?;
     match kitchen.send(PlaceOrder(order)).await?? {
         Placed::New(event) => Ok(HttpResponse::Created().json(OrderView::from(event.order))),
         Placed::Existing(order) => Ok(HttpResponse::Ok().json(OrderView::from(order))),

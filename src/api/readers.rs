@@ -26,6 +26,7 @@ fn rfid_hub(state: &crate::state::AppState) -> rfid::Hub<'_> {
         db: &state.db,
         store: &state.store,
         registry: &state.registry,
+        kitchens: &state.kitchens,
         bus: state.bus.as_ref(),
         cluster: state.cluster.as_deref(),
         limits: &state.limits,

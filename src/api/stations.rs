@@ -13,7 +13,7 @@ use crate::state::AppState;
 use crate::store;
 use actix_web::{HttpResponse, get, post, web};
 use serde::{Deserialize, Serialize};
-use tiffin_actors::{ItemDoneOrder, KitchenFor};
+use tiffin_actors::ItemDoneOrder;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -119,7 +119,7 @@ pub async fn mark_item_done(
     let (order_id, line) = (path.0.to_string(), path.1);
     let (school_id, _) = authorised_order(&state, &who, &order_id).await?;
     who.require_kitchen(&school_id)?;
-    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    let kitchen = state.kitchens.of(&state.registry, &school_id).await?;
     let event = kitchen
         .send(ItemDoneOrder {
             order_id,

@@ -7,8 +7,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use actix_web::{HttpResponse, post, web};
 use serde::Deserialize;
+use tiffin_actors::TransitionOrder;
 use tiffin_actors::domain::{OrderCommand, OrderState, bump};
-use tiffin_actors::{KitchenFor, TransitionOrder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -51,7 +51,7 @@ async fn decide_transition(
         .as_deref()
         .map(|r| super::required_text("reason", r, 500))
         .transpose()?;
-    let kitchen = state.registry.send(KitchenFor(school_id)).await?;
+    let kitchen = state.kitchens.of(&state.registry, &school_id).await?;
     let result = kitchen
         .send(TransitionOrder {
             order_id: order_id.clone(),

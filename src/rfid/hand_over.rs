@@ -5,10 +5,10 @@ use super::Hub;
 use crate::db::models::{CardRow, ReaderRow, ScanRow};
 use crate::error::{ApiError, ErrorCode};
 use crate::store;
+use tiffin_actors::TransitionOrder;
 use tiffin_actors::domain::{Issuer, OrderCommand};
 use tiffin_actors::ports::{CommandError, ScanClaim};
 use tiffin_actors::rfid::{Card, CardStatus, Decision, Verdict, accepted, decide};
-use tiffin_actors::{KitchenFor, TransitionOrder};
 
 /// Attempts at a hand-over that keep losing version races before giving up.
 const HANDOVER_TRIES: usize = 3;
@@ -147,8 +147,8 @@ pub(super) async fn hand_over(
         };
         let asked = std::time::Instant::now();
         let kitchen = state
-            .registry
-            .send(KitchenFor(school_id.to_owned()))
+            .kitchens
+            .of(state.registry, school_id)
             .await
             .map_err(|e| ApiError::internal(format!("registry: {e}")))?;
         super::scan_stage("kitchen_for", asked);

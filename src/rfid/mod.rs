@@ -36,6 +36,7 @@ pub struct Hub<'a> {
     pub db: &'a Db,
     pub store: &'a DieselStore,
     pub registry: &'a Addr<Registry>,
+    pub kitchens: &'a tiffin_actors::Kitchens,
     pub bus: &'a dyn Bus,
     /// This node's link to the others: signatures seen are shared through it.
     pub cluster: Option<&'a Cluster>,
