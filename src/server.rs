@@ -172,6 +172,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let templates = Arc::new(Templates::load().map_err(|e| anyhow!(e))?);
     let (url, db) = prepare_database(&config).await?;
+    if let DatabaseUrl::Sqlite(path) = &url {
+        crate::db::checkpoint::checkpoint_in_background(&db, path).await?;
+    }
     let signing_key = jwt_secret(&config, &url)?;
     let keys = JwtKeys::new(&signing_key);
     let reader_key = crate::rfid::reader_master_key(&signing_key);

@@ -5,6 +5,7 @@
 //! [`on_both_connections!`](crate::on_both_connections) implements a trait for both connection
 //! types with one body. This is the backend switch: the queries live in `crate::store`.
 
+pub mod checkpoint;
 pub mod models;
 mod prepared;
 mod rows;
@@ -62,7 +63,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Per-connection SQLite settings: the busy timeout first, so nothing after it fails with an
 /// immediate SQLITE_BUSY; durable commits in WAL mode; enforced foreign keys.
-const SQLITE_PRAGMAS: &str =
+pub(crate) const SQLITE_PRAGMAS: &str =
     "PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 /// WAL (concurrent readers beside one writer) is a property of the database file: set once,
 /// before the pool opens, because switching needs the database to itself.
