@@ -6,7 +6,9 @@
 //! own handler p99 under 1 ms in both). The hub's connection leaves them to a task of its own,
 //! which checkpoints in passive mode (never waiting for the writer or readers) on a blocking
 //! thread every [`EVERY`]; a WAL fully copied is reused from its start by the next commit.
-//! A connection the pool makes afresh (after an error) checkpoints on commit again.
+//! Often, so each copy is small: the copy still takes the hub's CPU, and every 500 ms it
+//! made a p99 of 13.9 ms, every 100 ms 5.6-6.1. A connection the pool makes afresh (after an
+//! error) checkpoints on commit again.
 
 use super::{Db, DbError, SQLITE_PRAGMAS};
 use diesel::connection::SimpleConnection;
@@ -15,7 +17,7 @@ use diesel::{Connection, QueryableByName, RunQueryDsl, SqliteConnection};
 use std::time::Duration;
 
 /// How often the WAL is copied into the database.
-pub const EVERY: Duration = Duration::from_millis(500);
+pub const EVERY: Duration = Duration::from_millis(100);
 
 /// What a checkpoint found and did, in WAL frames (pages).
 #[derive(Debug, Clone, Copy, QueryableByName)]
