@@ -139,7 +139,6 @@ async fn decide_scan(
             window,
         })
         .await?;
-    let claimed = Instant::now();
     scan_stage("claim", started);
     let (claim, facts) = if facts.claimed {
         (row, Some(facts))
@@ -217,7 +216,6 @@ async fn decide_scan(
         HandOver::ClaimLost => return decided_elsewhere(state, reader, scan.seq).await,
     };
     scan_stage("hand_over", deciding);
-    scan_stage("after_claim", claimed);
     let Decided {
         verdict,
         order_id,

@@ -235,10 +235,6 @@ fn stages(page: &str) -> Vec<(&'static str, [f64; 2])> {
             "  pickup: batch",
             r#"group_commit_seconds{batch="transition_commit_batch_size""#,
         ),
-        (
-            "claim to verdict",
-            r#"rfid_scan_stage_seconds{stage="after_claim""#,
-        ),
         ("whole scan", r#"rfid_scan_seconds{"#),
     ];
     parts
