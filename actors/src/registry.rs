@@ -13,9 +13,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     timers: TimerPolicy,
-    kitchens: HashMap<String, Addr<Kitchen>>,
-    /// The same kitchens, for handlers on other threads.
-    known: Kitchens,
+    /// Written only here; read by handlers on other threads too.
+    kitchens: Kitchens,
 }
 
 /// The kitchens a registry has started, read from any thread: a handler finds its school's
@@ -32,9 +31,7 @@ impl Kitchens {
         school_id: &str,
     ) -> Result<Addr<Kitchen>, MailboxError> {
         let known = self
-            .0
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
             .get(school_id)
             .filter(|kitchen| kitchen.connected())
             .cloned();
@@ -42,6 +39,10 @@ impl Kitchens {
             Some(kitchen) => Ok(kitchen),
             None => registry.send(KitchenFor(school_id.to_owned())).await,
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Addr<Kitchen>>> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Addr<Kitchen>>> {
@@ -56,14 +57,13 @@ impl Registry {
             store,
             bus,
             timers,
-            kitchens: HashMap::new(),
-            known: Kitchens::default(),
+            kitchens: Kitchens::default(),
         }
     }
 
     /// The kitchens this registry starts, as they start and stop.
     pub fn kitchens(&self) -> Kitchens {
-        self.known.clone()
+        self.kitchens.clone()
     }
 }
 
@@ -83,17 +83,12 @@ impl Handler<KitchenFor> for Registry {
         let (store, bus, timers) = (self.store.clone(), self.bus.clone(), self.timers);
         let gone = ctx.address().recipient();
         let school_id = msg.0;
-        let known = &self.known;
         let addr = self
             .kitchens
+            .write()
             .entry(school_id.clone())
             .or_insert_with(|| {
-                let key = school_id.clone();
-                let addr = Supervisor::start(move |_| {
-                    Kitchen::new(school_id, store, bus, Some(gone), timers)
-                });
-                known.write().insert(key, addr.clone());
-                addr
+                Supervisor::start(move |_| Kitchen::new(school_id, store, bus, Some(gone), timers))
             })
             .clone();
         MessageResult(addr)
@@ -105,8 +100,7 @@ impl Handler<KitchenGone> for Registry {
 
     /// Dropping the address lets the supervisor stop instead of restarting forever.
     fn handle(&mut self, msg: KitchenGone, _: &mut Context<Self>) {
-        self.kitchens.remove(&msg.0);
-        self.known.write().remove(&msg.0);
+        self.kitchens.write().remove(&msg.0);
     }
 }
 
@@ -120,7 +114,7 @@ impl Handler<Observe> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Observe, _: &mut Context<Self>) {
-        if let Some(kitchen) = self.kitchens.get(&msg.0.school_id) {
+        if let Some(kitchen) = self.kitchens.read().get(&msg.0.school_id) {
             kitchen.do_send(Observed(msg.0));
         }
     }
@@ -136,7 +130,7 @@ impl Handler<CatchUpAll> for Registry {
     type Result = ();
 
     fn handle(&mut self, _: CatchUpAll, _: &mut Context<Self>) {
-        for kitchen in self.kitchens.values() {
+        for kitchen in self.kitchens.read().values() {
             kitchen.do_send(CatchUp);
         }
     }
