@@ -87,6 +87,7 @@ async fn queue(
         expires_at: Some(at + chrono::Duration::hours(1)),
         fallback_for: None,
         dedup_key: None,
+        claimed_by: None,
     };
     tweak(&mut row);
     insert(db, &row).await.unwrap();

@@ -277,20 +277,33 @@ pub struct OutboxStats {
 }
 
 /// What one fan-out came to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct FannedOut {
     /// Events taken (fewer than asked: none are left waiting).
     pub events: usize,
     /// Outbox rows written for them.
     pub messages: usize,
+    /// Those of them leased to this dispatcher as they were written, as a claim would have:
+    /// due now, on a channel with room, their news still true.
+    pub leased: Vec<Claimed>,
+}
+
+/// Which of a fan-out's messages it leases to its dispatcher.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    /// At most this many.
+    pub most: usize,
+    /// None on these channels (their providers have enough under way).
+    pub skip: &'a [String],
 }
 
 /// The outbox side of the store, used by notification dispatch. Every attempt is recorded.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
     /// Turns up to `limit` committed events into the outbox rows of the notices they make
-    /// (one per recipient and channel).
-    async fn fan_out(&self, limit: i64) -> Result<FannedOut, CommandError>;
+    /// (one per recipient and channel), leasing those `lease` allows to this dispatcher in
+    /// the same transaction: sent at once, with no claim of their own.
+    async fn fan_out(&self, limit: i64, lease: Lease<'_>) -> Result<FannedOut, CommandError>;
     /// Queues the daily digests due at `now` (each school's own evening, once a school day);
     /// returns how many messages it queued.
     async fn queue_digests(&self, now: DateTime<Utc>) -> Result<usize, CommandError>;

@@ -220,6 +220,8 @@ pub struct OutboxRow {
     pub fallback_for: Option<String>,
     /// Set where a message must exist once whoever queues it (the daily digest).
     pub dedup_key: Option<String>,
+    /// The node whose dispatcher holds its lease (`claimed_until`).
+    pub claimed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use std::collections::HashSet;
 use tiffin_actors::domain::{Issuer, KitchenEvent, OrderState, Transition};
-use tiffin_actors::ports::{CommandError, FannedOut, NewOrderItem, Placed, TransitionCommit};
+use tiffin_actors::ports::{CommandError, NewOrderItem, Placed, TransitionCommit};
 
 fn committed(result: Result<Placed, TxError>) -> KitchenEvent {
     match result {
@@ -253,16 +253,14 @@ async fn outbox_rows(db: &Db) -> Vec<(i64, String, String)> {
     rows.unwrap()
 }
 
-/// Events become outbox rows for their audience once: a second fan-out finds nothing.
-async fn events_are_fanned_out_once(db: Db) {
-    use tiffin_actors::ports::Outbox;
-    let a = school(&db, "A").await;
+/// A guardian of `s`'s student, with an email address; their id.
+async fn guardian_of(db: &Db, s: &School) -> String {
     let guardian = crate::db::new_id();
     crate::db::insert(
-        &db,
+        db,
         &UserRow {
             id: guardian.clone(),
-            school_id: Some(a.id.clone()),
+            school_id: Some(s.id.clone()),
             role: "guardian".into(),
             display_name: "Guardian".into(),
             email: Some("guardian@example.test".into()),
@@ -278,16 +276,24 @@ async fn events_are_fanned_out_once(db: Db) {
     .await
     .unwrap();
     crate::db::insert(
-        &db,
+        db,
         &GuardianLinkRow {
             guardian_id: guardian.clone(),
-            student_id: a.student.clone(),
+            student_id: s.student.clone(),
             relationship: "parent".into(),
             created_at: now(),
         },
     )
     .await
     .unwrap();
+    guardian
+}
+
+/// Events become outbox rows for their audience once: a second fan-out finds nothing.
+async fn events_are_fanned_out_once(db: Db) {
+    use tiffin_actors::ports::{Lease, Outbox};
+    let a = school(&db, "A").await;
+    let guardian = guardian_of(&db, &a).await;
     let store = DieselStore::new(db.clone(), 120);
     let placed: Vec<KitchenEvent> = store
         .insert_orders(vec![new_order(&a), new_order(&a)])
@@ -302,7 +308,8 @@ async fn events_are_fanned_out_once(db: Db) {
         (0, 2),
         "news waiting is counted"
     );
-    assert_eq!(store.fan_out(256).await.unwrap().events, 2);
+    let nothing_leased = Lease { most: 0, skip: &[] };
+    assert_eq!(store.fan_out(256, nothing_leased).await.unwrap().events, 2);
     assert_eq!(store.stats().await.unwrap().awaiting_fan_out, 0);
     let rows = outbox_rows(&db).await;
     // A receipt per order to the guardian (the student placed it: no news of their own act).
@@ -312,7 +319,8 @@ async fn events_are_fanned_out_once(db: Db) {
         assert!(!to_guardian.is_empty(), "no rows for event {seq}: {rows:?}");
         assert!(to_guardian.iter().all(|r| r.1 == guardian), "{rows:?}");
     }
-    assert_eq!(store.fan_out(256).await.unwrap(), FannedOut::default());
+    let again = store.fan_out(256, nothing_leased).await.unwrap();
+    assert_eq!((again.events, again.messages), (0, 0));
     assert_eq!(outbox_rows(&db).await, rows, "written once");
 }
 
@@ -320,4 +328,129 @@ on_both_backends!(
     events_are_fanned_out_once_on_sqlite,
     events_are_fanned_out_once_on_postgres,
     events_are_fanned_out_once
+);
+
+/// A fan-out leases to its dispatcher what a claim made then would send, as many as the lease
+/// allows, none on a channel it skips nor news no longer true of its order; claims get the
+/// rest, and never what the fan-out leased.
+async fn fan_out_leases_what_a_claim_would_send(db: Db) {
+    use tiffin_actors::ports::{Lease, Needed, Outbox, Store};
+    let a = school(&db, "A").await;
+    counters(&db, &a, 1).await;
+    let guardian = guardian_of(&db, &a).await;
+    // "Ready" by email as well as in the app: two channels.
+    let chosen: Result<usize, DbError> = async {
+        use crate::db::schema::notification_preferences as p;
+        with_conn!(&db, |conn| diesel::insert_into(p::table)
+            .values((
+                p::user_id.eq(&guardian),
+                p::event_kind.eq("order_ready"),
+                p::channel.eq("email"),
+                p::enabled.eq(true),
+                p::updated_at.eq(now()),
+            ))
+            .execute(conn)
+            .await
+            .map_err(DbError::from))
+    }
+    .await;
+    chosen.unwrap();
+    let store = DieselStore::new(db.clone(), 120);
+    let placed: Vec<KitchenEvent> = store
+        .insert_orders(vec![new_order(&a), new_order(&a), new_order(&a)])
+        .await
+        .into_iter()
+        .map(committed)
+        .collect();
+    let none = Lease { most: 0, skip: &[] };
+    let receipts = store.fan_out(256, none).await.unwrap();
+    assert_eq!((receipts.events, receipts.leased.len()), (3, 0));
+    // The last order is ready, then collected before its "ready" news is fanned out.
+    let (mut event, mut stale) = (placed[2].clone(), 0);
+    for to in [
+        OrderState::Confirmed,
+        OrderState::Preparing,
+        OrderState::Ready,
+        OrderState::PickedUp,
+    ] {
+        event = store.commit_transition(step(&event, to)).await.unwrap();
+        if to == OrderState::Ready {
+            stale = event.seq;
+        }
+    }
+    for first in &placed[..2] {
+        let mut event = first.clone();
+        for to in [
+            OrderState::Confirmed,
+            OrderState::Preparing,
+            OrderState::Ready,
+        ] {
+            event = store.commit_transition(step(&event, to)).await.unwrap();
+        }
+    }
+    let skipped = "email".to_owned();
+    let skip = [skipped.clone()];
+    let out = store
+        .fan_out(
+            256,
+            Lease {
+                most: 2,
+                skip: &skip,
+            },
+        )
+        .await
+        .unwrap();
+    // "Ready" in the app and by email for each order, "picked up" in the app.
+    assert_eq!(out.messages, 3 * 2 + 1, "{} messages", out.messages);
+    assert_eq!(out.leased.len(), 2, "as many as the lease allows");
+    let leased_ids: Vec<String> = out.leased.iter().map(|c| c.message.id.clone()).collect();
+    for claimed in &out.leased {
+        assert_eq!((claimed.needed, claimed.resend), (Needed::Yes, false));
+        assert_ne!(
+            claimed.message.channel, skipped,
+            "a skipped channel is left"
+        );
+    }
+    let leased: Result<Vec<(i64, Option<String>)>, DbError> = async {
+        with_conn!(&db, |conn| outbox::table
+            .filter(outbox::id.eq_any(&leased_ids))
+            .select((outbox::event_seq, outbox::claimed_by))
+            .load(conn)
+            .await
+            .map_err(DbError::from))
+    }
+    .await;
+    let leased = leased.unwrap();
+    assert_eq!(leased.len(), 2);
+    for (seq, by) in &leased {
+        assert_ne!(*seq, stale, "only news still true is leased");
+        assert_eq!(
+            by.as_deref(),
+            Some(store.node.id.as_str()),
+            "leased by this node"
+        );
+    }
+    let claimed = store.claim_due(100, &[]).await.unwrap();
+    assert!(
+        claimed.iter().all(|c| !leased_ids.contains(&c.message.id)),
+        "a claim takes nothing the fan-out leased"
+    );
+    assert!(
+        claimed
+            .iter()
+            .any(|c| c.message.template == "order_ready" && c.needed == Needed::NoLongerTrue),
+        "the collected order's news is left to the claim, which expires it"
+    );
+    assert!(
+        claimed
+            .iter()
+            .any(|c| c.message.channel == skipped && c.needed == Needed::Yes),
+        "the skipped channel's messages are claimed later"
+    );
+}
+
+on_both_backends!(
+    fan_out_leases_what_a_claim_would_send_on_sqlite,
+    fan_out_leases_what_a_claim_would_send_on_postgres,
+    fan_out_leases_what_a_claim_would_send
 );

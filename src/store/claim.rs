@@ -23,7 +23,7 @@ use tiffin_actors::notices::{Kind, Priority};
 use tiffin_actors::ports::{Claimed, CommandError, Dropped, Needed, OutboxMessage};
 
 /// How long a dispatcher holds a claimed outbox row before another may take it.
-const CLAIM_LEASE_SECS: i64 = 60;
+pub(super) const CLAIM_LEASE_SECS: i64 = 60;
 
 /// PostgreSQL: the whole claim in one statement, one round trip: due rows locked (skipping
 /// those another node holds) in the order of the partial index `outbox_pending`, each judged,
@@ -334,7 +334,7 @@ async fn lease_due_sqlite(
     Ok(leased.into_iter().map(|l| (l.id, l.resend)).collect())
 }
 
-fn outbox_message(r: OutboxRow) -> OutboxMessage {
+pub(super) fn outbox_message(r: OutboxRow) -> OutboxMessage {
     OutboxMessage {
         id: r.id,
         recipient_id: r.recipient_id,

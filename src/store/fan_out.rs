@@ -6,8 +6,10 @@
 //! schools and audiences set-wise, write every row. Rows are keyed by (event, recipient,
 //! channel), and an event is taken in the transaction that writes its rows: once.
 
+use super::claim::{CLAIM_LEASE_SECS, outbox_message};
 use super::notices::{PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient};
 use super::{DieselStore, TxError};
+use crate::db::models::{OutboxRow, now};
 use crate::db::schema::{device_tokens, guardian_links, notification_preferences, schools, users};
 use crate::db::{Db, InsertRows};
 use crate::with_conn;
@@ -16,9 +18,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::{HashMap, HashSet};
-use tiffin_actors::domain::Role;
+use tiffin_actors::domain::{OrderState, Role};
 use tiffin_actors::notices::{Audience, Kind, Recipient, intents};
-use tiffin_actors::ports::{CommandError, FannedOut};
+use tiffin_actors::ports::{Claimed, CommandError, FannedOut, Lease, Needed};
 
 /// Takes up to `$1` events waiting for fan-out, oldest first, and marks them done; other
 /// nodes skip the rows this one holds. The rows taken are found again by their physical
@@ -27,12 +29,14 @@ use tiffin_actors::ports::{CommandError, FannedOut};
 pub(crate) const TAKE_PG: &str = "UPDATE order_events SET fanned_out = TRUE \
      WHERE ctid = ANY(ARRAY(SELECT ctid FROM order_events WHERE NOT fanned_out \
      ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)) \
-     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at";
+     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at, \
+     (SELECT state FROM orders WHERE id = order_events.order_id) AS order_state";
 /// SQLite has one writer: nothing to skip.
 const TAKE_SQLITE: &str = "UPDATE order_events SET fanned_out = TRUE \
      WHERE (school_id, seq) IN (SELECT school_id, seq FROM order_events WHERE NOT fanned_out \
      ORDER BY created_at LIMIT ?) \
-     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at";
+     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at, \
+     (SELECT state FROM orders WHERE id = order_events.order_id) AS order_state";
 
 #[derive(QueryableByName)]
 struct NoticeDue {
@@ -48,6 +52,9 @@ struct NoticeDue {
     notice_skip: Option<String>,
     #[diesel(sql_type = Timestamp)]
     created_at: NaiveDateTime,
+    /// Its order's state now, as a claim would judge the news by.
+    #[diesel(sql_type = Nullable<Text>)]
+    order_state: Option<String>,
 }
 
 /// The student and school a notice is about, and its rule's audience.
@@ -73,6 +80,15 @@ impl Due {
 
     fn audience(&self) -> Audience {
         self.kind.rule().audience
+    }
+
+    /// Whether its news is still true of its order (a claim's judgement; no order: true).
+    fn still_true(&self) -> bool {
+        self.event
+            .order_state
+            .as_deref()
+            .and_then(OrderState::parse)
+            .is_none_or(|state| self.kind.still_true(state))
     }
 }
 
@@ -110,13 +126,18 @@ impl People {
 }
 
 impl DieselStore {
-    /// Fans out up to `limit` committed events into outbox rows.
-    pub(super) async fn fan_out_events(&self, limit: i64) -> Result<FannedOut, CommandError> {
+    /// Fans out up to `limit` committed events into outbox rows, leasing what `lease` allows.
+    pub(super) async fn fan_out_events(
+        &self,
+        limit: i64,
+        lease: Lease<'_>,
+    ) -> Result<FannedOut, CommandError> {
         let take = match &self.db {
             Db::Pg(_) => TAKE_PG,
             Db::Sqlite(_) => TAKE_SQLITE,
         };
         let fallback = self.sms_fallback_after;
+        let node = self.node.id.as_str();
         let taken = with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 let events: Vec<NoticeDue> = diesel::sql_query(take)
@@ -128,7 +149,7 @@ impl DieselStore {
                 if due.is_empty() {
                     return Ok::<_, TxError>(FannedOut {
                         events: taken,
-                        messages: 0,
+                        ..FannedOut::default()
                     });
                 }
                 due.sort_by(|a, b| {
@@ -237,13 +258,14 @@ impl DieselStore {
                         .await?;
                 }
                 let mut rows = Vec::new();
+                let mut leasing = Leasing::new(lease, node);
                 for d in &due {
                     let Some(school) = schools.get(&d.event.school_id) else {
                         continue;
                     };
                     let recipients = people.of(d);
                     let audience: Vec<&Recipient> = recipients.iter().collect();
-                    rows.extend(outbox_rows(
+                    let mut written = outbox_rows(
                         d.kind,
                         intents(d.kind, &audience),
                         &audience,
@@ -252,7 +274,11 @@ impl DieselStore {
                         school,
                         d.event.created_at,
                         fallback,
-                    ));
+                    );
+                    if d.still_true() {
+                        written.iter_mut().for_each(|row| leasing.offer(row));
+                    }
+                    rows.extend(written);
                 }
                 // Taking the events marked them in this transaction: no row can exist yet.
                 conn.insert_rows(&rows).await?;
@@ -260,11 +286,52 @@ impl DieselStore {
                 Ok(FannedOut {
                     events: taken,
                     messages: rows.len(),
+                    leased: leasing.leased,
                 })
             })
             .await)
         .map_err(CommandError::from)?;
         Ok(taken)
+    }
+}
+
+/// The rows a fan-out leases to its dispatcher as it writes them: those a claim made at once
+/// would send, up to the lease's size. A message not yet due (quiet hours, an SMS fallback)
+/// or on a full channel is left to the claims.
+struct Leasing<'a> {
+    lease: Lease<'a>,
+    node: &'a str,
+    at: NaiveDateTime,
+    until: NaiveDateTime,
+    leased: Vec<Claimed>,
+}
+
+impl<'a> Leasing<'a> {
+    fn new(lease: Lease<'a>, node: &'a str) -> Leasing<'a> {
+        let at = now();
+        Leasing {
+            lease,
+            node,
+            at,
+            until: at + chrono::Duration::seconds(CLAIM_LEASE_SECS),
+            leased: Vec::new(),
+        }
+    }
+
+    fn offer(&mut self, row: &mut OutboxRow) {
+        let due = row.next_attempt_at <= self.at
+            && row.expires_at.is_none_or(|t| t > self.at)
+            && row.fallback_for.is_none();
+        if !due || self.leased.len() >= self.lease.most || self.lease.skip.contains(&row.channel) {
+            return;
+        }
+        row.claimed_until = Some(self.until);
+        row.claimed_by = Some(self.node.to_owned());
+        self.leased.push(Claimed {
+            message: outbox_message(row.clone()),
+            needed: Needed::Yes,
+            resend: false,
+        });
     }
 }
 

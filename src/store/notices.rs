@@ -228,6 +228,7 @@ pub(super) fn outbox_rows(
                 expires_at: Some(due + Duration::seconds(rule.expires_after_secs)),
                 fallback_for: None,
                 dedup_key: None,
+                claimed_by: None,
             };
             (intent, row)
         })

@@ -12,7 +12,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use tiffin_actors::notices::Priority;
-use tiffin_actors::ports::{Claimed, CommandError, FannedOut, Outbox, OutboxStats};
+use tiffin_actors::ports::{Claimed, CommandError, FannedOut, Lease, Outbox, OutboxStats};
 
 /// One delivery attempt of an outbox row.
 struct Attempt<'a> {
@@ -121,8 +121,8 @@ impl DieselStore {
 
 #[async_trait]
 impl Outbox for DieselStore {
-    async fn fan_out(&self, limit: i64) -> Result<FannedOut, CommandError> {
-        crate::db::counted(NOTIFY, async { self.fan_out_events(limit).await }).await
+    async fn fan_out(&self, limit: i64, lease: Lease<'_>) -> Result<FannedOut, CommandError> {
+        crate::db::counted(NOTIFY, async { self.fan_out_events(limit, lease).await }).await
     }
 
     async fn queue_digests(

@@ -92,6 +92,7 @@ impl DieselStore {
                     expires_at: Some(c.expires_at),
                     fallback_for: None,
                     dedup_key: None,
+                    claimed_by: None,
                 };
                 diesel::insert_into(outbox::table)
                     .values(&row)

@@ -2,7 +2,7 @@
 //! behind that provider's rate limit and circuit breaker. Every outcome is recorded on the
 //! message; nothing leaves the outbox unaccounted for.
 
-use crate::ports::{Claimed, Outbox, Sender};
+use crate::ports::{Claimed, Lease, Outbox, Sender};
 use actix::prelude::*;
 use deliver::deliver;
 use provider::{Lane, Provider};
@@ -143,8 +143,9 @@ impl Dispatcher {
             self.again = true;
             return;
         }
-        // A wake for events alone claims only if their fan-out wrote messages: a pickup
-        // that notifies no one woke a claim that found nothing (BENCHMARKS.md, scans).
+        // A wake for events alone claims only if their fan-out wrote messages it did not
+        // lease: a pickup that notifies no one woke a claim that found nothing (BENCHMARKS.md,
+        // scans), and a claim after every fan-out was most of dispatch's cost (intake).
         let claim = std::mem::take(&mut self.claim);
         let skip = self.shared.full_lanes();
         let all_full = !self.shared.lanes.is_empty() && skip.len() == self.shared.lanes.len();
@@ -154,15 +155,26 @@ impl Dispatcher {
         ctx.spawn(
             async move {
                 let started = Instant::now();
-                let (more_events, written) = match shared.outbox.fan_out(FAN_OUT_BATCH).await {
-                    Ok(out) => (out.events as i64 == FAN_OUT_BATCH, out.messages > 0),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "outbox fan-out failed");
-                        (false, true)
-                    }
+                let lease = Lease {
+                    most: BATCH as usize,
+                    skip: &skip,
                 };
-                metrics::histogram!("outbox_fan_out_seconds").record(started.elapsed().as_secs_f64());
-                if all_full || !(claim || written) {
+                let (more_events, unleased) =
+                    match shared.outbox.fan_out(FAN_OUT_BATCH, lease).await {
+                        Ok(out) => {
+                            let unleased = out.messages > out.leased.len();
+                            start_deliveries(&shared, &dispatcher, out.leased);
+                            (out.events as i64 == FAN_OUT_BATCH, unleased)
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "outbox fan-out failed");
+                            (false, true)
+                        }
+                    };
+                metrics::histogram!("outbox_fan_out_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                // What the fan-out leased needs no claim: only messages it left, or others'.
+                if all_full || !(claim || unleased) {
                     return (more_events, false);
                 }
                 let started = Instant::now();
@@ -175,34 +187,7 @@ impl Dispatcher {
                 };
                 let full = batch.len() as i64 == BATCH;
                 metrics::histogram!("outbox_claim_seconds").record(started.elapsed().as_secs_f64());
-                let claimed_at = chrono::Utc::now();
-                for Claimed {
-                    message,
-                    needed,
-                    resend,
-                } in batch
-                {
-                    if message.attempts == 0 {
-                        // First tries only: a retry's wait is its backoff.
-                        let waited = (claimed_at - message.created_at).num_microseconds();
-                        metrics::histogram!("notify_claim_lag_seconds", "channel" => message.channel.clone())
-                            .record(waited.unwrap_or(0) as f64 / 1e6);
-                    }
-                    if let Some(lane) = shared.lanes.get(&message.channel) {
-                        lane.in_flight.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
-                    actix::spawn(async move {
-                        deliver(&shared, &message, needed, resend).await;
-                        if shared
-                            .lanes
-                            .get(&message.channel)
-                            .is_some_and(Lane::finished)
-                        {
-                            dispatcher.do_send(Nudge);
-                        }
-                    });
-                }
+                start_deliveries(&shared, &dispatcher, batch);
                 (full || more_events, full)
             }
             .into_actor(self)
@@ -235,6 +220,39 @@ impl Dispatcher {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// Sends each claimed message on its own task, so a slow provider holds up only its own
+/// messages; a lane that empties to half asks the dispatcher for more.
+fn start_deliveries(shared: &Arc<Shared>, dispatcher: &Addr<Dispatcher>, batch: Vec<Claimed>) {
+    let claimed_at = chrono::Utc::now();
+    for Claimed {
+        message,
+        needed,
+        resend,
+    } in batch
+    {
+        if message.attempts == 0 {
+            // First tries only: a retry's wait is its backoff.
+            let waited = (claimed_at - message.created_at).num_microseconds();
+            metrics::histogram!("notify_claim_lag_seconds", "channel" => message.channel.clone())
+                .record(waited.unwrap_or(0) as f64 / 1e6);
+        }
+        if let Some(lane) = shared.lanes.get(&message.channel) {
+            lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        let (shared, dispatcher) = (shared.clone(), dispatcher.clone());
+        actix::spawn(async move {
+            deliver(&shared, &message, needed, resend).await;
+            if shared
+                .lanes
+                .get(&message.channel)
+                .is_some_and(Lane::finished)
+            {
+                dispatcher.do_send(Nudge);
+            }
+        });
     }
 }
 
