@@ -218,7 +218,7 @@ impl CommitOrders for SqliteConn {
 /// locked (`with_schools_locked`): their numbers taken, orders, items and events inserted
 /// (each event numbered from its school's first). Rows travel as JSON read into the tables' own row types (an event's
 /// columns are named, to number it).
-const WRITE_ORDERS_PG: &str = "\
+pub(crate) const WRITE_ORDERS_PG: &str = "\
 WITH taken AS ( \
     UPDATE schools AS s SET event_seq = s.event_seq + c.n \
     FROM json_to_recordset($1::json) AS c(id text, n bigint) WHERE s.id = c.id \
@@ -256,12 +256,16 @@ async fn write_orders_pg(
         .map(|(id, n)| serde_json::json!({ "id": id, "n": n }))
         .collect();
     let schools: Vec<&str> = decided.counts.keys().map(String::as_str).collect();
-    let write = diesel::sql_query(WRITE_ORDERS_PG)
-        .bind::<Text, _>(serde_json::Value::Array(counts).to_string())
-        .bind::<Text, _>(serde_json::to_string(&decided.orders).map_err(json_error)?)
-        .bind::<Text, _>(serde_json::to_string(&decided.items).map_err(json_error)?)
-        .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?);
-    let taken = with_schools_locked!(&*conn, &schools, false, |on| write.load::<First>(&mut on))?;
+    // Kept and planned once a connection (generic plans): planning it afresh each batch was
+    // a large part of PostgreSQL's time in the intake benchmark (BENCHMARKS.md).
+    let write = crate::db::kept(
+        diesel::sql_query(WRITE_ORDERS_PG)
+            .bind::<Text, _>(serde_json::Value::Array(counts).to_string())
+            .bind::<Text, _>(serde_json::to_string(&decided.orders).map_err(json_error)?)
+            .bind::<Text, _>(serde_json::to_string(&decided.items).map_err(json_error)?)
+            .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?),
+    );
+    let taken = with_schools_locked!(&*conn, &schools, |on| write.load::<First>(&mut on))?;
     Ok(taken.into_iter().map(|t| (t.id, t.first)).collect())
 }
 /// The batch's reads, expanded for each backend.

@@ -188,6 +188,28 @@ async fn a_batch_of_transitions_finds_its_orders_and_claims_by_key() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A batch of new orders takes its schools' numbers by key, under the plan its connection
+/// makes on the day's first batch (empty tables) and keeps all day, as under one made later.
+#[tokio::test]
+async fn a_batch_of_orders_takes_its_schools_numbers_by_key() {
+    let (name, _db) = pg_database().await;
+    let many_schools = "SET session_replication_role = replica; \
+        INSERT INTO schools (id, name, time_zone, event_seq, created_at, updated_at) \
+        SELECT 's' || g, 'School', 'UTC', 0, now(), now() FROM generate_series(1, 3000) AS g";
+    for day in ["", many_schools] {
+        let plan = batch_plan(
+            &name,
+            day,
+            crate::store::intake::WRITE_ORDERS_PG,
+            "'[]', '[]', '[]', '[]'",
+        )
+        .await;
+        assert!(plan.contains("schools_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan on schools"), "{plan}");
+    }
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// The generic plan of `sql` (a statement of the claim or transition batches) with `args`
 /// after `setup`, made under the settings those batches run with.
 async fn batch_plan(database: &str, setup: &str, sql: &str, args: &str) -> String {

@@ -98,22 +98,19 @@ pub(crate) const GENERIC_PLANS_PG: &str = "SELECT \
 /// rows in one statement re-read them through its older snapshot and queued behind other
 /// waiters for the row it held, a deadlock PostgreSQL reported under the lunch rush. COMMIT
 /// after a failed statement rolls back; every answer is read (joined, not tried), so the
-/// transaction is closed either way. `$generic`: the transaction's statements use generic
-/// plans (`GENERIC_PLANS_PG`).
+/// transaction is closed either way. The transaction's statements use generic plans
+/// (`GENERIC_PLANS_PG`): `plan_tests` holds each write to its indexes under them.
 macro_rules! with_schools_locked {
-    ($conn:expr, $schools:expr, $generic:expr, |$c:ident| $write:expr) => {{
+    ($conn:expr, $schools:expr, |$c:ident| $write:expr) => {{
         use diesel::sql_types::{Array, Text};
         let conn: &$crate::db::PgConn = $conn;
         let (mut begin_on, mut plans_on, mut lock_on, mut $c, mut commit_on) =
             (conn, conn, conn, conn, conn);
         $crate::db::one_round_trip(async {
             let begin = $crate::db::kept(diesel::sql_query("BEGIN")).execute(&mut begin_on);
-            let plans: futures_util::future::OptionFuture<_> = ($generic)
-                .then(|| {
-                    $crate::db::kept(diesel::sql_query($crate::store::sequence::GENERIC_PLANS_PG))
-                        .execute(&mut plans_on)
-                })
-                .into();
+            let plans =
+                $crate::db::kept(diesel::sql_query($crate::store::sequence::GENERIC_PLANS_PG))
+                    .execute(&mut plans_on);
             let locked = $crate::db::kept(
                 diesel::sql_query($crate::store::sequence::LOCK_SCHOOLS_PG)
                     .bind::<Array<Text>, _>($schools),
@@ -124,7 +121,7 @@ macro_rules! with_schools_locked {
             let (begin, plans, locked, written, commit) =
                 futures_util::future::join5(begin, plans, locked, written, commit).await;
             begin?;
-            plans.transpose()?;
+            plans?;
             locked?;
             let written = written?;
             commit?;

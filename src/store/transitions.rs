@@ -370,8 +370,7 @@ async fn write_transitions_pg(
     );
     // Its statements and their foreign-key checks keep to their indexes under generic plans
     // (`plan_tests`): none is planned afresh.
-    let rows = with_schools_locked!(&*conn, &schools, true, |on| write
-        .load::<WrittenRow>(&mut on))?;
+    let rows = with_schools_locked!(&*conn, &schools, |on| write.load::<WrittenRow>(&mut on))?;
     let mut written = Written::default();
     for row in rows {
         if row.seq < 0 {
