@@ -34,7 +34,9 @@ macro_rules! insert_rows {
                 Ok(())
             }
         }
-
+        insert_rows!(sqlite $row, $table);
+    };
+    (sqlite $row:ty, $table:path) => {
         impl InsertRows<$row> for SqliteConn {
             async fn insert_rows(&mut self, rows: &[$row]) -> diesel::QueryResult<()> {
                 for row in rows {
@@ -49,7 +51,33 @@ macro_rules! insert_rows {
     };
 }
 
-insert_rows!(models::OutboxRow, schema::outbox::table);
+insert_rows!(sqlite models::OutboxRow, schema::outbox::table);
+
+/// PostgreSQL: outbox rows (a fan-out's) in one statement the connection keeps, whatever their
+/// number: as multi-row VALUES each number of rows was a statement of its own, parsed and
+/// planned afresh (2.5-3 ms for 30 rows in the intake benchmark; BENCHMARKS.md).
+const INSERT_OUTBOX_PG: &str = "\
+INSERT INTO outbox (id, school_id, event_seq, recipient_id, channel, template, address, locale, \
+    payload, status, attempts, next_attempt_at, claimed_until, last_error, created_at, sent_at, \
+    priority, expires_at, fallback_for, dedup_key, claimed_by) \
+SELECT id, school_id, event_seq, recipient_id, channel, template, address, locale, payload, \
+    status, attempts, next_attempt_at, claimed_until, last_error, created_at, sent_at, \
+    priority, expires_at, fallback_for, dedup_key, claimed_by \
+FROM json_populate_recordset(NULL::outbox, $1::json)";
+
+impl InsertRows<models::OutboxRow> for PgConn {
+    async fn insert_rows(&mut self, rows: &[models::OutboxRow]) -> diesel::QueryResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(rows)
+            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+        super::kept(diesel::sql_query(INSERT_OUTBOX_PG).bind::<diesel::sql_types::Text, _>(json))
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
 insert_rows!(models::OrderRow, schema::orders::table);
 insert_rows!(models::OrderItemRow, schema::order_items::table);
 insert_rows!(models::OrderEventRow, schema::order_events::table);

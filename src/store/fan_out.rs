@@ -8,6 +8,7 @@
 
 use super::claim::{CLAIM_LEASE_SECS, outbox_message};
 use super::notices::{PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient};
+use super::sequence::GenericPlans;
 use super::{DieselStore, TxError};
 use crate::db::models::{OutboxRow, now};
 use crate::db::schema::{device_tokens, guardian_links, notification_preferences, schools, users};
@@ -140,10 +141,12 @@ impl DieselStore {
         let node = self.node.id.as_str();
         let taken = with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
-                let events: Vec<NoticeDue> = diesel::sql_query(take)
-                    .bind::<BigInt, _>(limit)
-                    .load(conn)
-                    .await?;
+                // Its statements, planned afresh, were most of dispatch's PostgreSQL time.
+                conn.generic_plans().await?;
+                let events: Vec<NoticeDue> =
+                    crate::db::kept(diesel::sql_query(take).bind::<BigInt, _>(limit))
+                        .load(conn)
+                        .await?;
                 let taken = events.len();
                 let mut due: Vec<Due> = events.into_iter().filter_map(Due::of).collect();
                 if due.is_empty() {

@@ -40,7 +40,7 @@ impl From<diesel::result::Error> for StoreError {
 /// stored before (a retried delivery). Yields the row and whether it is new.
 async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
     if let Db::Pg(pool) = db {
-        // A group of one: one statement, no BEGIN or COMMIT.
+        // A group of one: one round trip.
         let mut stored = store_group_pg(pool, std::slice::from_ref(&row)).await?;
         let (seq, fresh) = stored.remove(&row.id).ok_or(DbError::NotFound)?;
         return Ok((InboxRow { seq, ..row }, fresh));
@@ -149,10 +149,12 @@ async fn store_group_pg(
     rows: &[InboxRow],
 ) -> Result<std::collections::HashMap<String, (i64, bool)>, DbError> {
     let json = serde_json::to_string(rows).map_err(|e| DbError::Other(e.to_string()))?;
-    let stored = crate::with_pooled!(pool, |conn| diesel::sql_query(STORE_GROUP_PG)
-        .bind::<diesel::sql_types::Text, _>(json)
-        .load::<StoredInGroup>(conn)
-        .await)?;
+    let store =
+        crate::db::kept(diesel::sql_query(STORE_GROUP_PG).bind::<diesel::sql_types::Text, _>(json));
+    let stored = crate::with_pooled!(pool, |conn| super::sequence::on_generic_plans!(
+        &*conn,
+        |on| store.load::<StoredInGroup>(&mut on)
+    ))?;
     Ok(stored
         .into_iter()
         .map(|s| (s.id, (s.seq, s.fresh)))

@@ -45,8 +45,8 @@ on_both_connections!(impl RecordAttempt {
 });
 
 /// PostgreSQL: messages marked sent and their attempts recorded in one statement (one round
-/// trip, whatever their number).
-const MARK_SENT_PG: &str = "\
+/// trip, whatever their number), on generic plans.
+pub(crate) const MARK_SENT_PG: &str = "\
 WITH sent AS ( \
     UPDATE outbox SET status = 'sent', sent_at = $3, attempts = attempts + 1, \
         claimed_until = NULL \
@@ -66,13 +66,17 @@ async fn mark_sent_pg(
         .iter()
         .map(|_| uuid::Uuid::now_v7().to_string())
         .collect();
-    crate::with_pooled!(pool, |conn| diesel::sql_query(MARK_SENT_PG)
-        .bind::<Array<Text>, _>(ids)
-        .bind::<Array<Text>, _>(&attempt_ids)
-        .bind::<Timestamp, _>(at)
-        .execute(conn)
-        .await
-        .map_err(DbError::from))?;
+    let write = crate::db::kept(
+        diesel::sql_query(MARK_SENT_PG)
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Array<Text>, _>(&attempt_ids)
+            .bind::<Timestamp, _>(at),
+    );
+    crate::with_pooled!(pool, |conn| super::sequence::on_generic_plans!(
+        &*conn,
+        |on| write.execute(&mut on)
+    )
+    .map_err(DbError::from))?;
     Ok(())
 }
 

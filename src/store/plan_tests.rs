@@ -210,8 +210,8 @@ async fn a_batch_of_orders_takes_its_schools_numbers_by_key() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
-/// The generic plan of `sql` (a statement of the claim or transition batches) with `args`
-/// after `setup`, made under the settings those batches run with.
+/// The generic plan of `sql` (a statement of the batches on generic plans) with `args` after
+/// `setup`, made under the settings those batches run with.
 async fn batch_plan(database: &str, setup: &str, sql: &str, args: &str) -> String {
     let setup = format!(
         "{setup}; BEGIN; {}",
@@ -261,12 +261,30 @@ async fn a_claim_reads_only_pending_messages_in_claim_order() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// Messages marked sent are found by key, not by walking the day's messages.
+#[tokio::test]
+async fn messages_marked_sent_are_found_by_key() {
+    let (name, _db) = pg_database().await;
+    for day in ["", A_DAY_OF_MESSAGES] {
+        let plan = batch_plan(
+            &name,
+            day,
+            super::outbox::MARK_SENT_PG,
+            "'{m1000}', '{a}', now()::timestamp",
+        )
+        .await;
+        assert!(plan.contains("outbox_pkey"), "{plan}");
+        assert!(!plan.contains("Seq Scan on outbox"), "{plan}");
+    }
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// Taking events for fan-out finds the rows it locked by address, not by hashing the day.
 #[tokio::test]
 async fn taking_events_for_fan_out_reads_only_those_taken() {
     let (name, _db) = pg_database().await;
     let setup = format!("{A_DAY_OF_EVENTS}; UPDATE order_events SET fanned_out = seq % 100 <> 0");
-    let plan = generic_plan_of_sql(&name, &setup, crate::store::fan_out::TAKE_PG, "256").await;
+    let plan = batch_plan(&name, &setup, crate::store::fan_out::TAKE_PG, "256").await;
     assert!(plan.contains("Tid Scan on order_events"), "{plan}");
     assert!(!plan.contains("Seq Scan on order_events"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
@@ -281,8 +299,9 @@ async fn an_inbox_group_looks_up_only_its_own_messages() {
         INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, created_at) \
         SELECT 'm' || g, 'u' || (g % 500), g, 'order_placed', 't', 'b', now() \
         FROM generate_series(1, 3000) AS g";
-    let plan = generic_plan_of_sql(&name, setup, super::inbox::STORE_GROUP_PG, "'[]'").await;
+    let plan = batch_plan(&name, setup, super::inbox::STORE_GROUP_PG, "'[]'").await;
     assert!(!plan.contains("Seq Scan on inbox_messages"), "{plan}");
+    assert!(plan.contains("users_pkey"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 

@@ -90,6 +90,27 @@ pub(crate) const GENERIC_PLANS_PG: &str = "SELECT \
     set_config('plan_cache_mode', 'force_generic_plan', true), \
     set_config('enable_seqscan', 'off', true)";
 
+/// Generic plans for the rest of a transaction on PostgreSQL (`GENERIC_PLANS_PG`), for one
+/// whose statements `plan_tests` holds to their indexes under them; SQLite plans in process.
+pub(crate) trait GenericPlans {
+    async fn generic_plans(&mut self) -> QueryResult<()>;
+}
+
+impl GenericPlans for crate::db::PgConn {
+    async fn generic_plans(&mut self) -> QueryResult<()> {
+        crate::db::kept(diesel::sql_query(GENERIC_PLANS_PG))
+            .execute(self)
+            .await
+            .map(drop)
+    }
+}
+
+impl GenericPlans for SqliteConn {
+    async fn generic_plans(&mut self) -> QueryResult<()> {
+        Ok(())
+    }
+}
+
 /// Runs `$write` (one statement on `$c`, a `&mut &PgConn`) in a transaction that first locks
 /// `$schools` in school order, the statements made in order and sent together: one
 /// round trip when `$write` is [`crate::db::kept`] (kept by the connection; a statement
@@ -104,25 +125,48 @@ macro_rules! with_schools_locked {
     ($conn:expr, $schools:expr, |$c:ident| $write:expr) => {{
         use diesel::sql_types::{Array, Text};
         let conn: &$crate::db::PgConn = $conn;
-        let (mut begin_on, mut plans_on, mut lock_on, mut $c, mut commit_on) =
-            (conn, conn, conn, conn, conn);
+        let mut lock_on = conn;
+        let lock = $crate::db::kept(
+            diesel::sql_query($crate::store::sequence::LOCK_SCHOOLS_PG)
+                .bind::<Array<Text>, _>($schools),
+        );
+        $crate::store::sequence::on_generic_plans!(conn, Some(lock.execute(&mut lock_on)), |$c| {
+            $write
+        })
+    }};
+}
+pub(crate) use with_schools_locked;
+
+/// Runs `$write` (one statement on `$c`, a `&mut &PgConn`) in a transaction on generic plans
+/// (`GENERIC_PLANS_PG`), after `$first` (an `Option` of a statement's future) if any: BEGIN,
+/// the settings, `$first`, `$write` and COMMIT made in order and sent together, one round trip
+/// when the statements are [`crate::db::kept`]. For statements `plan_tests` holds to their
+/// indexes under such plans, run so often that planning each afresh was a large part of
+/// PostgreSQL's time (BENCHMARKS.md).
+macro_rules! on_generic_plans {
+    ($conn:expr, |$c:ident| $write:expr) => {
+        $crate::store::sequence::on_generic_plans!(
+            $conn,
+            None::<std::future::Ready<diesel::QueryResult<usize>>>,
+            |$c| $write
+        )
+    };
+    ($conn:expr, $first:expr, |$c:ident| $write:expr) => {{
+        let conn: &$crate::db::PgConn = $conn;
+        let (mut begin_on, mut plans_on, mut $c, mut commit_on) = (conn, conn, conn, conn);
         $crate::db::one_round_trip(async {
             let begin = $crate::db::kept(diesel::sql_query("BEGIN")).execute(&mut begin_on);
             let plans =
                 $crate::db::kept(diesel::sql_query($crate::store::sequence::GENERIC_PLANS_PG))
                     .execute(&mut plans_on);
-            let locked = $crate::db::kept(
-                diesel::sql_query($crate::store::sequence::LOCK_SCHOOLS_PG)
-                    .bind::<Array<Text>, _>($schools),
-            )
-            .execute(&mut lock_on);
+            let first: futures_util::future::OptionFuture<_> = $first.into();
             let written = $write;
             let commit = $crate::db::kept(diesel::sql_query("COMMIT")).execute(&mut commit_on);
-            let (begin, plans, locked, written, commit) =
-                futures_util::future::join5(begin, plans, locked, written, commit).await;
+            let (begin, plans, first, written, commit) =
+                futures_util::future::join5(begin, plans, first, written, commit).await;
             begin?;
             plans?;
-            locked?;
+            first.transpose()?;
             let written = written?;
             commit?;
             Ok::<_, diesel::result::Error>(written)
@@ -130,4 +174,4 @@ macro_rules! with_schools_locked {
         .await
     }};
 }
-pub(crate) use with_schools_locked;
+pub(crate) use on_generic_plans;
