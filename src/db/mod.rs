@@ -356,9 +356,9 @@ async fn plan_afresh_without_autovacuum(conn: &mut PgConn) -> Result<(), diesel:
         SAID.call_once(|| {
             tracing::warn!(
                 "PostgreSQL's autovacuum is off: statements are planned afresh each time \
-                 (plan_cache_mode = force_custom_plan) but for the scans' claim and \
-                 transition batches, whose generic plans are held to their indexes; turn \
-                 autovacuum on"
+                 (plan_cache_mode = force_custom_plan) but for the hot batches (orders, \
+                 transitions, scans' claims, dispatch), whose generic plans are held to \
+                 their indexes; turn autovacuum on"
             )
         });
     }
