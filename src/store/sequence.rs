@@ -140,9 +140,11 @@ pub(crate) use with_schools_locked;
 /// Runs `$write` (one statement on `$c`, a `&mut &PgConn`) in a transaction on generic plans
 /// (`GENERIC_PLANS_PG`), after `$first` (an `Option` of a statement's future) if any: BEGIN,
 /// the settings, `$first`, `$write` and COMMIT made in order and sent together, one round trip
-/// when the statements are [`crate::db::kept`]. For statements `plan_tests` holds to their
-/// indexes under such plans, run so often that planning each afresh was a large part of
-/// PostgreSQL's time (BENCHMARKS.md).
+/// when the statements are [`crate::db::kept`]. `$first` and `$write` are expressions that make
+/// their futures where the macro writes them: diesel-async sends a statement when its future is
+/// made, so one made beforehand would go out ahead of BEGIN. For statements `plan_tests` holds
+/// to their indexes under such plans, run so often that planning each afresh was a large part
+/// of PostgreSQL's time (BENCHMARKS.md).
 macro_rules! on_generic_plans {
     ($conn:expr, |$c:ident| $write:expr) => {
         $crate::store::sequence::on_generic_plans!(
