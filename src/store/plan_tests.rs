@@ -279,6 +279,43 @@ async fn messages_marked_sent_are_found_by_key() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A day of messages written and sent leaves the dead letters' index empty: only a message
+/// that died puts an entry in it (every write of every message did, and every marking sent).
+#[tokio::test]
+async fn only_dead_letters_enter_the_dead_letters_index() {
+    #[derive(QueryableByName)]
+    struct Pages {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        pages: i64,
+    }
+    let (name, _db) = pg_database().await;
+    let mut conn = diesel_async::AsyncPgConnection::establish(&pg_url(&name))
+        .await
+        .unwrap();
+    let pages = "SELECT pg_relation_size('outbox_dead') / current_setting('block_size')::bigint \
+        AS pages";
+    for (setup, most) in [
+        (A_DAY_OF_MESSAGES, 1),
+        (
+            "UPDATE outbox SET status = 'dead' WHERE event_seq <= 2000",
+            16,
+        ),
+    ] {
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, setup)
+            .await
+            .unwrap();
+        let index: Pages = diesel::sql_query(pages)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        // One page is the index's own header; 2,000 entries take a few more.
+        assert!(index.pages <= most, "{setup}: {} pages", index.pages);
+        assert!(most == 1 || index.pages > 1, "the dead letters are in it");
+    }
+    drop(conn);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// Taking events for fan-out finds the rows it locked by address, not by hashing the day.
 #[tokio::test]
 async fn taking_events_for_fan_out_reads_only_those_taken() {

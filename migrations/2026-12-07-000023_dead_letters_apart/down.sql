@@ -1,0 +1,2 @@
+DROP INDEX outbox_dead;
+CREATE INDEX outbox_dead ON outbox (status, created_at);
