@@ -248,6 +248,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // run on the thread that awaits them) must not queue behind the kitchens' work.
     let dispatcher = {
         let outbox = store.clone();
+        store.deliver_in_app_with(Arc::new(crate::notify::in_app::InPlace::new(
+            templates.clone(),
+            bus.clone(),
+        )));
         let senders = senders(&config, templates, &db, bus.clone())?;
         let poll = Duration::from_millis(config.dispatch_poll_ms);
         let policy = config.delivery.clone();

@@ -102,6 +102,9 @@ pub struct DieselStore {
     /// Wakes dispatch after a commit that leaves it work (events, outbox rows); set once
     /// the dispatcher runs, so no handler has to.
     wake: Arc<std::sync::OnceLock<WakeDispatch>>,
+    /// In-app messages sent by the fan-out that writes them; set once dispatch's senders are
+    /// made. Until then they go through the outbox like the other channels.
+    in_app: Arc<std::sync::OnceLock<Arc<dyn inbox::InPlaceDelivery>>>,
 }
 
 /// What wakes dispatch (in the hub, a message to the dispatcher).
@@ -236,6 +239,15 @@ impl DieselStore {
             )),
             readers: Arc::default(),
             wake: Arc::default(),
+            in_app: Arc::default(),
+        }
+    }
+
+    /// From now on fan-outs send the in-app messages due at once themselves; the first set
+    /// stays.
+    pub fn deliver_in_app_with(&self, in_place: Arc<dyn inbox::InPlaceDelivery>) {
+        if self.in_app.set(in_place).is_err() {
+            tracing::warn!("in-app delivery was set already");
         }
     }
 

@@ -286,6 +286,9 @@ pub struct FannedOut {
     /// Those of them leased to this dispatcher as they were written, as a claim would have:
     /// due now, on a channel with room, their news still true.
     pub leased: Vec<Claimed>,
+    /// Those of them sent in the fan-out's own transaction, as a claim would have sent them:
+    /// in-app messages due now, stored in their inboxes there.
+    pub delivered: usize,
 }
 
 /// Which of a fan-out's messages it leases to its dispatcher.
@@ -302,7 +305,8 @@ pub struct Lease<'a> {
 pub trait Outbox: Send + Sync + 'static {
     /// Turns up to `limit` committed events into the outbox rows of the notices they make
     /// (one per recipient and channel), leasing those `lease` allows to this dispatcher in
-    /// the same transaction: sent at once, with no claim of their own.
+    /// the same transaction: sent at once, with no claim of their own. Messages the store
+    /// can deliver itself (in-app) it may deliver in that transaction.
     async fn fan_out(&self, limit: i64, lease: Lease<'_>) -> Result<FannedOut, CommandError>;
     /// Queues the daily digests due at `now` (each school's own evening, once a school day);
     /// returns how many messages it queued.

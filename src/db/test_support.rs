@@ -3,7 +3,8 @@
 
 use crate::db::models::*;
 use crate::db::{self, DatabaseUrl, Db};
-use tiffin_actors::ports::{NewOrder, NewOrderItem};
+use tiffin_actors::domain::{Issuer, KitchenEvent, OrderState, Transition};
+use tiffin_actors::ports::{NewOrder, NewOrderItem, TransitionCommit};
 
 pub(crate) async fn database() -> (tempfile::TempDir, Db) {
     let dir = tempfile::tempdir().unwrap();
@@ -144,4 +145,77 @@ pub(crate) fn new_order(s: &School) -> NewOrder {
         allergy_override: None,
         window_id: None,
     }
+}
+
+/// The next step of an order as its actor would decide it on `event`'s view.
+pub(crate) fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
+    TransitionCommit {
+        school_id: event.school_id.clone(),
+        order_id: event.order_id.clone(),
+        transition: Transition {
+            from: event.order.state,
+            to,
+            version: event.order.version + 1,
+        },
+        order: event.order.clone(),
+        issuer: Issuer::Staff,
+        actor_id: None,
+        reason: None,
+        scan: None,
+    }
+}
+
+pub(crate) async fn counters(db: &Db, s: &School, n: i32) {
+    for number in 1..=n {
+        crate::db::insert(
+            db,
+            &CounterRow {
+                id: crate::db::new_id(),
+                school_id: s.id.clone(),
+                number,
+                name: format!("Counter {number}"),
+                is_open: true,
+                created_at: now(),
+                updated_at: now(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// A guardian of `s`'s student, with an email address; their id.
+pub(crate) async fn guardian_of(db: &Db, s: &School) -> String {
+    let guardian = crate::db::new_id();
+    crate::db::insert(
+        db,
+        &UserRow {
+            id: guardian.clone(),
+            school_id: Some(s.id.clone()),
+            role: "guardian".into(),
+            display_name: "Guardian".into(),
+            email: Some("guardian@example.test".into()),
+            phone: None,
+            password_hash: None,
+            allergies: String::new(),
+            locale: "en".into(),
+            active: true,
+            created_at: now(),
+            updated_at: now(),
+        },
+    )
+    .await
+    .unwrap();
+    crate::db::insert(
+        db,
+        &GuardianLinkRow {
+            guardian_id: guardian.clone(),
+            student_id: s.student.clone(),
+            relationship: "parent".into(),
+            created_at: now(),
+        },
+    )
+    .await
+    .unwrap();
+    guardian
 }

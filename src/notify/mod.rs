@@ -3,6 +3,8 @@
 
 pub mod email;
 pub mod in_app;
+#[cfg(test)]
+mod in_app_tests;
 pub mod log;
 pub mod push;
 pub mod sms;

@@ -3,59 +3,22 @@
 //! distinct codes and balanced counters; committed events are fanned out once.
 
 use super::{DieselStore, TxError};
-use crate::db::models::{CounterRow, GuardianLinkRow, UserRow, now};
+use crate::db::models::now;
 use crate::db::schema::outbox;
-use crate::db::test_support::{School, new_order, school};
+use crate::db::test_support::{counters, guardian_of, new_order, school, step};
 use crate::db::test_support::{on_both_backends, pg_admin, pg_database};
 use crate::db::{Db, DbError};
 use crate::with_conn;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use std::collections::HashSet;
-use tiffin_actors::domain::{Issuer, KitchenEvent, OrderState, Transition};
-use tiffin_actors::ports::{CommandError, NewOrderItem, Placed, TransitionCommit};
+use tiffin_actors::domain::{KitchenEvent, OrderState};
+use tiffin_actors::ports::{CommandError, NewOrderItem, Placed};
 
 fn committed(result: Result<Placed, TxError>) -> KitchenEvent {
     match result {
         Ok(Placed::New(event)) => event,
         other => panic!("expected a new order, got {other:?}"),
-    }
-}
-
-/// The next step of an order as its actor would decide it on `event`'s view.
-pub(super) fn step(event: &KitchenEvent, to: OrderState) -> TransitionCommit {
-    TransitionCommit {
-        school_id: event.school_id.clone(),
-        order_id: event.order_id.clone(),
-        transition: Transition {
-            from: event.order.state,
-            to,
-            version: event.order.version + 1,
-        },
-        order: event.order.clone(),
-        issuer: Issuer::Staff,
-        actor_id: None,
-        reason: None,
-        scan: None,
-    }
-}
-
-pub(super) async fn counters(db: &Db, s: &School, n: i32) {
-    for number in 1..=n {
-        crate::db::insert(
-            db,
-            &CounterRow {
-                id: crate::db::new_id(),
-                school_id: s.id.clone(),
-                number,
-                name: format!("Counter {number}"),
-                is_open: true,
-                created_at: now(),
-                updated_at: now(),
-            },
-        )
-        .await
-        .unwrap();
     }
 }
 
@@ -251,42 +214,6 @@ async fn outbox_rows(db: &Db) -> Vec<(i64, String, String)> {
     }
     .await;
     rows.unwrap()
-}
-
-/// A guardian of `s`'s student, with an email address; their id.
-async fn guardian_of(db: &Db, s: &School) -> String {
-    let guardian = crate::db::new_id();
-    crate::db::insert(
-        db,
-        &UserRow {
-            id: guardian.clone(),
-            school_id: Some(s.id.clone()),
-            role: "guardian".into(),
-            display_name: "Guardian".into(),
-            email: Some("guardian@example.test".into()),
-            phone: None,
-            password_hash: None,
-            allergies: String::new(),
-            locale: "en".into(),
-            active: true,
-            created_at: now(),
-            updated_at: now(),
-        },
-    )
-    .await
-    .unwrap();
-    crate::db::insert(
-        db,
-        &GuardianLinkRow {
-            guardian_id: guardian.clone(),
-            student_id: s.student.clone(),
-            relationship: "parent".into(),
-            created_at: now(),
-        },
-    )
-    .await
-    .unwrap();
-    guardian
 }
 
 /// Events become outbox rows for their audience once: a second fan-out finds nothing.

@@ -4,15 +4,19 @@
 //!
 //! A batch is one transaction: take the events (marking them fanned out), read their
 //! schools and audiences set-wise, write every row. Rows are keyed by (event, recipient,
-//! channel), and an event is taken in the transaction that writes its rows: once.
+//! channel), and an event is taken in the transaction that writes its rows: once. In-app
+//! messages due at once are sent in that transaction too (stored in their inboxes, marked
+//! sent): once, and published after the commit.
 
 use super::claim::{CLAIM_LEASE_SECS, outbox_message};
+use super::inbox::{InPlaceDelivery, InboxRow, StoreNew};
 use super::notices::{PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient};
+use super::outbox::{NOTIFY, RecordSentInPlace};
 use super::sequence::GenericPlans;
 use super::{DieselStore, TxError};
 use crate::db::models::{OutboxRow, now};
 use crate::db::schema::{device_tokens, guardian_links, notification_preferences, schools, users};
-use crate::db::{Db, InsertRows};
+use crate::db::{Db, DbError, InsertRows};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -20,7 +24,7 @@ use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::{HashMap, HashSet};
 use tiffin_actors::domain::{OrderState, Role};
-use tiffin_actors::notices::{Audience, Kind, Recipient, intents};
+use tiffin_actors::notices::{Audience, Channel, Kind, Recipient, intents};
 use tiffin_actors::ports::{Claimed, CommandError, FannedOut, Lease, Needed};
 
 /// Takes up to `$1` events waiting for fan-out, oldest first, and marks them done; other
@@ -139,6 +143,7 @@ impl DieselStore {
         };
         let fallback = self.sms_fallback_after;
         let node = self.node.id.as_str();
+        let in_app = self.in_app.get().map(|d| d.as_ref());
         let taken = with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
                 // Its statements, planned afresh, were most of dispatch's PostgreSQL time.
@@ -150,10 +155,11 @@ impl DieselStore {
                 let taken = events.len();
                 let mut due: Vec<Due> = events.into_iter().filter_map(Due::of).collect();
                 if due.is_empty() {
-                    return Ok::<_, TxError>(FannedOut {
+                    let none = FannedOut {
                         events: taken,
                         ..FannedOut::default()
-                    });
+                    };
+                    return Ok::<_, TxError>((none, Vec::new()));
                 }
                 due.sort_by(|a, b| {
                     (a.event.created_at, &a.event.school_id, a.event.seq).cmp(&(
@@ -261,7 +267,7 @@ impl DieselStore {
                         .await?;
                 }
                 let mut rows = Vec::new();
-                let mut leasing = Leasing::new(lease, node);
+                let mut leasing = Leasing::new(lease, node, in_app);
                 for d in &due {
                     let Some(school) = schools.get(&d.event.school_id) else {
                         continue;
@@ -285,39 +291,76 @@ impl DieselStore {
                 }
                 // Taking the events marked them in this transaction: no row can exist yet.
                 conn.insert_rows(&rows).await?;
+                let delivered = std::mem::take(&mut leasing.delivered);
+                let stored = if delivered.is_empty() {
+                    Vec::new()
+                } else {
+                    let ids: Vec<&str> = delivered.iter().map(|m| m.id.as_str()).collect();
+                    conn.record_sent_in_place(&ids, leasing.at).await?;
+                    let asked = delivered.len();
+                    let stored = conn.store_new(delivered).await?;
+                    // Its recipients were read in this transaction: every one is a user.
+                    if stored.len() != asked {
+                        return Err(TxError::Db(DbError::Other(format!(
+                            "{} of {asked} in-app messages found no user",
+                            asked - stored.len()
+                        ))));
+                    }
+                    stored
+                };
                 metrics::counter!("notify_fanned_out_total").increment(rows.len() as u64);
-                Ok(FannedOut {
-                    events: taken,
-                    messages: rows.len(),
-                    leased: leasing.leased,
-                })
+                Ok((
+                    FannedOut {
+                        events: taken,
+                        messages: rows.len(),
+                        leased: leasing.leased,
+                        delivered: stored.len(),
+                    },
+                    stored,
+                ))
             })
             .await)
         .map_err(CommandError::from)?;
-        Ok(taken)
+        let (fanned_out, stored) = taken;
+        if let Some(in_app) = in_app {
+            crate::db::operations(NOTIFY, stored.len());
+            in_app.publish(&stored);
+        }
+        Ok(fanned_out)
     }
 }
 
-/// The rows a fan-out leases to its dispatcher as it writes them: those a claim made at once
-/// would send, up to the lease's size. A message not yet due (quiet hours, an SMS fallback)
-/// or on a full channel is left to the claims.
+/// What a fan-out hands on as it writes its rows: the in-app messages due at once it sends
+/// itself, stored in their inboxes in its transaction (`InPlaceDelivery`), and of the rest those a
+/// claim made at once would send it leases to its dispatcher, up to the lease's size. A
+/// message not yet due (quiet hours, an SMS fallback) or on a full channel is left to the
+/// claims.
 struct Leasing<'a> {
     lease: Lease<'a>,
     node: &'a str,
+    in_app: Option<&'a dyn InPlaceDelivery>,
     at: NaiveDateTime,
     until: NaiveDateTime,
     leased: Vec<Claimed>,
+    /// In-app messages sent here, not yet numbered.
+    delivered: Vec<InboxRow>,
 }
 
 impl<'a> Leasing<'a> {
-    fn new(lease: Lease<'a>, node: &'a str) -> Leasing<'a> {
+    fn new(
+        lease: Lease<'a>,
+        node: &'a str,
+        in_app: Option<&'a dyn InPlaceDelivery>,
+    ) -> Leasing<'a> {
         let at = now();
         Leasing {
             lease,
             node,
+            in_app,
             at,
             until: at + chrono::Duration::seconds(CLAIM_LEASE_SECS),
             leased: Vec::new(),
+            delivered: Vec::new(),
         }
     }
 
@@ -325,7 +368,22 @@ impl<'a> Leasing<'a> {
         let due = row.next_attempt_at <= self.at
             && row.expires_at.is_none_or(|t| t > self.at)
             && row.fallback_for.is_none();
-        if !due || self.leased.len() >= self.lease.most || self.lease.skip.contains(&row.channel) {
+        if !due {
+            return;
+        }
+        if row.channel == Channel::InApp.as_str()
+            && let Some(in_app) = self.in_app
+        {
+            // One its template cannot render is left to the sender, which dead-letters it.
+            if let Ok(message) = in_app.inbox_row(&outbox_message(row.clone())) {
+                row.status = "sent".into();
+                row.attempts = 1;
+                row.sent_at = Some(self.at);
+                self.delivered.push(message);
+                return;
+            }
+        }
+        if self.leased.len() >= self.lease.most || self.lease.skip.contains(&row.channel) {
             return;
         }
         row.claimed_until = Some(self.until);

@@ -8,6 +8,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::Serialize;
+use tiffin_actors::ports::OutboxMessage;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
 #[diesel(table_name = inbox_messages)]
@@ -159,6 +160,64 @@ async fn store_group_pg(
         .into_iter()
         .map(|s| (s.id, (s.seq, s.fresh)))
         .collect())
+}
+
+/// How a fan-out makes and announces the in-app messages it sends where it writes them
+/// (`notify::in_app::InPlace`).
+pub trait InPlaceDelivery: Send + Sync + 'static {
+    /// The message's inbox row, not yet numbered; a message it cannot make is left to the
+    /// in-app sender.
+    fn inbox_row(&self, message: &OutboxMessage) -> Result<InboxRow, String>;
+    /// Publishes messages stored and committed.
+    fn publish(&self, stored: &[InboxRow]);
+}
+
+/// New messages stored in the caller's transaction (a fan-out's, which wrote their outbox
+/// rows, so none was stored before): each takes its user's next number, in the order given.
+/// Yields them numbered.
+pub(crate) trait StoreNew {
+    async fn store_new(&mut self, rows: Vec<InboxRow>) -> QueryResult<Vec<InboxRow>>;
+}
+
+impl StoreNew for crate::db::PgConn {
+    async fn store_new(&mut self, rows: Vec<InboxRow>) -> QueryResult<Vec<InboxRow>> {
+        let json = serde_json::to_string(&rows)
+            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+        let stored: Vec<StoredInGroup> = crate::db::kept(
+            diesel::sql_query(STORE_GROUP_PG).bind::<diesel::sql_types::Text, _>(json),
+        )
+        .load(self)
+        .await?;
+        let numbers: std::collections::HashMap<String, i64> =
+            stored.into_iter().map(|s| (s.id, s.seq)).collect();
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let seq = *numbers.get(&row.id)?;
+                Some(InboxRow { seq, ..row })
+            })
+            .collect())
+    }
+}
+
+impl StoreNew for crate::db::SqliteConn {
+    async fn store_new(&mut self, rows: Vec<InboxRow>) -> QueryResult<Vec<InboxRow>> {
+        let mut stored = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq: i64 = diesel::update(users::table.find(&row.user_id))
+                .set(users::inbox_seq.eq(users::inbox_seq + 1))
+                .returning(users::inbox_seq)
+                .get_result(self)
+                .await?;
+            let row = InboxRow { seq, ..row };
+            diesel::insert_into(inbox_messages::table)
+                .values(&row)
+                .execute(self)
+                .await?;
+            stored.push(row);
+        }
+        Ok(stored)
+    }
 }
 
 /// The user's latest inbox number.

@@ -44,6 +44,53 @@ on_both_connections!(impl RecordAttempt {
     }
 });
 
+/// Messages sent in the transaction that wrote them (in-app ones, by a fan-out): their first
+/// attempts recorded, on either backend.
+pub(super) trait RecordSentInPlace {
+    async fn record_sent_in_place(&mut self, ids: &[&str], at: NaiveDateTime) -> QueryResult<()>;
+}
+
+/// PostgreSQL: the attempts in one statement.
+const SENT_IN_PLACE_PG: &str = "\
+INSERT INTO delivery_attempts (id, outbox_id, attempt, at, outcome, detail) \
+SELECT a.id, a.outbox_id, 1, $3, 'sent', NULL \
+FROM unnest($1::text[], $2::text[]) AS a(id, outbox_id)";
+
+impl RecordSentInPlace for crate::db::PgConn {
+    async fn record_sent_in_place(&mut self, ids: &[&str], at: NaiveDateTime) -> QueryResult<()> {
+        use diesel::sql_types::{Array, Text, Timestamp};
+        let attempt_ids: Vec<String> = ids
+            .iter()
+            .map(|_| uuid::Uuid::now_v7().to_string())
+            .collect();
+        crate::db::kept(
+            diesel::sql_query(SENT_IN_PLACE_PG)
+                .bind::<Array<Text>, _>(&attempt_ids)
+                .bind::<Array<Text>, _>(ids)
+                .bind::<Timestamp, _>(at),
+        )
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+}
+
+impl RecordSentInPlace for crate::db::SqliteConn {
+    async fn record_sent_in_place(&mut self, ids: &[&str], at: NaiveDateTime) -> QueryResult<()> {
+        for id in ids {
+            let sent = Attempt {
+                outbox_id: id,
+                attempt: 1,
+                at,
+                outcome: "sent",
+                detail: None,
+            };
+            self.record_attempt(sent).await?;
+        }
+        Ok(())
+    }
+}
+
 /// PostgreSQL: messages marked sent and their attempts recorded in one statement (one round
 /// trip, whatever their number), on generic plans.
 pub(crate) const MARK_SENT_PG: &str = "\

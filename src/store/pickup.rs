@@ -203,9 +203,9 @@ mod pickup_tests {
     use crate::db::Db;
     use crate::db::models::now;
     use crate::db::test_support::on_both_backends;
+    use crate::db::test_support::{counters, step};
     use crate::db::test_support::{new_order, school};
     use crate::store::DieselStore;
-    use crate::store::batch_tests::{counters, step};
     use tiffin_actors::ports::{Placed, Store};
 
     /// A drawn code already taken today is passed over; with none left, the order is refused

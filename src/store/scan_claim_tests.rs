@@ -20,7 +20,7 @@ use tiffin_actors::ports::Placed;
 /// A school with a counter and a reader at it.
 async fn school_with_reader(db: &Db, name: &str) -> (School, ReaderRow) {
     let s = school(db, name).await;
-    crate::store::batch_tests::counters(db, &s, 1).await;
+    crate::db::test_support::counters(db, &s, 1).await;
     let counter = super::counters::counters(db, &s.id).await.unwrap()[0]
         .id
         .clone();

@@ -10,6 +10,14 @@ fn counted(channel: &str, outcome: &'static str) {
         .increment(1);
 }
 
+/// Counts the in-app messages a fan-out sent where it wrote them.
+pub(super) fn delivered_in_place(messages: usize) {
+    if messages > 0 {
+        metrics::counter!("notify_deliveries_total", "channel" => crate::notices::Channel::InApp.as_str(), "outcome" => "sent")
+            .increment(messages as u64);
+    }
+}
+
 pub(super) async fn deliver(
     shared: &Shared,
     message: &OutboxMessage,

@@ -162,7 +162,8 @@ impl Dispatcher {
                 let (more_events, unleased) =
                     match shared.outbox.fan_out(FAN_OUT_BATCH, lease).await {
                         Ok(out) => {
-                            let unleased = out.messages > out.leased.len();
+                            let unleased = out.messages > out.leased.len() + out.delivered;
+                            deliver::delivered_in_place(out.delivered);
                             start_deliveries(&shared, &dispatcher, out.leased);
                             (out.events as i64 == FAN_OUT_BATCH, unleased)
                         }
