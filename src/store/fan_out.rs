@@ -331,8 +331,8 @@ impl DieselStore {
 }
 
 /// What a fan-out hands on as it writes its rows: the in-app messages due at once it sends
-/// itself, stored in their inboxes in its transaction (`InPlaceDelivery`), and of the rest those a
-/// claim made at once would send it leases to its dispatcher, up to the lease's size. A
+/// itself, stored in their inboxes in its transaction (`InPlaceDelivery`); of the rest, those
+/// a claim made at once would send it leases to its dispatcher, up to the lease's size. A
 /// message not yet due (quiet hours, an SMS fallback) or on a full channel is left to the
 /// claims.
 struct Leasing<'a> {
