@@ -13,7 +13,8 @@ fn counted(channel: &str, outcome: &'static str) {
 /// Counts the in-app messages a fan-out sent where it wrote them.
 pub(super) fn delivered_in_place(messages: usize) {
     if messages > 0 {
-        metrics::counter!("notify_deliveries_total", "channel" => crate::notices::Channel::InApp.as_str(), "outcome" => "sent")
+        let channel = crate::notices::Channel::InApp.as_str();
+        metrics::counter!("notify_deliveries_total", "channel" => channel, "outcome" => "sent")
             .increment(messages as u64);
     }
 }
