@@ -97,16 +97,15 @@ impl InAppSender {
 /// The inbox row of an in-app message: the email's subject and text serve as its title and
 /// body. Its number is the store's to give.
 fn inbox_row(templates: &Templates, message: &OutboxMessage) -> Result<InboxRow, String> {
-    let rendered = templates.render_email(message)?;
-    let payload: serde_json::Value =
-        serde_json::from_str(&message.payload).map_err(|e| format!("payload: {e}"))?;
+    let payload = super::templates::payload(message)?;
+    let (title, body) = templates.render_in_app(message, &payload)?;
     Ok(InboxRow {
         id: message.id.clone(),
         user_id: message.address.clone(),
         seq: 0,
         kind: message.template.clone(),
-        title: rendered.subject,
-        body: rendered.text,
+        title,
+        body,
         order_id: payload["order"]["id"].as_str().map(str::to_owned),
         created_at: now(),
         read_at: None,

@@ -174,7 +174,7 @@ impl Templates {
         name: &str,
         locale: &str,
         part: &str,
-        data: &serde_json::Value,
+        context: &minijinja::Value,
     ) -> Result<String, String> {
         let localised = format!("{name}.{locale}.{part}");
         let template = self
@@ -183,42 +183,74 @@ impl Templates {
             .or_else(|_| self.env.get_template(&format!("{name}.en.{part}")))
             .map_err(|e| format!("no template {localised}: {e}"))?;
         template
-            .render(minijinja::value::Serde(data))
+            .render(context)
             .map_err(|e| format!("template {localised}: {e}"))
     }
 
     /// A push title (the email subject) and the short text of SMS and push bodies.
     pub fn render_short(&self, message: &OutboxMessage) -> Result<(String, String), String> {
-        let data: serde_json::Value =
-            serde_json::from_str(&message.payload).map_err(|e| format!("payload: {e}"))?;
+        let context = context(&payload(message)?);
         let title = self.render(
             &format!("email/{}", message.template),
             &message.locale,
             "subject",
-            &data,
+            &context,
         )?;
         let body = self.render(
             &format!("sms/{}", message.template),
             &message.locale,
             "txt",
-            &data,
+            &context,
         )?;
         Ok((title.trim().to_owned(), body.trim().to_owned()))
     }
 
     pub fn render_email(&self, message: &OutboxMessage) -> Result<RenderedEmail, String> {
-        let data: serde_json::Value =
-            serde_json::from_str(&message.payload).map_err(|e| format!("payload: {e}"))?;
+        let context = context(&payload(message)?);
         let name = format!("email/{}", message.template);
+        let (subject, text) = self.subject_and_text(&name, &message.locale, &context)?;
         Ok(RenderedEmail {
-            subject: self
-                .render(&name, &message.locale, "subject", &data)?
-                .trim()
-                .to_owned(),
-            text: self.render(&name, &message.locale, "txt", &data)?,
-            html: self.render(&name, &message.locale, "html", &data)?,
+            subject,
+            text,
+            html: self.render(&name, &message.locale, "html", &context)?,
         })
     }
+
+    /// An in-app message's title and body from its parsed payload: the email's subject and
+    /// text, without the HTML an inbox does not show (a third of the rendering, which was a
+    /// tenth of the hub's CPU in the intake benchmark: BENCHMARKS.md).
+    pub fn render_in_app(
+        &self,
+        message: &OutboxMessage,
+        payload: &serde_json::Value,
+    ) -> Result<(String, String), String> {
+        let name = format!("email/{}", message.template);
+        self.subject_and_text(&name, &message.locale, &context(payload))
+    }
+
+    fn subject_and_text(
+        &self,
+        name: &str,
+        locale: &str,
+        context: &minijinja::Value,
+    ) -> Result<(String, String), String> {
+        let subject = self.render(name, locale, "subject", context)?;
+        Ok((
+            subject.trim().to_owned(),
+            self.render(name, locale, "txt", context)?,
+        ))
+    }
+}
+
+/// A message's template data.
+pub fn payload(message: &OutboxMessage) -> Result<serde_json::Value, String> {
+    serde_json::from_str(&message.payload).map_err(|e| format!("payload: {e}"))
+}
+
+/// Template data made into the templates' values once for all of a message's parts (each
+/// render converted it afresh).
+fn context(payload: &serde_json::Value) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(payload))
 }
 
 /// What an outbox payload holds, with every optional part present.
