@@ -192,7 +192,26 @@ pub struct OrderEventRow {
     pub notice: Option<String>,
     /// Someone who needs no news of their own act.
     pub notice_skip: Option<String>,
-    pub fanned_out: bool,
+}
+
+/// An event with news, waiting for its fan-out.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = fan_out_queue, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+pub struct FanOutQueueRow {
+    pub created_at: NaiveDateTime,
+    pub school_id: String,
+    pub seq: i64,
+}
+
+impl OrderEventRow {
+    /// Its place in the fan-out's queue, if it makes a notice.
+    pub fn queued(&self) -> Option<FanOutQueueRow> {
+        self.notice.as_ref().map(|_| FanOutQueueRow {
+            created_at: self.created_at,
+            school_id: self.school_id.clone(),
+            seq: self.seq,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable, serde::Serialize)]

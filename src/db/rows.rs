@@ -81,6 +81,7 @@ impl InsertRows<models::OutboxRow> for PgConn {
 insert_rows!(models::OrderRow, schema::orders::table);
 insert_rows!(models::OrderItemRow, schema::order_items::table);
 insert_rows!(models::OrderEventRow, schema::order_events::table);
+insert_rows!(models::FanOutQueueRow, schema::fan_out_queue::table);
 insert_rows!(models::SchoolRow, schema::schools::table);
 insert_rows!(models::CounterRow, schema::counters::table);
 insert_rows!(models::UserRow, schema::users::table);

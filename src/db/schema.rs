@@ -232,7 +232,14 @@ diesel::table! {
         created_at -> Timestamp,
         notice -> Nullable<Text>,
         notice_skip -> Nullable<Text>,
-        fanned_out -> Bool,
+    }
+}
+
+diesel::table! {
+    fan_out_queue (created_at, school_id, seq) {
+        created_at -> Timestamp,
+        school_id -> Text,
+        seq -> BigInt,
     }
 }
 
@@ -343,6 +350,7 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    fan_out_queue,
     pickup_codes,
     scans,
     delivery_attempts,

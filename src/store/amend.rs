@@ -1,7 +1,7 @@
 //! Orders amended one at a time, outside the batches: an order moved off a closed counter,
 //! an alert recorded on an order, an item marked done at its station.
 
-use super::orders::{EventNote, event_from_row, event_row};
+use super::orders::{EventNote, event_from_row, event_row, record_events};
 use super::{DieselStore, TxError, json_error};
 use crate::db::models::now;
 use crate::db::schema::{counters, order_events, orders, schools};
@@ -54,10 +54,7 @@ on_both_connections!(impl AmendOrder {
         note: EventNote<'_>,
     ) -> Result<KitchenEvent, TxError> {
         let row = event_row(seq, order, note)?;
-        diesel::insert_into(order_events::table)
-            .values(&row)
-            .execute(self)
-            .await?;
+        record_events(self, std::slice::from_ref(&row)).await?;
         Ok(event_from_row(row)?)
     }
 

@@ -27,21 +27,32 @@ use tiffin_actors::domain::{OrderState, Role};
 use tiffin_actors::notices::{Audience, Channel, Kind, Recipient, intents};
 use tiffin_actors::ports::{Claimed, CommandError, FannedOut, Lease, Needed};
 
-/// Takes up to `$1` events waiting for fan-out, oldest first, and marks them done; other
-/// nodes skip the rows this one holds. The rows taken are found again by their physical
-/// address (a locked row keeps it): matched by key, the planner hashed every event of the
-/// day each time (13,000 rows for 19 taken, BENCHMARKS.md).
-pub(crate) const TAKE_PG: &str = "UPDATE order_events SET fanned_out = TRUE \
-     WHERE ctid = ANY(ARRAY(SELECT ctid FROM order_events WHERE NOT fanned_out \
-     ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)) \
-     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at, \
-     (SELECT state FROM orders WHERE id = order_events.order_id) AS order_state";
-/// SQLite has one writer: nothing to skip.
-const TAKE_SQLITE: &str = "UPDATE order_events SET fanned_out = TRUE \
-     WHERE (school_id, seq) IN (SELECT school_id, seq FROM order_events WHERE NOT fanned_out \
-     ORDER BY created_at LIMIT ?) \
-     RETURNING school_id, seq, snapshot, notice, notice_skip, created_at, \
-     (SELECT state FROM orders WHERE id = order_events.order_id) AS order_state";
+/// Takes up to `$1` events waiting for fan-out, oldest first, deleting them from the queue;
+/// other nodes skip the rows this one holds. The rows taken are found again by their physical
+/// address (a locked row keeps it): matched by key, the planner hashed every row each time
+/// (13,000 for 19 taken, BENCHMARKS.md); each event is then probed by its key.
+pub(crate) const TAKE_PG: &str = "WITH taken AS ( \
+    DELETE FROM fan_out_queue WHERE ctid = ANY(ARRAY(SELECT ctid FROM fan_out_queue \
+    ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING school_id, seq) \
+SELECT e.* FROM taken CROSS JOIN LATERAL ( \
+    SELECT e.school_id, e.seq, e.snapshot, e.notice, e.notice_skip, e.created_at, \
+        (SELECT state FROM orders WHERE id = e.order_id) AS order_state \
+    FROM order_events e WHERE e.school_id = taken.school_id AND e.seq = taken.seq LIMIT 1) e";
+/// SQLite has one writer: nothing to skip. A `DELETE` cannot be a CTE there: its event's
+/// columns come by key.
+const TAKE_SQLITE: &str = "DELETE FROM fan_out_queue \
+     WHERE (created_at, school_id, seq) IN (SELECT created_at, school_id, seq \
+     FROM fan_out_queue ORDER BY created_at LIMIT ?) \
+     RETURNING school_id, seq, created_at, \
+     (SELECT snapshot FROM order_events e WHERE e.school_id = fan_out_queue.school_id \
+        AND e.seq = fan_out_queue.seq) AS snapshot, \
+     (SELECT notice FROM order_events e WHERE e.school_id = fan_out_queue.school_id \
+        AND e.seq = fan_out_queue.seq) AS notice, \
+     (SELECT notice_skip FROM order_events e WHERE e.school_id = fan_out_queue.school_id \
+        AND e.seq = fan_out_queue.seq) AS notice_skip, \
+     (SELECT o.state FROM order_events e JOIN orders o ON o.id = e.order_id \
+        WHERE e.school_id = fan_out_queue.school_id AND e.seq = fan_out_queue.seq) \
+        AS order_state";
 
 #[derive(QueryableByName)]
 struct NoticeDue {
@@ -289,7 +300,7 @@ impl DieselStore {
                     }
                     rows.extend(written);
                 }
-                // Taking the events marked them in this transaction: no row can exist yet.
+                // Taking the events dequeued them in this transaction: no row can exist yet.
                 conn.insert_rows(&rows).await?;
                 let delivered = std::mem::take(&mut leasing.delivered);
                 let stored = if delivered.is_empty() {

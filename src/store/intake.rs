@@ -13,7 +13,7 @@
 use super::amend::AmendOrder;
 use super::batch::{one_by_one, pipelined, together_or_each};
 use super::order_checks::{allergy_check, order_lines};
-use super::orders::{EventNote, event_from_row, event_row};
+use super::orders::{EventNote, event_from_row, event_row, record_events};
 use super::schools::waves_on_day;
 use super::sequence::with_schools_locked;
 use super::sequence::{LockSchools, TakeSeqs};
@@ -207,7 +207,7 @@ impl CommitOrders for SqliteConn {
             }
             conn.insert_rows(&decided.orders).await?;
             conn.insert_rows(&decided.items).await?;
-            conn.insert_rows(&decided.events).await?;
+            record_events(conn, &decided.events).await?;
             decided.answers(conn).await
         })
         .await
@@ -229,12 +229,15 @@ lines AS ( \
     INSERT INTO order_items SELECT * FROM json_populate_recordset(NULL::order_items, $3::json)), \
 numbered AS ( \
     INSERT INTO order_events (school_id, seq, order_id, version, kind, from_state, to_state, \
-        actor_id, reason, snapshot, created_at, notice, notice_skip, fanned_out) \
+        actor_id, reason, snapshot, created_at, notice, notice_skip) \
     SELECT e.school_id, e.seq + taken.first, e.order_id, e.version, e.kind, e.from_state, \
-        e.to_state, e.actor_id, e.reason, e.snapshot, e.created_at, e.notice, e.notice_skip, \
-        e.fanned_out \
+        e.to_state, e.actor_id, e.reason, e.snapshot, e.created_at, e.notice, e.notice_skip \
     FROM json_populate_recordset(NULL::order_events, $4::json) AS e \
-    JOIN taken ON taken.id = e.school_id) \
+    JOIN taken ON taken.id = e.school_id \
+    RETURNING school_id, seq, created_at, notice), \
+queued AS ( \
+    INSERT INTO fan_out_queue (created_at, school_id, seq) \
+    SELECT created_at, school_id, seq FROM numbered WHERE notice IS NOT NULL) \
 SELECT id, first FROM taken";
 
 #[derive(QueryableByName)]

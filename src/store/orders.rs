@@ -4,7 +4,7 @@
 use super::{TxError, json_error};
 use crate::db::models::*;
 use crate::db::schema::*;
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, InsertRows};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -64,10 +64,19 @@ pub(super) fn event_row(
         reason: note.reason,
         snapshot: serde_json::to_string(order).map_err(json_error)?,
         created_at: note.at,
-        fanned_out: note.notice.is_none(),
         notice: note.notice.map(|k| k.as_str().to_owned()),
         notice_skip: note.skip,
     })
+}
+
+/// Writes events in the caller's transaction, listing those with news for their fan-out.
+pub(super) async fn record_events<C>(conn: &mut C, events: &[OrderEventRow]) -> QueryResult<()>
+where
+    C: InsertRows<OrderEventRow> + InsertRows<FanOutQueueRow>,
+{
+    conn.insert_rows(events).await?;
+    let queued: Vec<FanOutQueueRow> = events.iter().filter_map(OrderEventRow::queued).collect();
+    conn.insert_rows(&queued).await
 }
 
 /// The school and student of an order, for authorisation before anything else.

@@ -131,19 +131,13 @@ async fn mark_sent_pg(
 /// this operation; its operations are the messages marked sent.
 pub(crate) const NOTIFY: &str = "notify";
 
-/// How many committed events with news are not yet fanned out, and the oldest's time. `NOT
-/// fanned_out` rather than a bound `false`: a prepared plan then still matches the partial
-/// index `order_events_to_fan_out` (a bound value cannot, and the table was read whole,
-/// 180 ms late in a full-length rush).
+/// How many committed events with news are not yet fanned out, and the oldest's time.
 macro_rules! awaiting_fan_out {
     () => {
-        order_events::table
-            .filter(diesel::dsl::not(order_events::fanned_out))
-            .filter(order_events::notice.is_not_null())
-            .select((
-                diesel::dsl::count_star(),
-                diesel::dsl::min(order_events::created_at),
-            ))
+        crate::db::schema::fan_out_queue::table.select((
+            diesel::dsl::count_star(),
+            diesel::dsl::min(crate::db::schema::fan_out_queue::created_at),
+        ))
     };
 }
 

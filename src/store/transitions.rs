@@ -13,13 +13,13 @@
 //! index on codes; the loser is retried one by one with fresh reads.
 
 use super::batch::together_or_each;
-use super::orders::{EventNote, event_from_row, event_row};
+use super::orders::{EventNote, event_from_row, event_row, record_events};
 use super::pickup::{Pickup, PickupQueries, draw_candidates};
 use super::sequence::{LockSchools, TakeSeqs, with_schools_locked};
 use super::{DieselStore, TxError, json_error};
 use crate::db::models::{OrderEventRow, now};
 use crate::db::schema::{orders, scans};
-use crate::db::{InsertRows, PgConn, SqliteConn};
+use crate::db::{PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -266,7 +266,7 @@ impl CommitTransitions for SqliteConn {
                     *seq += 1;
                 }
             }
-            conn.insert_rows(&events).await?;
+            record_events(conn, &events).await?;
             answers(batch, planned, written)
         })
         .await
@@ -320,12 +320,15 @@ numbered AS ( \
     FROM moved JOIN taken ON taken.id = moved.school_id), \
 events AS ( \
     INSERT INTO order_events (school_id, seq, order_id, version, kind, from_state, to_state, \
-        actor_id, reason, snapshot, created_at, notice, notice_skip, fanned_out) \
+        actor_id, reason, snapshot, created_at, notice, notice_skip) \
     SELECT e.school_id, numbered.seq, e.order_id, e.version, e.kind, e.from_state, \
-        e.to_state, e.actor_id, e.reason, e.snapshot, e.created_at, e.notice, e.notice_skip, \
-        e.fanned_out \
+        e.to_state, e.actor_id, e.reason, e.snapshot, e.created_at, e.notice, e.notice_skip \
     FROM json_populate_recordset(NULL::order_events, $3::json) AS e \
-    JOIN numbered ON numbered.id = e.order_id) \
+    JOIN numbered ON numbered.id = e.order_id \
+    RETURNING school_id, seq, created_at, notice), \
+queued AS ( \
+    INSERT INTO fan_out_queue (created_at, school_id, seq) \
+    SELECT created_at, school_id, seq FROM events WHERE notice IS NOT NULL) \
 SELECT id, seq FROM numbered \
 UNION ALL SELECT id, -1 FROM claimed";
 

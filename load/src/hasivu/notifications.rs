@@ -48,8 +48,7 @@ struct Id {
 /// `outbox_events_awaiting_fan_out`).
 const WAITING_SQL: &str = "SELECT \
      (SELECT COUNT(*) FROM outbox WHERE status = 'pending') AS pending, \
-     (SELECT COUNT(*) FROM order_events WHERE notice IS NOT NULL AND NOT fanned_out) \
-     AS awaiting_fan_out";
+     (SELECT COUNT(*) FROM fan_out_queue) AS awaiting_fan_out";
 const OUTBOX_SQL: &str = "SELECT id, channel, status, sent_at FROM outbox";
 /// In-app messages delivered: an inbox row takes its outbox row's id.
 const INBOX_SQL: &str = "SELECT i.id AS id FROM inbox_messages i \
