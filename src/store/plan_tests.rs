@@ -285,40 +285,77 @@ async fn messages_marked_sent_are_found_by_key() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
-/// A day of messages written and sent leaves the dead letters' index empty: only a message
-/// that died puts an entry in it (every write of every message did, and every marking sent).
-#[tokio::test]
-async fn only_dead_letters_enter_the_dead_letters_index() {
+/// The pages an index of `database` takes, after `setup` (run on one connection, in order).
+async fn index_pages(database: &str, setups: &[&str], index: &str) -> Vec<i64> {
     #[derive(QueryableByName)]
     struct Pages {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         pages: i64,
     }
-    let (name, _db) = pg_database().await;
-    let mut conn = diesel_async::AsyncPgConnection::establish(&pg_url(&name))
+    let mut conn = diesel_async::AsyncPgConnection::establish(&pg_url(database))
         .await
         .unwrap();
-    let pages = "SELECT pg_relation_size('outbox_dead') / current_setting('block_size')::bigint \
-        AS pages";
-    for (setup, most) in [
-        (A_DAY_OF_MESSAGES, 1),
-        (
-            "UPDATE outbox SET status = 'dead' WHERE event_seq <= 2000",
-            16,
-        ),
-    ] {
+    let pages = format!(
+        "SELECT pg_relation_size('{index}') / current_setting('block_size')::bigint AS pages"
+    );
+    let mut sizes = Vec::new();
+    for setup in setups {
         diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, setup)
             .await
             .unwrap();
-        let index: Pages = diesel::sql_query(pages)
+        let size: Pages = diesel::sql_query(&pages)
             .get_result(&mut conn)
             .await
             .unwrap();
-        // One page is the index's own header; 2,000 entries take a few more.
-        assert!(index.pages <= most, "{setup}: {} pages", index.pages);
-        assert!(most == 1 || index.pages > 1, "the dead letters are in it");
+        sizes.push(size.pages);
     }
-    drop(conn);
+    sizes
+}
+
+/// A day of messages written and sent leaves the dead letters' index empty: only a message
+/// that died puts an entry in it (every write of every message did, and every marking sent).
+#[tokio::test]
+async fn only_dead_letters_enter_the_dead_letters_index() {
+    let (name, _db) = pg_database().await;
+    let dead = "UPDATE outbox SET status = 'dead' WHERE event_seq <= 2000";
+    let pages = index_pages(&name, &[A_DAY_OF_MESSAGES, dead], "outbox_dead").await;
+    // One page is the index's own header; 2,000 entries take a few more.
+    assert_eq!(pages[0], 1, "a day of messages sent");
+    assert!(
+        pages[1] > 1 && pages[1] <= 16,
+        "the dead letters: {pages:?}"
+    );
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+/// A day of orders, one in a hundred given a counter and pickup code, and no statistics.
+const A_DAY_OF_ORDERS: &str = "SET session_replication_role = replica; \
+    INSERT INTO orders (id, school_id, student_id, placed_by, state, version, created_at, \
+        updated_at, total_cents, counter_id, pickup_day, pickup_code) \
+    SELECT 'o' || g, 's', 'u' || g, 'u' || g, 'placed', 1, now(), now(), 300, \
+        CASE WHEN g % 100 = 0 THEN 'k' END, CASE WHEN g % 100 = 0 THEN '2026-12-07' END, \
+        CASE WHEN g % 100 = 0 THEN 'C' || g END \
+    FROM generate_series(1, 50000) AS g";
+
+/// An order without a pickup code puts no entry in the codes' index (every order placed
+/// did), and a batch's look-up of the codes it drew still goes through it.
+#[tokio::test]
+async fn only_orders_with_a_pickup_code_enter_its_index() {
+    let (name, _db) = pg_database().await;
+    let pages = index_pages(&name, &[A_DAY_OF_ORDERS], "orders_pickup_code").await;
+    // 500 entries; the 50,000 orders took about 250 pages.
+    assert!(pages[0] > 1 && pages[0] <= 8, "{pages:?}");
+    let (schools, days, codes) = (["s"], ["2026-12-07"], ["C100", "AB12"]);
+    // The look-up of `pickup::Pickup`'s reads.
+    let query = orders::table
+        .filter(orders::school_id.eq_any(&schools[..]))
+        .filter(orders::pickup_day.eq_any(&days[..]))
+        .filter(orders::pickup_code.eq_any(&codes[..]))
+        .select((orders::school_id, orders::pickup_day, orders::pickup_code));
+    let args = "'{s}', '{2026-12-07}', '{C100,AB12}'";
+    let plan = generic_plan(&name, "", &query, args).await;
+    assert!(plan.contains("orders_pickup_code"), "{plan}");
+    assert!(!plan.contains("Seq Scan on orders"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
