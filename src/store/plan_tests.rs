@@ -328,6 +328,17 @@ async fn only_dead_letters_enter_the_dead_letters_index() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A day of messages takes no entry in the dedup keys' index: only digests have a key.
+#[tokio::test]
+async fn only_keyed_messages_enter_the_dedup_index() {
+    let (name, _db) = pg_database().await;
+    let digests = "UPDATE outbox SET dedup_key = 'digest:' || event_seq WHERE event_seq <= 2000";
+    let pages = index_pages(&name, &[A_DAY_OF_MESSAGES, digests], "outbox_dedup_key").await;
+    assert_eq!(pages[0], 1, "a day of messages without keys");
+    assert!(pages[1] > 1, "the digests are in it: {pages:?}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day of orders, one in a hundred given a counter and pickup code, and no statistics.
 const A_DAY_OF_ORDERS: &str = "SET session_replication_role = replica; \
     INSERT INTO orders (id, school_id, student_id, placed_by, state, version, created_at, \

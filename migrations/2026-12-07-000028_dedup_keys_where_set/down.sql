@@ -1,0 +1,2 @@
+DROP INDEX outbox_dedup_key;
+CREATE UNIQUE INDEX outbox_dedup_key ON outbox (dedup_key);
