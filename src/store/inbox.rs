@@ -104,6 +104,30 @@ stored AS ( \
     FROM numbered RETURNING id, seq) \
 SELECT id, seq, true AS fresh FROM stored UNION ALL SELECT id, seq, false FROM earlier";
 
+/// PostgreSQL: new messages stored in one statement, as `STORE_GROUP_PG` without its look-up
+/// of earlier copies (a fan-out's messages are new: their outbox rows are written beside them).
+pub(crate) const STORE_NEW_PG: &str = "\
+WITH r AS ( \
+    SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
+        LATERAL json_populate_record(NULL::inbox_messages, e.doc) AS m), \
+counts AS (SELECT user_id, count(*) AS n FROM r GROUP BY user_id), \
+taken AS ( \
+    UPDATE users AS u SET inbox_seq = u.inbox_seq + counts.n FROM counts \
+    WHERE u.id = counts.user_id RETURNING u.id, u.inbox_seq - counts.n AS base) \
+INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, order_id, created_at, \
+    read_at, deleted_at) \
+SELECT r.id, r.user_id, taken.base + row_number() OVER (PARTITION BY r.user_id ORDER BY r.pos), \
+    r.kind, r.title, r.body, r.order_id, r.created_at, r.read_at, r.deleted_at \
+FROM r JOIN taken ON taken.id = r.user_id RETURNING id, seq";
+
+#[derive(QueryableByName)]
+struct NewInGroup {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    seq: i64,
+}
+
 #[derive(QueryableByName)]
 struct StoredInGroup {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -183,8 +207,8 @@ impl StoreNew for crate::db::PgConn {
     async fn store_new(&mut self, rows: Vec<InboxRow>) -> QueryResult<Vec<InboxRow>> {
         let json = serde_json::to_string(&rows)
             .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-        let stored: Vec<StoredInGroup> = crate::db::kept(
-            diesel::sql_query(STORE_GROUP_PG).bind::<diesel::sql_types::Text, _>(json),
+        let stored: Vec<NewInGroup> = crate::db::kept(
+            diesel::sql_query(STORE_NEW_PG).bind::<diesel::sql_types::Text, _>(json),
         )
         .load(self)
         .await?;

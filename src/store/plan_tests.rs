@@ -384,7 +384,8 @@ async fn taking_events_for_fan_out_reads_only_those_taken() {
 }
 
 /// A group of in-app messages looks for earlier copies of its own messages by key, at any
-/// size of the table (joined, a table of a few thousand was read whole).
+/// size of the table (joined, a table of a few thousand was read whole); a fan-out's group,
+/// new by construction, for none.
 #[tokio::test]
 async fn an_inbox_group_looks_up_only_its_own_messages() {
     let (name, _db) = pg_database().await;
@@ -394,6 +395,10 @@ async fn an_inbox_group_looks_up_only_its_own_messages() {
         FROM generate_series(1, 3000) AS g";
     let plan = batch_plan(&name, setup, super::inbox::STORE_GROUP_PG, "'[]'").await;
     assert!(!plan.contains("Seq Scan on inbox_messages"), "{plan}");
+    assert!(plan.contains("users_pkey"), "{plan}");
+    // A fan-out's new messages look for no earlier copy.
+    let plan = batch_plan(&name, setup, super::inbox::STORE_NEW_PG, "'[]'").await;
+    assert!(!plan.contains("inbox_messages_pkey"), "{plan}");
     assert!(plan.contains("users_pkey"), "{plan}");
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
