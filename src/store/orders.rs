@@ -202,7 +202,7 @@ pub(super) type DayOrderRow = (String, String, String, Option<String>);
 /// The orders of the day of the student `$student` (a nullable text expression: a value, or
 /// the scalar subquery of a card's holder) at a school, picked up ones on any of `$days`;
 /// [`of_today`] keeps today's. The student is an equality so that a plan made without
-/// statistics still reads `orders_school_student` for both columns rather than walking the
+/// statistics still reads `orders_student_school` for both columns rather than walking the
 /// school's orders (it did, under `= ANY (subquery)`, at 150-300 ms a scan late in a rush).
 macro_rules! orders_of_day {
     ($school_id:expr, $student:expr, $days:expr) => {

@@ -65,7 +65,7 @@ CROSS JOIN LATERAL (
 /// Each scan's card holder's orders of the day at its school, the scans given as arrays
 /// (school, card) and the days a pickup counts on. The holder is a scalar subquery compared
 /// with `=`, and `OFFSET 0` keeps the lateral subquery a loop over the scans, so any plan
-/// reads `orders_school_student` by both columns once a scan (`= ANY` on both columns probed
+/// reads `orders_student_school` by both columns once a scan (`= ANY` on both columns probed
 /// every school with every student).
 pub(crate) const HOLDERS_ORDERS_PG: &str = "\
 SELECT x.pos, d.snapshot, d.time_zone, d.state, d.pickup_day
