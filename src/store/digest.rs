@@ -6,7 +6,9 @@
 //! guardian, keyed `digest:<school>:<guardian>:<day>` besides. A crash before the commit leaves
 //! the day to be queued again; after it, dispatch sends the rows like any message, once.
 
-use super::notices::{PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient};
+use super::notices::{
+    NoticeData, PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient,
+};
 use super::{DieselStore, TxError};
 use crate::db::DbError;
 use crate::db::schema::{
@@ -203,7 +205,7 @@ impl DieselStore {
                         Kind::DailyDigest,
                         chosen,
                         &audience,
-                        data,
+                        &NoticeData::of(&data),
                         (school_id, -notice),
                         &school,
                         at,

@@ -10,7 +10,9 @@
 
 use super::claim::{CLAIM_LEASE_SECS, outbox_message};
 use super::inbox::{InPlaceDelivery, InboxRow, StoreNew};
-use super::notices::{PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient};
+use super::notices::{
+    NoticeData, PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient,
+};
 use super::outbox::{NOTIFY, RecordSentInPlace};
 use super::sequence::GenericPlans;
 use super::{DieselStore, TxError};
@@ -78,19 +80,29 @@ struct Due {
     event: NoticeDue,
     kind: Kind,
     student_id: String,
-    data: serde_json::Value,
+    data: NoticeData,
+}
+
+/// The one field of an event's order the fan-out reads; the rest goes on as text.
+#[derive(serde::Deserialize)]
+struct OrderOf<'a> {
+    #[serde(borrow)]
+    student_id: std::borrow::Cow<'a, str>,
 }
 
 impl Due {
     fn of(event: NoticeDue) -> Option<Due> {
         let kind = Kind::parse(event.notice.as_deref()?)?;
-        let order: serde_json::Value = serde_json::from_str(&event.snapshot).ok()?;
-        let student_id = order["student_id"].as_str()?.to_owned();
+        let student_id = serde_json::from_str::<OrderOf>(&event.snapshot)
+            .ok()?
+            .student_id
+            .into_owned();
+        let data = NoticeData::order(&event.snapshot);
         Some(Due {
             event,
             kind,
             student_id,
-            data: serde_json::json!({ "order": order }),
+            data,
         })
     }
 
@@ -289,7 +301,7 @@ impl DieselStore {
                         d.kind,
                         intents(d.kind, &audience),
                         &audience,
-                        d.data.clone(),
+                        &d.data,
                         (&d.event.school_id, d.event.seq),
                         school,
                         d.event.created_at,
