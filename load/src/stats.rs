@@ -5,7 +5,14 @@ use std::time::Instant;
 
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
+    let half = values.len() / 2;
+    match values.len() {
+        0 => 0.0,
+        // Of an even number, the middle two's mean: the upper one alone made a two-round
+        // run's median its better round, each side's on its own.
+        n if n % 2 == 0 => (values[half - 1] + values[half]) / 2.0,
+        _ => values[half],
+    }
 }
 
 /// A process's CPU seconds so far, when its id is known.
@@ -44,6 +51,8 @@ mod tests {
     fn median_of_rounds() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [5.0]), 5.0);
+        assert_eq!(median(&mut [4.0, 1.0]), 2.5);
+        assert_eq!(median(&mut [1.0, 9.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&mut []), 0.0);
     }
 }
