@@ -64,6 +64,9 @@ macro_rules! pipelined {
         $crate::db::one_round_trip(async { futures_util::future::try_join3($a, $b, $c).await })
             .await?
     };
+    ($a:expr, $b:expr $(,)?) => {
+        $crate::db::one_round_trip(async { futures_util::future::try_join($a, $b).await }).await?
+    };
 }
 
 pub(crate) use {one_by_one, pipelined};

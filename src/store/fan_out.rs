@@ -8,6 +8,7 @@
 //! messages due at once are sent in that transaction too (stored in their inboxes, marked
 //! sent): once, and published after the commit.
 
+use super::batch::{one_by_one, pipelined};
 use super::claim::{CLAIM_LEASE_SECS, outbox_message};
 use super::inbox::{InPlaceDelivery, InboxRow, StoreNew};
 use super::notices::{
@@ -120,6 +121,129 @@ impl Due {
     }
 }
 
+/// A stored choice: (user, kind, channel, enabled).
+type Choice = (String, String, String, bool);
+
+/// A batch's schools, the students told of their own news, guardians by student and kitchen
+/// staff by school.
+type AudienceRows = (
+    Vec<(String, SchoolNotice)>,
+    Vec<RecipientRow>,
+    Vec<(String, RecipientRow)>,
+    Vec<(Option<String>, RecipientRow)>,
+);
+
+/// A batch's reads in two steps, each sent together on PostgreSQL (one round trip each, where
+/// they were six one after another) and one by one on SQLite.
+trait FanOutReads {
+    /// The schools, and the people of each audience the batch's notices name.
+    async fn audiences(
+        &mut self,
+        school_ids: &[&str],
+        family: &[&str],
+        with_guardians: &[&str],
+        kitchens: &[&str],
+    ) -> QueryResult<AudienceRows>;
+    /// Which of `ids` have an active device, and their choices.
+    async fn reachable(&mut self, ids: &[String]) -> QueryResult<(Vec<String>, Vec<Choice>)>;
+}
+
+/// A read made only when there is something to look for: no statement otherwise.
+async fn unless_none<T, F>(keys: &[&str], read: impl FnOnce() -> F) -> QueryResult<Vec<T>>
+where
+    F: std::future::Future<Output = QueryResult<Vec<T>>>,
+{
+    if keys.is_empty() {
+        Ok(Vec::new())
+    } else {
+        read().await
+    }
+}
+
+macro_rules! fan_out_reads {
+    ($conn:ty, $join:ident, |$this:ident| $c0:expr, $c1:expr, $c2:expr, $c3:expr) => {
+        impl FanOutReads for $conn {
+            async fn audiences(
+                &mut self,
+                school_ids: &[&str],
+                family: &[&str],
+                with_guardians: &[&str],
+                kitchens: &[&str],
+            ) -> QueryResult<AudienceRows> {
+                let $this = self;
+                let person = RECIPIENT;
+                Ok($join!(
+                    schools::table
+                        .filter(schools::id.eq_any(school_ids))
+                        .select((
+                            schools::id,
+                            (
+                                schools::name,
+                                schools::time_zone,
+                                schools::quiet_hours_start,
+                                schools::quiet_hours_end,
+                            ),
+                        ))
+                        .load::<(String, SchoolNotice)>($c0),
+                    unless_none(family, || users::table
+                        .filter(users::id.eq_any(family))
+                        .filter(users::active.eq(true))
+                        .select(person)
+                        .load::<RecipientRow>($c1)),
+                    unless_none(with_guardians, || guardian_links::table
+                        .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
+                        .filter(guardian_links::student_id.eq_any(with_guardians))
+                        .filter(users::active.eq(true))
+                        .order((guardian_links::student_id.asc(), users::id.asc()))
+                        .select((guardian_links::student_id, person))
+                        .load::<(String, RecipientRow)>($c2)),
+                    unless_none(kitchens, || users::table
+                        .filter(users::school_id.eq_any(kitchens))
+                        .filter(users::role.eq(Role::KitchenStaff.as_str()))
+                        .filter(users::active.eq(true))
+                        .order(users::id.asc())
+                        .select((users::school_id, person))
+                        .load::<(Option<String>, RecipientRow)>($c3)),
+                ))
+            }
+
+            async fn reachable(
+                &mut self,
+                ids: &[String],
+            ) -> QueryResult<(Vec<String>, Vec<Choice>)> {
+                let $this = self;
+                Ok($join!(
+                    device_tokens::table
+                        .filter(device_tokens::user_id.eq_any(ids))
+                        .filter(device_tokens::active.eq(true))
+                        .select(device_tokens::user_id)
+                        .load::<String>($c0),
+                    notification_preferences::table
+                        .filter(notification_preferences::user_id.eq_any(ids))
+                        .select(PREFERENCE)
+                        .load::<Choice>($c1),
+                ))
+            }
+        }
+    };
+}
+fan_out_reads!(
+    crate::db::PgConn,
+    pipelined,
+    |conn| &mut &*conn,
+    &mut &*conn,
+    &mut &*conn,
+    &mut &*conn
+);
+fan_out_reads!(
+    crate::db::SqliteConn,
+    one_by_one,
+    |conn| &mut *conn,
+    &mut *conn,
+    &mut *conn,
+    &mut *conn
+);
+
 /// Everyone the notices of a batch may go to, read set-wise.
 #[derive(Default)]
 struct People {
@@ -129,7 +253,7 @@ struct People {
     /// Each school's active kitchen staff, in id order.
     staff: HashMap<String, Vec<RecipientRow>>,
     with_push: HashSet<String>,
-    choices: Vec<(String, String, String, bool)>,
+    choices: Vec<Choice>,
 }
 
 impl People {
@@ -192,21 +316,6 @@ impl DieselStore {
                     ))
                 });
                 let school_ids: Vec<&str> = unique(due.iter().map(|d| d.event.school_id.as_str()));
-                let schools: HashMap<String, SchoolNotice> = schools::table
-                    .filter(schools::id.eq_any(&school_ids))
-                    .select((
-                        schools::id,
-                        (
-                            schools::name,
-                            schools::time_zone,
-                            schools::quiet_hours_start,
-                            schools::quiet_hours_end,
-                        ),
-                    ))
-                    .load::<(String, SchoolNotice)>(conn)
-                    .await?
-                    .into_iter()
-                    .collect();
                 let of_audience = |pick: &dyn Fn(Audience) -> bool| {
                     unique(
                         due.iter()
@@ -222,45 +331,20 @@ impl DieselStore {
                         .filter(|d| d.audience() == Audience::Kitchen)
                         .map(|d| d.event.school_id.as_str()),
                 );
-                let person = RECIPIENT;
-                let mut people = People::default();
-                if !family.is_empty() {
-                    people.students = users::table
-                        .filter(users::id.eq_any(&family))
-                        .filter(users::active.eq(true))
-                        .select(person)
-                        .load::<RecipientRow>(conn)
-                        .await?
-                        .into_iter()
-                        .map(|r| (r.0.clone(), r))
-                        .collect();
+                let (schools, students, links, staff) = conn
+                    .audiences(&school_ids, &family, &with_guardians, &kitchens)
+                    .await?;
+                let schools: HashMap<String, SchoolNotice> = schools.into_iter().collect();
+                let mut people = People {
+                    students: students.into_iter().map(|r| (r.0.clone(), r)).collect(),
+                    ..People::default()
+                };
+                for (student, guardian) in links {
+                    people.guardians.entry(student).or_default().push(guardian);
                 }
-                if !with_guardians.is_empty() {
-                    let links: Vec<(String, RecipientRow)> = guardian_links::table
-                        .inner_join(users::table.on(users::id.eq(guardian_links::guardian_id)))
-                        .filter(guardian_links::student_id.eq_any(&with_guardians))
-                        .filter(users::active.eq(true))
-                        .order((guardian_links::student_id.asc(), users::id.asc()))
-                        .select((guardian_links::student_id, person))
-                        .load(conn)
-                        .await?;
-                    for (student, guardian) in links {
-                        people.guardians.entry(student).or_default().push(guardian);
-                    }
-                }
-                if !kitchens.is_empty() {
-                    let staff: Vec<(Option<String>, RecipientRow)> = users::table
-                        .filter(users::school_id.eq_any(&kitchens))
-                        .filter(users::role.eq(Role::KitchenStaff.as_str()))
-                        .filter(users::active.eq(true))
-                        .order(users::id.asc())
-                        .select((users::school_id, person))
-                        .load(conn)
-                        .await?;
-                    for (school, member) in staff {
-                        if let Some(school) = school {
-                            people.staff.entry(school).or_default().push(member);
-                        }
+                for (school, member) in staff {
+                    if let Some(school) = school {
+                        people.staff.entry(school).or_default().push(member);
                     }
                 }
                 let ids: Vec<String> = unique(
@@ -275,19 +359,9 @@ impl DieselStore {
                 .map(str::to_owned)
                 .collect();
                 if !ids.is_empty() {
-                    people.with_push = device_tokens::table
-                        .filter(device_tokens::user_id.eq_any(&ids))
-                        .filter(device_tokens::active.eq(true))
-                        .select(device_tokens::user_id)
-                        .load::<String>(conn)
-                        .await?
-                        .into_iter()
-                        .collect();
-                    people.choices = notification_preferences::table
-                        .filter(notification_preferences::user_id.eq_any(&ids))
-                        .select(PREFERENCE)
-                        .load(conn)
-                        .await?;
+                    let (with_push, choices) = conn.reachable(&ids).await?;
+                    people.with_push = with_push.into_iter().collect();
+                    people.choices = choices;
                 }
                 let mut rows = Vec::new();
                 let mut leasing = Leasing::new(lease, node, in_app);
