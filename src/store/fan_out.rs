@@ -134,7 +134,7 @@ type AudienceRows = (
 );
 
 /// A batch's reads in two steps, each sent together on PostgreSQL (one round trip each, where
-/// they were six one after another) and one by one on SQLite.
+/// up to six went one after another) and one by one on SQLite.
 trait FanOutReads {
     /// The schools, and the people of each audience the batch's notices name.
     async fn audiences(
