@@ -15,7 +15,7 @@ pub(crate) mod test_support;
 
 pub use prepared::{Kept, kept};
 pub use rows::new_id;
-pub(crate) use rows::{InsertRows, find, insert};
+pub(crate) use rows::{InsertRows, find, insert, insert_outbox_pg};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::{Connection, SqliteConnection};

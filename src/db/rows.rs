@@ -67,16 +67,25 @@ FROM json_populate_recordset(NULL::outbox, $1::json)";
 
 impl InsertRows<models::OutboxRow> for PgConn {
     async fn insert_rows(&mut self, rows: &[models::OutboxRow]) -> diesel::QueryResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let json = serde_json::to_string(rows)
-            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-        super::kept(diesel::sql_query(INSERT_OUTBOX_PG).bind::<diesel::sql_types::Text, _>(json))
-            .execute(self)
-            .await?;
-        Ok(())
+        insert_outbox_pg(self, rows).await
     }
+}
+
+/// PostgreSQL: outbox rows inserted on a shared connection, so that other statements can be
+/// sent with it.
+pub(crate) async fn insert_outbox_pg(
+    conn: &PgConn,
+    rows: &[models::OutboxRow],
+) -> diesel::QueryResult<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(rows)
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    super::kept(diesel::sql_query(INSERT_OUTBOX_PG).bind::<diesel::sql_types::Text, _>(json))
+        .execute(&mut &*conn)
+        .await?;
+    Ok(())
 }
 insert_rows!(models::OrderRow, schema::orders::table);
 insert_rows!(models::OrderItemRow, schema::order_items::table);

@@ -10,16 +10,16 @@
 
 use super::batch::{one_by_one, pipelined};
 use super::claim::{CLAIM_LEASE_SECS, outbox_message};
-use super::inbox::{InPlaceDelivery, InboxRow, StoreNew};
+use super::inbox::{InPlaceDelivery, InboxRow, StoreNew, store_new_pg};
 use super::notices::{
     NoticeData, PREFERENCE, RECIPIENT, RecipientRow, SchoolNotice, outbox_rows, recipient,
 };
-use super::outbox::{NOTIFY, RecordSentInPlace};
-use super::sequence::GenericPlans;
+use super::outbox::{NOTIFY, RecordSentInPlace, sent_in_place_pg};
+use super::sequence::GENERIC_PLANS_PG;
 use super::{DieselStore, TxError};
 use crate::db::models::{OutboxRow, now};
 use crate::db::schema::{device_tokens, guardian_links, notification_preferences, schools, users};
-use crate::db::{Db, DbError, InsertRows};
+use crate::db::{DbError, InsertRows, insert_outbox_pg};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -118,6 +118,77 @@ impl Due {
             .as_deref()
             .and_then(OrderState::parse)
             .is_none_or(|state| self.kind.still_true(state))
+    }
+}
+
+/// A fan-out's first and last statements, each step sent together on PostgreSQL.
+trait FanOutSteps {
+    /// Generic plans for the transaction (its statements, planned afresh, were most of
+    /// dispatch's PostgreSQL time), then up to `limit` events taken off the queue.
+    async fn take_due(&mut self, limit: i64) -> QueryResult<Vec<NoticeDue>>;
+    /// The outbox rows written and, of the in-app messages sent in place (`delivered`), their
+    /// attempts recorded and the messages stored: yields them numbered.
+    async fn write_fanned_out(
+        &mut self,
+        rows: &[OutboxRow],
+        delivered: Vec<InboxRow>,
+        at: NaiveDateTime,
+    ) -> QueryResult<Vec<InboxRow>>;
+}
+
+impl FanOutSteps for crate::db::PgConn {
+    async fn take_due(&mut self, limit: i64) -> QueryResult<Vec<NoticeDue>> {
+        let conn: &crate::db::PgConn = self;
+        let (_, due) = pipelined!(
+            crate::db::kept(diesel::sql_query(GENERIC_PLANS_PG)).execute(&mut &*conn),
+            crate::db::kept(diesel::sql_query(TAKE_PG).bind::<BigInt, _>(limit))
+                .load::<NoticeDue>(&mut &*conn),
+        );
+        Ok(due)
+    }
+
+    async fn write_fanned_out(
+        &mut self,
+        rows: &[OutboxRow],
+        delivered: Vec<InboxRow>,
+        at: NaiveDateTime,
+    ) -> QueryResult<Vec<InboxRow>> {
+        let conn: &crate::db::PgConn = self;
+        if delivered.is_empty() {
+            insert_outbox_pg(conn, rows).await?;
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = delivered.iter().map(|m| m.id.clone()).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let (_, _, stored) = pipelined!(
+            insert_outbox_pg(conn, rows),
+            sent_in_place_pg(conn, &ids, at),
+            store_new_pg(conn, delivered),
+        );
+        Ok(stored)
+    }
+}
+
+impl FanOutSteps for crate::db::SqliteConn {
+    async fn take_due(&mut self, limit: i64) -> QueryResult<Vec<NoticeDue>> {
+        crate::db::kept(diesel::sql_query(TAKE_SQLITE).bind::<BigInt, _>(limit))
+            .load(self)
+            .await
+    }
+
+    async fn write_fanned_out(
+        &mut self,
+        rows: &[OutboxRow],
+        delivered: Vec<InboxRow>,
+        at: NaiveDateTime,
+    ) -> QueryResult<Vec<InboxRow>> {
+        self.insert_rows(rows).await?;
+        if delivered.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = delivered.iter().map(|m| m.id.as_str()).collect();
+        self.record_sent_in_place(&ids, at).await?;
+        self.store_new(delivered).await
     }
 }
 
@@ -284,21 +355,12 @@ impl DieselStore {
         limit: i64,
         lease: Lease<'_>,
     ) -> Result<FannedOut, CommandError> {
-        let take = match &self.db {
-            Db::Pg(_) => TAKE_PG,
-            Db::Sqlite(_) => TAKE_SQLITE,
-        };
         let fallback = self.sms_fallback_after;
         let node = self.node.id.as_str();
         let in_app = self.in_app.get().map(|d| d.as_ref());
         let taken = with_conn!(&self.db, |conn| conn
             .transaction(async |conn| {
-                // Its statements, planned afresh, were most of dispatch's PostgreSQL time.
-                conn.generic_plans().await?;
-                let events: Vec<NoticeDue> =
-                    crate::db::kept(diesel::sql_query(take).bind::<BigInt, _>(limit))
-                        .load(conn)
-                        .await?;
+                let events = conn.take_due(limit).await?;
                 let taken = events.len();
                 let mut due: Vec<Due> = events.into_iter().filter_map(Due::of).collect();
                 if due.is_empty() {
@@ -387,24 +449,16 @@ impl DieselStore {
                     rows.extend(written);
                 }
                 // Taking the events dequeued them in this transaction: no row can exist yet.
-                conn.insert_rows(&rows).await?;
                 let delivered = std::mem::take(&mut leasing.delivered);
-                let stored = if delivered.is_empty() {
-                    Vec::new()
-                } else {
-                    let ids: Vec<&str> = delivered.iter().map(|m| m.id.as_str()).collect();
-                    conn.record_sent_in_place(&ids, leasing.at).await?;
-                    let asked = delivered.len();
-                    let stored = conn.store_new(delivered).await?;
-                    // Its recipients were read in this transaction: every one is a user.
-                    if stored.len() != asked {
-                        return Err(TxError::Db(DbError::Other(format!(
-                            "{} of {asked} in-app messages found no user",
-                            asked - stored.len()
-                        ))));
-                    }
-                    stored
-                };
+                let asked = delivered.len();
+                let stored = conn.write_fanned_out(&rows, delivered, leasing.at).await?;
+                // Its recipients were read in this transaction: every one is a user.
+                if stored.len() != asked {
+                    return Err(TxError::Db(DbError::Other(format!(
+                        "{} of {asked} in-app messages found no user",
+                        asked - stored.len()
+                    ))));
+                }
                 metrics::counter!("notify_fanned_out_total").increment(rows.len() as u64);
                 Ok((
                     FannedOut {

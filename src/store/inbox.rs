@@ -205,23 +205,30 @@ pub(crate) trait StoreNew {
 
 impl StoreNew for crate::db::PgConn {
     async fn store_new(&mut self, rows: Vec<InboxRow>) -> QueryResult<Vec<InboxRow>> {
-        let json = serde_json::to_string(&rows)
-            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-        let stored: Vec<NewInGroup> = crate::db::kept(
-            diesel::sql_query(STORE_NEW_PG).bind::<diesel::sql_types::Text, _>(json),
-        )
-        .load(self)
-        .await?;
-        let numbers: std::collections::HashMap<String, i64> =
-            stored.into_iter().map(|s| (s.id, s.seq)).collect();
-        Ok(rows
-            .into_iter()
-            .filter_map(|row| {
-                let seq = *numbers.get(&row.id)?;
-                Some(InboxRow { seq, ..row })
-            })
-            .collect())
+        store_new_pg(self, rows).await
     }
+}
+
+/// PostgreSQL: `StoreNew` on a shared connection, so that other statements can be sent with it.
+pub(crate) async fn store_new_pg(
+    conn: &crate::db::PgConn,
+    rows: Vec<InboxRow>,
+) -> QueryResult<Vec<InboxRow>> {
+    let json = serde_json::to_string(&rows)
+        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    let stored: Vec<NewInGroup> =
+        crate::db::kept(diesel::sql_query(STORE_NEW_PG).bind::<diesel::sql_types::Text, _>(json))
+            .load(&mut &*conn)
+            .await?;
+    let numbers: std::collections::HashMap<String, i64> =
+        stored.into_iter().map(|s| (s.id, s.seq)).collect();
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let seq = *numbers.get(&row.id)?;
+            Some(InboxRow { seq, ..row })
+        })
+        .collect())
 }
 
 impl StoreNew for crate::db::SqliteConn {

@@ -58,21 +58,31 @@ FROM unnest($1::text[], $2::text[]) AS a(id, outbox_id)";
 
 impl RecordSentInPlace for crate::db::PgConn {
     async fn record_sent_in_place(&mut self, ids: &[&str], at: NaiveDateTime) -> QueryResult<()> {
-        use diesel::sql_types::{Array, Text, Timestamp};
-        let attempt_ids: Vec<String> = ids
-            .iter()
-            .map(|_| uuid::Uuid::now_v7().to_string())
-            .collect();
-        crate::db::kept(
-            diesel::sql_query(SENT_IN_PLACE_PG)
-                .bind::<Array<Text>, _>(&attempt_ids)
-                .bind::<Array<Text>, _>(ids)
-                .bind::<Timestamp, _>(at),
-        )
-        .execute(self)
-        .await?;
-        Ok(())
+        sent_in_place_pg(self, ids, at).await
     }
+}
+
+/// PostgreSQL: the attempts on a shared connection, so that other statements can be sent with
+/// them.
+pub(crate) async fn sent_in_place_pg(
+    conn: &crate::db::PgConn,
+    ids: &[&str],
+    at: NaiveDateTime,
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Text, Timestamp};
+    let attempt_ids: Vec<String> = ids
+        .iter()
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    crate::db::kept(
+        diesel::sql_query(SENT_IN_PLACE_PG)
+            .bind::<Array<Text>, _>(&attempt_ids)
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Timestamp, _>(at),
+    )
+    .execute(&mut &*conn)
+    .await?;
+    Ok(())
 }
 
 impl RecordSentInPlace for crate::db::SqliteConn {

@@ -90,27 +90,6 @@ pub(crate) const GENERIC_PLANS_PG: &str = "SELECT \
     set_config('plan_cache_mode', 'force_generic_plan', true), \
     set_config('enable_seqscan', 'off', true)";
 
-/// Generic plans for the rest of a transaction on PostgreSQL (`GENERIC_PLANS_PG`), for one
-/// whose statements `plan_tests` holds to their indexes under them; SQLite plans in process.
-pub(crate) trait GenericPlans {
-    async fn generic_plans(&mut self) -> QueryResult<()>;
-}
-
-impl GenericPlans for crate::db::PgConn {
-    async fn generic_plans(&mut self) -> QueryResult<()> {
-        crate::db::kept(diesel::sql_query(GENERIC_PLANS_PG))
-            .execute(self)
-            .await
-            .map(drop)
-    }
-}
-
-impl GenericPlans for SqliteConn {
-    async fn generic_plans(&mut self) -> QueryResult<()> {
-        Ok(())
-    }
-}
-
 /// Runs `$write` (one statement on `$c`, a `&mut &PgConn`) in a transaction that first locks
 /// `$schools` in school order, the statements made in order and sent together: one
 /// round trip when `$write` is [`crate::db::kept`] (kept by the connection; a statement
