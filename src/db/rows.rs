@@ -65,14 +65,8 @@ SELECT id, school_id, event_seq, recipient_id, channel, template, address, local
     priority, expires_at, fallback_for, dedup_key, claimed_by \
 FROM json_populate_recordset(NULL::outbox, $1::json)";
 
-impl InsertRows<models::OutboxRow> for PgConn {
-    async fn insert_rows(&mut self, rows: &[models::OutboxRow]) -> diesel::QueryResult<()> {
-        insert_outbox_pg(self, rows).await
-    }
-}
-
-/// PostgreSQL: outbox rows inserted on a shared connection, so that other statements can be
-/// sent with it.
+/// PostgreSQL: outbox rows inserted on a shared connection, so that the fan-out sends them with
+/// its other writes.
 pub(crate) async fn insert_outbox_pg(
     conn: &PgConn,
     rows: &[models::OutboxRow],

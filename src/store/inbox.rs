@@ -198,18 +198,13 @@ pub trait InPlaceDelivery: Send + Sync + 'static {
 
 /// New messages stored in the caller's transaction (a fan-out's, which wrote their outbox
 /// rows, so none was stored before): each takes its user's next number, in the order given.
-/// Yields them numbered.
+/// Yields them numbered. SQLite's; PostgreSQL's is `store_new_pg`.
 pub(crate) trait StoreNew {
     async fn store_new(&mut self, rows: Vec<InboxRow>) -> QueryResult<Vec<InboxRow>>;
 }
 
-impl StoreNew for crate::db::PgConn {
-    async fn store_new(&mut self, rows: Vec<InboxRow>) -> QueryResult<Vec<InboxRow>> {
-        store_new_pg(self, rows).await
-    }
-}
-
-/// PostgreSQL: `StoreNew` on a shared connection, so that other statements can be sent with it.
+/// PostgreSQL: `StoreNew` in one statement, on a shared connection so that the fan-out sends
+/// it with its other writes.
 pub(crate) async fn store_new_pg(
     conn: &crate::db::PgConn,
     rows: Vec<InboxRow>,

@@ -45,7 +45,7 @@ on_both_connections!(impl RecordAttempt {
 });
 
 /// Messages sent in the transaction that wrote them (in-app ones, by a fan-out): their first
-/// attempts recorded, on either backend.
+/// attempts recorded (SQLite; PostgreSQL's are `sent_in_place_pg`).
 pub(super) trait RecordSentInPlace {
     async fn record_sent_in_place(&mut self, ids: &[&str], at: NaiveDateTime) -> QueryResult<()>;
 }
@@ -56,14 +56,8 @@ INSERT INTO delivery_attempts (id, outbox_id, attempt, at, outcome, detail) \
 SELECT a.id, a.outbox_id, 1, $3, 'sent', NULL \
 FROM unnest($1::text[], $2::text[]) AS a(id, outbox_id)";
 
-impl RecordSentInPlace for crate::db::PgConn {
-    async fn record_sent_in_place(&mut self, ids: &[&str], at: NaiveDateTime) -> QueryResult<()> {
-        sent_in_place_pg(self, ids, at).await
-    }
-}
-
-/// PostgreSQL: the attempts on a shared connection, so that other statements can be sent with
-/// them.
+/// PostgreSQL: the attempts, on a shared connection so that the fan-out sends them with its
+/// other writes.
 pub(crate) async fn sent_in_place_pg(
     conn: &crate::db::PgConn,
     ids: &[&str],
