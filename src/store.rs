@@ -54,6 +54,7 @@ mod intake;
 mod kitchen;
 mod notices;
 mod order_checks;
+mod order_facts;
 mod pickup;
 #[cfg(test)]
 mod plan_tests;

@@ -2,6 +2,8 @@
 //! independent reads awaited one by one (SQLite) or sent together (PostgreSQL).
 
 use super::{DieselStore, TxError};
+use diesel::QueryResult;
+use futures_util::future::{Either, Ready, ready};
 use tiffin_actors::ports::CommandError;
 
 /// A batch's commit: an answer per command, or the batch's own failure.
@@ -38,6 +40,22 @@ pub(super) async fn together_or_each<T: Sync, R>(
     }
 }
 
+/// A read made only when there is something to look for: no statement otherwise. The read is
+/// made here, not when first polled, so it keeps its place among statements sent together.
+pub(super) fn unless_none<T, F>(
+    keys: &[&str],
+    read: impl FnOnce() -> F,
+) -> Either<Ready<QueryResult<Vec<T>>>, F>
+where
+    F: Future<Output = QueryResult<Vec<T>>>,
+{
+    if keys.is_empty() {
+        Either::Left(ready(Ok(Vec::new())))
+    } else {
+        Either::Right(read())
+    }
+}
+
 // How a batch awaits its independent reads on each backend.
 /// Awaits the reads one after another (SQLite: each microseconds, in process).
 macro_rules! one_by_one {
@@ -69,4 +87,42 @@ macro_rules! pipelined {
     };
 }
 
-pub(crate) use {one_by_one, pipelined};
+/// Sends the reads (four or five) together on generic plans (`GENERIC_PLANS_PG`): BEGIN, the
+/// settings, the reads and COMMIT made in order and sent in one round trip. For reads made so
+/// often that planning each afresh (as the connection does where autovacuum is off) cost more
+/// than running it; `plan_tests` holds them to their indexes under such plans. Every answer
+/// is read (joined, not tried), so the transaction is closed either way.
+macro_rules! pipelined_on_generic_plans {
+    (@on $conn:expr, $join:ident, ($($name:ident),+), $($read:expr),+) => {{
+        let conn: &$crate::db::PgConn = $conn;
+        let (mut begin_on, mut plans_on, mut commit_on) = (conn, conn, conn);
+        $crate::db::one_round_trip(async {
+            let begin = $crate::db::kept(diesel::sql_query("BEGIN")).execute(&mut begin_on);
+            let plans =
+                $crate::db::kept(diesel::sql_query($crate::store::sequence::GENERIC_PLANS_PG))
+                    .execute(&mut plans_on);
+            let reads = futures_util::future::$join($($read),+);
+            let commit = $crate::db::kept(diesel::sql_query("COMMIT")).execute(&mut commit_on);
+            let (begin, plans, ($($name),+), commit) =
+                futures_util::future::join4(begin, plans, reads, commit).await;
+            begin?;
+            plans?;
+            let read = ($($name?),+);
+            commit?;
+            Ok::<_, diesel::result::Error>(read)
+        })
+        .await?
+    }};
+    ($conn:expr, $a:expr, $b:expr, $c:expr, $d:expr, $e:expr $(,)?) => {
+        $crate::store::batch::pipelined_on_generic_plans!(
+            @on $conn, join5, (a, b, c, d, e), $a, $b, $c, $d, $e
+        )
+    };
+    ($conn:expr, $a:expr, $b:expr, $c:expr, $d:expr $(,)?) => {
+        $crate::store::batch::pipelined_on_generic_plans!(
+            @on $conn, join4, (a, b, c, d), $a, $b, $c, $d
+        )
+    };
+}
+
+pub(crate) use {one_by_one, pipelined, pipelined_on_generic_plans};

@@ -8,7 +8,7 @@
 //! messages due at once are sent in that transaction too (stored in their inboxes, marked
 //! sent): once, and published after the commit.
 
-use super::batch::{one_by_one, pipelined};
+use super::batch::{one_by_one, pipelined, unless_none};
 use super::claim::{CLAIM_LEASE_SECS, outbox_message};
 use super::inbox::{InPlaceDelivery, InboxRow, StoreNew, store_new_pg};
 use super::notices::{
@@ -217,18 +217,6 @@ trait FanOutReads {
     ) -> QueryResult<AudienceRows>;
     /// Which of `ids` have an active device, and their choices.
     async fn reachable(&mut self, ids: &[String]) -> QueryResult<(Vec<String>, Vec<Choice>)>;
-}
-
-/// A read made only when there is something to look for: no statement otherwise.
-async fn unless_none<T, F>(keys: &[&str], read: impl FnOnce() -> F) -> QueryResult<Vec<T>>
-where
-    F: std::future::Future<Output = QueryResult<Vec<T>>>,
-{
-    if keys.is_empty() {
-        Ok(Vec::new())
-    } else {
-        read().await
-    }
 }
 
 macro_rules! fan_out_reads {

@@ -3,7 +3,7 @@
 //! each order in memory (a refused one is answered alone and takes no sequence number, with no
 //! savepoint), then takes the accepted orders' numbers and writes orders, items and events.
 //!
-//! PostgreSQL: two round trips a batch, whatever its size: the reads pipelined, then the
+//! PostgreSQL: two round trips a batch, whatever its size: the reads (`order_facts`), then the
 //! write sent together with its transaction (`with_schools_locked`: BEGIN, the batch's
 //! schools locked in school order so batches cannot deadlock, one statement that takes their
 //! numbers and inserts every row, COMMIT). The reads need no lock: a row they saw may change before the write
@@ -11,8 +11,9 @@
 //! request's key, a number) is held by the write. SQLite: one transaction, in process.
 
 use super::amend::AmendOrder;
-use super::batch::{one_by_one, pipelined, together_or_each};
+use super::batch::together_or_each;
 use super::order_checks::{allergy_check, order_lines};
+use super::order_facts::{Facts, FactsQueries};
 use super::orders::{EventNote, event_from_row, event_row, record_events};
 use super::schools::waves_on_day;
 use super::sequence::with_schools_locked;
@@ -20,7 +21,7 @@ use super::sequence::{LockSchools, TakeSeqs};
 use super::{DieselStore, OrderCommitted, TxError, json_error};
 use crate::db::DbError;
 use crate::db::models::{MealRow, OrderEventRow, OrderItemRow, OrderRow, ServiceWindowRow, now};
-use crate::db::schema::{meals, orders, schools, service_windows, users};
+use crate::db::schema::orders;
 use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
@@ -32,18 +33,6 @@ use tiffin_actors::domain::{OrderState, OrderSummary, Role, choose_wave, event_t
 use tiffin_actors::notices::Kind;
 use tiffin_actors::ports::{CommandError, NewOrder, Placed};
 use tiffin_actors::ports::{Idempotency, Store};
-
-/// What a batch's orders need, read in a handful of statements.
-struct Facts {
-    /// Each school's time zone.
-    schools: HashMap<String, String>,
-    /// The batch's students and the people who placed its orders, by id.
-    people: HashMap<String, Person>,
-    menu: Vec<MealRow>,
-    windows: Vec<ServiceWindowRow>,
-    /// Orders made earlier with a key: (placed_by, key) -> (order id, request fingerprint).
-    keyed: HashMap<(String, String), (String, Option<String>)>,
-}
 
 /// One order of the batch, decided.
 enum Decided {
@@ -271,106 +260,6 @@ async fn write_orders_pg(
     let taken = with_schools_locked!(&*conn, &schools, |on| write.load::<First>(&mut on))?;
     Ok(taken.into_iter().map(|t| (t.id, t.first)).collect())
 }
-/// The batch's reads, expanded for each backend.
-trait FactsQueries {
-    async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError>;
-}
-
-/// A user as the batch needs them: (school, role, name, allergies, active).
-type Person = (Option<String>, String, String, String, bool);
-
-macro_rules! facts_queries {
-    ($conn:ty, $join:ident, |$this:ident| $c0:expr, $c1:expr, $c2:expr, $c3:expr, $c4:expr) => {
-        impl FactsQueries for $conn {
-            async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError> {
-                let school_ids: Vec<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
-                let people: Vec<&str> = batch
-                    .iter()
-                    .flat_map(|n| [n.student_id.as_str(), n.placed_by.as_str()])
-                    .collect();
-                let meal_ids: Vec<&str> = batch
-                    .iter()
-                    .flat_map(|n| n.items.iter().map(|i| i.meal_id.as_str()))
-                    .collect();
-                let keys: Vec<&str> = batch
-                    .iter()
-                    .filter_map(|n| n.idempotency.as_ref().map(|i| i.key.as_str()))
-                    .collect();
-                let $this = self;
-                let (schools, people, menu, windows, keyed) = $join!(
-                    schools::table
-                        .filter(schools::id.eq_any(&school_ids))
-                        .select((schools::id, schools::time_zone))
-                        .load::<(String, String)>($c0),
-                    users::table
-                        .filter(users::id.eq_any(&people))
-                        .select((
-                            users::id,
-                            users::school_id,
-                            users::role,
-                            users::display_name,
-                            users::allergies,
-                            users::active,
-                        ))
-                        .load::<(String, Option<String>, String, String, String, bool)>($c1),
-                    meals::table
-                        .filter(meals::id.eq_any(&meal_ids))
-                        .select(MealRow::as_select())
-                        .load::<MealRow>($c2),
-                    service_windows::table
-                        .filter(service_windows::school_id.eq_any(&school_ids))
-                        .select(ServiceWindowRow::as_select())
-                        .load::<ServiceWindowRow>($c3),
-                    orders::table
-                        .filter(orders::idempotency_key.eq_any(&keys))
-                        .select((
-                            orders::placed_by,
-                            orders::idempotency_key,
-                            orders::id,
-                            orders::request_fingerprint,
-                        ))
-                        .load::<(String, Option<String>, String, Option<String>)>($c4),
-                );
-                Ok(Facts {
-                    schools: schools.into_iter().collect(),
-                    people: people
-                        .into_iter()
-                        .map(|(id, school, role, name, allergies, active)| {
-                            (id, (school, role, name, allergies, active))
-                        })
-                        .collect(),
-                    menu,
-                    windows,
-                    keyed: keyed
-                        .into_iter()
-                        .filter_map(|(by, key, id, fingerprint)| {
-                            Some(((by, key?), (id, fingerprint)))
-                        })
-                        .collect(),
-                })
-            }
-        }
-    };
-}
-facts_queries!(
-    PgConn,
-    pipelined,
-    |conn| &mut &*conn,
-    &mut &*conn,
-    &mut &*conn,
-    &mut &*conn,
-    &mut &*conn
-);
-facts_queries!(
-    SqliteConn,
-    one_by_one,
-    |conn| &mut *conn,
-    &mut *conn,
-    &mut *conn,
-    &mut *conn,
-    &mut *conn
-);
-
 /// Decides one new order against what the batch read, checking in the order a caller
 /// meets the rules: the school, the student, the lines, allergies, the wave.
 fn decide(new: &NewOrder, facts: &Facts, at: NaiveDateTime) -> Decided {

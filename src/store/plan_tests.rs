@@ -150,6 +150,34 @@ async fn a_batchs_cards_and_schools_are_found_by_key() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A batch of orders finds earlier requests with the same keys by one probe of the keys'
+/// index a (placer, key) pair: by key alone, every batch with a key read every order.
+#[tokio::test]
+async fn a_batch_of_orders_finds_earlier_requests_by_placer_and_key() {
+    let (name, _db) = pg_database().await;
+    let keyed = "SET session_replication_role = replica; \
+        INSERT INTO orders (id, school_id, student_id, placed_by, state, version, created_at, \
+            updated_at, total_cents, idempotency_key) \
+        SELECT 'o' || g, 's', 'u' || g, 'p' || (g % 100), 'placed', 1, now(), now(), 300, \
+            'k' || g FROM generate_series(1, 20000) AS g";
+    let plan = generic_plan_of_sql(
+        &name,
+        keyed,
+        super::order_facts::KEYED_ORDERS_PG,
+        "'{p1,p2}', '{k1,k2}'",
+    )
+    .await;
+    assert!(
+        plan.contains("orders_placed_by_idempotency_key_key")
+            && plan.contains(
+                "Index Cond: ((placed_by = k.placed_by) AND (idempotency_key = k.idempotency_key))"
+            ),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on orders"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day of ready orders at one school, and scans that were pending once (each leaves an
 /// entry in `scans_pending` until a vacuum), without statistics.
 const A_DAY_OF_PICKUPS: &str = "SET session_replication_role = replica; \
