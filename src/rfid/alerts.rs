@@ -36,7 +36,7 @@ pub(super) async fn allergy_hold(
     order_id: &str,
     note: &str,
 ) {
-    match store::scans::scans_with_verdict(state.db, order_id, "allergy_hold").await {
+    match store::scans::allergy_holds_of(state.db, order_id).await {
         Ok(1) => {}
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, "could not count allergy holds"),

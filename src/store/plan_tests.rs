@@ -178,6 +178,24 @@ async fn a_batch_of_orders_finds_earlier_requests_by_placer_and_key() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A scan held for an allergy counts the order's holds through the holds' own index, not by
+/// reading every scan: under the plan a connection keeps as under one made afresh.
+#[tokio::test]
+async fn an_allergy_hold_counts_its_orders_holds_by_index() {
+    let (name, _db) = pg_database().await;
+    let scans = "SET session_replication_role = replica; \
+        INSERT INTO scans (id, school_id, reader_id, seq, card_uid, verdict, read_at, \
+            received_at, attempt, order_id) \
+        SELECT 'c' || g, 's', 'r', g, 'CARD' || g, \
+            CASE WHEN g % 100 = 0 THEN 'allergy_hold' ELSE 'accepted' END, now(), now(), 1, \
+            'o' || g FROM generate_series(1, 20000) AS g";
+    let count = super::scans::allergy_holds_query!("o100");
+    let plan = generic_plan(&name, scans, &count, "'o100'").await;
+    assert!(plan.contains("scans_allergy_holds"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day of ready orders at one school, and scans that were pending once (each leaves an
 /// entry in `scans_pending` until a vacuum), without statistics.
 const A_DAY_OF_PICKUPS: &str = "SET session_replication_role = replica; \

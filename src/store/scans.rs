@@ -185,13 +185,25 @@ pub async fn recent_scans(db: &Db, school_id: &str, limit: i64) -> Result<Vec<Sc
         .await)?)
 }
 
-/// How many scans of an order got this verdict.
-pub async fn scans_with_verdict(db: &Db, order_id: &str, verdict: &str) -> Result<i64, DbError> {
-    Ok(with_conn!(db, |conn| scans::table
-        .filter(scans::order_id.eq(order_id))
-        .filter(scans::verdict.eq(verdict))
-        .filter(scans::first_scan_id.is_null())
-        .count()
+/// The count [`allergy_holds_of`] makes.
+macro_rules! allergy_holds_query {
+    ($order_id:expr) => {
+        $crate::db::schema::scans::table
+            .filter($crate::db::schema::scans::order_id.eq($order_id))
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "scans.verdict = 'allergy_hold'",
+            ))
+            .filter($crate::db::schema::scans::first_scan_id.is_null())
+            .count()
+    };
+}
+#[cfg(test)]
+pub(super) use allergy_holds_query;
+
+/// How many first scans of an order were held for an allergy. The verdict is written into the
+/// statement, not bound, so that every plan can match `scans_allergy_holds`.
+pub async fn allergy_holds_of(db: &Db, order_id: &str) -> Result<i64, DbError> {
+    Ok(with_conn!(db, |conn| allergy_holds_query!(order_id)
         .get_result(conn)
         .await)?)
 }
