@@ -58,8 +58,11 @@ pub async fn metrics(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiE
         }
     }
     state.metrics.run_upkeep();
-    if let Ok(counts) = store::orders::orders_by_state(&state.db).await {
-        for state_name in tiffin_actors::domain::OrderState::ALL {
+    if let Ok(counts) = store::orders::live_orders_by_state(&state.db).await {
+        for state_name in tiffin_actors::domain::OrderState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+        {
             let n = counts
                 .iter()
                 .find(|(s, _)| s == state_name.as_str())

@@ -196,6 +196,35 @@ async fn an_allergy_hold_counts_its_orders_holds_by_index() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A scrape counts the live orders a school at a time through `orders_school_state`, not by
+/// reading every order ever made.
+#[tokio::test]
+async fn a_scrape_counts_only_live_orders() {
+    let (name, _db) = pg_database().await;
+    let history = "SET session_replication_role = replica; \
+        INSERT INTO schools (id, name, time_zone, created_at, updated_at) \
+        SELECT 's' || g, 'School', 'UTC', now(), now() FROM generate_series(1, 20) AS g; \
+        INSERT INTO orders (id, school_id, student_id, placed_by, state, version, created_at, \
+            updated_at, total_cents) \
+        SELECT 'o' || g, 's' || (g % 20 + 1), 'u' || g, 'u' || g, \
+            CASE WHEN g % 500 = 0 THEN 'ready' ELSE 'picked_up' END, 5, now(), now(), 300 \
+        FROM generate_series(1, 20000) AS g; \
+        SET enable_seqscan = off";
+    let plan = generic_plan_of_sql(
+        &name,
+        history,
+        super::orders::LIVE_ORDERS_BY_STATE_PG,
+        "'{placed,confirmed,preparing,ready}'",
+    )
+    .await;
+    assert!(
+        plan.contains("Index Cond: ((school_id = s.id) AND (state = ANY ($1)))"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on orders"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day of ready orders at one school, and scans that were pending once (each leaves an
 /// entry in `scans_pending` until a vacuum), without statistics.
 const A_DAY_OF_PICKUPS: &str = "SET session_replication_role = replica; \

@@ -302,11 +302,27 @@ async fn rush_with_kills(backend: Backend) {
             .collect();
         assert_eq!(versions, [1, 2, 3, 4, 5], "{id}: one step each, once");
     }
-    assert_eq!(
-        metric(&hub, "tiffin_orders{state=\"picked_up\"}").await as usize,
-        orders.len(),
-        "no stray order"
+    // Every meal the school counts today is one of these orders (one meal each).
+    let summary = expect(
+        get(
+            &hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
+        )
+        .await,
+        200,
     );
+    let meals: i64 = summary["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["quantity"].as_i64().unwrap())
+        .sum();
+    assert_eq!(meals as usize, orders.len(), "no stray order: {summary}");
+    for live in ["placed", "confirmed", "preparing", "ready"] {
+        let name = format!("tiffin_orders{{state=\"{live}\"}}");
+        assert_eq!(metric(&hub, &name).await, 0.0, "{name}");
+    }
     let live = expect(
         get(
             &hub,
