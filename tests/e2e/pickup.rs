@@ -279,15 +279,7 @@ async fn ready_orders_get_a_counter_and_a_code() {
     );
 
     // The kitchen at a glance: queues with ages, counters with their queues, the day's items.
-    let summary = expect(
-        get(
-            &hub,
-            &f.kitchen_token,
-            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
-        )
-        .await,
-        200,
-    );
+    let summary = kitchen_summary(&hub, &f).await;
     let count = |state: &str| {
         summary["states"]
             .as_array()

@@ -423,15 +423,7 @@ async fn rfid_readers_verdicts_replays_and_races() {
         reader_post(&hub, &b, "/api/v1/reader/heartbeat", &json!({})).await,
         200,
     );
-    let summary = expect(
-        get(
-            &hub,
-            &f.kitchen_token,
-            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
-        )
-        .await,
-        200,
-    );
+    let summary = kitchen_summary(&hub, &f).await;
     let online: Vec<(String, bool)> = summary["readers"]
         .as_array()
         .unwrap()

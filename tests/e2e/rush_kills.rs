@@ -303,15 +303,7 @@ async fn rush_with_kills(backend: Backend) {
         assert_eq!(versions, [1, 2, 3, 4, 5], "{id}: one step each, once");
     }
     // Every meal the school counts today is one of these orders (one meal each).
-    let summary = expect(
-        get(
-            &hub,
-            &f.kitchen_token,
-            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
-        )
-        .await,
-        200,
-    );
+    let summary = kitchen_summary(&hub, &f).await;
     let meals: i64 = summary["items"]
         .as_array()
         .unwrap()

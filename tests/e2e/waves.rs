@@ -91,15 +91,7 @@ async fn lunch_waves_cutoffs_deadlines_and_the_uncollected_timer() {
     );
 
     // The day's counts are per wave; the cancelled order is not counted.
-    let summary = expect(
-        get(
-            &hub,
-            &f.kitchen_token,
-            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
-        )
-        .await,
-        200,
-    );
+    let summary = kitchen_summary(&hub, &f).await;
     assert_eq!(
         summary["items"],
         json!([{"wave": "Main lunch", "meal_id": f.meals[0], "name": "Tomato soup", "quantity": 1}])

@@ -12,6 +12,19 @@ pub fn noon_zone() -> String {
     }
 }
 
+/// The kitchen at a glance (`GET .../kitchen/summary`), as the fixture's kitchen staff see it.
+pub async fn kitchen_summary(hub: &Hub, f: &Fixture) -> Value {
+    expect(
+        get(
+            hub,
+            &f.kitchen_token,
+            &format!("/api/v1/schools/{}/kitchen/summary", f.school),
+        )
+        .await,
+        200,
+    )
+}
+
 /// A counter of the hub's `/metrics`, 0 if it has not been recorded yet.
 pub async fn metric(hub: &Hub, name: &str) -> f64 {
     let text = String::from_utf8(
