@@ -9,6 +9,7 @@ use crate::db::{PgConn, SqliteConn};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use futures_util::FutureExt;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use tiffin_actors::domain::{CounterRef, OrderState, assign_counter, pickup_code};
 use tiffin_actors::ports::CommandError;
@@ -62,8 +63,51 @@ pub(super) trait PickupQueries {
     ) -> QueryResult<Pickup>;
 }
 
+/// PostgreSQL: which of the drawn (school, day, code) triples orders hold, one probe of
+/// `orders_pickup_code` a triple. Read by the lists of schools, days and codes, the index was
+/// walked for the whole school, its days and codes filtered: every batch with an order
+/// becoming ready read every order the school ever coded (7.8 ms at 50,000).
+pub(crate) const CODES_TAKEN_PG: &str = "\
+SELECT t.school_id, t.pickup_day, t.pickup_code
+FROM unnest($1::text[], $2::text[], $3::text[]) AS t(school_id, pickup_day, pickup_code)
+WHERE EXISTS (SELECT 1 FROM orders o WHERE o.school_id = t.school_id
+    AND o.pickup_day = t.pickup_day AND o.pickup_code = t.pickup_code)";
+
+#[derive(diesel::QueryableByName)]
+struct CodeTaken {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    school_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pickup_day: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pickup_code: String,
+}
+
+/// The drawn codes as (school, day, code) columns, each school's codes on each of `days`.
+fn code_triples(
+    candidates: &HashMap<String, Vec<String>>,
+    days: &[String],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut triples = (Vec::new(), Vec::new(), Vec::new());
+    for (school, codes) in candidates {
+        for day in days {
+            for code in codes {
+                triples.0.push(school.clone());
+                triples.1.push(day.clone());
+                triples.2.push(code.clone());
+            }
+        }
+    }
+    triples
+}
+
 macro_rules! pickup_queries {
-    ($conn:ty, $join:ident, |$this:ident| $c0:expr, $c1:expr, $c2:expr, $c3:expr) => {
+    (
+        $conn:ty,
+        $join:ident,
+        |$this:ident| $c0:expr, $c1:expr, $c2:expr,
+        |$schools:ident, $days:ident, $codes:ident, $candidates:ident| $taken:expr
+    ) => {
         impl PickupQueries for $conn {
             async fn pickup(
                 &mut self,
@@ -110,12 +154,11 @@ macro_rules! pickup_queries {
                         .group_by(orders::counter_id)
                         .select((orders::counter_id, diesel::dsl::count_star()))
                         .load::<(Option<String>, i64)>($c2),
-                    orders::table
-                        .filter(orders::school_id.eq_any(schools))
-                        .filter(orders::pickup_day.eq_any(&days))
-                        .filter(orders::pickup_code.eq_any(&codes))
-                        .select((orders::school_id, orders::pickup_day, orders::pickup_code))
-                        .load::<(String, Option<String>, Option<String>)>($c3),
+                    {
+                        let ($schools, $days, $codes, $candidates) =
+                            (schools, &days, &codes, &candidates);
+                        $taken
+                    },
                 );
                 let mut pickup = Pickup {
                     zones: zones.into_iter().collect(),
@@ -133,10 +176,17 @@ macro_rules! pickup_queries {
                     .into_iter()
                     .filter_map(|(id, n)| Some((id?, n)))
                     .collect();
-                for (school, day, code) in taken {
-                    if let (Some(day), Some(code)) = (day, code) {
-                        pickup.taken.entry((school, day)).or_default().insert(code);
-                    }
+                for taken in taken {
+                    let CodeTaken {
+                        school_id,
+                        pickup_day,
+                        pickup_code,
+                    } = taken;
+                    pickup
+                        .taken
+                        .entry((school_id, pickup_day))
+                        .or_default()
+                        .insert(pickup_code);
                 }
                 Ok(pickup)
             }
@@ -149,7 +199,17 @@ pickup_queries!(
     |conn| &mut &*conn,
     &mut &*conn,
     &mut &*conn,
-    &mut &*conn
+    |_schools, days, _codes, candidates| {
+        use diesel::sql_types::{Array, Text};
+        let (schools, days, codes) = code_triples(candidates, days);
+        crate::db::kept(
+            diesel::sql_query(CODES_TAKEN_PG)
+                .bind::<Array<Text>, _>(schools)
+                .bind::<Array<Text>, _>(days)
+                .bind::<Array<Text>, _>(codes),
+        )
+        .load::<CodeTaken>(&mut &*conn)
+    }
 );
 pickup_queries!(
     SqliteConn,
@@ -157,7 +217,25 @@ pickup_queries!(
     |conn| &mut *conn,
     &mut *conn,
     &mut *conn,
-    &mut *conn
+    |schools, days, codes, _candidates| orders::table
+        .filter(orders::school_id.eq_any(schools))
+        .filter(orders::pickup_day.eq_any(days))
+        .filter(orders::pickup_code.eq_any(codes))
+        .select((orders::school_id, orders::pickup_day, orders::pickup_code))
+        .load::<(String, Option<String>, Option<String>)>(&mut *conn)
+        .map(|rows| {
+            rows.map(|rows| {
+                rows.into_iter()
+                    .filter_map(|(school_id, day, code)| {
+                        Some(CodeTaken {
+                            school_id,
+                            pickup_day: day?,
+                            pickup_code: code?,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
 );
 
 impl Pickup {

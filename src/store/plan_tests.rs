@@ -225,6 +225,31 @@ async fn a_scrape_counts_only_live_orders() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// An order becoming ready checks its drawn codes by one probe of the codes' index a (school,
+/// day, code), not by walking every order the school ever coded.
+#[tokio::test]
+async fn a_pickup_checks_its_drawn_codes_by_key() {
+    let (name, _db) = pg_database().await;
+    let coded = "SET session_replication_role = replica; \
+        INSERT INTO orders (id, school_id, student_id, placed_by, state, version, created_at, \
+            updated_at, total_cents, counter_id, pickup_day, pickup_code) \
+        SELECT 'o' || g, 's', 'u' || g, 'u' || g, 'picked_up', 5, now(), now(), 300, 'c', \
+            '2026-' || lpad((g / 10000 + 1)::text, 2, '0') || '-' \
+                || lpad((g % 10000 / 400 + 1)::text, 2, '0'), \
+            lpad((g % 400)::text, 4, '0') \
+        FROM generate_series(1, 20000) AS g";
+    let args = "'{s,s}', '{2026-02-06,2026-02-07}', '{0001,0002}'";
+    let plan = generic_plan_of_sql(&name, coded, super::pickup::CODES_TAKEN_PG, args).await;
+    let by_key = "Index Cond: ((school_id = t.school_id) AND (pickup_day = t.pickup_day) \
+        AND (pickup_code = t.pickup_code))";
+    assert!(
+        plan.contains("orders_pickup_code") && plan.contains(by_key),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on orders"), "{plan}");
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A day of ready orders at one school, and scans that were pending once (each leaves an
 /// entry in `scans_pending` until a vacuum), without statistics.
 const A_DAY_OF_PICKUPS: &str = "SET session_replication_role = replica; \
