@@ -10,7 +10,6 @@ use crate::db::{PgConn, SqliteConn};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
-use futures_util::FutureExt;
 use std::collections::HashMap;
 use tiffin_actors::ports::NewOrder;
 
@@ -39,34 +38,16 @@ CROSS JOIN LATERAL (
     OFFSET 0) o";
 
 /// An order placed earlier with a key, as a batch reads it.
-#[derive(QueryableByName)]
+#[derive(Queryable, QueryableByName)]
 struct KeyedOrder {
     #[diesel(sql_type = Text)]
     placed_by: String,
-    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
-    idempotency_key: Option<String>,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
     #[diesel(sql_type = Text)]
     id: String,
     #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
     request_fingerprint: Option<String>,
-}
-
-impl From<(String, Option<String>, String, Option<String>)> for KeyedOrder {
-    fn from(
-        (placed_by, idempotency_key, id, request_fingerprint): (
-            String,
-            Option<String>,
-            String,
-            Option<String>,
-        ),
-    ) -> Self {
-        KeyedOrder {
-            placed_by,
-            idempotency_key,
-            id,
-            request_fingerprint,
-        }
-    }
 }
 
 /// The batch's reads, expanded for each backend.
@@ -145,8 +126,8 @@ macro_rules! facts_queries {
                     windows,
                     keyed: keyed
                         .into_iter()
-                        .filter_map(|k: KeyedOrder| {
-                            Some(((k.placed_by, k.idempotency_key?), (k.id, k.request_fingerprint)))
+                        .map(|k: KeyedOrder| {
+                            ((k.placed_by, k.idempotency_key), (k.id, k.request_fingerprint))
                         })
                         .collect(),
                 })
@@ -182,10 +163,10 @@ facts_queries!(
         .filter(orders::idempotency_key.eq_any(keys))
         .select((
             orders::placed_by,
-            orders::idempotency_key,
+            // Not null: it equals one of the keys.
+            orders::idempotency_key.assume_not_null(),
             orders::id,
             orders::request_fingerprint,
         ))
-        .load::<(String, Option<String>, String, Option<String>)>(&mut *conn)
-        .map(|rows| rows.map(|rows| rows.into_iter().map(KeyedOrder::from).collect()))
+        .load::<KeyedOrder>(&mut *conn)
 );

@@ -9,7 +9,6 @@ use crate::db::{PgConn, SqliteConn};
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use futures_util::FutureExt;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use tiffin_actors::domain::{CounterRef, OrderState, assign_counter, pickup_code};
 use tiffin_actors::ports::CommandError;
@@ -73,7 +72,7 @@ FROM unnest($1::text[], $2::text[], $3::text[]) AS t(school_id, pickup_day, pick
 WHERE EXISTS (SELECT 1 FROM orders o WHERE o.school_id = t.school_id
     AND o.pickup_day = t.pickup_day AND o.pickup_code = t.pickup_code)";
 
-#[derive(diesel::QueryableByName)]
+#[derive(diesel::Queryable, diesel::QueryableByName)]
 struct CodeTaken {
     #[diesel(sql_type = diesel::sql_types::Text)]
     school_id: String,
@@ -221,21 +220,13 @@ pickup_queries!(
         .filter(orders::school_id.eq_any(schools))
         .filter(orders::pickup_day.eq_any(days))
         .filter(orders::pickup_code.eq_any(codes))
-        .select((orders::school_id, orders::pickup_day, orders::pickup_code))
-        .load::<(String, Option<String>, Option<String>)>(&mut *conn)
-        .map(|rows| {
-            rows.map(|rows| {
-                rows.into_iter()
-                    .filter_map(|(school_id, day, code)| {
-                        Some(CodeTaken {
-                            school_id,
-                            pickup_day: day?,
-                            pickup_code: code?,
-                        })
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
+        // Not null: each equals one of the lists'.
+        .select((
+            orders::school_id,
+            orders::pickup_day.assume_not_null(),
+            orders::pickup_code.assume_not_null(),
+        ))
+        .load::<CodeTaken>(&mut *conn)
 );
 
 impl Pickup {
