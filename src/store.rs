@@ -49,6 +49,7 @@ mod batch;
 mod batch_tests;
 pub(crate) mod claim;
 mod digest;
+mod facts_cache;
 pub(crate) mod fan_out;
 mod intake;
 mod kitchen;
@@ -90,6 +91,8 @@ pub struct DieselStore {
     digest_at: chrono::NaiveTime,
     /// New orders, committed in batches (group commit).
     intake: Arc<GroupCommit<NewOrder, OrderCommitted>>,
+    /// What new orders were last decided from (PostgreSQL).
+    facts: Arc<facts_cache::FactsCache>,
     /// Decided transitions, committed in batches, a lane of schools each.
     transitions: Arc<Lanes<TransitionCommit, transitions::TransitionCommitted>>,
     /// Each order's school and student, which never change once it is placed.
@@ -231,6 +234,7 @@ impl DieselStore {
                 TRANSITION_BATCH,
                 "transition_commit_batch_size",
             )),
+            facts: Arc::default(),
             owners: Arc::default(),
             node: Arc::new(crate::node::Node::unique()),
             scan_claims: Arc::new(GroupCommit::new(

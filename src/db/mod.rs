@@ -6,6 +6,7 @@
 //! types with one body. This is the backend switch: the queries live in `crate::store`.
 
 pub mod checkpoint;
+mod facts_epoch;
 pub mod models;
 mod prepared;
 mod rows;
@@ -506,9 +507,17 @@ impl MigrationConnection {
                 let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
                 diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &lock)?;
                 let applied = c.run_pending_migrations(MIGRATIONS).map(names);
+                let triggers = applied.is_ok().then(|| {
+                    diesel::connection::SimpleConnection::batch_execute(
+                        c.as_mut(),
+                        facts_epoch::FACTS_EPOCH_TRIGGERS_PG,
+                    )
+                });
                 let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
                 diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &unlock)?;
-                applied.map_err(failed)
+                let applied = applied.map_err(failed)?;
+                triggers.transpose()?;
+                Ok(applied)
             }
             MigrationConnection::Sqlite(c) => c
                 .run_pending_migrations(MIGRATIONS)

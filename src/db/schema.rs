@@ -341,6 +341,13 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    facts_epoch (id) {
+        id -> Integer,
+        epoch -> BigInt,
+    }
+}
+
 diesel::joinable!(counters -> schools (school_id));
 diesel::joinable!(meals -> schools (school_id));
 diesel::joinable!(stations -> schools (school_id));
@@ -350,6 +357,7 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    facts_epoch,
     fan_out_queue,
     pickup_codes,
     scans,

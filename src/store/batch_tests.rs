@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use std::collections::HashSet;
 use tiffin_actors::domain::{KitchenEvent, OrderState};
-use tiffin_actors::ports::{CommandError, NewOrderItem, Placed};
+use tiffin_actors::ports::{CommandError, NewOrder, NewOrderItem, Placed};
 
 fn committed(result: Result<Placed, TxError>) -> KitchenEvent {
     match result {
@@ -381,3 +381,109 @@ on_both_backends!(
     fan_out_leases_what_a_claim_would_send_on_postgres,
     fan_out_leases_what_a_claim_would_send
 );
+
+/// The facts epoch as the triggers left it.
+async fn facts_epoch(db: &Db) -> i64 {
+    use crate::db::schema::facts_epoch;
+    let epoch: Result<i64, DbError> = async {
+        with_conn!(db, |conn| facts_epoch::table
+            .select(facts_epoch::epoch)
+            .first(conn)
+            .await
+            .map_err(DbError::from))
+    }
+    .await;
+    epoch.unwrap()
+}
+
+/// PostgreSQL decides a batch from the facts kept from earlier batches only while nothing
+/// they hold has changed: a meal taken off the menu moves the facts epoch, the batch decided
+/// from the kept menu writes nothing (and takes no number), and is decided again from a fresh
+/// read. Writes that change no fact (orders, inbox numbers) leave the epoch alone, and a
+/// request repeated with its key is answered with its order from the write's unique key.
+#[tokio::test]
+async fn kept_facts_decide_only_while_the_epoch_holds_on_postgres() {
+    use crate::db::schema::{meals, users};
+    use tiffin_actors::ports::Idempotency;
+    let (name, db) = pg_database().await;
+    let a = school(&db, "A").await;
+    let store = DieselStore::new(db.clone(), 120);
+    let first = committed(store.insert_orders(vec![new_order(&a)]).await.remove(0));
+    assert!(
+        store.facts.facts_for(&[new_order(&a)]).is_some(),
+        "the first batch's facts are kept"
+    );
+    let epoch = facts_epoch(&db).await;
+    let second = committed(store.insert_orders(vec![new_order(&a)]).await.remove(0));
+    assert_eq!((first.seq, second.seq), (1, 2));
+    let bumped: Result<usize, DbError> = async {
+        with_conn!(&db, |conn| diesel::update(users::table.find(&a.student))
+            .set(users::inbox_seq.eq(users::inbox_seq + 1))
+            .execute(conn)
+            .await
+            .map_err(DbError::from))
+    }
+    .await;
+    assert_eq!(bumped.unwrap(), 1);
+    assert_eq!(
+        facts_epoch(&db).await,
+        epoch,
+        "orders and inbox numbers are no facts"
+    );
+
+    let set_available = |available: bool| {
+        let (db, meal) = (db.clone(), a.meal.clone());
+        async move {
+            let set: Result<usize, DbError> = async {
+                with_conn!(&db, |conn| diesel::update(meals::table.find(&meal))
+                    .set(meals::available.eq(available))
+                    .execute(conn)
+                    .await
+                    .map_err(DbError::from))
+            }
+            .await;
+            assert_eq!(set.unwrap(), 1);
+        }
+    };
+    set_available(false).await;
+    assert!(
+        facts_epoch(&db).await > epoch,
+        "a meal's change moves the epoch"
+    );
+    assert!(
+        store.facts.facts_for(&[new_order(&a)]).is_some(),
+        "the kept menu still offers the meal"
+    );
+    let refused = store.insert_orders(vec![new_order(&a)]).await.remove(0);
+    assert!(
+        matches!(
+            refused,
+            Err(TxError::Refused(CommandError::MealUnavailable(_)))
+        ),
+        "decided from the menu as it is now: {refused:?}"
+    );
+    set_available(true).await;
+    let keyed = NewOrder {
+        idempotency: Some(Idempotency {
+            key: "lunch-1".into(),
+            fingerprint: "f1".into(),
+        }),
+        ..new_order(&a)
+    };
+    let third = match store.place(keyed.clone()).await {
+        Ok(Placed::New(event)) => event,
+        other => panic!("expected a new order, got {other:?}"),
+    };
+    assert_eq!(
+        third.seq, 3,
+        "the write refused for its moved epoch took no number"
+    );
+    assert!(store.facts.facts_for(std::slice::from_ref(&keyed)).is_some());
+    match store.place(keyed).await {
+        Ok(Placed::Existing(order)) => assert_eq!(order.id, third.order_id),
+        other => panic!("expected the first request's order, got {other:?}"),
+    }
+    drop(store);
+    drop(db);
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}

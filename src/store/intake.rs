@@ -12,6 +12,7 @@
 
 use super::amend::AmendOrder;
 use super::batch::together_or_each;
+use super::facts_cache::FactsCache;
 use super::order_checks::{allergy_check, order_lines};
 use super::order_facts::{Facts, FactsQueries};
 use super::orders::{EventNote, event_from_row, event_row, record_events};
@@ -26,7 +27,7 @@ use crate::db::{InsertRows, PgConn, SqliteConn};
 use crate::with_conn;
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tiffin_actors::domain::{OrderState, OrderSummary, Role, choose_wave, event_type};
@@ -109,6 +110,11 @@ impl Decisions {
         Ok(d)
     }
 
+    /// Whether every command is a new order to write.
+    fn all_new(&self) -> bool {
+        self.answers.iter().all(|a| matches!(a, Answer::New(_)))
+    }
+
     /// Numbers the events from each school's first number taken.
     fn number(&mut self, firsts: &HashMap<String, i64>) -> Result<(), TxError> {
         for event in &mut self.events {
@@ -158,22 +164,54 @@ impl DieselStore {
     }
 
     async fn commit_orders(&self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
-        with_conn!(&self.db, |conn| conn.commit_orders(batch).await)
+        with_conn!(&self.db, |conn| conn
+            .commit_orders(batch, &self.facts)
+            .await)
     }
 }
 
 /// One batch of new orders on each backend.
 trait CommitOrders {
-    async fn commit_orders(&mut self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError>;
+    async fn commit_orders(
+        &mut self,
+        batch: &[NewOrder],
+        kept: &FactsCache,
+    ) -> Result<Vec<OrderCommitted>, TxError>;
 }
 
 impl CommitOrders for PgConn {
-    async fn commit_orders(&mut self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
+    /// From kept facts, in one round trip, if they are all kept and accept every order (a
+    /// refusal is only answered from facts read for it); else, or if they have changed since,
+    /// from facts read afresh. An earlier request with the same key is then found by the
+    /// write's unique key (`place`).
+    async fn commit_orders(
+        &mut self,
+        batch: &[NewOrder],
+        kept: &FactsCache,
+    ) -> Result<Vec<OrderCommitted>, TxError> {
         let at = now();
-        let facts = self.facts(batch).await?;
+        if let Some(facts) = kept.facts_for(batch) {
+            let mut decided = Decisions::new(batch, &facts, at)?;
+            if decided.all_new() {
+                match write_orders_pg(self, &decided, facts.epoch).await? {
+                    Some(firsts) => {
+                        decided.number(&firsts)?;
+                        return decided.answers(self).await;
+                    }
+                    None => kept.forget(),
+                }
+            }
+        }
+        let whole = kept.schools_to_read_whole(batch);
+        let facts = self.facts(batch, &whole).await?;
+        kept.keep(&facts, &whole);
         let mut decided = Decisions::new(batch, &facts, at)?;
         if !decided.counts.is_empty() {
-            let firsts = write_orders_pg(self, &decided).await?;
+            let firsts = write_orders_pg(self, &decided, None)
+                .await?
+                .ok_or_else(|| {
+                    TxError::Refused(CommandError::Internal("no sequence taken".into()))
+                })?;
             decided.number(&firsts)?;
         }
         decided.answers(self).await
@@ -181,14 +219,19 @@ impl CommitOrders for PgConn {
 }
 
 impl CommitOrders for SqliteConn {
-    async fn commit_orders(&mut self, batch: &[NewOrder]) -> Result<Vec<OrderCommitted>, TxError> {
+    /// Facts read with every batch: in process, microseconds.
+    async fn commit_orders(
+        &mut self,
+        batch: &[NewOrder],
+        _kept: &FactsCache,
+    ) -> Result<Vec<OrderCommitted>, TxError> {
         self.transaction(async |conn| {
             let at = now();
             // A write first: SQLite's lock, taken before the reads.
             let schools: BTreeSet<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
             conn.lock_schools(&schools.into_iter().collect::<Vec<_>>())
                 .await?;
-            let facts = conn.facts(batch).await?;
+            let facts = conn.facts(batch, &[]).await?;
             let mut decided = Decisions::new(batch, &facts, at)?;
             if !decided.counts.is_empty() {
                 let firsts = conn.take_seqs(&decided.counts).await?;
@@ -205,17 +248,24 @@ impl CommitOrders for SqliteConn {
 
 /// The whole write of a PostgreSQL batch as one statement, run with the batch's schools
 /// locked (`with_schools_locked`): their numbers taken, orders, items and events inserted
-/// (each event numbered from its school's first). Rows travel as JSON read into the tables' own row types (an event's
-/// columns are named, to number it).
+/// (each event numbered from its school's first). Rows travel as JSON read into the tables'
+/// own row types (an event's columns are named, to number it). Decided from kept facts
+/// (`$5`, their epoch), it writes nothing, and returns no row, if the epoch has moved.
 pub(crate) const WRITE_ORDERS_PG: &str = "\
-WITH taken AS ( \
+WITH fresh AS ( \
+    SELECT 1 WHERE $5::bigint IS NULL \
+        OR EXISTS (SELECT 1 FROM facts_epoch WHERE id = 1 AND epoch = $5::bigint)), \
+taken AS ( \
     UPDATE schools AS s SET event_seq = s.event_seq + c.n \
-    FROM json_to_recordset($1::json) AS c(id text, n bigint) WHERE s.id = c.id \
+    FROM json_to_recordset($1::json) AS c(id text, n bigint) \
+    WHERE s.id = c.id AND EXISTS (SELECT 1 FROM fresh) \
     RETURNING s.id, s.event_seq - c.n + 1 AS first), \
 placed AS ( \
-    INSERT INTO orders SELECT * FROM json_populate_recordset(NULL::orders, $2::json)), \
+    INSERT INTO orders SELECT * FROM json_populate_recordset(NULL::orders, $2::json) \
+    WHERE EXISTS (SELECT 1 FROM fresh)), \
 lines AS ( \
-    INSERT INTO order_items SELECT * FROM json_populate_recordset(NULL::order_items, $3::json)), \
+    INSERT INTO order_items SELECT * FROM json_populate_recordset(NULL::order_items, $3::json) \
+    WHERE EXISTS (SELECT 1 FROM fresh)), \
 numbered AS ( \
     INSERT INTO order_events (school_id, seq, order_id, version, kind, from_state, to_state, \
         actor_id, reason, snapshot, created_at, notice, notice_skip) \
@@ -237,11 +287,13 @@ struct First {
     first: i64,
 }
 
-/// Writes a decided batch in one statement; yields each school's first number.
+/// Writes a decided batch in one statement; yields each school's first number, or `None`
+/// if it was decided from facts of an epoch that has moved (`kept_at`), and wrote nothing.
 async fn write_orders_pg(
     conn: &mut PgConn,
     decided: &Decisions,
-) -> Result<HashMap<String, i64>, TxError> {
+    kept_at: Option<i64>,
+) -> Result<Option<HashMap<String, i64>>, TxError> {
     let counts: Vec<serde_json::Value> = decided
         .counts
         .iter()
@@ -255,10 +307,11 @@ async fn write_orders_pg(
             .bind::<Text, _>(serde_json::Value::Array(counts).to_string())
             .bind::<Text, _>(serde_json::to_string(&decided.orders).map_err(json_error)?)
             .bind::<Text, _>(serde_json::to_string(&decided.items).map_err(json_error)?)
-            .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?),
+            .bind::<Text, _>(serde_json::to_string(&decided.events).map_err(json_error)?)
+            .bind::<Nullable<BigInt>, _>(kept_at),
     );
     let taken = with_schools_locked!(&*conn, &schools, |on| write.load::<First>(&mut on))?;
-    Ok(taken.into_iter().map(|t| (t.id, t.first)).collect())
+    Ok((!taken.is_empty()).then(|| taken.into_iter().map(|t| (t.id, t.first)).collect()))
 }
 /// Decides one new order against what the batch read, checking in the order a caller
 /// meets the rules: the school, the student, the lines, allergies, the wave.

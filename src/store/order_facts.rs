@@ -1,11 +1,12 @@
 //! What a batch of new orders reads before it decides them (`intake`): schools, people,
-//! menus, waves and earlier requests with the same keys, set-wise, whatever the batch's size.
-//! PostgreSQL sends them together on generic plans, in one round trip.
+//! menus, waves and earlier requests with the same keys, set-wise, whatever the batch's size,
+//! with the facts epoch they were read at, and the people and meals of any schools asked for
+//! whole (`facts_cache`). PostgreSQL sends them together on generic plans, in one round trip.
 
 use super::TxError;
 use super::batch::{one_by_one, pipelined_on_generic_plans, unless_none};
 use crate::db::models::{MealRow, ServiceWindowRow};
-use crate::db::schema::{meals, orders, schools, service_windows, users};
+use crate::db::schema::{facts_epoch, meals, orders, schools, service_windows, users};
 use crate::db::{PgConn, SqliteConn};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
@@ -14,7 +15,10 @@ use std::collections::HashMap;
 use tiffin_actors::ports::NewOrder;
 
 /// What a batch's orders need, read in a handful of statements.
+#[derive(Default)]
 pub(super) struct Facts {
+    /// The facts epoch when they were read, read first: a change after it moves it.
+    pub(super) epoch: Option<i64>,
     /// Each school's time zone.
     pub(super) schools: HashMap<String, String>,
     /// The batch's students and the people who placed its orders, by id.
@@ -52,11 +56,60 @@ struct KeyedOrder {
 
 /// The batch's reads, expanded for each backend.
 pub(super) trait FactsQueries {
-    async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError>;
+    /// The batch's facts, and all the people and meals of the schools `whole`.
+    async fn facts(&mut self, batch: &[NewOrder], whole: &[&str]) -> Result<Facts, TxError>;
 }
 
 /// A user as the batch needs them: (school, role, name, allergies, active).
 pub(super) type Person = (Option<String>, String, String, String, bool);
+
+/// The batch's people (`ids`: its students and placers) and everyone of the schools `whole`,
+/// as two reads by index (one with an `OR` was planned as a scan of every person while the
+/// table was empty); someone in both comes twice.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub(super) fn people_read<'a>(ids: &'a [&'a str], whole: &'a [&'a str]) -> _ {
+    let columns = (
+        users::id,
+        users::school_id,
+        users::role,
+        users::display_name,
+        users::allergies,
+        users::active,
+    );
+    users::table
+        .filter(users::id.eq_any(ids))
+        .select(columns)
+        .union_all(
+            users::table
+                .filter(users::school_id.eq_any(whole))
+                .select(columns),
+        )
+}
+
+/// The batch's meals (`ids`) and every meal of the schools `whole`, as two reads by index; a
+/// meal in both comes twice.
+#[diesel::dsl::auto_type(no_type_alias)]
+pub(super) fn meals_read<'a>(ids: &'a [&'a str], whole: &'a [&'a str]) -> _ {
+    let columns = (
+        meals::id,
+        meals::school_id,
+        meals::name,
+        meals::price_cents,
+        meals::allergens,
+        meals::available,
+        meals::created_at,
+        meals::updated_at,
+        meals::station_id,
+    );
+    meals::table
+        .filter(meals::id.eq_any(ids))
+        .select(columns)
+        .union_all(
+            meals::table
+                .filter(meals::school_id.eq_any(whole))
+                .select(columns),
+        )
+}
 
 macro_rules! facts_queries {
     (
@@ -66,7 +119,11 @@ macro_rules! facts_queries {
         |$placers:ident, $keys:ident| $keyed:expr
     ) => {
         impl FactsQueries for $conn {
-            async fn facts(&mut self, batch: &[NewOrder]) -> Result<Facts, TxError> {
+            async fn facts(
+                &mut self,
+                batch: &[NewOrder],
+                whole: &[&str],
+            ) -> Result<Facts, TxError> {
                 let school_ids: Vec<&str> = batch.iter().map(|n| n.school_id.as_str()).collect();
                 let people: Vec<&str> = batch
                     .iter()
@@ -86,25 +143,21 @@ macro_rules! facts_queries {
                 let $this = self;
                 let (schools, people, menu, windows, keyed) = $join!(
                     $($on,)?
+                    // First: what the others read is at least as new as the epoch.
                     schools::table
                         .filter(schools::id.eq_any(&school_ids))
-                        .select((schools::id, schools::time_zone))
-                        .load::<(String, String)>($c0),
-                    users::table
-                        .filter(users::id.eq_any(&people))
                         .select((
-                            users::id,
-                            users::school_id,
-                            users::role,
-                            users::display_name,
-                            users::allergies,
-                            users::active,
+                            schools::id,
+                            schools::time_zone,
+                            facts_epoch::table
+                                .filter(facts_epoch::id.eq(1))
+                                .select(facts_epoch::epoch)
+                                .single_value(),
                         ))
+                        .load::<(String, String, Option<i64>)>($c0),
+                    people_read(&people, whole)
                         .load::<(String, Option<String>, String, String, String, bool)>($c1),
-                    meals::table
-                        .filter(meals::id.eq_any(&meal_ids))
-                        .select(MealRow::as_select())
-                        .load::<MealRow>($c2),
+                    meals_read(&meal_ids, whole).load::<MealRow>($c2),
                     service_windows::table
                         .filter(service_windows::school_id.eq_any(&school_ids))
                         .select(ServiceWindowRow::as_select())
@@ -115,7 +168,11 @@ macro_rules! facts_queries {
                     }),
                 );
                 Ok(Facts {
-                    schools: schools.into_iter().collect(),
+                    epoch: schools.iter().find_map(|(.., epoch)| *epoch),
+                    schools: schools
+                        .into_iter()
+                        .map(|(id, time_zone, _)| (id, time_zone))
+                        .collect(),
                     people: people
                         .into_iter()
                         .map(|(id, school, role, name, allergies, active)| {

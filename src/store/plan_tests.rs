@@ -23,9 +23,16 @@ async fn generic_plan<Q>(database: &str, setup: &str, query: &Q, args: &str) -> 
 where
     Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
 {
+    generic_plan_of_sql(database, setup, &pg_sql(query), args).await
+}
+
+/// Diesel's SQL for `query` on PostgreSQL, without its binds.
+fn pg_sql<Q>(query: &Q) -> String
+where
+    Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+{
     let sql = diesel::debug_query::<diesel::pg::Pg, _>(query).to_string();
-    let sql = sql.split(" -- binds: ").next().unwrap();
-    generic_plan_of_sql(database, setup, sql, args).await
+    sql.split(" -- binds: ").next().unwrap().to_owned()
 }
 
 /// The generic plan of the SQL `sql` run with `args`, after `setup`.
@@ -178,6 +185,48 @@ async fn a_batch_of_orders_finds_earlier_requests_by_placer_and_key() {
     pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
 
+/// A batch of orders reads its people and meals by key, and a school read whole by its
+/// index, under the plan its connection keeps (made on the day's first batch, on empty
+/// tables) as under one made later: never every person or meal of the district.
+#[tokio::test]
+async fn a_batch_of_orders_reads_its_people_and_meals_by_index() {
+    use super::order_facts::{meals_read, people_read};
+    let (name, _db) = pg_database().await;
+    let district = "SET session_replication_role = replica; \
+        INSERT INTO users (id, school_id, role, display_name, allergies, locale, active, \
+            created_at, updated_at, inbox_seq) \
+        SELECT 'u' || g, 's' || (g % 200), 'student', 'Student', '', 'en', TRUE, now(), now(), 0 \
+        FROM generate_series(1, 40000) AS g; \
+        INSERT INTO meals (id, school_id, name, price_cents, allergens, available, created_at, \
+            updated_at) \
+        SELECT 'm' || g, 's' || (g % 200), 'Soup', 300, '', TRUE, now(), now() \
+        FROM generate_series(1, 4000) AS g";
+    for day in ["", district] {
+        for args in ["'{u1,u2}', '{}'", "'{u1,u2}', '{s1}'"] {
+            let people =
+                batch_plan(&name, day, &pg_sql(&people_read(&["u1"], &["s1"])), args).await;
+            assert!(
+                people.contains("users_pkey") && people.contains("users_school"),
+                "{people}"
+            );
+            assert!(!people.contains("Seq Scan"), "{people}");
+            let meals = batch_plan(
+                &name,
+                day,
+                &pg_sql(&meals_read(&["m1"], &["s1"])),
+                &args.replace('u', "m"),
+            )
+            .await;
+            assert!(
+                meals.contains("meals_pkey") && meals.contains("meals_school"),
+                "{meals}"
+            );
+            assert!(!meals.contains("Seq Scan"), "{meals}");
+        }
+    }
+    pg_admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
 /// A scan held for an allergy counts the order's holds through the holds' own index, not by
 /// reading every scan: under the plan a connection keeps as under one made afresh.
 #[tokio::test]
@@ -302,7 +351,7 @@ async fn a_batch_of_orders_takes_its_schools_numbers_by_key() {
             &name,
             day,
             crate::store::intake::WRITE_ORDERS_PG,
-            "'[]', '[]', '[]', '[]'",
+            "'[]', '[]', '[]', '[]', NULL",
         )
         .await;
         assert!(plan.contains("schools_pkey"), "{plan}");
