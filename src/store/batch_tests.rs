@@ -478,7 +478,12 @@ async fn kept_facts_decide_only_while_the_epoch_holds_on_postgres() {
         third.seq, 3,
         "the write refused for its moved epoch took no number"
     );
-    assert!(store.facts.facts_for(std::slice::from_ref(&keyed)).is_some());
+    assert!(
+        store
+            .facts
+            .facts_for(std::slice::from_ref(&keyed))
+            .is_some()
+    );
     match store.place(keyed).await {
         Ok(Placed::Existing(order)) => assert_eq!(order.id, third.order_id),
         other => panic!("expected the first request's order, got {other:?}"),
