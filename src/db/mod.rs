@@ -6,7 +6,7 @@
 //! types with one body. This is the backend switch: the queries live in `crate::store`.
 
 pub mod checkpoint;
-mod facts_epoch;
+pub(crate) mod facts_epoch;
 pub mod models;
 mod prepared;
 mod rows;

@@ -5,8 +5,9 @@
 //! since (`intake::WRITE_ORDERS_PG`); otherwise nothing is written and the batch reads afresh.
 //!
 //! A school's people (its students and staff) and meals are read whole on the school's first
-//! batch of an epoch, so a student's first order of the day finds them kept. Nothing here
-//! refuses an order: a batch with a refusal is decided again from a fresh read.
+//! batch of an epoch, so a student's first order of the day finds them kept; a guardian is
+//! kept from their first order on (read with the school, their links were walked whole).
+//! Nothing here refuses an order: a batch with a refusal is decided again from a fresh read.
 
 use super::order_facts::{Facts, Person};
 use crate::db::models::{MealRow, ServiceWindowRow};
@@ -14,8 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tiffin_actors::ports::NewOrder;
 
-/// People kept before the cache starts afresh: a large district's (about 60 KiB a
-/// hundred people).
+/// People kept before the cache starts afresh: a large district's. A person costs about
+/// 300 bytes kept (their row's strings, the key, the map's slot), so 75 MiB at most.
 const MAX_PEOPLE: usize = 250_000;
 /// Schools are read whole while fewer people than this are kept; past it, people are kept
 /// as batches read them.

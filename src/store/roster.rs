@@ -419,6 +419,10 @@ on_both_connections!(impl RosterImport {
         if scope.dry_run {
             return Err(Stop::DryRun(Box::new(report)));
         }
+        if Self::PG {
+            self.batch_execute(crate::db::facts_epoch::MOVE_FACTS_EPOCH)
+                .await?;
+        }
         self.batch_execute(sql::DROP_STAGING).await?;
         Ok(report)
     }

@@ -45,8 +45,11 @@ impl Stamp {
 /// in temporary files (the agent ids' two ends, 4M rows joined with the 3M people twice,
 /// spilled in batches at 256 MB), and no JIT: each statement runs once, and compiling it
 /// with LLVM's optimizations cost more than it saved; for its transaction only.
+/// The import's settings on PostgreSQL; it moves the facts epoch once, as it ends
+/// (`db::facts_epoch::MOVE_FACTS_EPOCH`), not at each statement.
 pub const PG_IMPORT_SETTINGS: &str = "SET LOCAL work_mem = '384MB'; \
-    SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL jit = off;";
+    SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL jit = off; \
+    SET LOCAL tiffin.facts_moved_once = on;";
 
 pub const CREATE_STAGING: &str = "
 DROP VIEW IF EXISTS roster_ends; DROP TABLE IF EXISTS roster_orgs; DROP TABLE IF EXISTS roster_users;

@@ -216,6 +216,39 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
         assert!(cards.to_string().contains("04A2BC01"), "{cards}");
         let in_b = people(&hub, &admin, &b).await;
         assert_eq!(named(&in_b, "Cy Li")["active"], true);
+        // An order for Cy: on PostgreSQL the hub keeps what it was decided from, and the
+        // import below, by another process, must reach the next decision.
+        let soup = expect(
+            post(
+                &hub,
+                &admin,
+                &format!("/api/v1/schools/{b}/meals"),
+                json!({"name": "Soup", "price_cents": 300}),
+            )
+            .await,
+            201,
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        expect(
+            post(
+                &hub,
+                &admin,
+                &format!("/api/v1/schools/{b}/users"),
+                json!({"role": "kitchen_staff", "display_name": "Kim", "email": "kim@lakeside.test", "password": "kitchen-pass-1"}),
+            )
+            .await,
+            201,
+        );
+        let kitchen = token_of(&hub, "kim@lakeside.test", "kitchen-pass-1").await;
+        let cy = named(&in_b, "Cy Li")["id"].as_str().unwrap().to_owned();
+        let order_for_cy = json!({"student_id": cy, "items": [{"meal_id": soup, "quantity": 1}]});
+        let orders_of_b = format!("/api/v1/schools/{b}/orders");
+        expect(
+            post(&hub, &kitchen, &orders_of_b, order_for_cy.clone()).await,
+            201,
+        );
         // Imported people have no password: they cannot sign in until one is set.
         let r = send(
             client().post(hub.url("/api/v1/auth/login")),
@@ -243,6 +276,13 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
             "stu-1,milk;peanut\n",
         ));
         let report = import_cli(&hub, &second, &[]);
+        let refused = post(&hub, &kitchen, &orders_of_b, order_for_cy).await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (404, "not_found"),
+            "{backend:?}: Cy is gone: {}",
+            refused.body
+        );
         assert_eq!(counts(&report, "schools"), [0, 0, 0, 2], "{report}");
         assert_eq!(counts(&report, "students"), [1, 1, 1, 1], "{report}");
         assert_eq!(counts(&report, "guardians"), [0, 1, 0, 2], "{report}");
