@@ -507,12 +507,10 @@ impl MigrationConnection {
                 let lock = format!("SELECT pg_advisory_lock({MIGRATION_LOCK})");
                 diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &lock)?;
                 let applied = c.run_pending_migrations(MIGRATIONS).map(names);
-                let triggers = applied.is_ok().then(|| {
-                    diesel::connection::SimpleConnection::batch_execute(
-                        c.as_mut(),
-                        facts_epoch::FACTS_EPOCH_TRIGGERS_PG,
-                    )
-                });
+                let triggers = applied
+                    .as_ref()
+                    .ok()
+                    .map(|applied| facts_epoch::install_triggers(c.as_mut(), !applied.is_empty()));
                 let unlock = format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})");
                 diesel::connection::SimpleConnection::batch_execute(c.as_mut(), &unlock)?;
                 let applied = applied.map_err(failed)?;
