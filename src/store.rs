@@ -10,10 +10,11 @@
 //!   `inbox` (in-app messages), `screens` (paired kitchen screens, their pairing codes),
 //!   `sign_in` (one-time sign-in codes, committed with their message).
 //! - The adapter: `kitchen` (the `Store` port) and `outbox` (the `Outbox` port) hand writes to
-//!   the batches: `intake` (new orders, checked by `order_checks`), `transitions` (with
-//!   `pickup`), `scanning` (with `scan_claims`), `fan_out`, `digest` and `claim` (dispatch);
-//!   `amend` commits one order at a time; `notices` makes outbox rows of notices; what the
-//!   batches share is in `batch` and `sequence`.
+//!   the batches: `intake` (new orders, checked by `order_checks` against what `order_facts`
+//!   reads or `facts_cache` keeps), `transitions` (with `pickup`), `scanning` (with
+//!   `scan_claims`), `fan_out`, `digest` and `claim` (dispatch); `amend` commits one order at
+//!   a time; `notices` makes outbox rows of notices; what the batches share is in `batch` and
+//!   `sequence`.
 //!
 //! Every write that makes an event bumps the school's event sequence first: that takes the
 //! write lock at once on SQLite and serialises a kitchen's commits on PostgreSQL, so sequence
