@@ -149,8 +149,8 @@ pub async fn measure(target: &Target, length: Duration, rate: u32) -> anyhow::Re
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
     let ms = |q: f64| ms_of(&latencies, q);
-    // Open loop: the rate offered, held if every scan was answered by the end.
     let per_sec = latencies.len() as f64 / elapsed;
+    let due = (f64::from(rate) * length.as_secs_f64()).round() as usize;
     let readers = if rate == 0 {
         CLOSED_LOOP_READERS
     } else {
@@ -182,7 +182,7 @@ pub async fn measure(target: &Target, length: Duration, rate: u32) -> anyhow::Re
     }
     Ok(json!({
         "goal": "verified scans >= 1,500/s on one node with the verdict's p99 <= 20 ms",
-        "met": per_sec >= 1500.0 && p99 <= 20.0,
+        "met": met(per_sec, rate, latencies.len() >= due, p99),
         "scans_per_sec": per_sec,
         "verdict_p50_ms": p50,
         "verdict_p99_ms": p99,
@@ -369,4 +369,35 @@ async fn scan(
         answers.push((due.elapsed(), late, answer));
     }
     answers
+}
+
+/// The goal: 1,500 verified scans a second with the verdict's p99 within 20 ms. In the open
+/// loop, the rate offered, held if every scan due was answered (`all_answered`): the rate
+/// measured from the first send to the last answer falls short of it by the last answer's
+/// time (1,499.5 a second with all 15,000 answered). In the closed loop, the rate reached.
+fn met(per_sec: f64, offered: u32, all_answered: bool, p99_ms: f64) -> bool {
+    let rate = if offered > 0 && all_answered {
+        f64::from(offered)
+    } else {
+        per_sec
+    };
+    rate >= 1500.0 && p99_ms <= 20.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::met;
+
+    #[test]
+    fn an_open_loop_holds_its_offered_rate_only_with_every_scan_answered() {
+        assert!(met(1499.5, 1500, true, 18.8));
+        assert!(!met(1499.5, 1500, false, 18.8), "a scan unanswered");
+        assert!(!met(1499.5, 1500, true, 20.5), "the verdict too slow");
+        assert!(!met(1499.5, 1000, true, 5.0), "offered too few");
+        assert!(
+            met(2553.0, 0, false, 19.0),
+            "a closed loop's rate as reached"
+        );
+        assert!(!met(1499.5, 0, false, 5.0));
+    }
 }
