@@ -37,6 +37,16 @@ struct Kept {
     whole: HashSet<String>,
 }
 
+impl Kept {
+    /// Nothing kept yet, at `epoch`.
+    fn at(epoch: i64) -> Kept {
+        Kept {
+            epoch: Some(epoch),
+            ..Kept::default()
+        }
+    }
+}
+
 impl FactsCache {
     /// The batch's facts and the epoch they were read at, if every one is kept.
     pub(super) fn facts_for(&self, batch: &[NewOrder]) -> Option<Facts> {
@@ -97,18 +107,10 @@ impl FactsCache {
         match kept.epoch {
             Some(current) if epoch < current => return,
             Some(current) if epoch == current => {}
-            _ => {
-                *kept = Kept {
-                    epoch: Some(epoch),
-                    ..Kept::default()
-                }
-            }
+            _ => *kept = Kept::at(epoch),
         }
         if kept.people.len() + facts.people.len() > MAX_PEOPLE {
-            *kept = Kept {
-                epoch: Some(epoch),
-                ..Kept::default()
-            };
+            *kept = Kept::at(epoch);
         }
         for (id, time_zone) in &facts.schools {
             let windows = facts

@@ -218,29 +218,20 @@ async fn oneroster_11_imports_and_reimports_on_both_backends() {
         assert_eq!(named(&in_b, "Cy Li")["active"], true);
         // An order for Cy: on PostgreSQL the hub keeps what it was decided from, and the
         // import below, by another process, must reach the next decision.
-        let soup = expect(
-            post(
-                &hub,
-                &admin,
-                &format!("/api/v1/schools/{b}/meals"),
-                json!({"name": "Soup", "price_cents": 300}),
-            )
-            .await,
-            201,
-        )["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        expect(
-            post(
-                &hub,
-                &admin,
-                &format!("/api/v1/schools/{b}/users"),
-                json!({"role": "kitchen_staff", "display_name": "Kim", "email": "kim@lakeside.test", "password": "kitchen-pass-1"}),
-            )
-            .await,
-            201,
-        );
+        let soup = created_id(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{b}/meals"),
+            json!({"name": "Soup", "price_cents": 300}),
+        )
+        .await;
+        created_id(
+            &hub,
+            &admin,
+            &format!("/api/v1/schools/{b}/users"),
+            json!({"role": "kitchen_staff", "display_name": "Kim", "email": "kim@lakeside.test", "password": "kitchen-pass-1"}),
+        )
+        .await;
         let kitchen = token_of(&hub, "kim@lakeside.test", "kitchen-pass-1").await;
         let cy = named(&in_b, "Cy Li")["id"].as_str().unwrap().to_owned();
         let order_for_cy = json!({"student_id": cy, "items": [{"meal_id": soup, "quantity": 1}]});

@@ -111,3 +111,9 @@ pub fn expect(reply: Reply, status: u16) -> Value {
     assert_eq!(reply.status, status, "unexpected answer: {}", reply.body);
     reply.body
 }
+
+/// Creates something with a POST that must answer 201; its id.
+pub async fn created_id(hub: &Hub, token: &str, path: &str, body: Value) -> String {
+    let made = expect(post(hub, token, path, body).await, 201);
+    made["id"].as_str().unwrap().to_owned()
+}
