@@ -65,6 +65,8 @@ mod scan_claim_tests;
 pub(crate) mod scan_claims;
 mod scanning;
 pub(crate) mod sequence;
+#[cfg(test)]
+mod staff_plan_tests;
 pub(crate) mod transitions;
 
 pub use digest::DEFAULT_DIGEST_AT;

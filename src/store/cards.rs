@@ -20,17 +20,25 @@ pub async fn card_by_uid(db: &Db, uid: &str) -> Result<Option<CardRow>, DbError>
         .optional())?)
 }
 
+/// A school's cards in the order they were issued, along `rfid_cards_by_school`.
+macro_rules! school_cards_query {
+    ($school_id:expr) => {
+        $crate::db::schema::rfid_cards::table
+            .filter($crate::db::schema::rfid_cards::school_id.eq($school_id))
+            .order($crate::db::schema::rfid_cards::created_at.asc())
+            .select(CardRow::as_select())
+    };
+}
+#[cfg(test)]
+pub(super) use school_cards_query;
+
 pub async fn cards_of(
     db: &Db,
     school_id: &str,
     student_id: Option<&str>,
 ) -> Result<Vec<CardRow>, DbError> {
     Ok(with_conn!(db, |conn| {
-        let mut query = rfid_cards::table
-            .filter(rfid_cards::school_id.eq(school_id))
-            .order(rfid_cards::created_at.asc())
-            .select(CardRow::as_select())
-            .into_boxed();
+        let mut query = school_cards_query!(school_id).into_boxed();
         if let Some(student_id) = student_id {
             query = query.filter(rfid_cards::student_id.eq(student_id));
         }

@@ -19,7 +19,7 @@ struct PlanLine {
 }
 
 /// The generic plan of `query` (diesel's SQL for PostgreSQL) run with `args`, after `setup`.
-async fn generic_plan<Q>(database: &str, setup: &str, query: &Q, args: &str) -> String
+pub(super) async fn generic_plan<Q>(database: &str, setup: &str, query: &Q, args: &str) -> String
 where
     Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
 {

@@ -175,14 +175,28 @@ pub async fn abandon_scans(
     .await)?)
 }
 
+/// A school's latest scans, newest first, read backwards along `scans_recent_by_school`.
+macro_rules! recent_scans_query {
+    ($school_id:expr, $limit:expr) => {
+        $crate::db::schema::scans::table
+            .filter($crate::db::schema::scans::school_id.eq($school_id))
+            .order((
+                $crate::db::schema::scans::received_at.desc(),
+                $crate::db::schema::scans::id.desc(),
+            ))
+            .limit($limit)
+            .select(ScanRow::as_select())
+    };
+}
+#[cfg(test)]
+pub(super) use recent_scans_query;
+
 pub async fn recent_scans(db: &Db, school_id: &str, limit: i64) -> Result<Vec<ScanRow>, DbError> {
-    Ok(with_conn!(db, |conn| scans::table
-        .filter(scans::school_id.eq(school_id))
-        .order((scans::received_at.desc(), scans::id.desc()))
-        .limit(limit)
-        .select(ScanRow::as_select())
-        .load(conn)
-        .await)?)
+    Ok(with_conn!(db, |conn| recent_scans_query!(
+        school_id, limit
+    )
+    .load(conn)
+    .await)?)
 }
 
 /// The count [`allergy_holds_of`] makes.
