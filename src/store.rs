@@ -54,6 +54,8 @@ mod facts_cache;
 pub(crate) mod fan_out;
 mod intake;
 mod kitchen;
+#[cfg(test)]
+mod lock_order_tests;
 mod notices;
 mod order_checks;
 mod order_facts;

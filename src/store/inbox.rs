@@ -82,7 +82,9 @@ async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
 /// PostgreSQL: a group of messages stored, or found stored before, in one statement. Each
 /// user's new messages take that user's next numbers in the group's order; a message stored
 /// before takes none; a message for an unknown user is not stored and gets no row. Should a
-/// resend race it, the loser fails on the message's key, takes nothing and is retried.
+/// resend race it, the loser fails on the message's key, takes nothing and is retried. The
+/// users' rows are locked in key order first (`locked`): two groups sharing users (siblings'
+/// guardians) then wait for each other instead of deadlocking.
 pub(crate) const STORE_GROUP_PG: &str = "\
 WITH r AS ( \
     SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
@@ -90,8 +92,12 @@ WITH r AS ( \
 earlier AS (SELECT m.id, m.seq FROM inbox_messages m WHERE m.id = ANY(ARRAY(SELECT id FROM r))), \
 fresh AS (SELECT * FROM r WHERE r.id NOT IN (SELECT id FROM earlier)), \
 counts AS (SELECT user_id, count(*) AS n FROM fresh GROUP BY user_id), \
+locked AS MATERIALIZED ( \
+    SELECT u.id FROM users u WHERE u.id IN (SELECT user_id FROM counts) ORDER BY u.id \
+    FOR UPDATE), \
 taken AS ( \
     UPDATE users AS u SET inbox_seq = u.inbox_seq + counts.n FROM counts \
+    JOIN locked ON locked.id = counts.user_id \
     WHERE u.id = counts.user_id RETURNING u.id, u.inbox_seq - counts.n AS base), \
 numbered AS ( \
     SELECT fresh.*, taken.base + row_number() OVER ( \
@@ -111,8 +117,12 @@ WITH r AS ( \
     SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
         LATERAL json_populate_record(NULL::inbox_messages, e.doc) AS m), \
 counts AS (SELECT user_id, count(*) AS n FROM r GROUP BY user_id), \
+locked AS MATERIALIZED ( \
+    SELECT u.id FROM users u WHERE u.id IN (SELECT user_id FROM counts) ORDER BY u.id \
+    FOR UPDATE), \
 taken AS ( \
     UPDATE users AS u SET inbox_seq = u.inbox_seq + counts.n FROM counts \
+    JOIN locked ON locked.id = counts.user_id \
     WHERE u.id = counts.user_id RETURNING u.id, u.inbox_seq - counts.n AS base) \
 INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, order_id, created_at, \
     read_at, deleted_at) \
