@@ -129,7 +129,7 @@ impl AllowedMethods {
 /// route.
 async fn request_id(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = req
         .headers()
@@ -139,8 +139,13 @@ async fn request_id(
         .unwrap_or_else(fresh_request_id);
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
     let routed = metrics::track(req, |req| async move {
-        limit_by_ip(&req).await?;
-        next.call(req).await
+        // A refusal is answered here, so that it too carries the id and is counted.
+        if let Err(refused) = limit_by_ip(&req).await {
+            return Ok(req.error_response(refused).map_into_right_body());
+        }
+        next.call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body)
     });
     let mut response = routed.instrument(span).await?;
     response.headers_mut().insert(REQUEST_ID, id);

@@ -84,6 +84,10 @@ async fn rate_limits_answer_429_with_retry_after() {
         statuses.push(res.status().as_u16());
         if res.status() == 429 {
             assert!(res.headers().contains_key("retry-after"));
+            assert!(
+                res.headers().contains_key("x-request-id"),
+                "a refusal has its id"
+            );
             break;
         }
     }
@@ -103,6 +107,12 @@ async fn rate_limits_answer_429_with_retry_after() {
         200,
         "probes are not API calls"
     );
+    let refused_unrouted = metric(
+        &hub,
+        r#"http_requests_total{method="GET",route="unmatched",status="429"}"#,
+    )
+    .await;
+    assert_eq!(refused_unrouted, 1.0, "the address's refusal is counted");
     for limit in ["sign_in", "user", "ip"] {
         let counted = metric(&hub, &format!("rate_limited_total{{limit=\"{limit}\"}}")).await;
         assert!(counted >= 1.0, "{limit}: {counted}");
