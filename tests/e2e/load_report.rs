@@ -3,10 +3,6 @@
 
 use crate::common::*;
 
-/// Set to write the page's screenshot to docs/load-report.png (the README shows it).
-/// (Not `TIFFIN_`: the hub takes every such variable as its configuration.)
-const UPDATE_SCREENSHOT: &str = "UPDATE_SCREENSHOTS";
-
 /// The smoke run passes, and its page opens with the verdict and the summary table, then
 /// charts that the browser draws (lines with a size on screen), fetching nothing.
 #[actix_web::test]
@@ -113,12 +109,6 @@ async fn the_load_report_reads_in_a_browser() {
     }
     assert_eq!(seen["fetched"], 0, "the page fetched something: {seen}");
     assert_eq!(seen["scripts"], 0, "{seen}");
-    let png = browser.screenshot().await.unwrap();
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    if std::env::var_os(UPDATE_SCREENSHOT).is_some() {
-        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
-        std::fs::create_dir_all(&docs).unwrap();
-        std::fs::write(docs.join("load-report.png"), &png).unwrap();
-    }
+    screenshot(&browser, "load-report.png").await;
     browser.close().await.unwrap();
 }

@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// Set to write the pages' screenshots into docs/ (the README shows them); without it a test
+/// only checks that its screenshot is a PNG, so a test run leaves the tree as it was.
+/// (Not `TIFFIN_`: the hub takes every such variable as its configuration.)
+const UPDATE_SCREENSHOTS: &str = "UPDATE_SCREENSHOTS";
+
+/// The browser's screenshot, written to `docs/<path>` when `UPDATE_SCREENSHOTS` is set.
+pub async fn screenshot(browser: &fantoccini::Client, path: &str) {
+    let png = browser.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{path}: a PNG screenshot");
+    if std::env::var_os(UPDATE_SCREENSHOTS).is_some() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs")
+            .join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, png).unwrap();
+    }
+}
+
 /// chromedriver on a free loopback port, stopped when dropped.
 pub struct ChromeDriver {
     child: std::process::Child,

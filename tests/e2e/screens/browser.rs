@@ -5,20 +5,6 @@
 use super::with_screens;
 use crate::common::*;
 
-/// Where the README's screenshots go.
-fn screenshot_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("docs/screens")
-        .join(name)
-}
-
-async fn screenshot(browser: &fantoccini::Client, name: &str) {
-    let png = browser.screenshot().await.unwrap();
-    let path = screenshot_path(name);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, png).unwrap();
-}
-
 /// What the page's JavaScript answers to `script`.
 async fn page_value(browser: &fantoccini::Client, script: &str) -> Value {
     browser.execute(script, vec![]).await.unwrap()
@@ -67,7 +53,7 @@ async fn order_reaches_a_live_screen(
 /// A new screen in a real browser: it shows a code, is paired through the API, shows its
 /// school, name and a clock, stays live across renewals (8 s tokens), a hub restart and a
 /// cut longer than its token, and shows the revoked state when revoked (its socket closed).
-/// Paired again as a board, it opens the board. Screenshots go to docs/screens/.
+/// Paired again as a board, it opens the board. Screenshots go to docs/screens/ (`UPDATE_SCREENSHOTS`).
 #[actix_web::test]
 async fn a_screen_in_a_real_browser_pairs_and_never_dies() {
     use fantoccini::Locator;
@@ -99,7 +85,7 @@ async fn a_screen_in_a_real_browser_pairs_and_never_dies() {
             .unwrap()
     };
     let code = code_of(browser.clone()).await;
-    screenshot(&browser, "pairing-code.png").await;
+    screenshot(&browser, "screens/pairing-code.png").await;
     expect(
         enter_code(
             &hub,
@@ -157,7 +143,7 @@ async fn a_screen_in_a_real_browser_pairs_and_never_dies() {
         "first order",
     )
     .await;
-    screenshot(&browser, "paired-dashboard.png").await;
+    screenshot(&browser, "screens/paired-dashboard.png").await;
 
     // Tokens of 8 s: the page renews them itself and stays live well past their expiry.
     until_page(
@@ -227,7 +213,7 @@ async fn a_screen_in_a_real_browser_pairs_and_never_dies() {
         );
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
-    screenshot(&browser, "revoked.png").await;
+    screenshot(&browser, "screens/revoked.png").await;
 
     // Paired again, as the now-serving board: the page moves to the board.
     browser
@@ -398,8 +384,8 @@ async fn paired_station_and_expo_screens_drive_an_order_to_ready() {
         1,
         "only the grill's item: {lines}"
     );
-    screenshot(&station, "station.png").await;
-    screenshot(&expo, "expo.png").await;
+    screenshot(&station, "screens/station.png").await;
+    screenshot(&expo, "screens/expo.png").await;
 
     // The grill marks its item done on its screen; the salad bar's credential marks its own.
     click(&station, &format!("{card} .item")).await;
