@@ -71,9 +71,27 @@ impl TestDb {
         }
     }
 
-    pub async fn drop_database(self) {
-        if let Some(name) = &self.pg_name {
+    pub async fn drop_database(mut self) {
+        if let Some(name) = self.pg_name.take() {
             pg_admin(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        }
+    }
+}
+
+impl Drop for TestDb {
+    /// A test's PostgreSQL database goes with it, passed or failed, so runs do not pile them
+    /// up; on a thread of its own, as the test's runtime may be ending.
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            let dropped = std::thread::spawn(move || {
+                actix_web::rt::System::new().block_on(pg_admin(&format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+            })
+            .join();
+            if dropped.is_err() && !std::thread::panicking() {
+                panic!("could not drop the test's database");
+            }
         }
     }
 }
