@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Open sockets by join number.
 type Sockets = Arc<Mutex<Vec<(u64, actix_ws::Session)>>>;
 
-/// Serves until killed; prints `bare listening on PORT` once bound.
-pub async fn serve() -> anyhow::Result<()> {
+/// Serves until killed; prints `bare listening on PORT` once bound. Nagle's algorithm stays
+/// on (as in actix-web) unless `nodelay`.
+pub async fn serve(nodelay: bool) -> anyhow::Result<()> {
     let sockets = Sockets::default();
     let server = HttpServer::new(move || {
         App::new()
@@ -26,6 +27,7 @@ pub async fn serve() -> anyhow::Result<()> {
             .route("/publish", web::post().to(publish))
             .route("/raw", web::post().to(raw_inserts))
     })
+    .tcp_nodelay(nodelay)
     .bind("127.0.0.1:0")?;
     let port = server.addrs().first().map(|a| a.port()).unwrap_or_default();
     println!("bare listening on {port}");

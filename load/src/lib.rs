@@ -62,7 +62,11 @@ enum Command {
     },
     /// The bare servers and raw inserts the baselines measure (started by `baseline`).
     #[command(hide = true)]
-    BareServer,
+    BareServer {
+        /// Sends each write at once (`TCP_NODELAY`), as the hub does.
+        #[arg(long)]
+        nodelay: bool,
+    },
 }
 
 /// Which hub: one given by URL, or one the tool starts.
@@ -217,7 +221,7 @@ where
             println!("{}", serde_json::to_string_pretty(&expected)?);
             Ok(true)
         }
-        Some(Command::BareServer) => bare::serve().await.map(|()| true),
+        Some(Command::BareServer { nodelay }) => bare::serve(nodelay).await.map(|()| true),
         None => run(cli.run).await,
     }
 }

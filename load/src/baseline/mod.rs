@@ -97,6 +97,12 @@ pub struct Options {
     /// Leave the processes unpinned.
     #[arg(long)]
     pub no_pin: bool,
+    /// The bare broadcast server sets `TCP_NODELAY`, as the hub does: without it, its writes
+    /// to a socket with a frame unacknowledged wait for the client's ACK and are sent in the
+    /// client's process, which the hub's CPU a frame pays and the bare server's does not. The
+    /// goal is judged against the server as it is; this measures like for like.
+    #[arg(long)]
+    pub bare_nodelay: bool,
 }
 
 impl Options {
@@ -125,9 +131,10 @@ fn pin(pid: u32, cpu: usize) -> bool {
 }
 
 /// Starts this tool's bare server; returns it and its base URL.
-fn bare_server() -> anyhow::Result<(Guard, String)> {
+fn bare_server(options: &Options) -> anyhow::Result<(Guard, String)> {
     let mut child = Command::new(std::env::current_exe()?)
         .arg("bare-server")
+        .args(options.bare_nodelay.then_some("--nodelay"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -223,7 +230,7 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
     };
     let sink = crate::sink::SmtpSink::start(Duration::ZERO)?;
     let hub = Hub::start(hub_args, options, sink.hub_env(crate::sink::SMTP_SESSIONS)).await?;
-    let (bare_guard, bare) = bare_server()?;
+    let (bare_guard, bare) = bare_server(options)?;
     pin_servers(&hub, &bare_guard);
     let outcome = measure(&hub.target, &bare, bare_guard.0.id(), options).await;
     hub.stop(options).await;
@@ -233,7 +240,7 @@ pub async fn run(hub_args: &crate::HubArgs, options: &Options) -> anyhow::Result
     // Idle sockets on fresh processes: memory the rounds freed would hide the sockets' cost.
     if options.idle_sockets > 0 && options.runs(Part::Idle) {
         let hub = Hub::start(hub_args, options, sink.hub_env(crate::sink::SMTP_SESSIONS)).await?;
-        let (bare_guard, bare) = bare_server()?;
+        let (bare_guard, bare) = bare_server(options)?;
         pin_servers(&hub, &bare_guard);
         let measured = idle_sockets(&hub.target, &bare, bare_guard.0.id(), options).await;
         hub.stop(options).await;
@@ -391,8 +398,8 @@ async fn measure(
     let mut goals = Vec::new();
     if options.runs(Part::Http) {
         goals.push(throughput_goal(
-            "HTTP path without the database >= 0.6x hello-world",
-            0.6,
+            "HTTP path without the database >= 0.75x hello-world",
+            0.75,
             http,
             cost_ratio(
                 &m,
@@ -408,8 +415,8 @@ async fn measure(
     }
     if options.runs(Part::Fanout) {
         goals.push(throughput_goal(
-            "fan-out >= 0.5x the bare broadcast server",
-            0.5,
+            "fan-out >= 0.6x the bare broadcast server",
+            0.6,
             fanout,
             cost_ratio(
                 &m,
@@ -429,6 +436,7 @@ async fn measure(
         "raw_batch": intake::BATCH,
         "fanout_sockets": options.fanout_sockets,
         "fanout_frame_bytes": frame_bytes,
+        "bare_nodelay": options.bare_nodelay,
         "idle_sockets": options.idle_sockets,
         "medians": m,
         "scan_to_dashboard_budget_ms": budget,
