@@ -104,22 +104,37 @@ mod tests {
     use crate::db::{DatabaseUrl, migrate};
     use diesel_async::SimpleAsyncConnection;
 
-    /// Two commits of 1,500 pages each: a commit that checkpointed would have let the second
-    /// reuse the WAL from its start.
-    #[actix_web::test]
-    async fn commits_leave_the_wal_to_the_background_checkpoint() {
+    /// A migrated SQLite database whose pool's connection no longer checkpoints on commit,
+    /// with a table to fill: its directory, path and pool.
+    async fn database_without_checkpoints_on_commit() -> (tempfile::TempDir, String, Db) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db").display().to_string();
         migrate(&DatabaseUrl::Sqlite(path.clone())).await.unwrap();
         let db = Db::connect(&DatabaseUrl::Sqlite(path.clone()), 1).unwrap();
         assert!(stop_checkpoints_on_commit(&db).await.unwrap());
-        let Db::Sqlite(pool) = &db else {
-            unreachable!("a SQLite database")
-        };
-        let mut conn = pool.get().await.unwrap();
-        conn.batch_execute("CREATE TABLE filler (page BLOB)")
+        pool_of(&db)
+            .get()
+            .await
+            .unwrap()
+            .batch_execute("CREATE TABLE filler (page BLOB)")
             .await
             .unwrap();
+        (dir, path, db)
+    }
+
+    fn pool_of(db: &Db) -> &diesel_async::pooled_connection::deadpool::Pool<crate::db::SqliteConn> {
+        let Db::Sqlite(pool) = db else {
+            unreachable!("a SQLite database")
+        };
+        pool
+    }
+
+    /// Two commits of 1,500 pages each: a commit that checkpointed would have let the second
+    /// reuse the WAL from its start.
+    #[actix_web::test]
+    async fn commits_leave_the_wal_to_the_background_checkpoint() {
+        let (_dir, path, db) = database_without_checkpoints_on_commit().await;
+        let mut conn = pool_of(&db).get().await.unwrap();
         for _ in 0..2 {
             conn.batch_execute(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500) \
@@ -141,18 +156,8 @@ mod tests {
     /// committed since the one before, through a WAL the hub's commits started over.
     #[actix_web::test]
     async fn a_kept_connection_checkpoints_what_came_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db").display().to_string();
-        migrate(&DatabaseUrl::Sqlite(path.clone())).await.unwrap();
-        let db = Db::connect(&DatabaseUrl::Sqlite(path.clone()), 1).unwrap();
-        assert!(stop_checkpoints_on_commit(&db).await.unwrap());
-        let Db::Sqlite(pool) = &db else {
-            unreachable!("a SQLite database")
-        };
-        let mut conn = pool.get().await.unwrap();
-        conn.batch_execute("CREATE TABLE filler (page BLOB)")
-            .await
-            .unwrap();
+        let (_dir, path, db) = database_without_checkpoints_on_commit().await;
+        let mut conn = pool_of(&db).get().await.unwrap();
         let (mut kept, mut copied) = (None, Vec::new());
         for pages in [200, 50] {
             conn.batch_execute(&format!(
