@@ -44,12 +44,13 @@ async fn until_answered(
 }
 
 /// A kitchen dashboard that follows a hub being killed and restarted: it reconnects with
-/// `since` after every drop and checks that its frames are gapless; returns the last seq
-/// once `stop` is set and it has reached `stop`'s value.
+/// `since` after every drop and checks that its frames are gapless, counting its resumes in
+/// `resumed`; returns the last seq once `stop` is set and it has reached `stop`'s value.
 async fn resilient_dashboard(
     ws_url: String,
     topic: String,
     stop: std::rc::Rc<std::cell::Cell<i64>>,
+    resumed: std::rc::Rc<std::cell::Cell<usize>>,
 ) -> (i64, usize) {
     let mut last: Option<i64> = None;
     let mut reconnects = 0;
@@ -63,6 +64,7 @@ async fn resilient_dashboard(
         if let Some(since) = last {
             subscribe["since"] = json!(since);
             reconnects += 1;
+            resumed.set(reconnects);
         }
         if socket
             .send(ws::Message::Text(subscribe.to_string().into()))
@@ -194,6 +196,7 @@ async fn rush_with_kills(backend: Backend) {
     let base = hub.base.clone();
     let hub = Rc::new(RefCell::new(Some(hub)));
     let done_seq = Rc::new(Cell::new(0));
+    let resumed = Rc::new(Cell::new(0));
     let dashboard = actix_web::rt::spawn(resilient_dashboard(
         format!(
             "{}/api/v1/ws?access_token={}",
@@ -202,15 +205,22 @@ async fn rush_with_kills(backend: Backend) {
         ),
         format!("kitchen:{}", f.school),
         done_seq.clone(),
+        resumed.clone(),
     ));
 
     // The killer: at random moments, SIGKILL and a restart on the same database and port.
     // The students keep coming until it is done, so that every kill lands mid-rush.
     let killing = Rc::new(Cell::new(true));
     let killer = {
-        let (hub, killing) = (hub.clone(), killing.clone());
+        let (hub, killing, resumed) = (hub.clone(), killing.clone(), resumed.clone());
         actix_web::rt::spawn(async move {
-            for _ in 0..kills {
+            for kill in 0..kills {
+                // Each kill after the dashboard has resumed from the one before (on a busy
+                // machine a restart can outlast the wait below): every kill is one to resume.
+                let deadline = std::time::Instant::now() + Duration::from_secs(15);
+                while resumed.get() < kill && std::time::Instant::now() < deadline {
+                    actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+                }
                 let wait = 300 + rand::random::<u64>() % 900;
                 actix_web::rt::time::sleep(Duration::from_millis(wait)).await;
                 let env = hub.borrow_mut().take().unwrap().kill();
