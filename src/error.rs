@@ -336,15 +336,31 @@ impl From<CommandError> for ApiError {
     }
 }
 
+/// An actor that went away mid-command (a kitchen restarting after its load failed on a cut
+/// connection drops the commands it held) or did not answer in time: the command may not
+/// have run, and a retry with the same idempotency key is safe, so `503` with `Retry-After`.
 impl From<actix::MailboxError> for ApiError {
     fn from(e: actix::MailboxError) -> ApiError {
-        ApiError::internal(format!("actor mailbox: {e}"))
+        tracing::warn!(error = %e, "actor unavailable");
+        ApiError::new(
+            ErrorCode::DatabaseUnavailable,
+            "the kitchen is restarting; retry shortly",
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_actor_gone_mid_command_is_a_503_to_retry() {
+        for gone in [actix::MailboxError::Closed, actix::MailboxError::Timeout] {
+            let response = ApiError::from(gone).error_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+    }
 
     #[test]
     fn codes_are_unique_snake_case_and_have_a_status() {
