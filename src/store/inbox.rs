@@ -79,26 +79,35 @@ async fn store(db: &Db, row: InboxRow) -> Result<(InboxRow, bool), DbError> {
     }
 }
 
-/// PostgreSQL: a group of messages stored, or found stored before, in one statement. Each
-/// user's new messages take that user's next numbers in the group's order; a message stored
-/// before takes none; a message for an unknown user is not stored and gets no row. Should a
-/// resend race it, the loser fails on the message's key, takes nothing and is retried. The
-/// users' rows are locked in key order first (`locked`): two groups sharing users (siblings'
-/// guardians) then wait for each other instead of deadlocking.
-pub(crate) const STORE_GROUP_PG: &str = "\
-WITH r AS ( \
-    SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
-        LATERAL json_populate_record(NULL::inbox_messages, e.doc) AS m), \
-earlier AS (SELECT m.id, m.seq FROM inbox_messages m WHERE m.id = ANY(ARRAY(SELECT id FROM r))), \
-fresh AS (SELECT * FROM r WHERE r.id NOT IN (SELECT id FROM earlier)), \
-counts AS (SELECT user_id, count(*) AS n FROM fresh GROUP BY user_id), \
-locked AS MATERIALIZED ( \
+/// The numbers a group's users take (`taken`: each user's base), from `counts` (each user's
+/// new messages). The users' rows are locked in key order first (`locked`): two groups
+/// sharing users (siblings' guardians) then wait for each other instead of deadlocking.
+macro_rules! take_numbers {
+    () => {
+        "locked AS MATERIALIZED ( \
     SELECT u.id FROM users u WHERE u.id IN (SELECT user_id FROM counts) ORDER BY u.id \
     FOR UPDATE), \
 taken AS ( \
     UPDATE users AS u SET inbox_seq = u.inbox_seq + counts.n FROM counts \
     JOIN locked ON locked.id = counts.user_id \
-    WHERE u.id = counts.user_id RETURNING u.id, u.inbox_seq - counts.n AS base), \
+    WHERE u.id = counts.user_id RETURNING u.id, u.inbox_seq - counts.n AS base)"
+    };
+}
+
+/// PostgreSQL: a group of messages stored, or found stored before, in one statement. Each
+/// user's new messages take that user's next numbers in the group's order; a message stored
+/// before takes none; a message for an unknown user is not stored and gets no row. Should a
+/// resend race it, the loser fails on the message's key, takes nothing and is retried.
+pub(crate) const STORE_GROUP_PG: &str = concat!(
+    "\
+WITH r AS ( \
+    SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
+        LATERAL json_populate_record(NULL::inbox_messages, e.doc) AS m), \
+earlier AS (SELECT m.id, m.seq FROM inbox_messages m WHERE m.id = ANY(ARRAY(SELECT id FROM r))), \
+fresh AS (SELECT * FROM r WHERE r.id NOT IN (SELECT id FROM earlier)), \
+counts AS (SELECT user_id, count(*) AS n FROM fresh GROUP BY user_id), ",
+    take_numbers!(),
+    ", \
 numbered AS ( \
     SELECT fresh.*, taken.base + row_number() OVER ( \
         PARTITION BY fresh.user_id ORDER BY fresh.pos) AS number \
@@ -108,27 +117,25 @@ stored AS ( \
         read_at, deleted_at) \
     SELECT id, user_id, number, kind, title, body, order_id, created_at, read_at, deleted_at \
     FROM numbered RETURNING id, seq) \
-SELECT id, seq, true AS fresh FROM stored UNION ALL SELECT id, seq, false FROM earlier";
+SELECT id, seq, true AS fresh FROM stored UNION ALL SELECT id, seq, false FROM earlier"
+);
 
 /// PostgreSQL: new messages stored in one statement, as `STORE_GROUP_PG` without its look-up
 /// of earlier copies (a fan-out's messages are new: their outbox rows are written beside them).
-pub(crate) const STORE_NEW_PG: &str = "\
+pub(crate) const STORE_NEW_PG: &str = concat!(
+    "\
 WITH r AS ( \
     SELECT m.*, e.pos FROM json_array_elements($1::json) WITH ORDINALITY AS e(doc, pos), \
         LATERAL json_populate_record(NULL::inbox_messages, e.doc) AS m), \
-counts AS (SELECT user_id, count(*) AS n FROM r GROUP BY user_id), \
-locked AS MATERIALIZED ( \
-    SELECT u.id FROM users u WHERE u.id IN (SELECT user_id FROM counts) ORDER BY u.id \
-    FOR UPDATE), \
-taken AS ( \
-    UPDATE users AS u SET inbox_seq = u.inbox_seq + counts.n FROM counts \
-    JOIN locked ON locked.id = counts.user_id \
-    WHERE u.id = counts.user_id RETURNING u.id, u.inbox_seq - counts.n AS base) \
+counts AS (SELECT user_id, count(*) AS n FROM r GROUP BY user_id), ",
+    take_numbers!(),
+    " \
 INSERT INTO inbox_messages (id, user_id, seq, kind, title, body, order_id, created_at, \
     read_at, deleted_at) \
 SELECT r.id, r.user_id, taken.base + row_number() OVER (PARTITION BY r.user_id ORDER BY r.pos), \
     r.kind, r.title, r.body, r.order_id, r.created_at, r.read_at, r.deleted_at \
-FROM r JOIN taken ON taken.id = r.user_id RETURNING id, seq";
+FROM r JOIN taken ON taken.id = r.user_id RETURNING id, seq"
+);
 
 #[derive(QueryableByName)]
 struct NewInGroup {

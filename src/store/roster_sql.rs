@@ -41,11 +41,11 @@ impl Stamp {
     }
 }
 
-/// The import's sorts, hashes and indexes over millions of staged rows in memory rather than
-/// in temporary files (the agent ids' two ends, 4M rows joined with the 3M people twice,
-/// spilled in batches at 256 MB), and no JIT: each statement runs once, and compiling it
-/// with LLVM's optimizations cost more than it saved; for its transaction only.
-/// The import's settings on PostgreSQL; it moves the facts epoch once, as it ends
+/// The import's settings on PostgreSQL, for its transaction only. Its sorts, hashes and
+/// indexes over millions of staged rows in memory rather than in temporary files (the agent
+/// ids' two ends, 4M rows joined with the 3M people twice, spilled in batches at 256 MB), and
+/// no JIT: each statement runs once, and compiling it with LLVM's optimizations cost more
+/// than it saved. It moves the facts epoch once, as it ends
 /// (`db::facts_epoch::MOVE_FACTS_EPOCH`), not at each statement.
 pub const PG_IMPORT_SETTINGS: &str = "SET LOCAL work_mem = '384MB'; \
     SET LOCAL maintenance_work_mem = '256MB'; SET LOCAL jit = off; \
