@@ -19,6 +19,10 @@ pub struct InboxQuery {
     /// At most this many, newest first (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// Only messages numbered below this: the next page is asked with the `seq` of the
+    /// oldest message of the one before.
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
 }
 
 #[utoipa::path(tag = "inbox", params(InboxQuery), responses((status = 200, body = [InboxMessage])))]
@@ -35,7 +39,18 @@ pub async fn list_inbox(
             "limit must be between 1 and 200",
         ));
     }
-    let rows = inbox::list(&state.db, &who.user_id, query.unread, limit).await?;
+    if query.before.is_some_and(|before| before < 1) {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::InvalidQuery,
+            "before must be a message's seq (1 or more)",
+        ));
+    }
+    let page = inbox::Page {
+        unread_only: query.unread,
+        before: query.before,
+        limit,
+    };
+    let rows = inbox::list(&state.db, &who.user_id, page).await?;
     Ok(HttpResponse::Ok().json(rows.iter().map(InboxMessage::from).collect::<Vec<_>>()))
 }
 

@@ -290,23 +290,29 @@ pub async fn messages_between(
         .await)?)
 }
 
-/// A user's messages, newest first, without deleted ones.
-pub async fn list(
-    db: &Db,
-    user_id: &str,
-    unread_only: bool,
-    limit: i64,
-) -> Result<Vec<InboxRow>, DbError> {
+/// Which of a user's messages a list shows.
+pub struct Page {
+    pub unread_only: bool,
+    /// Only those numbered below this (the page after one that ended there).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A page of a user's messages, newest first, without deleted ones.
+pub async fn list(db: &Db, user_id: &str, page: Page) -> Result<Vec<InboxRow>, DbError> {
     Ok(with_conn!(db, |conn| {
         let mut q = inbox_messages::table
             .filter(inbox_messages::user_id.eq(user_id))
             .filter(inbox_messages::deleted_at.is_null())
             .into_boxed();
-        if unread_only {
+        if page.unread_only {
             q = q.filter(inbox_messages::read_at.is_null());
         }
+        if let Some(before) = page.before {
+            q = q.filter(inbox_messages::seq.lt(before));
+        }
         q.order(inbox_messages::seq.desc())
-            .limit(limit)
+            .limit(page.limit)
             .select(InboxRow::as_select())
             .load(conn)
             .await

@@ -320,6 +320,22 @@ async fn in_app_messages_reach_the_inbox_topic() {
         .collect();
     assert_eq!(ids.len(), 2);
     assert_eq!(listed[0]["order_id"], second.as_str());
+    // Page by page, each asked with the oldest `seq` of the page before, down to an empty one.
+    let mut paged = Vec::new();
+    let mut path = "/api/v1/me/inbox?limit=1".to_owned();
+    loop {
+        let page = expect(get(&hub, &f.student_token, &path).await, 200);
+        let Some(oldest) = page.as_array().unwrap().last() else {
+            break;
+        };
+        assert_eq!(page.as_array().unwrap().len(), 1, "{page}");
+        paged.push(oldest["id"].as_str().unwrap().to_owned());
+        let seq = oldest["seq"].as_i64().unwrap();
+        path = format!("/api/v1/me/inbox?limit=1&before={seq}");
+    }
+    assert_eq!(paged, ids, "the pages hold the list, once each, in order");
+    let bad = get(&hub, &f.student_token, "/api/v1/me/inbox?before=0").await;
+    assert_eq!((bad.status, bad.code()), (400, "invalid_query"));
     let mark_read = async |id: &str| {
         let path = format!("/api/v1/me/inbox/{id}/read");
         expect(post(&hub, &f.student_token, &path, json!({})).await, 200)

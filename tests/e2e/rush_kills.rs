@@ -396,16 +396,22 @@ async fn rush_with_kills(backend: Backend) {
         sent_emails.len()
     );
     let guardian_token = token_of(&hub, &f.guardian_email, "guardian-pass-1").await;
-    let inbox = expect(
-        get(&hub, &guardian_token, "/api/v1/me/inbox?limit=200").await,
-        200,
-    );
-    let inbox: Vec<String> = inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_owned())
-        .collect();
+    // The whole inbox, page by page (more kills send more than a page).
+    let mut inbox: Vec<String> = Vec::new();
+    let mut path = "/api/v1/me/inbox?limit=200".to_owned();
+    loop {
+        let page = expect(get(&hub, &guardian_token, &path).await, 200);
+        let Some(oldest) = page.as_array().unwrap().last() else {
+            break;
+        };
+        path = format!("/api/v1/me/inbox?limit=200&before={}", oldest["seq"]);
+        inbox.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_owned()),
+        );
+    }
     let inbox_ids: std::collections::HashSet<String> = inbox.iter().cloned().collect();
     assert_eq!(inbox_ids.len(), inbox.len(), "each in-app message once");
     // As with email: one stored just before a kill and found no longer true after the
