@@ -36,6 +36,7 @@ pub mod outbox;
 pub mod people;
 pub mod readers;
 pub mod roster;
+mod roster_checks;
 mod roster_sql;
 pub mod scans;
 pub mod schools;

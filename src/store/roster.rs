@@ -433,7 +433,7 @@ on_both_connections!(impl RosterImport {
     }
 
     async fn problems(&mut self, manifest: &Manifest, into: &mut Vec<Problem>) -> QueryResult<()> {
-        for (file, query) in sql::checks(manifest.bulk, MAX_PROBLEMS + 1) {
+        for (file, query) in super::roster_checks::checks(manifest.bulk, MAX_PROBLEMS + 1) {
             let found: Vec<LineReason> = diesel::sql_query(query).load(self).await?;
             into.extend(found.into_iter().map(|f| Problem {
                 file: file.to_owned(),
@@ -456,6 +456,10 @@ on_both_connections!(impl RosterImport {
             }
         }
         skipped += self.execute_counted(sql::DROP_OTHERS).await?;
+        if Self::PG {
+            self.batch_execute(&sql::lock_people(manifest.bulk, scope.school.as_deref()))
+                .await?;
+        }
         let mut report = Report {
             version: manifest.version.clone(),
             mode: if manifest.bulk { "bulk" } else { "delta" }.to_owned(),
