@@ -131,7 +131,10 @@ async fn a_roster_import_locks_its_people_in_key_order() {
     let people: String = (1..=9)
         .map(|n| match n {
             1..5 => format!("p{n},,,true,sch-a,guardian,,,New,G{n},,,g{n}@family.test,,,,,\n"),
-            _ => format!("p{n},,,true,sch-a,student,,,New,S{n},,,,,,p{},03,\n", n % 4 + 1),
+            _ => format!(
+                "p{n},,,true,sch-a,student,,,New,S{n},,,,,,p{},03,\n",
+                n % 4 + 1
+            ),
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();

@@ -330,6 +330,7 @@ async fn in_app_messages_reach_the_inbox_topic() {
         };
         assert_eq!(page.as_array().unwrap().len(), 1, "{page}");
         paged.push(oldest["id"].as_str().unwrap().to_owned());
+        assert!(paged.len() <= ids.len(), "a page came again: {paged:?}");
         let seq = oldest["seq"].as_i64().unwrap();
         path = format!("/api/v1/me/inbox?limit=1&before={seq}");
     }

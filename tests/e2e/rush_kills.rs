@@ -404,7 +404,9 @@ async fn rush_with_kills(backend: Backend) {
         let Some(oldest) = page.as_array().unwrap().last() else {
             break;
         };
-        path = format!("/api/v1/me/inbox?limit=200&before={}", oldest["seq"]);
+        let next = format!("/api/v1/me/inbox?limit=200&before={}", oldest["seq"]);
+        assert_ne!(next, path, "the same page again");
+        path = next;
         inbox.extend(
             page.as_array()
                 .unwrap()
