@@ -32,6 +32,21 @@ pub(crate) fn pg_url(name: &str) -> String {
     format!("{}/{name}", &base[..base.rfind('/').unwrap()])
 }
 
+/// A connection of its own to the test's PostgreSQL database `name`.
+pub(crate) async fn pg_connect(name: &str) -> diesel_async::AsyncPgConnection {
+    use diesel_async::AsyncConnection;
+    diesel_async::AsyncPgConnection::establish(&pg_url(name))
+        .await
+        .unwrap()
+}
+
+/// Backend process ids, as `pg_blocking_pids` or `array_agg(pid)` answer them.
+#[derive(diesel::QueryableByName)]
+pub(crate) struct Pids {
+    #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Integer>)]
+    pub pids: Vec<i32>,
+}
+
 /// A PostgreSQL database of the test's own, migrated; its name, to drop it after.
 pub(crate) async fn pg_database() -> (String, Db) {
     let name = format!("tiffin_dispatch_{}", uuid::Uuid::new_v4().simple());

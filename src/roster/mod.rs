@@ -9,6 +9,8 @@
 //! Imports are idempotent by sourcedId; people are never deleted, only deactivated.
 
 pub mod cli;
+#[cfg(test)]
+mod import_lock_tests;
 pub mod parse;
 pub mod plan;
 pub mod validate;
