@@ -8,6 +8,12 @@ use tiffin::server;
 use tiffin_actors::domain::Role;
 use tracing_subscriber::EnvFilter;
 
+/// Requests and frames allocate and free small buffers across worker threads: glibc's malloc
+/// was about 10% of the HTTP path's CPU. Built without transparent huge pages, which made
+/// idle sockets half as costly again (BENCHMARKS.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tiffin",
