@@ -352,12 +352,28 @@ pub fn update_people(at: &Stamp, kind: &str, unlisted_allergies: &str) -> String
 /// A delta's `tobedeleted` rows.
 pub fn delete_people(at: &Stamp, kind: &str) -> String {
     format!(
-        "UPDATE users SET active = FALSE, updated_at = {at} WHERE users.sourced_id IN \
-         (SELECT s.sourced_id FROM roster_users s WHERE s.deleted) AND users.role = {kind} \
-         AND users.active",
+        "UPDATE users SET active = FALSE, updated_at = {at} WHERE {deleted}",
         at = at.0,
-        kind = quote(kind)
+        deleted = deleted_people(&[kind])
     )
+}
+
+/// Which `users` a delta's `tobedeleted` rows deactivate (of `kinds`).
+fn deleted_people(kinds: &[&str]) -> String {
+    format!(
+        "users.sourced_id IN (SELECT s.sourced_id FROM roster_users s WHERE s.deleted) \
+         AND users.role IN ({kinds}) AND users.active",
+        kinds = roles(kinds)
+    )
+}
+
+/// `kinds` as a list of SQL literals.
+fn roles(kinds: &[&str]) -> String {
+    kinds
+        .iter()
+        .map(|k| quote(k))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A bulk bundle's missing people of `kinds` (imported before, not made by hand):
@@ -375,11 +391,10 @@ fn missing_people(kinds: &[&str], school: Option<&str>) -> String {
     let school = school
         .map(|s| format!(" AND users.school_id = {}", quote(s)))
         .unwrap_or_default();
-    let kinds: Vec<String> = kinds.iter().map(|k| quote(k)).collect();
     format!(
         "users.sourced_id IS NOT NULL AND users.role IN ({kinds}) AND users.active{school} \
          AND NOT EXISTS (SELECT 1 FROM roster_users s WHERE s.sourced_id = users.sourced_id)",
-        kinds = kinds.join(", ")
+        kinds = roles(kinds)
     )
 }
 
@@ -388,16 +403,18 @@ fn missing_people(kinds: &[&str], school: Option<&str>) -> String {
 /// import beside a fan-out waits for it (or it for the import) instead of deadlocking, which
 /// the import's statements one kind after another, each in its plan's order, could.
 pub fn lock_people(bulk: bool, school: Option<&str>) -> String {
+    const KINDS: [&str; 2] = ["student", "guardian"];
     let mut people = vec![
         "SELECT c.user_id FROM roster_changed c JOIN roster_users s ON s.line = c.line \
          WHERE c.user_id IS NOT NULL"
             .to_owned(),
-        "SELECT users.id FROM users JOIN roster_users s ON s.sourced_id = users.sourced_id \
-         WHERE s.deleted AND users.active"
-            .to_owned(),
+        format!(
+            "SELECT users.id FROM users WHERE {}",
+            deleted_people(&KINDS)
+        ),
     ];
     if bulk {
-        let missing = missing_people(&["student", "guardian"], school);
+        let missing = missing_people(&KINDS, school);
         people.push(format!("SELECT users.id FROM users WHERE {missing}"));
     }
     format!(
